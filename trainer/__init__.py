@@ -1,0 +1,1 @@
+"""The training side: data loading, the Ray Train loop, evaluation, export."""
