@@ -205,7 +205,10 @@ def save_checkpoint(
     tmp = base / f".tmp-{version}-{os.getpid()}"
     tmp.mkdir()
     try:
-        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+        tensors = {
+            k: v.detach().to("cpu", torch.float32).contiguous()
+            for k, v in model.state_dict().items()
+        }
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "streamcell-v1"})
         (tmp / CONFIG_FILE).write_text(config.to_json() + "\n")
         for f in (tmp / WEIGHTS_FILE, tmp / CONFIG_FILE):
@@ -266,7 +269,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
     if not path.is_dir():
         raise CheckpointError(f"checkpoint directory {path} does not exist")
     config = read_config(path)
-    model = StreamingLSTM(config.input_size, config.hidden_size, config.num_layers, config.output_size)
+    model = StreamingLSTM(
+        config.input_size, config.hidden_size, config.num_layers, config.output_size
+    )
     file = path / WEIGHTS_FILE
     try:
         tensors = load_file(str(file))

@@ -88,7 +88,11 @@ def find_invalid(batch: EventBatch, input_size: int) -> list[tuple[int, str, str
     bad: list[tuple[int, str, str]] = []
     if batch.x.shape[1] != input_size:
         return [
-            (k, REASON_WRONG_LENGTH, f"x has {batch.x.shape[1]} values, the model takes {input_size}")
+            (
+                k,
+                REASON_WRONG_LENGTH,
+                f"x has {batch.x.shape[1]} values, the model takes {input_size}",
+            )
             for k in range(len(batch))
         ]
     for k in np.flatnonzero(~np.isfinite(batch.x).all(axis=1)):
@@ -100,7 +104,11 @@ def find_invalid(batch: EventBatch, input_size: int) -> list[tuple[int, str, str
             bad.append((k, REASON_MISSING_KEY, "the stream id is empty"))
         elif len(stream) > MAX_STREAM_ID_BYTES // 4 and len(stream.encode()) > MAX_STREAM_ID_BYTES:
             bad.append(
-                (k, REASON_KEY_TOO_LONG, f"the stream id is longer than {MAX_STREAM_ID_BYTES} bytes")
+                (
+                    k,
+                    REASON_KEY_TOO_LONG,
+                    f"the stream id is longer than {MAX_STREAM_ID_BYTES} bytes",
+                )
             )
     bad.sort()
     return bad

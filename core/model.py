@@ -116,7 +116,5 @@ def rowwise_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """
     batch = x.shape[0]
     w_t = weight.t().contiguous()
-    out = torch.baddbmm(
-        bias.expand(batch, 1, -1), x.unsqueeze(1), w_t.expand(batch, *w_t.shape)
-    )
+    out = torch.baddbmm(bias.expand(batch, 1, -1), x.unsqueeze(1), w_t.expand(batch, *w_t.shape))
     return out.squeeze(1)

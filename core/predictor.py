@@ -186,7 +186,9 @@ class Predictor:
         scale = None
         if cfg.scaling != SCALING_GLOBAL:
             store.scale_sum[slots] += np.abs(x.astype(np.float64))
-            scale = torch.from_numpy(scale_from_sums(store.scale_sum[slots], counts, cfg.scale_floor))
+            scale = torch.from_numpy(
+                scale_from_sums(store.scale_sum[slots], counts, cfg.scale_floor)
+            )
         xt = torch.from_numpy(x)
         if scale is not None:
             xt = xt / scale

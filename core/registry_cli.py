@@ -24,7 +24,9 @@ def run(args: argparse.Namespace) -> int:
     names = (
         [check_name(args.model)]
         if args.model
-        else sorted(p.name for p in args.registry.iterdir() if p.is_dir() and not p.name.startswith("."))
+        else sorted(
+            p.name for p in args.registry.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
     )
     rows = []
     for name in names:

@@ -376,8 +376,7 @@ class StateStore:
         order = list(latest.values())
         if len(order) > self.max_streams:
             raise Overloaded(
-                f"restoring {len(order)} streams exceeds the store's capacity of "
-                f"{self.max_streams}"
+                f"restoring {len(order)} streams exceeds the store's capacity of {self.max_streams}"
             )
         rec = np.frombuffer(b"".join(payloads[k] for k in order), dtype=self._record)
         streams = [items[k][0] for k in order]

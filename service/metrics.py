@@ -1,0 +1,301 @@
+"""Prometheus metrics of a serving process, on a registry of its own.
+
+Naming follows Prometheus conventions: the ``streamcell_`` prefix, base units
+in names (``_seconds``, ``_bytes``), ``_total`` for counters. No label ever
+holds a stream id (unbounded cardinality); per-stream numbers are for
+GetStream.
+
+The hot path records whole micro-batches: labelled children are bound once,
+and per-event values (latency, online error) go through
+:class:`BatchHistogram`, which bins a numpy array in one call instead of one
+``observe`` per event.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+STEP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+ERROR_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    25,
+    50,
+    100,
+    250,
+    1000,
+)
+SOURCES = ("kafka", "grpc")
+OUTCOMES = ("predicted", "duplicate", "invalid", "skipped_replay")
+
+
+class BatchHistogram(Collector):
+    """A histogram fed whole numpy arrays at a time (one ``searchsorted`` per batch)."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.bounds = np.asarray(buckets, dtype=np.float64)
+        self._series: dict[tuple[str, ...], list] = {}  # labels -> [counts, sum]
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: np.ndarray, *labels: str) -> None:
+        values = np.asarray(values, dtype=np.float64).ravel()
+        if values.size == 0:
+            return
+        counts = np.bincount(
+            np.searchsorted(self.bounds, values, side="left"), minlength=len(self.bounds) + 1
+        )
+        total = float(values.sum())
+        with self._lock:
+            series = self._series.get(labels)
+            if series is None:
+                series = self._series[labels] = [np.zeros(len(self.bounds) + 1, np.int64), 0.0]
+            series[0] += counts
+            series[1] += total
+
+    def count(self, *labels: str) -> int:
+        with self._lock:
+            series = self._series.get(labels)
+            return 0 if series is None else int(series[0].sum())
+
+    def total(self, *labels: str) -> float:
+        with self._lock:
+            series = self._series.get(labels)
+            return 0.0 if series is None else float(series[1])
+
+    def collect(self) -> Iterable[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        with self._lock:
+            snapshot = [(k, v[0].copy(), v[1]) for k, v in self._series.items()]
+        edges = [*(f"{b:g}" for b in self.bounds), "+Inf"]
+        for labels, counts, total in snapshot:
+            cumulative = np.cumsum(counts)
+            family.add_metric(
+                list(labels), list(zip(edges, (float(c) for c in cumulative), strict=True)), total
+            )
+        yield family
+
+    def describe(self) -> Iterable[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+
+class Metrics:
+    """Every metric the service exports, bound to one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        p = "streamcell_"
+        self.events = Counter(
+            p + "events_total",
+            "Events consumed, by source and outcome.",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.predictions = Counter(
+            p + "predictions_total", "Predictions emitted, by source.", ["source"], registry=r
+        )
+        self.dead_letters = Counter(
+            p + "dead_letters_total",
+            "Events sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            p + "batch_size_events",
+            "Events per micro-batch.",
+            ["source"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.step_seconds = Histogram(
+            p + "model_step_seconds",
+            "Seconds of one batched LSTM step over a micro-batch.",
+            buckets=STEP_BUCKETS,
+            registry=r,
+        )
+        self.event_latency = BatchHistogram(
+            p + "event_latency_seconds",
+            "From an event's time (its ts, else its Kafka timestamp) to its prediction.",
+            ["source"],
+            LATENCY_BUCKETS,
+            r,
+        )
+        self.online_abs_error = BatchHistogram(
+            p + "online_abs_error",
+            "Absolute error of each prediction against the value that arrived next, in target units.",
+            ["model", "version"],
+            ERROR_BUCKETS,
+            r,
+        )
+        self.online_mae = Gauge(
+            p + "online_mae",
+            "Running mean absolute error of the served version.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.validation_mae = Gauge(
+            p + "model_validation_mae",
+            "The version's validation MAE from training.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.active_streams = Gauge(
+            p + "active_streams", "Streams held in the state store.", registry=r
+        )
+        self.state_capacity = Gauge(
+            p + "state_capacity_streams", "Stream slots allocated in the state store.", registry=r
+        )
+        self.state_max_streams = Gauge(
+            p + "state_max_streams", "Configured maximum streams before LRU eviction.", registry=r
+        )
+        self.state_bytes = Gauge(
+            p + "state_bytes", "Bytes held by the state store's slabs.", registry=r
+        )
+        self.evicted = Counter(
+            p + "streams_evicted_total", "Streams evicted at capacity (LRU).", registry=r
+        )
+        self.expired = Counter(
+            p + "streams_expired_total", "Streams expired after their TTL.", registry=r
+        )
+        self.consumer_lag = Gauge(
+            p + "consumer_lag_messages",
+            "Messages behind the end of each assigned input partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.assigned_partitions = Gauge(
+            p + "assigned_partitions", "Input partitions assigned to this replica.", registry=r
+        )
+        self.rebalances = Counter(
+            p + "rebalances_total", "Consumer-group rebalances seen.", registry=r
+        )
+        self.restore_seconds = Histogram(
+            p + "changelog_restore_seconds",
+            "Seconds to restore assigned partitions' streams from the changelog.",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=r,
+        )
+        self.restored_streams = Counter(
+            p + "changelog_restored_streams_total",
+            "Streams restored from the changelog.",
+            registry=r,
+        )
+        self.commits = Counter(
+            p + "commits_total",
+            "Input-offset commits (after predictions and changelog flushed).",
+            registry=r,
+        )
+        self.model_reloads = Counter(
+            p + "model_reloads_total",
+            "Model versions switched to (state_kept or state_reset) or refused (failed).",
+            ["result"],
+            registry=r,
+        )
+        self.model_info = Info(p + "model", "The model version being served.", registry=r)
+        self.model_loaded = Gauge(
+            p + "model_loaded", "1 when a model version is loaded.", registry=r
+        )
+        self.grpc_requests = Counter(
+            p + "grpc_requests_total",
+            "gRPC requests, by method and status code.",
+            ["method", "code"],
+            registry=r,
+        )
+        self.grpc_seconds = Histogram(
+            p + "grpc_request_seconds",
+            "gRPC handling seconds, by method.",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._bind()
+
+    def _bind(self) -> None:
+        """Labelled children used per batch, looked up once."""
+        self.outcome = {
+            (s, o): self.events.labels(source=s, outcome=o) for s in SOURCES for o in OUTCOMES
+        }
+        self.emitted = {s: self.predictions.labels(source=s) for s in SOURCES}
+        self.batch_sizes = {s: self.batch_size.labels(source=s) for s in SOURCES}
+
+    # ------------------------------------------------------------ recorders
+    def record_batch(
+        self,
+        source: str,
+        outcome_counts: dict[str, int],
+        predictions: int,
+        abs_errors: np.ndarray,
+        model: str,
+        version: str,
+    ) -> None:
+        """One call per micro-batch: outcomes, predictions, online error."""
+        for outcome, n in outcome_counts.items():
+            if n:
+                self.outcome[source, outcome].inc(n)
+        if predictions:
+            self.emitted[source].inc(predictions)
+        self.batch_sizes[source].observe(sum(outcome_counts.values()))
+        if abs_errors.size:
+            self.online_abs_error.observe_many(abs_errors, model, version)
+            count = self.online_abs_error.count(model, version)
+            self.online_mae.labels(model, version).set(
+                self.online_abs_error.total(model, version) / count
+            )
+
+    def record_model(self, name: str, version: str, validation_mae: float | None) -> None:
+        self.model_info.info({"model": name, "version": version})
+        self.model_loaded.set(1)
+        if validation_mae is not None:
+            self.validation_mae.labels(name, version).set(validation_mae)
+
+    def watch_store(self, store_of: Callable[[], object | None]) -> None:
+        """Gauges read the live state store at scrape time (it may be replaced on reload)."""
+
+        def read(attr: str) -> Callable[[], float]:
+            def value() -> float:
+                store = store_of()
+                if store is None:
+                    return 0.0
+                return float(len(store) if attr == "len" else getattr(store, attr))
+
+            return value
+
+        self.active_streams.set_function(read("len"))
+        self.state_capacity.set_function(read("capacity"))
+        self.state_max_streams.set_function(read("max_streams"))
+        self.state_bytes.set_function(read("nbytes"))
+
+    def sync_store_counters(self, evicted_delta: int, expired_delta: int) -> None:
+        if evicted_delta:
+            self.evicted.inc(evicted_delta)
+        if expired_delta:
+            self.expired.inc(expired_delta)
