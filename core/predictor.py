@@ -116,7 +116,7 @@ class Predictor:
         return find_invalid(batch, self.loaded.config.input_size)
 
     def predict(self, batch: EventBatch, now: float | None = None) -> BatchResult:
-        """Apply a validated batch in order; raises InvalidEvent (changing nothing) if a row is bad."""
+        """Apply a batch in order; a bad row raises InvalidEvent and changes nothing."""
         bad = self.validate(batch)
         if bad:
             row, reason, message = bad[0]
@@ -167,7 +167,8 @@ class Predictor:
         if not keep.any():
             return
         if not keep.all():
-            rows, slots, streams = rows[keep], slots[keep], [s for s, k in zip(streams, keep) if k]
+            streams = [s for s, k in zip(streams, keep, strict=True) if k]
+            rows, slots = rows[keep], slots[keep]
             seq, part, off = seq[keep], part[keep], off[keep]
         x = batch.x[rows]
 

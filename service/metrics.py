@@ -151,7 +151,7 @@ class Metrics:
         )
         self.online_abs_error = BatchHistogram(
             p + "online_abs_error",
-            "Absolute error of each prediction against the value that arrived next, in target units.",
+            "Absolute error of each prediction against the next value, in target units.",
             ["model", "version"],
             ERROR_BUCKETS,
             r,
