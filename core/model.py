@@ -98,7 +98,7 @@ class StreamingLSTM(nn.Module):
             if return_gates:
                 gates.append((i, f, g, o))
             layer_input = h_t
-        y = rowwise_linear(layer_input, self.head.weight, self.head.bias)
+        y = rowwise_small_linear(layer_input, self.head.weight, self.head.bias)
         gate_out = None
         if return_gates:
             gate_out = Gates(*(torch.stack(parts) for parts in zip(*gates, strict=True)))
@@ -118,3 +118,13 @@ def rowwise_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     w_t = weight.t().contiguous()
     out = torch.baddbmm(bias.expand(batch, 1, -1), x.unsqueeze(1), w_t.expand(batch, *w_t.shape))
     return out.squeeze(1)
+
+
+def rowwise_small_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """The same contract as :func:`rowwise_linear` for a narrow output (the head).
+
+    Batched products with few output columns are packed across the batch by
+    MKL, so rows lose their independence there; a broadcast multiply and an
+    innermost-dimension sum keep one reduction per output element instead.
+    """
+    return (x.unsqueeze(1) * weight.unsqueeze(0)).sum(-1) + bias

@@ -1,0 +1,187 @@
+"""The slab state store: gather/scatter, growth, LRU eviction, TTL expiry, snapshots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamcell.errors import Overloaded, StateFormatError
+from streamcell.state import StateStore
+
+
+def store(**kw) -> StateStore:
+    args = dict(initial_capacity=2, max_streams=8)
+    args.update(kw)
+    return StateStore(2, 4, 3, 5, **args)
+
+
+def write(s: StateStore, streams: list[str], value: float, now: float = 0.0) -> np.ndarray:
+    slots = s.slots(streams, now)
+    h = torch.full((2, len(streams), 4), value)
+    s.scatter(slots, h, -h)
+    return slots
+
+
+def test_new_streams_start_at_zero_and_scatter_gather_round_trip():
+    s = store()
+    slots = s.slots(["a", "b"], now=1.0)
+    h, c = s.gather(slots)
+    assert h.shape == (2, 2, 4) and not h.any() and not c.any()
+    s.scatter(slots, torch.ones(2, 2, 4), torch.full((2, 2, 4), 2.0))
+    h, c = s.gather(s.slots(["b", "a"], now=2.0))
+    assert torch.equal(h, torch.ones(2, 2, 4)) and torch.equal(c, torch.full((2, 2, 4), 2.0))
+
+
+def test_gather_returns_copies():
+    s = store()
+    slots = write(s, ["a"], 1.0)
+    h, _ = s.gather(slots)
+    h.fill_(9.0)
+    assert torch.equal(s.gather(slots)[0], torch.ones(2, 1, 4))
+
+
+def test_grows_by_doubling_up_to_the_limit_keeping_state():
+    s = store(initial_capacity=2, max_streams=8)
+    for k in range(8):
+        write(s, [f"s{k}"], float(k))
+    assert s.capacity == 8 and len(s) == 8
+    for k in range(8):
+        assert torch.equal(s.gather(s.slots([f"s{k}"], 0.0))[0], torch.full((2, 1, 4), float(k)))
+
+
+def test_least_recently_used_are_evicted_at_capacity_and_counted():
+    s = store(initial_capacity=4, max_streams=4)
+    for k in range(4):
+        write(s, [f"s{k}"], float(k), now=k)
+    s.slots(["s0"], now=10)  # s0 is now the most recent; s1 the least
+    write(s, ["new"], 7.0, now=11)
+    assert "s1" not in s and "s0" in s and "new" in s
+    assert s.evicted == 1 and len(s) == 4
+    assert not s.gather(s.slots(["s1"], now=12))[0].any(), "a returning stream starts fresh"
+
+
+def test_a_batch_never_evicts_its_own_streams():
+    s = store(initial_capacity=3, max_streams=3)
+    write(s, ["a", "b", "c"], 1.0)
+    slots = s.slots(["a", "x", "b"], now=5.0)  # c must go, not a or b
+    assert sorted(s.stream_ids()) == ["a", "b", "x"]
+    assert len(set(slots.tolist())) == 3
+    with pytest.raises(Overloaded, match="more than the store's capacity of 3"):
+        s.slots(["p", "q", "r", "t"], now=6.0)
+
+
+def test_repeated_ids_in_one_call_share_a_slot():
+    s = store()
+    slots = s.slots(["a", "a"], now=0.0)
+    assert slots[0] == slots[1] and len(s) == 1
+
+
+def test_idle_streams_expire_after_the_ttl():
+    s = store(ttl_seconds=10.0)
+    write(s, ["old"], 1.0, now=0.0)
+    write(s, ["fresh"], 1.0, now=8.0)
+    assert s.expire(now=9.0) == []
+    assert s.expire(now=12.0) == ["old"]
+    assert s.expired == 1 and "fresh" in s and "old" not in s
+
+
+def test_delete_and_reset():
+    s = store()
+    write(s, ["a", "b"], 3.0)
+    assert s.reset("a") and s.info("a").events == 0
+    assert not s.gather(s.slots(["a"], 0.0))[0].any()
+    assert s.delete("b") and "b" not in s
+    assert not s.delete("b") and not s.reset("zzz")
+
+
+def test_snapshot_restore_is_byte_exact():
+    s = store()
+    slots = s.slots(["a", "b"], now=3.5)
+    s.scatter(slots, torch.randn(2, 2, 4), torch.randn(2, 2, 4))
+    s.yhat[slots[0]] = torch.tensor([1.5, -2.0, 1e-30])
+    s.events[slots] = [7, 9]
+    s.partition[slots] = [0, 1]
+    s.offset[slots] = [41, 42]
+    s.seq[slots] = [6, -1]
+    s.scale_sum[slots] = np.random.default_rng(0).random((2, 5))
+    s.err_sum[slots] = [0.1, 0.2]
+    s.err_count[slots] = [3, 4]
+    snap = s.snapshot(["a", "b"])
+    other = store()
+    other.restore(zip(["a", "b"], snap, strict=True))
+    assert other.snapshot(["a", "b"]) == snap
+    assert other.info("a").offset == 41 and other.info("b").seq == -1
+    assert other.info("a").last_seen == 3.5
+
+
+def test_restore_refuses_foreign_or_broken_records_and_changes_nothing():
+    s = store()
+    write(s, ["a"], 1.0)
+    good = s.snapshot(["a"])[0]
+    target = store()
+    write(target, ["keep"], 5.0)
+    before = target.snapshot(["keep"])
+    bad_cases = {
+        "truncated": good[:10],
+        "short": good[:-1],
+        "magic": b"XXXX" + good[4:],
+        "arch": _snapshot_of(StateStore(2, 8, 3, 5)),
+    }
+    for name, value in bad_cases.items():
+        with pytest.raises(StateFormatError):
+            target.restore([("a", good), ("b", value)])
+        assert "a" not in target and "b" not in target, name
+    assert target.snapshot(["keep"]) == before
+
+
+def _snapshot_of(s: StateStore) -> bytes:
+    s.slots(["z"], 0.0)
+    return s.snapshot(["z"])[0]
+
+
+def test_architecture_mismatch_message_names_both_shapes():
+    other = _snapshot_of(StateStore(2, 8, 3, 5))
+    with pytest.raises(StateFormatError, match="hidden=8 .* this store has .* hidden=4"):
+        store().restore([("z", other)])
+
+
+def test_restore_keeps_the_last_record_of_a_stream():
+    s = store()
+    write(s, ["a"], 1.0)
+    first = s.snapshot(["a"])[0]
+    write(s, ["a"], 2.0)
+    second = s.snapshot(["a"])[0]
+    target = store()
+    assert target.restore([("a", first), ("a", second)]) == 1
+    assert target.snapshot(["a"])[0] == second
+
+
+def test_nbytes_counts_the_slabs():
+    s = StateStore(2, 64, 8, 8, initial_capacity=1000, max_streams=1000)
+    per_stream = 2 * 2 * 64 * 4 + 8 * 4  # h and c per layer, last prediction
+    assert s.nbytes >= 1000 * per_stream
+    assert s.nbytes < 1000 * (per_stream + 200)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcdefghij"), st.floats(-5, 5)), max_size=60))
+def test_eviction_keeps_the_most_recent_and_their_values(ops):
+    """Against a reference model: a dict plus an LRU list."""
+    s = store(initial_capacity=1, max_streams=4)
+    ref: dict[str, float] = {}
+    order: list[str] = []
+    for now, (stream, value) in enumerate(ops):
+        write(s, [stream], value, now=float(now))
+        ref[stream] = value
+        if stream in order:
+            order.remove(stream)
+        order.append(stream)
+        while len(order) > 4:
+            ref.pop(order.pop(0))
+    assert sorted(s.stream_ids()) == sorted(ref)
+    for stream, value in ref.items():
+        slot = s.slot_of(stream)
+        assert torch.all(s.h[:, slot] == value)
