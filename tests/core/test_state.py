@@ -144,7 +144,7 @@ def _snapshot_of(s: StateStore) -> bytes:
 
 def test_architecture_mismatch_message_names_both_shapes():
     other = _snapshot_of(StateStore(2, 8, 3, 5))
-    with pytest.raises(StateFormatError, match="hidden=8 .* this store has .* hidden=4"):
+    with pytest.raises(StateFormatError, match=r"hidden=8 .* this store has .* hidden=4"):
         store().restore([("z", other)])
 
 
