@@ -14,10 +14,21 @@ and per-event values (latency, online error) go through
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -113,6 +124,11 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
+        if registry is None:
+            # process_* (memory, CPU, fds) and python_* series, as on the default registry:
+            # bounded memory is one of the guarantees, so its evidence is scraped too.
+            for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+                r.register(collector)
         p = "streamcell_"
         self.events = Counter(
             p + "events_total",
@@ -204,6 +220,16 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
             registry=r,
         )
+        self.restoring_partitions = Gauge(
+            p + "changelog_restoring_partitions",
+            "Partitions whose streams are being restored now (alerts on restores that hang).",
+            registry=r,
+        )
+        self.restore_started = Gauge(
+            p + "changelog_restore_started_timestamp_seconds",
+            "Unix time the current (or last) changelog restore started.",
+            registry=r,
+        )
         self.restored_streams = Counter(
             p + "changelog_restored_streams_total",
             "Streams restored from the changelog.",
@@ -270,6 +296,18 @@ class Metrics:
             self.online_mae.labels(model, version).set(
                 self.online_abs_error.total(model, version) / count
             )
+
+    @contextmanager
+    def restoring(self, partitions: int) -> Iterator[None]:
+        """Time a changelog restore, visible while it runs (a restore that hangs still shows)."""
+        start = time.perf_counter()
+        self.restore_started.set(time.time())
+        self.restoring_partitions.inc(partitions)
+        try:
+            yield
+        finally:
+            self.restoring_partitions.dec(partitions)
+            self.restore_seconds.observe(time.perf_counter() - start)
 
     def record_model(self, name: str, version: str, validation_mae: float | None) -> None:
         self.model_info.info({"model": name, "version": version})
