@@ -96,6 +96,11 @@ class Client:
     ) -> pb.Prediction:
         return self.stub.Predict(event(stream, x, seq, ts), **self._kw(timeout))
 
+    def predict_event(
+        self, event: event_pb2.Event, *, timeout: float | None = None
+    ) -> pb.Prediction:
+        return self.stub.Predict(event, **self._kw(timeout))
+
     def predict_batch(
         self, events: Iterable[event_pb2.Event], *, timeout: float | None = None
     ) -> list[pb.Prediction]:
