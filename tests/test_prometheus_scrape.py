@@ -1,0 +1,222 @@
+"""A real Prometheus scrapes a streamcell process and answers queries for its series.
+
+The Debian ``prometheus`` binary is started on loopback with a config made
+from deploy/prometheus/prometheus.yml (the ``streamcell`` job pointed at the
+process under test, 1 s scrape interval, the shipped rule files), traffic is
+driven through the service, and the series are read back over Prometheus's
+HTTP API: what a dashboard or an alert would see.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PROM = ROOT / "deploy" / "prometheus"
+PROMETHEUS = shutil.which("prometheus")
+
+pytestmark = [
+    pytest.mark.prometheus,
+    pytest.mark.skipif(
+        PROMETHEUS is None,
+        reason="prometheus not installed (Debian package prometheus; make system-deps)",
+    ),
+]
+
+# A stand-in for the service: the real Metrics object on its own HTTP port,
+# fed by the real Predictor the way the pipeline feeds it.
+TARGET = r"""
+import sys, time
+import numpy as np, torch
+from prometheus_client import start_http_server
+from streamcell.checkpoint import ModelConfig, save_checkpoint, load_latest
+from streamcell.events import EventBatch
+from streamcell.model import StreamingLSTM
+from streamcell.predictor import OUTCOMES, Predictor
+from streamcell.service.metrics import Metrics
+
+registry = sys.argv[1]
+torch.manual_seed(0)
+model = StreamingLSTM(3, 16, 2, 3)
+names = ("a", "b", "c")
+cfg = ModelConfig(3, 16, 2, 3, names, names, (0.0,) * 3, (1.0,) * 3, (0.0,) * 3, (1.0,) * 3,
+                  metrics={"val_mae": 0.5})
+save_checkpoint(registry, "m", model, cfg)
+loaded = load_latest(registry, "m")
+metrics = Metrics()
+predictor = Predictor(loaded, max_streams=64)
+metrics.watch_store(lambda: predictor.store)
+metrics.record_model(loaded.name, loaded.version, 0.5)
+server, _ = start_http_server(0, "127.0.0.1", registry=metrics.registry)
+print(server.server_port, flush=True)
+rng = np.random.default_rng(0)
+streams = [f"s{k}" for k in range(40)]
+while True:
+    x = rng.normal(size=(len(streams), 3)).astype(np.float32)
+    t0 = time.perf_counter()
+    result = predictor.predict(EventBatch.of(streams, x))
+    metrics.step_seconds.observe(time.perf_counter() - t0)
+    counts = {OUTCOMES[o]: int((result.outcome == o).sum()) for o in OUTCOMES}
+    metrics.record_batch("grpc", counts, counts["predicted"], result.abs_errors,
+                         result.model, result.version)
+    metrics.event_latency.observe_many(np.full(len(streams), 0.002), "grpc")
+    time.sleep(0.05)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def prometheus_config(target: str, out: Path) -> Path:
+    """deploy/prometheus/prometheus.yml with the streamcell job aimed at ``target``."""
+    cfg = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    cfg["global"]["scrape_interval"] = "1s"
+    cfg["global"]["evaluation_interval"] = "1s"
+    cfg["rule_files"] = [str(PROM / pattern) for pattern in cfg["rule_files"]]
+    jobs = {job["job_name"]: job for job in cfg["scrape_configs"]}
+    streamcell = jobs["streamcell"]
+    streamcell["static_configs"] = [{"targets": [target]}]
+    cfg["scrape_configs"] = [streamcell]
+    path = out / "prometheus.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        body = json.load(response)
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+class Prometheus:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def query(self, expr: str) -> list[dict]:
+        q = urllib.parse.urlencode({"query": expr})
+        return get_json(f"{self.url}/api/v1/query?{q}")["result"]
+
+    def wait_for(self, expr: str, timeout: float = 30.0) -> list[dict]:
+        """The query's result once it is non-empty (Prometheus needs a few scrapes)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.query(expr)
+            if result or time.monotonic() > deadline:
+                return result
+            time.sleep(0.5)
+
+
+@pytest.fixture
+def metrics_target(tmp_path: Path) -> Iterator[str]:
+    """A process exporting streamcell metrics under traffic; yields host:port of /metrics."""
+    (tmp_path / "registry").mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TARGET, str(tmp_path / "registry")],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line.strip().isdigit(), f"metrics target did not start (exit {proc.poll()})"
+        yield f"127.0.0.1:{int(line)}"
+    finally:
+        stop(proc)
+
+
+@pytest.fixture
+def prometheus(metrics_target: str, tmp_path: Path) -> Iterator[Prometheus]:
+    assert PROMETHEUS is not None
+    port = free_port()
+    config = prometheus_config(metrics_target, tmp_path)
+    log = open(tmp_path / "prometheus.log", "w")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(
+        [
+            PROMETHEUS,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=1h",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        env={**os.environ, "GOMAXPROCS": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "prometheus did not become ready in 30 s"
+            time.sleep(0.2)
+        yield Prometheus(url)
+    finally:
+        stop(proc)
+        log.close()
+
+
+def value(result: list[dict]) -> float:
+    return sum(float(r["value"][1]) for r in result)
+
+
+def test_prometheus_scrapes_the_service_series(prometheus: Prometheus) -> None:
+    up = prometheus.wait_for('up{job="streamcell"} == 1')
+    assert up, "the streamcell target never came up"
+
+    predicted = prometheus.wait_for('streamcell_predictions_total{source="grpc"} > 0')
+    assert value(predicted) > 0
+    events = prometheus.wait_for('streamcell_events_total{outcome="predicted"} > 0')
+    assert {r["metric"]["source"] for r in events} == {"grpc"}
+    assert value(prometheus.wait_for("streamcell_active_streams > 0")) == 40
+    assert value(prometheus.wait_for("streamcell_model_loaded")) == 1
+    info = prometheus.wait_for("streamcell_model_info")
+    assert info and info[0]["metric"]["model"] == "m"
+
+    # Histograms arrive whole: buckets, sum and count, usable by histogram_quantile.
+    p99 = prometheus.wait_for(
+        "histogram_quantile(0.99, sum by (le) (streamcell_event_latency_seconds_bucket)) > 0"
+    )
+    assert 0.001 < value(p99) <= 0.0025
+    mae = prometheus.wait_for("streamcell_online_mae > 0")
+    assert mae and mae[0]["metric"]["model"] == "m"
+
+    # The shipped rules were loaded and evaluate against these series.
+    rules = get_json(f"{prometheus.url}/api/v1/rules")["groups"]
+    names = {r["name"] for g in rules for r in g["rules"]}
+    assert {"StreamcellNoModelLoaded", "StreamcellOnlineErrorHigh"} <= names
+    assert prometheus.query('ALERTS{alertname="StreamcellNoModelLoaded"}') == []
