@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -104,9 +105,16 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             row, reason, message = bad[0]
             raise InvalidEvent(reason, f"event {row} (stream {batch.streams[row]!r}): {message}")
         self._check_owned(batch.streams)
-        if context.time_remaining() <= 0:
+        # Wait for the Predictor (the Kafka loop may hold it) no longer than the
+        # client's deadline: a call that gave up must not change state.
+        remaining = context.time_remaining()
+        wait = -1 if remaining is None or remaining > threading.TIMEOUT_MAX else remaining
+        if wait == 0 or not predictor.lock.acquire(timeout=wait):
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before applying")
-        result = predictor.predict(batch)
+        try:
+            result = predictor.predict(batch)
+        finally:
+            predictor.lock.release()
         self._applied(result.touched)
         if self._metrics is not None:
             counts = np.bincount(result.outcome, minlength=len(OUTCOMES))
