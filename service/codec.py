@@ -1,0 +1,233 @@
+"""Kafka values <-> the core's columns: bulk decode of events, bulk encode of predictions.
+
+A polled batch of records becomes one :class:`EventBatch` of the good events
+plus a list of the bad ones, each with a dead-letter reason code from
+``streamcell.events`` and a message saying what is wrong. Nothing here raises
+for bad input: one broken record never stops the others.
+
+Predictions are encoded with a fixed key order and Python's float repr (the
+float64 value of each float32, which round-trips exactly), so a replayed event
+yields a byte-identical prediction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from streamcell.events import (
+    MAX_STREAM_ID_BYTES,
+    NO_SEQ,
+    REASON_BAD_FIELD,
+    REASON_BAD_JSON,
+    REASON_BAD_PROTOBUF,
+    REASON_KEY_TOO_LONG,
+    REASON_MISSING_KEY,
+    REASON_WRONG_LENGTH,
+    EventBatch,
+    find_invalid,
+)
+
+if TYPE_CHECKING:
+    from streamcell.service.kafka import Record
+
+FORMAT_JSON = "json"
+FORMAT_PROTOBUF = "protobuf"
+FORMATS = (FORMAT_JSON, FORMAT_PROTOBUF)
+_NUMBER = (int, float)
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A record that cannot be applied, with a stable reason code."""
+
+    record: Record
+    reason: str
+    message: str
+
+
+@dataclass
+class Decoded:
+    """The good events of a poll as columns, and the bad records."""
+
+    batch: EventBatch
+    records: list[Record]  # row k of ``batch`` came from ``records[k]``
+    event_time: np.ndarray  # [N] float64 seconds: the event's ts, else its Kafka timestamp
+    invalid: list[Invalid] = field(default_factory=list)
+
+
+class _Bad(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def decode(records: Sequence[Record], input_size: int, event_format: str = FORMAT_JSON) -> Decoded:
+    """Decode and validate a polled batch in one pass, keeping Kafka order."""
+    if event_format not in FORMATS:
+        raise ValueError(f"event format must be one of {FORMATS}, got {event_format!r}")
+    parse = _parse_json if event_format == FORMAT_JSON else _protobuf_parser()
+    good: list[Record] = []
+    streams: list[str] = []
+    xs: list[Sequence[float]] = []
+    seqs: list[int] = []
+    times: list[float] = []
+    invalid: list[Invalid] = []
+    for rec in records:
+        try:
+            stream = _stream_id(rec.key)
+            body_stream, seq, ts, x = parse(rec.value)
+            if body_stream is not None and body_stream != stream:
+                raise _Bad(
+                    REASON_BAD_FIELD,
+                    f"stream {body_stream!r} in the value differs from the key {stream!r}",
+                )
+            if len(x) != input_size:
+                raise _Bad(
+                    REASON_WRONG_LENGTH, f"x has {len(x)} values, the model takes {input_size}"
+                )
+        except _Bad as bad:
+            invalid.append(Invalid(rec, bad.reason, bad.message))
+            continue
+        good.append(rec)
+        streams.append(stream)
+        xs.append(x)
+        seqs.append(seq)
+        times.append(ts if ts is not None else rec.timestamp_ms / 1000.0)
+    n = len(good)
+    with np.errstate(over="ignore"):  # 1e39 becomes inf in float32, then non_finite
+        x_arr = np.asarray(xs, dtype=np.float32).reshape(n, input_size)
+    batch = EventBatch.of(
+        streams,
+        x_arr,
+        seq=np.asarray(seqs, dtype=np.int64),
+        partition=np.fromiter((r.partition for r in good), np.int32, n),
+        offset=np.fromiter((r.offset for r in good), np.int64, n),
+    )
+    decoded = Decoded(batch, good, np.asarray(times, dtype=np.float64), invalid)
+    bad_rows = find_invalid(batch, input_size)
+    if bad_rows:
+        decoded = _drop_rows(decoded, bad_rows)
+    return decoded
+
+
+def _drop_rows(decoded: Decoded, bad_rows: list[tuple[int, str, str]]) -> Decoded:
+    drop = {row for row, _, _ in bad_rows}
+    keep = np.fromiter((k for k in range(len(decoded.records)) if k not in drop), np.int64)
+    seen: set[int] = set()
+    invalid = list(decoded.invalid)
+    for row, reason, message in bad_rows:
+        if row not in seen:  # one reason per record: the first rule it breaks
+            seen.add(row)
+            invalid.append(Invalid(decoded.records[row], reason, message))
+    invalid.sort(key=lambda bad: (bad.record.partition, bad.record.offset))
+    return Decoded(
+        decoded.batch.take(keep),
+        [decoded.records[k] for k in keep],
+        decoded.event_time[keep],
+        invalid,
+    )
+
+
+def _stream_id(key: bytes | None) -> str:
+    if not key:
+        raise _Bad(REASON_MISSING_KEY, "the record has no key (the key is the stream id)")
+    if len(key) > MAX_STREAM_ID_BYTES:
+        raise _Bad(REASON_KEY_TOO_LONG, f"the key is longer than {MAX_STREAM_ID_BYTES} bytes")
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Bad(REASON_BAD_FIELD, "the key is not valid UTF-8") from None
+
+
+def _parse_json(value: bytes | None) -> tuple[str | None, int, float | None, list]:
+    if value is None:
+        raise _Bad(REASON_BAD_JSON, "the record has no value")
+    try:
+        doc = json.loads(value)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise _Bad(REASON_BAD_JSON, f"value is not JSON: {str(exc)[:120]}") from None
+    if not isinstance(doc, dict):
+        raise _Bad(REASON_BAD_JSON, f"value must be a JSON object, got {type(doc).__name__}")
+    x = doc.get("x")
+    if not isinstance(x, list):
+        raise _Bad(REASON_BAD_FIELD, "x must be a list of numbers")
+    for v in x:
+        if type(v) not in _NUMBER:  # bool is not a number here
+            raise _Bad(REASON_BAD_FIELD, f"x must hold numbers only, found {json.dumps(v)[:40]}")
+    stream = doc.get("stream")
+    if stream is not None and not isinstance(stream, str):
+        raise _Bad(REASON_BAD_FIELD, "stream must be a string")
+    seq = doc.get("seq")
+    if seq is None:
+        seq = NO_SEQ
+    elif type(seq) is not int or seq < 0 or seq >= 2**63:
+        raise _Bad(REASON_BAD_FIELD, f"seq must be an integer >= 0, got {json.dumps(seq)[:40]}")
+    ts = doc.get("ts")
+    if ts is not None and (type(ts) not in _NUMBER or not math.isfinite(ts)):
+        raise _Bad(REASON_BAD_FIELD, "ts must be a finite number of seconds")
+    return stream, seq, None if ts is None else float(ts), x
+
+
+def _protobuf_parser():
+    from google.protobuf.message import DecodeError
+
+    from streamcell.v1.event_pb2 import Event
+
+    def parse(value: bytes | None) -> tuple[str | None, int, float | None, Sequence[float]]:
+        if value is None:
+            raise _Bad(REASON_BAD_PROTOBUF, "the record has no value")
+        try:
+            event = Event.FromString(value)
+        except DecodeError as exc:
+            raise _Bad(REASON_BAD_PROTOBUF, f"value is not an Event: {exc}") from None
+        seq = event.seq if event.HasField("seq") else NO_SEQ
+        if event.HasField("seq") and seq < 0:
+            raise _Bad(REASON_BAD_FIELD, f"seq must be >= 0, got {seq}")
+        ts = event.ts if event.HasField("ts") else None
+        if ts is not None and not math.isfinite(ts):
+            raise _Bad(REASON_BAD_FIELD, "ts must be a finite number of seconds")
+        return event.stream or None, seq, ts, event.x
+
+    return parse
+
+
+# ------------------------------------------------------------------ encode
+def encode_predictions(
+    batch: EventBatch, yhat: np.ndarray, rows: np.ndarray, model: str, version: str
+) -> list[tuple[bytes, bytes]]:
+    """(key, value) of the prediction of each of ``rows``; same input, same bytes."""
+    tail = f',"model":{json.dumps(model)},"version":{json.dumps(version)}}}'
+    values = yhat[rows].astype(np.float64).tolist()
+    out: list[tuple[bytes, bytes]] = []
+    for k, y in zip(rows.tolist(), values, strict=True):
+        stream = batch.streams[k]
+        seq = int(batch.seq[k])
+        head = (
+            f'{{"stream":{json.dumps(stream)},"partition":{int(batch.partition[k])},'
+            f'"offset":{int(batch.offset[k])}'
+        )
+        if seq != NO_SEQ:
+            head += f',"seq":{seq}'
+        out.append(
+            (stream.encode(), (head + ',"yhat":[' + ",".join(map(repr, y)) + "]" + tail).encode())
+        )
+    return out
+
+
+def dead_letter_headers(bad: Invalid) -> list[tuple[str, bytes]]:
+    """Why a record was refused and where it came from, as Kafka headers."""
+    rec = bad.record
+    return [
+        ("reason", bad.reason.encode()),
+        ("error", bad.message.encode()[:1000]),
+        ("source_topic", rec.topic.encode()),
+        ("source_partition", str(rec.partition).encode()),
+        ("source_offset", str(rec.offset).encode()),
+    ]

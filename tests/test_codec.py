@@ -1,0 +1,160 @@
+"""Bulk decode of polled records and bulk encode of predictions (no broker)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from streamcell.events import NO_SEQ, EventBatch
+from streamcell.service.codec import (
+    FORMAT_JSON,
+    FORMAT_PROTOBUF,
+    dead_letter_headers,
+    decode,
+    encode_predictions,
+)
+from streamcell.service.kafka import Record
+
+
+def rec(key, value, offset=0, partition=0, ts_ms=1_000_000) -> Record:
+    if isinstance(value, dict):
+        value = json.dumps(value).encode()
+    if isinstance(key, str):
+        key = key.encode()
+    return Record("events", partition, offset, key, value, ts_ms, ())
+
+
+def test_json_good_events_become_columns_in_order():
+    records = [
+        rec("a", {"x": [1, 2.5, 3]}, offset=5),
+        rec("b", {"stream": "b", "seq": 7, "ts": 12.5, "x": [0, 0, 0]}, offset=6, partition=1),
+        rec("a", {"x": [4, 5, 6], "seq": 0}, offset=7),
+    ]
+    d = decode(records, 3, FORMAT_JSON)
+    assert d.invalid == []
+    assert d.batch.streams == ["a", "b", "a"]
+    np.testing.assert_array_equal(d.batch.x, np.array([[1, 2.5, 3], [0, 0, 0], [4, 5, 6]]))
+    assert d.batch.x.dtype == np.float32
+    assert d.batch.seq.tolist() == [NO_SEQ, 7, 0]
+    assert d.batch.partition.tolist() == [0, 1, 0]
+    assert d.batch.offset.tolist() == [5, 6, 7]
+    assert d.event_time.tolist() == [1000.0, 12.5, 1000.0]  # ts, else the Kafka timestamp
+    assert d.records == records
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("a", b"{not json", "bad_json"),
+        ("a", b"[1, 2, 3]", "bad_json"),
+        ("a", None, "bad_json"),
+        ("a", b"\xff\xfe", "bad_json"),
+        (None, {"x": [1, 2, 3]}, "missing_key"),
+        (b"", {"x": [1, 2, 3]}, "missing_key"),
+        ("k" * 300, {"x": [1, 2, 3]}, "key_too_long"),
+        (b"\xff\xfe", {"x": [1, 2, 3]}, "bad_field"),
+        ("a", {"x": [1, 2]}, "wrong_length"),
+        ("a", {"x": [1, 2, 3, 4]}, "wrong_length"),
+        ("a", {"x": "1,2,3"}, "bad_field"),
+        ("a", {"y": [1, 2, 3]}, "bad_field"),
+        ("a", {"x": [1, "2", 3]}, "bad_field"),
+        ("a", {"x": [1, True, 3]}, "bad_field"),
+        ("a", {"x": [1, None, 3]}, "bad_field"),
+        ("a", b'{"x": [1, NaN, 3]}', "non_finite"),
+        ("a", b'{"x": [1, Infinity, 3]}', "non_finite"),
+        ("a", {"x": [1, 1e39, 3]}, "non_finite"),  # overflows float32
+        ("a", {"x": [1, 2, 3], "seq": -1}, "bad_field"),
+        ("a", {"x": [1, 2, 3], "seq": 1.5}, "bad_field"),
+        ("a", {"x": [1, 2, 3], "ts": "now"}, "bad_field"),
+        ("a", {"x": [1, 2, 3], "stream": "b"}, "bad_field"),
+        ("a", {"x": [1, 2, 3], "stream": 5}, "bad_field"),
+    ],
+)
+def test_json_bad_events_are_refused_with_a_reason(key, value, reason):
+    good = rec("ok", {"x": [1, 2, 3]}, offset=0)
+    bad = rec(key, value, offset=1)
+    after = rec("ok", {"x": [4, 5, 6]}, offset=2)
+    d = decode([good, bad, after], 3, FORMAT_JSON)
+    assert [i.reason for i in d.invalid] == [reason]
+    assert d.invalid[0].record == bad
+    assert d.invalid[0].message  # says what is wrong
+    assert d.batch.offset.tolist() == [0, 2]  # the good ones flow on
+    assert len(d.records) == 2
+
+
+def test_dead_letter_headers_carry_reason_and_source():
+    bad = decode([rec("a", b"oops", offset=42, partition=2)], 3).invalid[0]
+    headers = dict(dead_letter_headers(bad))
+    assert headers["reason"] == b"bad_json"
+    assert headers["source_partition"] == b"2"
+    assert headers["source_offset"] == b"42"
+    assert b"not JSON" in headers["error"]
+
+
+def test_empty_poll_decodes_to_an_empty_batch():
+    d = decode([], 4)
+    assert len(d.batch) == 0 and d.batch.x.shape == (0, 4) and d.invalid == []
+
+
+def test_protobuf_events_decode_like_json():
+    from streamcell.v1.event_pb2 import Event
+
+    ev = Event(stream="a", seq=3, x=[1.0, 2.0, 3.0])
+    ev_plain = Event(x=[0.5, 0.25, 0.125])
+    records = [
+        rec("a", ev.SerializeToString(), offset=0),
+        rec("b", ev_plain.SerializeToString(), offset=1),
+        rec("c", b"\xff\xff\xff", offset=2),
+        rec("d", Event(x=[1.0]).SerializeToString(), offset=3),
+        rec("e", Event(x=[1.0, math.nan, 2.0]).SerializeToString(), offset=4),
+    ]
+    d = decode(records, 3, FORMAT_PROTOBUF)
+    assert d.batch.streams == ["a", "b"]
+    assert d.batch.seq.tolist() == [3, NO_SEQ]
+    np.testing.assert_array_equal(d.batch.x[1], [0.5, 0.25, 0.125])
+    assert [(i.record.offset, i.reason) for i in d.invalid] == [
+        (2, "bad_protobuf"),
+        (3, "wrong_length"),
+        (4, "non_finite"),
+    ]
+
+
+def test_predictions_are_json_with_the_agreed_fields():
+    batch = EventBatch.of(
+        ["a", "b\u00e9"], [[1.0], [2.0]], seq=[NO_SEQ, 9], partition=[0, 1], offset=[10, 11]
+    )
+    yhat = np.array([[0.1, -2.5], [1e-8, 3.0]], dtype=np.float32)
+    out = encode_predictions(batch, yhat, np.array([0, 1]), "m", "v1")
+    assert [k for k, _ in out] == [b"a", "b\u00e9".encode()]
+    first, second = (json.loads(v) for _, v in out)
+    assert first == {
+        "stream": "a",
+        "partition": 0,
+        "offset": 10,
+        "yhat": [float(np.float32(0.1)), -2.5],
+        "model": "m",
+        "version": "v1",
+    }
+    assert second["seq"] == 9 and second["stream"] == "b\u00e9"
+    # Every float round-trips to the exact float32 the model computed.
+    assert np.array(second["yhat"], dtype=np.float32).tobytes() == yhat[1].tobytes()
+
+
+def test_prediction_bytes_are_deterministic():
+    rng = np.random.default_rng(0)
+    batch = EventBatch.of(
+        [f"s{k}" for k in range(50)],
+        rng.normal(size=(50, 3)),
+        partition=np.zeros(50),
+        offset=np.arange(50),
+    )
+    yhat = rng.normal(size=(50, 3)).astype(np.float32)
+    rows = np.arange(50)
+    first = encode_predictions(batch, yhat, rows, "m", "v")
+    again = encode_predictions(batch, yhat.copy(), rows, "m", "v")
+    assert first == again
+    # A single row encodes as in the batch (a replay may come in another batch).
+    assert encode_predictions(batch, yhat, np.array([7]), "m", "v") == [first[7]]
