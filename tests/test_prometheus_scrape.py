@@ -134,9 +134,10 @@ class Prometheus:
             time.sleep(0.5)
 
 
-@pytest.fixture
-def metrics_target(tmp_path: Path) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def metrics_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A process exporting streamcell metrics under traffic; yields host:port of /metrics."""
+    tmp_path = tmp_path_factory.mktemp("target")
     (tmp_path / "registry").mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-c", TARGET, str(tmp_path / "registry")],
@@ -152,9 +153,12 @@ def metrics_target(tmp_path: Path) -> Iterator[str]:
         stop(proc)
 
 
-@pytest.fixture
-def prometheus(metrics_target: str, tmp_path: Path) -> Iterator[Prometheus]:
+@pytest.fixture(scope="module")
+def prometheus(
+    metrics_target: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Prometheus]:
     assert PROMETHEUS is not None
+    tmp_path = tmp_path_factory.mktemp("prometheus")
     port = free_port()
     config = prometheus_config(metrics_target, tmp_path)
     log = open(tmp_path / "prometheus.log", "w")  # noqa: SIM115 - closed in finally
@@ -220,3 +224,36 @@ def test_prometheus_scrapes_the_service_series(prometheus: Prometheus) -> None:
     names = {r["name"] for g in rules for r in g["rules"]}
     assert {"StreamcellNoModelLoaded", "StreamcellOnlineErrorHigh"} <= names
     assert prometheus.query('ALERTS{alertname="StreamcellNoModelLoaded"}') == []
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every query in the Grafana dashboard, Grafana variables filled."""
+    dash = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "streamcell.json").read_text())
+    out = []
+    for panel in dash["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"].replace("$__rate_interval", "1m").replace("$instance", ".*")
+            out.append((panel["title"], expr))
+    return out
+
+
+def test_dashboard_queries_run_and_show_the_service(prometheus: Prometheus) -> None:
+    """Every dashboard query is valid PromQL; the core panels show data from the service."""
+    # rate() needs two samples in its window: wait for a few scrapes.
+    assert prometheus.wait_for(
+        'count_over_time(streamcell_predictions_total{source="grpc"}[1m]) > 2'
+    )
+    queries = dashboard_queries()
+    assert len(queries) >= 10
+    empty = []
+    for title, expr in queries:
+        if not prometheus.query(expr):  # a bad query raises (HTTP 400) in get_json
+            empty.append(title)
+    for must_show in (
+        "Events by source and outcome",
+        "End-to-end event latency (event time to prediction)",
+        "Active streams and capacity",
+        "Online error by model version",
+        "Served model",
+    ):
+        assert must_show not in empty, f"dashboard panel {must_show!r} shows no data"
