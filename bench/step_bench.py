@@ -1,0 +1,130 @@
+"""Batched streaming step vs one torch.nn.LSTM call per event, side by side.
+
+    python bench/step_bench.py [--streams 100000] [--threads 1]
+
+For each batch size B: pick B random streams of a slab store holding
+``--streams`` streams, gather their (h, c), run one batched step, scatter back;
+events/s = B / time. The naive design keeps a dict of per-stream (h, c) and
+calls torch.nn.LSTM once per event. Also times the full Predictor (waves,
+normalisation, bookkeeping) at the largest batch. One run, same process, so
+the ratios hold even on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from streamcell.checkpoint import LoadedModel, ModelConfig
+from streamcell.events import EventBatch
+from streamcell.model import StreamingLSTM
+from streamcell.predictor import Predictor
+from streamcell.state import StateStore
+
+INPUT, HIDDEN, LAYERS = 8, 64, 2
+
+
+def timed(fn, min_seconds: float) -> float:
+    """Seconds per call, repeating until ``min_seconds`` have passed."""
+    fn()  # warm up
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return elapsed / calls
+
+
+def bench_batched(model: StreamingLSTM, store: StateStore, batch: int, seconds: float) -> float:
+    rng = np.random.default_rng(batch)
+    ids = store.stream_ids()
+
+    def one() -> None:
+        pick = [ids[k] for k in rng.choice(len(ids), size=batch, replace=False)]
+        slots = store.slots(pick, 0.0)
+        h, c = store.gather(slots)
+        out = model.step(torch.randn(batch, INPUT), h, c)
+        store.scatter(slots, out.h, out.c)
+
+    return batch / timed(one, seconds)
+
+
+def bench_naive(model: StreamingLSTM, streams: int, seconds: float) -> float:
+    states: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    zero = torch.zeros(LAYERS, 1, HIDDEN)
+    rng = np.random.default_rng(0)
+    names = [f"s{k}" for k in range(streams)]
+
+    def one() -> None:
+        stream = names[rng.integers(streams)]
+        h, c = states.get(stream, (zero, zero))
+        with torch.no_grad():
+            out, (h, c) = model.lstm(torch.randn(1, 1, INPUT), (h, c))
+            model.head(out[:, -1])
+        states[stream] = (h, c)
+
+    return 1 / timed(one, seconds)
+
+
+def bench_predictor(model: StreamingLSTM, streams: int, batch: int, seconds: float) -> float:
+    names = [f"f{k}" for k in range(INPUT)]
+    cfg = ModelConfig(
+        INPUT,
+        HIDDEN,
+        LAYERS,
+        INPUT,
+        names,
+        names,
+        [0.0] * INPUT,
+        [1.0] * INPUT,
+        [0.0] * INPUT,
+        [1.0] * INPUT,
+    )
+    predictor = Predictor(LoadedModel("bench", "v1", None, cfg, model), max_streams=streams)  # type: ignore[arg-type]
+    ids = [f"s{k}" for k in range(streams)]
+    for k in range(0, streams, 4096):
+        chunk = ids[k : k + 4096]
+        predictor.predict(EventBatch.of(chunk, np.zeros((len(chunk), INPUT), np.float32)))
+    rng = np.random.default_rng(1)
+
+    def one() -> None:
+        pick = [ids[k] for k in rng.integers(0, streams, size=batch)]
+        predictor.predict(EventBatch.of(pick, rng.normal(size=(batch, INPUT)).astype(np.float32)))
+
+    return batch / timed(one, seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=100_000)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = StreamingLSTM(INPUT, HIDDEN, LAYERS, INPUT).eval()
+    store = StateStore(
+        LAYERS, HIDDEN, INPUT, INPUT, initial_capacity=args.streams, max_streams=args.streams
+    )
+    store.slots([f"s{k}" for k in range(args.streams)], 0.0)
+
+    naive = bench_naive(model, args.streams, args.seconds)
+    print(
+        f"torch {torch.__version__}, threads={args.threads}, {args.streams} streams, "
+        f"input={INPUT} hidden={HIDDEN} layers={LAYERS}"
+    )
+    print(f"{'design':<40}{'events/s':>14}{'vs naive':>10}")
+    print(f"{'naive: nn.LSTM per event, dict states':<40}{naive:>14,.0f}{1.0:>10.1f}")
+    for batch in (1, 64, 1024, 4096):
+        rate = bench_batched(model, store, batch, args.seconds)
+        print(f"{f'batched step, B={batch}':<40}{rate:>14,.0f}{rate / naive:>10.1f}")
+    rate = bench_predictor(model, args.streams, 1024, args.seconds)
+    print(f"{'Predictor.predict, B=1024 (full path)':<40}{rate:>14,.0f}{rate / naive:>10.1f}")
+
+
+if __name__ == "__main__":
+    main()
