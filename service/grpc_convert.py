@@ -77,7 +77,20 @@ def predictions_into(
 
 def prediction_of(batch: EventBatch, result: BatchResult) -> pb.Prediction:
     """The single Prediction of a one-event batch."""
-    return predictions_into(pb.PredictionBatch(), batch, result).predictions[0]
+    seq = int(batch.seq[0])
+    if result.outcome[0] == DUPLICATE:
+        yhat, outcome = [], pb.OUTCOME_DUPLICATE
+    else:
+        yhat, outcome = result.yhat[0].tolist(), pb.OUTCOME_PREDICTED
+    return pb.Prediction(
+        stream=batch.streams[0],
+        seq=None if seq == NO_SEQ else seq,
+        yhat=yhat,
+        model=result.model,
+        version=result.version,
+        events=int(result.events[0]),
+        outcome=outcome,
+    )
 
 
 def stream_state(info: StreamInfo, include_gates: bool) -> pb.StreamState:

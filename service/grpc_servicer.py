@@ -99,11 +99,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
     def _apply(
         self, predictor: Predictor, batch: EventBatch, context: grpc.ServicerContext
     ) -> BatchResult:
-        """Validate the whole batch, then apply it (one Predictor call)."""
-        bad = predictor.validate(batch)
-        if bad:
-            row, reason, message = bad[0]
-            raise InvalidEvent(reason, f"event {row} (stream {batch.streams[row]!r}): {message}")
+        """Apply a batch in one Predictor call (which validates it whole first)."""
         self._check_owned(batch.streams)
         # Wait for the Predictor (the Kafka loop may hold it) no longer than the
         # client's deadline: a call that gave up must not change state.
