@@ -116,6 +116,7 @@ async def _unary(target: str, concurrency: int, seconds: float, streams: int) ->
     import grpc
 
     from streamcell.v1 import event_pb2
+    from streamcell.v1 import predictor_pb2 as pb
     from streamcell.v1 import predictor_pb2_grpc as pb_grpc
 
     rng = np.random.default_rng(0)
@@ -124,7 +125,9 @@ async def _unary(target: str, concurrency: int, seconds: float, streams: int) ->
     latencies: list[float] = []
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.PredictorStub(channel)
-        for k in range(50):  # warm up
+        for k in range(0, streams, 1000):  # every stream exists: measure the steady state
+            await stub.PredictBatch(pb.EventBatch(events=requests[k : k + 1000]))
+        for k in range(50):
             await stub.Predict(requests[k])
         end = time.perf_counter() + seconds
 
@@ -229,6 +232,7 @@ def main() -> int:
             finally:
                 server.close()
 
+    print(f"load average after the run: {os.getloadavg()[0]:.2f} (other processes share the CPUs)")
     print()
     print("| measurement | streamcell | echo | streamcell / echo |")
     print("|---|---|---|---|")

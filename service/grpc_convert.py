@@ -75,20 +75,19 @@ def predictions_into(
     return out
 
 
-def prediction_of(batch: EventBatch, result: BatchResult) -> pb.Prediction:
-    """The single Prediction of a one-event batch."""
-    seq = int(batch.seq[0])
-    if result.outcome[0] == DUPLICATE:
+def prediction_of(event: event_pb2.Event, result: BatchResult, row: int) -> pb.Prediction:
+    """The Prediction for ``event``, row ``row`` of ``result``."""
+    if result.outcome[row] == DUPLICATE:
         yhat, outcome = [], pb.OUTCOME_DUPLICATE
     else:
-        yhat, outcome = result.yhat[0].tolist(), pb.OUTCOME_PREDICTED
+        yhat, outcome = result.yhat[row].tolist(), pb.OUTCOME_PREDICTED
     return pb.Prediction(
-        stream=batch.streams[0],
-        seq=None if seq == NO_SEQ else seq,
+        stream=event.stream,
+        seq=event.seq if event.HasField("seq") else None,
         yhat=yhat,
         model=result.model,
         version=result.version,
-        events=int(result.events[0]),
+        events=int(result.events[row]),
         outcome=outcome,
     )
 

@@ -23,6 +23,7 @@ from streamcell.errors import InvalidEvent, ModelNotLoaded, StreamcellError, Str
 from streamcell.events import REASON_MISSING_KEY, EventBatch
 from streamcell.predictor import OUTCOMES, BatchResult, Predictor
 from streamcell.service import grpc_errors
+from streamcell.service.grpc_coalesce import Coalescer, DeadlineExpired
 from streamcell.service.grpc_convert import batch_of, prediction_of, predictions_into, stream_state
 from streamcell.service.grpc_errors import NotOwned
 from streamcell.service.metrics import Metrics
@@ -76,6 +77,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         self._metrics = metrics
         self._owner_of = owner_of
         self._on_applied = on_applied
+        self._coalescer = Coalescer(self._record)
 
     # ------------------------------------------------------------- helpers
     def _predictor(self) -> Predictor:
@@ -96,6 +98,20 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         if self._on_applied is not None and streams:
             self._on_applied(streams)
 
+    def _record(self, batch: EventBatch, result: BatchResult) -> None:
+        """After an applied batch: tell the pipeline which streams changed; count it."""
+        self._applied(result.touched)
+        if self._metrics is not None:
+            counts = np.bincount(result.outcome, minlength=len(OUTCOMES))
+            self._metrics.record_batch(
+                "grpc",
+                {OUTCOMES[k]: int(n) for k, n in enumerate(counts)},
+                len(batch) - int(counts[1:].sum()),
+                result.abs_errors,
+                result.model,
+                result.version,
+            )
+
     def _apply(
         self, predictor: Predictor, batch: EventBatch, context: grpc.ServicerContext
     ) -> BatchResult:
@@ -111,25 +127,29 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             result = predictor.predict(batch)
         finally:
             predictor.lock.release()
-        self._applied(result.touched)
-        if self._metrics is not None:
-            counts = np.bincount(result.outcome, minlength=len(OUTCOMES))
-            self._metrics.record_batch(
-                "grpc",
-                {OUTCOMES[k]: int(n) for k, n in enumerate(counts)},
-                len(batch) - int(counts[1:].sum()),
-                result.abs_errors,
-                result.model,
-                result.version,
-            )
+        self._record(batch, result)
         return result
+
+    def _apply_one(
+        self, predictor: Predictor, event: event_pb2.Event, context: grpc.ServicerContext
+    ) -> pb.Prediction:
+        """One event, merged with concurrent single-event calls (see grpc_coalesce)."""
+        batch = batch_of([event], predictor.config.input_size)
+        bad = predictor.validate(batch)
+        if bad:
+            _, reason, message = bad[0]
+            raise InvalidEvent(reason, f"event 0 (stream {event.stream!r}): {message}")
+        self._check_owned(batch.streams)
+        try:
+            result, row = self._coalescer.submit(predictor, batch, context)
+        except DeadlineExpired:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before applying")
+        return prediction_of(event, result, row)
 
     # ---------------------------------------------------------- predictions
     @_mapped
     def Predict(self, request: event_pb2.Event, context: grpc.ServicerContext) -> pb.Prediction:
-        predictor = self._predictor()
-        batch = batch_of([request], predictor.config.input_size)
-        return prediction_of(batch, self._apply(predictor, batch, context))
+        return self._apply_one(self._predictor(), request, context)
 
     @_mapped
     def PredictBatch(
@@ -147,9 +167,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
     ) -> Iterator[pb.Prediction]:
         try:
             for event in request_iterator:
-                predictor = self._predictor()
-                batch = batch_of([event], predictor.config.input_size)
-                yield prediction_of(batch, self._apply(predictor, batch, context))
+                yield self._apply_one(self._predictor(), event, context)
         except StreamcellError as exc:
             grpc_errors.abort(context, exc)
 

@@ -11,6 +11,7 @@ import io
 import json
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -128,6 +129,20 @@ def test_predict_batch_and_predict_stream_agree_with_predict(client: Client) -> 
     np.testing.assert_allclose(yhats(streamed), yhats(unary), rtol=0, atol=1e-6)
     assert [p.events for p in batch] == [p.events for p in unary] == [t + 1 for _, t in order]
     assert [p.stream.split("-")[-1] for p in batch] == [str(k) for k, _ in order]
+
+
+def test_concurrent_unary_calls_keep_each_streams_order(served: Served) -> None:
+    """Concurrent Predict calls are merged into shared LSTM steps; each stream stays exact."""
+    xs = {k: sequence(100 + k, 10) for k in range(8)}
+
+    def run(k: int) -> np.ndarray:
+        with Client(served.target, timeout=10) as c:
+            return yhats([c.predict(f"conc-{k}", row.tolist()) for row in xs[k]])
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        got = dict(zip(range(8), pool.map(run, range(8)), strict=True))
+    for k in range(8):
+        np.testing.assert_allclose(got[k], offline(served.predictor, xs[k]), rtol=0, atol=2e-5)
 
 
 def test_duplicate_seq_is_not_applied(client: Client) -> None:
