@@ -19,6 +19,7 @@ from streamcell.errors import StreamcellError
 
 SUBCOMMANDS: dict[str, str] = {
     "models": "streamcell.registry_cli",
+    "broker": "streamcell.service.broker_cli",
     "predict": "streamcell.service.predict_cli",
 }
 

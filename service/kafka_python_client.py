@@ -1,0 +1,336 @@
+"""The kafka-python implementation of the interfaces in ``kafka.py`` (the default client)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+from kafka import (
+    ConsumerRebalanceListener,
+    KafkaAdminClient,
+    KafkaConsumer,
+    KafkaProducer,
+)
+from kafka import TopicPartition as KTopicPartition
+from kafka import errors as kerrors
+from kafka.admin import NewTopic
+from kafka.structs import OffsetAndMetadata
+
+from streamcell.service.kafka import (
+    CommitFailed,
+    EndTracker,
+    KafkaClientConfig,
+    Member,
+    Record,
+    TopicPartition,
+    TopicSpec,
+    unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _common(cfg: KafkaClientConfig) -> dict:
+    return {
+        "bootstrap_servers": cfg.bootstrap_servers.split(","),
+        "client_id": cfg.client_id,
+        "request_timeout_ms": cfg.request_timeout_ms,
+        "bootstrap_timeout_ms": int(cfg.connect_timeout_s * 1000),
+    }
+
+
+def _consumer_kwargs(cfg: KafkaClientConfig) -> dict:
+    return {
+        **_common(cfg),
+        "enable_auto_commit": False,
+        "auto_offset_reset": cfg.auto_offset_reset,
+        "fetch_max_wait_ms": cfg.fetch_max_wait_ms,
+        "allow_auto_create_topics": False,
+    }
+
+
+def _records(batches: dict) -> list[Record]:
+    out: list[Record] = []
+    for tp in sorted(batches):
+        out.extend(
+            Record(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp, tuple(r.headers))
+            for r in batches[tp]
+        )
+    return out
+
+
+def _tp(tp: TopicPartition) -> KTopicPartition:
+    return KTopicPartition(tp[0], tp[1])
+
+
+class _Listener(ConsumerRebalanceListener):
+    """Forwards rebalances; keeps a callback's exception so ``poll`` can raise it.
+
+    (kafka-python logs and swallows exceptions raised in listeners.)
+    """
+
+    def __init__(self, on_assign, on_revoke) -> None:
+        self.on_assign = on_assign
+        self.on_revoke = on_revoke
+        self.error: BaseException | None = None
+
+    def _call(self, fn, partitions) -> None:
+        if self.error is not None:
+            return
+        try:
+            fn(sorted((p.topic, p.partition) for p in partitions))
+        except BaseException as exc:
+            self.error = exc
+
+    def on_partitions_revoked(self, revoked) -> None:
+        self._call(self.on_revoke, revoked)
+
+    def on_partitions_assigned(self, assigned) -> None:
+        self._call(self.on_assign, assigned)
+
+
+class KafkaPythonConsumer:
+    def __init__(self, cfg: KafkaClientConfig, group_id: str) -> None:
+        self.cfg = cfg
+        try:
+            self._c = KafkaConsumer(
+                **_consumer_kwargs(cfg),
+                group_id=group_id,
+                session_timeout_ms=cfg.session_timeout_ms,
+                heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+                max_poll_interval_ms=cfg.max_poll_interval_ms,
+            )
+        except kerrors.KafkaError as exc:
+            raise unavailable(cfg, exc) from exc
+        self._listener: _Listener | None = None
+
+    def subscribe(
+        self,
+        topics: list[str],
+        on_assign: Callable[[list[TopicPartition]], None],
+        on_revoke: Callable[[list[TopicPartition]], None],
+    ) -> None:
+        self._listener = _Listener(on_assign, on_revoke)
+        self._c.subscribe(topics, listener=self._listener)
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Record]:
+        batches = self._c.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        listener = self._listener
+        if listener is not None and listener.error is not None:
+            error, listener.error = listener.error, None
+            raise error
+        return _records(batches) if batches else []
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if not offsets:
+            return
+        try:
+            self._c.commit({_tp(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        except kerrors.KafkaError as exc:
+            raise CommitFailed(f"commit of {len(offsets)} partition(s) failed: {exc}") from exc
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._c.seek(_tp(tp), offset)
+
+    def assignment(self) -> list[TopicPartition]:
+        return sorted((p.topic, p.partition) for p in self._c.assignment())
+
+    def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        if not tps:
+            return {}
+        listed = self._c.end_offsets([_tp(tp) for tp in tps])
+        out = {}
+        for tp in tps:
+            end = listed[_tp(tp)]
+            high = self._c.highwater(_tp(tp)) if _tp(tp) in self._c.assignment() else None
+            out[tp] = max(end, high) if high is not None else end
+        return out
+
+    def committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+        return {tp: self._c.committed(_tp(tp)) for tp in tps}
+
+    def position(self, tp: TopicPartition) -> int:
+        return self._c.position(_tp(tp))
+
+    def close(self) -> None:
+        self._c.close(autocommit=False)
+
+
+class KafkaPythonReader:
+    def __init__(self, cfg: KafkaClientConfig) -> None:
+        self.cfg = cfg
+        try:
+            self._c = KafkaConsumer(**_consumer_kwargs(cfg), group_id=None)
+        except kerrors.KafkaError as exc:
+            raise unavailable(cfg, exc) from exc
+
+    def read_to_end(self, tps: list[TopicPartition], timeout_s: float) -> Iterator[list[Record]]:
+        if not tps:
+            return
+        ktps = [_tp(tp) for tp in tps]
+        self._c.assign(ktps)
+        starts = self._c.beginning_offsets(ktps)
+        ends = self._c.end_offsets(ktps)
+        for ktp in ktps:
+            self._c.seek(ktp, starts[ktp])
+        tracker = EndTracker(
+            {(k.topic, k.partition): ends[k] for k in ktps},
+            {(k.topic, k.partition): starts[k] for k in ktps},
+        )
+        deadline = time.monotonic() + timeout_s
+        while tracker.pending():
+            if time.monotonic() > deadline:
+                raise unavailable(
+                    self.cfg, f"reading {tracker.pending()} to the end took over {timeout_s} s"
+                )
+            batches = self._c.poll(timeout_ms=200, max_records=10_000)
+            for ktp in ktps:
+                tp = (ktp.topic, ktp.partition)
+                tracker.update(tp, self._c.position(ktp), self._c.highwater(ktp))
+            if batches:
+                yield _records(batches)
+        self._c.assign([])
+
+    def close(self) -> None:
+        self._c.close(autocommit=False)
+
+
+class KafkaPythonProducer:
+    def __init__(self, cfg: KafkaClientConfig) -> None:
+        self.cfg = cfg
+        try:
+            self._p = KafkaProducer(
+                **_common(cfg),
+                acks=cfg.acks if cfg.acks == "all" else int(cfg.acks),
+                linger_ms=cfg.linger_ms,
+                batch_size=cfg.batch_size,
+                max_request_size=8 * 1024 * 1024,
+            )
+        except kerrors.KafkaError as exc:
+            raise unavailable(cfg, exc) from exc
+        self._futures: list = []
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+    ) -> None:
+        try:
+            future = self._p.send(topic, value=value, key=key, headers=headers, partition=partition)
+        except kerrors.KafkaError as exc:
+            raise unavailable(self.cfg, exc) from exc
+        self._futures.append(future)
+
+    def send_many(
+        self,
+        topic: str,
+        records: list[tuple[bytes | None, bytes | None]],
+        headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+    ) -> None:
+        send = self._p.send
+        append = self._futures.append
+        try:
+            for key, value in records:
+                append(send(topic, value=value, key=key, headers=headers, partition=partition))
+        except kerrors.KafkaError as exc:
+            raise unavailable(self.cfg, exc) from exc
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        futures, self._futures = self._futures, []
+        try:
+            self._p.flush(timeout=timeout_s)
+        except kerrors.KafkaError as exc:
+            raise unavailable(
+                self.cfg, f"{len(futures)} record(s) not acknowledged: {exc}"
+            ) from exc
+        failed = [f for f in futures if f.failed()]
+        if failed:
+            raise unavailable(
+                self.cfg, f"{len(failed)} record(s) not delivered: {failed[0].exception}"
+            )
+
+    def close(self) -> None:
+        try:
+            self._p.close(timeout=self.cfg.close_timeout_s)
+        except kerrors.KafkaError as exc:  # records still unsent: kafka-python's close gives up
+            log.warning("closing the producer dropped unsent records: %s", exc)
+            sender = getattr(self._p, "_sender", None)
+            if sender is not None:
+                sender.force_close()
+            self._p._closed = True  # or its __del__ tries (and fails) again
+
+
+class KafkaPythonAdmin:
+    def __init__(self, cfg: KafkaClientConfig) -> None:
+        self.cfg = cfg
+        try:
+            self._a = KafkaAdminClient(**_common(cfg))
+        except kerrors.KafkaError as exc:
+            raise unavailable(cfg, exc) from exc
+
+    def ensure_topics(self, specs: list[TopicSpec]) -> list[str]:
+        existing = set(self._a.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        created = []
+        for spec in missing:
+            configs = {"cleanup.policy": "compact"} if spec.compacted else {}
+            topic = NewTopic(
+                spec.name, spec.partitions, spec.replication_factor, topic_configs=configs
+            )
+            try:
+                self._a.create_topics([topic])
+            except kerrors.TopicAlreadyExistsError:
+                continue  # another replica created it first
+            except kerrors.KafkaError as exc:
+                raise unavailable(self.cfg, f"creating topic {spec.name!r}: {exc}") from exc
+            created.append(spec.name)
+        return created
+
+    def partitions(self, topic: str) -> int | None:
+        if topic not in set(self._a.list_topics()):
+            return None
+        described = self._a.describe_topics([topic])
+        return len(described[0]["partitions"]) if described else None
+
+    def group_members(self, group: str) -> list[Member]:
+        try:
+            described = self._a.describe_groups([group])
+        except (kerrors.KafkaError, ValueError) as exc:  # Tansu sends ACL bits it cannot parse
+            log.debug("describe_groups(%s) failed: %s", group, exc)
+            return []
+        members = []
+        for m in described.get(group, {}).get("members", []):
+            assignment = m.get("member_assignment")
+            tps: list[TopicPartition] = []
+            for t in getattr(assignment, "assigned_partitions", None) or []:
+                topic = getattr(t, "topic", None) or t[0]
+                parts = getattr(t, "partitions", None) or t[1]
+                tps.extend((topic, p) for p in parts)
+            members.append(
+                Member(m["member_id"], m.get("client_id", ""), m.get("client_host", ""), tuple(tps))
+            )
+        return members
+
+    def close(self) -> None:
+        self._a.close()
+
+
+def open_consumer(cfg: KafkaClientConfig, group_id: str) -> KafkaPythonConsumer:
+    return KafkaPythonConsumer(cfg, group_id)
+
+
+def open_reader(cfg: KafkaClientConfig) -> KafkaPythonReader:
+    return KafkaPythonReader(cfg)
+
+
+def open_producer(cfg: KafkaClientConfig) -> KafkaPythonProducer:
+    return KafkaPythonProducer(cfg)
+
+
+def open_admin(cfg: KafkaClientConfig) -> KafkaPythonAdmin:
+    return KafkaPythonAdmin(cfg)

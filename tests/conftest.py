@@ -1,0 +1,153 @@
+"""Shared fixtures: one real Kafka-protocol broker per session, fresh names per test.
+
+The broker is, in order of preference: the cluster named by
+``KAFKA_BOOTSTRAP_SERVERS``; testcontainers' Kafka when a Docker engine
+answers; else the embedded broker started with ``streamcell broker`` as a
+subprocess (stopped at session end, also on failure).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+from streamcell.service.kafka import KafkaClientConfig, installed_clients
+
+BROKER_START_TIMEOUT_S = 30.0
+
+
+def unique_name(prefix: str) -> str:
+    """A topic / group / client name no other test (or engineer) uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(name="unique_name")
+def unique_name_fixture() -> Callable[[str], str]:
+    return unique_name
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:
+        return False
+
+
+def _start_embedded_broker() -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, "-m", "streamcell.cli", "broker", "--listen", "127.0.0.1:0", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + BROKER_START_TIMEOUT_S
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            line = proc.stdout.readline()
+            if line.startswith("broker listening on "):
+                return proc, line.split()[-1]
+        if proc.poll() is not None:
+            break
+    _stop(proc)
+    err = proc.stderr.read() if proc.stderr else ""
+    raise RuntimeError(f"streamcell broker did not start: {err.strip()[-2000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Broker(NamedTuple):
+    bootstrap: str
+    kind: str  # "external", "testcontainers" or "embedded"
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[Broker]:
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield Broker(external, "external")
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer() as kafka:
+            yield Broker(kafka.get_bootstrap_server(), "testcontainers")
+        return
+    proc, bootstrap = _start_embedded_broker()
+    try:
+        yield Broker(bootstrap, "embedded")
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: Broker) -> str:
+    """ "host:port" of the session's broker."""
+    return kafka_broker.bootstrap
+
+
+@pytest.fixture(params=installed_clients())
+def kafka_client(request: pytest.FixtureRequest) -> str:
+    """Each installed Kafka client in turn: "kafka-python", "confluent"."""
+    return request.param
+
+
+@pytest.fixture
+def kafka_config(kafka_bootstrap: str, kafka_client: str) -> KafkaClientConfig:
+    """Client settings for this test: its own client id, the short session timeout."""
+    return KafkaClientConfig(kafka_bootstrap, client=kafka_client, client_id=unique_name("test"))
+
+
+class RegistryWithModel(NamedTuple):
+    path: Path
+    name: str
+    version: str
+
+
+@pytest.fixture
+def registry_with_model(tmp_path: Path) -> RegistryWithModel:
+    """A tmp registry with one version of a small random autoregressive LSTM.
+
+    Input 3 (features a, b, c), hidden 16, 2 layers, targets = features, global
+    normalisation with non-trivial means and scales.
+    """
+    import torch
+
+    from streamcell.checkpoint import ModelConfig, save_checkpoint
+    from streamcell.model import StreamingLSTM
+
+    torch.manual_seed(11)
+    model = StreamingLSTM(3, 16, 2, 3)
+    features = ("a", "b", "c")
+    cfg = ModelConfig(
+        3,
+        16,
+        2,
+        3,
+        features,
+        features,
+        (1.0, -2.0, 0.5),
+        (2.0, 1.5, 0.5),
+        (1.0, -2.0, 0.5),
+        (2.0, 1.5, 0.5),
+    )
+    path = save_checkpoint(tmp_path / "registry", "test-model", model, cfg)
+    return RegistryWithModel(tmp_path / "registry", "test-model", path.name)
