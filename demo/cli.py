@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", type=int, default=32, help="LSTM hidden size (default 32)")
     parser.add_argument(
         "--bootstrap-servers",
-        help="use this Kafka cluster instead of starting the embedded broker (topics get a unique suffix)",
+        help="use this Kafka cluster, not the embedded broker (topics get a unique suffix)",
     )
     parser.add_argument(
         "--kafka-client", choices=("kafka-python", "confluent"), default="kafka-python"

@@ -228,7 +228,8 @@ def run_demo(s: DemoSettings, say: Callable[[str], None] = print) -> int:
                 f"      held-out step {k + 1:>3}/{len(by_step)}: "
                 f"{len(collector.predictions):>7,} predictions so far; online MASE "
                 f"streamcell {partial.mase['streamcell']:.3f} | last value "
-                f"{partial.mase['last value']:.3f} | seasonal naive {partial.mase['seasonal naive']:.3f}"
+                f"{partial.mase['last value']:.3f} | seasonal naive "
+                f"{partial.mase['seasonal naive']:.3f}"
             )
         producer.close()
         deadline = time.monotonic() + 120

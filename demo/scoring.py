@@ -29,7 +29,7 @@ def score(
     predictions: Mapping[tuple[str, int], float],
     period: int,
 ) -> Scores:
-    """``series``: (stream, values in seq order, n_train); ``predictions``: (stream, seq) -> yhat."""
+    """``series``: (stream, values by seq, n_train); ``predictions``: (stream, seq) -> yhat."""
     mase: dict[str, list[float]] = {"streamcell": [], "last value": [], "seasonal naive": []}
     sq: dict[str, list[float]] = {k: [] for k in mase}
     steps = 0
