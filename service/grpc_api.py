@@ -15,26 +15,18 @@ import argparse
 import logging
 import threading
 from collections.abc import Callable
-from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from typing import TYPE_CHECKING, Any
 
 from streamcell.errors import ConfigError
-from streamcell.predictor import Predictor
-from streamcell.service.grpc_interceptors import BearerTokenInterceptor, MetricsInterceptor
-from streamcell.service.grpc_servicer import (
-    SERVICE_NAME,
-    OnApplied,
-    OwnerOf,
-    PredictorOf,
-    PredictorServicer,
-)
-from streamcell.service.metrics import Metrics
-from streamcell.v1 import predictor_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:  # grpc and torch load in start_grpc_server, not with the CLI's flags
+    import grpc
+
+    from streamcell.predictor import Predictor
+    from streamcell.service.grpc_servicer import OnApplied, OwnerOf, PredictorOf
+    from streamcell.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +120,13 @@ class GrpcServerHandle:
         self,
         server: grpc.Server,
         port: int,
-        health_servicer: health.HealthServicer,
+        health_servicer: Any,
         predictor_of: PredictorOf,
         poll_seconds: float,
+        services: tuple[str, ...],
     ) -> None:
         self.server = server
+        self._services = services
         self.port = port
         self._health = health_servicer
         self._predictor_of = predictor_of
@@ -157,12 +151,14 @@ class GrpcServerHandle:
                 return
             serving = self._allowed and self._predictor_of() is not None
             if serving != self._serving:
+                from grpc_health.v1 import health_pb2
+
                 status = (
                     health_pb2.HealthCheckResponse.SERVING
                     if serving
                     else health_pb2.HealthCheckResponse.NOT_SERVING
                 )
-                for name in ("", SERVICE_NAME):
+                for name in self._services:
                     self._health.set(name, status)
                 self._serving = serving
 
@@ -189,6 +185,16 @@ def start_grpc_server(
     on_applied: OnApplied | None = None,
 ) -> GrpcServerHandle:
     """Start serving streamcell.v1.Predictor, health and reflection; return at once."""
+    from concurrent import futures
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+
+    from streamcell.service.grpc_interceptors import BearerTokenInterceptor, MetricsInterceptor
+    from streamcell.service.grpc_servicer import SERVICE_NAME, PredictorServicer
+    from streamcell.v1 import predictor_pb2_grpc as pb_grpc
+
     interceptors: list[grpc.ServerInterceptor] = []
     if metrics is not None:
         interceptors.append(MetricsInterceptor(metrics))
@@ -241,5 +247,10 @@ def start_grpc_server(
         ", bearer token" if settings.auth_token else "",
     )
     return GrpcServerHandle(
-        server, port, health_servicer, predictor_of, settings.health_poll_seconds
+        server,
+        port,
+        health_servicer,
+        predictor_of,
+        settings.health_poll_seconds,
+        services=("", SERVICE_NAME),  # "" = the whole server
     )

@@ -365,3 +365,41 @@ def test_predict_cli_reports_a_refused_event(
     path.write_text(json.dumps({"stream": "cli-bad", "x": [1.0]}) + "\n")
     assert cli.main(["predict", str(path), "--target", served.target]) == 2
     assert "INVALID_ARGUMENT" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- settings, flags
+def test_flags_build_settings_and_reject_bad_combinations(tmp_path: Path) -> None:
+    import argparse
+
+    from streamcell.errors import ConfigError
+    from streamcell.service.grpc_api import add_grpc_arguments
+
+    parser = argparse.ArgumentParser()
+    add_grpc_arguments(parser)
+    token_file = tmp_path / "token"
+    token_file.write_text("from-a-file\n")
+    settings = GrpcSettings.from_args(
+        parser.parse_args(["--grpc-port", "0", "--auth-token-file", str(token_file)])
+    )
+    assert (settings.port, settings.auth_token, settings.tls) == (0, "from-a-file", False)
+    assert "from-a-file" not in repr(settings)
+    for bad in (
+        ["--tls-cert", "cert.pem"],
+        ["--auth-token", "a", "--auth-token-file", str(token_file)],
+        ["--grpc-workers", "0"],
+        ["--grpc-port", "70000"],
+    ):
+        with pytest.raises(ConfigError):
+            GrpcSettings.from_args(parser.parse_args(bad))
+
+
+def test_the_cli_modules_import_neither_grpc_nor_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, streamcell.service.grpc_api, streamcell.service.predict_cli; "
+        "print(sorted({'torch', 'grpc', 'ray'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
