@@ -19,8 +19,12 @@ from streamcell.errors import StreamcellError
 
 SUBCOMMANDS: dict[str, str] = {
     "models": "streamcell.registry_cli",
+    "train": "streamcell.trainer.cli",
     "broker": "streamcell.service.broker_cli",
+    "replay": "streamcell.service.replay_cli",
     "predict": "streamcell.service.predict_cli",
+    "serve": "streamcell.service.serve_cli",
+    "demo": "streamcell.demo.cli",
 }
 
 
@@ -53,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if logging.getLogger().level > logging.DEBUG:
+        # kafka-python narrates every connection at INFO; keep that for --log-level DEBUG.
+        logging.getLogger("kafka").setLevel(logging.WARNING)
     try:
         return int(args._run(args) or 0)
     except StreamcellError as exc:
