@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 
 from kafka import (
-    ConsumerRebalanceListener,
     KafkaAdminClient,
     KafkaConsumer,
     KafkaProducer,
@@ -15,6 +15,7 @@ from kafka import (
 from kafka import TopicPartition as KTopicPartition
 from kafka import errors as kerrors
 from kafka.admin import NewTopic
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 
 from streamcell.service.kafka import (
@@ -64,30 +65,43 @@ def _tp(tp: TopicPartition) -> KTopicPartition:
     return KTopicPartition(tp[0], tp[1])
 
 
-class _Listener(ConsumerRebalanceListener):
+class _Listener(AsyncConsumerRebalanceListener):
     """Forwards rebalances; keeps a callback's exception so ``poll`` can raise it.
 
-    (kafka-python logs and swallows exceptions raised in listeners.)
+    (kafka-python logs and swallows exceptions raised in listeners.) kafka-python
+    3 runs listeners on its IO thread, where a blocking call (commit, committed,
+    a flush) raises; so each callback runs on a worker thread while the IO loop,
+    heartbeats included, keeps going, and ``poll`` returns only after it is done.
     """
 
-    def __init__(self, on_assign, on_revoke) -> None:
+    def __init__(self, net, on_assign, on_revoke) -> None:
+        self.net = net
         self.on_assign = on_assign
         self.on_revoke = on_revoke
         self.error: BaseException | None = None
 
-    def _call(self, fn, partitions) -> None:
+    async def _call(self, fn, partitions) -> None:
         if self.error is not None:
             return
-        try:
-            fn(sorted((p.topic, p.partition) for p in partitions))
-        except BaseException as exc:
-            self.error = exc
+        done = threading.Event()
 
-    def on_partitions_revoked(self, revoked) -> None:
-        self._call(self.on_revoke, revoked)
+        def work() -> None:
+            try:
+                fn(sorted((p.topic, p.partition) for p in partitions))
+            except BaseException as exc:
+                self.error = exc
+            finally:
+                done.set()
 
-    def on_partitions_assigned(self, assigned) -> None:
-        self._call(self.on_assign, assigned)
+        threading.Thread(target=work, name="kafka-rebalance", daemon=True).start()
+        while not done.is_set():
+            await self.net.sleep(0.005)
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        await self._call(self.on_revoke, revoked)
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        await self._call(self.on_assign, assigned)
 
 
 class KafkaPythonConsumer:
@@ -111,7 +125,7 @@ class KafkaPythonConsumer:
         on_assign: Callable[[list[TopicPartition]], None],
         on_revoke: Callable[[list[TopicPartition]], None],
     ) -> None:
-        self._listener = _Listener(on_assign, on_revoke)
+        self._listener = _Listener(self._c._net, on_assign, on_revoke)
         self._c.subscribe(topics, listener=self._listener)
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:

@@ -1,0 +1,124 @@
+"""The state changelog: per-stream snapshots on a compacted topic, and their restore.
+
+Record layout: key = the stream id (UTF-8), value = ``StateStore.snapshot``
+bytes (which carry h, c, the last prediction and the input partition, offset
+and seq the state reflects), or None (a tombstone) for a stream that was
+deleted, evicted or expired. A stream's records go to the changelog partition
+with the number of its input partition, so a replica that is assigned input
+partition p restores exactly changelog partition p.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from streamcell.errors import StateFormatError
+from streamcell.state import StateStore
+
+if TYPE_CHECKING:
+    from streamcell.service.kafka import Producer, Reader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What a restore found: streams loaded, records it could not use, seconds taken."""
+
+    streams: list[str]
+    skipped: int
+    tombstones: int
+    seconds: float
+
+
+def write(
+    producer: Producer,
+    topic: str,
+    store: StateStore,
+    changed: dict[str, int],
+) -> tuple[int, int]:
+    """Send the state of ``changed`` streams (stream -> input partition).
+
+    Streams still in the store get a snapshot, the others a tombstone. The
+    caller holds the predictor's lock (the store must not move meanwhile) and
+    flushes the producer afterwards. Returns (snapshots, tombstones).
+    """
+    present = [s for s in changed if s in store]
+    gone = [s for s in changed if s not in store]
+    for stream, value in zip(present, store.snapshot(present), strict=True):
+        producer.send(topic, stream.encode(), value, partition=changed[stream])
+    for stream in gone:
+        producer.send(topic, stream.encode(), None, partition=changed[stream])
+    return len(present), len(gone)
+
+
+def read_latest(
+    reader: Reader, topic: str, partitions: Iterable[int], timeout_s: float
+) -> tuple[dict[str, bytes], int]:
+    """The last value of every live key in the partitions, and the tombstones seen."""
+    latest: dict[str, bytes] = {}
+    tombstones = 0
+    tps = [(topic, p) for p in partitions]
+    for records in reader.read_to_end(tps, timeout_s):
+        for rec in records:
+            if rec.key is None:
+                continue
+            stream = rec.key.decode("utf-8", errors="replace")
+            latest.pop(stream, None)  # keep last-written order (recency)
+            if rec.value is None:
+                tombstones += 1
+            else:
+                latest[stream] = rec.value
+    return latest, tombstones
+
+
+def restore(
+    reader_of: Callable[[], Reader],
+    topic: str,
+    partitions: list[int],
+    store: StateStore,
+    timeout_s: float,
+) -> Restored:
+    """Load the partitions' streams into the store (replacing what it had for them).
+
+    Records written for another architecture (before a model change) or
+    undecodable ones are skipped and logged: those streams start afresh.
+    """
+    start = time.perf_counter()
+    reader = reader_of()
+    try:
+        latest, tombstones = read_latest(reader, topic, partitions, timeout_s)
+    finally:
+        reader.close()
+    items = list(latest.items())
+    room = store.max_streams - len(store)
+    if len(items) > room:
+        log.warning(
+            "changelog %s partitions %s hold %d streams, room for %d: restoring the %d most "
+            "recently written",
+            topic,
+            partitions,
+            len(items),
+            room,
+            max(room, 0),
+        )
+        items = items[len(items) - max(room, 0) :] if room > 0 else []
+    skipped = 0
+    try:
+        store.restore(items)
+        loaded = [s for s, _ in items]
+    except StateFormatError as exc:
+        log.warning("changelog %s: %s; restoring record by record", topic, exc)
+        loaded = []
+        for stream, value in items:
+            try:
+                store.restore([(stream, value)])
+                loaded.append(stream)
+            except StateFormatError as one:
+                skipped += 1
+                log.warning("changelog %s: skipping stream %r: %s", topic, stream, one)
+    return Restored(loaded, skipped, tombstones, time.perf_counter() - start)

@@ -1,0 +1,427 @@
+"""The Kafka loop: poll, decode, predict, produce; checkpoint; restore on assignment.
+
+One thread runs :meth:`Pipeline.run`. Per poll: decode the records
+(``codec``), send the bad ones to the dead-letter topic, step the valid ones
+through the shared :class:`Predictor` in one micro-batch, send one prediction
+per applied event. Every ``commit_interval_ms``, on partition revocation and
+on stop, :meth:`checkpoint` makes the work durable in the one order that keeps
+state exact across crashes: flush predictions -> write the changed streams'
+state to the changelog -> flush -> commit the input offsets. On assignment a
+partition's streams are restored from the changelog before any of its events
+are processed; the Predictor then skips events whose offset a stream's state
+already reflects, and events whose seq it has applied.
+
+A model reload happens between two polls, right after a checkpoint, so the
+committed offsets mark exactly where the new version starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamcell.events import EventBatch
+from streamcell.predictor import DUPLICATE, PREDICTED, REPLAYED, BatchResult, Predictor
+from streamcell.service import changelog, codec, reload
+from streamcell.service.kafka import (
+    CommitFailed,
+    Consumer,
+    Producer,
+    Reader,
+    Record,
+    TopicPartition,
+)
+from streamcell.service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """What the loop needs to know besides its clients."""
+
+    input_topic: str = "streamcell.events"
+    output_topic: str = "streamcell.predictions"
+    dead_letter_topic: str = "streamcell.dead-letters"
+    changelog_topic: str = "streamcell.state-changelog"
+    event_format: str = codec.FORMAT_JSON
+    max_batch: int = 1024
+    max_batch_delay_ms: int = 5
+    commit_interval_ms: int = 1000
+    restore_timeout_s: float = 60.0
+    idle_poll_ms: int = 100
+
+
+class Pipeline:
+    """The consumer loop of one replica; owns its consumer and producer."""
+
+    def __init__(
+        self,
+        settings: PipelineSettings,
+        consumer: Consumer,
+        producer: Producer,
+        reader_of: Callable[[], Reader],
+        predictor: Predictor,
+        metrics: Metrics,
+        watcher: reload.ModelWatcher | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        self.producer = producer
+        self.reader_of = reader_of
+        self.predictor = predictor
+        self.metrics = metrics
+        self.watcher = watcher
+        self._clock = clock
+        self._assigned: set[int] = set()  # input partitions held now
+        self._positions: dict[int, int] = {}  # partition -> next offset to read
+        self._committed: dict[int, int | None] = {}  # partition -> what this replica committed
+        self._parked: dict[int, int | None] = {}  # revoked partitions, streams still in memory
+        self._owned: dict[str, int] = {}  # stream -> input partition, for streams in the store
+        self._changed: dict[str, int] = {}  # streams to write to the changelog at checkpoint
+        self._changed_lock = threading.Lock()
+        self._evicted = predictor.store.evicted
+        self._expired = predictor.store.expired
+        self._next_checkpoint = 0.0
+        self._partition_count: int | None = None
+        self.batches = 0
+
+    # ------------------------------------------------------------- running
+    def start(self) -> None:
+        """Join the group; partitions arrive (and are restored) inside the first polls."""
+        self.consumer.subscribe(
+            [self.settings.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
+        self._next_checkpoint = self._clock() + self.settings.commit_interval_ms / 1000
+
+    def run(self, stop: threading.Event) -> None:
+        """Loop until ``stop`` is set; then checkpoint and leave the group."""
+        self.start()
+        try:
+            while not stop.is_set():
+                self.step()
+        finally:
+            self.close()
+
+    def step(self) -> int:
+        """One poll and its micro-batch, then whatever timers are due; returns records seen."""
+        s = self.settings
+        delay = s.max_batch_delay_ms if self._assigned else s.idle_poll_ms
+        records = self.consumer.poll(s.max_batch, max(delay, 1) / 1000)
+        if records:
+            self.process(records)
+        now = self._clock()
+        if now >= self._next_checkpoint:
+            self._expire()
+            self.checkpoint()
+            self._record_lag()
+            self._next_checkpoint = now + s.commit_interval_ms / 1000
+        if self.watcher is not None and self.watcher.due():
+            self._maybe_reload()
+        return len(records)
+
+    def close(self) -> None:
+        """Graceful stop: make everything durable, then leave the group."""
+        try:
+            self.checkpoint()
+        finally:
+            self.consumer.close()
+            self.producer.close()
+            log.info("pipeline stopped; offsets committed: %s", self._committed_text())
+
+    # ---------------------------------------------------------- processing
+    def process(self, records: list[Record]) -> None:
+        s = self.settings
+        predictor = self.predictor
+        decoded = codec.decode(records, predictor.config.input_size, s.event_format)
+        for bad in decoded.invalid:
+            rec = bad.record
+            self.producer.send(
+                s.dead_letter_topic, rec.key, rec.value, headers=codec.dead_letter_headers(bad)
+            )
+            self.metrics.dead_letters.labels(bad.reason).inc()
+        batch = decoded.batch
+        counts = {"invalid": len(decoded.invalid)}
+        if len(batch):
+            start = time.perf_counter()
+            result = self._predict(batch)
+            self.metrics.step_seconds.observe(time.perf_counter() - start)
+            rows = np.flatnonzero(result.outcome == PREDICTED)
+            messages = codec.encode_predictions(
+                batch, result.yhat, rows, result.model, result.version
+            )
+            if messages:
+                self.producer.send_many(s.output_topic, messages)
+            parts = batch.partition.tolist()
+            with self._changed_lock:
+                for k in rows.tolist():
+                    stream = batch.streams[k]
+                    self._owned[stream] = self._changed[stream] = parts[k]
+            self.metrics.event_latency.observe_many(time.time() - decoded.event_time[rows], "kafka")
+            counts["predicted"] = len(rows)
+            counts["duplicate"] = int((result.outcome == DUPLICATE).sum())
+            counts["skipped_replay"] = int((result.outcome == REPLAYED).sum())
+            self.metrics.record_batch(
+                "kafka", counts, len(rows), result.abs_errors, result.model, result.version
+            )
+        else:
+            self.metrics.record_batch("kafka", counts, 0, np.zeros((0, 1)), "", "")
+        self._note_removed()
+        for rec in records:  # in order per partition: the last one wins
+            self._positions[rec.partition] = rec.offset + 1
+        self.batches += 1
+
+    def _predict(self, batch: EventBatch) -> BatchResult:
+        """One Predictor call, or several in order when the batch holds more streams than fit."""
+        limit = self.predictor.store.max_streams
+        if len(batch) <= limit:
+            return self.predictor.predict(batch)
+        parts = [
+            self.predictor.predict(batch.take(np.arange(k, min(k + limit, len(batch)))))
+            for k in range(0, len(batch), limit)
+        ]
+        last = parts[-1]
+        return BatchResult(
+            outcome=np.concatenate([p.outcome for p in parts]),
+            yhat=np.concatenate([p.yhat for p in parts]),
+            events=np.concatenate([p.events for p in parts]),
+            abs_errors=np.concatenate([p.abs_errors for p in parts]),
+            touched=list(dict.fromkeys(s for p in parts for s in p.touched)),
+            model=last.model,
+            version=last.version,
+        )
+
+    def _note_removed(self) -> None:
+        """Streams the store evicted at capacity get tombstones at the next checkpoint."""
+        store = self.predictor.store
+        evicted, expired = store.evicted, store.expired
+        if evicted < self._evicted or expired < self._expired:  # a new store (model reset)
+            self._evicted = self._expired = 0
+        if evicted != self._evicted:
+            with self._changed_lock:
+                gone = [s for s in self._owned if s not in store]
+                for stream in gone:
+                    self._changed[stream] = self._owned.pop(stream)
+        self.metrics.sync_store_counters(evicted - self._evicted, expired - self._expired)
+        self._evicted, self._expired = evicted, expired
+
+    def _expire(self) -> None:
+        gone = self.predictor.expire()
+        if gone:
+            with self._changed_lock:
+                for stream in gone:
+                    part = self._owned.pop(stream, None)
+                    if part is not None:
+                        self._changed[stream] = part
+            log.info("expired %d idle streams", len(gone))
+        self._note_removed()
+
+    # ---------------------------------------------------------- checkpoint
+    def checkpoint(self) -> None:
+        """Flush predictions, write changed state to the changelog, flush, commit."""
+        s = self.settings
+        self.producer.flush()
+        with self.predictor.lock, self._changed_lock:
+            changed, self._changed = self._changed, {}
+            if changed:
+                written, tombstones = changelog.write(
+                    self.producer, s.changelog_topic, self.predictor.store, changed
+                )
+        if changed:
+            self.producer.flush()
+            log.debug("changelog: %d snapshots, %d tombstones", written, tombstones)
+        offsets = {
+            (s.input_topic, p): pos
+            for p, pos in self._positions.items()
+            if p in self._assigned and self._committed.get(p) != pos
+        }
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets)
+        except CommitFailed as exc:
+            log.warning("offset commit refused (%s); it is retried at the next checkpoint", exc)
+            return
+        for (_, p), pos in offsets.items():
+            self._committed[p] = pos
+        self.metrics.commits.inc()
+
+    def mark_changed(self, streams: list[str]) -> None:
+        """Streams changed outside the loop (gRPC writes): written at the next checkpoint."""
+        store = self.predictor.store
+        with self._changed_lock:
+            for stream in streams:
+                part = self._owned.get(stream)
+                if part is None:
+                    slot = store.slot_of(stream)
+                    part = int(store.partition[slot]) if slot is not None else -1
+                if part < 0:
+                    part = self.partition_of(stream)
+                if part is None or part not in self._assigned:
+                    continue
+                self._changed[stream] = part
+                if stream in store:
+                    self._owned[stream] = part
+                else:
+                    self._owned.pop(stream, None)
+
+    # ----------------------------------------------------------- rebalance
+    def _on_revoke(self, tps: list[TopicPartition]) -> None:
+        self.metrics.rebalances.inc()
+        revoked = sorted(p for t, p in tps if t == self.settings.input_topic)
+        log.info("partitions revoked: %s; checkpointing", revoked)
+        self.checkpoint()
+        for p in revoked:
+            self._parked[p] = self._committed.get(p)
+            self._assigned.discard(p)
+            self._positions.pop(p, None)
+        self.metrics.assigned_partitions.set(len(self._assigned))
+
+    def _on_assign(self, tps: list[TopicPartition]) -> None:
+        topic = self.settings.input_topic
+        new = sorted(p for t, p in tps if t == topic)
+        committed = self.consumer.committed([(topic, p) for p in new]) if new else {}
+        keep = [p for p in new if p in self._parked and self._parked[p] == committed[(topic, p)]]
+        restore = [p for p in new if p not in keep]
+        drop = {p for p in self._parked if p not in keep} | set(restore)
+        self._parked.clear()
+        self._drop_partitions(drop)
+        if restore:
+            start = time.perf_counter()
+            with self.predictor.lock:
+                done = changelog.restore(
+                    self.reader_of,
+                    self.settings.changelog_topic,
+                    restore,
+                    self.predictor.store,
+                    self.settings.restore_timeout_s,
+                )
+            self._owned.update(
+                (s, int(self.predictor.store.partition[self.predictor.store.slot_of(s)]))
+                for s in done.streams
+            )
+            self.metrics.restore_seconds.observe(time.perf_counter() - start)
+            self.metrics.restored_streams.inc(len(done.streams))
+            log.info(
+                "partitions %s restored from %s: %d streams (%d tombstones, %d skipped) in %.2fs",
+                restore,
+                self.settings.changelog_topic,
+                len(done.streams),
+                done.tombstones,
+                done.skipped,
+                done.seconds,
+            )
+        for p in new:
+            self._assigned.add(p)
+            pos = committed.get((topic, p))
+            if pos is not None:
+                self._positions[p] = pos
+                self._committed[p] = pos
+        log.info("partitions assigned: %s (kept in memory: %s)", new, keep)
+        self.metrics.assigned_partitions.set(len(self._assigned))
+
+    def _drop_partitions(self, partitions: set[int]) -> None:
+        """Forget streams of partitions another replica may have moved on (no tombstones)."""
+        if not partitions:
+            return
+        with self.predictor.lock, self._changed_lock:
+            gone = [s for s, p in self._owned.items() if p in partitions]
+            for stream in gone:
+                self.predictor.store.delete(stream)
+                del self._owned[stream]
+                self._changed.pop(stream, None)
+        for p in partitions:
+            self._committed.pop(p, None)
+        if gone:
+            log.info("dropped %d streams of partitions %s", len(gone), sorted(partitions))
+
+    # -------------------------------------------------------------- reload
+    def _maybe_reload(self) -> None:
+        loaded = self.watcher.newer(self.predictor.loaded.version) if self.watcher else None
+        if loaded is None:
+            return
+        self.checkpoint()  # the new version starts exactly at the committed offsets
+        with self._changed_lock:
+            owned = dict(self._owned)
+        kept = reload.apply(self.predictor, loaded, self.metrics)
+        if not kept:
+            with self._changed_lock:
+                self._changed.update(owned)  # tombstones: the old state is gone
+                self._owned.clear()
+            self._evicted = self._expired = 0
+            self.checkpoint()
+
+    # ------------------------------------------------------------ ownership
+    def owner_of(self, stream: str) -> str | None:
+        """None when this replica owns the stream's partition, else who does (for gRPC)."""
+        if stream in self._owned:
+            return None
+        part = self.partition_of(stream)
+        if part is None or part in self._assigned:
+            return None
+        return (
+            f"stream {stream!r} belongs to partition {part} of {self.settings.input_topic}, "
+            f"which is not assigned to this replica (it holds {sorted(self._assigned)})"
+        )
+
+    def partition_of(self, stream: str) -> int | None:
+        """The input partition of a stream id (murmur2, as both producers place keys)."""
+        n = self._partition_count
+        if n is None:
+            return None
+        return murmur2_partition(stream.encode(), n)
+
+    def set_partition_count(self, n: int) -> None:
+        self._partition_count = n
+
+    # ---------------------------------------------------------------- misc
+    def _record_lag(self) -> None:
+        if not self._assigned:
+            return
+        topic = self.settings.input_topic
+        tps = [(topic, p) for p in sorted(self._assigned)]
+        try:
+            ends = self.consumer.end_offsets(tps)
+        except Exception as exc:  # lag is best effort; never stop the loop for it
+            log.debug("end offsets unavailable: %s", exc)
+            return
+        for tp in tps:
+            pos = self._positions.get(tp[1])
+            if pos is not None and tp in ends:
+                self.metrics.consumer_lag.labels(topic, str(tp[1])).set(max(ends[tp] - pos, 0))
+
+    def _committed_text(self) -> str:
+        return ", ".join(f"{p}:{o}" for p, o in sorted(self._committed.items())) or "none"
+
+
+def murmur2_partition(key: bytes, partitions: int) -> int:
+    """Kafka's default partition for a key (the Java client's murmur2, positive)."""
+    length = len(key)
+    seed, m, r = 0x9747B28C, 0x5BD1E995, 24
+    h = (seed ^ length) & 0xFFFFFFFF
+    for i in range(0, length - length % 4, 4):
+        k = int.from_bytes(key[i : i + 4], "little")
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> r
+        k = (k * m) & 0xFFFFFFFF
+        h = (h * m) & 0xFFFFFFFF
+        h ^= k
+    rest = length % 4
+    tail = key[length - rest :]
+    if rest == 3:
+        h ^= tail[2] << 16
+    if rest >= 2:
+        h ^= tail[1] << 8
+    if rest >= 1:
+        h ^= tail[0]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return (h & 0x7FFFFFFF) % partitions
