@@ -1,0 +1,210 @@
+"""The accuracy benchmark: the LSTM against baselines on four real data sets.
+
+    .venv/bin/python -m bench.accuracy                 # everything, table to stdout
+    .venv/bin/python -m bench.accuracy --datasets vic_elec --methods last_value,lstm
+    .venv/bin/python -m bench.accuracy --tune          # LSTM settings on validation only
+
+Protocol A (online, h = 1, as serving sees it): warm up on the training part;
+then for each test step predict, score, and only then reveal the value. Mean
+MASE over series (scale: the in-sample seasonal-naive MAE, m = 12, 4, 12, 48)
+and RMSE pooled over every test point. Protocol B (Tourism): forecast the
+horizon from the end of the training part, mean MASE over series.
+
+SARIMA, ETS and River results are cached under bench/accuracy_cache/.
+Results go to bench/accuracy_results.json; the table is printed as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import cache
+from bench.baselines import CACHED, METHODS, Forecasts
+from bench.metrics import mase, mase_scale, mean_ignoring_nan, rmse
+from streamcell.trainer import datasets
+from streamcell.trainer.datasets import Dataset
+
+RESULTS = Path(__file__).with_name("accuracy_results.json")
+LSTM = "lstm"
+ALL_METHODS = (*METHODS, LSTM)
+
+# Chosen with --tune on the validation split of the training part (see docs/BENCHMARKS.md).
+LSTM_SETTINGS: dict[str, dict[str, Any]] = {
+    "tourism_monthly": dict(hidden=32, layers=1, window=24, epochs=30, lr=3e-3, batch_size=32),
+    "tourism_quarterly": dict(hidden=32, layers=1, window=12, epochs=30, lr=3e-3, batch_size=32),
+    "aus_retail": dict(hidden=32, layers=1, window=24, epochs=30, lr=3e-3, batch_size=16),
+    "vic_elec": dict(hidden=32, layers=1, window=48, epochs=8, lr=3e-3, batch_size=1),
+}
+COMMON = dict(scaling="stream_mean_abs", val_fraction=0.2, patience=4, seed=0)
+
+
+def settings_for(name: str, **overrides: Any):
+    from streamcell.trainer.api import TrainSettings
+
+    return TrainSettings(**{**COMMON, **LSTM_SETTINGS[name], **overrides})
+
+
+# ------------------------------------------------------------------- baselines
+def _run_series(args: tuple[str, np.ndarray, int, int, int | None]) -> Forecasts:
+    method, y, n, m, horizon = args
+    if n >= len(y):  # training-only series (aus_retail's discontinued ones)
+        return Forecasts(np.empty(0), None)
+    return METHODS[method](y, n, m, horizon)
+
+
+def baseline(ds: Dataset, method: str, jobs: int, fp: str) -> dict[str, Forecasts]:
+    key = cache.cache_key(fp, method)
+    if method in CACHED:
+        hit = cache.load(ds, method, key)
+        if hit is not None:
+            return hit
+    series = list(ds.series())
+    work = [(method, y, n, ds.period, ds.horizon) for _, y, n in series]
+    if jobs > 1 and method in CACHED:
+        with ProcessPoolExecutor(jobs) as pool:
+            out = list(pool.map(_run_series, work, chunksize=4))
+    else:
+        out = [_run_series(w) for w in work]
+    result = {stream: f for (stream, _, _), f in zip(series, out, strict=True)}
+    if method in CACHED:
+        cache.save(ds, method, key, result)
+    return result
+
+
+# --------------------------------------------------------------------- scoring
+def summarize(ds: Dataset, forecasts: dict[str, Forecasts]) -> dict[str, float]:
+    """Protocol A mean MASE and pooled RMSE; protocol B mean MASE where there is one."""
+    a_mase, b_mase, actual, predicted = [], [], [], []
+    for stream, y, n in ds.series():
+        if n >= len(y):
+            continue
+        f = forecasts[stream]
+        scale = mase_scale(y[:n], ds.period)
+        a_mase.append(mase(y[n:], f.one_step, scale))
+        actual.append(y[n:])
+        predicted.append(f.one_step)
+        if ds.horizon is not None and f.origin is not None:
+            b_mase.append(mase(y[n : n + ds.horizon], f.origin, scale))
+    out = {
+        "a_mase": mean_ignoring_nan(a_mase),
+        "a_rmse": rmse(np.concatenate(actual), np.concatenate(predicted)),
+        "series_scored": len(a_mase),
+    }
+    if b_mase:
+        out["b_mase"] = mean_ignoring_nan(b_mase)
+    return out
+
+
+def run(names: list[str], methods: list[str], jobs: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name in names:
+        ds = datasets.load(name)
+        fp = cache.fingerprint(ds)
+        results[name] = {}
+        for method in methods:
+            started = time.perf_counter()
+            info: dict[str, Any] = {}
+            if method == LSTM:
+                from bench import lstm
+
+                trained, info = lstm.train(ds, settings_for(name))
+                forecasts = lstm.score(ds, trained, f"bench-{name}")
+            else:
+                forecasts = baseline(ds, method, jobs, fp)
+            summary = summarize(ds, forecasts)
+            summary["seconds"] = round(time.perf_counter() - started, 1)
+            if info:
+                summary["training"] = info
+            results[name][method] = summary
+            print(f"{name:18s} {method:20s} {_fmt(summary)}", file=sys.stderr, flush=True)
+    return results
+
+
+def tune(names: list[str], grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Train each grid point on the training part; report its validation scores only."""
+    from bench import lstm
+
+    rows = []
+    for name in names:
+        ds = datasets.load(name)
+        for point in grid:
+            _, info = lstm.train(ds, settings_for(name, **point))
+            row = {"dataset": name, **point, **{k: info[k] for k in _TUNE_KEYS}}
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            rows.append(row)
+    return rows
+
+
+_TUNE_KEYS = ("val_mase_last_value_scale", "val_mae", "best_epoch", "seconds")
+
+
+def _fmt(summary: dict[str, Any]) -> str:
+    parts = [f"A MASE {summary['a_mase']:.3f}", f"A RMSE {summary['a_rmse']:.1f}"]
+    if "b_mase" in summary:
+        parts.append(f"B MASE {summary['b_mase']:.3f}")
+    return "  ".join(parts) + f"  ({summary['seconds']} s)"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """One table: data set x method, protocol A MASE and RMSE, protocol B MASE."""
+    lines = [
+        "| data set | method | A: MASE (h=1) | A: RMSE | B: MASE (fixed origin) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name, by_method in results.items():
+        for method, s in by_method.items():
+            b = f"{s['b_mase']:.3f}" if "b_mase" in s else "-"
+            lines.append(f"| {name} | {method} | {s['a_mase']:.3f} | {s['a_rmse']:.1f} | {b} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", default=",".join(datasets.LOADERS))
+    parser.add_argument("--methods", default=",".join(ALL_METHODS))
+    parser.add_argument("--jobs", type=int, default=2, help="processes for uncached baselines")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for the LSTM")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--tune", action="store_true", help="LSTM settings grid, validation only")
+    args = parser.parse_args(argv)
+    names = [n for n in args.datasets.split(",") if n]
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in ALL_METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; known: {', '.join(ALL_METHODS)}")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.tune:
+        grid = [
+            dict(hidden=h, layers=layers, lr=lr)
+            for h in (32, 64)
+            for layers in (1, 2)
+            for lr in (3e-3,)
+        ]
+        tune(names, grid)
+        return 0
+    started = time.perf_counter()
+    results = run(names, methods, args.jobs)
+    record = {
+        "results": results,
+        "seconds": round(time.perf_counter() - started, 1),
+        "cpus": os.cpu_count(),
+        "command": "python -m bench.accuracy " + " ".join(argv or sys.argv[1:]),
+    }
+    args.output.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""On-disk cache of the slow, deterministic baselines (SARIMA, ETS, River).
+
+One compressed ``.npz`` per (data set, method) under ``bench/accuracy_cache/``,
+holding every series' forecasts and a key: the data's fingerprint, the method,
+and the versions of the libraries that computed it. A different key means the
+entry is stale and is recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+
+from bench.baselines import Forecasts
+from streamcell.trainer.datasets import Dataset
+
+CACHE_DIR = Path(__file__).with_name("accuracy_cache")
+CODE_VERSION = 1  # bump when a baseline's definition changes
+
+
+def fingerprint(ds: Dataset) -> str:
+    """SHA-256 of the series values, the splits, the period and the horizon."""
+    digest = hashlib.sha256(repr((ds.name, ds.period, ds.horizon)).encode())
+    for stream, y, n in ds.series():
+        digest.update(f"{stream}\0{n}\0".encode())
+        digest.update(y.astype("<f8").tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(ds_fingerprint: str, method: str) -> str:
+    libs = {name: version(name) for name in ("numpy", "scipy", "statsmodels", "river")}
+    return json.dumps(
+        {"data": ds_fingerprint, "method": method, "code": CODE_VERSION, "libs": libs},
+        sort_keys=True,
+    )
+
+
+def load(ds: Dataset, method: str, key: str) -> dict[str, Forecasts] | None:
+    file = CACHE_DIR / f"{ds.name}__{method}.npz"
+    if not file.exists():
+        return None
+    with np.load(file, allow_pickle=False) as data:
+        if str(data["key"]) != key:
+            return None
+        streams = [str(s) for s in data["streams"]]
+        lengths = data["lengths"]
+        one = np.split(data["one_step"], np.cumsum(lengths)[:-1])
+        origin = data["origin"] if "origin" in data.files else None
+    return {
+        s: Forecasts(o, None if origin is None else origin[k])
+        for k, (s, o) in enumerate(zip(streams, one, strict=True))
+    }
+
+
+def save(ds: Dataset, method: str, key: str, forecasts: dict[str, Forecasts]) -> Path:
+    CACHE_DIR.mkdir(exist_ok=True)
+    file = CACHE_DIR / f"{ds.name}__{method}.npz"
+    streams = list(forecasts)
+    arrays = {
+        "key": np.array(key),
+        "streams": np.array(streams),
+        "lengths": np.array([len(forecasts[s].one_step) for s in streams], dtype=np.int64),
+        "one_step": np.concatenate([forecasts[s].one_step for s in streams]),
+    }
+    if ds.horizon is not None:
+        arrays["origin"] = np.stack([forecasts[s].origin for s in streams])
+    np.savez_compressed(file, **arrays)
+    return file
