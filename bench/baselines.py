@@ -115,9 +115,7 @@ def river_holt_winters(m: int) -> Online:
 def river_snarimax(m: int) -> Online:
     from river import linear_model, optim, time_series
 
-    regressor = linear_model.LinearRegression(
-        optimizer=optim.SGD(RIVER_LR), intercept_lr=RIVER_LR
-    )
+    regressor = linear_model.LinearRegression(optimizer=optim.SGD(RIVER_LR), intercept_lr=RIVER_LR)
     return time_series.SNARIMAX(p=2, d=1, q=1, m=m, sp=1, sd=1, sq=1, regressor=regressor)
 
 
