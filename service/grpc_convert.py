@@ -43,6 +43,11 @@ def batch_of(events: Sequence[event_pb2.Event], input_size: int) -> EventBatch:
     return EventBatch.of([e.stream for e in events], flat.reshape(n, input_size), seq)
 
 
+def event_times(events: Sequence[event_pb2.Event]) -> np.ndarray:
+    """The ``ts`` of the events that carry one (seconds), for the latency metric."""
+    return np.array([e.ts for e in events if e.HasField("ts")], dtype=np.float64)
+
+
 def predictions_into(
     out: pb.PredictionBatch, batch: EventBatch, result: BatchResult
 ) -> pb.PredictionBatch:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -24,7 +25,13 @@ from streamcell.events import REASON_MISSING_KEY, EventBatch
 from streamcell.predictor import OUTCOMES, BatchResult, Predictor
 from streamcell.service import grpc_errors
 from streamcell.service.grpc_coalesce import Coalescer, DeadlineExpired
-from streamcell.service.grpc_convert import batch_of, prediction_of, predictions_into, stream_state
+from streamcell.service.grpc_convert import (
+    batch_of,
+    event_times,
+    prediction_of,
+    predictions_into,
+    stream_state,
+)
 from streamcell.service.grpc_errors import NotOwned
 from streamcell.service.metrics import Metrics
 from streamcell.v1 import event_pb2
@@ -98,6 +105,13 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         if self._on_applied is not None and streams:
             self._on_applied(streams)
 
+    def _latency(self, events: Sequence[event_pb2.Event]) -> None:
+        """Event time (``ts``) to prediction, for events that carry a ts."""
+        if self._metrics is not None:
+            ts = event_times(events)
+            if ts.size:
+                self._metrics.event_latency.observe_many(time.time() - ts, "grpc")
+
     def _record(self, batch: EventBatch, result: BatchResult) -> None:
         """After an applied batch: tell the pipeline which streams changed; count it."""
         self._applied(result.touched)
@@ -144,6 +158,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             result, row = self._coalescer.submit(predictor, batch, context)
         except DeadlineExpired:
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before applying")
+        self._latency([event])
         return prediction_of(event, result, row)
 
     # ---------------------------------------------------------- predictions
@@ -160,7 +175,9 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         if not request.events:
             return out
         batch = batch_of(request.events, predictor.config.input_size)
-        return predictions_into(out, batch, self._apply(predictor, batch, context))
+        result = self._apply(predictor, batch, context)
+        self._latency(request.events)
+        return predictions_into(out, batch, result)
 
     def PredictStream(
         self, request_iterator: Iterator[event_pb2.Event], context: grpc.ServicerContext

@@ -10,6 +10,7 @@ import asyncio
 import io
 import json
 import math
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -299,6 +300,17 @@ def test_requests_are_counted_by_method_and_code(served: Served, client: Client)
         "streamcell_events_total", {"source": "grpc", "outcome": "predicted"}
     )
     assert grpc_events is not None and grpc_events >= 1
+
+    def latency(what: str) -> float:
+        name = f"streamcell_event_latency_seconds_{what}"
+        return served.metrics.registry.get_sample_value(name, {"source": "grpc"}) or 0.0
+
+    n, total = latency("count"), latency("sum")
+    client.predict_batch(
+        [event("metrics-2", [1, 2, 3], ts=time.time() - 2.0), event("m-3", [1, 2, 3])]
+    )
+    assert latency("count") == n + 1  # only the event with a ts
+    assert 2.0 <= latency("sum") - total < 60
 
 
 # ------------------------------------------------- reflection, async, the CLI

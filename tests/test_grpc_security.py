@@ -163,3 +163,38 @@ def test_in_flight_limit_is_resource_exhausted(predictor: Predictor) -> None:
     finally:
         inbox.put(None)
         handle.stop(grace=1)
+
+
+def test_an_oversized_request_is_refused(predictor: Predictor) -> None:
+    handle = serve(
+        GrpcSettings(port=0, host="127.0.0.1", max_message_bytes=2048), lambda: predictor
+    )
+    try:
+        with Client(f"127.0.0.1:{handle.port}", timeout=10) as c:
+            small = [event(f"size-{k}", [1, 2, 3]) for k in range(10)]
+            assert len(c.predict_batch(small)) == 10
+            with pytest.raises(grpc.RpcError) as info:
+                c.predict_batch([event(f"size-{k}", [1, 2, 3]) for k in range(200)])
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert not c.get_stream("size-150", missing_ok=True).exists
+    finally:
+        handle.stop(grace=1)
+
+
+def test_predict_cli_with_tls_and_token(
+    secured: GrpcServerHandle,
+    tls_files: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from streamcell import cli
+
+    cert, _ = tls_files
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"stream": "cli-tls", "x": [1, 2, 3]}\n')
+    target = f"localhost:{secured.port}"
+    argv = ["predict", str(path), "--target", target, "--tls-ca", str(cert)]
+    assert cli.main([*argv, "--auth-token", TOKEN]) == 0
+    assert '"stream": "cli-tls"' in capsys.readouterr().out
+    assert cli.main(argv) == 2
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
