@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -320,3 +321,38 @@ def serve_args(
 
 def load(path: Path) -> LoadedModel:
     return load_checkpoint(path)
+
+
+class Feeder(threading.Thread):
+    """Produces events in chunks at a steady pace, while the test kills and restarts."""
+
+    def __init__(
+        self,
+        cfg: KafkaClientConfig,
+        topic: str,
+        records: list[tuple[bytes | None, bytes]],
+        chunk: int,
+        interval_s: float,
+    ) -> None:
+        super().__init__(name="feeder", daemon=True)
+        self.cfg, self.topic, self.records = cfg, topic, records
+        self.chunk, self.interval_s = chunk, interval_s
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            producer = open_producer(self.cfg)
+            try:
+                for k in range(0, len(self.records), self.chunk):
+                    producer.send_many(self.topic, self.records[k : k + self.chunk])
+                    producer.flush()
+                    time.sleep(self.interval_s)
+            finally:
+                producer.close()
+        except BaseException as exc:
+            self.error = exc
+
+    def finish(self, timeout_s: float = 60) -> None:
+        self.join(timeout_s)
+        assert not self.is_alive(), "the feeder did not finish"
+        assert self.error is None, f"the feeder failed: {self.error!r}"
