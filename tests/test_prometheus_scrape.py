@@ -1,15 +1,17 @@
 """A real Prometheus scrapes a streamcell process and answers queries for its series.
 
-`streamcell serve` runs (gRPC only) with a small model; the Debian
+`streamcell serve` runs (Kafka and gRPC) with a small model; the Debian
 ``prometheus`` binary is started on loopback with a config made from
 deploy/prometheus/prometheus.yml (the ``streamcell`` job pointed at the
-service's /metrics, 1 s scrape interval, the shipped rule files); PredictBatch
-traffic goes through GRPC's client, and the series are read back over
+service's /metrics, 1 s scrape interval, the shipped rule files); events go
+in through the session's broker and PredictBatch calls through the gRPC
+client, and the series are read back over
 Prometheus's HTTP API: what a dashboard or an alert would see.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -22,6 +24,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -36,6 +39,7 @@ PROMETHEUS = shutil.which("prometheus")
 
 pytestmark = [
     pytest.mark.prometheus,
+    pytest.mark.kafka,
     pytest.mark.skipif(
         PROMETHEUS is None,
         reason="prometheus not installed (Debian package prometheus; make system-deps)",
@@ -133,8 +137,10 @@ class LogWatcher(threading.Thread):
         raise AssertionError(f"no {pattern!r} in the log within {timeout} s: {self.lines[-20:]}")
 
 
-def drive_traffic(target: str, stop_event: threading.Event) -> None:
+def drive_grpc(target: str, stop_event: threading.Event) -> None:
     """PredictBatch calls, one event per stream each, until told to stop."""
+    import grpc
+
     from streamcell.service.client import Client, event
 
     rng = np.random.default_rng(0)
@@ -144,27 +150,64 @@ def drive_traffic(target: str, stop_event: threading.Event) -> None:
             seq += 1
             x = rng.normal(size=(len(STREAMS), 3))
             ts = time.time()
-            client.predict_batch(event(s, row, seq, ts) for s, row in zip(STREAMS, x, strict=True))
+            # (a call may fail before the group assigned this replica its partitions)
+            with contextlib.suppress(grpc.RpcError):
+                client.predict_batch(
+                    event(f"g{s}", row, seq, ts) for s, row in zip(STREAMS, x, strict=True)
+                )
             stop_event.wait(0.1)
 
 
+def drive_kafka(bootstrap: str, topic: str, stop_event: threading.Event) -> None:
+    """JSON events (key = stream id) into the input topic, and one undecodable event per round."""
+    from streamcell.service.kafka import KafkaClientConfig, open_producer
+
+    producer = open_producer(KafkaClientConfig(bootstrap, client_id="prometheus-test"))
+    rng = np.random.default_rng(1)
+    try:
+        seq = 0
+        while not stop_event.is_set():
+            seq += 1
+            ts = time.time()
+            records: list[tuple[bytes | None, bytes | None]] = [
+                (
+                    f"k{s}".encode(),
+                    json.dumps({"seq": seq, "ts": ts, "x": rng.normal(size=3).tolist()}).encode(),
+                )
+                for s in STREAMS
+            ]
+            records.append((b"broken", b"{not json"))
+            producer.send_many(topic, records)
+            producer.flush(10)
+            stop_event.wait(0.2)
+    finally:
+        producer.close()
+
+
 @pytest.fixture(scope="module")
-def metrics_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`streamcell serve` (gRPC only) under PredictBatch traffic; yields host:port of /metrics."""
+def metrics_target(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`streamcell serve` (Kafka and gRPC) under traffic from both; yields host:port of /metrics."""
     tmp_path = tmp_path_factory.mktemp("serve")
     registry = tmp_path / "registry"
     subprocess.run([sys.executable, "-c", MODEL, str(registry)], check=True, timeout=120)
+    name = f"prom-{uuid.uuid4().hex[:10]}"
+    topics = {t: f"{name}.{t}" for t in ("events", "predictions", "dead", "changelog")}
     serve = ["serve", "--registry", str(registry), "--model", "m", "--poll-registry-s", "1"]
+    kafka = [
+        *("--bootstrap-servers", kafka_bootstrap, "--group-id", name, "--partitions", "2"),
+        *("--input-topic", topics["events"], "--output-topic", topics["predictions"]),
+        *("--dead-letter-topic", topics["dead"], "--changelog-topic", topics["changelog"]),
+    ]
     local = ["--metrics-host", "127.0.0.1", "--metrics-port", "0", "--grpc-host", "127.0.0.1"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamcell.cli", *serve, *local, "--grpc-port", "0"],
+        [sys.executable, "-m", "streamcell.cli", *serve, *kafka, *local, "--grpc-port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         cwd=tmp_path,
     )
     stop_event = threading.Event()
-    traffic: threading.Thread | None = None
+    drivers: list[threading.Thread] = []
     try:
         assert proc.stdout is not None
         log = LogWatcher(proc.stdout)
@@ -172,15 +215,20 @@ def metrics_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         metrics_port = log.wait_for(r"metrics on http://[\d.]+:(\d+)/metrics", proc).group(1)
         grpc_port = log.wait_for(r"gRPC listening on [\d.]+:(\d+)", proc).group(1)
         log.wait_for(r"serving model m version", proc)
-        traffic = threading.Thread(
-            target=drive_traffic, args=(f"127.0.0.1:{grpc_port}", stop_event), daemon=True
-        )
-        traffic.start()
+        log.wait_for(r"consuming .* as group", proc)
+        drivers = [
+            threading.Thread(target=drive_grpc, args=(f"127.0.0.1:{grpc_port}", stop_event)),
+            threading.Thread(
+                target=drive_kafka, args=(kafka_bootstrap, topics["events"], stop_event)
+            ),
+        ]
+        for driver in drivers:
+            driver.start()
         yield f"127.0.0.1:{metrics_port}"
     finally:
         stop_event.set()
-        if traffic is not None:
-            traffic.join(timeout=15)
+        for driver in drivers:
+            driver.join(timeout=20)
         stop(proc)
 
 
@@ -233,27 +281,40 @@ def test_prometheus_scrapes_the_service_series(prometheus: Prometheus) -> None:
     up = prometheus.wait_for('up{job="streamcell"} == 1')
     assert up, "the streamcell target never came up"
 
-    predicted = prometheus.wait_for('streamcell_predictions_total{source="grpc"} > 0')
-    assert value(predicted) > 0
-    events = prometheus.wait_for('streamcell_events_total{outcome="predicted"} > 0')
-    assert {r["metric"]["source"] for r in events} == {"grpc"}
-    assert value(prometheus.wait_for("streamcell_active_streams > 0")) == 40
+    # Both front ends, each with its own source label.
+    for source in ("grpc", "kafka"):
+        predicted = prometheus.wait_for(f'streamcell_predictions_total{{source="{source}"}} > 0')
+        assert value(predicted) > 0, f"no {source} predictions scraped"
+        events = prometheus.wait_for(
+            f'streamcell_events_total{{source="{source}", outcome="predicted"}} > 0'
+        )
+        assert value(events) > 0
+    dead = prometheus.wait_for("streamcell_dead_letters_total > 0")
+    assert dead and all(r["metric"]["reason"] for r in dead)
+    assert value(prometheus.wait_for("streamcell_active_streams >= 80")) == 80  # 40 + 40 streams
     assert value(prometheus.wait_for("streamcell_model_loaded")) == 1
     info = prometheus.wait_for("streamcell_model_info")
     assert info and info[0]["metric"]["model"] == "m"
     validation = prometheus.wait_for('streamcell_model_validation_mae{model="m"}')
     assert value(validation) == 0.5
+
+    # Kafka bookkeeping: offsets committed, lag per assigned partition.
+    assert value(prometheus.wait_for("streamcell_commits_total > 0")) > 0
+    lag = prometheus.wait_for("streamcell_consumer_lag_messages")
+    assert {r["metric"]["partition"] for r in lag} == {"0", "1"}
+
     calls = prometheus.wait_for('streamcell_grpc_requests_total{method=~".*PredictBatch"} > 0')
-    assert {r["metric"]["code"] for r in calls} == {"OK"}
-    assert prometheus.wait_for("streamcell_grpc_request_seconds_count > 0")
+    assert "OK" in {r["metric"]["code"] for r in calls}
     assert prometheus.wait_for("process_resident_memory_bytes > 0")
 
     # Histograms arrive whole: buckets, sum and count, usable by histogram_quantile.
-    # (gRPC-only mode: event-time latency comes from the Kafka path; gRPC has its own.)
+    # The events carry their time (ts): latency from it to the prediction is under a minute.
     p99 = prometheus.wait_for(
-        "histogram_quantile(0.99, sum by (le) (streamcell_grpc_request_seconds_bucket)) > 0"
+        "histogram_quantile(0.99, sum by (le) (streamcell_event_latency_seconds_bucket)) > 0"
     )
-    assert 0 < value(p99) <= 30
+    assert 0 < value(p99) <= 60
+    assert prometheus.wait_for('streamcell_batch_size_events_count{source="kafka"} > 0')
+    assert prometheus.wait_for("streamcell_model_step_seconds_count > 0")
     mae = prometheus.wait_for("streamcell_online_mae > 0")
     assert mae and mae[0]["metric"]["model"] == "m"
 
@@ -279,7 +340,7 @@ def test_dashboard_queries_run_and_show_the_service(prometheus: Prometheus) -> N
     """Every dashboard query is valid PromQL; the core panels show data from the service."""
     # rate() needs two samples in its window: wait for a few scrapes.
     assert prometheus.wait_for(
-        'count_over_time(streamcell_predictions_total{source="grpc"}[1m]) > 2'
+        'count_over_time(streamcell_predictions_total{source="kafka"}[1m]) > 2'
     )
     queries = dashboard_queries()
     assert len(queries) >= 10
@@ -289,7 +350,10 @@ def test_dashboard_queries_run_and_show_the_service(prometheus: Prometheus) -> N
             empty.append(title)
     for must_show in (
         "Events by source and outcome",
+        "Predictions and dead letters",
+        "End-to-end event latency (event time to prediction)",
         "Model step and gRPC handling",
+        "Consumer lag by partition",
         "Active streams and capacity",
         "Online error by model version",
         "Served model",
