@@ -66,6 +66,7 @@ class LoopState:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
     samples: int = 0  # target points trained on, all workers, all epochs
+    resumed_at: list[int] = field(default_factory=list)  # epochs a restarted run went on from
 
     @property
     def samples_per_second(self) -> float:
@@ -221,3 +222,12 @@ def restore_best(model: StreamingLSTM, state: LoopState) -> StreamingLSTM:
         best.load_state_dict(state.best_state)
     best.eval()
     return best
+
+
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    return (
+        f"epoch {record['epoch']}/{epochs}: loss {record['train_loss']:.4f} "
+        f"val MAE {record['val_mae']:.5g} RMSE {record['val_rmse']:.5g} "
+        f"MASE {record['val_mase']:.4f} (last value {record['last_value_mae']:.5g}) "
+        f"{record['samples_per_s']:.0f} samples/s{' *' if record['best'] else ''}"
+    )
