@@ -20,7 +20,6 @@ from streamcell.errors import StreamcellError
 SUBCOMMANDS: dict[str, str] = {
     "models": "streamcell.registry_cli",
     "train": "streamcell.trainer.cli",
-    "train": "streamcell.trainer.cli",
     "broker": "streamcell.service.broker_cli",
     "replay": "streamcell.service.replay_cli",
     "predict": "streamcell.service.predict_cli",
