@@ -225,3 +225,36 @@ def test_flush_raises_when_the_broker_is_gone(kafka_client, private_broker, uniq
             producer.flush(2)
     finally:
         producer.close()
+
+
+def test_callbacks_may_call_blocking_consumer_methods(kafka_config, unique_name):
+    # The pipeline restores state in on_assign (committed offsets, a changelog
+    # read) and commits in on_revoke: both must work inside the callbacks.
+    topic = make_topic(kafka_config, unique_name("blocking"), partitions=2)
+    produce(kafka_config, topic, [(b"k%d" % i, b"v") for i in range(20)])
+    tps = [(topic, 0), (topic, 1)]
+    seen: dict[str, object] = {}
+    group = unique_name("blocking")
+    consumer = open_consumer(kafka_config, group)
+
+    def on_assign(assigned):
+        seen["committed"] = consumer.committed(assigned)
+        seen["restored"] = len(read_all(kafka_config, assigned))
+        consumer.seek(assigned[0], 0)
+
+    def on_revoke(revoked):
+        if revoked:  # also on close: the last chance to commit
+            consumer.commit({tp: consumer.position(tp) for tp in revoked})
+
+    try:
+        consumer.subscribe([topic], on_assign, on_revoke)
+        assert len(poll_until(consumer, 20)) == 20
+    finally:
+        consumer.close()
+    assert seen["committed"] == dict.fromkeys(tps)
+    assert seen["restored"] == 20
+    probe = open_consumer(kafka_config, group)
+    try:
+        assert sum(probe.committed(tps).values()) == 20
+    finally:
+        probe.close()
