@@ -1,0 +1,127 @@
+"""`streamcell serve`: flags and environment -> settings; clear errors; waiting for a model."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pipeline_support import Serve, make_model
+
+from streamcell.cli import main
+from streamcell.service import serve_cli
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    serve_cli.add_arguments(parser)
+    return parser.parse_args(["--registry", "reg", "--model", "m", *argv])
+
+
+def test_bootstrap_servers_come_from_the_flag_else_the_environment():
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "envhost:9092"}
+    assert serve_cli.settings_from_args(parse(), env).bootstrap_servers == "envhost:9092"
+    flagged = parse("--bootstrap-servers", "flaghost:9092")
+    assert serve_cli.settings_from_args(flagged, env).bootstrap_servers == "flaghost:9092"
+    assert serve_cli.settings_from_args(parse(), {}).bootstrap_servers is None
+
+
+def test_settings_carry_the_flags():
+    s = serve_cli.settings_from_args(
+        parse(
+            "--kafka-client", "confluent", "--event-format", "protobuf", "--max-streams", "7",
+            "--stream-ttl-s", "60", "--commit-interval-ms", "250", "--grpc-port", "0",
+            "--no-metrics",
+        ),
+        {},
+    )  # fmt: skip
+    assert (s.kafka_client, s.event_format, s.max_streams, s.stream_ttl_s) == (
+        "confluent",
+        "protobuf",
+        7,
+        60.0,
+    )
+    assert s.commit_interval_ms == 250 and s.metrics_port is None and s.torch_threads == 1
+    assert s.grpc is not None and s.grpc.port == 0
+    assert serve_cli.settings_from_args(parse("--no-grpc"), {}).grpc is None
+    with pytest.raises(AttributeError):
+        s.max_streams = 1  # frozen
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--max-batch", "0"], "--max-batch must be at least 1"),
+        (["--input-topic", "t", "--output-topic", "t"], "the four topics must differ"),
+        (["--stream-ttl-s", "-1"], "--stream-ttl-s must be positive"),
+    ],
+)
+def test_bad_settings_exit_2_with_a_message(flags, message, capsys):
+    assert main(["serve", "--registry", "reg", "--model", "m", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def run_serve(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "streamcell.cli", "serve", "--metrics-port", "0",
+         "--grpc-port", "0", "--grpc-host", "127.0.0.1", *argv],
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_broker_is_a_clear_error(tmp_path):
+    make_model(tmp_path)
+    addr = f"127.0.0.1:{free_port()}"  # nothing listens there
+    done = run_serve("--registry", str(tmp_path), "--model", "m", "--bootstrap-servers", addr)
+    assert done.returncode == 2
+    assert f"cannot reach Kafka at {addr}" in done.stderr
+
+
+def test_missing_registry_and_missing_model_are_clear_errors(tmp_path):
+    done = run_serve("--registry", str(tmp_path / "nope"), "--model", "m")
+    assert done.returncode == 2
+    assert f"model registry {tmp_path / 'nope'} is not a directory" in done.stderr
+    done = run_serve("--registry", str(tmp_path), "--model", "m", "--require-model")
+    assert done.returncode == 2
+    assert "no loadable version of model 'm'" in done.stderr
+
+
+def health(port: int) -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+
+
+def test_serve_waits_for_a_model_then_serves_and_stops_on_sigterm(tmp_path: Path):
+    serve = Serve(
+        tmp_path / "serve.log",
+        ["--registry", str(tmp_path), "--model", "m", "--poll-registry-s", "0.2",
+         "--metrics-port", "0", "--grpc-port", "0", "--grpc-host", "127.0.0.1"],
+    )  # fmt: skip
+    try:
+        port = int(serve.wait_for(r"gRPC listening on [\d.]+:(\d+)").group(1))
+        serve.wait_for("no loadable version of model 'm' in registry .* waiting for one")
+        assert health(port) == health_pb2.HealthCheckResponse.NOT_SERVING
+        make_model(tmp_path, version="v1")
+        serve.wait_for("serving model m version v1")
+        serve.wait_for("serving gRPC only")
+        for _ in range(50):  # the health watcher refreshes every 0.2 s
+            if health(port) == health_pb2.HealthCheckResponse.SERVING:
+                break
+            time.sleep(0.1)
+        assert health(port) == health_pb2.HealthCheckResponse.SERVING
+        assert serve.terminate() == 0
+    finally:
+        serve.stop()
