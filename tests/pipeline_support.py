@@ -161,8 +161,11 @@ def distinct(records: Iterable[Record]) -> dict[tuple[str, int], set[bytes]]:
 class Offline:
     """The uninterrupted reference: a fresh Predictor over the input topic in order."""
 
-    def __init__(self, loaded: LoadedModel, inputs: list[Record]) -> None:
+    def __init__(
+        self, loaded: LoadedModel, inputs: list[Record], event_format: str = codec.FORMAT_JSON
+    ) -> None:
         self.predictor = Predictor(loaded)
+        self.event_format = event_format
         self.expected: dict[tuple[str, int], bytes] = {}
         self.invalid: list[codec.Invalid] = []
         self.then(None, inputs)
@@ -175,7 +178,7 @@ class Offline:
         torch.set_num_threads(1)
         try:
             ordered = sorted(inputs, key=lambda r: (r.partition, r.offset))
-            decoded = codec.decode(ordered, self.predictor.config.input_size)
+            decoded = codec.decode(ordered, self.predictor.config.input_size, self.event_format)
             result = self.predictor.predict(decoded.batch, now=time.time())
         finally:
             torch.set_num_threads(threads)

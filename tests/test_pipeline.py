@@ -180,3 +180,33 @@ def test_memory_stays_bounded_and_evictions_are_counted(kafka_bootstrap, tmp_pat
         latest[rec.key] = rec.value
     live = [k for k, v in latest.items() if v is not None]
     assert 0 < len(live) <= 8
+
+
+def test_protobuf_events(kafka_bootstrap, tmp_path: Path):
+    from streamcell.v1.event_pb2 import Event
+
+    cfg = KafkaClientConfig(kafka_bootstrap, client=CLIENT)
+    topics = Topics("proto")
+    topics.create(cfg, 1)
+    version = make_model(tmp_path / "reg")
+    serve = Serve(
+        tmp_path / "serve.log",
+        serve_args(kafka_bootstrap, CLIENT, tmp_path / "reg", topics, "--event-format", "protobuf"),
+    )
+    good = [
+        (f"p{s}".encode(), Event(seq=t, x=[0.1 * t, -0.2 * s, 1.0]).SerializeToString())
+        for t in range(4)
+        for s in range(3)
+    ]
+    try:
+        serve.wait_assigned()
+        produce(cfg, topics.input, [*good[:6], (b"p0", b"\xff\xff not protobuf"), *good[6:]])
+        out = wait_for_predictions(cfg, topics.output, 1, expected=len(good), serving=[serve])
+        assert serve.terminate() == 0
+    finally:
+        serve.stop()
+    offline = Offline(load(version), read_all(cfg, topics.input, 1), event_format="protobuf")
+    offline.check_predictions(out)
+    assert len(offline.expected) == len(good)
+    (dead,) = read_all(cfg, topics.dead, 1)
+    assert dict(dead.headers)["reason"] == b"bad_protobuf"
