@@ -1,0 +1,211 @@
+"""The pipeline's bookkeeping without a broker: checkpoint order, rebalances, tombstones.
+
+The consumer, producer and reader here are recording fakes of the kafka.py
+protocols (unit tests); the same paths run against the real broker in
+test_pipeline*.py.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+from pipeline_support import make_model
+
+from streamcell.checkpoint import load_checkpoint
+from streamcell.predictor import Predictor
+from streamcell.service.kafka import Record
+from streamcell.service.metrics import Metrics
+from streamcell.service.pipeline import Pipeline, PipelineSettings, murmur2_partition
+
+TOPIC = "in"
+
+
+class FakeProducer:
+    def __init__(self, log: list) -> None:
+        self.log = log
+        self.sent: list[tuple[str, bytes | None, bytes | None, int | None]] = []
+
+    def send(self, topic, key, value, headers=None, partition=None) -> None:
+        self.sent.append((topic, key, value, partition))
+
+    def send_many(self, topic, records, headers=None, partition=None) -> None:
+        for key, value in records:
+            self.send(topic, key, value, headers, partition)
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        self.log.append(("flush", len(self.sent)))
+
+    def close(self) -> None:
+        self.log.append(("producer.close",))
+
+
+class FakeConsumer:
+    def __init__(self, log: list) -> None:
+        self.log = log
+        self.queue: list[list[Record]] = []
+        self.committed_offsets: dict[tuple[str, int], int] = {}
+        self.on_assign = self.on_revoke = None
+
+    def subscribe(self, topics, on_assign, on_revoke) -> None:
+        self.on_assign, self.on_revoke = on_assign, on_revoke
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Record]:
+        return self.queue.pop(0) if self.queue else []
+
+    def commit(self, offsets) -> None:
+        self.log.append(("commit", dict(offsets)))
+        self.committed_offsets.update(offsets)
+
+    def committed(self, tps):
+        return {tp: self.committed_offsets.get(tp) for tp in tps}
+
+    def end_offsets(self, tps):
+        return dict.fromkeys(tps, 0)
+
+    def close(self) -> None:
+        self.log.append(("consumer.close",))
+
+
+class FakeReader:
+    def __init__(self, records: list[Record]) -> None:
+        self.records = records
+
+    def read_to_end(self, tps, timeout_s):
+        wanted = {p for _, p in tps}
+        yield [r for r in self.records if r.partition in wanted]
+
+    def close(self) -> None:
+        pass
+
+
+def record(stream: str, offset: int, partition: int = 0, x=(1.0, 2.0, 3.0)) -> Record:
+    value = json.dumps({"x": list(x)}).encode()
+    return Record(TOPIC, partition, offset, stream.encode(), value, 0, ())
+
+
+@pytest.fixture
+def loaded(tmp_path):
+    return load_checkpoint(make_model(tmp_path))
+
+
+def build(loaded, changelog: list[Record] | None = None, max_streams: int = 100):
+    log: list = []
+    consumer, producer = FakeConsumer(log), FakeProducer(log)
+    restored_from = changelog if changelog is not None else []
+    pipeline = Pipeline(
+        PipelineSettings(input_topic=TOPIC, changelog_topic="cl", commit_interval_ms=10**6),
+        consumer,
+        producer,
+        lambda: FakeReader(restored_from),
+        Predictor(loaded, max_streams=max_streams),
+        Metrics(),
+    )
+    pipeline.start()
+    return pipeline, consumer, producer, log
+
+
+def changelog_records(producer: FakeProducer) -> list[Record]:
+    return [
+        Record("cl", part, k, key, value, 0, ())
+        for k, (topic, key, value, part) in enumerate(producer.sent)
+        if topic == "cl"
+    ]
+
+
+def test_checkpoint_flushes_predictions_then_writes_state_then_commits(loaded):
+    pipeline, consumer, producer, log = build(loaded)
+    consumer.on_assign([(TOPIC, 0), (TOPIC, 1)])
+    pipeline.process([record("a", 0), record("b", 1), record("c", 0, partition=1)])
+    pipeline.checkpoint()
+    outputs = [s for s in producer.sent if s[0] == "streamcell.predictions"]
+    states = [s for s in producer.sent if s[0] == "cl"]
+    assert len(outputs) == 3
+    assert sorted((k, p) for _, k, _, p in states) == [(b"a", 0), (b"b", 0), (b"c", 1)]
+    # flush(predictions) -> changelog sends -> flush -> commit, in that order
+    assert log == [("flush", 3), ("flush", 6), ("commit", {(TOPIC, 0): 2, (TOPIC, 1): 1})]
+    pipeline.checkpoint()  # nothing new: no changelog records, no commit
+    assert log[-1] == ("flush", 6)
+
+
+def test_revocation_checkpoints_and_reassignment_keeps_unchanged_partitions(loaded):
+    pipeline, consumer, _, log = build(loaded)
+    consumer.on_assign([(TOPIC, 0), (TOPIC, 1)])
+    pipeline.process([record("a", 0), record("b", 0, partition=1)])
+    consumer.on_revoke([(TOPIC, 0), (TOPIC, 1)])
+    assert log[-1] == ("commit", {(TOPIC, 0): 1, (TOPIC, 1): 1})
+    # Partition 1 moved on elsewhere meanwhile (its committed offset changed).
+    consumer.committed_offsets[(TOPIC, 1)] = 5
+    consumer.on_assign([(TOPIC, 0), (TOPIC, 1)])
+    assert pipeline.predictor.store.stream_ids() == ["a"]  # "b" was dropped...
+    # ...and restored from the changelog, which the fake reader replays (empty here).
+    pipeline.process([record("a", 0), record("a", 1)])  # offset 0 is a replay
+    assert pipeline.predictor.info("a").events == 2
+
+
+def test_restore_then_replay_skips_what_the_state_reflects(loaded):
+    first, consumer, producer, _ = build(loaded)
+    consumer.on_assign([(TOPIC, 0)])
+    first.process([record("a", k, x=(k, 1.0, 2.0)) for k in range(3)])
+    first.checkpoint()
+    reference = first.predictor.info("a")
+
+    # A new replica restores from the changelog and sees offsets 1..4 again.
+    second, consumer2, producer2, _ = build(loaded, changelog_records(producer))
+    consumer2.on_assign([(TOPIC, 0)])
+    assert second.predictor.info("a").h.equal(reference.h)
+    second.process([record("a", k, x=(k, 1.0, 2.0)) for k in range(1, 5)])
+    preds = [json.loads(v)["offset"] for t, _, v, _ in producer2.sent if t.endswith("ions")]
+    assert preds == [3, 4]  # 1 and 2 were already applied
+    first.process([record("a", k, x=(k, 1.0, 2.0)) for k in range(3, 5)])
+    assert second.predictor.info("a").h.equal(first.predictor.info("a").h)
+
+
+def test_evicted_streams_get_tombstones(loaded):
+    pipeline, consumer, producer, _ = build(loaded, max_streams=2)
+    consumer.on_assign([(TOPIC, 0)])
+    pipeline.process([record(s, k) for k, s in enumerate("abcd")])
+    pipeline.checkpoint()
+    latest = {r.key: r.value for r in changelog_records(producer)}
+    assert sorted(k for k, v in latest.items() if v is not None) == [b"c", b"d"]
+    assert sorted(k for k, v in latest.items() if v is None) == [b"a", b"b"]
+    assert pipeline.metrics.evicted._value.get() == 2
+
+
+def test_grpc_writes_reach_the_changelog_and_ownership_is_reported(loaded):
+    pipeline, consumer, producer, _ = build(loaded)
+    pipeline.set_partition_count(2)
+    consumer.on_assign([(TOPIC, 0)])
+    mine = next(s for s in (f"s{k}" for k in range(100)) if murmur2_partition(s.encode(), 2) == 0)
+    other = next(s for s in (f"s{k}" for k in range(100)) if murmur2_partition(s.encode(), 2) == 1)
+    assert pipeline.owner_of(mine) is None
+    assert "partition 1" in pipeline.owner_of(other)
+    pipeline.process([record(mine, 0)])
+    pipeline.checkpoint()
+    pipeline.predictor.delete(mine)  # as DeleteStream does, then tells the pipeline
+    pipeline.mark_changed([mine])
+    pipeline.checkpoint()
+    assert changelog_records(producer)[-1].value is None
+
+
+def test_murmur2_partition_matches_the_java_default_partitioner():
+    from kafka.partitioner.default import murmur2
+
+    rng = random.Random(0)
+    for _ in range(500):
+        key = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40)))
+        n = rng.randrange(1, 64)
+        assert murmur2_partition(key, n) == (murmur2(key) & 0x7FFFFFFF) % n
+
+
+def test_a_batch_with_more_streams_than_capacity_is_applied_in_order(loaded):
+    pipeline, consumer, producer, _ = build(loaded, max_streams=3)
+    consumer.on_assign([(TOPIC, 0)])
+    rows = [record(f"s{k % 5}", k) for k in range(20)]
+    pipeline.process(rows)
+    preds = [json.loads(v)["offset"] for t, _, v, _ in producer.sent if t.endswith("ions")]
+    assert preds == list(range(20))
+    assert len(pipeline.predictor.store) == 3
+    assert np.isfinite([json.loads(v)["yhat"] for t, _, v, _ in producer.sent]).all()
