@@ -293,8 +293,7 @@ class Pipeline:
         self._parked.clear()
         self._drop_partitions(drop)
         if restore:
-            start = time.perf_counter()
-            with self.predictor.lock:
+            with self.metrics.restoring(len(restore)), self.predictor.lock:
                 done = changelog.restore(
                     self.reader_of,
                     self.settings.changelog_topic,
@@ -306,7 +305,6 @@ class Pipeline:
                 (s, int(self.predictor.store.partition[self.predictor.store.slot_of(s)]))
                 for s in done.streams
             )
-            self.metrics.restore_seconds.observe(time.perf_counter() - start)
             self.metrics.restored_streams.inc(len(done.streams))
             log.info(
                 "partitions %s restored from %s: %d streams (%d tombstones, %d skipped) in %.2fs",

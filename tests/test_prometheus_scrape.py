@@ -302,6 +302,9 @@ def test_prometheus_scrapes_the_service_series(prometheus: Prometheus) -> None:
     assert value(prometheus.wait_for("streamcell_commits_total > 0")) > 0
     lag = prometheus.wait_for("streamcell_consumer_lag_messages")
     assert {r["metric"]["partition"] for r in lag} == {"0", "1"}
+    # The assignment restored its partitions from the changelog (empty here), timed.
+    assert value(prometheus.wait_for("streamcell_changelog_restore_seconds_count > 0")) >= 1
+    assert value(prometheus.wait_for("streamcell_changelog_restoring_partitions")) == 0
 
     calls = prometheus.wait_for('streamcell_grpc_requests_total{method=~".*PredictBatch"} > 0')
     assert "OK" in {r["metric"]["code"] for r in calls}
