@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from contextlib import contextmanager
 
 import numpy as np
@@ -315,7 +315,7 @@ class Metrics:
         if validation_mae is not None:
             self.validation_mae.labels(name, version).set(validation_mae)
 
-    def watch_store(self, store_of: Callable[[], object | None]) -> None:
+    def watch_store(self, store_of: Callable[[], Sized | None]) -> None:
         """Gauges read the live state store at scrape time (it may be replaced on reload)."""
 
         def read(attr: str) -> Callable[[], float]:
