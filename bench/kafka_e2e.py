@@ -1,0 +1,327 @@
+"""End to end over Kafka: streamcell serve against the transport's limit and the naive design.
+
+    python bench/kafka_e2e.py [--events 500000] [--streams 10000] [--clients kafka-python,confluent]
+
+One run, one broker (the embedded one, started here), one preloaded input
+topic of E JSON events over S streams (8 features, seq per stream). For each
+Kafka client:
+
+(a) raw consume: the client library reads the E events, no processing (the
+    transport's limit on this machine);
+(b) ``streamcell serve`` (a subprocess, gRPC off, metrics on) in a fresh
+    group with fresh output and changelog topics: events/s from its first
+    prediction (the Kafka timestamp of the earliest prediction record, so
+    model load and the group join are left out) to the moment the group's
+    committed offsets cover all E events (polled every 20 ms), and to the
+    last prediction's timestamp;
+(c) once per run: the naive design on the same events: per event json.loads,
+    one torch.nn.LSTM call with (h, c) kept in a dict, the head, json.dumps.
+    It gets the records already in memory (no Kafka cost), so (b)/(c) is
+    conservative. Time-boxed (``--naive-seconds``).
+
+Then the latency run (``--latency``): a fresh serve with the same client,
+events produced at ``--latency-fraction`` (default 0.5) of the (b) rate for
+``--latency-seconds``; p50/p99 of prediction timestamp - event timestamp, both
+Kafka CreateTime (the producer's clock when the record was handed to the
+client; one machine, one clock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+from kafka_bench import bench_raw, make_messages
+
+from streamcell.checkpoint import ModelConfig, save_checkpoint
+from streamcell.model import StreamingLSTM
+from streamcell.service.broker import BrokerSettings, EmbeddedBroker, free_port
+from streamcell.service.kafka import (
+    KafkaClientConfig,
+    TopicSpec,
+    installed_clients,
+    open_admin,
+    open_consumer,
+    open_producer,
+    open_reader,
+)
+
+INPUT, HIDDEN, LAYERS = 8, 64, 2
+MODEL = "bench"
+
+
+def make_registry(root: Path) -> Path:
+    torch.manual_seed(0)
+    model = StreamingLSTM(INPUT, HIDDEN, LAYERS, INPUT)
+    names = tuple(f"f{k}" for k in range(INPUT))
+    zeros, ones = (0.0,) * INPUT, (1.0,) * INPUT
+    save_checkpoint(
+        root,
+        MODEL,
+        model,
+        ModelConfig(INPUT, HIDDEN, LAYERS, INPUT, names, names, zeros, ones, zeros, ones),
+    )
+    return root
+
+
+def produce_all(bootstrap: str, topic: str, messages, partitions: int) -> None:
+    cfg = KafkaClientConfig(bootstrap, client=_fast_client())
+    admin = open_admin(cfg)
+    admin.ensure_topics([TopicSpec(topic, partitions)])
+    admin.close()
+    producer = open_producer(cfg)
+    for k in range(0, len(messages), 20_000):
+        producer.send_many(topic, messages[k : k + 20_000])
+    producer.flush(300)
+    producer.close()
+
+
+def _fast_client() -> str:
+    return "confluent" if "confluent" in installed_clients() else "kafka-python"
+
+
+def read_topic(bootstrap: str, topic: str, partitions: int):
+    reader = open_reader(KafkaClientConfig(bootstrap, client=_fast_client()))
+    try:
+        return [
+            r for b in reader.read_to_end([(topic, p) for p in range(partitions)], 600) for r in b
+        ]
+    finally:
+        reader.close()
+
+
+class Serve:
+    """``streamcell serve`` as a subprocess with its own group and output topics."""
+
+    def __init__(self, bootstrap: str, registry: Path, client: str, input_topic: str, args) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.group = f"e2e-{client}-{tag}"
+        self.output = f"{input_topic}.pred-{tag}"
+        self.log = open(Path(tempfile.gettempdir()) / f"kafka_e2e_serve_{tag}.log", "w")  # noqa: SIM115
+        cmd = [
+            sys.executable, "-m", "streamcell.cli", "--log-level", "WARNING", "serve",
+            "--registry", str(registry), "--model", MODEL,
+            "--bootstrap-servers", bootstrap, "--kafka-client", client,
+            "--group-id", self.group, "--client-id", self.group,
+            "--input-topic", input_topic, "--output-topic", self.output,
+            "--dead-letter-topic", f"{input_topic}.dlq-{tag}",
+            "--changelog-topic", f"{input_topic}.changelog-{tag}",
+            "--max-streams", str(max(args.streams * 2, 1000)),
+            "--max-batch", str(args.max_batch),
+            "--poll-registry-s", "0", "--metrics-port", "0", "--no-grpc",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def wait_committed(
+    bootstrap: str,
+    client: str,
+    group: str,
+    topic: str,
+    partitions: int,
+    total: int,
+    timeout_s: float,
+    serve: Serve,
+) -> float:
+    """time.time() when the group's committed offsets first cover ``total`` events."""
+    probe = open_consumer(KafkaClientConfig(bootstrap, client=client, client_id="e2e-probe"), group)
+    tps = [(topic, p) for p in range(partitions)]
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            done = sum(o or 0 for o in probe.committed(tps).values())
+            if done >= total:
+                return time.time()
+            if serve.proc.poll() is not None:
+                raise RuntimeError(
+                    f"serve exited with {serve.proc.returncode}; see {serve.log.name}"
+                )
+            time.sleep(0.02)
+    finally:
+        probe.close()
+    raise RuntimeError(
+        f"serve did not commit {total} events within {timeout_s} s; see {serve.log.name}"
+    )
+
+
+def bench_serve(bootstrap, registry, client, topic, args) -> dict:
+    serve = Serve(bootstrap, registry, client, topic, args)
+    try:
+        committed_at = wait_committed(
+            bootstrap, client, serve.group, topic, args.partitions, args.events, args.timeout, serve
+        )
+    finally:
+        serve.stop()
+    predictions = read_topic(bootstrap, serve.output, args.partitions)
+    stamps = np.array([r.timestamp_ms for r in predictions], np.float64) / 1000
+    first, last = stamps.min(), stamps.max()
+    unique = {
+        (json.loads(r.value)["partition"], json.loads(r.value)["offset"]) for r in predictions
+    }
+    return {
+        "predictions": len(predictions),
+        "unique_predictions": len(unique),
+        "serve_to_commit": args.events / (committed_at - first),
+        "serve_to_last_prediction": args.events / (last - first),
+        "seconds_to_commit": committed_at - first,
+    }
+
+
+def bench_naive(records, seconds: float) -> float:
+    """Per event: decode, one nn.LSTM call with dict state, head, encode. Events/s."""
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(INPUT, HIDDEN, LAYERS, batch_first=True).eval()
+    head = torch.nn.Linear(HIDDEN, INPUT).eval()
+    states: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    zero = torch.zeros(LAYERS, 1, HIDDEN)
+    done, start = 0, time.perf_counter()
+    with torch.inference_mode():
+        for r in records:
+            event = json.loads(r.value)
+            stream = r.key.decode()
+            x = torch.tensor(event["x"], dtype=torch.float32).view(1, 1, INPUT)
+            out, state = lstm(x, states.get(stream, (zero, zero)))
+            states[stream] = state
+            y = head(out[0, -1]).tolist()
+            json.dumps({"stream": stream, "offset": r.offset, "yhat": y}).encode()
+            done += 1
+            if done % 256 == 0 and time.perf_counter() - start > seconds:
+                break
+    return done / (time.perf_counter() - start)
+
+
+def bench_latency(bootstrap, registry, client, rate: float, args) -> dict:
+    topic = f"lat-{uuid.uuid4().hex[:8]}"
+    cfg = KafkaClientConfig(bootstrap, client=_fast_client(), client_id="e2e-latency")
+    admin = open_admin(cfg)
+    admin.ensure_topics([TopicSpec(topic, args.partitions)])
+    admin.close()
+    total = int(rate * args.latency_seconds)
+    messages = make_messages(total + 100, args.streams, seed=1)
+    warmup, paced = messages[:100], messages[100:]
+    serve = Serve(bootstrap, registry, client, topic, args)
+    producer = open_producer(cfg)
+    try:
+        producer.send_many(topic, warmup)
+        producer.flush()
+        wait_committed(
+            bootstrap, client, serve.group, topic, args.partitions, 100, args.timeout, serve
+        )
+        step = max(1, int(rate / 200))  # 200 sends per second
+        began = time.monotonic()
+        for k in range(0, total, step):
+            wait = began + k / rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            producer.send_many(topic, paced[k : k + step])
+        producer.flush()
+        achieved = total / (time.monotonic() - began)
+        wait_committed(
+            bootstrap, client, serve.group, topic, args.partitions, total + 100, args.timeout, serve
+        )
+    finally:
+        producer.close()
+        serve.stop()
+    events = {
+        (r.partition, r.offset): r.timestamp_ms
+        for r in read_topic(bootstrap, topic, args.partitions)
+    }
+    lat = []
+    for r in read_topic(bootstrap, serve.output, args.partitions):
+        v = json.loads(r.value)
+        if v["offset"] >= 0 and (v["partition"], v["offset"]) in events:
+            lat.append(r.timestamp_ms - events[(v["partition"], v["offset"])])
+    lat = np.sort(np.array(lat[100:], np.float64))
+    return {
+        "rate": rate,
+        "achieved_rate": achieved,
+        "events": len(lat),
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "max_ms": float(lat.max()),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--events", type=int, default=500_000)
+    p.add_argument("--streams", type=int, default=10_000)
+    p.add_argument("--partitions", type=int, default=3)
+    p.add_argument("--max-batch", type=int, default=1024)
+    p.add_argument("--clients", type=lambda s: s.split(","), default=installed_clients())
+    p.add_argument("--naive-seconds", type=float, default=10.0)
+    p.add_argument("--latency", action="store_true", help="also run the latency test")
+    p.add_argument("--latency-fraction", type=float, default=0.5)
+    p.add_argument("--latency-seconds", type=float, default=15.0)
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--json", help="write the results here too")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+
+    results: dict = {"events": args.events, "streams": args.streams, "clients": {}}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedBroker(BrokerSettings(port=free_port())) as broker,
+    ):
+        bootstrap = broker.bootstrap
+        registry = make_registry(Path(tmp) / "registry")
+        topic = f"e2e-{uuid.uuid4().hex[:8]}"
+        messages = make_messages(args.events, args.streams)
+        produce_all(bootstrap, topic, messages, args.partitions)
+        del messages
+        print(
+            f"preloaded {args.events:,} events over {args.streams:,} streams "
+            f"into {args.partitions} partitions"
+        )
+
+        records = read_topic(bootstrap, topic, args.partitions)
+        naive = bench_naive(records, args.naive_seconds)
+        del records
+        results["naive"] = naive
+        print(f"(c) naive, one nn.LSTM call per event:   {naive:>10,.0f} events/s")
+
+        for client in args.clients:
+            cfg = KafkaClientConfig(bootstrap, client=client)
+            raw = bench_raw(cfg, topic, args.partitions, args.events, 10_000)
+            serve = bench_serve(bootstrap, registry, client, topic, args)
+            b = serve["serve_to_commit"]
+            row = {"raw_consume": raw, **serve, "b_over_a": b / raw, "b_over_c": b / naive}
+            print(
+                f"{client:>13}: (a) raw consume {raw:>10,.0f}/s  (b) serve {b:>9,.0f}/s "
+                f"(to last prediction {serve['serve_to_last_prediction']:,.0f}/s; "
+                f"{serve['predictions']:,} predictions, {serve['unique_predictions']:,} distinct)  "
+                f"(b)/(a) = {b / raw:.2f}  (b)/(c) = {b / naive:.1f}"
+            )
+            if args.latency:
+                lat = bench_latency(bootstrap, registry, client, b * args.latency_fraction, args)
+                row["latency"] = lat
+                print(
+                    f"{'':>13}  latency at {lat['achieved_rate']:,.0f} events/s: "
+                    f"p50 {lat['p50_ms']:.1f} ms  p99 {lat['p99_ms']:.1f} ms  "
+                    f"max {lat['max_ms']:.0f} ms"
+                )
+            results["clients"][client] = row
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
