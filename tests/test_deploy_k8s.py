@@ -1,9 +1,9 @@
 """deploy/k8s validated offline against the Kubernetes schemas.
 
 Built-in kinds go through kubernetes-validate (the OpenAPI schemas of the
-newest Kubernetes it ships, strict: unknown fields are errors). The two custom
-resources, KubeRay's RayJob and the Prometheus operator's ServiceMonitor, have
-no schema there; they are validated against the schemas shipped in
+newest Kubernetes it ships, strict: unknown fields are errors). The custom
+resources, KubeRay's RayJob and the Prometheus operator's ServiceMonitor and
+PrometheusRule, have no schema there; they are validated against the schemas shipped in
 deploy/crd-schemas/ (the CRDs' fields we use, strict), whose pod templates and
 label selectors refer to Kubernetes' own definitions, so a RayJob's pods are
 checked as strictly as a Deployment's. Then the wiring: probes on the gRPC
@@ -37,6 +37,7 @@ SCHEMAS = ROOT / "deploy" / "crd-schemas"
 CUSTOM = {
     ("ray.io/v1", "RayJob"): "rayjob-ray-v1.json",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring-v1.json",
 }
 K8S_VERSION = kv.latest_version()
 
@@ -105,6 +106,8 @@ def test_every_kind_needed_is_there() -> None:
                     "volumes", 0, "persistentVolumeClaim"], {"claim": "x"}),
         ("ServiceMonitor", ["spec", "endpoints", 0, "interval"], "15 seconds"),
         ("ServiceMonitor", ["spec", "selector", "matchLabel"], {"a": "b"}),
+        ("PrometheusRule", ["spec", "groups", 1, "rules", 0, "for"], "two minutes"),
+        ("PrometheusRule", ["spec", "groups", 1, "rules", 0, "record"], "both:alert_and_record"),
     ],
 )  # fmt: skip
 def test_validation_catches_mistakes(kind: str, path: list[Any], bad: Any) -> None:
@@ -196,3 +199,13 @@ def test_training_rayjob_writes_where_the_service_reads() -> None:
     serve_argv = container(serve_pod, "streamcell")["args"]
     assert claims(serve_pod)[option(serve_argv, "--registry") or ""] == pvc["metadata"]["name"]
     assert expand([option(serve_argv, "--model") or ""], find("ConfigMap")["data"]) == [args.model]
+
+
+def test_prometheusrule_holds_the_rules_promtool_tested() -> None:
+    """deploy/k8s's PrometheusRule is generated from deploy/prometheus/rules: they must agree."""
+    rules = yaml.safe_load(
+        (ROOT / "deploy" / "prometheus" / "rules" / "streamcell.yml").read_text()
+    )
+    assert find("PrometheusRule")["spec"]["groups"] == rules["groups"], (
+        "deploy/k8s/41-prometheusrule.yaml is stale: run deploy/prometheus/to_prometheusrule.py"
+    )
