@@ -10,8 +10,11 @@ other deploy/ files.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +113,46 @@ def test_every_streamcell_command_parses(services: dict[str, dict[str, Any]]) ->
         parser.parse_args(["serve", "--registry=/r", "--model=m", "--no-such-option"])
     if missing:
         pytest.skip(f"subcommands not registered in core/cli.py yet: {', '.join(missing)}")
+
+
+RAY_PARSE = """
+import json, sys
+from ray.scripts.scripts import cli
+bad = []
+for argv in json.loads(sys.argv[1]):
+    try:
+        sub = cli.get_command(cli.make_context("ray", list(argv)), argv[0])
+        sub.make_context(argv[0], argv[1:])
+    except Exception as exc:
+        bad.append(f"ray {' '.join(argv)}: {exc}")
+print(json.dumps(bad))
+"""
+
+
+def test_every_ray_command_parses(services: dict[str, dict[str, Any]]) -> None:
+    """`ray start ...` commands and health checks use options Ray's CLI accepts."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not installed (the train extra)")
+    argvs = [
+        svc["command"][1:] for svc in services.values() if svc.get("command", [""])[0] == "ray"
+    ]
+    argvs += [
+        svc["healthcheck"]["test"][2:]
+        for svc in services.values()
+        if svc.get("healthcheck", {}).get("test", [None, None])[1] == "ray"
+    ]
+    assert len(argvs) >= 3
+    argvs.append(["start", "--no-such-option"])  # the check can fail
+    # In a subprocess: importing Ray here would leak into the tests that assert it is absent.
+    done = subprocess.run(
+        [sys.executable, "-c", RAY_PARSE, json.dumps(argvs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    bad = json.loads(done.stdout.strip().splitlines()[-1])
+    assert bad == ["ray start --no-such-option: No such option '--no-such-option'."], bad
 
 
 def test_kafka_runs_in_kraft_mode_and_topics_match_the_service(
