@@ -124,23 +124,37 @@ def test_protobuf_events_decode_like_json():
 
 def test_predictions_are_json_with_the_agreed_fields():
     batch = EventBatch.of(
-        ["a", "b\u00e9"], [[1.0], [2.0]], seq=[NO_SEQ, 9], partition=[0, 1], offset=[10, 11]
+        ["a", 'b"\u00e9'], [[1.0], [2.0]], seq=[NO_SEQ, 9], partition=[0, 1], offset=[10, 11]
     )
-    yhat = np.array([[0.1, -2.5], [1e-8, 3.0]], dtype=np.float32)
+    yhat = np.array([[0.1, -2.5], [1e-8, 3.0e30]], dtype=np.float32)
     out = encode_predictions(batch, yhat, np.array([0, 1]), "m", "v1")
-    assert [k for k, _ in out] == [b"a", "b\u00e9".encode()]
+    assert [k for k, _ in out] == [b"a", 'b"\u00e9'.encode()]
     first, second = (json.loads(v) for _, v in out)
-    assert first == {
-        "stream": "a",
-        "partition": 0,
-        "offset": 10,
-        "yhat": [float(np.float32(0.1)), -2.5],
-        "model": "m",
-        "version": "v1",
-    }
-    assert second["seq"] == 9 and second["stream"] == "b\u00e9"
-    # Every float round-trips to the exact float32 the model computed.
-    assert np.array(second["yhat"], dtype=np.float32).tobytes() == yhat[1].tobytes()
+    assert first.pop("yhat") == [0.100000001, -2.5]
+    assert first == {"stream": "a", "partition": 0, "offset": 10, "model": "m", "version": "v1"}
+    assert second["seq"] == 9 and second["stream"] == 'b"\u00e9'
+    # Every number parses back to the exact float32 the model computed.
+    for (_, value), row in zip(out, yhat, strict=True):
+        back = np.array(json.loads(value)["yhat"], dtype=np.float32)
+        assert back.tobytes() == row.tobytes()
+
+
+def test_float32_values_round_trip_through_the_text_exactly():
+    rng = np.random.default_rng(5)
+    yhat = (rng.normal(size=(2000, 4)) * 10.0 ** rng.integers(-30, 30, (2000, 4))).astype(
+        np.float32
+    )
+    batch = EventBatch.of(["s"] * 2000, np.zeros((2000, 1)), offset=np.arange(2000))
+    out = encode_predictions(batch, yhat, np.arange(2000), "m", "v")
+    back = np.array([json.loads(v)["yhat"] for _, v in out], dtype=np.float32)
+    assert back.tobytes() == yhat.tobytes()
+
+
+def test_non_finite_predictions_are_written_as_null():
+    batch = EventBatch.of(["a"], [[1.0]], offset=[0])
+    yhat = np.array([[np.inf, 1.5]], dtype=np.float32)
+    ((_, value),) = encode_predictions(batch, yhat, np.array([0]), "m", "v")
+    assert json.loads(value)["yhat"] == [None, 1.5]
 
 
 def test_prediction_bytes_are_deterministic():
