@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +273,65 @@ def test_dockerfile_builds_cpu_by_default_with_a_cuda_switch() -> None:
         assert f"COPY {part} {part}" in dockerfile
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
+
+
+MODEL = r"""
+import sys, torch
+from streamcell.checkpoint import ModelConfig, save_checkpoint
+from streamcell.model import StreamingLSTM
+names = ("a", "b", "c")
+cfg = ModelConfig(3, 8, 1, 3, names, names, (0.0,) * 3, (1.0,) * 3, (0.0,) * 3, (1.0,) * 3)
+save_checkpoint(sys.argv[1], "m", StreamingLSTM(3, 8, 1, 3), cfg)
+"""
+
+
+def test_replica_health_check_follows_the_model(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The replicas' health check, run against a real `streamcell serve`: unhealthy until a
+    model version exists, healthy after (what the producer's depends_on waits for)."""
+    test = services["streamcell-1"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = test[3].replace("localhost:50051", f"127.0.0.1:{port}")
+    assert script != test[3]
+
+    def healthy() -> bool:
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, timeout=30, check=False
+        )
+        return done.returncode == 0
+
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    serve = ["serve", f"--registry={registry}", "--model=m", "--poll-registry-s=0.5"]
+    local = ["--no-metrics", "--grpc-host=127.0.0.1", f"--grpc-port={port}"]
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamcell.cli", *serve, *local], stdout=log, stderr=log
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while "gRPC listening" not in (tmp_path / "serve.log").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "serve.log"
+            ).read_text()
+            time.sleep(0.2)
+        assert not healthy(), "healthy before any model version exists"
+        subprocess.run([sys.executable, "-c", MODEL, str(registry)], check=True, timeout=120)
+        while not healthy():
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "serve.log"
+            ).read_text()
+            time.sleep(0.5)
+        assert re.search(r"serving model m version", (tmp_path / "serve.log").read_text())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
