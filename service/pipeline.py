@@ -301,10 +301,10 @@ class Pipeline:
                     self.predictor.store,
                     self.settings.restore_timeout_s,
                 )
-            self._owned.update(
-                (s, int(self.predictor.store.partition[self.predictor.store.slot_of(s)]))
-                for s in done.streams
-            )
+                store = self.predictor.store
+                with self._changed_lock:
+                    for stream in done.streams:
+                        self._owned[stream] = int(store.partition[store.slot_of(stream)])
             self.metrics.restored_streams.inc(len(done.streams))
             log.info(
                 "partitions %s restored from %s: %d streams (%d tombstones, %d skipped) in %.2fs",

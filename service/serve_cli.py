@@ -58,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1000,
         help="flush predictions, write changed state, commit offsets this often (default 1000)",
     )
+    k.add_argument(
+        "--restore-timeout-s",
+        type=float,
+        default=60.0,
+        help="longest a changelog restore on assignment may take (default 60)",
+    )
     k.add_argument("--event-format", choices=("json", "protobuf"), default="json")
     k.add_argument("--max-batch", type=int, default=1024, help="events per micro-batch at most")
     k.add_argument(
@@ -129,6 +135,7 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
         metrics_port=None if args.no_metrics else args.metrics_port,
         keep_gates=args.keep_gates,
         torch_threads=args.torch_threads,
+        restore_timeout_s=args.restore_timeout_s,
         grpc=grpc,
     )
 

@@ -57,6 +57,8 @@ class ServeSettings:
         for name, value in positive:
             if value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.restore_timeout_s <= 0:
+            raise ConfigError("--restore-timeout-s must be positive")
         if self.max_batch_delay_ms < 0:
             raise ConfigError("--max-batch-delay-ms must be >= 0")
         if self.stream_ttl_s is not None and self.stream_ttl_s <= 0:
