@@ -3,10 +3,10 @@
 `streamcell serve` runs (Kafka and gRPC) with a small model; the Debian
 ``prometheus`` binary is started on loopback with a config made from
 deploy/prometheus/prometheus.yml (the ``streamcell`` job pointed at the
-service's /metrics, 1 s scrape interval, the shipped rule files); events go
-in through the session's broker and PredictBatch calls through the gRPC
-client, and the series are read back over
-Prometheus's HTTP API: what a dashboard or an alert would see.
+service's /metrics, 1 s scrape interval, the shipped rule files). Events go in
+through the session's broker and PredictBatch calls through the gRPC client,
+and the series are read back over Prometheus's HTTP API: what a dashboard or
+an alert would see.
 """
 
 from __future__ import annotations
