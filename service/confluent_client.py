@@ -193,12 +193,13 @@ class ConfluentConsumer:
         out = {}
         for tp in tps:
             ctp = CTopicPartition(tp[0], tp[1])
-            try:
-                _, high = self._c.get_watermark_offsets(ctp, timeout=self.cfg.connect_timeout_s)
-            except KafkaException as exc:
-                raise unavailable(self.cfg, exc) from exc
-            _, fetched = self._c.get_watermark_offsets(ctp, cached=True)
-            out[tp] = max(high, fetched)
+            _, high = self._c.get_watermark_offsets(ctp, cached=True)
+            if high < 0:  # not fetched yet: ask the broker
+                try:
+                    _, high = self._c.get_watermark_offsets(ctp, timeout=self.cfg.connect_timeout_s)
+                except KafkaException as exc:
+                    raise unavailable(self.cfg, exc) from exc
+            out[tp] = high
         return out
 
     def committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:

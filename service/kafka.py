@@ -17,11 +17,15 @@ Conventions shared by both implementations:
   client's partitioner), so a stream lands on the same partition whichever
   client wrote it.
 
+``Consumer.end_offsets`` answers from the high watermark of the last fetch
+of each partition when there is one (no round trip: it is called for the lag
+metric at every checkpoint), and asks the broker only for the others.
+
 Broker quirk handled here: Tansu (the embedded broker) answers ListOffsets
 "latest" with the base offset of the last record batch plus one, not the log
-end. ``end_offsets`` therefore also takes the high watermark of the last fetch
-into account, and ``Reader.read_to_end`` learns the true end from its first
-fetch.
+end; fetch responses carry the true high watermark. So ``end_offsets`` is
+exact for fetched partitions, and ``Reader.read_to_end`` learns the true end
+from its first fetch.
 """
 
 from __future__ import annotations
@@ -136,7 +140,9 @@ class Consumer(Protocol):
 
     def assignment(self) -> list[TopicPartition]: ...
 
-    def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]: ...
+    def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Log end per partition: the last fetch's high watermark, else the broker's answer."""
+        ...
 
     def committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]: ...
 

@@ -151,14 +151,19 @@ class KafkaPythonConsumer:
         return sorted((p.topic, p.partition) for p in self._c.assignment())
 
     def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        if not tps:
-            return {}
-        listed = self._c.end_offsets([_tp(tp) for tp in tps])
-        out = {}
+        out: dict[TopicPartition, int] = {}
+        assigned = self._c.assignment()
         for tp in tps:
-            end = listed[_tp(tp)]
-            high = self._c.highwater(_tp(tp)) if _tp(tp) in self._c.assignment() else None
-            out[tp] = max(end, high) if high is not None else end
+            high = self._c.highwater(_tp(tp)) if _tp(tp) in assigned else None
+            if high is not None:
+                out[tp] = high
+        ask = [_tp(tp) for tp in tps if tp not in out]
+        if ask:
+            try:
+                listed = self._c.end_offsets(ask)
+            except kerrors.KafkaError as exc:
+                raise unavailable(self.cfg, exc) from exc
+            out.update({(k.topic, k.partition): v for k, v in listed.items()})
         return out
 
     def committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
