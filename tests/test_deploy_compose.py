@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -61,11 +62,32 @@ def services() -> dict[str, dict[str, Any]]:
 
 
 def streamcell_commands(services: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """service -> argv after `streamcell`, also for `ray job submit ... -- streamcell ...`."""
     out = {}
     for name, svc in services.items():
         command = svc.get("command")
-        if isinstance(command, list) and command and command[0] == "streamcell":
+        if not isinstance(command, list) or not command:
+            continue
+        if command[0] == "ray" and "--" in command:
+            command = command[command.index("--") + 1 :]
+        if command[0] == "streamcell":
             out[name] = command[1:]
+    return out
+
+
+def ray_commands(services: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """argv after `ray` of every command and health check that runs Ray's CLI."""
+    out = []
+    for svc in services.values():
+        command = svc.get("command")
+        if isinstance(command, list) and command and command[0] == "ray":
+            out.append(command[1:])
+        test = svc.get("healthcheck", {}).get("test", [])
+        shell = test[1] if test[:1] == ["CMD-SHELL"] else " ".join(map(shlex.quote, test[1:]))
+        for part in shell.split("&&"):
+            argv = shlex.split(part.split(">")[0])
+            if argv and argv[0] == "ray":
+                out.append(argv[1:])
     return out
 
 
@@ -121,12 +143,19 @@ def test_every_streamcell_command_parses(services: dict[str, dict[str, Any]]) ->
 
 RAY_PARSE = """
 import json, sys
+import click
 from ray.scripts.scripts import cli
 bad = []
 for argv in json.loads(sys.argv[1]):
     try:
-        sub = cli.get_command(cli.make_context("ray", list(argv)), argv[0])
-        sub.make_context(argv[0], argv[1:])
+        command, name, args = cli, "ray", list(argv)
+        while isinstance(command, click.Group):  # ray job submit: descend to `submit`
+            ctx = command.make_context(name, list(args), resilient_parsing=True)
+            name, args = args[0], args[1:]
+            command = command.get_command(ctx, name)
+            if command is None:
+                raise click.UsageError(f"no command {name!r}")
+        command.make_context(name, args)
     except Exception as exc:
         bad.append(f"ray {' '.join(argv)}: {exc}")
 print(json.dumps(bad))
@@ -134,19 +163,14 @@ print(json.dumps(bad))
 
 
 def test_every_ray_command_parses(services: dict[str, dict[str, Any]]) -> None:
-    """`ray start ...` commands and health checks use options Ray's CLI accepts."""
+    """`ray start`, `ray job submit` and the health checks use options Ray's CLI accepts."""
     if importlib.util.find_spec("ray") is None:
         pytest.skip("ray is not installed (the train extra)")
-    argvs = [
-        svc["command"][1:] for svc in services.values() if svc.get("command", [""])[0] == "ray"
-    ]
-    argvs += [
-        svc["healthcheck"]["test"][2:]
-        for svc in services.values()
-        if svc.get("healthcheck", {}).get("test", [None, None])[1] == "ray"
-    ]
-    assert len(argvs) >= 3
+    argvs = ray_commands(services)
+    assert {tuple(a[:2]) for a in argvs} >= {("start", "--head"), ("job", "submit")}
+    assert ["status", "--address=localhost:6379"] in argvs  # the head's health check
     argvs.append(["start", "--no-such-option"])  # the check can fail
+    argvs.append(["job", "submit", "--adress=http://x:8265", "--", "true"])
     # In a subprocess: importing Ray here would leak into the tests that assert it is absent.
     done = subprocess.run(
         [sys.executable, "-c", RAY_PARSE, json.dumps(argvs)],
@@ -156,7 +180,8 @@ def test_every_ray_command_parses(services: dict[str, dict[str, Any]]) -> None:
         check=True,
     )
     bad = json.loads(done.stdout.strip().splitlines()[-1])
-    assert bad == ["ray start --no-such-option: No such option '--no-such-option'."], bad
+    assert len(bad) == 2, bad
+    assert "--no-such-option" in bad[0] and "--adress" in bad[1]
 
 
 def test_kafka_runs_in_kraft_mode_and_topics_match_the_service(
@@ -218,22 +243,35 @@ def test_start_order_and_health(services: dict[str, dict[str, Any]]) -> None:
     needs("grafana", "prometheus", "service_healthy")
     for name in ("kafka", "ray-head", "streamcell-1", "streamcell-2", "prometheus", "grafana"):
         assert services[name].get("healthcheck", {}).get("test"), f"{name} has no health check"
-    # The training job runs on the Ray cluster and shares the registry with the replicas.
-    assert services["train"]["environment"]["RAY_ADDRESS"].startswith("ray-head:")
+    # The training job is submitted to the Ray cluster; its driver runs on the head, which
+    # shares the registry with the replicas; head and worker share Ray Train's storage.
+    assert services["train"]["command"][:3] == ["ray", "job", "submit"]
+    assert "--address=http://ray-head:8265" in services["train"]["command"]
     assert "ray start --head" in " ".join(services["ray-head"]["command"])
     assert "--address=ray-head:6379" in services["ray-worker"]["command"]
 
     def volume(service: str, target: str) -> str:
-        for v in services[service]["volumes"]:
-            if v["target"] if isinstance(v, dict) else v.split(":")[1] == target:
-                return v["source"] if isinstance(v, dict) else v.split(":")[0]
+        for v in services[service].get("volumes", []):
+            source, mounted = (
+                (v.get("source"), v["target"]) if isinstance(v, dict) else v.split(":")[:2]
+            )
+            if mounted == target:
+                return str(source)
         raise AssertionError(f"{service} mounts nothing at {target}")
 
     train = streamcell_commands(services)["train"]
-    registry = option(train, "--registry")
-    assert registry
-    for name in ("train", "ray-head", "ray-worker", "streamcell-1", "streamcell-2"):
-        assert volume(name, registry) == volume("train", registry)
+    assert train[0] == "train"
+    registry, data, storage = (
+        option(train, "--registry"),
+        option(train, "--data"),
+        option(train, "--storage-path"),
+    )
+    assert registry and data and storage
+    for name in ("streamcell-1", "streamcell-2"):
+        assert volume(name, registry) == volume("ray-head", registry)
+    assert volume("ray-head", storage) == volume("ray-worker", storage)
+    data_dir = str(Path(data).parent)
+    assert volume("ray-head", data_dir) == volume("data", data_dir)
     assert option(streamcell_commands(services)["streamcell-1"], "--model") == option(
         train, "--model"
     )
