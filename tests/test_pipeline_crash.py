@@ -5,7 +5,7 @@ random moments and restarted, or while a second replica joins and leaves the
 group. Afterwards: every event has a prediction; each prediction, and every
 duplicate of it, is byte-identical to the model run offline without
 interruption; the changelog's final state of every stream equals the offline
-one.
+one. Both run for each installed Kafka client.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from pipeline_support import (
-    CLIENT,
     Feeder,
     Offline,
     Serve,
@@ -46,15 +45,17 @@ def check_exact(cfg: KafkaClientConfig, topics: Topics, version: Path, out) -> O
     return offline
 
 
-def test_sigkill_at_random_moments_loses_nothing_and_stays_exact(kafka_bootstrap, tmp_path):
+def test_sigkill_at_random_moments_loses_nothing_and_stays_exact(
+    kafka_bootstrap, kafka_client, tmp_path
+):
     seed = random.randrange(1 << 30)
     print(f"kill schedule seed: {seed}")
     rng = random.Random(seed)
-    cfg = KafkaClientConfig(kafka_bootstrap, client=CLIENT)
+    cfg = KafkaClientConfig(kafka_bootstrap, client=kafka_client)
     topics = Topics("crash")
     topics.create(cfg, PARTITIONS)
     version = make_model(tmp_path / "reg")
-    args = serve_args(kafka_bootstrap, CLIENT, tmp_path / "reg", topics)
+    args = serve_args(kafka_bootstrap, kafka_client, tmp_path / "reg", topics)
     log = tmp_path / "serve.log"
     feeder = Feeder(cfg, topics.input, events(STREAMS, STEPS), chunk=STREAMS, interval_s=0.2)
     serve = Serve(log, args)
@@ -79,12 +80,12 @@ def test_sigkill_at_random_moments_loses_nothing_and_stays_exact(kafka_bootstrap
     assert sum(restored) > 0, "no restart restored any state from the changelog"
 
 
-def test_replica_joining_and_leaving_keeps_state_exact(kafka_bootstrap, tmp_path):
-    cfg = KafkaClientConfig(kafka_bootstrap, client=CLIENT)
+def test_replica_joining_and_leaving_keeps_state_exact(kafka_bootstrap, kafka_client, tmp_path):
+    cfg = KafkaClientConfig(kafka_bootstrap, client=kafka_client)
     topics = Topics("rebalance")
     topics.create(cfg, PARTITIONS)
     version = make_model(tmp_path / "reg")
-    args = serve_args(kafka_bootstrap, CLIENT, tmp_path / "reg", topics)
+    args = serve_args(kafka_bootstrap, kafka_client, tmp_path / "reg", topics)
     feeder = Feeder(cfg, topics.input, events(STREAMS, STEPS), chunk=STREAMS, interval_s=0.15)
     first = Serve(tmp_path / "first.log", args)
     second = None
