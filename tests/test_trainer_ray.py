@@ -9,14 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from streamcell.checkpoint import load_latest
 from streamcell.cli import main
 from streamcell.events import EventBatch
 from streamcell.predictor import Predictor
-from streamcell.trainer.api import TrainSettings, load_long_frame, train_local, train_with_ray
+from streamcell.trainer import ray_train
+from streamcell.trainer.api import TrainSettings, load_long_frame, train_local
 from streamcell.trainer.synthetic import interleaved, noisy_sines
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -47,8 +47,10 @@ def test_cli_trains_with_two_workers_and_the_service_beats_last_value(
             *("--layers", "1", "--window", "16", "--lr", "0.01", "--batch-size", "8"),
         ]
     )
-    out = capsys.readouterr().out
-    assert code == 0, out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, captured.err
+    assert "epoch 1/12: loss" in captured.err  # progress, printed by the driver
     loaded = load_latest(registry, "sines")
     assert f"exported {loaded.path}" in out
     training = loaded.config.training
@@ -75,7 +77,7 @@ def test_cli_trains_with_two_workers_and_the_service_beats_last_value(
 def test_a_worker_failure_resumes_from_the_last_checkpoint(ray_cluster: None) -> None:
     data = load_long_frame(noisy_sines(streams=4, length=120, seed=9))
     settings = TrainSettings(hidden=8, layers=1, epochs=4, window=16, lr=0.01, patience=10)
-    result = train_with_ray(data, settings, workers=2, max_failures=1, fail_at_epoch=2)
+    result = ray_train.train(data, settings, workers=2, max_failures=1, fail_at_epoch=2)
     assert result.config.training["resumed_at_epochs"] == [2]
     assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
     # Equal shards and one batch per shard: DDP's averaged gradient is the local one, so
@@ -87,9 +89,7 @@ def test_a_worker_failure_resumes_from_the_last_checkpoint(ray_cluster: None) ->
 
 
 def test_failures_beyond_max_failures_are_reported(ray_cluster: None) -> None:
-    from streamcell.trainer.ray_train import TrainingFailed
-
-    data = load_long_frame(pd.concat([noisy_sines(streams=2, length=60, seed=1)]))
+    data = load_long_frame(noisy_sines(streams=2, length=60, seed=1))
     settings = TrainSettings(hidden=4, layers=1, epochs=2, window=8)
-    with pytest.raises(TrainingFailed, match="injected failure"):
-        train_with_ray(data, settings, workers=2, max_failures=0, fail_at_epoch=1)
+    with pytest.raises(ray_train.TrainingFailed, match="injected failure"):
+        ray_train.train(data, settings, workers=2, max_failures=0, fail_at_epoch=1)

@@ -106,12 +106,40 @@ def train_with_ray(
     settings: TrainSettings,
     workers: int = 2,
     gpu: str = "auto",
-    **ray_options: Any,
+    *,
+    max_failures: int = 1,
+    storage_path: str | None = None,
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+    log_to_driver: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    threads: int = 1,
 ) -> TrainResult:
-    """Train with Ray Train (DDP over ``workers``, streams sharded); see ray_train.train."""
+    """Train with Ray Train: DDP over ``workers``, each on its own streams.
+
+    Uses the running Ray if there is one, else joins ``ray_address``, else
+    starts a local Ray with ``num_cpus`` (default: ``workers``) and stops it
+    after. ``gpu``: auto (GPUs if Ray sees one per worker), on, off.
+    ``max_failures``: worker-group restarts from the last epoch's checkpoint.
+    ``storage_path``: where Ray keeps checkpoints (default: a temp dir,
+    removed after). ``on_epoch`` gets each epoch's record in this process.
+    ``threads``: torch threads (and CPUs reserved) per worker.
+    """
     from streamcell.trainer.ray_train import train
 
-    return train(frame, settings, workers=workers, gpu=gpu, **ray_options)
+    return train(
+        frame,
+        settings,
+        workers=workers,
+        gpu=gpu,
+        max_failures=max_failures,
+        storage_path=storage_path,
+        ray_address=ray_address,
+        num_cpus=num_cpus,
+        log_to_driver=log_to_driver,
+        on_epoch=on_epoch,
+        threads=threads,
+    )
 
 
 def finish(

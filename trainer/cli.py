@@ -101,9 +101,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--storage-path", help="Ray checkpoint storage (default: a temp dir)")
     run.add_argument(
-        "--threads", type=_positive, help="torch threads with --no-ray (default: torch's)"
+        "--threads",
+        type=_positive,
+        help="torch threads per Ray worker (default 1), or of this process with --no-ray",
     )
     run.add_argument("--num-cpus", type=_positive, help="CPUs of the local Ray (default: workers)")
+    run.add_argument("--ray-logs", action="store_true", help="show Ray's worker logs")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -149,7 +152,9 @@ def run(args: argparse.Namespace) -> int:
             storage_path=args.storage_path,
             ray_address=os.environ.get("RAY_ADDRESS") or None,
             num_cpus=args.num_cpus,
-            log_to_driver=True,
+            log_to_driver=args.ray_logs,
+            on_epoch=lambda r: _print_epoch(r, settings),
+            threads=args.threads or 1,
         )
     path = api.export(result, args.registry, args.model)
     _summary(path, result, args.json)

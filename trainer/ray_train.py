@@ -18,8 +18,10 @@ import logging
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -58,17 +60,23 @@ def train(
     num_cpus: int | None = None,
     log_to_driver: bool = False,
     fail_at_epoch: int | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    threads: int = 1,
 ) -> TrainResult:
     """Train with ``workers`` Ray workers; starts (and stops) a local Ray if none is running.
 
     ``ray_address`` joins an existing cluster instead. ``fail_at_epoch``
     makes the last worker raise once after that epoch's checkpoint, to
-    exercise recovery (tests only).
+    exercise recovery (tests only). ``on_epoch`` is called in the driver with
+    each epoch's record as rank 0's checkpoints appear in the storage.
+    ``threads``: torch threads (and CPUs reserved) per worker.
     """
     if gpu not in GPU_MODES:
         raise ConfigError(f"gpu must be one of {', '.join(GPU_MODES)}, got {gpu!r}")
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+    if not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads must be a positive integer, got {threads!r}")
     if workers > len(frame.streams):
         raise DataError(
             f"--workers {workers} needs at least as many streams; the data has "
@@ -85,7 +93,7 @@ def train(
             ray.init(address=ray_address, log_to_driver=log_to_driver)
         else:
             ray.init(
-                num_cpus=num_cpus or workers,
+                num_cpus=num_cpus or workers * threads,
                 include_dashboard=False,
                 log_to_driver=log_to_driver,
                 configure_logging=False,
@@ -94,8 +102,6 @@ def train(
     storage = storage_path or tempfile.mkdtemp(prefix="streamcell-ray-")
     try:
         use_gpu = _use_gpu(gpu, workers, ray.cluster_resources())
-        cpus = ray.cluster_resources().get("CPU", 1.0)
-        threads = max(1, int(cpus // workers)) if not ray_address else 1
         state, device = _fit(
             prepared,
             settings,
@@ -105,6 +111,7 @@ def train(
             max_failures=max_failures,
             storage=storage,
             fail_at_epoch=fail_at_epoch,
+            on_epoch=on_epoch,
         )
     finally:
         if own_storage:
@@ -143,6 +150,7 @@ def _fit(
     max_failures: int,
     storage: str,
     fail_at_epoch: int | None,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
 ) -> tuple[LoopState, str]:
     import ray
     from ray.train import (
@@ -155,6 +163,7 @@ def _fit(
     from ray.train.torch import TorchTrainer
 
     marker = Path(storage) / f"failed-once-{uuid.uuid4().hex}"
+    name = f"streamcell-{uuid.uuid4().hex[:12]}"
     trainer = TorchTrainer(
         _worker,
         train_loop_config={
@@ -167,20 +176,26 @@ def _fit(
         scaling_config=ScalingConfig(
             num_workers=workers,
             use_gpu=use_gpu,
-            resources_per_worker={"CPU": 1, **({"GPU": 1} if use_gpu else {})},
+            resources_per_worker={"CPU": threads, **({"GPU": 1} if use_gpu else {})},
         ),
         run_config=RunConfig(
-            name=f"streamcell-{uuid.uuid4().hex[:12]}",
+            name=name,
             storage_path=storage,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
+    progress = _Progress(Path(storage) / name, on_epoch) if on_epoch else None
     try:
+        if progress:
+            progress.start()
         result = trainer.fit()
     except Exception as exc:  # Ray wraps worker errors in its own types
         raise TrainingFailed(f"Ray training failed: {exc}") from exc
+    finally:
+        if progress:
+            progress.finish()
     if result.error is not None:
         raise TrainingFailed(f"Ray training failed: {result.error}")
     if result.checkpoint is None:
@@ -244,6 +259,37 @@ def _worker(config: dict[str, Any]) -> None:
         sync=_DistSync(device),
         on_epoch=report,
     )
+
+
+class _Progress(threading.Thread):
+    """Reports epochs in the driver as rank 0's checkpoints land in the run's storage."""
+
+    def __init__(self, run_dir: Path, callback: Callable[[dict[str, Any]], None]) -> None:
+        super().__init__(name="streamcell-train-progress", daemon=True)
+        self.run_dir, self.callback = run_dir, callback
+        self.seen = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.5):
+            self.poll()
+
+    def finish(self) -> None:
+        self.done.set()
+        self.join(5)
+        self.poll()
+
+    def poll(self) -> None:
+        files = sorted(self.run_dir.glob(f"checkpoint_*/{STATE_FILE}"))
+        if not files:
+            return
+        try:
+            history = json.loads(files[-1].read_text())["history"]
+        except (OSError, ValueError, KeyError):
+            return  # being written; the next poll reads it
+        for record in history[self.seen :]:
+            self.callback(record)
+        self.seen = max(self.seen, len(history))
 
 
 class _DistSync:
