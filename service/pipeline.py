@@ -273,8 +273,9 @@ class Pipeline:
 
     # ----------------------------------------------------------- rebalance
     def _on_revoke(self, tps: list[TopicPartition]) -> None:
-        self.metrics.rebalances.inc()
         revoked = sorted(p for t, p in tps if t == self.settings.input_topic)
+        if not revoked:
+            return
         log.info("partitions revoked: %s; checkpointing", revoked)
         self.checkpoint()
         for p in revoked:
@@ -284,6 +285,7 @@ class Pipeline:
         self.metrics.assigned_partitions.set(len(self._assigned))
 
     def _on_assign(self, tps: list[TopicPartition]) -> None:
+        self.metrics.rebalances.inc()
         topic = self.settings.input_topic
         new = sorted(p for t, p in tps if t == topic)
         committed = self.consumer.committed([(topic, p) for p in new]) if new else {}
