@@ -323,6 +323,7 @@ save_checkpoint(sys.argv[1], "m", StreamingLSTM(3, 8, 1, 3), cfg)
 """
 
 
+@pytest.mark.slow
 def test_replica_health_check_follows_the_model(
     services: dict[str, dict[str, Any]], tmp_path: Path
 ) -> None:
