@@ -316,6 +316,10 @@ def test_prometheus_scrapes_the_service_series(prometheus: Prometheus) -> None:
         "histogram_quantile(0.99, sum by (le) (streamcell_event_latency_seconds_bucket)) > 0"
     )
     assert 0 < value(p99) <= 60
+    for source in ("grpc", "kafka"):  # both front ends time events that carry a ts
+        assert prometheus.wait_for(
+            f'streamcell_event_latency_seconds_count{{source="{source}"}} > 0'
+        ), f"no {source} event latency"
     assert prometheus.wait_for('streamcell_batch_size_events_count{source="kafka"} > 0')
     assert prometheus.wait_for("streamcell_model_step_seconds_count > 0")
     mae = prometheus.wait_for("streamcell_online_mae > 0")
