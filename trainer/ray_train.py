@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,12 @@ STATE_FILE = "loop.json"
 MODEL_FILE = "model.pt"
 BEST_FILE = "best.pt"
 OPTIMIZER_FILE = "optimizer.pt"
+
+
+# Ray Train's controller polls workers every 2 s by default and a report blocks until it
+# is polled, so each epoch would cost at least 2 s; small runs poll faster. A value the
+# user set in the environment wins.
+RAY_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
 
 
 class TrainingFailed(StreamcellError):
@@ -190,7 +198,8 @@ def _fit(
     try:
         if progress:
             progress.start()
-        result = trainer.fit()
+        with _ray_train_env(RAY_TRAIN_ENV):
+            result = trainer.fit()
     except Exception as exc:  # Ray wraps worker errors in its own types
         raise TrainingFailed(f"Ray training failed: {exc}") from exc
     finally:
@@ -259,6 +268,19 @@ def _worker(config: dict[str, Any]) -> None:
         sync=_DistSync(device),
         on_epoch=report,
     )
+
+
+@contextmanager
+def _ray_train_env(values: dict[str, str]) -> Iterator[None]:
+    """Set Ray Train knobs (propagated by Ray to its controller) for one fit, then restore."""
+    added = [k for k in values if k not in os.environ]
+    for k in added:
+        os.environ[k] = values[k]
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 class _Progress(threading.Thread):
