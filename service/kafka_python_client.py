@@ -16,6 +16,7 @@ from kafka import TopicPartition as KTopicPartition
 from kafka import errors as kerrors
 from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from streamcell.service.kafka import (
@@ -30,6 +31,8 @@ from streamcell.service.kafka import (
 )
 
 log = logging.getLogger(__name__)
+
+PARTITION_CACHE_MAX = 1_000_000  # keys remembered per topic before the cache starts over
 
 
 def _common(cfg: KafkaClientConfig) -> dict:
@@ -229,6 +232,7 @@ class KafkaPythonProducer:
         except kerrors.KafkaError as exc:
             raise unavailable(cfg, exc) from exc
         self._futures: list = []
+        self._partition_cache: dict[str, tuple[int, dict[bytes, int]]] = {}
 
     def send(
         self,
@@ -254,10 +258,37 @@ class KafkaPythonProducer:
         send = self._p.send
         append = self._futures.append
         try:
-            for key, value in records:
-                append(send(topic, value=value, key=key, headers=headers, partition=partition))
+            if partition is None:
+                where = self._partitioner(topic)
+                for key, value in records:
+                    part = None if key is None else where(key)
+                    append(send(topic, value=value, key=key, headers=headers, partition=part))
+            else:
+                for key, value in records:
+                    append(send(topic, value=value, key=key, headers=headers, partition=partition))
         except kerrors.KafkaError as exc:
             raise unavailable(self.cfg, exc) from exc
+
+    def _partitioner(self, topic: str) -> Callable[[bytes], int]:
+        """kafka-python's default partitioner for keys, remembered per key.
+
+        Its partitioner runs pure-Python murmur2 and rebuilds the partition list
+        for every record (about a third of ``send``); a stream id maps to the same
+        partition as long as the partition count stays, so it is computed once.
+        """
+        parts = sorted(self._p.partitions_for(topic))
+        count, cache = self._partition_cache.get(topic, (0, {}))
+        if count != len(parts) or len(cache) > PARTITION_CACHE_MAX:
+            cache = {}
+            self._partition_cache[topic] = (len(parts), cache)
+
+        def where(key: bytes) -> int:
+            part = cache.get(key)
+            if part is None:
+                part = cache[key] = parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)]
+            return part
+
+        return where
 
     def flush(self, timeout_s: float = 30.0) -> None:
         futures, self._futures = self._futures, []
