@@ -1,1 +1,11 @@
-"""The training side: data loading, the Ray Train loop, evaluation, export."""
+"""The training side: data loading, the Ray Train loop, evaluation, export.
+
+Public API: :mod:`streamcell.trainer.api` (``TrainSettings``,
+``load_long_frame``, ``train_local``, ``train_with_ray``, ``export``). The
+modules, one job each: ``settings`` (the frozen knobs), ``data`` (read and
+validate long-format tables), ``kafka_replay`` (``kafka://TOPIC``),
+``prepare`` (serving-identical normalisation), ``loop`` (stateful TBPTT and
+early stopping, a plain function), ``evaluate`` (online one-step validation),
+``ray_train`` (Ray Train around the loop), ``cli`` (``streamcell train``),
+``synthetic`` (series with known structure), ``datasets`` (benchmark data).
+"""
