@@ -183,7 +183,7 @@ class Offline:
         finally:
             torch.set_num_threads(threads)
         self.invalid += decoded.invalid
-        self.batch, self.yhat = decoded.batch, result.yhat
+        self.batch, self.yhat, self.outcome = decoded.batch, result.yhat, result.outcome
         rows = np.flatnonzero(result.outcome == PREDICTED)
         for _, value in codec.encode_predictions(
             decoded.batch, result.yhat, rows, result.model, result.version
@@ -209,7 +209,11 @@ class Offline:
         cfg = model.config
         mean, std = np.asarray(cfg.input_mean), np.asarray(cfg.input_std)
         for stream in set(self.batch.streams):
-            rows = [k for k, s in enumerate(self.batch.streams) if s == stream]
+            rows = [
+                k
+                for k, s in enumerate(self.batch.streams)
+                if s == stream and self.outcome[k] == PREDICTED
+            ]
             x = torch.from_numpy(((self.batch.x[rows] - mean) / std).astype(np.float32))
             with torch.no_grad():
                 y, _ = model.model(x.unsqueeze(0))

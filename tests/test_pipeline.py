@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
 from pathlib import Path
 
@@ -79,10 +80,17 @@ def test_end_to_end_exact_with_dead_letters(kafka_bootstrap, kafka_client, tmp_p
                        "cleanup.policy=compact\\)")  # fmt: skip
         serve.wait_assigned()
         good = events(streams=6, steps=20)
-        produce(cfg, topics.input, good[:60] + [(k, v) for k, v, _ in BAD] + good[60:])
+        resent = good[:3]  # seq 0 of s0..s2 again: duplicates, counted and skipped
+        produce(cfg, topics.input, good[:60] + [(k, v) for k, v, _ in BAD] + good[60:] + resent)
         out = wait_for_predictions(cfg, topics.output, 2, expected=len(good), serving=[serve])
         port = metrics_port(serve)
         assert metric(port, "streamcell_dead_letters_total") == len(BAD)
+        dup = 'streamcell_events_total{outcome="duplicate",source="kafka"}'
+        for _ in range(50):  # the last batch may still be on its way
+            if metric(port, dup) == len(resent):
+                break
+            time.sleep(0.1)
+        assert metric(port, dup) == len(resent)
         assert serve.terminate() == 0
     finally:
         serve.stop()
