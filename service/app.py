@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from streamcell.checkpoint import check_name
@@ -185,7 +184,7 @@ class App:
         return False
 
     # --------------------------------------------------------------- run
-    def run(self, stop: threading.Event, ready: Callable[[App], None] | None = None) -> int:
+    def run(self, stop: threading.Event) -> int:
         import torch
 
         s = self.settings
@@ -203,13 +202,9 @@ class App:
             watcher.due()  # the first poll just happened
             if s.bootstrap_servers:
                 self.pipeline = self._build_pipeline(watcher, partitions)
-                if ready is not None:
-                    ready(self)
                 log.info("consuming %s as group %s", s.input_topic, s.group_id)
                 self.pipeline.run(stop)
             else:
-                if ready is not None:
-                    ready(self)
                 log.info("no Kafka bootstrap servers given: serving gRPC only")
                 self._watch_registry(watcher, stop)
             return 0

@@ -91,7 +91,7 @@ def loaded(tmp_path):
     return load_checkpoint(make_model(tmp_path))
 
 
-def build(loaded, changelog: list[Record] | None = None, max_streams: int = 100):
+def build(loaded, changelog: list[Record] | None = None, max_streams: int = 100, **predictor_args):
     log: list = []
     consumer, producer = FakeConsumer(log), FakeProducer(log)
     restored_from = changelog if changelog is not None else []
@@ -100,7 +100,7 @@ def build(loaded, changelog: list[Record] | None = None, max_streams: int = 100)
         consumer,
         producer,
         lambda: FakeReader(restored_from),
-        Predictor(loaded, max_streams=max_streams),
+        Predictor(loaded, max_streams=max_streams, **predictor_args),
         Metrics(),
     )
     pipeline.start()
@@ -209,3 +209,19 @@ def test_a_batch_with_more_streams_than_capacity_is_applied_in_order(loaded):
     assert preds == list(range(20))
     assert len(pipeline.predictor.store) == 3
     assert np.isfinite([json.loads(v)["yhat"] for t, _, v, _ in producer.sent]).all()
+
+
+def test_expired_streams_get_tombstones_at_the_next_checkpoint(loaded):
+    clock = [1000.0]
+    pipeline, consumer, producer, _ = build(loaded, ttl_seconds=60, clock=lambda: clock[0])
+    consumer.on_assign([(TOPIC, 0)])
+    pipeline.process([record("old", 0)])
+    clock[0] += 30
+    pipeline.process([record("new", 1)])
+    clock[0] += 45  # "old" idle for 75 s, "new" for 45 s
+    pipeline._next_checkpoint = 0  # the commit timer is due
+    pipeline.step()
+    latest = {r.key: r.value for r in changelog_records(producer)}
+    assert latest[b"old"] is None and latest[b"new"] is not None
+    assert pipeline.predictor.store.stream_ids() == ["new"]
+    assert pipeline.metrics.expired._value.get() == 1
