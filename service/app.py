@@ -48,6 +48,7 @@ class App:
         self.metrics_port: int | None = None
         self._http: Any = None
         self._kafka_cfg: Any = None
+        self._admin: Any = None
 
     # ------------------------------------------------------------- parts
     def _start_metrics(self) -> None:
@@ -212,12 +213,13 @@ class App:
             self.close()
 
     def _build_pipeline(self, watcher: reload.ModelWatcher, partitions: int | None):
-        from streamcell.service.kafka import open_consumer, open_producer, open_reader
-        from streamcell.service.pipeline import Pipeline, PipelineSettings
+        from streamcell.service.kafka import open_admin, open_consumer, open_producer, open_reader
+        from streamcell.service.pipeline import GroupMembers, Pipeline, PipelineSettings
 
         s = self.settings
         assert self.predictor is not None
         cfg = self._kafka_cfg
+        self._admin = open_admin(cfg)  # for naming other replicas in gRPC errors
         producer = open_producer(cfg)
         try:
             consumer = open_consumer(cfg, s.group_id)
@@ -245,6 +247,8 @@ class App:
         )
         if partitions is not None:
             pipeline.set_partition_count(partitions)
+        admin = self._admin
+        pipeline.members = GroupMembers(lambda: admin.group_members(s.group_id))
         return pipeline
 
     def _watch_registry(self, watcher: reload.ModelWatcher, stop: threading.Event) -> None:
@@ -257,6 +261,9 @@ class App:
                     reload.apply(self.predictor, loaded, self.metrics)
 
     def close(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
         if self.grpc is not None:
             self.grpc.stop(grace=5.0)
             self.grpc = None

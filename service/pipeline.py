@@ -31,6 +31,7 @@ from streamcell.service import changelog, codec, reload
 from streamcell.service.kafka import (
     CommitFailed,
     Consumer,
+    Member,
     Producer,
     Reader,
     Record,
@@ -90,6 +91,7 @@ class Pipeline:
         self._expired = predictor.store.expired
         self._next_checkpoint = 0.0
         self._partition_count: int | None = None
+        self.members: GroupMembers | None = None
         self.batches = 0
 
     # ------------------------------------------------------------- running
@@ -365,9 +367,11 @@ class Pipeline:
         part = self.partition_of(stream)
         if part is None or part in self._assigned:
             return None
+        owner = self.members.owner(self.settings.input_topic, part) if self.members else None
         return (
             f"stream {stream!r} belongs to partition {part} of {self.settings.input_topic}, "
             f"which is not assigned to this replica (it holds {sorted(self._assigned)})"
+            + (f"; its owner is {owner}" if owner else "")
         )
 
     def partition_of(self, stream: str) -> int | None:
@@ -398,6 +402,43 @@ class Pipeline:
 
     def _committed_text(self) -> str:
         return ", ".join(f"{p}:{o}" for p, o in sorted(self._committed.items())) or "none"
+
+
+class GroupMembers:
+    """Who holds which partition, from the broker's group description (cached, best effort).
+
+    Only for error messages (gRPC: "which replica owns this stream"); a broker
+    that does not describe groups (Tansu) just leaves the owner unnamed.
+    """
+
+    def __init__(
+        self,
+        describe: Callable[[], list[Member]],
+        max_age_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._describe = describe
+        self._max_age_s = max_age_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._owners: dict[TopicPartition, str] = {}
+        self._at = -float("inf")
+
+    def owner(self, topic: str, partition: int) -> str | None:
+        with self._lock:
+            if self._clock() - self._at > self._max_age_s:
+                self._at = self._clock()
+                try:
+                    members = self._describe()
+                except Exception as exc:  # best effort: never fail a request for it
+                    log.debug("cannot describe the consumer group: %s", exc)
+                    members = []
+                self._owners = {
+                    tp: f"{m.client_id or m.member_id} at {m.host or 'unknown host'}"
+                    for m in members
+                    for tp in m.partitions
+                }
+            return self._owners.get((topic, partition))
 
 
 def murmur2_partition(key: bytes, partitions: int) -> int:

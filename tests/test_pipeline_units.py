@@ -16,9 +16,14 @@ from pipeline_support import make_model
 
 from streamcell.checkpoint import load_checkpoint
 from streamcell.predictor import Predictor
-from streamcell.service.kafka import Record
+from streamcell.service.kafka import Member, Record
 from streamcell.service.metrics import Metrics
-from streamcell.service.pipeline import Pipeline, PipelineSettings, murmur2_partition
+from streamcell.service.pipeline import (
+    GroupMembers,
+    Pipeline,
+    PipelineSettings,
+    murmur2_partition,
+)
 
 TOPIC = "in"
 
@@ -182,6 +187,16 @@ def test_grpc_writes_reach_the_changelog_and_ownership_is_reported(loaded):
     other = next(s for s in (f"s{k}" for k in range(100)) if murmur2_partition(s.encode(), 2) == 1)
     assert pipeline.owner_of(mine) is None
     assert "partition 1" in pipeline.owner_of(other)
+    calls = []
+
+    def describe():
+        calls.append(1)
+        return [Member("m-2", "replica-2", "10.0.0.2", ((TOPIC, 1),))]
+
+    pipeline.members = GroupMembers(describe)
+    assert pipeline.owner_of(other).endswith("its owner is replica-2 at 10.0.0.2")
+    pipeline.owner_of(other)
+    assert len(calls) == 1  # cached
     pipeline.process([record(mine, 0)])
     pipeline.checkpoint()
     pipeline.predictor.delete(mine)  # as DeleteStream does, then tells the pipeline
