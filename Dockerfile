@@ -27,8 +27,11 @@ COPY service service
 COPY trainer trainer
 COPY demo demo
 COPY protos protos
-RUN pip install ".[${EXTRAS}]" \
-    && python -c "import streamcell.service.app, streamcell.v1.predictor_pb2_grpc"
+# ray[default] adds the dashboard and the Jobs API: the compose cluster's head health
+# check and `ray job submit`, and KubeRay's RayJob submitter, need them.
+RUN pip install ".[${EXTRAS}]" "ray[default]" \
+    && python -c "import streamcell.service.app, streamcell.v1.predictor_pb2_grpc" \
+    && python -c "from ray.dashboard.modules.job.sdk import JobSubmissionClient"
 
 # Runs as an unprivileged user; /registry (model versions), /data and /ray-storage
 # (Ray Train checkpoints, shared by the cluster) are volumes it must own.

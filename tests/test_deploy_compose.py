@@ -168,7 +168,6 @@ def test_every_ray_command_parses(services: dict[str, dict[str, Any]]) -> None:
         pytest.skip("ray is not installed (the train extra)")
     argvs = ray_commands(services)
     assert {tuple(a[:2]) for a in argvs} >= {("start", "--head"), ("job", "submit")}
-    assert ["status", "--address=localhost:6379"] in argvs  # the head's health check
     argvs.append(["start", "--no-such-option"])  # the check can fail
     argvs.append(["job", "submit", "--adress=http://x:8265", "--", "true"])
     # In a subprocess: importing Ray here would leak into the tests that assert it is absent.
@@ -249,6 +248,13 @@ def test_start_order_and_health(services: dict[str, dict[str, Any]]) -> None:
     assert "--address=http://ray-head:8265" in services["train"]["command"]
     assert "ray start --head" in " ".join(services["ray-head"]["command"])
     assert "--address=ray-head:6379" in services["ray-worker"]["command"]
+    assert "8265/api/gcs_healthz" in " ".join(services["ray-head"]["healthcheck"]["test"])
+    # One Ray auth setting for every member of the cluster and the job submitter.
+    ray_env = [
+        {k: v for k, v in services[n].get("environment", {}).items() if k.startswith("RAY_AUTH")}
+        for n in ("ray-head", "ray-worker", "train")
+    ]
+    assert ray_env[0] and ray_env[0] == ray_env[1] == ray_env[2]
 
     def volume(service: str, target: str) -> str:
         for v in services[service].get("volumes", []):
@@ -309,6 +315,7 @@ def test_dockerfile_builds_cpu_by_default_with_a_cuda_switch() -> None:
     assert "download.pytorch.org/whl/${TORCH_VARIANT}" in dockerfile
     for part in ("core", "service", "trainer", "protos"):
         assert f"COPY {part} {part}" in dockerfile
+    assert '"ray[default]"' in dockerfile  # the Jobs API behind `ray job submit` and RayJob
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
 
