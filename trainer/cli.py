@@ -87,6 +87,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--patience", type=_positive, default=5, help="early-stopping patience (default 5)"
     )
+    model.add_argument(
+        "--monitor",
+        choices=["val_mae", "val_rmse", "val_mase"],
+        default="val_mae",
+        help="validation metric that picks the best epoch (default val_mae)",
+    )
 
     run = parser.add_argument_group("where it runs and where it goes")
     run.add_argument("--registry", required=True, type=Path, help="model registry directory")
@@ -126,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         val_fraction=args.val_fraction,
         patience=args.patience,
+        monitor=args.monitor,
         scaling=args.scaling,
         scale_floor=args.scale_floor,
     )

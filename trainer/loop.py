@@ -58,7 +58,7 @@ class LoopState:
 
     epoch: int = 0  # epochs completed
     best_epoch: int = 0
-    best_mae: float = float("inf")
+    best_score: float = float("inf")  # the best epoch's settings.monitor metric
     best_metrics: dict[str, Any] = field(default_factory=dict)
     best_state: dict[str, Tensor] | None = None
     bad_epochs: int = 0
@@ -119,9 +119,10 @@ def fit(
         state.epoch = epoch
         state.train_seconds += seconds
         state.samples += int(points)
-        better = metrics["val_mae"] < state.best_mae * (1 - settings.min_delta)
+        score = metrics[settings.monitor]
+        better = score < state.best_score * (1 - settings.min_delta)
         if better:
-            state.best_epoch, state.best_mae = epoch, metrics["val_mae"]
+            state.best_epoch, state.best_score = epoch, score
             state.best_metrics = {**metrics, "epoch": epoch}
             state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             state.bad_epochs = 0

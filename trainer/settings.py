@@ -14,6 +14,7 @@ from streamcell.errors import ConfigError
 from streamcell.normalization import SCALING_GLOBAL, SCALINGS
 
 GPU_MODES = ("auto", "on", "off")
+MONITORS = ("val_mae", "val_rmse", "val_mase")
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,13 @@ class TrainSettings:
     lr: float = 3e-3
     seed: int = 0
     val_fraction: float = 0.2  # last fraction of every stream, predicted online
-    patience: int = 5  # epochs without a better val MAE before stopping
+    patience: int = 5  # epochs without a better `monitor` before stopping
     scaling: str = SCALING_GLOBAL
     scale_floor: float = 1e-3
     grad_clip: float = 1.0
     carry_state: bool = True  # False resets (h, c) at every window (for comparison only)
-    min_delta: float = 0.0  # relative improvement of val MAE that counts as better
+    min_delta: float = 0.0  # relative improvement of `monitor` that counts as better
+    monitor: str = "val_mae"  # picks the best epoch; val_mase weighs streams of any size alike
 
     def __post_init__(self) -> None:
         def positive_int(name: str) -> None:
@@ -55,6 +57,8 @@ class TrainSettings:
             raise ConfigError(f"scale_floor must be positive, got {self.scale_floor!r}")
         if not (isinstance(self.grad_clip, int | float) and self.grad_clip > 0):
             raise ConfigError(f"grad_clip must be positive, got {self.grad_clip!r}")
+        if self.monitor not in MONITORS:
+            raise ConfigError(f"monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
         if not (isinstance(self.min_delta, int | float) and 0 <= self.min_delta < 1):
             raise ConfigError(f"min_delta must be in [0, 1), got {self.min_delta!r}")
 
