@@ -218,3 +218,39 @@ def test_protobuf_events(kafka_bootstrap, tmp_path: Path):
     assert len(offline.expected) == len(good)
     (dead,) = read_all(cfg, topics.dead, 1)
     assert dict(dead.headers)["reason"] == b"bad_protobuf"
+
+
+def test_grpc_writes_share_state_with_kafka_and_reach_the_changelog(kafka_bootstrap, tmp_path):
+    from streamcell.service.client import Client
+    from streamcell.service.pipeline import murmur2_partition
+    from streamcell.state import StateStore
+
+    cfg = KafkaClientConfig(kafka_bootstrap, client=CLIENT)
+    topics = Topics("grpc")
+    topics.create(cfg, 2)
+    make_model(tmp_path / "reg")
+    serve = Serve(
+        tmp_path / "serve.log", serve_args(kafka_bootstrap, CLIENT, tmp_path / "reg", topics)
+    )
+    try:
+        port = int(serve.wait_for(r"gRPC listening on [\d.]+:(\d+)").group(1))
+        serve.wait_assigned()
+        produce(cfg, topics.input, events(streams=3, steps=4))
+        wait_for_predictions(cfg, topics.output, 2, expected=12, serving=[serve])
+        with Client(f"127.0.0.1:{port}", timeout=10) as client:
+            assert client.get_stream("s0").events == 4  # the state Kafka built
+            client.predict("s0", [0.5, 0.5, 0.5], seq=100)
+            client.delete_stream("s1")
+            client.predict("fresh", [1.0, 2.0, 3.0])
+        assert serve.terminate() == 0
+    finally:
+        serve.stop()
+    latest: dict[str, tuple[int, bytes | None]] = {}
+    for rec in sorted(read_all(cfg, topics.changelog, 2), key=lambda r: (r.partition, r.offset)):
+        latest[rec.key.decode()] = (rec.partition, rec.value)
+    assert latest["s1"][1] is None  # DeleteStream: a tombstone
+    assert latest["fresh"][0] == murmur2_partition(b"fresh", 2)
+    store = StateStore(2, 16, 3, 3)
+    store.restore((k, v) for k, (_, v) in latest.items() if v is not None)
+    assert store.info("s0").events == 5 and store.info("s0").seq == 100
+    assert store.info("fresh").events == 1 and store.info("s2").events == 4
