@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -28,6 +29,7 @@ from streamcell.events import (
     REASON_BAD_PROTOBUF,
     REASON_KEY_TOO_LONG,
     REASON_MISSING_KEY,
+    REASON_NON_FINITE,
     REASON_WRONG_LENGTH,
     EventBatch,
     find_invalid,
@@ -40,6 +42,7 @@ FORMAT_JSON = "json"
 FORMAT_PROTOBUF = "protobuf"
 FORMATS = (FORMAT_JSON, FORMAT_PROTOBUF)
 _NUMBER = (int, float)
+_FLOAT_MAX = sys.float_info.max
 _json_decode = json.JSONDecoder().decode  # json.loads without its per-call checks
 
 
@@ -95,6 +98,9 @@ def decode(records: Sequence[Record], input_size: int, event_format: str = FORMA
                 )
         except _Bad as bad:
             invalid.append(Invalid(rec, bad.reason, bad.message))
+            continue
+        except Exception as exc:  # a case the rules above missed must not stop the batch
+            invalid.append(Invalid(rec, REASON_BAD_FIELD, f"undecodable event: {exc!r}"[:200]))
             continue
         good.append(rec)
         streams.append(stream)
@@ -160,8 +166,13 @@ def _parse_json(value: bytes | None) -> tuple[str | None, int, float | None, lis
     if not isinstance(x, list):
         raise _Bad(REASON_BAD_FIELD, "x must be a list of numbers")
     for v in x:
-        if type(v) not in _NUMBER:  # bool is not a number here
+        kind = type(v)
+        if kind is float:
+            continue
+        if kind is not int:  # bool is not a number here
             raise _Bad(REASON_BAD_FIELD, f"x must hold numbers only, found {json.dumps(v)[:40]}")
+        if not -_FLOAT_MAX < v < _FLOAT_MAX:  # exact int/float comparison, no overflow
+            raise _Bad(REASON_NON_FINITE, "x holds an integer beyond the float range")
     stream = doc.get("stream")
     if stream is not None and not isinstance(stream, str):
         raise _Bad(REASON_BAD_FIELD, "stream must be a string")
@@ -171,7 +182,7 @@ def _parse_json(value: bytes | None) -> tuple[str | None, int, float | None, lis
     elif type(seq) is not int or seq < 0 or seq >= 2**63:
         raise _Bad(REASON_BAD_FIELD, f"seq must be an integer >= 0, got {json.dumps(seq)[:40]}")
     ts = doc.get("ts")
-    if ts is not None and (type(ts) not in _NUMBER or not math.isfinite(ts)):
+    if ts is not None and (type(ts) not in _NUMBER or not -_FLOAT_MAX < ts < _FLOAT_MAX):
         raise _Bad(REASON_BAD_FIELD, "ts must be a finite number of seconds")
     return stream, seq, None if ts is None else float(ts), x
 

@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamcell.events import NO_SEQ, EventBatch
 from streamcell.service.codec import (
@@ -172,3 +174,47 @@ def test_prediction_bytes_are_deterministic():
     assert first == again
     # A single row encodes as in the batch (a replay may come in another batch).
     assert encode_predictions(batch, yhat, np.array([7]), "m", "v") == [first[7]]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b'{"x": [1' + b"0" * 400 + b", 2, 3]}", "non_finite"),  # an int beyond float range
+        (b'{"x": [1, 2, 3], "ts": 1' + b"0" * 400 + b"}", "bad_field"),
+        (b'{"x": [1, 2, 3], "ts": NaN}', "bad_field"),
+        (b'{"x": [1, 2, 3], "seq": 1' + b"0" * 30 + b"}", "bad_field"),
+        (b"[" * 100_000, "bad_json"),  # nesting bomb
+    ],
+)
+def test_extreme_numbers_and_nesting_are_dead_lettered(value, reason):
+    d = decode([rec("a", value), rec("a", {"x": [1, 2, 3]}, offset=1)], 3)
+    assert [i.reason for i in d.invalid] == [reason]
+    assert len(d.batch) == 1
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key=st.none() | st.binary(max_size=300),
+    doc=st.fixed_dictionaries(
+        {},
+        optional={"x": json_values, "seq": json_values, "ts": json_values, "stream": json_values},
+    ),
+    raw=st.none() | st.binary(max_size=60),
+)
+def test_no_record_can_break_decoding(key, doc, raw):
+    """Whatever a record holds, decode sorts it into good or invalid and never raises."""
+    value = raw if raw is not None else json.dumps(doc).encode()
+    records = [rec(key, value, offset=0), rec("ok", {"x": [1, 2, 3]}, offset=1)]
+    for fmt in (FORMAT_JSON, FORMAT_PROTOBUF):
+        d = decode(records, 3, fmt)
+        assert len(d.batch) + len(d.invalid) == 2
+        assert np.isfinite(d.batch.x).all()
+        if fmt == FORMAT_JSON:
+            assert d.batch.streams[-1] == "ok"
