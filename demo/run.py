@@ -209,7 +209,10 @@ def run_demo(s: DemoSettings, say: Callable[[str], None] = print) -> int:
         now = time.time()
         warm = list(datasets.to_events(data, "train", start_ts=now, spacing=0.0))
         _send(producer, topics["input"], warm)
-        say(f"[5/6] replayed the training part ({len(warm):,} events) to warm every stream's state")
+        say(
+            f"[5/6] replaying the training part ({len(warm):,} events) to warm every stream's state"
+        )
+        _wait_for(collector, len(warm), 180, say, "warm-up predictions")
         held = list(datasets.to_events(data, "test", start_ts=now, spacing=0.0))
         by_step: dict[float, list] = {}
         held_steps = data.step[data.part("test").index.to_numpy()]
@@ -223,7 +226,7 @@ def run_demo(s: DemoSettings, say: Callable[[str], None] = print) -> int:
             _send(producer, topics["input"], batch)
             time.sleep(s.step_seconds)
             _check(collector)
-            partial = score(series, collector.predictions, data.period)
+            partial = score(series, collector.predictions, data.period, partial=True)
             say(
                 f"      held-out step {k + 1:>3}/{len(by_step)}: "
                 f"{len(collector.predictions):>7,} predictions so far; online MASE "
@@ -232,10 +235,7 @@ def run_demo(s: DemoSettings, say: Callable[[str], None] = print) -> int:
                 f"{partial.mase['seasonal naive']:.3f}"
             )
         producer.close()
-        deadline = time.monotonic() + 120
-        while len(collector.predictions) < n_events and time.monotonic() < deadline:
-            _check(collector)
-            time.sleep(0.5)
+        _wait_for(collector, n_events, 120, say, "predictions")
         replay_seconds = (collector.last_at or time.monotonic()) - replay_start
         scores = score(series, collector.predictions, data.period)
 
@@ -291,6 +291,17 @@ def run_demo(s: DemoSettings, say: Callable[[str], None] = print) -> int:
 def _send(producer, topic: str, events: list) -> None:
     producer.send_many(topic, [(key.encode(), json.dumps(value).encode()) for key, value in events])
     producer.flush()
+
+
+def _wait_for(collector: PredictionCollector, count: int, timeout_s: float, say, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    shown = time.monotonic()
+    while len(collector.predictions) < count and time.monotonic() < deadline:
+        _check(collector)
+        if time.monotonic() - shown >= 2:
+            say(f"      {len(collector.predictions):>7,} of {count:,} {what}")
+            shown = time.monotonic()
+        time.sleep(0.1)
 
 
 def _check(collector: PredictionCollector) -> None:

@@ -28,8 +28,13 @@ def score(
     series: Iterable[tuple[str, np.ndarray, int]],
     predictions: Mapping[tuple[str, int], float],
     period: int,
+    partial: bool = False,
 ) -> Scores:
-    """``series``: (stream, values by seq, n_train); ``predictions``: (stream, seq) -> yhat."""
+    """``series``: (stream, values by seq, n_train); ``predictions``: (stream, seq) -> yhat.
+
+    A stream with a missing prediction is left out, unless ``partial``: then
+    the held-out steps predicted so far are scored (for live progress).
+    """
     mase: dict[str, list[float]] = {"streamcell": [], "last value": [], "seasonal naive": []}
     sq: dict[str, list[float]] = {k: [] for k in mase}
     steps = 0
@@ -39,15 +44,19 @@ def score(
         scale = float(np.mean(np.abs(values[period:n_train] - values[: n_train - period])))
         if not np.isfinite(scale) or scale <= 0:
             continue
-        held = range(n_train, len(values))
-        ours = [predictions.get((stream, s - 1)) for s in held]
-        if any(p is None for p in ours):
+        held = np.arange(n_train, len(values))
+        ours = [predictions.get((stream, int(s) - 1)) for s in held]
+        have = np.array([p is not None for p in ours], dtype=bool)
+        if not have.all() and not partial:
             continue  # a prediction is missing: do not score this stream on a partial record
-        actual = values[n_train:]
+        if not have.any():
+            continue
+        held = held[have]
+        actual = values[held]
         forecasts = {
-            "streamcell": np.asarray(ours, dtype=np.float64),
-            "last value": values[n_train - 1 : -1],
-            "seasonal naive": values[n_train - period : len(values) - period],
+            "streamcell": np.asarray([p for p in ours if p is not None], dtype=np.float64),
+            "last value": values[held - 1],
+            "seasonal naive": values[held - period],
         }
         for method, f in forecasts.items():
             err = actual - f
