@@ -89,7 +89,10 @@ class KafkaClientConfig:
 
     The defaults suit Tansu and a local Apache Kafka alike: a short session
     timeout (Tansu's first assignment takes about half of it; 6000 ms is the
-    smallest a stock Apache Kafka broker accepts).
+    smallest a stock Apache Kafka broker accepts) and a short fetch wait
+    (Tansu holds every fetch for the full wait, even when records are there:
+    at 100 ms the median event-to-prediction latency was ~55 ms and a
+    consumer got ~half the records per second it gets at 10 ms).
     """
 
     bootstrap_servers: str
@@ -102,7 +105,7 @@ class KafkaClientConfig:
     connect_timeout_s: float = 5.0
     close_timeout_s: float = 5.0
     request_timeout_ms: int = 30_000
-    fetch_max_wait_ms: int = 100
+    fetch_max_wait_ms: int = 10
     linger_ms: int = 5
     batch_size: int = 256 * 1024
     acks: str = "all"
