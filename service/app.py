@@ -214,7 +214,8 @@ class App:
 
     def _build_pipeline(self, watcher: reload.ModelWatcher, partitions: int | None):
         from streamcell.service.kafka import open_admin, open_consumer, open_producer, open_reader
-        from streamcell.service.pipeline import GroupMembers, Pipeline, PipelineSettings
+        from streamcell.service.ownership import GroupMembers
+        from streamcell.service.pipeline import Pipeline, PipelineSettings
 
         s = self.settings
         assert self.predictor is not None

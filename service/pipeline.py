@@ -31,13 +31,13 @@ from streamcell.service import changelog, codec, reload
 from streamcell.service.kafka import (
     CommitFailed,
     Consumer,
-    Member,
     Producer,
     Reader,
     Record,
     TopicPartition,
 )
 from streamcell.service.metrics import Metrics
+from streamcell.service.ownership import GroupMembers, murmur2_partition
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ class Pipeline:
         self._next_checkpoint = 0.0
         self._partition_count: int | None = None
         self.members: GroupMembers | None = None
+        self._closing = False
         self.batches = 0
 
     # ------------------------------------------------------------- running
@@ -103,13 +104,20 @@ class Pipeline:
         self._next_checkpoint = self._clock() + self.settings.commit_interval_ms / 1000
 
     def run(self, stop: threading.Event) -> None:
-        """Loop until ``stop`` is set; then checkpoint and leave the group."""
+        """Loop until ``stop`` is set; then checkpoint and leave the group.
+
+        On an error nothing more is committed (the batch in hand may be half
+        done): the clients close as after a crash, and a restart resumes from
+        the last checkpoint.
+        """
         self.start()
         try:
             while not stop.is_set():
                 self.step()
-        finally:
-            self.close()
+        except BaseException:
+            self._close_clients()
+            raise
+        self.close()
 
     def step(self) -> int:
         """One poll and its micro-batch, then whatever timers are due; returns records seen."""
@@ -132,10 +140,17 @@ class Pipeline:
         """Graceful stop: make everything durable, then leave the group."""
         try:
             self.checkpoint()
+            self._closing = True
         finally:
+            self._close_clients()
+        log.info("pipeline stopped; offsets committed: %s", self._committed_text())
+
+    def _close_clients(self) -> None:
+        self._closing = True  # leaving the group revokes: nothing more to checkpoint
+        try:
             self.consumer.close()
+        finally:
             self.producer.close()
-            log.info("pipeline stopped; offsets committed: %s", self._committed_text())
 
     # ---------------------------------------------------------- processing
     def process(self, records: list[Record]) -> None:
@@ -276,7 +291,7 @@ class Pipeline:
     # ----------------------------------------------------------- rebalance
     def _on_revoke(self, tps: list[TopicPartition]) -> None:
         revoked = sorted(p for t, p in tps if t == self.settings.input_topic)
-        if not revoked:
+        if not revoked or self._closing:
             return
         log.info("partitions revoked: %s; checkpointing", revoked)
         self.checkpoint()
@@ -402,67 +417,3 @@ class Pipeline:
 
     def _committed_text(self) -> str:
         return ", ".join(f"{p}:{o}" for p, o in sorted(self._committed.items())) or "none"
-
-
-class GroupMembers:
-    """Who holds which partition, from the broker's group description (cached, best effort).
-
-    Only for error messages (gRPC: "which replica owns this stream"); a broker
-    that does not describe groups (Tansu) just leaves the owner unnamed.
-    """
-
-    def __init__(
-        self,
-        describe: Callable[[], list[Member]],
-        max_age_s: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._describe = describe
-        self._max_age_s = max_age_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._owners: dict[TopicPartition, str] = {}
-        self._at = -float("inf")
-
-    def owner(self, topic: str, partition: int) -> str | None:
-        with self._lock:
-            if self._clock() - self._at > self._max_age_s:
-                self._at = self._clock()
-                try:
-                    members = self._describe()
-                except Exception as exc:  # best effort: never fail a request for it
-                    log.debug("cannot describe the consumer group: %s", exc)
-                    members = []
-                self._owners = {
-                    tp: f"{m.client_id or m.member_id} at {m.host or 'unknown host'}"
-                    for m in members
-                    for tp in m.partitions
-                }
-            return self._owners.get((topic, partition))
-
-
-def murmur2_partition(key: bytes, partitions: int) -> int:
-    """Kafka's default partition for a key (the Java client's murmur2, positive)."""
-    length = len(key)
-    seed, m, r = 0x9747B28C, 0x5BD1E995, 24
-    h = (seed ^ length) & 0xFFFFFFFF
-    for i in range(0, length - length % 4, 4):
-        k = int.from_bytes(key[i : i + 4], "little")
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> r
-        k = (k * m) & 0xFFFFFFFF
-        h = (h * m) & 0xFFFFFFFF
-        h ^= k
-    rest = length % 4
-    tail = key[length - rest :]
-    if rest == 3:
-        h ^= tail[2] << 16
-    if rest >= 2:
-        h ^= tail[1] << 8
-    if rest >= 1:
-        h ^= tail[0]
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return (h & 0x7FFFFFFF) % partitions

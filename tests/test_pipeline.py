@@ -222,7 +222,7 @@ def test_protobuf_events(kafka_bootstrap, tmp_path: Path):
 
 def test_grpc_writes_share_state_with_kafka_and_reach_the_changelog(kafka_bootstrap, tmp_path):
     from streamcell.service.client import Client
-    from streamcell.service.pipeline import murmur2_partition
+    from streamcell.service.ownership import murmur2_partition
     from streamcell.state import StateStore
 
     cfg = KafkaClientConfig(kafka_bootstrap, client=CLIENT)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 
 import numpy as np
 import pytest
@@ -18,12 +19,8 @@ from streamcell.checkpoint import load_checkpoint
 from streamcell.predictor import Predictor
 from streamcell.service.kafka import Member, Record
 from streamcell.service.metrics import Metrics
-from streamcell.service.pipeline import (
-    GroupMembers,
-    Pipeline,
-    PipelineSettings,
-    murmur2_partition,
-)
+from streamcell.service.ownership import GroupMembers, murmur2_partition
+from streamcell.service.pipeline import Pipeline, PipelineSettings
 
 TOPIC = "in"
 
@@ -240,3 +237,41 @@ def test_expired_streams_get_tombstones_at_the_next_checkpoint(loaded):
     assert latest[b"old"] is None and latest[b"new"] is not None
     assert pipeline.predictor.store.stream_ids() == ["new"]
     assert pipeline.metrics.expired._value.get() == 1
+
+
+def test_an_unexpected_error_commits_nothing_more(loaded, monkeypatch):
+    pipeline, consumer, _, log = build(loaded)
+    consumer.on_assign([(TOPIC, 0)])
+    pipeline.process([record("a", 0)])
+    pipeline.checkpoint()
+    consumer.queue.append([record("a", 1)])
+
+    def broken(batch, now=None):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(pipeline.predictor, "predict", broken)
+    pipeline.start = lambda: None  # already subscribed
+    with pytest.raises(RuntimeError, match="boom"):
+        pipeline.run(threading.Event())
+    assert [e for e in log if e[0] == "commit"] == [("commit", {(TOPIC, 0): 1})]
+    assert log[-2:] == [("consumer.close",), ("producer.close",)]
+
+
+def test_graceful_stop_checkpoints_once_and_leaves(loaded):
+    pipeline, consumer, _, log = build(loaded)
+    consumer.on_assign([(TOPIC, 0)])
+    consumer.queue.append([record("a", 0), record("b", 1)])
+    stop = threading.Event()
+    pipeline.start = lambda: None
+    original = pipeline.step
+
+    def step_then_stop():
+        n = original()
+        stop.set()
+        return n
+
+    pipeline.step = step_then_stop
+    pipeline.run(stop)
+    commits = [e for e in log if e[0] == "commit"]
+    assert commits == [("commit", {(TOPIC, 0): 2})]
+    assert log[-2:] == [("consumer.close",), ("producer.close",)]
