@@ -340,6 +340,13 @@ class ConfluentProducer:
         if failures:
             raise unavailable(self.cfg, f"{len(failures)} record(s) not delivered: {failures[0]}")
 
+    def in_flight(self) -> int:
+        self._p.poll(0)  # serve delivery reports (failures only)
+        if self._failures:
+            failures, self._failures = self._failures, []
+            raise unavailable(self.cfg, f"{len(failures)} record(s) not delivered: {failures[0]}")
+        return len(self._p)
+
     def close(self) -> None:
         left = self._p.flush(self.cfg.close_timeout_s)
         if left:

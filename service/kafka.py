@@ -195,6 +195,15 @@ class Producer(Protocol):
         """Wait until every send is acknowledged; raises BrokerUnavailable otherwise."""
         ...
 
+    def in_flight(self) -> int:
+        """Records sent and not acknowledged yet, without waiting (0: all acknowledged).
+
+        Lets a caller overlap a flush with other work (e.g. commit offsets once
+        the changelog writes before them are acknowledged). Raises
+        BrokerUnavailable when a send has failed.
+        """
+        ...
+
     def close(self) -> None: ...
 
 

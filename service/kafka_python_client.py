@@ -304,6 +304,18 @@ class KafkaPythonProducer:
                 self.cfg, f"{len(failed)} record(s) not delivered: {failed[0].exception}"
             )
 
+    def in_flight(self) -> int:
+        pending = [f for f in self._futures if not f.is_done]
+        done = len(self._futures) - len(pending)
+        if done:
+            failed = [f for f in self._futures if f.is_done and f.failed()]
+            self._futures = pending
+            if failed:
+                raise unavailable(
+                    self.cfg, f"{len(failed)} record(s) not delivered: {failed[0].exception}"
+                )
+        return len(pending)
+
     def close(self) -> None:
         try:
             self._p.close(timeout=self.cfg.close_timeout_s)

@@ -221,6 +221,7 @@ def test_flush_raises_when_the_broker_is_gone(kafka_client, private_broker, uniq
         producer.flush(10)
         private_broker.stop()
         producer.send(topic, b"k", b"lost")
+        assert producer.in_flight() == 1
         with pytest.raises(BrokerUnavailable, match=private_broker.bootstrap):
             producer.flush(2)
     finally:
@@ -258,3 +259,17 @@ def test_callbacks_may_call_blocking_consumer_methods(kafka_config, unique_name)
         assert sum(probe.committed(tps).values()) == 20
     finally:
         probe.close()
+
+
+def test_in_flight_drops_to_zero_without_a_flush(kafka_config, unique_name):
+    topic = make_topic(kafka_config, unique_name("inflight"), partitions=2)
+    producer = open_producer(kafka_config)
+    try:
+        producer.send_many(topic, [(b"k%d" % i, b"v" * 100) for i in range(2000)])
+        deadline = time.monotonic() + 20
+        while producer.in_flight() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert producer.in_flight() == 0
+    finally:
+        producer.close()
+    assert len(read_all(kafka_config, [(topic, 0), (topic, 1)])) == 2000
