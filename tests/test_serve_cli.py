@@ -81,6 +81,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_unreachable_broker_is_a_clear_error(tmp_path):
     make_model(tmp_path)
     addr = f"127.0.0.1:{free_port()}"  # nothing listens there
@@ -89,6 +90,7 @@ def test_unreachable_broker_is_a_clear_error(tmp_path):
     assert f"cannot reach Kafka at {addr}" in done.stderr
 
 
+@pytest.mark.slow
 def test_missing_registry_and_missing_model_are_clear_errors(tmp_path):
     done = run_serve("--registry", str(tmp_path / "nope"), "--model", "m")
     assert done.returncode == 2
@@ -104,6 +106,7 @@ def health(port: int) -> int:
         return stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
 
 
+@pytest.mark.slow
 def test_serve_waits_for_a_model_then_serves_and_stops_on_sigterm(tmp_path: Path):
     serve = Serve(
         tmp_path / "serve.log",
