@@ -99,7 +99,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--model", required=True, help="model name in the registry")
     run.add_argument("--workers", type=_positive, default=1, help="Ray Train workers (default 1)")
     run.add_argument(
-        "--gpu", choices=["auto", "on", "off"], default="auto", help="use GPUs (default auto)"
+        "--gpu",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="auto (default): a GPU per worker if Ray has enough; on: require them; off",
     )
     run.add_argument("--no-ray", action="store_true", help="train in this process, without Ray")
     run.add_argument(
@@ -111,7 +114,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive,
         help="torch threads per Ray worker (default 1), or of this process with --no-ray",
     )
-    run.add_argument("--num-cpus", type=_positive, help="CPUs of the local Ray (default: workers)")
+    run.add_argument(
+        "--num-cpus", type=_positive, help="CPUs of the local Ray (default: workers x threads)"
+    )
     run.add_argument("--ray-logs", action="store_true", help="show Ray's worker logs")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
 

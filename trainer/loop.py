@@ -171,7 +171,7 @@ def _train_epoch(
         u, z, mask = _padded(prepared, batch, longest, device)
         h, c = None, None
         for t in range(0, longest, window):
-            hc = None if h is None else (h, c)
+            hc: tuple[Tensor, Tensor] | None = None if h is None or c is None else (h, c)
             y, (h, c) = net(u[:, t : t + window], hc)
             m = mask[:, t : t + window]
             sq = ((y - z[:, t : t + window]) ** 2).mean(dim=2) * m

@@ -164,7 +164,6 @@ def _fit(
     from ray.train import (
         CheckpointConfig,
         FailureConfig,
-        LoggingConfig,
         RunConfig,
         ScalingConfig,
     )
@@ -191,7 +190,6 @@ def _fit(
             storage_path=storage,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
     progress = _Progress(Path(storage) / name, on_epoch) if on_epoch else None
