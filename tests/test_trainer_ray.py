@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from streamcell.checkpoint import load_latest
@@ -16,7 +17,7 @@ from streamcell.cli import main
 from streamcell.events import EventBatch
 from streamcell.predictor import Predictor
 from streamcell.trainer import ray_train
-from streamcell.trainer.api import TrainSettings, load_long_frame, train_local
+from streamcell.trainer.api import TrainSettings, load_long_frame, train_local, train_with_ray
 from streamcell.trainer.synthetic import interleaved, noisy_sines
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -86,6 +87,30 @@ def test_a_worker_failure_resumes_from_the_last_checkpoint(ray_cluster: None) ->
     assert result.metrics["val_mae"] == pytest.approx(local.metrics["val_mae"], rel=1e-3)
     for a, b in zip(result.history, local.history, strict=True):
         assert a["val_mae"] == pytest.approx(b["val_mae"], rel=1e-3)
+
+
+def test_shards_are_disjoint_and_cover_every_stream() -> None:
+    shards = [ray_train.shard_streams(7, rank, 3) for rank in range(3)]
+    assert sorted(i for shard in shards for i in shard) == list(range(7))
+    assert [len(s) for s in shards] == [3, 2, 2]
+
+
+def test_workers_with_unequal_data_stay_in_step(ray_cluster: None) -> None:
+    """Shards of different sizes and lengths: the lighter worker pads with no-op steps."""
+    frame = pd.concat(
+        [
+            noisy_sines(streams=1, length=60, seed=1),
+            noisy_sines(streams=1, length=150, seed=2).replace({"stream": {"s0": "s1"}}),
+            noisy_sines(streams=1, length=90, seed=3).replace({"stream": {"s0": "s2"}}),
+        ]
+    )
+    data = load_long_frame(frame)
+    settings = TrainSettings(hidden=8, layers=1, epochs=2, window=8, batch_size=1)
+    result = train_with_ray(data, settings, workers=2)
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    # Every stream's training points were trained on, once per epoch, across both workers.
+    assert result.history[0]["samples"] == result.config.training["train_pairs"]
+    assert result.metrics["val_points"] == 12 + 30 + 18
 
 
 def test_failures_beyond_max_failures_are_reported(ray_cluster: None) -> None:

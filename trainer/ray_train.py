@@ -139,6 +139,11 @@ def train(
     )
 
 
+def shard_streams(streams: int, rank: int, world: int) -> list[int]:
+    """The stream indices worker ``rank`` of ``world`` trains and validates on (round-robin)."""
+    return list(range(rank, streams, world))
+
+
 def _use_gpu(mode: str, workers: int, resources: dict[str, float]) -> bool:
     gpus = resources.get("GPU", 0.0)
     if mode == "off":
@@ -236,7 +241,7 @@ def _worker(config: dict[str, Any]) -> None:
             model.load_state_dict(torch.load(Path(d) / MODEL_FILE, weights_only=True))
             optimizer.load_state_dict(torch.load(Path(d) / OPTIMIZER_FILE, weights_only=True))
     net = ray.train.torch.prepare_model(model)
-    shard = list(range(rank, len(prepared), world))
+    shard = shard_streams(len(prepared), rank, world)
     fail_at = config["fail_at_epoch"]
     marker = Path(config["fail_marker"])
 
