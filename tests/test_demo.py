@@ -1,0 +1,54 @@
+"""`streamcell demo` end to end, and its scorecard."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from streamcell.demo.scoring import score
+
+
+def test_scores_are_one_step_ahead_with_the_seasonal_naive_scale():
+    values = np.array([1.0, 2.0, 3.0, 4.0, 6.0, 5.0])  # n_train 4, period 2
+    # In-sample seasonal-naive MAE: |3-1|, |4-2| -> 2. Held out: steps 4 and 5.
+    predictions = {("s", 3): 5.0, ("s", 4): 5.5}  # forecasts of steps 4 and 5
+    got = score([("s", values, 4)], predictions, period=2)
+    assert got.mase["streamcell"] == pytest.approx((1.0 + 0.5) / 2 / 2)
+    assert got.mase["last value"] == pytest.approx((2.0 + 1.0) / 2 / 2)  # 4 for 6, 6 for 5
+    assert got.mase["seasonal naive"] == pytest.approx((3.0 + 1.0) / 2 / 2)  # 3 for 6, 4 for 5
+    assert got.scored_steps == 2 and got.streams == 1
+
+
+def test_a_stream_missing_a_prediction_is_not_scored_unless_partial():
+    values = np.array([1.0, 2.0, 3.0, 4.0, 6.0, 5.0])
+    only_first = {("s", 3): 5.0}
+    assert score([("s", values, 4)], only_first, period=2).streams == 0
+    partial = score([("s", values, 4)], only_first, period=2, partial=True)
+    assert partial.scored_steps == 1
+    assert partial.mase["streamcell"] == pytest.approx(1.0 / 2)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.kafka
+def test_demo_runs_to_the_end_and_leaves_no_process(tmp_path):
+    out = tmp_path / "demo"
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    run = subprocess.run(
+        [sys.executable, "-m", "streamcell.cli", "demo", "--out", str(out), "--epochs", "2",
+         "--step-seconds", "0", "--workers", "2"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for needle in ("[6/6] done", "online error on", "seasonal naive", "Forecast(", "metrics"):
+        assert needle in run.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["predictions"] == summary["events"] > 60_000
+    assert (out / "predictions.png").stat().st_size > 10_000
+    leftovers = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", f"processes left behind: {leftovers.stdout}"
