@@ -72,7 +72,7 @@ def main() -> None:
         t0 = time.perf_counter()
         result = train_local(data, settings, threads=threads)
         record(f"plain loop, {threads} torch thread(s)", result, time.perf_counter() - t0)
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         for workers in (int(w) for w in args.workers.split(",")):
             for threads in sorted({1, args.num_cpus // workers}):

@@ -100,7 +100,8 @@ def train(
         if ray_address:
             ray.init(address=ray_address, log_to_driver=log_to_driver)
         else:
-            ray.init(
+            ray.init(  # "local": a fresh instance, never one found via `ray start` state
+                address="local",
                 num_cpus=num_cpus or workers * threads,
                 include_dashboard=False,
                 log_to_driver=log_to_driver,
