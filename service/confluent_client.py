@@ -182,9 +182,14 @@ class ConfluentConsumer:
         try:
             self._c.seek(CTopicPartition(tp[0], tp[1], offset))
         except KafkaException:
-            # Assigned but not fetching yet: restart the partition at the offset.
-            self._c.incremental_unassign([CTopicPartition(tp[0], tp[1])])
-            self._c.incremental_assign([CTopicPartition(tp[0], tp[1], offset)])
+            # Assigned but not fetching yet: assign again, this partition at the
+            # offset, the others where they are (eager protocol: assign(), not
+            # incremental_assign()).
+            current = self._c.position(self._c.assignment())
+            for p in current:
+                if (p.topic, p.partition) == tp:
+                    p.offset = offset
+            self._c.assign(current)
 
     def assignment(self) -> list[TopicPartition]:
         return sorted((p.topic, p.partition) for p in self._c.assignment())
