@@ -107,7 +107,7 @@ def baseline(ds: Dataset, method: str, jobs: int, fp: str) -> dict[str, Forecast
 
 
 # --------------------------------------------------------------------- scoring
-def summarize(ds: Dataset, forecasts: dict[str, Forecasts]) -> dict[str, float]:
+def summarize(ds: Dataset, forecasts: dict[str, Forecasts]) -> dict[str, Any]:
     """Protocol A mean MASE and pooled RMSE; protocol B mean MASE where there is one."""
     a_mase, b_mase, actual, predicted = [], [], [], []
     for stream, y, n in ds.series():
@@ -120,7 +120,7 @@ def summarize(ds: Dataset, forecasts: dict[str, Forecasts]) -> dict[str, float]:
         predicted.append(f.one_step)
         if ds.horizon is not None and f.origin is not None:
             b_mase.append(mase(y[n : n + ds.horizon], f.origin, scale))
-    out = {
+    out: dict[str, Any] = {
         "a_mase": mean_ignoring_nan(a_mase),
         "a_rmse": rmse(np.concatenate(actual), np.concatenate(predicted)),
         "series_scored": len(a_mase),

@@ -12,6 +12,7 @@ import hashlib
 import json
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,13 +61,16 @@ def save(ds: Dataset, method: str, key: str, forecasts: dict[str, Forecasts]) ->
     CACHE_DIR.mkdir(exist_ok=True)
     file = CACHE_DIR / f"{ds.name}__{method}.npz"
     streams = list(forecasts)
-    arrays = {
+    arrays: dict[str, Any] = {
         "key": np.array(key),
         "streams": np.array(streams),
         "lengths": np.array([len(forecasts[s].one_step) for s in streams], dtype=np.int64),
         "one_step": np.concatenate([forecasts[s].one_step for s in streams]),
     }
     if ds.horizon is not None:
-        arrays["origin"] = np.stack([forecasts[s].origin for s in streams])
+        origins = [forecasts[s].origin for s in streams]
+        if any(o is None for o in origins):
+            raise ValueError(f"{ds.name}/{method}: a series has no protocol-B forecast")
+        arrays["origin"] = np.stack([np.asarray(o) for o in origins])
     np.savez_compressed(file, **arrays)
     return file

@@ -97,8 +97,8 @@ def score(ds: Dataset, result: Any, name: str, lags: int = 1) -> dict[str, Forec
     forecasts: dict[str, Forecasts] = {}
     for stream, y, n in ds.series():
         # A stream whose training part is all zeros has no prediction before its test part.
-        rows = [position.get((stream, q - 1)) for q in range(n, len(y))]
-        one = np.array([0.0 if r is None else yhat[r] for r in rows])
+        before = [position.get((stream, q - 1)) for q in range(n, len(y))]
+        one = np.array([0.0 if r is None else yhat[r] for r in before])
         forecasts[stream] = Forecasts(one, origin.get(stream))
     return forecasts
 
