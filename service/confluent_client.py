@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from confluent_kafka import (
     OFFSET_INVALID,
@@ -279,6 +280,16 @@ class ConfluentReader:
         self._c.close()
 
 
+def _produce_kwargs(
+    headers: list[tuple[str, bytes]] | None, partition: int | None
+) -> dict[str, Any]:
+    """produce() takes no ``partition=None``: leave it out to let the partitioner pick."""
+    kwargs: dict[str, Any] = {"headers": headers}
+    if partition is not None:
+        kwargs["partition"] = partition
+    return kwargs
+
+
 class ConfluentProducer:
     def __init__(self, cfg: KafkaClientConfig) -> None:
         self.cfg = cfg
@@ -303,10 +314,10 @@ class ConfluentProducer:
             self._failures.append(f"{msg.topic()}: {err}")
 
     def _produce(self, topic, key, value, headers, partition) -> None:
-        kwargs = {} if partition is None else {"partition": partition}
+        kwargs = _produce_kwargs(headers, partition)
         while True:
             try:
-                self._p.produce(topic, value, key, headers=headers, **kwargs)
+                self._p.produce(topic, value, key, **kwargs)
                 return
             except BufferError:  # the local queue is full: let librdkafka drain it
                 self._p.poll(0.05)
@@ -329,10 +340,10 @@ class ConfluentProducer:
         partition: int | None = None,
     ) -> None:
         produce = self._p.produce
-        kwargs = {} if partition is None else {"partition": partition}
+        kwargs = _produce_kwargs(headers, partition)
         for key, value in records:
             try:
-                produce(topic, value, key, headers=headers, **kwargs)
+                produce(topic, value, key, **kwargs)
             except BufferError:
                 self._produce(topic, key, value, headers, partition)
         self._p.poll(0)
