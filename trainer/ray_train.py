@@ -98,7 +98,10 @@ def train(
     own_ray = not ray.is_initialized()
     if own_ray:
         if ray_address:
-            ray.init(address=ray_address, log_to_driver=log_to_driver)
+            try:
+                ray.init(address=ray_address, log_to_driver=log_to_driver)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                raise ConfigError(f"cannot join the Ray cluster at {ray_address}: {exc}") from None
         else:
             ray.init(  # "local": a fresh instance, never one found via `ray start` state
                 address="local",
