@@ -22,10 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="data set shipped in a PyPI package (default aus_retail: 152 monthly series)",
     )
     parser.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
-    parser.add_argument(
-        "--epochs", type=int, default=12, help="training epochs at most (default 12)"
-    )
-    parser.add_argument("--hidden", type=int, default=32, help="LSTM hidden size (default 32)")
+    parser.add_argument("--epochs", type=int, default=60, help="most training epochs (default 60)")
+    parser.add_argument("--hidden", type=int, default=64, help="LSTM hidden size (default 64)")
+    parser.add_argument("--layers", type=int, default=2, help="LSTM layers (default 2)")
     parser.add_argument(
         "--bootstrap-servers",
         help="use this Kafka cluster, not the embedded broker (topics get a unique suffix)",
@@ -54,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from streamcell.demo.run import DemoSettings, run_demo
     from streamcell.errors import ConfigError
 
-    for name in ("workers", "epochs", "hidden"):
+    for name in ("workers", "epochs", "hidden", "layers"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.step_seconds < 0:
@@ -65,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         epochs=args.epochs,
         hidden=args.hidden,
+        layers=args.layers,
         bootstrap_servers=args.bootstrap_servers,
         kafka_client=args.kafka_client,
         grpc_port=args.grpc_port,
