@@ -69,7 +69,10 @@ def bench_produce(cfg: KafkaClientConfig, topic: str, messages, chunk: int = 10_
         producer.close()
 
 
-def bench_raw(cfg: KafkaClientConfig, topic: str, partitions: int, total: int, batch: int) -> float:
+def bench_raw(
+    cfg: KafkaClientConfig, topic: str, partitions: int, total: int, batch: int
+) -> tuple[float, float]:
+    """(events per second, events per CPU second of this process) reading ``total`` events."""
     if cfg.client == "confluent":
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
@@ -82,15 +85,15 @@ def bench_raw(cfg: KafkaClientConfig, topic: str, partitions: int, total: int, b
             }
         )
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-        got, start = 0, None
+        got, start, cpu = 0, None, 0.0
         while got < total:
             messages = c.consume(batch, 1.0)
             if messages and start is None:
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
             got += len(messages)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         c.close()
-        return rate(got, seconds)
+        return rate(got, seconds), rate(got, cpu)
     from kafka import KafkaConsumer
     from kafka import TopicPartition as KTP
 
@@ -103,15 +106,15 @@ def bench_raw(cfg: KafkaClientConfig, topic: str, partitions: int, total: int, b
     tps = [KTP(topic, p) for p in range(partitions)]
     c.assign(tps)
     c.seek_to_beginning(*tps)
-    got, start = 0, None
+    got, start, cpu = 0, None, 0.0
     while got < total:
         polled = c.poll(timeout_ms=1000, max_records=batch)
         if polled and start is None:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
         got += sum(len(v) for v in polled.values())
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     c.close()
-    return rate(got, seconds)
+    return rate(got, seconds), rate(got, cpu)
 
 
 def bench_reader(cfg: KafkaClientConfig, topic: str, partitions: int) -> tuple[float, int]:
@@ -154,7 +157,9 @@ def run(bootstrap: str, args: argparse.Namespace) -> list[dict]:
         admin.close()
         row = {"client": client, "events": args.events}
         row["produce"] = bench_produce(cfg, topic, messages)
-        row["raw_consume"] = bench_raw(cfg, topic, args.partitions, args.events, args.max_records)
+        row["raw_consume"], row["raw_consume_cpu"] = bench_raw(
+            cfg, topic, args.partitions, args.events, args.max_records
+        )
         row["reader"], read = bench_reader(cfg, topic, args.partitions)
         assert read == args.events, f"reader saw {read} of {args.events}"
         row["consumer"], row["join_s"] = bench_group(cfg, topic, args.events, args.max_records)

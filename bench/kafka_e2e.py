@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -117,6 +118,7 @@ class Serve:
             "--max-streams", str(max(args.streams * 2, 1000)),
             "--max-batch", str(args.max_batch),
             "--poll-registry-s", "0", "--metrics-port", "0", "--no-grpc",
+            *args.serve_args.split(),
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -140,14 +142,20 @@ def wait_committed(
     total: int,
     timeout_s: float,
     serve: Serve,
+    samples: list[tuple[float, int, float]] | None = None,
 ) -> float:
-    """time.time() when the group's committed offsets first cover ``total`` events."""
+    """time.time() when the group's committed offsets first cover ``total`` events.
+
+    ``samples`` collects (time, events committed, CPU seconds of serve) per check.
+    """
     probe = open_consumer(KafkaClientConfig(bootstrap, client=client, client_id="e2e-probe"), group)
     tps = [(topic, p) for p in range(partitions)]
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
             done = sum(o or 0 for o in probe.committed(tps).values())
+            if samples is not None:
+                samples.append((time.time(), done, cpu_seconds(serve.proc.pid)))
             if done >= total:
                 return time.time()
             if serve.proc.poll() is not None:
@@ -162,14 +170,33 @@ def wait_committed(
     )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(") ", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_serve(bootstrap, registry, client, topic, args) -> dict:
     serve = Serve(bootstrap, registry, client, topic, args)
+    samples: list[tuple[float, int, float]] = []
     try:
         committed_at = wait_committed(
-            bootstrap, client, serve.group, topic, args.partitions, args.events, args.timeout, serve
+            bootstrap,
+            client,
+            serve.group,
+            topic,
+            args.partitions,
+            args.events,
+            args.timeout,
+            serve,
+            samples,
         )
     finally:
         serve.stop()
+    # CPU rate: events committed per CPU second of serve, from its first commit to the last
+    _, done0, cpu0 = next(s for s in samples if s[1] > 0)
+    _, done1, cpu1 = samples[-1]
     predictions = read_topic(bootstrap, serve.output, args.partitions)
     stamps = np.array([r.timestamp_ms for r in predictions], np.float64) / 1000
     first, last = stamps.min(), stamps.max()
@@ -182,17 +209,20 @@ def bench_serve(bootstrap, registry, client, topic, args) -> dict:
         "serve_to_commit": args.events / (committed_at - first),
         "serve_to_last_prediction": args.events / (last - first),
         "seconds_to_commit": committed_at - first,
+        "serve_cpu": (done1 - done0) / max(cpu1 - cpu0, 1e-9),
     }
 
 
-def bench_naive(records, seconds: float) -> float:
-    """Per event: decode, one nn.LSTM call with dict state, head, encode. Events/s."""
+def bench_naive(records, seconds: float) -> tuple[float, float]:
+    """Per event: decode, one nn.LSTM call with dict state, head, encode.
+
+    Returns (events per second, events per CPU second)."""
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(INPUT, HIDDEN, LAYERS, batch_first=True).eval()
     head = torch.nn.Linear(HIDDEN, INPUT).eval()
     states: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     zero = torch.zeros(LAYERS, 1, HIDDEN)
-    done, start = 0, time.perf_counter()
+    done, start, cpu = 0, time.perf_counter(), time.process_time()
     with torch.inference_mode():
         for r in records:
             event = json.loads(r.value)
@@ -205,7 +235,7 @@ def bench_naive(records, seconds: float) -> float:
             done += 1
             if done % 256 == 0 and time.perf_counter() - start > seconds:
                 break
-    return done / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start), done / (time.process_time() - cpu)
 
 
 def bench_latency(bootstrap, registry, client, rate: float, args) -> dict:
@@ -274,6 +304,9 @@ def main() -> None:
     p.add_argument("--latency-fraction", type=float, default=0.5)
     p.add_argument("--latency-seconds", type=float, default=15.0)
     p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument(
+        "--serve-args", default="", help='extra flags for serve, e.g. "--commit-interval-ms 5000"'
+    )
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -295,22 +328,38 @@ def main() -> None:
         )
 
         records = read_topic(bootstrap, topic, args.partitions)
-        naive = bench_naive(records, args.naive_seconds)
+        naive, naive_cpu = bench_naive(records, args.naive_seconds)
         del records
-        results["naive"] = naive
-        print(f"(c) naive, one nn.LSTM call per event:   {naive:>10,.0f} events/s")
+        results["naive"], results["naive_cpu"] = naive, naive_cpu
+        print(
+            f"(c) naive, one nn.LSTM call per event:   {naive:>10,.0f} events/s "
+            f"({naive_cpu:,.0f} per CPU second)"
+        )
 
         for client in args.clients:
             cfg = KafkaClientConfig(bootstrap, client=client)
-            raw = bench_raw(cfg, topic, args.partitions, args.events, 10_000)
+            raw, raw_cpu = bench_raw(cfg, topic, args.partitions, args.events, 10_000)
             serve = bench_serve(bootstrap, registry, client, topic, args)
-            b = serve["serve_to_commit"]
-            row = {"raw_consume": raw, **serve, "b_over_a": b / raw, "b_over_c": b / naive}
+            b, b_cpu = serve["serve_to_commit"], serve["serve_cpu"]
+            row = {
+                "raw_consume": raw,
+                "raw_consume_cpu": raw_cpu,
+                **serve,
+                "b_over_a": b / raw,
+                "b_over_c": b / naive,
+                "cpu_b_over_a": b_cpu / raw_cpu,
+                "cpu_b_over_c": b_cpu / naive_cpu,
+            }
             print(
                 f"{client:>13}: (a) raw consume {raw:>10,.0f}/s  (b) serve {b:>9,.0f}/s "
                 f"(to last prediction {serve['serve_to_last_prediction']:,.0f}/s; "
                 f"{serve['predictions']:,} predictions, {serve['unique_predictions']:,} distinct)  "
                 f"(b)/(a) = {b / raw:.2f}  (b)/(c) = {b / naive:.1f}"
+            )
+            print(
+                f"{'':>13}  per CPU second: (a) {raw_cpu:,.0f}  (b) {b_cpu:,.0f}  "
+                f"(c) {naive_cpu:,.0f}  (b)/(a) = {b_cpu / raw_cpu:.2f}  "
+                f"(b)/(c) = {b_cpu / naive_cpu:.1f}"
             )
             if args.latency:
                 lat = bench_latency(bootstrap, registry, client, b * args.latency_fraction, args)
