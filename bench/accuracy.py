@@ -44,7 +44,7 @@ _BASE = dict(hidden=64, layers=2, lr=1e-3, batch_size=16, window=24, epochs=60, 
 _VIC = {**_BASE, "batch_size": 1, "window": 48, "epochs": 10, "patience": 4}  # one stream
 LSTM_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "lstm": {
-        "tourism_monthly": _BASE,
+        "tourism_monthly": {**_BASE, "window": 36},
         "tourism_quarterly": _BASE,
         "aus_retail": _BASE,
         "vic_elec": _VIC,
