@@ -66,25 +66,29 @@ def _probe(cfg: KafkaClientConfig, client) -> None:
         raise unavailable(cfg, exc.args[0] if exc.args else exc) from exc
 
 
-def _record(m) -> Record:
-    headers = m.headers()
-    return Record(
-        m.topic(),
-        m.partition(),
-        m.offset(),
-        m.key(),
-        m.value(),
-        m.timestamp()[1],
-        tuple(headers) if headers else (),
-    )
-
-
 def _records(messages: list) -> list[Record]:
-    out = []
+    """Messages -> Records; one inlined loop (a function call per message cost ~40 %)."""
+    out: list[Record] = []
+    append = out.append
+    new = tuple.__new__
     for m in messages:
         err = m.error()
         if err is None:
-            out.append(_record(m))
+            h = m.headers()
+            append(
+                new(
+                    Record,
+                    (
+                        m.topic(),
+                        m.partition(),
+                        m.offset(),
+                        m.key(),
+                        m.value(),
+                        m.timestamp()[1],
+                        tuple(h) if h else (),
+                    ),
+                )
+            )
         elif err.fatal():
             raise KafkaException(err)
         else:

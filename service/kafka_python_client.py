@@ -56,10 +56,16 @@ def _consumer_kwargs(cfg: KafkaClientConfig) -> dict:
 
 def _records(batches: dict) -> list[Record]:
     out: list[Record] = []
+    new = tuple.__new__  # skips NamedTuple's Python-level __new__ per record
     for tp in sorted(batches):
         out.extend(
-            Record(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp, tuple(r.headers))
-            for r in batches[tp]
+            [
+                new(
+                    Record,
+                    (r.topic, r.partition, r.offset, r.key, r.value, r.timestamp, tuple(r.headers)),
+                )
+                for r in batches[tp]
+            ]
         )
     return out
 
