@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Any
 
 from streamcell.errors import ConfigError, InvalidEvent, StreamcellError
@@ -43,10 +44,25 @@ def _events(stream: IO[str]) -> Iterator[Any]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-            yield event(str(obj["stream"]), obj["x"], obj.get("seq"), obj.get("ts"))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidEvent("bad_json", f"line {lineno}: not an event ({exc})") from exc
+            yield _event_of(json.loads(line), event)
+        except ValueError as exc:  # JSONDecodeError, or a field _event_of refused
+            raise InvalidEvent("bad_json", f"line {lineno}: not an event: {exc}") from exc
+
+
+def _event_of(obj: Any, event: Any) -> Any:
+    """An Event from one parsed line; ValueError says which field is wrong."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    stream, x, seq, ts = obj.get("stream"), obj.get("x"), obj.get("seq"), obj.get("ts")
+    if not isinstance(stream, str) or not stream:
+        raise ValueError('"stream" must be a non-empty string')
+    if not isinstance(x, list) or not all(type(v) in (int, float) for v in x):
+        raise ValueError('"x" must be a list of numbers')
+    if seq is not None and (type(seq) is not int or not 0 <= seq < 2**63):
+        raise ValueError('"seq" must be an integer >= 0')
+    if ts is not None and type(ts) not in (int, float):
+        raise ValueError('"ts" must be a number of seconds')
+    return event(stream, x, seq, ts)
 
 
 def _as_json(p: Any) -> str:
@@ -77,11 +93,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch < 0:
         raise ConfigError("--batch must be >= 0")
-    source = sys.stdin if args.input == "-" else open(args.input)  # noqa: SIM115
+    try:
+        tls_ca = None if args.tls_ca is None else Path(args.tls_ca).read_bytes()
+        source = sys.stdin if args.input == "-" else open(args.input)  # noqa: SIM115
+    except OSError as exc:
+        raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from exc
     client = Client(
         args.target,
         tls=args.tls,
-        tls_ca=args.tls_ca,
+        tls_ca=tls_ca,
         auth_token=args.auth_token,
         timeout=args.timeout,
     )

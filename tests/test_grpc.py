@@ -379,6 +379,38 @@ def test_predict_cli_reports_a_refused_event(
     assert "INVALID_ARGUMENT" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("not json", "Expecting value"),
+        ("[1, 2]", "expected a JSON object, got list"),
+        ('{"x": [1.0]}', '"stream" must be a non-empty string'),
+        ('{"stream": "a", "x": [true]}', '"x" must be a list of numbers'),
+        ('{"stream": "a", "x": [1.0], "seq": "3"}', '"seq" must be an integer >= 0'),
+    ],
+)
+def test_predict_cli_names_what_is_wrong_with_a_line(
+    line: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n" + line + "\n")  # refused before any call: no server needed
+    assert cli.main(["predict", str(path), "--target", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert "line 2: not an event" in err and message in err
+
+
+def test_predict_cli_unreadable_files_are_clear_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing.jsonl"
+    assert cli.main(["predict", str(missing)]) == 2
+    assert f"cannot read {missing}" in capsys.readouterr().err
+    events = tmp_path / "events.jsonl"
+    events.write_text("")
+    assert cli.main(["predict", str(events), "--tls-ca", str(missing)]) == 2
+    assert f"cannot read {missing}" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------- settings, flags
 def test_flags_build_settings_and_reject_bad_combinations(tmp_path: Path) -> None:
     import argparse
