@@ -110,8 +110,8 @@ class Pipeline:
         done): the clients close as after a crash, and a restart resumes from
         the last checkpoint.
         """
-        self.start()
         try:
+            self.start()
             while not stop.is_set():
                 self.step()
         except BaseException:
@@ -140,7 +140,6 @@ class Pipeline:
         """Graceful stop: make everything durable, then leave the group."""
         try:
             self.checkpoint()
-            self._closing = True
         finally:
             self._close_clients()
         log.info("pipeline stopped; offsets committed: %s", self._committed_text())
@@ -377,9 +376,9 @@ class Pipeline:
     # ------------------------------------------------------------ ownership
     def owner_of(self, stream: str) -> str | None:
         """None when this replica owns the stream's partition, else who does (for gRPC)."""
-        if stream in self._owned:
-            return None
-        part = self.partition_of(stream)
+        part = self._owned.get(stream)  # parked streams (revoked partitions) are not ours
+        if part is None:
+            part = self.partition_of(stream)
         if part is None or part in self._assigned:
             return None
         owner = self.members.owner(self.settings.input_topic, part) if self.members else None

@@ -202,6 +202,20 @@ def test_grpc_writes_reach_the_changelog_and_ownership_is_reported(loaded):
     assert changelog_records(producer)[-1].value is None
 
 
+def test_streams_of_a_revoked_partition_are_not_claimed_while_parked(loaded):
+    pipeline, consumer, _, _ = build(loaded)
+    pipeline.set_partition_count(2)
+    consumer.on_assign([(TOPIC, 0), (TOPIC, 1)])
+    stream = next(s for s in (f"s{k}" for k in range(100)) if murmur2_partition(s.encode(), 2) == 1)
+    pipeline.process([record(stream, 0, partition=1)])
+    assert pipeline.owner_of(stream) is None
+    consumer.on_revoke([(TOPIC, 1)])  # parked: still in memory, owned elsewhere now
+    assert stream in pipeline.predictor.store
+    assert "partition 1" in pipeline.owner_of(stream)
+    consumer.on_assign([(TOPIC, 1)])
+    assert pipeline.owner_of(stream) is None
+
+
 def test_murmur2_partition_matches_the_java_default_partitioner():
     from kafka.partitioner.default import murmur2
 
