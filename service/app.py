@@ -14,8 +14,9 @@ Order of start-up, and why:
 5. the Kafka pipeline (when bootstrap servers are given) on this thread until
    ``stop`` is set; without Kafka this thread only watches the registry.
 
-Shutdown reverses it: the pipeline checkpoints and leaves the group, gRPC
-drains, the metrics endpoint closes.
+Shutdown reverses it: gRPC drains (so that the writes it acknowledged are in
+the final checkpoint), the pipeline checkpoints and leaves the group, the
+metrics endpoint closes.
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ class App:
             if s.bootstrap_servers:
                 self.pipeline = self._build_pipeline(watcher, partitions)
                 log.info("consuming %s as group %s", s.input_topic, s.group_id)
-                self.pipeline.run(stop)
+                self.pipeline.run(stop, before_close=self._stop_grpc)
             else:
                 log.info("no Kafka bootstrap servers given: serving gRPC only")
                 self._watch_registry(watcher, stop)
@@ -261,14 +262,19 @@ class App:
                 if loaded is not None:
                     reload.apply(self.predictor, loaded, self.metrics)
 
-    def close(self) -> None:
-        if self._admin is not None:
-            self._admin.close()
-            self._admin = None
+    def _stop_grpc(self) -> None:
         if self.grpc is not None:
             self.grpc.stop(grace=5.0)
             self.grpc = None
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None
+
+    def close(self) -> None:
+        try:
+            if self._admin is not None:
+                self._admin.close()
+                self._admin = None
+            self._stop_grpc()
+        finally:
+            if self._http is not None:
+                self._http.shutdown()
+                self._http.server_close()
+                self._http = None

@@ -103,12 +103,13 @@ class Pipeline:
         )
         self._next_checkpoint = self._clock() + self.settings.commit_interval_ms / 1000
 
-    def run(self, stop: threading.Event) -> None:
-        """Loop until ``stop`` is set; then checkpoint and leave the group.
+    def run(self, stop: threading.Event, before_close: Callable[[], None] | None = None) -> None:
+        """Loop until ``stop`` is set; then ``before_close()``, checkpoint, leave the group.
 
-        On an error nothing more is committed (the batch in hand may be half
-        done): the clients close as after a crash, and a restart resumes from
-        the last checkpoint.
+        ``before_close`` stops the other writers of the state (gRPC), so that
+        what they acknowledged is in the final checkpoint. On an error nothing
+        more is committed (the batch in hand may be half done): the clients
+        close as after a crash, and a restart resumes from the last checkpoint.
         """
         try:
             self.start()
@@ -117,7 +118,11 @@ class Pipeline:
         except BaseException:
             self._close_clients()
             raise
-        self.close()
+        try:
+            if before_close is not None:
+                before_close()
+        finally:
+            self.close()
 
     def step(self) -> int:
         """One poll and its micro-batch, then whatever timers are due; returns records seen."""

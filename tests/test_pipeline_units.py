@@ -289,3 +289,22 @@ def test_graceful_stop_checkpoints_once_and_leaves(loaded):
     commits = [e for e in log if e[0] == "commit"]
     assert commits == [("commit", {(TOPIC, 0): 2})]
     assert log[-2:] == [("consumer.close",), ("producer.close",)]
+
+
+def test_writes_acknowledged_before_close_are_in_the_final_checkpoint(loaded):
+    pipeline, consumer, producer, log = build(loaded)
+    consumer.on_assign([(TOPIC, 0)])
+    pipeline.process([record("a", 0)])
+    pipeline.checkpoint()
+    stop = threading.Event()
+    stop.set()
+    pipeline.start = lambda: None
+
+    def grpc_drain():  # as App's gRPC stop: a DeleteStream finishing during the drain
+        pipeline.predictor.delete("a")
+        pipeline.mark_changed(["a"])
+        log.append(("drained",))
+
+    pipeline.run(stop, before_close=grpc_drain)
+    assert changelog_records(producer)[-1][3:5] == (b"a", None)  # the tombstone
+    assert log.index(("drained",)) < log.index(("consumer.close",))
