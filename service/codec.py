@@ -5,8 +5,8 @@ plus a list of the bad ones, each with a dead-letter reason code from
 ``streamcell.events`` and a message saying what is wrong. Nothing here raises
 for bad input: one broken record never stops the others.
 
-Predictions are encoded with a fixed key order and Python's float repr (the
-float64 value of each float32, which round-trips exactly), so a replayed event
+Predictions are encoded with a fixed key order and 9 significant digits per
+float32 (enough to round-trip every float32 exactly), so a replayed event
 yields a byte-identical prediction.
 """
 
@@ -224,14 +224,16 @@ def encode_predictions(
     values = yhat[rows].astype(np.float64)
     finite = bool(np.isfinite(values).all())
     fmt = ",".join(["%.9g"] * values.shape[1])
+    streams = batch.streams
+    parts, offsets, seqs = (
+        col[rows].tolist() for col in (batch.partition, batch.offset, batch.seq)
+    )
     out: list[tuple[bytes, bytes]] = []
-    for k, y in zip(rows.tolist(), values.tolist(), strict=True):
-        stream = batch.streams[k]
-        seq = int(batch.seq[k])
-        head = (
-            f'{{"stream":{_json_string(stream)},"partition":{int(batch.partition[k])},'
-            f'"offset":{int(batch.offset[k])}'
-        )
+    for k, y, part, offset, seq in zip(
+        rows.tolist(), values.tolist(), parts, offsets, seqs, strict=True
+    ):
+        stream = streams[k]
+        head = f'{{"stream":{_json_string(stream)},"partition":{part},"offset":{offset}'
         if seq != NO_SEQ:
             head += f',"seq":{seq}'
         numbers = fmt % tuple(y) if finite else ",".join(_number(v) for v in y)
