@@ -40,19 +40,19 @@ def _pem(value: PemOrPath) -> bytes:
         return f.read()
 
 
-def _channel_args(
-    tls: bool,
-    tls_ca: PemOrPath | None,
-    max_message_bytes: int,
-) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
+def _open_channel(
+    api: Any, target: str, tls: bool, tls_ca: PemOrPath | None, max_message_bytes: int
+) -> Any:
+    """A channel from ``api`` (``grpc`` or ``grpc.aio``, which share these functions)."""
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
     if tls or tls_ca is not None:
         root = None if tls_ca is None else _pem(tls_ca)
-        return grpc.ssl_channel_credentials(root_certificates=root), options
-    return None, options
+        creds = grpc.ssl_channel_credentials(root_certificates=root)
+        return api.secure_channel(target, creds, options=options)
+    return api.insecure_channel(target, options=options)
 
 
 def _metadata(auth_token: str | None) -> tuple[tuple[str, str], ...] | None:
@@ -72,11 +72,7 @@ class Client:
         timeout: float | None = 30.0,
         max_message_bytes: int = 16 * 1024 * 1024,
     ) -> None:
-        creds, options = _channel_args(tls, tls_ca, max_message_bytes)
-        if creds is None:
-            self.channel = grpc.insecure_channel(target, options=options)
-        else:
-            self.channel = grpc.secure_channel(target, creds, options=options)
+        self.channel = _open_channel(grpc, target, tls, tls_ca, max_message_bytes)
         self.stub = pb_grpc.PredictorStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self._md = _metadata(auth_token)
@@ -181,11 +177,7 @@ class AsyncClient:
         timeout: float | None = 30.0,
         max_message_bytes: int = 16 * 1024 * 1024,
     ) -> None:
-        creds, options = _channel_args(tls, tls_ca, max_message_bytes)
-        if creds is None:
-            self.channel = grpc.aio.insecure_channel(target, options=options)
-        else:
-            self.channel = grpc.aio.secure_channel(target, creds, options=options)
+        self.channel = _open_channel(grpc.aio, target, tls, tls_ca, max_message_bytes)
         self.stub = pb_grpc.PredictorStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self._md = _metadata(auth_token)
