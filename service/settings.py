@@ -6,6 +6,7 @@ service gets what it needs from a :class:`ServeSettings`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,12 +58,19 @@ class ServeSettings:
         for name, value in positive:
             if value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.restore_timeout_s <= 0:
-            raise ConfigError("--restore-timeout-s must be positive")
+        # "not x > 0" (rather than "x <= 0") also refuses nan, which argparse's float accepts
+        if not self.restore_timeout_s > 0:
+            raise ConfigError(f"--restore-timeout-s must be positive, got {self.restore_timeout_s}")
         if self.max_batch_delay_ms < 0:
             raise ConfigError("--max-batch-delay-ms must be >= 0")
-        if self.stream_ttl_s is not None and self.stream_ttl_s <= 0:
-            raise ConfigError("--stream-ttl-s must be positive")
+        if self.stream_ttl_s is not None and not self.stream_ttl_s > 0:
+            raise ConfigError(f"--stream-ttl-s must be positive, got {self.stream_ttl_s}")
+        if math.isnan(self.poll_registry_s):
+            raise ConfigError("--poll-registry-s must be a number of seconds (0: never reload)")
+        if self.session_timeout_ms < 3:  # the heartbeat interval is a third of it
+            raise ConfigError(
+                f"--session-timeout-ms must be at least 3, got {self.session_timeout_ms}"
+            )
         if self.event_format not in FORMATS:
             raise ConfigError(f"--event-format must be one of {', '.join(FORMATS)}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:

@@ -60,6 +60,9 @@ def test_settings_carry_the_flags():
         (["--max-batch", "0"], "--max-batch must be at least 1"),
         (["--input-topic", "t", "--output-topic", "t"], "the four topics must differ"),
         (["--stream-ttl-s", "-1"], "--stream-ttl-s must be positive"),
+        (["--stream-ttl-s", "nan"], "--stream-ttl-s must be positive, got nan"),
+        (["--restore-timeout-s", "nan"], "--restore-timeout-s must be positive"),
+        (["--poll-registry-s", "nan"], "--poll-registry-s must be a number"),
     ],
 )
 def test_bad_settings_exit_2_with_a_message(flags, message, capsys):
