@@ -318,10 +318,15 @@ class ConfluentProducer:
             self._failures.append(f"{msg.topic()}: {err}")
 
     def _produce(self, topic, key, value, headers, partition) -> None:
-        kwargs = _produce_kwargs(headers, partition)
         while True:
             try:
-                self._p.produce(topic, value, key, **kwargs)
+                if headers is None:  # positional arguments: ~0.5 us less per call
+                    if partition is None:
+                        self._p.produce(topic, value, key)
+                    else:
+                        self._p.produce(topic, value, key, partition)
+                else:
+                    self._p.produce(topic, value, key, **_produce_kwargs(headers, partition))
                 return
             except BufferError:  # the local queue is full: let librdkafka drain it
                 self._p.poll(0.05)
@@ -344,12 +349,20 @@ class ConfluentProducer:
         partition: int | None = None,
     ) -> None:
         produce = self._p.produce
-        kwargs = _produce_kwargs(headers, partition)
-        for key, value in records:
-            try:
-                produce(topic, value, key, **kwargs)
-            except BufferError:
-                self._produce(topic, key, value, headers, partition)
+        if headers is None and partition is None:
+            # The common case (predictions) without keyword arguments: ~0.5 us less per call.
+            for key, value in records:
+                try:
+                    produce(topic, value, key)
+                except BufferError:
+                    self._produce(topic, key, value, headers, partition)
+        else:
+            kwargs = _produce_kwargs(headers, partition)
+            for key, value in records:
+                try:
+                    produce(topic, value, key, **kwargs)
+                except BufferError:
+                    self._produce(topic, key, value, headers, partition)
         self._p.poll(0)
 
     def flush(self, timeout_s: float = 30.0) -> None:
