@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from streamcell.errors import ConfigError
 
 if TYPE_CHECKING:  # grpc and torch load in start_grpc_server, not with the CLI's flags
+    from concurrent.futures import Executor
+
     import grpc
 
     from streamcell.predictor import Predictor
@@ -124,8 +126,10 @@ class GrpcServerHandle:
         predictor_of: PredictorOf,
         poll_seconds: float,
         services: tuple[str, ...],
+        executors: tuple[Executor, ...] = (),
     ) -> None:
         self.server = server
+        self._executors = executors  # grpc's stop() leaves them running: shut down in stop()
         self._services = services
         self.port = port
         self._health = health_servicer
@@ -174,6 +178,8 @@ class GrpcServerHandle:
             self._stopped.set()
             self._health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        for executor in self._executors:
+            executor.shutdown(wait=False)
         self._watch.join(timeout=5)
 
 
@@ -205,8 +211,10 @@ def start_grpc_server(
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    workers = futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="grpc")
+    health_workers = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="grpc-health")
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="grpc"),
+        workers,
         interceptors=interceptors,
         options=options,
         maximum_concurrent_rpcs=settings.max_in_flight or None,
@@ -216,7 +224,7 @@ def start_grpc_server(
     )
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True,
-        experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1),
+        experimental_thread_pool=health_workers,
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -253,4 +261,5 @@ def start_grpc_server(
         predictor_of,
         settings.health_poll_seconds,
         services=("", SERVICE_NAME),  # "" = the whole server
+        executors=(workers, health_workers),
     )

@@ -284,6 +284,26 @@ def test_a_call_whose_deadline_passes_while_waiting_applies_nothing(
     assert not client.get_stream("late-1", missing_ok=True).exists
 
 
+def test_stop_leaves_no_server_thread_behind(served: Served) -> None:
+    import threading
+
+    before = set(threading.enumerate())
+    handle = start_grpc_server(
+        GrpcSettings(port=0, host="127.0.0.1", workers=2), lambda: served.predictor, None
+    )
+    with Client(f"127.0.0.1:{handle.port}", timeout=10) as c:
+        assert c.health() == "SERVING"
+        assert c.model_info().name == "grpc-test"
+    handle.stop(grace=1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        left = [t.name for t in set(threading.enumerate()) - before if t.name.startswith("grpc")]
+        if not left:
+            break
+        time.sleep(0.05)
+    assert left == []
+
+
 def test_requests_are_counted_by_method_and_code(served: Served, client: Client) -> None:
     def count(method: str, code: str) -> float:
         value = served.metrics.registry.get_sample_value(
