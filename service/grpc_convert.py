@@ -14,11 +14,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from streamcell.errors import InvalidEvent
-from streamcell.events import NO_SEQ, REASON_WRONG_LENGTH, EventBatch
+from streamcell.events import NO_SEQ, REASON_BAD_SEQ, REASON_WRONG_LENGTH, EventBatch
 from streamcell.predictor import DUPLICATE, BatchResult
 from streamcell.state import StreamInfo
 from streamcell.v1 import event_pb2
 from streamcell.v1 import predictor_pb2 as pb
+
+_ABSENT = np.iinfo(np.int64).min  # an Event without seq, until mapped to NO_SEQ
 
 
 def batch_of(events: Sequence[event_pb2.Event], input_size: int) -> EventBatch:
@@ -39,7 +41,15 @@ def batch_of(events: Sequence[event_pb2.Event], input_size: int) -> EventBatch:
             f"the model takes {input_size}",
         )
     flat = np.fromiter(itertools.chain.from_iterable(xs), dtype=np.float32, count=n * input_size)
-    seq = [e.seq if e.HasField("seq") else NO_SEQ for e in events]
+    seq = np.fromiter((e.seq if e.HasField("seq") else _ABSENT for e in events), np.int64, n)
+    negative = np.flatnonzero((seq < 0) & (seq != _ABSENT))
+    if negative.size:  # an explicit -1 would otherwise pass as "no seq"
+        k = int(negative[0])
+        raise InvalidEvent(
+            REASON_BAD_SEQ,
+            f"event {k} (stream {events[k].stream!r}): seq must be >= 0, got {seq[k]}",
+        )
+    seq[seq == _ABSENT] = NO_SEQ
     return EventBatch.of([e.stream for e in events], flat.reshape(n, input_size), seq)
 
 

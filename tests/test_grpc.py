@@ -210,6 +210,13 @@ BAD_REQUESTS = [
     ("NaN", "Predict", event("err-1", [1.0, NAN, 2.0]), "NaN"),
     ("infinity", "Predict", event("err-1", [1.0, INF, 2.0]), "infinite"),
     ("empty stream id", "Predict", event("", [1.0, 2.0, 3.0]), "empty"),
+    ("seq -1", "Predict", event("err-1", [1.0, 2.0, 3.0], seq=-1), "seq must be >= 0, got -1"),
+    (
+        "seq -1 in a batch",
+        "PredictBatch",
+        pb.EventBatch(events=[event("err-1", [1.0, 2.0, 3.0]), event("err-1", [0.0] * 3, seq=-1)]),
+        "event 1 (stream 'err-1'): seq must be >= 0",
+    ),
     ("horizon 0", "Forecast", pb.ForecastRequest(stream="err-known", horizon=0), "horizon"),
     ("horizon 1001", "Forecast", pb.ForecastRequest(stream="err-known", horizon=1001), "horizon"),
     ("empty stream in GetStream", "GetStream", pb.StreamRequest(stream=""), "empty"),
