@@ -93,7 +93,6 @@ class Pipeline:
         self._partition_count: int | None = None
         self.members: GroupMembers | None = None
         self._closing = False
-        self.batches = 0
 
     # ------------------------------------------------------------- running
     def start(self) -> None:
@@ -196,7 +195,6 @@ class Pipeline:
         self._note_removed()
         for rec in records:  # in order per partition: the last one wins
             self._positions[rec.partition] = rec.offset + 1
-        self.batches += 1
 
     def _predict(self, batch: EventBatch) -> BatchResult:
         """One Predictor call, or several in order when the batch holds more streams than fit."""
