@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from streamcell.errors import StateFormatError
@@ -33,6 +33,9 @@ class Restored:
     skipped: int
     tombstones: int
     seconds: float
+    # stream -> the changelog partition it came from, which is its input partition (a
+    # stream created over gRPC has no input partition in its state; this is its owner's)
+    partitions: dict[str, int] = field(default_factory=dict)
 
 
 def write(
@@ -58,9 +61,10 @@ def write(
 
 def read_latest(
     reader: Reader, topic: str, partitions: Iterable[int], timeout_s: float
-) -> tuple[dict[str, bytes], int]:
-    """The last value of every live key in the partitions, and the tombstones seen."""
+) -> tuple[dict[str, bytes], dict[str, int], int]:
+    """The last value of every live key in the partitions, its partition, the tombstones seen."""
     latest: dict[str, bytes] = {}
+    where: dict[str, int] = {}
     tombstones = 0
     tps = [(topic, p) for p in partitions]
     for records in reader.read_to_end(tps, timeout_s):
@@ -73,7 +77,8 @@ def read_latest(
                 tombstones += 1
             else:
                 latest[stream] = rec.value
-    return latest, tombstones
+                where[stream] = rec.partition
+    return latest, where, tombstones
 
 
 def restore(
@@ -91,7 +96,7 @@ def restore(
     start = time.perf_counter()
     reader = reader_of()
     try:
-        latest, tombstones = read_latest(reader, topic, partitions, timeout_s)
+        latest, where, tombstones = read_latest(reader, topic, partitions, timeout_s)
     finally:
         reader.close()
     items = list(latest.items())
@@ -121,4 +126,5 @@ def restore(
             except StateFormatError as one:
                 skipped += 1
                 log.warning("changelog %s: skipping stream %r: %s", topic, stream, one)
-    return Restored(loaded, skipped, tombstones, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return Restored(loaded, skipped, tombstones, seconds, {s: where[s] for s in loaded})

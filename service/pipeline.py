@@ -322,10 +322,8 @@ class Pipeline:
                     self.predictor.store,
                     self.settings.restore_timeout_s,
                 )
-                store = self.predictor.store
                 with self._changed_lock:
-                    for stream in done.streams:
-                        self._owned[stream] = int(store.partition[store.slot_of(stream)])
+                    self._owned.update(done.partitions)
             self.metrics.restored_streams.inc(len(done.streams))
             log.info(
                 "partitions %s restored from %s: %d streams (%d tombstones, %d skipped) in %.2fs",

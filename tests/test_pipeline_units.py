@@ -16,6 +16,7 @@ import pytest
 from pipeline_support import make_model
 
 from streamcell.checkpoint import load_checkpoint
+from streamcell.events import EventBatch
 from streamcell.predictor import Predictor
 from streamcell.service.kafka import Member, Record
 from streamcell.service.metrics import Metrics
@@ -214,6 +215,25 @@ def test_streams_of_a_revoked_partition_are_not_claimed_while_parked(loaded):
     assert "partition 1" in pipeline.owner_of(stream)
     consumer.on_assign([(TOPIC, 1)])
     assert pipeline.owner_of(stream) is None
+
+
+def test_a_stream_created_over_grpc_belongs_to_its_partition_after_a_restore(loaded):
+    first, consumer, producer, _ = build(loaded)
+    first.set_partition_count(2)
+    consumer.on_assign([(TOPIC, 0), (TOPIC, 1)])
+    stream = next(s for s in (f"g{k}" for k in range(100)) if murmur2_partition(s.encode(), 2) == 1)
+    first.predictor.predict(EventBatch.of([stream], [[1.0, 2.0, 3.0]]))  # as gRPC Predict does
+    first.mark_changed([stream])
+    first.checkpoint()
+
+    second, consumer2, _, _ = build(loaded, changelog_records(producer))
+    second.set_partition_count(2)
+    consumer2.on_assign([(TOPIC, 0), (TOPIC, 1)])
+    assert stream in second.predictor.store  # its state has no input partition...
+    assert second.owner_of(stream) is None  # ...yet it is known to live on partition 1
+    consumer2.on_revoke([(TOPIC, 0), (TOPIC, 1)])
+    consumer2.on_assign([(TOPIC, 0)])  # partition 1 went to another replica
+    assert stream not in second.predictor.store
 
 
 def test_murmur2_partition_matches_the_java_default_partitioner():
