@@ -261,13 +261,17 @@ class StateStore:
         return True
 
     def reset(self, stream: str) -> bool:
-        """Zero a stream's state but keep it; False if it was not there."""
+        """Zero a stream's state but keep it; False if it was not there.
+
+        Its last position and seq stay: events the stream had already applied
+        must still be skipped if they are replayed after the reset.
+        """
         slot = self._index.get(stream)
         if slot is None:
             return False
-        seen = self.last_seen[slot]
+        kept = (self.last_seen[slot], self.partition[slot], self.offset[slot], self.seq[slot])
         self._clear_slot(slot)
-        self.last_seen[slot] = seen
+        self.last_seen[slot], self.partition[slot], self.offset[slot], self.seq[slot] = kept
         return True
 
     def clear(self) -> int:

@@ -90,8 +90,11 @@ def test_idle_streams_expire_after_the_ttl():
 
 def test_delete_and_reset():
     s = store()
-    write(s, ["a", "b"], 3.0)
+    slots = write(s, ["a", "b"], 3.0)
+    s.partition[slots[0]], s.offset[slots[0]], s.seq[slots[0]] = 2, 40, 7
     assert s.reset("a") and s.info("a").events == 0
+    info = s.info("a")
+    assert (info.partition, info.offset, info.seq) == (2, 40, 7), "replays stay skipped"
     assert not s.gather(s.slots(["a"], 0.0))[0].any()
     assert s.delete("b") and "b" not in s
     assert not s.delete("b") and not s.reset("zzz")
