@@ -14,6 +14,7 @@ LSTM step and one scatter.
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections.abc import Callable
@@ -284,7 +285,8 @@ class Predictor:
         """Stream ids in sorted order after ``after`` (for paging)."""
         with self._lock:
             ids = self.store.stream_ids()
-        return sorted(s for s in ids if s > after)[:limit]
+        # O(n log limit), not a full sort per page: replicas hold up to millions.
+        return heapq.nsmallest(limit, (s for s in ids if s > after))
 
     def expire(self, now: float | None = None) -> list[str]:
         with self._lock:

@@ -27,6 +27,7 @@ from streamcell.events import (
     REASON_BAD_FIELD,
     REASON_BAD_JSON,
     REASON_BAD_PROTOBUF,
+    REASON_BAD_SEQ,
     REASON_KEY_TOO_LONG,
     REASON_MISSING_KEY,
     REASON_NON_FINITE,
@@ -180,7 +181,7 @@ def _parse_json(value: bytes | None) -> tuple[str | None, int, float | None, lis
     if seq is None:
         seq = NO_SEQ
     elif type(seq) is not int or seq < 0 or seq >= 2**63:
-        raise _Bad(REASON_BAD_FIELD, f"seq must be an integer >= 0, got {json.dumps(seq)[:40]}")
+        raise _Bad(REASON_BAD_SEQ, f"seq must be an integer >= 0, got {json.dumps(seq)[:40]}")
     ts = doc.get("ts")
     if ts is not None and (type(ts) not in _NUMBER or not -_FLOAT_MAX < ts < _FLOAT_MAX):
         raise _Bad(REASON_BAD_FIELD, "ts must be a finite number of seconds")
@@ -201,7 +202,7 @@ def _protobuf_parser():
             raise _Bad(REASON_BAD_PROTOBUF, f"value is not an Event: {exc}") from None
         seq = event.seq if event.HasField("seq") else NO_SEQ
         if event.HasField("seq") and seq < 0:
-            raise _Bad(REASON_BAD_FIELD, f"seq must be >= 0, got {seq}")
+            raise _Bad(REASON_BAD_SEQ, f"seq must be >= 0, got {seq}")
         ts = event.ts if event.HasField("ts") else None
         if ts is not None and not math.isfinite(ts):
             raise _Bad(REASON_BAD_FIELD, "ts must be a finite number of seconds")

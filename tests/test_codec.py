@@ -68,8 +68,8 @@ def test_json_good_events_become_columns_in_order():
         ("a", b'{"x": [1, NaN, 3]}', "non_finite"),
         ("a", b'{"x": [1, Infinity, 3]}', "non_finite"),
         ("a", {"x": [1, 1e39, 3]}, "non_finite"),  # overflows float32
-        ("a", {"x": [1, 2, 3], "seq": -1}, "bad_field"),
-        ("a", {"x": [1, 2, 3], "seq": 1.5}, "bad_field"),
+        ("a", {"x": [1, 2, 3], "seq": -1}, "bad_seq"),  # the reason gRPC gives too
+        ("a", {"x": [1, 2, 3], "seq": 1.5}, "bad_seq"),
         ("a", {"x": [1, 2, 3], "ts": "now"}, "bad_field"),
         ("a", {"x": [1, 2, 3], "stream": "b"}, "bad_field"),
         ("a", {"x": [1, 2, 3], "stream": 5}, "bad_field"),
@@ -182,7 +182,7 @@ def test_prediction_bytes_are_deterministic():
         (b'{"x": [1' + b"0" * 400 + b", 2, 3]}", "non_finite"),  # an int beyond float range
         (b'{"x": [1, 2, 3], "ts": 1' + b"0" * 400 + b"}", "bad_field"),
         (b'{"x": [1, 2, 3], "ts": NaN}', "bad_field"),
-        (b'{"x": [1, 2, 3], "seq": 1' + b"0" * 30 + b"}", "bad_field"),
+        (b'{"x": [1, 2, 3], "seq": 1' + b"0" * 30 + b"}", "bad_seq"),
         (b"[" * 100_000, "bad_json"),  # nesting bomb
     ],
 )
