@@ -302,6 +302,12 @@ def main() -> None:
     p.add_argument("--naive-seconds", type=float, default=10.0)
     p.add_argument("--latency", action="store_true", help="also run the latency test")
     p.add_argument("--latency-fraction", type=float, default=0.5)
+    p.add_argument(
+        "--latency-rate",
+        type=float,
+        help="events/s for the latency run instead of the fraction of (b): "
+        "the same load for runs to compare",
+    )
     p.add_argument("--latency-seconds", type=float, default=15.0)
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument(
@@ -362,7 +368,8 @@ def main() -> None:
                 f"(b)/(c) = {b_cpu / naive_cpu:.1f}"
             )
             if args.latency:
-                lat = bench_latency(bootstrap, registry, client, b * args.latency_fraction, args)
+                rate = args.latency_rate or b * args.latency_fraction
+                lat = bench_latency(bootstrap, registry, client, rate, args)
                 row["latency"] = lat
                 print(
                     f"{'':>13}  latency at {lat['achieved_rate']:,.0f} events/s: "

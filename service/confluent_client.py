@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -33,6 +34,8 @@ from streamcell.service.kafka import (
 )
 
 log = logging.getLogger(__name__)
+
+PARTITION_UA = -1  # librdkafka's "unassigned": the partitioner picks
 
 
 _last_logged: dict[int, float] = {}
@@ -294,10 +297,35 @@ def _produce_kwargs(
     return kwargs
 
 
+class _Epoch:
+    """Records sent between two marks: a count of those not acknowledged yet.
+
+    Its ``delivered`` is every record's delivery callback: one Python call
+    per record (the price of knowing which records are acknowledged). Only a
+    flush that succeeds clears an epoch that a failed record holds open.
+    """
+
+    __slots__ = ("delivered", "number", "outstanding")
+
+    def __init__(self, number: int, failures: list[str]) -> None:
+        self.number = number
+        self.outstanding = 0
+
+        def delivered(err, msg) -> None:
+            if err is None:
+                self.outstanding -= 1
+            else:  # the epoch never drains: no mark at or after it is acknowledged
+                failures.append(f"{msg.topic()}: {err}")
+
+        self.delivered = delivered
+
+
 class ConfluentProducer:
     def __init__(self, cfg: KafkaClientConfig) -> None:
         self.cfg = cfg
         self._failures: list[str] = []
+        self._epoch = _Epoch(0, self._failures)
+        self._epochs: deque[_Epoch] = deque([self._epoch])  # oldest first; the last is open
         self._p = Producer(
             {
                 **_common(cfg),
@@ -307,7 +335,7 @@ class ConfluentProducer:
                 "partitioner": "murmur2_random",  # the Java/kafka-python partitioner
                 "queue.buffering.max.messages": 1_000_000,
                 "message.timeout.ms": cfg.request_timeout_ms,
-                "delivery.report.only.error": True,
+                "delivery.report.only.error": False,  # successes count for acknowledged()
                 "on_delivery": self._on_delivery,
             }
         )
@@ -318,15 +346,16 @@ class ConfluentProducer:
             self._failures.append(f"{msg.topic()}: {err}")
 
     def _produce(self, topic, key, value, headers, partition) -> None:
+        """One record, retried while the local queue is full (caller counted it)."""
+        epoch = self._epoch
         while True:
             try:
                 if headers is None:  # positional arguments: ~0.5 us less per call
-                    if partition is None:
-                        self._p.produce(topic, value, key)
-                    else:
-                        self._p.produce(topic, value, key, partition)
+                    part = PARTITION_UA if partition is None else partition
+                    self._p.produce(topic, value, key, part, epoch.delivered)
                 else:
-                    self._p.produce(topic, value, key, **_produce_kwargs(headers, partition))
+                    kwargs = _produce_kwargs(headers, partition)
+                    self._p.produce(topic, value, key, on_delivery=epoch.delivered, **kwargs)
                 return
             except BufferError:  # the local queue is full: let librdkafka drain it
                 self._p.poll(0.05)
@@ -339,6 +368,7 @@ class ConfluentProducer:
         headers: list[tuple[str, bytes]] | None = None,
         partition: int | None = None,
     ) -> None:
+        self._epoch.outstanding += 1
         self._produce(topic, key, value, headers, partition)
 
     def send_many(
@@ -349,36 +379,61 @@ class ConfluentProducer:
         partition: int | None = None,
     ) -> None:
         produce = self._p.produce
-        if headers is None and partition is None:
+        epoch = self._epoch
+        epoch.outstanding += len(records)
+        delivered = epoch.delivered
+        if headers is None:
             # The common case (predictions) without keyword arguments: ~0.5 us less per call.
+            part = PARTITION_UA if partition is None else partition
             for key, value in records:
                 try:
-                    produce(topic, value, key)
+                    produce(topic, value, key, part, delivered)
                 except BufferError:
                     self._produce(topic, key, value, headers, partition)
         else:
             kwargs = _produce_kwargs(headers, partition)
             for key, value in records:
                 try:
-                    produce(topic, value, key, **kwargs)
+                    produce(topic, value, key, on_delivery=delivered, **kwargs)
                 except BufferError:
                     self._produce(topic, key, value, headers, partition)
         self._p.poll(0)
 
     def flush(self, timeout_s: float = 30.0) -> None:
         left = self._p.flush(timeout_s)
-        failures, self._failures = self._failures, []
         if left:
+            self._failures.clear()
             raise unavailable(self.cfg, f"{left} record(s) not acknowledged within {timeout_s} s")
-        if failures:
-            raise unavailable(self.cfg, f"{len(failures)} record(s) not delivered: {failures[0]}")
+        self._raise_failures()
+        epochs = self._epochs  # all sent records are acknowledged: every epoch drained
+        while epochs[0] is not self._epoch:
+            epochs.popleft()
+        self._epoch.outstanding = 0
 
     def in_flight(self) -> int:
-        self._p.poll(0)  # serve delivery reports (failures only)
-        if self._failures:
-            failures, self._failures = self._failures, []
-            raise unavailable(self.cfg, f"{len(failures)} record(s) not delivered: {failures[0]}")
+        self._p.poll(0)  # serve delivery reports
+        self._raise_failures()
         return len(self._p)
+
+    def mark(self) -> int:
+        number = self._epoch.number
+        self._epoch = _Epoch(number + 1, self._failures)
+        self._epochs.append(self._epoch)
+        return number
+
+    def acknowledged(self, mark: int) -> bool:
+        self._p.poll(0)  # serve delivery reports: the epochs' counts go down
+        self._raise_failures()
+        epochs = self._epochs
+        while epochs[0] is not self._epoch and epochs[0].outstanding <= 0:
+            epochs.popleft()
+        return epochs[0].number > mark
+
+    def _raise_failures(self) -> None:
+        if self._failures:
+            failures = list(self._failures)
+            self._failures.clear()  # the same list the epochs append to
+            raise unavailable(self.cfg, f"{len(failures)} record(s) not delivered: {failures[0]}")
 
     def close(self) -> None:
         left = self._p.flush(self.cfg.close_timeout_s)

@@ -204,6 +204,19 @@ class Producer(Protocol):
         """
         ...
 
+    def mark(self) -> int:
+        """A token for "every record sent so far"; later marks compare greater."""
+        ...
+
+    def acknowledged(self, mark: int) -> bool:
+        """Whether every record sent before ``mark()`` returned it is acknowledged.
+
+        Does not wait (a cheap check per loop iteration: the pipeline commits
+        offsets once the changelog records before them are durable). Raises
+        BrokerUnavailable when any send has failed, so no later commit passes it.
+        """
+        ...
+
     def close(self) -> None: ...
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 
 from kafka import (
@@ -237,7 +238,10 @@ class KafkaPythonProducer:
             )
         except kerrors.KafkaError as exc:
             raise unavailable(cfg, exc) from exc
-        self._futures: list = []
+        # Futures of the records not known acknowledged, in send order; _done counts
+        # those before them. A mark is a count of records sent: no callback per record.
+        self._futures: deque = deque()
+        self._done = 0
         self._partition_cache: dict[str, tuple[int, dict[bytes, int]]] = {}
 
     def send(
@@ -297,7 +301,9 @@ class KafkaPythonProducer:
         return where
 
     def flush(self, timeout_s: float = 30.0) -> None:
-        futures, self._futures = self._futures, []
+        """Wait for every send; a failed record stays (and raises again, also in
+        ``acknowledged``): nothing sent after it counts as acknowledged."""
+        futures = self._futures
         try:
             self._p.flush(timeout=timeout_s)
         except kerrors.KafkaError as exc:
@@ -309,18 +315,36 @@ class KafkaPythonProducer:
             raise unavailable(
                 self.cfg, f"{len(failed)} record(s) not delivered: {failed[0].exception}"
             )
+        self._done += len(futures)
+        futures.clear()
 
     def in_flight(self) -> int:
-        pending = [f for f in self._futures if not f.is_done]
-        done = len(self._futures) - len(pending)
-        if done:
-            failed = [f for f in self._futures if f.is_done and f.failed()]
-            self._futures = pending
-            if failed:
-                raise unavailable(
-                    self.cfg, f"{len(failed)} record(s) not delivered: {failed[0].exception}"
-                )
-        return len(pending)
+        self._advance()
+        return sum(1 for f in self._futures if not f.is_done)
+
+    def mark(self) -> int:
+        return self._done + len(self._futures)
+
+    def acknowledged(self, mark: int) -> bool:
+        if self._done < mark:
+            self._advance()
+        return self._done >= mark
+
+    def _advance(self) -> None:
+        """Drop the acknowledged futures at the front; raise at a failed one (it stays)."""
+        futures = self._futures
+        popleft = futures.popleft
+        done = 0
+        try:
+            while futures and futures[0].is_done:
+                if futures[0].failed():
+                    raise unavailable(
+                        self.cfg, f"a record was not delivered: {futures[0].exception}"
+                    )
+                popleft()
+                done += 1
+        finally:
+            self._done += done
 
     def close(self) -> None:
         try:

@@ -3,10 +3,16 @@
 One thread runs :meth:`Pipeline.run`. Per poll: decode the records
 (``codec``), send the bad ones to the dead-letter topic, step the valid ones
 through the shared :class:`Predictor` in one micro-batch, send one prediction
-per applied event. Every ``commit_interval_ms``, on partition revocation and
-on stop, :meth:`checkpoint` makes the work durable in the one order that keeps
-state exact across crashes: flush predictions -> write the changed streams'
-state to the changelog -> flush -> commit the input offsets. On assignment a
+per applied event. On partition revocation, model reload and stop,
+:meth:`checkpoint` makes the work durable in the one order that keeps state
+exact across crashes: flush predictions -> write the changed streams' state to
+the changelog -> flush -> commit the input offsets. Every
+``commit_interval_ms`` the same happens without blocking the loop
+(:meth:`checkpoint_async`): the changelog records are sent after the
+predictions, the producer's mark (everything sent so far) is kept with the
+offsets to commit, and each later step commits the newest mark the broker has
+acknowledged in full. Either way offsets are committed only after the
+predictions and changelog records of everything before them. On assignment a
 partition's streams are restored from the changelog before any of its events
 are processed; the Predictor then skips events whose offset a stream's state
 already reflects, and events whose seq it has applied.
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streamcell.errors import BrokerUnavailable
 from streamcell.events import EventBatch
 from streamcell.predictor import DUPLICATE, PREDICTED, REPLAYED, BatchResult, Predictor
 from streamcell.service import changelog, codec, reload
@@ -55,6 +62,7 @@ class PipelineSettings:
     max_batch_delay_ms: int = 5
     commit_interval_ms: int = 1000
     restore_timeout_s: float = 60.0
+    ack_timeout_s: float = 30.0  # a checkpoint not acknowledged by then: the broker is gone
     idle_poll_ms: int = 100
 
 
@@ -91,6 +99,8 @@ class Pipeline:
         self._expired = predictor.store.expired
         self._evictions_pending = False
         self._next_checkpoint = 0.0
+        # Checkpoints sent, not committed yet: (producer mark, offsets, when), oldest first.
+        self._pending: list[tuple[int, dict[TopicPartition, int], float]] = []
         self._partition_count: int | None = None
         self.members: GroupMembers | None = None
         self._closing = False
@@ -131,10 +141,12 @@ class Pipeline:
         records = self.consumer.poll(s.max_batch, max(delay, 1) / 1000)
         if records:
             self.process(records)
+        if self._pending:
+            self._commit_acknowledged()
         now = self._clock()
         if now >= self._next_checkpoint:
             self._expire()
-            self.checkpoint()
+            self.checkpoint_async()
             self._record_lag()
             self._next_checkpoint = now + s.commit_interval_ms / 1000
         if self.watcher is not None and self.watcher.due():
@@ -254,24 +266,71 @@ class Pipeline:
 
     # ---------------------------------------------------------- checkpoint
     def checkpoint(self) -> None:
-        """Flush predictions, write changed state to the changelog, flush, commit."""
-        s = self.settings
+        """Flush predictions, write changed state to the changelog, flush, commit.
+
+        Blocking: when it returns, everything processed is committed (or the
+        commit was refused). Pending asynchronous checkpoints are covered by it.
+        """
         self.producer.flush()
+        self._write_changelog()
+        self.producer.flush()
+        self._pending.clear()  # everything they wait for is acknowledged; these offsets win
+        self._commit(self._offsets())
+
+    def checkpoint_async(self) -> None:
+        """Send the changelog, remember (mark, offsets); a later step commits them.
+
+        The mark is taken after the predictions and changelog records of every
+        processed event were sent, so once the producer has acknowledged it,
+        committing these offsets keeps the order of :meth:`checkpoint`.
+        """
+        self._write_changelog()
+        offsets = self._offsets()
+        if offsets:
+            self._pending.append((self.producer.mark(), offsets, self._clock()))
+            self._commit_acknowledged()
+
+    def _commit_acknowledged(self) -> None:
+        """Commit the offsets of the newest pending checkpoint the broker acknowledged.
+
+        A send that failed raises BrokerUnavailable here (from the producer), as
+        does a checkpoint still unacknowledged after ``ack_timeout_s`` (as a
+        blocking flush would): the loop stops, nothing more is committed.
+        """
+        pending = self._pending
+        ready = None
+        while pending and self.producer.acknowledged(pending[0][0]):
+            ready = pending.pop(0)[1]  # acknowledged in send order: newest wins
+        if pending and self._clock() - pending[0][2] > self.settings.ack_timeout_s:
+            raise BrokerUnavailable(
+                f"a checkpoint's records were not acknowledged within "
+                f"{self.settings.ack_timeout_s} s; nothing after it is committed"
+            )
+        if ready is not None:
+            self._commit({tp: pos for tp, pos in ready.items() if tp[1] in self._assigned})
+
+    def _write_changelog(self) -> None:
         with self.predictor.lock, self._changed_lock:
             self._collect_evicted()
             changed, self._changed = self._changed, {}
-            if changed:
-                written, tombstones = changelog.write(
-                    self.producer, s.changelog_topic, self.predictor.store, changed
-                )
-        if changed:
-            self.producer.flush()
-            log.debug("changelog: %d snapshots, %d tombstones", written, tombstones)
-        offsets = {
-            (s.input_topic, p): pos
+            if not changed:
+                return
+            written, tombstones = changelog.write(
+                self.producer, self.settings.changelog_topic, self.predictor.store, changed
+            )
+        log.debug("changelog: %d snapshots, %d tombstones", written, tombstones)
+
+    def _offsets(self) -> dict[TopicPartition, int]:
+        """The next offsets to read of the assigned partitions, where not committed yet."""
+        topic = self.settings.input_topic
+        return {
+            (topic, p): pos
             for p, pos in self._positions.items()
             if p in self._assigned and self._committed.get(p) != pos
         }
+
+    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        offsets = {tp: pos for tp, pos in offsets.items() if self._committed.get(tp[1]) != pos}
         if not offsets:
             return
         try:

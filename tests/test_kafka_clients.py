@@ -3,6 +3,7 @@ against the session's real broker (service/kafka.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 
@@ -273,3 +274,68 @@ def test_in_flight_drops_to_zero_without_a_flush(kafka_config, unique_name):
     finally:
         producer.close()
     assert len(read_all(kafka_config, [(topic, 0), (topic, 1)])) == 2000
+
+
+def wait_acknowledged(producer, mark: int, timeout_s: float = 20) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not producer.acknowledged(mark) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return producer.acknowledged(mark)
+
+
+def test_marks_are_acknowledged_in_order_without_a_flush(kafka_config, unique_name):
+    topic = make_topic(kafka_config, unique_name("marks"), partitions=3)
+    producer = open_producer(kafka_config)
+    try:
+        empty = producer.mark()
+        assert wait_acknowledged(producer, empty)  # nothing sent before it
+        producer.send_many(topic, [(b"k%d" % i, b"v" * 100) for i in range(3000)])
+        first = producer.mark()
+        producer.send(topic, b"one", b"more", partition=1)
+        producer.send(topic, b"h", b"v", headers=[("h", b"1")])
+        second = producer.mark()
+        assert first > empty and second > first
+        assert wait_acknowledged(producer, second)
+        assert producer.acknowledged(first)  # an older mark stays acknowledged
+        producer.send(topic, b"late", b"v")  # sent after the mark: not part of it
+        assert producer.acknowledged(second)
+        producer.flush(10)
+        assert producer.acknowledged(producer.mark())
+    finally:
+        producer.close()
+    assert len(read_all(kafka_config, [(topic, p) for p in range(3)])) == 3003
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_send_is_raised_and_no_later_mark_is_acknowledged(
+    kafka_client, private_broker, unique_name
+):
+    cfg = KafkaClientConfig(
+        private_broker.bootstrap, client=kafka_client, request_timeout_ms=2000, close_timeout_s=0.5
+    )
+    topic = make_topic(cfg, unique_name("lost"), partitions=1)
+    producer = open_producer(cfg)
+    try:
+        producer.send(topic, b"k", b"v")
+        before = producer.mark()
+        assert wait_acknowledged(producer, before)
+        private_broker.stop()
+        producer.send(topic, b"k", b"lost")
+        lost = producer.mark()
+        assert not producer.acknowledged(lost)  # in flight: the broker is gone
+        if kafka_client == "confluent":  # fails at message.timeout.ms (= request timeout)
+            deadline = time.monotonic() + 30
+            with pytest.raises(BrokerUnavailable, match=private_broker.bootstrap):
+                while time.monotonic() < deadline:
+                    producer.acknowledged(lost)
+                    time.sleep(0.05)
+        else:  # kafka-python fails it at its delivery timeout (2 min): flush gives up first
+            with pytest.raises(BrokerUnavailable, match=private_broker.bootstrap):
+                producer.flush(2)
+        later = producer.mark()
+        assert producer.acknowledged(before)
+        for mark in (lost, later):  # the failure is never passed
+            with contextlib.suppress(BrokerUnavailable):
+                assert not producer.acknowledged(mark)
+    finally:
+        producer.close()

@@ -16,6 +16,7 @@ import pytest
 from pipeline_support import make_model
 
 from streamcell.checkpoint import load_checkpoint
+from streamcell.errors import BrokerUnavailable
 from streamcell.events import EventBatch
 from streamcell.predictor import Predictor
 from streamcell.service.kafka import Member, Record
@@ -27,9 +28,13 @@ TOPIC = "in"
 
 
 class FakeProducer:
+    """Records sends; a mark is the count sent, acknowledged up to ``acked`` (None: all)."""
+
     def __init__(self, log: list) -> None:
         self.log = log
         self.sent: list[tuple[str, bytes | None, bytes | None, int | None]] = []
+        self.acked: int | None = None
+        self.failure: Exception | None = None
 
     def send(self, topic, key, value, headers=None, partition=None) -> None:
         self.sent.append((topic, key, value, partition))
@@ -40,6 +45,16 @@ class FakeProducer:
 
     def flush(self, timeout_s: float = 30.0) -> None:
         self.log.append(("flush", len(self.sent)))
+        self.acked = None
+
+    def mark(self) -> int:
+        self.log.append(("mark", len(self.sent)))
+        return len(self.sent)
+
+    def acknowledged(self, mark: int) -> bool:
+        if self.failure is not None:
+            raise self.failure
+        return mark <= (len(self.sent) if self.acked is None else self.acked)
 
     def close(self) -> None:
         self.log.append(("producer.close",))
@@ -328,3 +343,81 @@ def test_writes_acknowledged_before_close_are_in_the_final_checkpoint(loaded):
     pipeline.run(stop, before_close=grpc_drain)
     assert changelog_records(producer)[-1][3:5] == (b"a", None)  # the tombstone
     assert log.index(("drained",)) < log.index(("consumer.close",))
+
+
+def test_periodic_checkpoint_commits_only_what_the_broker_acknowledged(loaded):
+    pipeline, consumer, producer, log = build(loaded)
+    consumer.on_assign([(TOPIC, 0), (TOPIC, 1)])
+    producer.acked = 0  # nothing acknowledged yet
+    consumer.queue.append([record("a", 0), record("b", 1), record("c", 0, partition=1)])
+    pipeline._next_checkpoint = 0  # the commit timer is due
+    pipeline.step()
+    states = [s for s in producer.sent if s[0] == "cl"]
+    assert len(states) == 3  # the changelog is sent at once...
+    first = len(producer.sent)
+    assert log == [("mark", first)]  # ...with no flush, and nothing committed
+    pipeline.step()
+    producer.acked = first - 1  # all but the last changelog record
+    pipeline.step()
+    assert not [e for e in log if e[0] == "commit"]
+    producer.acked = first
+    pipeline.step()
+    assert log[-1] == ("commit", {(TOPIC, 0): 2, (TOPIC, 1): 1})
+
+    # Two checkpoints pending; both acknowledged at once: only the newest offsets are committed.
+    producer.acked = first
+    consumer.queue.append([record("a", 2)])
+    pipeline._next_checkpoint = 0
+    pipeline.step()
+    consumer.queue.append([record("b", 3), record("c", 1, partition=1)])
+    pipeline._next_checkpoint = 0
+    pipeline.step()
+    assert [e[0] for e in log[-2:]] == ["mark", "mark"]
+    producer.acked = log[-2][1]  # the first of the two
+    pipeline.step()
+    assert log[-1] == ("commit", {(TOPIC, 0): 3})
+    producer.acked = None
+    pipeline.step()
+    assert log[-1] == ("commit", {(TOPIC, 0): 4, (TOPIC, 1): 2})
+    assert len([e for e in log if e[0] == "commit"]) == 3
+
+
+def test_a_failed_or_late_acknowledgement_stops_the_loop_before_any_commit(loaded):
+    clock = [1000.0]
+    pipeline, consumer, producer, log = build(loaded)
+    pipeline._clock = lambda: clock[0]
+    consumer.on_assign([(TOPIC, 0)])
+    producer.acked = 0
+    consumer.queue.append([record("a", 0)])
+    pipeline._next_checkpoint = 0
+    pipeline.step()
+    clock[0] += pipeline.settings.ack_timeout_s + 1
+    with pytest.raises(BrokerUnavailable, match="not acknowledged"):
+        pipeline.step()
+
+    pipeline, consumer, producer, log = build(loaded)
+    consumer.on_assign([(TOPIC, 0)])
+    producer.acked = 0
+    consumer.queue.append([record("a", 0)])
+    pipeline._next_checkpoint = 0
+    pipeline.step()
+    producer.failure = BrokerUnavailable("a record was not delivered")
+    producer.acked = None
+    with pytest.raises(BrokerUnavailable, match="not delivered"):
+        pipeline.step()
+    assert not [e for e in log if e[0] == "commit"]
+
+
+def test_revocation_with_a_checkpoint_pending_flushes_and_commits_the_latest(loaded):
+    pipeline, consumer, producer, log = build(loaded)
+    consumer.on_assign([(TOPIC, 0)])
+    producer.acked = 0
+    consumer.queue.append([record("a", 0)])
+    pipeline._next_checkpoint = 0
+    pipeline.step()
+    pipeline.process([record("a", 1), record("b", 2)])
+    consumer.on_revoke([(TOPIC, 0)])
+    assert [e for e in log if e[0] == "commit"] == [("commit", {(TOPIC, 0): 3})]
+    assert log[-2][0] == "flush"  # committed after a flush, not on the pending mark
+    pipeline.step()  # the old mark is gone: nothing committed for a revoked partition
+    assert log[-1] == ("commit", {(TOPIC, 0): 3})
