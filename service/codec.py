@@ -17,7 +17,8 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from itertools import chain, repeat
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,7 +45,15 @@ FORMAT_PROTOBUF = "protobuf"
 FORMATS = (FORMAT_JSON, FORMAT_PROTOBUF)
 _NUMBER = (int, float)
 _FLOAT_MAX = sys.float_info.max
-_json_decode = json.JSONDecoder().decode  # json.loads without its per-call checks
+_decoder = json.JSONDecoder()
+_json_decode = _decoder.decode  # json.loads without its per-call checks
+# The C scanner decode() ends in, without decode()'s Python frames around it:
+_scan = _decoder.scan_once  # type: ignore[attr-defined]
+_SEQ_END = 2**63
+_UNPARSED = object()  # a value the bulk scan could not read as one JSON document
+_NONE = type(None)
+_GOOD_X = ({float}, {float, int})
+_GOOD_SEQ = ({int}, {_NONE}, {int, _NONE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +86,12 @@ def decode(records: Sequence[Record], input_size: int, event_format: str = FORMA
     """Decode and validate a polled batch in one pass, keeping Kafka order."""
     if event_format not in FORMATS:
         raise ValueError(f"event format must be one of {FORMATS}, got {event_format!r}")
+    docs: list = []  # the JSON value of each record, or _UNPARSED
+    if event_format == FORMAT_JSON:
+        docs = _scan_all(records)
+        rows = _bulk_json(records, docs, input_size)
+        if rows is not None:
+            return _finish(rows, input_size)
     parse = _parse_json if event_format == FORMAT_JSON else _protobuf_parser()
     good: list[Record] = []
     streams: list[str] = []
@@ -84,10 +99,11 @@ def decode(records: Sequence[Record], input_size: int, event_format: str = FORMA
     seqs: list[int] = []
     times: list[float] = []
     invalid: list[Invalid] = []
-    for rec in records:
+    for k, rec in enumerate(records):
         try:
             stream = _stream_id(rec.key)
-            body_stream, seq, ts, x = parse(rec.value)
+            doc = docs[k] if docs else _UNPARSED
+            body_stream, seq, ts, x = parse(rec.value) if doc is _UNPARSED else _check_json(doc)
             if body_stream is not None and body_stream != stream:
                 raise _Bad(
                     REASON_BAD_FIELD,
@@ -108,21 +124,138 @@ def decode(records: Sequence[Record], input_size: int, event_format: str = FORMA
         xs.append(x)
         seqs.append(seq)
         times.append(ts if ts is not None else rec.timestamp_ms / 1000.0)
-    n = len(good)
+    return _finish(
+        _Rows(good, streams, xs, seqs, np.asarray(times, np.float64), invalid), input_size
+    )
+
+
+@dataclass
+class _Rows:
+    """The records that passed the per-record rules, as Python lists, before the bulk rules."""
+
+    good: list[Record]
+    streams: list[str]
+    xs: list[Sequence[float]]
+    seqs: list[int]
+    times: np.ndarray
+    invalid: list[Invalid]
+
+
+def _finish(rows: _Rows, input_size: int) -> Decoded:
+    """Columns of the rows, then the bulk rules (float32 range, ...) of ``find_invalid``."""
+    good, n = rows.good, len(rows.good)
     with np.errstate(over="ignore"):  # 1e39 becomes inf in float32, then non_finite
-        x_arr = np.asarray(xs, dtype=np.float32).reshape(n, input_size)
+        x_arr = np.asarray(rows.xs, dtype=np.float32).reshape(n, input_size)
     batch = EventBatch.of(
-        streams,
+        rows.streams,
         x_arr,
-        seq=np.asarray(seqs, dtype=np.int64),
+        seq=np.asarray(rows.seqs, dtype=np.int64),
         partition=np.fromiter((r.partition for r in good), np.int32, n),
         offset=np.fromiter((r.offset for r in good), np.int64, n),
     )
-    decoded = Decoded(batch, good, np.asarray(times, dtype=np.float64), invalid)
+    decoded = Decoded(batch, good, rows.times, rows.invalid)
     bad_rows = find_invalid(batch, input_size)
     if bad_rows:
         decoded = _drop_rows(decoded, bad_rows)
     return decoded
+
+
+def _scan_all(records: Sequence[Record]) -> list:
+    """Each value's JSON, or _UNPARSED where it is not exactly one JSON value without padding.
+
+    Each value is parsed on its own (no joined array a value could merge with
+    or split into its neighbours) by the C scanner that ``JSONDecoder.decode``
+    ends in, so a value scanned here is the document decode would return. An
+    _UNPARSED record is decoded again by the per-record path, which words the error.
+    """
+    docs: list = []
+    for rec in records:
+        try:
+            text = rec.value.decode("utf-8")  # type: ignore[union-attr]
+            doc, end = _scan(text, 0)  # StopIteration or JSONDecodeError for bad JSON
+            docs.append(doc if end == len(text) else _UNPARSED)  # padding or extra data
+        except Exception:  # None, bad UTF-8, bad JSON, a nesting bomb
+            docs.append(_UNPARSED)
+    return docs
+
+
+def _bulk_json(records: Sequence[Record], docs: list, input_size: int) -> _Rows | None:
+    """The whole poll in columns when every record passes the per-record rules, else None.
+
+    The rules of the per-record path, checked column by column over the poll.
+    Any record they could refuse, and any surprise, returns None: the caller
+    then goes record by record (reusing ``docs``), so each bad record gets its
+    own reason and message from one place.
+    """
+    if not docs or _UNPARSED in docs:  # (identity first: no dict is _UNPARSED)
+        return None
+    try:
+        keys = [r.key for r in records]
+        if not all(keys) or max(map(len, keys)) > MAX_STREAM_ID_BYTES:
+            return None
+        streams = [k.decode("utf-8") for k in keys]
+        if set(map(type, docs)) != {dict}:
+            return None
+        xs = _column(docs, "x")
+        if set(map(type, xs)) != {list} or set(map(len, xs)) != {input_size}:
+            return None
+        kinds = set(map(type, chain.from_iterable(xs)))  # bool is its own type: refused
+        if kinds not in _GOOD_X:
+            return None
+        if int in kinds:
+            ints = [v for v in chain.from_iterable(xs) if type(v) is int]
+            if not (min(ints) > -_FLOAT_MAX and max(ints) < _FLOAT_MAX):
+                return None
+        body = _column(docs, "stream")
+        kinds = set(map(type, body))
+        if kinds == {str}:
+            if body != streams:
+                return None
+        elif kinds != {_NONE} and not all(
+            b is None or b == s for b, s in zip(body, streams, strict=True)
+        ):
+            return None  # mixed, a non-string, or a stream differing from its key
+        seqs = _column(docs, "seq")
+        kinds = set(map(type, seqs))
+        if kinds not in _GOOD_SEQ:
+            return None
+        present = [s for s in seqs if s is not None] if _NONE in kinds else seqs
+        if present and (min(present) < 0 or max(present) >= _SEQ_END):
+            return None
+        if _NONE in kinds:
+            seqs = [NO_SEQ if s is None else s for s in seqs]
+        times = _times(records, _column(docs, "ts"))
+        if times is None:
+            return None
+    except Exception:  # any surprise: the per-record path says what is wrong
+        return None
+    return _Rows(list(records), streams, xs, seqs, times, [])
+
+
+def _column(docs: list[dict[str, Any]], name: str) -> list[Any]:
+    """One field of every document (None where absent), in C: no Python frame per record."""
+    return list(map(dict.get, docs, repeat(name)))
+
+
+def _times(records: Sequence[Record], stamps: list) -> np.ndarray | None:
+    """Each event's ``ts`` as float seconds, else its Kafka timestamp; None if a ts is bad."""
+    kinds = set(map(type, stamps))
+    if kinds == {_NONE}:
+        return np.array([r.timestamp_ms for r in records], np.float64) / 1000.0
+    if kinds == {float}:
+        times = np.array(stamps, np.float64)
+        return times if np.isfinite(times).all() else None
+    if not kinds <= {_NONE, int, float}:
+        return None
+    if not all(t is None or -_FLOAT_MAX < t < _FLOAT_MAX for t in stamps):
+        return None
+    return np.array(
+        [
+            r.timestamp_ms / 1000.0 if t is None else float(t)
+            for t, r in zip(stamps, records, strict=True)
+        ],
+        np.float64,
+    )
 
 
 def _drop_rows(decoded: Decoded, bad_rows: list[tuple[int, str, str]]) -> Decoded:
@@ -161,6 +294,10 @@ def _parse_json(value: bytes | None) -> tuple[str | None, int, float | None, lis
         doc = _json_decode(value.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise _Bad(REASON_BAD_JSON, f"value is not JSON: {str(exc)[:120]}") from None
+    return _check_json(doc)
+
+
+def _check_json(doc: object) -> tuple[str | None, int, float | None, list]:
     if not isinstance(doc, dict):
         raise _Bad(REASON_BAD_JSON, f"value must be a JSON object, got {type(doc).__name__}")
     x = doc.get("x")

@@ -218,3 +218,93 @@ def test_no_record_can_break_decoding(key, doc, raw):
         assert np.isfinite(d.batch.x).all()
         if fmt == FORMAT_JSON:
             assert d.batch.streams[-1] == "ok"
+
+
+# ------------------------------------------------- bulk path == per-record path
+def per_record(records, input_size):
+    """The poll decoded record by record: the reference the bulk path must equal."""
+    from streamcell.service import codec
+
+    scan = codec._scan_all
+    codec._scan_all = lambda records: [codec._UNPARSED] * len(records)
+    try:
+        return decode(records, input_size, FORMAT_JSON)
+    finally:
+        codec._scan_all = scan
+
+
+def same(a, b) -> None:
+    assert a.batch.streams == b.batch.streams
+    for col in ("x", "seq", "partition", "offset"):
+        got, want = getattr(a.batch, col), getattr(b.batch, col)
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), col
+    assert a.event_time.tobytes() == b.event_time.tobytes()
+    assert a.records == b.records
+    assert a.invalid == b.invalid
+
+
+def test_a_value_cannot_merge_with_its_neighbour():
+    """Joined into one JSON array these two would read as two good events."""
+    records = [
+        rec("a", b'{"x": [1, 2, 3]}, {"x": [1, 2', offset=0),
+        rec("a", b"3]}", offset=1),
+        rec("b", b'{"a": "}', offset=2),
+        rec("b", b'{\\"b\\": 1}"}, {"x": [1, 2, 3]}', offset=3),
+        rec("c", {"x": [1, 2, 3]}, offset=4),
+    ]
+    d = decode(records, 3)
+    assert [(i.record.offset, i.reason) for i in d.invalid] == [(k, "bad_json") for k in range(4)]
+    assert d.batch.offset.tolist() == [4]
+    same(d, per_record(records, 3))
+
+
+def test_a_good_poll_takes_the_bulk_path():
+    from streamcell.service import codec
+
+    records = [
+        rec("a", {"stream": "a", "seq": 3, "ts": 1.5, "x": [1.0, 2, -3.5]}, offset=0),
+        rec("b", {"x": [0.1, 0.2, 0.3]}, offset=1),
+        rec("a", {"x": [1, 2, 1e39], "seq": 4, "ts": 2}, offset=2),  # non_finite in bulk
+    ]
+    assert codec._bulk_json(records, codec._scan_all(records), 3) is not None
+    d = decode(records, 3)
+    assert [(i.record.offset, i.reason) for i in d.invalid] == [(2, "non_finite")]
+    same(d, per_record(records, 3))
+
+
+def mostly(usual, *rare):
+    """``usual`` nine times in ten: most polls stay all good and take the bulk path."""
+    return st.sampled_from([usual] * 9 + [None]).flatmap(
+        lambda v: st.just(v) if v is not None else st.sampled_from(rare)
+    )
+
+
+good_docs = st.fixed_dictionaries(
+    {"x": st.lists(st.floats(width=32) | st.integers(-(2**70), 2**70), min_size=3, max_size=3)},
+    optional={
+        "seq": st.none() | st.integers(0, 2**62) | st.integers(-2, 2**64),
+        "ts": st.none() | st.floats(-1e9, 1e9) | st.floats() | st.integers(-(2**1030), 2**1030),
+        "stream": mostly("a", "b", "", 5),
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    polls=st.lists(
+        st.tuples(
+            mostly(b"a", b"b", b"", b"\xff"),
+            good_docs,
+            mostly("", " ", "\n", ", 1", "}"),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_bulk_and_per_record_decoding_agree(polls):
+    """Same columns, bytes and dead-letter reasons and messages, whichever path decodes."""
+    records = [
+        rec(key, (json.dumps(doc) + pad).encode(), offset=k, ts_ms=1_000 + k)
+        for k, (key, doc, pad) in enumerate(polls)
+    ]
+    same(decode(records, 3), per_record(records, 3))

@@ -1,0 +1,94 @@
+"""Per-event cost of ``codec.decode``: the bulk path against the per-record path.
+
+    python bench/codec_bench.py [--batch 1024] [--rounds 7]
+
+The events are those of the end-to-end benchmark (bench/kafka_e2e.py: JSON
+with stream, seq and 8 float features, keys ``stream-N``), in polls of
+``--batch`` records. Measured round-robin, best round each, so a burst of load
+from elsewhere on a shared machine hits every variant alike:
+
+- decode: ``codec.decode`` as the service calls it (bulk path for a good poll);
+- per-record: the same call with the bulk path switched off (the code before
+  it; also what a poll holding a bad record costs, plus the failed bulk try);
+- 1 bad JSON / 1 bad ts: a poll whose last record is not JSON (the bulk try stops
+  after the scan) or has a bad ``ts`` (the bulk try fails at its last check);
+  both then go record by record, reusing the scanned documents;
+- json only: ``JSONDecoder.decode`` per record, and one decode of the poll's
+  values joined into one JSON array: the parsing floor with the stdlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from kafka_bench import make_messages
+
+from streamcell.service import codec
+from streamcell.service.kafka import Record
+
+
+def per_event_us(fn, events: int, min_seconds: float = 0.3) -> float:
+    fn()  # warm up
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return elapsed / calls / events * 1e6
+
+
+def per_record_decode(records: list[Record]) -> codec.Decoded:
+    scan = codec._scan_all
+    codec._scan_all = lambda records: [codec._UNPARSED] * len(records)
+    try:
+        return codec.decode(records, 8)
+    finally:
+        codec._scan_all = scan
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--rounds", type=int, default=7)
+    args = p.parse_args()
+    n = args.batch
+    messages = make_messages(n, max(1, n // 10))
+    records = [
+        Record("events", 0, k, key, value, 1_000, ()) for k, (key, value) in enumerate(messages)
+    ]
+    one_bad = [*records[:-1], records[-1]._replace(value=b"{oops")]
+    late_bad = [
+        *records[:-1],
+        records[-1]._replace(value=b'{"x": [1, 2, 3, 4, 5, 6, 7, 8], "ts": "now"}'),
+    ]
+    values = [r.value for r in records]
+    decoder = json.JSONDecoder()
+    rows = codec._bulk_json(records, codec._scan_all(records), 8)
+    assert rows is not None, "the good poll must take the bulk path"
+    fast, slow = codec.decode(records, 8), per_record_decode(records)
+    assert fast.batch.x.tobytes() == slow.batch.x.tobytes() and fast.invalid == slow.invalid == []
+    variants = {
+        "decode (bulk)": lambda: codec.decode(records, 8),
+        "decode, per-record path": lambda: per_record_decode(records),
+        "decode, poll with 1 bad JSON": lambda: codec.decode(one_bad, 8),
+        "decode, poll with 1 bad ts": lambda: codec.decode(late_bad, 8),
+        "json: JSONDecoder.decode per record": lambda: [decoder.decode(v.decode()) for v in values],
+        "json: one array of the poll": lambda: decoder.decode(
+            (b"[" + b",".join(values) + b"]").decode()
+        ),
+    }
+    best = {name: float("inf") for name in variants}
+    for _ in range(args.rounds):
+        for name, fn in variants.items():
+            best[name] = min(best[name], per_event_us(fn, n))
+    for name, us in best.items():
+        print(f"{name:38s} {us:6.2f} us/event")
+    gain = 1 - best["decode (bulk)"] / best["decode, per-record path"]
+    print(f"bulk vs per-record: {gain:.0%} less time per event ({n}-event polls)")
+
+
+if __name__ == "__main__":
+    main()
