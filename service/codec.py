@@ -243,8 +243,8 @@ def _times(records: Sequence[Record], stamps: list) -> np.ndarray | None:
     if kinds == {_NONE}:
         return np.array([r.timestamp_ms for r in records], np.float64) / 1000.0
     if kinds == {float}:
-        times = np.array(stamps, np.float64)
-        return times if np.isfinite(times).all() else None
+        times = np.array(stamps, np.float64)  # the per-record rule: NaN, +-max refused
+        return times if ((times > -_FLOAT_MAX) & (times < _FLOAT_MAX)).all() else None
     if not kinds <= {_NONE, int, float}:
         return None
     if not all(t is None or -_FLOAT_MAX < t < _FLOAT_MAX for t in stamps):

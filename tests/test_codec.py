@@ -182,6 +182,7 @@ def test_prediction_bytes_are_deterministic():
         (b'{"x": [1' + b"0" * 400 + b", 2, 3]}", "non_finite"),  # an int beyond float range
         (b'{"x": [1, 2, 3], "ts": 1' + b"0" * 400 + b"}", "bad_field"),
         (b'{"x": [1, 2, 3], "ts": NaN}', "bad_field"),
+        (b'{"x": [1, 2, 3], "ts": 1.7976931348623157e308}', "bad_field"),  # the float max
         (b'{"x": [1, 2, 3], "seq": 1' + b"0" * 30 + b"}", "bad_seq"),
         (b"[" * 100_000, "bad_json"),  # nesting bomb
     ],
@@ -283,7 +284,11 @@ good_docs = st.fixed_dictionaries(
     {"x": st.lists(st.floats(width=32) | st.integers(-(2**70), 2**70), min_size=3, max_size=3)},
     optional={
         "seq": st.none() | st.integers(0, 2**62) | st.integers(-2, 2**64),
-        "ts": st.none() | st.floats(-1e9, 1e9) | st.floats() | st.integers(-(2**1030), 2**1030),
+        "ts": st.none()
+        | st.floats(-1e9, 1e9)
+        | st.floats()
+        | st.sampled_from([1.7976931348623157e308, -1.7976931348623157e308])
+        | st.integers(-(2**1030), 2**1030),
         "stream": mostly("a", "b", "", 5),
     },
 )
