@@ -7,12 +7,13 @@ per applied event. On partition revocation, model reload and stop,
 :meth:`checkpoint` makes the work durable in the one order that keeps state
 exact across crashes: flush predictions -> write the changed streams' state to
 the changelog -> flush -> commit the input offsets. Every
-``commit_interval_ms`` the same happens without blocking the loop
-(:meth:`checkpoint_async`): the changelog records are sent after the
-predictions, the producer's mark (everything sent so far) is kept with the
-offsets to commit, and each later step commits the newest mark the broker has
-acknowledged in full. Either way offsets are committed only after the
-predictions and changelog records of everything before them. On assignment a
+``commit_interval_ms`` the same order is kept without blocking the loop
+(:meth:`checkpoint_async`): the changed streams are snapshotted at once and
+held with the offsets and the producer's mark (every prediction sent so far);
+a later step sends the held snapshots once that mark is acknowledged (a
+changelog record must never reflect an event whose prediction could still be
+lost), takes a second mark, and commits the offsets once that one is
+acknowledged. On assignment a
 partition's streams are restored from the changelog before any of its events
 are processed; the Predictor then skips events whose offset a stream's state
 already reflects, and events whose seq it has applied.
@@ -47,6 +48,27 @@ from streamcell.service.metrics import Metrics
 from streamcell.service.ownership import GroupMembers, murmur2_partition
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Checkpoint:
+    """A periodic checkpoint on its way: snapshots held, then sent, then committed."""
+
+    offsets: dict[TopicPartition, int]
+    records: list[tuple[str, bytes, bytes | None, int | None]]  # changelog, not sent yet
+    mark: int  # before sending: the predictions' mark; after: the changelog's
+    since: float
+    sent: bool = False
+
+
+class _Held:
+    """A Producer stand-in for ``changelog.write``: keeps the records to send later."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes, bytes | None, int | None]] = []
+
+    def send(self, topic, key, value, headers=None, partition=None) -> None:
+        self.records.append((topic, key, value, partition))
 
 
 @dataclass(frozen=True)
@@ -99,8 +121,7 @@ class Pipeline:
         self._expired = predictor.store.expired
         self._evictions_pending = False
         self._next_checkpoint = 0.0
-        # Checkpoints sent, not committed yet: (producer mark, offsets, when), oldest first.
-        self._pending: list[tuple[int, dict[TopicPartition, int], float]] = []
+        self._pending: list[_Checkpoint] = []  # periodic checkpoints not committed, oldest first
         self._partition_count: int | None = None
         self.members: GroupMembers | None = None
         self._closing = False
@@ -142,7 +163,7 @@ class Pipeline:
         if records:
             self.process(records)
         if self._pending:
-            self._commit_acknowledged()
+            self._advance_checkpoints()
         now = self._clock()
         if now >= self._next_checkpoint:
             self._expire()
@@ -269,54 +290,78 @@ class Pipeline:
         """Flush predictions, write changed state to the changelog, flush, commit.
 
         Blocking: when it returns, everything processed is committed (or the
-        commit was refused). Pending asynchronous checkpoints are covered by it.
+        commit was refused). Pending periodic checkpoints are covered by it:
+        their held snapshots are sent first (they are older than the state now).
         """
         self.producer.flush()
-        self._write_changelog()
+        for cp in self._pending:
+            if not cp.sent:
+                self._send(cp.records)
+        self._pending.clear()
+        self._write_changelog(self.producer)
         self.producer.flush()
-        self._pending.clear()  # everything they wait for is acknowledged; these offsets win
         self._commit(self._offsets())
 
     def checkpoint_async(self) -> None:
-        """Send the changelog, remember (mark, offsets); a later step commits them.
+        """Snapshot the changed streams now; later steps send them, then commit.
 
-        The mark is taken after the predictions and changelog records of every
-        processed event were sent, so once the producer has acknowledged it,
-        committing these offsets keeps the order of :meth:`checkpoint`.
+        The snapshots and offsets reflect exactly the events processed so far,
+        whose predictions were all sent before the mark taken here.
         """
-        self._write_changelog()
+        held = _Held()
+        self._write_changelog(held)
         offsets = self._offsets()
-        if offsets:
-            self._pending.append((self.producer.mark(), offsets, self._clock()))
-            self._commit_acknowledged()
+        if offsets or held.records:
+            cp = _Checkpoint(offsets, held.records, self.producer.mark(), self._clock())
+            self._pending.append(cp)
+            self._advance_checkpoints()
 
-    def _commit_acknowledged(self) -> None:
-        """Commit the offsets of the newest pending checkpoint the broker acknowledged.
+    def _advance_checkpoints(self) -> None:
+        """Move pending checkpoints on, oldest first, as far as acknowledgements allow.
 
-        A send that failed raises BrokerUnavailable here (from the producer), as
-        does a checkpoint still unacknowledged after ``ack_timeout_s`` (as a
-        blocking flush would): the loop stops, nothing more is committed.
+        Predictions acknowledged -> send the held changelog records, take a
+        mark; those acknowledged -> commit (the newest such checkpoint's
+        offsets win). A send that failed raises BrokerUnavailable here (from
+        the producer), as does a checkpoint not through after
+        ``ack_timeout_s``: the loop stops, nothing more is committed.
         """
         pending = self._pending
-        ready = None
-        while pending and self.producer.acknowledged(pending[0][0]):
-            ready = pending.pop(0)[1]  # acknowledged in send order: newest wins
-        if pending and self._clock() - pending[0][2] > self.settings.ack_timeout_s:
+        ready: dict[TopicPartition, int] = {}
+        while pending and self.producer.acknowledged(pending[0].mark):
+            cp = pending[0]
+            if cp.sent:
+                ready.update(cp.offsets)  # in order: newer offsets overwrite older
+                pending.pop(0)
+            else:
+                self._send(cp.records)
+                cp.records, cp.sent, cp.mark = [], True, self.producer.mark()
+        if pending and self._clock() - pending[0].since > self.settings.ack_timeout_s:
             raise BrokerUnavailable(
                 f"a checkpoint's records were not acknowledged within "
                 f"{self.settings.ack_timeout_s} s; nothing after it is committed"
             )
-        if ready is not None:
+        if ready:
             self._commit({tp: pos for tp, pos in ready.items() if tp[1] in self._assigned})
 
-    def _write_changelog(self) -> None:
+    def _send(self, records: list[tuple[str, bytes, bytes | None, int | None]]) -> None:
+        """Held changelog records, one send_many per partition (order kept per partition)."""
+        by_partition: dict[tuple[str, int | None], list[tuple[bytes, bytes | None]]] = {}
+        for topic, key, value, partition in records:
+            by_partition.setdefault((topic, partition), []).append((key, value))
+        for (topic, partition), pairs in by_partition.items():
+            self.producer.send_many(topic, pairs, partition=partition)
+
+    def _write_changelog(self, producer: Producer | _Held) -> None:
         with self.predictor.lock, self._changed_lock:
             self._collect_evicted()
             changed, self._changed = self._changed, {}
             if not changed:
                 return
             written, tombstones = changelog.write(
-                self.producer, self.settings.changelog_topic, self.predictor.store, changed
+                producer,  # type: ignore[arg-type]
+                self.settings.changelog_topic,
+                self.predictor.store,
+                changed,
             )
         log.debug("changelog: %d snapshots, %d tombstones", written, tombstones)
 

@@ -352,34 +352,56 @@ def test_periodic_checkpoint_commits_only_what_the_broker_acknowledged(loaded):
     consumer.queue.append([record("a", 0), record("b", 1), record("c", 0, partition=1)])
     pipeline._next_checkpoint = 0  # the commit timer is due
     pipeline.step()
-    states = [s for s in producer.sent if s[0] == "cl"]
-    assert len(states) == 3  # the changelog is sent at once...
-    first = len(producer.sent)
-    assert log == [("mark", first)]  # ...with no flush, and nothing committed
-    pipeline.step()
-    producer.acked = first - 1  # all but the last changelog record
-    pipeline.step()
-    assert not [e for e in log if e[0] == "commit"]
-    producer.acked = first
-    pipeline.step()
-    assert log[-1] == ("commit", {(TOPIC, 0): 2, (TOPIC, 1): 1})
-
-    # Two checkpoints pending; both acknowledged at once: only the newest offsets are committed.
-    producer.acked = first
+    assert log == [("mark", 3)]  # the predictions' mark; no flush, nothing committed
     consumer.queue.append([record("a", 2)])
+    pipeline.step()
+    # The snapshots wait for the predictions before them: a changelog record must not
+    # reflect an event whose prediction a crash could still lose.
+    assert not [s for s in producer.sent if s[0] == "cl"]
+    producer.acked = 2
+    pipeline.step()
+    assert not [s for s in producer.sent if s[0] == "cl"]
+    producer.acked = 3
+    pipeline.step()
+    states = [s for s in producer.sent if s[0] == "cl"]
+    assert sorted((k, p) for _, k, _, p in states) == [(b"a", 0), (b"b", 0), (b"c", 1)]
+    # Held snapshots: the state when the checkpoint was taken, not "a" after offset 2.
+    assert [json.loads(v)["offset"] for t, _, v, _ in producer.sent if t.endswith("ions")] == [
+        0,
+        1,
+        0,
+        2,
+    ]
+    changelog_mark = len(producer.sent)
+    assert log[-1] == ("mark", changelog_mark)
+    producer.acked = changelog_mark - 1  # all but the last changelog record
+    pipeline.step()
+    assert not [e for e in log if e[0] in ("commit", "flush")]
+    producer.acked = changelog_mark
+    pipeline.step()
+    assert log[-1] == ("commit", {(TOPIC, 0): 2, (TOPIC, 1): 1})  # not offset 2's 3
+
+    # Two checkpoints pending, acknowledged at once: the newest offsets are committed.
+    producer.acked = None
+    consumer.queue.append([record("b", 3)])
+    pipeline._next_checkpoint = 0
+    producer.acked = len(producer.sent)
+    pipeline.step()
+    consumer.queue.append([record("c", 1, partition=1)])
     pipeline._next_checkpoint = 0
     pipeline.step()
-    consumer.queue.append([record("b", 3), record("c", 1, partition=1)])
-    pipeline._next_checkpoint = 0
-    pipeline.step()
-    assert [e[0] for e in log[-2:]] == ["mark", "mark"]
-    producer.acked = log[-2][1]  # the first of the two
-    pipeline.step()
-    assert log[-1] == ("commit", {(TOPIC, 0): 3})
+    assert len([e for e in log if e[0] == "commit"]) == 1
     producer.acked = None
     pipeline.step()
-    assert log[-1] == ("commit", {(TOPIC, 0): 4, (TOPIC, 1): 2})
-    assert len([e for e in log if e[0] == "commit"]) == 3
+    pipeline.step()
+    commits = [e for e in log if e[0] == "commit"]
+    assert commits[-1] == ("commit", {(TOPIC, 0): 4, (TOPIC, 1): 2})
+    assert len(commits) == 2
+    latest = {r.key.decode(): r.value for r in changelog_records(producer)}
+    restored = Predictor(pipeline.predictor.loaded, max_streams=10)
+    restored.store.restore(latest.items())  # the last snapshot of each: the state now
+    for stream in ("a", "b", "c"):
+        assert restored.info(stream).h.equal(pipeline.predictor.info(stream).h)
 
 
 def test_a_failed_or_late_acknowledgement_stops_the_loop_before_any_commit(loaded):
