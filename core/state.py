@@ -77,8 +77,11 @@ class StateStore:
         self._index: OrderedDict[str, int] = OrderedDict()
         self._capacity = 0
         self._allocate(min(max(initial_capacity, 1), max_streams))
+        # The header is the record's first field, so a block of records is a
+        # block of whole snapshots: no per-stream concatenation.
         self._record = np.dtype(
             [
+                ("header", "u1", (_HEADER.size,)),
                 ("h", "<f4", (num_layers, hidden_size)),
                 ("c", "<f4", (num_layers, hidden_size)),
                 ("yhat", "<f4", (output_size,)),
@@ -95,6 +98,7 @@ class StateStore:
         self._header = _HEADER.pack(
             SNAPSHOT_MAGIC, num_layers, hidden_size, output_size, input_size
         )
+        self._header_row = np.frombuffer(self._header, dtype=np.uint8)
 
     # ----------------------------------------------------------------- layout
     def _allocate(self, capacity: int) -> None:
@@ -319,19 +323,36 @@ class StateStore:
     @property
     def snapshot_size(self) -> int:
         """Bytes of one stream's snapshot."""
-        return len(self._header) + self._record.itemsize
+        return self._record.itemsize
 
     def snapshot(self, streams: Sequence[str]) -> list[bytes]:
         """One self-describing, byte-exact record per stream (for the changelog)."""
-        missing = [s for s in streams if s not in self._index]
-        if missing:
-            raise KeyError(f"cannot snapshot unknown streams: {missing[:5]}")
-        slots = np.fromiter((self._index[s] for s in streams), np.int64, len(streams))
+        block, size = self.snapshot_block(streams), self._record.itemsize
+        return [block[k * size : (k + 1) * size] for k in range(len(streams))]
+
+    def snapshot_block(self, streams: Sequence[str]) -> bytes:
+        """The snapshots of ``streams``, back to back, ``snapshot_size`` bytes each.
+
+        A few vectorised copies, no per-stream objects: a checkpoint takes it
+        under the predictor's lock, and the records are cut from it later,
+        outside the lock and a few at a time (see changelog.Snapshots).
+        """
+        index = self._index
+        try:
+            slots = np.fromiter((index[s] for s in streams), np.int64, len(streams))
+        except KeyError:
+            missing = [s for s in streams if s not in index]
+            raise KeyError(f"cannot snapshot unknown streams: {missing[:5]}") from None
         rec = np.empty(len(streams), dtype=self._record)
+        rec["header"] = self._header_row
         idx = torch.from_numpy(slots)
-        rec["h"] = self.h.index_select(1, idx).permute(1, 0, 2).numpy()
-        rec["c"] = self.c.index_select(1, idx).permute(1, 0, 2).numpy()
-        rec["yhat"] = self.yhat.index_select(0, idx).numpy()
+        # [L, B, H] slabs into the records' [B, L, H] fields a layer at a time:
+        # each copy moves whole H-float rows (a permuted copy is 7x slower).
+        for name, slab in (("h", self.h), ("c", self.c)):
+            field = torch.from_numpy(rec[name])
+            for layer in range(self.num_layers):
+                field[:, layer].copy_(slab[layer].index_select(0, idx))
+        torch.from_numpy(rec["yhat"]).copy_(self.yhat.index_select(0, idx))
         for name in (
             "events",
             "partition",
@@ -343,10 +364,7 @@ class StateStore:
             "err_count",
         ):
             rec[name] = getattr(self, name)[slots]
-        raw = rec.tobytes()
-        size = self._record.itemsize
-        header = self._header
-        return [header + raw[k * size : (k + 1) * size] for k in range(len(streams))]
+        return rec.tobytes()
 
     def restore(self, items: Iterable[tuple[str, bytes]], now: float | None = None) -> int:
         """Load snapshot records, replacing any state those streams had.
@@ -366,12 +384,11 @@ class StateStore:
             value = bytes(value)
             if value[: len(header)] != header:
                 raise StateFormatError(self._explain_header(stream, value))
-            if len(value) != len(header) + size:
+            if len(value) != size:
                 raise StateFormatError(
-                    f"state of stream {stream!r} has {len(value)} bytes, "
-                    f"expected {len(header) + size}"
+                    f"state of stream {stream!r} has {len(value)} bytes, expected {size}"
                 )
-            payloads.append(value[len(header) :])
+            payloads.append(value)
         # Last record of a stream wins, as in a compacted topic.
         latest: dict[str, int] = {}
         for k, (stream, _) in enumerate(items):

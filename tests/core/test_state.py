@@ -120,6 +120,23 @@ def test_snapshot_restore_is_byte_exact():
     assert other.info("a").last_seen == 3.5
 
 
+def test_a_snapshot_block_is_whole_snapshots_back_to_back():
+    """The changelog cuts records out of one block: each must be a complete snapshot."""
+    s = store()
+    slots = s.slots(["a", "b", "c"], now=1.0)
+    s.scatter(slots, torch.randn(2, 3, 4), torch.randn(2, 3, 4))
+    s.offset[slots] = [5, 6, 7]
+    block = s.snapshot_block(["c", "a"])
+    size = s.snapshot_size
+    assert len(block) == 2 * size
+    assert [block[:size], block[size:]] == s.snapshot(["c", "a"])
+    fresh = store()
+    fresh.restore([("c", block[:size]), ("a", block[size:])])
+    assert fresh.info("c").h.equal(s.info("c").h) and fresh.info("a").offset == 5
+    with pytest.raises(KeyError, match="zzz"):
+        s.snapshot_block(["a", "zzz"])
+
+
 def test_restore_refuses_foreign_or_broken_records_and_changes_nothing():
     s = store()
     write(s, ["a"], 1.0)
