@@ -38,25 +38,95 @@ class Restored:
     partitions: dict[str, int] = field(default_factory=dict)
 
 
+class Snapshots:
+    """Changelog records taken at a checkpoint, sent later a chunk at a time.
+
+    Taking them is one bulk copy of the store under the predictor's lock
+    (``StateStore.snapshot_block``); cutting the block into records, encoding
+    the keys and handing them to the producer happens outside the lock and can
+    be spread over several loop steps (``send``), so a checkpoint of 10^4
+    streams never stalls the loop for the whole of it. Records are grouped by
+    partition (one ``send_many`` per run); a stream's snapshots and tombstones
+    keep the order in which checkpoints were taken as long as each
+    ``Snapshots`` is sent completely before the next one starts.
+    """
+
+    CHUNK = 256  # records per send_many between clock checks
+
+    def __init__(self, topic: str, store: StateStore, changed: dict[str, int]) -> None:
+        present: dict[int, list[str]] = {}
+        gone: dict[int, list[str]] = {}
+        for stream, partition in changed.items():
+            (present if stream in store else gone).setdefault(partition, []).append(stream)
+        self.topic = topic
+        self.streams: list[str] = []
+        self._runs: list[tuple[int, int]] = []  # (end, partition), in order
+        for groups in (present, gone):
+            for partition, streams in groups.items():
+                self.streams.extend(streams)
+                self._runs.append((len(self.streams), partition))
+        self.snapshots = sum(len(v) for v in present.values())
+        self.tombstones = len(self.streams) - self.snapshots
+        self._block = store.snapshot_block(self.streams[: self.snapshots])
+        self._size = store.snapshot_size
+        self.sent = 0
+        self._run = 0
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    @property
+    def done(self) -> bool:
+        return self.sent >= len(self.streams)
+
+    def send(
+        self,
+        producer: Producer,
+        until: int | None = None,
+        deadline: float | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> bool:
+        """Send in order up to record ``until`` (all if None), then on until ``deadline``.
+
+        Returns True once every record is sent.
+        """
+        total = len(self.streams)
+        floor = total if until is None else min(until, total)
+        streams, block, size = self.streams, self._block, self._size
+        while self.sent < total:
+            if self.sent >= floor and (deadline is None or clock() >= deadline):
+                break
+            end, partition = self._runs[self._run]
+            stop = min(end, self.sent + self.CHUNK)
+            if stop <= self.snapshots:
+                pairs = [
+                    (streams[k].encode(), block[k * size : (k + 1) * size])
+                    for k in range(self.sent, stop)
+                ]
+            else:
+                pairs = [(streams[k].encode(), None) for k in range(self.sent, stop)]
+            producer.send_many(self.topic, pairs, partition=partition)
+            self.sent = stop
+            if stop == end:
+                self._run += 1
+        return self.done
+
+
 def write(
     producer: Producer,
     topic: str,
     store: StateStore,
     changed: dict[str, int],
 ) -> tuple[int, int]:
-    """Send the state of ``changed`` streams (stream -> input partition).
+    """Send the state of ``changed`` streams (stream -> input partition) at once.
 
     Streams still in the store get a snapshot, the others a tombstone. The
     caller holds the predictor's lock (the store must not move meanwhile) and
     flushes the producer afterwards. Returns (snapshots, tombstones).
     """
-    present = [s for s in changed if s in store]
-    gone = [s for s in changed if s not in store]
-    for stream, value in zip(present, store.snapshot(present), strict=True):
-        producer.send(topic, stream.encode(), value, partition=changed[stream])
-    for stream in gone:
-        producer.send(topic, stream.encode(), None, partition=changed[stream])
-    return len(present), len(gone)
+    records = Snapshots(topic, store, changed)
+    records.send(producer)
+    return records.snapshots, records.tombstones
 
 
 def read_latest(

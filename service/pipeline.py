@@ -55,20 +55,11 @@ class _Checkpoint:
     """A periodic checkpoint on its way: snapshots held, then sent, then committed."""
 
     offsets: dict[TopicPartition, int]
-    records: list[tuple[str, bytes, bytes | None, int | None]]  # changelog, not sent yet
+    changelog: changelog.Snapshots | None  # taken at the checkpoint, sent once `mark` is acked
     mark: int  # before sending: the predictions' mark; after: the changelog's
     since: float
+    sending_since: float | None = None
     sent: bool = False
-
-
-class _Held:
-    """A Producer stand-in for ``changelog.write``: keeps the records to send later."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, bytes, bytes | None, int | None]] = []
-
-    def send(self, topic, key, value, headers=None, partition=None) -> None:
-        self.records.append((topic, key, value, partition))
 
 
 @dataclass(frozen=True)
@@ -85,6 +76,10 @@ class PipelineSettings:
     commit_interval_ms: int = 1000
     restore_timeout_s: float = 60.0
     ack_timeout_s: float = 30.0  # a checkpoint not acknowledged by then: the broker is gone
+    # A checkpoint's changelog records are sent over this share of the commit
+    # interval, a little each step, plus up to send_budget_ms of a step's time.
+    changelog_pace: float = 0.5
+    changelog_send_budget_ms: float = 1.0
     idle_poll_ms: int = 100
 
 
@@ -291,14 +286,16 @@ class Pipeline:
 
         Blocking: when it returns, everything processed is committed (or the
         commit was refused). Pending periodic checkpoints are covered by it:
-        their held snapshots are sent first (they are older than the state now).
+        the rest of their snapshots is sent first (older than the state now).
         """
         self.producer.flush()
         for cp in self._pending:
-            if not cp.sent:
-                self._send(cp.records)
+            if cp.changelog is not None and not cp.sent:
+                cp.changelog.send(self.producer)
         self._pending.clear()
-        self._write_changelog(self.producer)
+        records = self._take_changelog()
+        if records is not None:
+            records.send(self.producer)
         self.producer.flush()
         self._commit(self._offsets())
 
@@ -308,22 +305,22 @@ class Pipeline:
         The snapshots and offsets reflect exactly the events processed so far,
         whose predictions were all sent before the mark taken here.
         """
-        held = _Held()
-        self._write_changelog(held)
+        records = self._take_changelog()
         offsets = self._offsets()
-        if offsets or held.records:
-            cp = _Checkpoint(offsets, held.records, self.producer.mark(), self._clock())
+        if offsets or records is not None:
+            cp = _Checkpoint(offsets, records, self.producer.mark(), self._clock())
             self._pending.append(cp)
             self._advance_checkpoints()
 
     def _advance_checkpoints(self) -> None:
         """Move pending checkpoints on, oldest first, as far as acknowledgements allow.
 
-        Predictions acknowledged -> send the held changelog records, take a
-        mark; those acknowledged -> commit (the newest such checkpoint's
-        offsets win). A send that failed raises BrokerUnavailable here (from
-        the producer), as does a checkpoint not through after
-        ``ack_timeout_s``: the loop stops, nothing more is committed.
+        Predictions acknowledged -> send the held changelog records (paced over
+        several steps, see :meth:`_send_paced`), take a mark; those
+        acknowledged -> commit (the newest such checkpoint's offsets win). A
+        send that failed raises BrokerUnavailable here (from the producer), as
+        does a checkpoint not through after ``ack_timeout_s``: the loop stops,
+        nothing more is committed.
         """
         pending = self._pending
         ready: dict[TopicPartition, int] = {}
@@ -332,9 +329,10 @@ class Pipeline:
             if cp.sent:
                 ready.update(cp.offsets)  # in order: newer offsets overwrite older
                 pending.pop(0)
+            elif self._send_paced(cp, behind=len(pending) > 1):
+                cp.changelog, cp.sent, cp.mark = None, True, self.producer.mark()
             else:
-                self._send(cp.records)
-                cp.records, cp.sent, cp.mark = [], True, self.producer.mark()
+                break  # more of its records in the next steps
         if pending and self._clock() - pending[0].since > self.settings.ack_timeout_s:
             raise BrokerUnavailable(
                 f"a checkpoint's records were not acknowledged within "
@@ -343,27 +341,42 @@ class Pipeline:
         if ready:
             self._commit({tp: pos for tp, pos in ready.items() if tp[1] in self._assigned})
 
-    def _send(self, records: list[tuple[str, bytes, bytes | None, int | None]]) -> None:
-        """Held changelog records, one send_many per partition (order kept per partition)."""
-        by_partition: dict[tuple[str, int | None], list[tuple[bytes, bytes | None]]] = {}
-        for topic, key, value, partition in records:
-            by_partition.setdefault((topic, partition), []).append((key, value))
-        for (topic, partition), pairs in by_partition.items():
-            self.producer.send_many(topic, pairs, partition=partition)
+    def _send_paced(self, cp: _Checkpoint, behind: bool) -> bool:
+        """Send a share of the checkpoint's changelog; True once all of it is sent.
 
-    def _write_changelog(self, producer: Producer | _Held) -> None:
+        The share grows linearly so that everything is out after
+        ``changelog_pace`` of the commit interval: 10^4 snapshots cost the loop
+        about a millisecond a step instead of tens of milliseconds at once,
+        which the p99 of event-to-prediction latency saw. A newer checkpoint
+        already waiting means the pace fell behind: the rest goes at once.
+        """
+        records = cp.changelog
+        if records is None:
+            return True
+        if behind:
+            return records.send(self.producer)
+        s = self.settings
+        now = self._clock()
+        if cp.sending_since is None:
+            cp.sending_since = now
+        span = s.changelog_pace * s.commit_interval_ms / 1000
+        share = 1.0 if span <= 0 else (now - cp.sending_since) / span
+        until = int(len(records) * min(share, 1.0))
+        deadline = time.perf_counter() + s.changelog_send_budget_ms / 1000
+        return records.send(self.producer, until=until, deadline=deadline)
+
+    def _take_changelog(self) -> changelog.Snapshots | None:
+        """Snapshot the streams changed since the last checkpoint (None if none did)."""
         with self.predictor.lock, self._changed_lock:
             self._collect_evicted()
             changed, self._changed = self._changed, {}
             if not changed:
-                return
-            written, tombstones = changelog.write(
-                producer,  # type: ignore[arg-type]
-                self.settings.changelog_topic,
-                self.predictor.store,
-                changed,
+                return None
+            records = changelog.Snapshots(
+                self.settings.changelog_topic, self.predictor.store, changed
             )
-        log.debug("changelog: %d snapshots, %d tombstones", written, tombstones)
+        log.debug("changelog: %d snapshots, %d tombstones", records.snapshots, records.tombstones)
+        return records
 
     def _offsets(self) -> dict[TopicPartition, int]:
         """The next offsets to read of the assigned partitions, where not committed yet."""

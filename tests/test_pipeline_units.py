@@ -7,6 +7,7 @@ test_pipeline*.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import threading
@@ -443,3 +444,64 @@ def test_revocation_with_a_checkpoint_pending_flushes_and_commits_the_latest(loa
     assert log[-2][0] == "flush"  # committed after a flush, not on the pending mark
     pipeline.step()  # the old mark is gone: nothing committed for a revoked partition
     assert log[-1] == ("commit", {(TOPIC, 0): 3})
+
+
+def test_a_large_changelog_is_sent_over_several_steps_then_committed(loaded):
+    """10^4 snapshots at once stalled the loop ~30 ms; they are spread over half the interval."""
+    clock = [1000.0]
+    pipeline, consumer, producer, log = build(loaded, max_streams=1000)
+    pipeline._clock = lambda: clock[0]
+    pipeline.settings = dataclasses.replace(
+        pipeline.settings, commit_interval_ms=1000, changelog_send_budget_ms=0.0
+    )
+    consumer.on_assign([(TOPIC, 0), (TOPIC, 1)])
+    streams = [f"s{k}" for k in range(600)]
+    consumer.queue.append([record(s, k, partition=k % 2) for k, s in enumerate(streams)])
+    pipeline._next_checkpoint = 0
+    pipeline.step()  # predictions acknowledged at once; the pace has not begun yet
+
+    def changelog_sent():
+        return [s for s in producer.sent if s[0] == "cl"]
+
+    assert changelog_sent() == []
+    clock[0] += 0.25  # half of the pace (0.5 x 1 s): at least half of the records
+    pipeline.step()
+    first = len(changelog_sent())
+    assert 300 <= first < 600
+    assert not [e for e in log if e[0] == "commit"]
+    clock[0] += 0.25
+    pipeline.step()  # all sent, the changelog's mark taken
+    pipeline.step()  # ...and acknowledged: committed
+    sent = changelog_sent()
+    assert sorted(k.decode() for _, k, _, _ in sent) == sorted(streams)
+    assert all(part == int(key[1:]) % 2 for _, key, _, part in sent)  # its input partition
+    assert [e for e in log if e[0] == "commit"] == [("commit", {(TOPIC, 0): 599, (TOPIC, 1): 600})]
+    restored = Predictor(pipeline.predictor.loaded, max_streams=1000)
+    restored.store.restore((k.decode(), v) for _, k, v, _ in sent)
+    for stream in ("s0", "s301", "s599"):
+        assert restored.info(stream).h.equal(pipeline.predictor.info(stream).h)
+
+
+def test_a_checkpoint_behind_its_pace_is_sent_at_once_when_the_next_one_is_due(loaded):
+    clock = [1000.0]
+    pipeline, consumer, producer, log = build(loaded, max_streams=1000)
+    pipeline._clock = lambda: clock[0]
+    pipeline.settings = dataclasses.replace(
+        pipeline.settings, commit_interval_ms=1000, changelog_send_budget_ms=0.0
+    )
+    consumer.on_assign([(TOPIC, 0)])
+    consumer.queue.append([record(f"s{k}", k) for k in range(400)])
+    pipeline._next_checkpoint = 0
+    pipeline.step()
+    assert not [s for s in producer.sent if s[0] == "cl"]
+    consumer.queue.append([record("s0", 400)])
+    pipeline._next_checkpoint = 0  # the next checkpoint, before the pace let any out
+    pipeline.step()
+    keys = [k for t, k, _, _ in producer.sent if t == "cl"]
+    assert len(keys) == 400  # the first checkpoint's records, all of them, in one step
+    clock[0] += 0.5  # the second checkpoint at its own pace
+    pipeline.step()
+    pipeline.step()
+    keys = [k for t, k, _, _ in producer.sent if t == "cl"]
+    assert keys[400:] == [b"s0"]  # then the second's, after it
+    assert log[-1] == ("commit", {(TOPIC, 0): 401})
