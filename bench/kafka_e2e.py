@@ -23,7 +23,9 @@ Then the latency run (``--latency``): a fresh serve with the same client,
 events produced at ``--latency-fraction`` (default 0.5) of the (b) rate for
 ``--latency-seconds``; p50/p99 of prediction timestamp - event timestamp, both
 Kafka CreateTime (the producer's clock when the record was handed to the
-client; one machine, one clock).
+client; one machine, one clock). Before it, the same input through
+bench/echo_worker.py (consume and re-produce with the same client and loop
+shape, no work): the floor that the transport itself puts under the latency.
 """
 
 from __future__ import annotations
@@ -133,6 +135,22 @@ class Serve:
         self.log.close()
 
 
+class Echo(Serve):
+    """bench/echo_worker.py as a subprocess: the same transport, no work (latency floor)."""
+
+    def __init__(self, bootstrap: str, registry: Path, client: str, input_topic: str, args) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.group = f"echo-{client}-{tag}"
+        self.output = f"{input_topic}.echo-{tag}"
+        self.log = open(Path(tempfile.gettempdir()) / f"kafka_e2e_echo_{tag}.log", "w")  # noqa: SIM115
+        worker = Path(__file__).with_name("echo_worker.py")
+        cmd = [
+            sys.executable, str(worker), bootstrap, client, self.group, input_topic,
+            self.output, str(args.max_batch), "5",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+
+
 def wait_committed(
     bootstrap: str,
     client: str,
@@ -238,7 +256,7 @@ def bench_naive(records, seconds: float) -> tuple[float, float]:
     return done / (time.perf_counter() - start), done / (time.process_time() - cpu)
 
 
-def bench_latency(bootstrap, registry, client, rate: float, args) -> dict:
+def bench_latency(bootstrap, registry, client, rate: float, args, worker=Serve) -> dict:
     topic = f"lat-{uuid.uuid4().hex[:8]}"
     cfg = KafkaClientConfig(bootstrap, client=_fast_client(), client_id="e2e-latency")
     admin = open_admin(cfg)
@@ -247,7 +265,7 @@ def bench_latency(bootstrap, registry, client, rate: float, args) -> dict:
     total = int(rate * args.latency_seconds)
     messages = make_messages(total + 100, args.streams, seed=1)
     warmup, paced = messages[:100], messages[100:]
-    serve = Serve(bootstrap, registry, client, topic, args)
+    serve = worker(bootstrap, registry, client, topic, args)
     producer = open_producer(cfg)
     try:
         producer.send_many(topic, warmup)
@@ -369,13 +387,14 @@ def main() -> None:
             )
             if args.latency:
                 rate = args.latency_rate or b * args.latency_fraction
-                lat = bench_latency(bootstrap, registry, client, rate, args)
-                row["latency"] = lat
-                print(
-                    f"{'':>13}  latency at {lat['achieved_rate']:,.0f} events/s: "
-                    f"p50 {lat['p50_ms']:.1f} ms  p99 {lat['p99_ms']:.1f} ms  "
-                    f"max {lat['max_ms']:.0f} ms"
-                )
+                for name, worker in (("echo", Echo), ("serve", Serve)):
+                    lat = bench_latency(bootstrap, registry, client, rate, args, worker)
+                    row["latency" if name == "serve" else "echo_latency"] = lat
+                    print(
+                        f"{'':>13}  {name:>5} latency at {lat['achieved_rate']:,.0f} events/s: "
+                        f"p50 {lat['p50_ms']:.1f} ms  p99 {lat['p99_ms']:.1f} ms  "
+                        f"max {lat['max_ms']:.0f} ms"
+                    )
             results["clients"][client] = row
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
