@@ -10,10 +10,38 @@ gate activations for explanation.
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+from streamcell.errors import ConfigError
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` -> a device that exists here.
+
+    ``auto`` takes the first GPU when torch sees one and the CPU otherwise, so
+    one command line serves on either; naming a GPU that is not there is an
+    error rather than a silent fall back.
+    """
+    if not DEVICE_PATTERN.match(spec):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}")
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {spec}: torch {torch.__version__} sees no CUDA GPU "
+                "(a CPU build of torch, or no GPU/driver on this machine)"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {spec}: torch sees {torch.cuda.device_count()} GPU(s)")
+    return device
 
 
 class Gates(NamedTuple):

@@ -59,14 +59,19 @@ class Predictor:
         ttl_seconds: float | None = None,
         keep_gates: bool = False,
         clock: Callable[[], float] = time.time,
+        device: torch.device | str = "cpu",
     ) -> None:
         self._lock = threading.RLock()
         self._clock = clock
+        # The model and the (h, c) slabs live here; events arrive and results
+        # leave as numpy in host memory, one transfer each way per wave.
+        self.device = torch.device(device)
         self._store_args = dict(
             max_streams=max_streams,
             initial_capacity=initial_capacity,
             ttl_seconds=ttl_seconds,
             keep_gates=keep_gates,
+            device=self.device,
         )
         self.resets = 0  # streams dropped because a new version changed the architecture
         self._install(loaded)
@@ -75,13 +80,18 @@ class Predictor:
     # ---------------------------------------------------------------- model
     def _install(self, loaded: LoadedModel) -> None:
         cfg = loaded.config
+        dev = self.device
+        loaded.model.to(dev)
         self.loaded = loaded
-        self._in_mean = torch.tensor(cfg.input_mean, dtype=torch.float32)
-        self._in_std = torch.tensor(cfg.input_std, dtype=torch.float32)
-        self._out_mean = torch.tensor(cfg.target_mean, dtype=torch.float32)
-        self._out_std = torch.tensor(cfg.target_std, dtype=torch.float32)
+        self._in_mean = torch.tensor(cfg.input_mean, dtype=torch.float32, device=dev)
+        self._in_std = torch.tensor(cfg.input_std, dtype=torch.float32, device=dev)
+        self._out_mean = torch.tensor(cfg.target_mean, dtype=torch.float32, device=dev)
+        self._out_std = torch.tensor(cfg.target_std, dtype=torch.float32, device=dev)
         tidx = cfg.target_index
         self._target_index = None if tidx is None else np.asarray(tidx, dtype=np.int64)
+        self._target_columns = (
+            None if tidx is None else torch.as_tensor(tidx, dtype=torch.int64, device=dev)
+        )
 
     def _new_store(self) -> StateStore:
         cfg = self.loaded.config
@@ -178,7 +188,7 @@ class Predictor:
             seen = store.events[slots] > 0
             if seen.any():
                 actual = x[seen][:, self._target_index]
-                err = np.abs(actual - store.yhat[torch.from_numpy(slots[seen])].numpy())
+                err = np.abs(actual - store.yhat[store.index(slots[seen])].cpu().numpy())
                 errors.append(err)
                 store.err_sum[slots[seen]] += err.mean(axis=1)
                 store.err_count[slots[seen]] += 1
@@ -190,8 +200,8 @@ class Predictor:
             store.scale_sum[slots] += np.abs(x.astype(np.float64))
             scale = torch.from_numpy(
                 scale_from_sums(store.scale_sum[slots], counts, cfg.scale_floor)
-            )
-        xt = torch.from_numpy(x)
+            ).to(self.device)
+        xt = torch.from_numpy(x).to(self.device)
         if scale is not None:
             xt = xt / scale
         u = (xt - self._in_mean) / self._in_std
@@ -201,8 +211,8 @@ class Predictor:
         store.scatter(slots, step.h, step.c)
         yhat = step.y * self._out_std + self._out_mean
         if scale is not None:
-            yhat = yhat * scale[:, torch.from_numpy(self._target_index)]
-        idx = torch.from_numpy(slots)
+            yhat = yhat * scale[:, self._target_columns]
+        idx = store.index(slots)
         store.yhat.index_copy_(0, idx, yhat)
         if store.gates is not None and step.gates is not None:
             # [L, B, H] x 4 -> [B, L, 4, H]
@@ -214,7 +224,7 @@ class Predictor:
         store.offset[slots] = np.where(from_kafka, off, store.offset[slots])
 
         result.outcome[rows] = PREDICTED
-        result.yhat[rows] = yhat.numpy()
+        result.yhat[rows] = yhat.cpu().numpy()
         result.events[rows] = counts
         touched.update(dict.fromkeys(streams))
 
@@ -246,13 +256,13 @@ class Predictor:
             if cfg.scaling != SCALING_GLOBAL and count > 0:
                 scale = torch.from_numpy(
                     scale_from_sums(self.store.scale_sum[slots], np.array([count]), cfg.scale_floor)
-                )
+                ).to(self.device)
         if count == 0:
             raise StreamNotFound(f"stream {stream!r} has seen no events to forecast from")
         out = np.empty((horizon, cfg.output_size), dtype=np.float32)
         model = self.loaded.model
         for k in range(horizon):
-            out[k] = prev[0].numpy()
+            out[k] = prev[0].cpu().numpy()
             if k + 1 == horizon:
                 break
             xt = prev if scale is None else prev / scale

@@ -60,6 +60,7 @@ class StateStore:
         max_streams: int = 100_000,
         ttl_seconds: float | None = None,
         keep_gates: bool = False,
+        device: torch.device | str = "cpu",
     ) -> None:
         if max_streams < 1:
             raise ValueError(f"max_streams must be at least 1, got {max_streams}")
@@ -72,6 +73,9 @@ class StateStore:
         self.max_streams = max_streams
         self.ttl_seconds = ttl_seconds
         self.keep_gates = keep_gates
+        # Where the tensors (h, c, the last predictions, gates) live; the
+        # bookkeeping arrays stay in host memory, numpy.
+        self.device = torch.device(device)
         self.evicted = 0
         self.expired = 0
         self._index: OrderedDict[str, int] = OrderedDict()
@@ -108,7 +112,7 @@ class StateStore:
         L, H = self.num_layers, self.hidden_size
 
         def grow_tensor(t: Tensor | None, shape: tuple[int, ...], dim: int) -> Tensor:
-            fresh = torch.zeros(shape)
+            fresh = torch.zeros(shape, device=self.device)
             return fresh if t is None else torch.cat([t, fresh], dim=dim)
 
         def grow_array(a: np.ndarray | None, shape: tuple[int, ...], dtype, fill=0) -> np.ndarray:
@@ -245,14 +249,18 @@ class StateStore:
         self._free.append(slot)
 
     # -------------------------------------------------------- gather/scatter
+    def index(self, slots: np.ndarray) -> Tensor:
+        """Slots as an index tensor on the store's device."""
+        return torch.from_numpy(slots).to(self.device)
+
     def gather(self, slots: np.ndarray) -> tuple[Tensor, Tensor]:
         """Copies of (h, c) for the slots, each ``[num_layers, B, hidden]``."""
-        idx = torch.from_numpy(slots)
+        idx = self.index(slots)
         return self.h.index_select(1, idx), self.c.index_select(1, idx)
 
     def scatter(self, slots: np.ndarray, h: Tensor, c: Tensor) -> None:
         """Write (h, c) ``[num_layers, B, hidden]`` back to distinct slots."""
-        idx = torch.from_numpy(slots)
+        idx = self.index(slots)
         self.h.index_copy_(1, idx, h)
         self.c.index_copy_(1, idx, c)
 
@@ -312,11 +320,11 @@ class StateStore:
             offset=int(self.offset[slot]),
             seq=int(self.seq[slot]),
             last_seen=float(self.last_seen[slot]),
-            last_prediction=tuple(float(v) for v in self.yhat[slot]),
+            last_prediction=tuple(self.yhat[slot].tolist()),
             online_mae=float(self.err_sum[slot] / count) if count else None,
-            h=self.h[:, slot].clone(),
-            c=self.c[:, slot].clone(),
-            gates=None if self.gates is None else self.gates[slot].clone(),
+            h=self.h[:, slot].to("cpu", copy=True),
+            c=self.c[:, slot].to("cpu", copy=True),
+            gates=None if self.gates is None else self.gates[slot].to("cpu", copy=True),
         )
 
     # ------------------------------------------------------ snapshot/restore
@@ -345,7 +353,7 @@ class StateStore:
             raise KeyError(f"cannot snapshot unknown streams: {missing[:5]}") from None
         rec = np.empty(len(streams), dtype=self._record)
         rec["header"] = self._header_row
-        idx = torch.from_numpy(slots)
+        idx = self.index(slots)
         # [L, B, H] slabs into the records' [B, L, H] fields a layer at a time:
         # each copy moves whole H-float rows (a permuted copy is 7x slower).
         for name, slab in (("h", self.h), ("c", self.c)):
@@ -402,10 +410,11 @@ class StateStore:
         rec = np.frombuffer(b"".join(payloads[k] for k in order), dtype=self._record)
         streams = [items[k][0] for k in order]
         slots = self.slots(streams, now if now is not None else 0.0)
-        idx = torch.from_numpy(slots)
-        self.h.index_copy_(1, idx, torch.from_numpy(rec["h"].transpose(1, 0, 2).copy()))
-        self.c.index_copy_(1, idx, torch.from_numpy(rec["c"].transpose(1, 0, 2).copy()))
-        self.yhat.index_copy_(0, idx, torch.from_numpy(rec["yhat"].copy()))
+        idx = self.index(slots)
+        dev = self.device
+        self.h.index_copy_(1, idx, torch.from_numpy(rec["h"].transpose(1, 0, 2).copy()).to(dev))
+        self.c.index_copy_(1, idx, torch.from_numpy(rec["c"].transpose(1, 0, 2).copy()).to(dev))
+        self.yhat.index_copy_(0, idx, torch.from_numpy(rec["yhat"].copy()).to(dev))
         if self.gates is not None:
             self.gates.index_fill_(0, idx, 0.0)
         for name in ("events", "partition", "offset", "seq", "scale_sum", "err_sum", "err_count"):
