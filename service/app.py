@@ -27,6 +27,7 @@ from typing import Any
 
 from streamcell.checkpoint import check_name
 from streamcell.errors import ConfigError, ModelNotLoaded
+from streamcell.model import resolve_device
 from streamcell.predictor import Predictor
 from streamcell.service import reload
 from streamcell.service.metrics import Metrics
@@ -50,6 +51,7 @@ class App:
         self._http: Any = None
         self._kafka_cfg: Any = None
         self._admin: Any = None
+        self.device = resolve_device(settings.device)  # a bad --device fails before anything
 
     # ------------------------------------------------------------- parts
     def _start_metrics(self) -> None:
@@ -152,6 +154,7 @@ class App:
                     max_streams=s.max_streams,
                     ttl_seconds=s.stream_ttl_s,
                     keep_gates=s.keep_gates,
+                    device=self.device,
                 )
                 self.metrics.record_model(
                     loaded.name, loaded.version, reload._validation_mae(loaded)
@@ -194,6 +197,7 @@ class App:
         if not s.registry.is_dir():
             raise ConfigError(f"model registry {s.registry} is not a directory")
         torch.set_num_threads(s.torch_threads)
+        log.info("the LSTM step runs on %s", self.device)
         try:
             self._start_metrics()
             partitions = self._ensure_topics() if s.bootstrap_servers else None

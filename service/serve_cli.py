@@ -86,6 +86,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="torch intra-op threads (default 1: keeps the step batch-invariant and bit-exact)",
     )
+    st.add_argument(
+        "--device",
+        default="cpu",
+        help="where the LSTM step and the (h, c) slabs live: cpu (default), cuda, cuda:N, "
+        "or auto (the first GPU if torch sees one, else the CPU)",
+    )
     m = parser.add_argument_group("metrics")
     m.add_argument("--metrics-host", default="0.0.0.0")
     m.add_argument(
@@ -135,6 +141,7 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
         metrics_port=None if args.no_metrics else args.metrics_port,
         keep_gates=args.keep_gates,
         torch_threads=args.torch_threads,
+        device=args.device,
         restore_timeout_s=args.restore_timeout_s,
         grpc=grpc,
     )

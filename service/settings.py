@@ -43,6 +43,7 @@ class ServeSettings:
     metrics_port: int | None = 9100
     keep_gates: bool = False
     torch_threads: int = 1
+    device: str = "cpu"  # auto, cpu, cuda or cuda:N (resolved when the service starts)
     restore_timeout_s: float = 60.0
     grpc: Any = None  # grpc_api.GrpcSettings, or None for no gRPC server
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pipeline_support import Serve, make_model
 
@@ -63,6 +64,12 @@ def test_settings_carry_the_flags():
         (["--stream-ttl-s", "nan"], "--stream-ttl-s must be positive, got nan"),
         (["--restore-timeout-s", "nan"], "--restore-timeout-s must be positive"),
         (["--poll-registry-s", "nan"], "--poll-registry-s must be a number"),
+        (["--device", "gpu"], "device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        pytest.param(
+            ["--device", "cuda"],
+            "sees no CUDA GPU",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here"),
+        ),
     ],
 )
 def test_bad_settings_exit_2_with_a_message(flags, message, capsys):
