@@ -1,6 +1,6 @@
 """Batched streaming step vs one torch.nn.LSTM call per event, side by side.
 
-    python bench/step_bench.py [--streams 100000] [--threads 1]
+    python bench/step_bench.py [--streams 100000] [--threads 1] [--device cuda]
 
 For each batch size B: pick B random streams of a slab store holding
 ``--streams`` streams, gather their (h, c), run one batched step, scatter back;
@@ -8,12 +8,16 @@ events/s = B / time. The naive design keeps a dict of per-stream (h, c) and
 calls torch.nn.LSTM once per event. Also times the full Predictor (waves,
 normalisation, bookkeeping) at B = 1024. The designs are measured round-robin
 for ``--rounds`` rounds and each keeps its best round, so that a burst of load
-from elsewhere on a shared machine hits every design alike.
+from elsewhere on a shared machine hits every design alike. ``--device cuda``
+adds the batched step and the full Predictor with the model and the (h, c)
+slabs on the GPU (events from host memory, predictions back to it), at larger
+batches too; each timed call ends with a synchronize.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import numpy as np
@@ -43,13 +47,16 @@ def timed(fn, min_seconds: float) -> float:
 def batched(model: StreamingLSTM, store: StateStore, batch: int):
     rng = np.random.default_rng(batch)
     ids = store.stream_ids()
+    device = store.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
 
     def one() -> None:
         pick = [ids[k] for k in rng.choice(len(ids), size=batch, replace=False)]
         slots = store.slots(pick, 0.0)
         h, c = store.gather(slots)
-        out = model.step(torch.randn(batch, INPUT), h, c)
+        out = model.step(torch.randn(batch, INPUT).to(device), h, c)
         store.scatter(slots, out.h, out.c)
+        sync()
 
     return one, batch
 
@@ -88,7 +95,7 @@ def naive(model: StreamingLSTM, streams: int):
     return one, 1
 
 
-def full_predictor(model: StreamingLSTM, streams: int, batch: int):
+def full_predictor(model: StreamingLSTM, streams: int, batch: int, device: str = "cpu"):
     names = [f"f{k}" for k in range(INPUT)]
     cfg = ModelConfig(
         INPUT,
@@ -102,7 +109,8 @@ def full_predictor(model: StreamingLSTM, streams: int, batch: int):
         [0.0] * INPUT,
         [1.0] * INPUT,
     )
-    predictor = Predictor(LoadedModel("bench", "v1", None, cfg, model), max_streams=streams)  # type: ignore[arg-type]
+    loaded = LoadedModel("bench", "v1", None, cfg, copy.deepcopy(model))  # type: ignore[arg-type]
+    predictor = Predictor(loaded, max_streams=streams, device=device)
     ids = [f"s{k}" for k in range(streams)]
     for k in range(0, streams, 4096):
         chunk = ids[k : k + 4096]
@@ -122,6 +130,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--seconds", type=float, default=0.5, help="time per measurement")
     parser.add_argument("--rounds", type=int, default=5, help="round-robin rounds (best kept)")
+    parser.add_argument("--device", default=None, help="also measure on this device (cuda)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -137,6 +146,20 @@ def main() -> None:
         model, store, 1024
     )
     designs["Predictor.predict, B=1024 (full path)"] = full_predictor(model, args.streams, 1024)
+    if args.device:
+        on = copy.deepcopy(model).to(args.device)
+        slab = StateStore(
+            LAYERS, HIDDEN, INPUT, INPUT, initial_capacity=args.streams,
+            max_streams=args.streams, device=args.device,
+        )  # fmt: skip
+        slab.slots([f"s{k}" for k in range(args.streams)], 0.0)
+        for batch in (1024, 4096, 16384, 65536):
+            if batch <= args.streams:
+                designs[f"batched step on {args.device}, B={batch}"] = batched(on, slab, batch)
+        for batch in (1024, 16384):
+            designs[f"Predictor.predict on {args.device}, B={batch}"] = full_predictor(
+                model, args.streams, batch, args.device
+            )
     best = dict.fromkeys(designs, 0.0)
     for _ in range(args.rounds):
         for name, (fn, events) in designs.items():
@@ -145,6 +168,11 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, threads={args.threads}, {args.streams} streams, "
         f"input={INPUT} hidden={HIDDEN} layers={LAYERS}, best of {args.rounds} rounds"
+        + (
+            f", {torch.cuda.get_device_name()}"
+            if torch.device(args.device or "cpu").type == "cuda"
+            else ""
+        )
     )
     print(f"{'design':<46}{'events/s':>14}{'vs naive':>10}")
     for name, rate in best.items():
