@@ -336,18 +336,24 @@ class StateStore:
     def snapshot(self, streams: Sequence[str]) -> list[bytes]:
         """One self-describing, byte-exact record per stream (for the changelog)."""
         block, size = self.snapshot_block(streams), self._record.itemsize
-        return [block[k * size : (k + 1) * size] for k in range(len(streams))]
+        return [bytes(block[k * size : (k + 1) * size]) for k in range(len(streams))]
 
-    def snapshot_block(self, streams: Sequence[str]) -> bytes:
+    def contains(self, streams: Sequence[str]) -> np.ndarray:
+        """Which of ``streams`` the store holds, as a bool array (one C-level pass)."""
+        return np.fromiter(map(self._index.__contains__, streams), np.bool_, len(streams))
+
+    def snapshot_block(self, streams: Sequence[str]) -> memoryview:
         """The snapshots of ``streams``, back to back, ``snapshot_size`` bytes each.
 
-        A few vectorised copies, no per-stream objects: a checkpoint takes it
-        under the predictor's lock, and the records are cut from it later,
-        outside the lock and a few at a time (see changelog.Snapshots).
+        A few vectorised copies and no per-stream objects: a checkpoint takes
+        it under the predictor's lock. The records are cut from it later,
+        outside the lock and a few at a time (see changelog.Snapshots). A
+        read-only view of the records' own array, not a copy: copying 10^4
+        snapshots (12 MB) into a bytes object cost more than filling them.
         """
         index = self._index
         try:
-            slots = np.fromiter((index[s] for s in streams), np.int64, len(streams))
+            slots = np.fromiter(map(index.__getitem__, streams), np.int64, len(streams))
         except KeyError:
             missing = [s for s in streams if s not in index]
             raise KeyError(f"cannot snapshot unknown streams: {missing[:5]}") from None
@@ -372,7 +378,8 @@ class StateStore:
             "err_count",
         ):
             rec[name] = getattr(self, name)[slots]
-        return rec.tobytes()
+        rec.flags.writeable = False
+        return memoryview(rec).cast("B")
 
     def restore(self, items: Iterable[tuple[str, bytes]], now: float | None = None) -> int:
         """Load snapshot records, replacing any state those streams had.

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from streamcell.errors import StateFormatError
 from streamcell.state import StateStore
 
@@ -54,19 +56,26 @@ class Snapshots:
     CHUNK = 256  # records per send_many between clock checks
 
     def __init__(self, topic: str, store: StateStore, changed: dict[str, int]) -> None:
-        present: dict[int, list[str]] = {}
-        gone: dict[int, list[str]] = {}
-        for stream, partition in changed.items():
-            (present if stream in store else gone).setdefault(partition, []).append(stream)
+        # Snapshots first, then tombstones; each grouped by partition, in the
+        # order the streams changed. Sorted by numpy, not per stream in Python:
+        # this runs under the lock, for every stream changed in the interval.
+        streams = list(changed)
+        partitions = np.fromiter(changed.values(), np.int64, len(streams))
+        present = store.contains(streams)
+        order = np.lexsort((partitions, ~present))
         self.topic = topic
-        self.streams: list[str] = []
-        self._runs: list[tuple[int, int]] = []  # (end, partition), in order
-        for groups in (present, gone):
-            for partition, streams in groups.items():
-                self.streams.extend(streams)
-                self._runs.append((len(self.streams), partition))
-        self.snapshots = sum(len(v) for v in present.values())
-        self.tombstones = len(self.streams) - self.snapshots
+        self.streams: list[str] = [streams[k] for k in order.tolist()]
+        self.snapshots = int(present.sum())
+        self.tombstones = len(streams) - self.snapshots
+        ordered = partitions[order]
+        starts = np.flatnonzero(np.diff(ordered)) + 1
+        ends = np.append(starts, len(streams))
+        if 0 < self.snapshots < len(streams):
+            ends = np.union1d(ends, [self.snapshots])  # a run never spans both kinds
+        # (end, partition) of each run, in order
+        self._runs: list[tuple[int, int]] = [
+            (end, int(ordered[end - 1])) for end in ends.tolist() if end > 0
+        ]
         self._block = store.snapshot_block(self.streams[: self.snapshots])
         self._size = store.snapshot_size
         self.sent = 0
@@ -100,7 +109,7 @@ class Snapshots:
             stop = min(end, self.sent + self.CHUNK)
             if stop <= self.snapshots:
                 pairs = [
-                    (streams[k].encode(), block[k * size : (k + 1) * size])
+                    (streams[k].encode(), bytes(block[k * size : (k + 1) * size]))
                     for k in range(self.sent, stop)
                 ]
             else:
