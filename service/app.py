@@ -29,7 +29,7 @@ from streamcell.checkpoint import check_name
 from streamcell.errors import ConfigError, ModelNotLoaded
 from streamcell.model import resolve_device
 from streamcell.predictor import Predictor
-from streamcell.service import reload
+from streamcell.service import gc_pauses, reload
 from streamcell.service.metrics import Metrics
 from streamcell.service.settings import ServeSettings
 
@@ -206,6 +206,7 @@ class App:
             if not self._load_model(watcher, stop):
                 return 0
             watcher.due()  # the first poll just happened
+            gc_pauses.settle()  # start-up's objects out of the collector's scans (p99)
             if s.bootstrap_servers:
                 self.pipeline = self._build_pipeline(watcher, partitions)
                 log.info("consuming %s as group %s", s.input_topic, s.group_id)
