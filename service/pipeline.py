@@ -158,7 +158,7 @@ class Pipeline:
         if records:
             self.process(records)
         if self._pending:
-            self._advance_checkpoints()
+            self._advance_checkpoints(idle=not records)
         now = self._clock()
         if now >= self._next_checkpoint:
             self._expire()
@@ -207,11 +207,20 @@ class Pipeline:
             )
             if messages:
                 self.producer.send_many(s.output_topic, messages)
-            parts = batch.partition.tolist()
-            with self._changed_lock:
-                for k in rows.tolist():
-                    stream = batch.streams[k]
-                    self._owned[stream] = self._changed[stream] = parts[k]
+            if len(rows) == len(batch):
+                changed = dict(zip(batch.streams, batch.partition.tolist(), strict=True))
+            else:
+                streams = batch.streams
+                changed = dict(
+                    zip(
+                        [streams[k] for k in rows.tolist()],
+                        batch.partition[rows].tolist(),
+                        strict=True,
+                    )
+                )
+            with self._changed_lock:  # a stream's last event of the batch wins, as in order
+                self._owned.update(changed)
+                self._changed.update(changed)
             self.metrics.event_latency.observe_many(time.time() - decoded.event_time[rows], "kafka")
             counts["predicted"] = len(rows)
             counts["duplicate"] = int((result.outcome == DUPLICATE).sum())
@@ -312,7 +321,7 @@ class Pipeline:
             self._pending.append(cp)
             self._advance_checkpoints()
 
-    def _advance_checkpoints(self) -> None:
+    def _advance_checkpoints(self, idle: bool = False) -> None:
         """Move pending checkpoints on, oldest first, as far as acknowledgements allow.
 
         Predictions acknowledged -> send the held changelog records (paced over
@@ -320,7 +329,8 @@ class Pipeline:
         acknowledged -> commit (the newest such checkpoint's offsets win). A
         send that failed raises BrokerUnavailable here (from the producer), as
         does a checkpoint not through after ``ack_timeout_s``: the loop stops,
-        nothing more is committed.
+        nothing more is committed. ``idle``: the last poll found nothing, so
+        no event waits behind the changelog and it is sent without pacing.
         """
         pending = self._pending
         ready: dict[TopicPartition, int] = {}
@@ -329,7 +339,7 @@ class Pipeline:
             if cp.sent:
                 ready.update(cp.offsets)  # in order: newer offsets overwrite older
                 pending.pop(0)
-            elif self._send_paced(cp, behind=len(pending) > 1):
+            elif self._send_paced(cp, behind=idle or len(pending) > 1):
                 cp.changelog, cp.sent, cp.mark = None, True, self.producer.mark()
             else:
                 break  # more of its records in the next steps
@@ -347,8 +357,9 @@ class Pipeline:
         The share grows linearly so that everything is out after
         ``changelog_pace`` of the commit interval: 10^4 snapshots cost the loop
         about a millisecond a step instead of tens of milliseconds at once,
-        which the p99 of event-to-prediction latency saw. A newer checkpoint
-        already waiting means the pace fell behind: the rest goes at once.
+        which the p99 of event-to-prediction latency saw. ``behind`` (a newer
+        checkpoint already waiting: the pace fell behind; or an idle loop,
+        where nothing waits) sends the rest at once.
         """
         records = cp.changelog
         if records is None:

@@ -465,15 +465,17 @@ def test_a_large_changelog_is_sent_over_several_steps_then_committed(loaded):
 
     assert changelog_sent() == []
     clock[0] += 0.25  # half of the pace (0.5 x 1 s): at least half of the records
+    consumer.queue.append([record("busy", 1000)])  # events keep coming: the pace holds
     pipeline.step()
     first = len(changelog_sent())
     assert 300 <= first < 600
     assert not [e for e in log if e[0] == "commit"]
     clock[0] += 0.25
+    consumer.queue.append([record("busy", 1001)])
     pipeline.step()  # all sent, the changelog's mark taken
     pipeline.step()  # ...and acknowledged: committed
     sent = changelog_sent()
-    assert sorted(k.decode() for _, k, _, _ in sent) == sorted(streams)
+    assert sorted(k.decode() for _, k, _, _ in sent) == sorted(streams)  # not "busy" yet
     assert all(part == int(key[1:]) % 2 for _, key, _, part in sent)  # its input partition
     assert [e for e in log if e[0] == "commit"] == [("commit", {(TOPIC, 0): 599, (TOPIC, 1): 600})]
     restored = Predictor(pipeline.predictor.loaded, max_streams=1000)
@@ -505,3 +507,22 @@ def test_a_checkpoint_behind_its_pace_is_sent_at_once_when_the_next_one_is_due(l
     keys = [k for t, k, _, _ in producer.sent if t == "cl"]
     assert keys[400:] == [b"s0"]  # then the second's, after it
     assert log[-1] == ("commit", {(TOPIC, 0): 401})
+
+
+def test_an_idle_loop_sends_a_pending_changelog_at_once(loaded):
+    """Nothing waits behind it, and the last commit of a burst comes sooner."""
+    clock = [1000.0]
+    pipeline, consumer, producer, log = build(loaded, max_streams=1000)
+    pipeline._clock = lambda: clock[0]
+    pipeline.settings = dataclasses.replace(
+        pipeline.settings, commit_interval_ms=1000, changelog_send_budget_ms=0.0
+    )
+    consumer.on_assign([(TOPIC, 0)])
+    consumer.queue.append([record(f"s{k}", k) for k in range(500)])
+    pipeline._next_checkpoint = 0
+    pipeline.step()  # the checkpoint, right after its batch: nothing sent yet
+    assert not [s for s in producer.sent if s[0] == "cl"]
+    pipeline.step()  # an empty poll
+    assert len([s for s in producer.sent if s[0] == "cl"]) == 500
+    pipeline.step()
+    assert log[-1] == ("commit", {(TOPIC, 0): 500})
