@@ -4,9 +4,9 @@
 
 The same clients, settings and poll loop shape as ``streamcell serve`` (poll
 up to MAX_BATCH records or DELAY_MS, one ``send_many`` per poll, commit
-every second), but no decoding, model or changelog: each record becomes a
-small JSON value naming its input (partition, offset), so kafka_e2e.py can
-match it as it matches predictions. What is left is the floor that Kafka
+every second, the same garbage-collector settings), but no decoding, model
+or changelog: each record becomes a small JSON value naming its input
+(partition, offset), so kafka_e2e.py can match it as it matches predictions. What is left is the floor that Kafka
 itself puts under event-to-prediction latency on this machine.
 """
 
@@ -18,6 +18,11 @@ import time
 
 from streamcell.service.kafka import KafkaClientConfig, open_consumer, open_producer
 
+try:
+    from streamcell.service.gc_pauses import settle
+except ImportError:  # an older tree under test (before/after runs through PYTHONPATH)
+    settle = None
+
 
 def main() -> None:
     bootstrap, client, group, source, sink = sys.argv[1:6]
@@ -28,6 +33,8 @@ def main() -> None:
     cfg = KafkaClientConfig(bootstrap, client=client, client_id=group)
     consumer, producer = open_consumer(cfg, group), open_producer(cfg)
     consumer.subscribe([source], on_assign=lambda tps: None, on_revoke=lambda tps: None)
+    if settle is not None:
+        settle()  # as serve does: the collector's pauses are not the transport's
     positions: dict[tuple[str, int], int] = {}
     next_commit = time.monotonic() + 1.0
     try:
