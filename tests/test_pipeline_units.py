@@ -446,14 +446,20 @@ def test_revocation_with_a_checkpoint_pending_flushes_and_commits_the_latest(loa
     assert log[-1] == ("commit", {(TOPIC, 0): 3})
 
 
-def test_a_large_changelog_is_sent_over_several_steps_then_committed(loaded):
-    """10^4 snapshots at once stalled the loop ~30 ms; they are spread over half the interval."""
+def build_paced(loaded):
+    """A pipeline on a hand-moved clock, 1 s checkpoints, changelog paced by the clock alone."""
     clock = [1000.0]
     pipeline, consumer, producer, log = build(loaded, max_streams=1000)
     pipeline._clock = lambda: clock[0]
     pipeline.settings = dataclasses.replace(
         pipeline.settings, commit_interval_ms=1000, changelog_send_budget_ms=0.0
     )
+    return pipeline, consumer, producer, log, clock
+
+
+def test_a_large_changelog_is_sent_over_several_steps_then_committed(loaded):
+    """10^4 snapshots at once stalled the loop ~30 ms; they are spread over half the interval."""
+    pipeline, consumer, producer, log, clock = build_paced(loaded)
     consumer.on_assign([(TOPIC, 0), (TOPIC, 1)])
     streams = [f"s{k}" for k in range(600)]
     consumer.queue.append([record(s, k, partition=k % 2) for k, s in enumerate(streams)])
@@ -485,12 +491,7 @@ def test_a_large_changelog_is_sent_over_several_steps_then_committed(loaded):
 
 
 def test_a_checkpoint_behind_its_pace_is_sent_at_once_when_the_next_one_is_due(loaded):
-    clock = [1000.0]
-    pipeline, consumer, producer, log = build(loaded, max_streams=1000)
-    pipeline._clock = lambda: clock[0]
-    pipeline.settings = dataclasses.replace(
-        pipeline.settings, commit_interval_ms=1000, changelog_send_budget_ms=0.0
-    )
+    pipeline, consumer, producer, log, clock = build_paced(loaded)
     consumer.on_assign([(TOPIC, 0)])
     consumer.queue.append([record(f"s{k}", k) for k in range(400)])
     pipeline._next_checkpoint = 0
@@ -511,12 +512,7 @@ def test_a_checkpoint_behind_its_pace_is_sent_at_once_when_the_next_one_is_due(l
 
 def test_an_idle_loop_sends_a_pending_changelog_at_once(loaded):
     """Nothing waits behind it, and the last commit of a burst comes sooner."""
-    clock = [1000.0]
-    pipeline, consumer, producer, log = build(loaded, max_streams=1000)
-    pipeline._clock = lambda: clock[0]
-    pipeline.settings = dataclasses.replace(
-        pipeline.settings, commit_interval_ms=1000, changelog_send_budget_ms=0.0
-    )
+    pipeline, consumer, producer, log, _ = build_paced(loaded)
     consumer.on_assign([(TOPIC, 0)])
     consumer.queue.append([record(f"s{k}", k) for k in range(500)])
     pipeline._next_checkpoint = 0
