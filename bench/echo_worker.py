@@ -6,8 +6,9 @@ The same clients, settings and poll loop shape as ``streamcell serve`` (poll
 up to MAX_BATCH records or DELAY_MS, one ``send_many`` per poll, commit
 every second, the same garbage-collector settings), but no decoding, model
 or changelog: each record becomes a small JSON value naming its input
-(partition, offset), so kafka_e2e.py can match it as it matches predictions. What is left is the floor that Kafka
-itself puts under event-to-prediction latency on this machine.
+(partition, offset), so kafka_e2e.py can match it as it matches predictions.
+What is left is the floor that Kafka itself puts under event-to-prediction
+latency on this machine.
 """
 
 from __future__ import annotations
