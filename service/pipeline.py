@@ -10,7 +10,8 @@ the changelog -> flush -> commit the input offsets. Every
 ``commit_interval_ms`` the same order is kept without blocking the loop
 (:meth:`checkpoint_async`): the changed streams are snapshotted at once and
 held with the offsets and the producer's mark (every prediction sent so far);
-a later step sends the held snapshots once that mark is acknowledged (a
+later steps send the held snapshots, a share per step, once that mark is
+acknowledged (a
 changelog record must never reflect an event whose prediction could still be
 lost), takes a second mark, and commits the offsets once that one is
 acknowledged. On assignment a
