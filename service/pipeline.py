@@ -10,14 +10,13 @@ the changelog -> flush -> commit the input offsets. Every
 ``commit_interval_ms`` the same order is kept without blocking the loop
 (:meth:`checkpoint_async`): the changed streams are snapshotted at once and
 held with the offsets and the producer's mark (every prediction sent so far);
-later steps send the held snapshots, a share per step, once that mark is
-acknowledged (a
-changelog record must never reflect an event whose prediction could still be
-lost), takes a second mark, and commits the offsets once that one is
-acknowledged. On assignment a
-partition's streams are restored from the changelog before any of its events
-are processed; the Predictor then skips events whose offset a stream's state
-already reflects, and events whose seq it has applied.
+once that mark is acknowledged, later steps send the held snapshots, a share
+per step (a changelog record must never reflect an event whose prediction
+could still be lost), take a second mark, and commit the offsets once that
+one is acknowledged. On assignment a partition's streams are restored from
+the changelog before any of its events are processed; the Predictor then
+skips events whose offset a stream's state already reflects, and events
+whose seq it has applied.
 
 A model reload happens between two polls, right after a checkpoint, so the
 committed offsets mark exactly where the new version starts.
