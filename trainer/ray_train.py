@@ -262,6 +262,10 @@ def _worker(config: dict[str, Any]) -> None:
             ray.train.report(record)
         if fail_at == st.epoch and rank == world - 1 and not marker.exists():
             marker.touch()
+            # Rank 0's checkpoint of this epoch is registered when the controller
+            # next polls (every 0.2 s, RAY_TRAIN_ENV); failing at once let a
+            # restart resume from the epoch before (seen once in CI).
+            time.sleep(1.0)
             raise RuntimeError(f"injected failure after epoch {st.epoch} (test of recovery)")
 
     fit(
