@@ -21,23 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 from kafka_bench import make_messages
+from step_bench import timed
 
 from streamcell.service import codec
 from streamcell.service.kafka import Record
 
 
 def per_event_us(fn, events: int, min_seconds: float = 0.3) -> float:
-    fn()  # warm up
-    calls, start = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds:
-            return elapsed / calls / events * 1e6
+    return timed(fn, min_seconds) / events * 1e6
 
 
 def per_record_decode(records: list[Record]) -> codec.Decoded:
