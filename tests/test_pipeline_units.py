@@ -405,25 +405,27 @@ def test_periodic_checkpoint_commits_only_what_the_broker_acknowledged(loaded):
         assert restored.info(stream).h.equal(pipeline.predictor.info(stream).h)
 
 
-def test_a_failed_or_late_acknowledgement_stops_the_loop_before_any_commit(loaded):
-    clock = [1000.0]
+def checkpoint_pending(loaded, clock=None):
+    """Event "a" at offset 0 processed, a periodic checkpoint taken, nothing acknowledged."""
     pipeline, consumer, producer, log = build(loaded)
-    pipeline._clock = lambda: clock[0]
+    if clock is not None:
+        pipeline._clock = clock
     consumer.on_assign([(TOPIC, 0)])
     producer.acked = 0
     consumer.queue.append([record("a", 0)])
     pipeline._next_checkpoint = 0
     pipeline.step()
+    return pipeline, consumer, producer, log
+
+
+def test_a_failed_or_late_acknowledgement_stops_the_loop_before_any_commit(loaded):
+    clock = [1000.0]
+    pipeline, _, _, _ = checkpoint_pending(loaded, clock=lambda: clock[0])
     clock[0] += pipeline.settings.ack_timeout_s + 1
     with pytest.raises(BrokerUnavailable, match="not acknowledged"):
         pipeline.step()
 
-    pipeline, consumer, producer, log = build(loaded)
-    consumer.on_assign([(TOPIC, 0)])
-    producer.acked = 0
-    consumer.queue.append([record("a", 0)])
-    pipeline._next_checkpoint = 0
-    pipeline.step()
+    pipeline, _, producer, log = checkpoint_pending(loaded)
     producer.failure = BrokerUnavailable("a record was not delivered")
     producer.acked = None
     with pytest.raises(BrokerUnavailable, match="not delivered"):
@@ -432,12 +434,7 @@ def test_a_failed_or_late_acknowledgement_stops_the_loop_before_any_commit(loade
 
 
 def test_revocation_with_a_checkpoint_pending_flushes_and_commits_the_latest(loaded):
-    pipeline, consumer, producer, log = build(loaded)
-    consumer.on_assign([(TOPIC, 0)])
-    producer.acked = 0
-    consumer.queue.append([record("a", 0)])
-    pipeline._next_checkpoint = 0
-    pipeline.step()
+    pipeline, consumer, _, log = checkpoint_pending(loaded)
     pipeline.process([record("a", 1), record("b", 2)])
     consumer.on_revoke([(TOPIC, 0)])
     assert [e for e in log if e[0] == "commit"] == [("commit", {(TOPIC, 0): 3})]
