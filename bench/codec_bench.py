@@ -7,14 +7,18 @@ with stream, seq and 8 float features, keys ``stream-N``), in polls of
 ``--batch`` records. Measured round-robin, best round each, so a burst of load
 from elsewhere on a shared machine hits every variant alike:
 
-- decode: ``codec.decode`` as the service calls it (bulk path for a good poll);
-- per-record: the same call with the bulk path switched off (the code before
-  it; also what a poll holding a bad record costs, plus the failed bulk try);
-- 1 bad JSON / 1 bad ts: a poll whose last record is not JSON (the bulk try stops
-  after the scan) or has a bad ``ts`` (the bulk try fails at its last check);
-  both then go record by record, reusing the scanned documents;
-- json only: ``JSONDecoder.decode`` per record, and one decode of the poll's
-  values joined into one JSON array: the parsing floor with the stdlib.
+- decode: ``codec.decode`` as the service calls it (the bulk path for a good
+  poll: msgspec parses and type-checks each value, the rest of the rules
+  are checked column by column);
+- per-record: the standard library's path alone, record by record (msgspec
+  switched off): the reference the tests compare the bulk path with;
+- 1 bad JSON / 1 bad ts: a poll whose last record is not JSON (msgspec
+  refuses it, so the poll is parsed again one value at a time) or has a bad
+  ``ts`` (the bulk rules fail at their last check); both then go record by
+  record, the standard library reading only the values msgspec refused;
+- parsing alone: ``JSONDecoder.decode`` per record, one decode of the
+  poll's values joined into one JSON array (refused: a value could merge
+  with its neighbours), and msgspec's typed parse per record.
 """
 
 from __future__ import annotations
@@ -34,12 +38,13 @@ def per_event_us(fn, events: int, min_seconds: float = 0.3) -> float:
 
 
 def per_record_decode(records: list[Record]) -> codec.Decoded:
-    scan = codec._scan_all
-    codec._scan_all = lambda records: [codec._UNPARSED] * len(records)
+    """The standard library's path alone, record by record (msgspec switched off)."""
+    parse = codec._parse_typed
+    codec._parse_typed = lambda records: [None] * len(records)
     try:
         return codec.decode(records, 8)
     finally:
-        codec._scan_all = scan
+        codec._parse_typed = parse
 
 
 def main() -> None:
@@ -59,7 +64,7 @@ def main() -> None:
     ]
     values = [r.value for r in records]
     decoder = json.JSONDecoder()
-    rows = codec._bulk_json(records, codec._scan_all(records), 8)
+    rows = codec._bulk_typed(records, codec._parse_typed(records), 8)
     assert rows is not None, "the good poll must take the bulk path"
     fast, slow = codec.decode(records, 8), per_record_decode(records)
     assert fast.batch.x.tobytes() == slow.batch.x.tobytes() and fast.invalid == slow.invalid == []
@@ -72,6 +77,7 @@ def main() -> None:
         "json: one array of the poll": lambda: decoder.decode(
             (b"[" + b",".join(values) + b"]").decode()
         ),
+        "msgspec: typed parse per record": lambda: codec._parse_typed(records),
     }
     best = {name: float("inf") for name in variants}
     for _ in range(args.rounds):

@@ -17,9 +17,10 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import chain, repeat
-from typing import TYPE_CHECKING, Any
+from operator import attrgetter
+from typing import TYPE_CHECKING, Annotated
 
+import msgspec
 import numpy as np
 
 from streamcell.events import (
@@ -45,15 +46,29 @@ FORMAT_PROTOBUF = "protobuf"
 FORMATS = (FORMAT_JSON, FORMAT_PROTOBUF)
 _NUMBER = (int, float)
 _FLOAT_MAX = sys.float_info.max
-_decoder = json.JSONDecoder()
-_json_decode = _decoder.decode  # json.loads without its per-call checks
-# The C scanner decode() ends in, without decode()'s Python frames around it:
-_scan = _decoder.scan_once  # type: ignore[attr-defined]
-_SEQ_END = 2**63
-_UNPARSED = object()  # a value the bulk scan could not read as one JSON document
-_NONE = type(None)
-_GOOD_X = ({float}, {float, int})
-_GOOD_SEQ = ({int}, {_NONE}, {int, _NONE})
+_json_decode = json.JSONDecoder().decode  # json.loads without its per-call checks
+_BAD_TS = "ts must be a finite number of seconds"
+
+
+class _Event(msgspec.Struct):
+    """An event value's fields as msgspec reads them: types and ranges checked while parsing.
+
+    Strict types: a bool is not a number, a string is not a number. Numbers
+    beyond the float range, NaN and Infinity are refused, and so are values
+    that are not exactly one JSON object. Unknown fields are skipped.
+    """
+
+    x: list[float]
+    stream: str | None = None
+    seq: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
+    ts: float | None = None
+
+
+_decode_event = msgspec.json.Decoder(_Event).decode
+_X, _STREAM, _SEQ, _TS = (attrgetter(name) for name in ("x", "stream", "seq", "ts"))
+_PARTITION, _OFFSET, _TIMESTAMP = (
+    attrgetter(name) for name in ("partition", "offset", "timestamp_ms")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +101,10 @@ def decode(records: Sequence[Record], input_size: int, event_format: str = FORMA
     """Decode and validate a polled batch in one pass, keeping Kafka order."""
     if event_format not in FORMATS:
         raise ValueError(f"event format must be one of {FORMATS}, got {event_format!r}")
-    docs: list = []  # the JSON value of each record, or _UNPARSED
+    typed: list[_Event | None] = []
     if event_format == FORMAT_JSON:
-        docs = _scan_all(records)
-        rows = _bulk_json(records, docs, input_size)
+        typed = _parse_typed(records)
+        rows = _bulk_typed(records, typed, input_size) if None not in typed else None
         if rows is not None:
             return _finish(rows, input_size)
     parse = _parse_json if event_format == FORMAT_JSON else _protobuf_parser()
@@ -102,8 +117,8 @@ def decode(records: Sequence[Record], input_size: int, event_format: str = FORMA
     for k, rec in enumerate(records):
         try:
             stream = _stream_id(rec.key)
-            doc = docs[k] if docs else _UNPARSED
-            body_stream, seq, ts, x = parse(rec.value) if doc is _UNPARSED else _check_json(doc)
+            event = typed[k] if typed else None
+            body_stream, seq, ts, x = parse(rec.value) if event is None else _fields(event)
             if body_stream is not None and body_stream != stream:
                 raise _Bad(
                     REASON_BAD_FIELD,
@@ -150,8 +165,8 @@ def _finish(rows: _Rows, input_size: int) -> Decoded:
         rows.streams,
         x_arr,
         seq=np.asarray(rows.seqs, dtype=np.int64),
-        partition=np.fromiter((r.partition for r in good), np.int32, n),
-        offset=np.fromiter((r.offset for r in good), np.int64, n),
+        partition=np.fromiter(map(_PARTITION, good), np.int32, n),
+        offset=np.fromiter(map(_OFFSET, good), np.int64, n),
     )
     decoded = Decoded(batch, good, rows.times, rows.invalid)
     bad_rows = find_invalid(batch, input_size)
@@ -160,102 +175,92 @@ def _finish(rows: _Rows, input_size: int) -> Decoded:
     return decoded
 
 
-def _scan_all(records: Sequence[Record]) -> list:
-    """Each value's JSON, or _UNPARSED where it is not exactly one JSON value without padding.
+def _parse_typed(records: Sequence[Record]) -> list[_Event | None]:
+    """Each value parsed and type-checked by msgspec, or None where msgspec refused it.
 
-    Each value is parsed on its own (no joined array a value could merge with
-    or split into its neighbours) by the C scanner that ``JSONDecoder.decode``
-    ends in, so a value scanned here is the document decode would return. An
-    _UNPARSED record is decoded again by the per-record path, which words the error.
+    A refused value is not necessarily bad: the standard library's reading
+    decides (and words the error). Each value is parsed on its own, never
+    joined with its neighbours, so two broken values cannot merge into good
+    events. msgspec does not check the UTF-8 of strings it skips (fields the
+    event does not have), so a value that is not plain ASCII is checked here.
     """
-    docs: list = []
-    for rec in records:
-        try:
-            text = rec.value.decode("utf-8")  # type: ignore[union-attr]
-            doc, end = _scan(text, 0)  # StopIteration or JSONDecodeError for bad JSON
-            docs.append(doc if end == len(text) else _UNPARSED)  # padding or extra data
-        except Exception:  # None, bad UTF-8, bad JSON, a nesting bomb
-            docs.append(_UNPARSED)
-    return docs
+    values = [r.value for r in records]
+    try:
+        events: list[_Event | None] = list(map(_decode_event, values))
+        if b"".join(values).isascii():  # (None among the values: the join raises)
+            return events
+    except Exception:  # one refused value: go one by one
+        events = [_parse_one(v) for v in values]
+    return [
+        e if e is None or v.isascii() or _is_utf8(v) else None  # type: ignore[union-attr]
+        for e, v in zip(events, values, strict=True)
+    ]
 
 
-def _bulk_json(records: Sequence[Record], docs: list, input_size: int) -> _Rows | None:
+def _parse_one(value: bytes | None) -> _Event | None:
+    try:
+        return _decode_event(value)  # type: ignore[arg-type]
+    except Exception:  # not JSON, a wrong type, None, a nesting bomb: the stdlib path says
+        return None
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _bulk_typed(
+    records: Sequence[Record], events: list[_Event | None], input_size: int
+) -> _Rows | None:
     """The whole poll in columns when every record passes the per-record rules, else None.
 
-    The rules of the per-record path, checked column by column over the poll.
-    Any record they could refuse, and any surprise, returns None: the caller
-    then goes record by record (reusing ``docs``), so each bad record gets its
-    own reason and message from one place.
+    msgspec has checked each value's types and ranges while parsing it; what
+    is left (the key, x's length, ``stream`` against the key, ``ts`` below
+    the float maximum) is checked column by column over the poll. Any record
+    these rules could refuse returns None: the caller then goes record by
+    record, so each bad record gets its reason and message from one place.
     """
-    if not docs or _UNPARSED in docs:  # (identity first: no dict is _UNPARSED)
+    if not events:
         return None
     try:
         keys = [r.key for r in records]
         if not all(keys) or max(map(len, keys)) > MAX_STREAM_ID_BYTES:
             return None
-        streams = [k.decode("utf-8") for k in keys]
-        if set(map(type, docs)) != {dict}:
+        streams = list(map(bytes.decode, keys))  # type: ignore[arg-type]
+        xs = list(map(_X, events))
+        if set(map(len, xs)) != {input_size}:
             return None
-        xs = _column(docs, "x")
-        if set(map(type, xs)) != {list} or set(map(len, xs)) != {input_size}:
-            return None
-        kinds = set(map(type, chain.from_iterable(xs)))  # bool is its own type: refused
-        if kinds not in _GOOD_X:
-            return None
-        if int in kinds:
-            ints = [v for v in chain.from_iterable(xs) if type(v) is int]
-            if not (min(ints) > -_FLOAT_MAX and max(ints) < _FLOAT_MAX):
-                return None
-        body = _column(docs, "stream")
-        kinds = set(map(type, body))
-        if kinds == {str}:
-            if body != streams:
-                return None
-        elif kinds != {_NONE} and not all(
+        body = list(map(_STREAM, events))
+        if body != streams and not all(
             b is None or b == s for b, s in zip(body, streams, strict=True)
         ):
-            return None  # mixed, a non-string, or a stream differing from its key
-        seqs = _column(docs, "seq")
-        kinds = set(map(type, seqs))
-        if kinds not in _GOOD_SEQ:
-            return None
-        present = [s for s in seqs if s is not None] if _NONE in kinds else seqs
-        if present and (min(present) < 0 or max(present) >= _SEQ_END):
-            return None
-        if _NONE in kinds:
+            return None  # a stream that differs from its key
+        seqs = list(map(_SEQ, events))
+        if None in seqs:
             seqs = [NO_SEQ if s is None else s for s in seqs]
-        times = _times(records, _column(docs, "ts"))
+        times = _times(records, list(map(_TS, events)))
         if times is None:
             return None
-    except Exception:  # any surprise: the per-record path says what is wrong
+    except Exception:  # any surprise (a key that is not UTF-8): the per-record path says
         return None
     return _Rows(list(records), streams, xs, seqs, times, [])
 
 
-def _column(docs: list[dict[str, Any]], name: str) -> list[Any]:
-    """One field of every document (None where absent), in C: no Python frame per record."""
-    return list(map(dict.get, docs, repeat(name)))
-
-
-def _times(records: Sequence[Record], stamps: list) -> np.ndarray | None:
-    """Each event's ``ts`` as float seconds, else its Kafka timestamp; None if a ts is bad."""
-    kinds = set(map(type, stamps))
-    if kinds == {_NONE}:
-        return np.array([r.timestamp_ms for r in records], np.float64) / 1000.0
-    if kinds == {float}:
-        times = np.array(stamps, np.float64)  # the per-record rule: NaN, +-max refused
-        return times if ((times > -_FLOAT_MAX) & (times < _FLOAT_MAX)).all() else None
-    if not kinds <= {_NONE, int, float}:
-        return None
-    if not all(t is None or -_FLOAT_MAX < t < _FLOAT_MAX for t in stamps):
-        return None
-    return np.array(
-        [
-            r.timestamp_ms / 1000.0 if t is None else float(t)
+def _times(records: Sequence[Record], stamps: list[float | None]) -> np.ndarray | None:
+    """Each event's ``ts`` in seconds, else its Kafka timestamp; None if a ts is out of range."""
+    if None in stamps:
+        if stamps.count(None) == len(stamps):  # no event has a ts: the Kafka timestamps
+            return np.fromiter(map(_TIMESTAMP, records), np.float64, len(records)) / 1000.0
+        stamps = [
+            r.timestamp_ms / 1000.0 if t is None else t
             for t, r in zip(stamps, records, strict=True)
-        ],
-        np.float64,
-    )
+        ]
+    times = np.array(stamps, np.float64)
+    # msgspec refuses numbers beyond the float range; the float maximum itself is refused here.
+    return times if ((times > -_FLOAT_MAX) & (times < _FLOAT_MAX)).all() else None
 
 
 def _drop_rows(decoded: Decoded, bad_rows: list[tuple[int, str, str]]) -> Decoded:
@@ -321,8 +326,16 @@ def _check_json(doc: object) -> tuple[str | None, int, float | None, list]:
         raise _Bad(REASON_BAD_SEQ, f"seq must be an integer >= 0, got {json.dumps(seq)[:40]}")
     ts = doc.get("ts")
     if ts is not None and (type(ts) not in _NUMBER or not -_FLOAT_MAX < ts < _FLOAT_MAX):
-        raise _Bad(REASON_BAD_FIELD, "ts must be a finite number of seconds")
+        raise _Bad(REASON_BAD_FIELD, _BAD_TS)
     return stream, seq, None if ts is None else float(ts), x
+
+
+def _fields(event: _Event) -> tuple[str | None, int, float | None, list]:
+    """``_check_json`` for a value msgspec read: it checked every type and range but one."""
+    ts = event.ts
+    if ts is not None and not -_FLOAT_MAX < ts < _FLOAT_MAX:
+        raise _Bad(REASON_BAD_FIELD, _BAD_TS)
+    return event.stream, NO_SEQ if event.seq is None else event.seq, ts, event.x
 
 
 def _protobuf_parser():
