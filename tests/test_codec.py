@@ -132,13 +132,35 @@ def test_predictions_are_json_with_the_agreed_fields():
     out = encode_predictions(batch, yhat, np.array([0, 1]), "m", "v1")
     assert [k for k, _ in out] == [b"a", 'b"\u00e9'.encode()]
     first, second = (json.loads(v) for _, v in out)
-    assert first.pop("yhat") == [0.100000001, -2.5]
+    assert first.pop("yhat") == [0.1, -2.5]  # the shortest decimal that reads back as the float32
     assert first == {"stream": "a", "partition": 0, "offset": 10, "model": "m", "version": "v1"}
     assert second["seq"] == 9 and second["stream"] == 'b"\u00e9'
     # Every number parses back to the exact float32 the model computed.
     for (_, value), row in zip(out, yhat, strict=True):
         back = np.array(json.loads(value)["yhat"], dtype=np.float32)
         assert back.tobytes() == row.tobytes()
+
+
+def test_ids_and_names_that_look_like_the_template_are_written_as_they_are():
+    """The poll is formatted by one ``bytes % args`` and split on newlines: neither may leak."""
+    streams = ["a%d", "b\nc", 'q"', "plain", "\u00e9\\"]
+    batch = EventBatch.of(
+        streams, np.zeros((5, 1)), seq=[NO_SEQ, 1, NO_SEQ, 2, 3], partition=[0] * 5, offset=range(5)
+    )
+    yhat = np.arange(10, dtype=np.float32).reshape(5, 2)
+    out = encode_predictions(batch, yhat, np.arange(5), "m%b\n", "v%%")
+    assert [k for k, _ in out] == [s.encode() for s in streams]
+    for k, (_, value) in enumerate(out):
+        doc = json.loads(value)
+        assert doc.pop("seq", None) == (None, 1, None, 2, 3)[k]
+        assert doc == {
+            "stream": streams[k],
+            "partition": 0,
+            "offset": k,
+            "yhat": [2.0 * k, 2.0 * k + 1],
+            "model": "m%b\n",
+            "version": "v%%",
+        }
 
 
 def test_float32_values_round_trip_through_the_text_exactly():
