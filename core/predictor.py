@@ -164,7 +164,8 @@ class Predictor:
         touched: dict[str, None],
     ) -> None:
         store = self.store
-        streams = [batch.streams[k] for k in rows]
+        names = batch.streams
+        streams = names if len(rows) == len(names) else [names[k] for k in rows.tolist()]
         slots = store.slots(streams, now)
         seq, part, off = batch.seq[rows], batch.partition[rows], batch.offset[rows]
         duplicate = (seq != NO_SEQ) & (store.seq[slots] >= seq)
@@ -304,18 +305,26 @@ class Predictor:
 
 
 def _waves(streams: list[str]) -> list[np.ndarray]:
-    """Row indices grouped so that each group holds a stream at most once, in order."""
-    seen: dict[str, int] = {}
-    rank = np.empty(len(streams), dtype=np.int64)
-    for k, stream in enumerate(streams):
-        r = seen.get(stream, 0)
-        rank[k] = r
-        seen[stream] = r + 1
-    if len(streams) == 0:
+    """Row indices grouped so that each group holds a stream at most once, in order.
+
+    Row k goes to wave r when it is its stream's r-th event in the batch; the
+    rank is found with numpy over each row's first row of the same stream
+    (one dict call per row, in C), not with a Python loop.
+    """
+    n = len(streams)
+    if n == 0:
         return []
-    depth = int(rank.max()) + 1
-    if depth == 1:
-        return [np.arange(len(streams))]
-    order = np.argsort(rank, kind="stable")
-    bounds = np.searchsorted(rank[order], np.arange(1, depth))
-    return np.split(order, bounds)
+    first: dict[str, int] = {}
+    group = np.fromiter(map(first.setdefault, streams, range(n)), np.int64, n)
+    if len(first) == n:  # every stream once: one wave
+        return [np.arange(n)]
+    order = np.argsort(group, kind="stable")  # rows by stream, in batch order within it
+    sorted_group = group[order]
+    starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
+    sizes = np.diff(np.r_[starts, n])
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - np.repeat(starts, sizes)
+    depth = int(sizes.max())
+    by_rank = np.argsort(rank, kind="stable")
+    bounds = np.searchsorted(rank[by_rank], np.arange(1, depth))
+    return np.split(by_rank, bounds)

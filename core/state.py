@@ -14,7 +14,7 @@ pipeline and the gRPC servicer only ever name streams.
 from __future__ import annotations
 
 import struct
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -212,6 +212,12 @@ class StateStore:
                 f"capacity of {self.max_streams}"
             )
         index = self._index
+        found = list(map(index.get, streams))
+        if None not in found:  # the usual case, every stream known: no Python loop per stream
+            deque(map(index.move_to_end, streams), maxlen=0)
+            out = np.array(found, dtype=np.int64)
+            self.last_seen[out] = now
+            return out
         out = np.empty(len(streams), dtype=np.int64)
         missing: list[int] = []
         for k, stream in enumerate(streams):

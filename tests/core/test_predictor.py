@@ -7,13 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamcell.checkpoint import ModelConfig, load_checkpoint, save_checkpoint
 from streamcell.errors import InvalidEvent, StreamNotFound
 from streamcell.events import EventBatch
 from streamcell.model import StreamingLSTM
 from streamcell.normalization import stream_scales
-from streamcell.predictor import DUPLICATE, PREDICTED, REPLAYED, Predictor
+from streamcell.predictor import DUPLICATE, PREDICTED, REPLAYED, Predictor, _waves
 
 F = 3
 
@@ -218,3 +220,19 @@ def test_gates_of_the_last_step_are_kept_when_asked(tmp_path):
     assert gates is not None and gates.shape == (2, 4, 16)
     assert gates.abs().sum() > 0
     assert gates[:, [0, 1, 3]].min() >= 0 and gates[:, [0, 1, 3]].max() <= 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from("abcde"), max_size=40))
+def test_waves_hold_each_stream_once_and_keep_its_events_in_order(streams):
+    waves = _waves(streams)
+    rows = np.concatenate(waves).tolist() if waves else []
+    assert sorted(rows) == list(range(len(streams)))
+    for wave in waves:
+        assert len({streams[k] for k in wave.tolist()}) == len(wave)
+    # A stream's r-th event is in wave r: so its events are applied in batch order.
+    rank = {k: r for r, wave in enumerate(waves) for k in wave.tolist()}
+    seen: dict[str, int] = {}
+    for k, stream in enumerate(streams):
+        assert rank[k] == seen.get(stream, 0)
+        seen[stream] = rank[k] + 1
