@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 
 import numpy as np
 
@@ -48,6 +49,7 @@ from streamcell.service.metrics import Metrics
 from streamcell.service.ownership import GroupMembers, murmur2_partition
 
 log = logging.getLogger(__name__)
+_PARTITION, _OFFSET = attrgetter("partition"), attrgetter("offset")
 
 
 @dataclass
@@ -231,8 +233,9 @@ class Pipeline:
         else:
             self.metrics.record_batch("kafka", counts, 0, np.zeros((0, 1)), "", "")
         self._note_removed()
-        for rec in records:  # in order per partition: the last one wins
-            self._positions[rec.partition] = rec.offset + 1
+        # In order per partition: each partition's last record wins.
+        last = dict(zip(map(_PARTITION, records), map(_OFFSET, records), strict=True))
+        self._positions.update((part, offset + 1) for part, offset in last.items())
 
     def _predict(self, batch: EventBatch) -> BatchResult:
         """One Predictor call, or several in order when the batch holds more streams than fit."""
