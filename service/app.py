@@ -243,6 +243,7 @@ class App:
                 max_batch=s.max_batch,
                 max_batch_delay_ms=s.max_batch_delay_ms,
                 commit_interval_ms=s.commit_interval_ms,
+                idle_commit_ms=s.idle_commit_ms,
                 restore_timeout_s=s.restore_timeout_s,
             ),
             consumer,

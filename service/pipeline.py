@@ -7,7 +7,8 @@ per applied event. On partition revocation, model reload and stop,
 :meth:`checkpoint` makes the work durable in the one order that keeps state
 exact across crashes: flush predictions -> write the changed streams' state to
 the changelog -> flush -> commit the input offsets. Every
-``commit_interval_ms`` the same order is kept without blocking the loop
+``commit_interval_ms``, and once the input goes quiet (``idle_commit_ms``
+after the last checkpoint), the same order is kept without blocking the loop
 (:meth:`checkpoint_async`): the changed streams are snapshotted at once and
 held with the offsets and the producer's mark (every prediction sent so far);
 once that mark is acknowledged, later steps send the held snapshots, a share
@@ -76,6 +77,11 @@ class PipelineSettings:
     max_batch: int = 1024
     max_batch_delay_ms: int = 5
     commit_interval_ms: int = 1000
+    # Once a poll finds nothing (the input went quiet), checkpoint what was done
+    # as soon as this long has passed since the last checkpoint, not at the next
+    # interval: the committed offsets and the lag catch up with the input within
+    # about this much. 0: on the interval only.
+    idle_commit_ms: int = 100
     restore_timeout_s: float = 60.0
     ack_timeout_s: float = 30.0  # a checkpoint not acknowledged by then: the broker is gone
     # A checkpoint's changelog records are sent over this share of the commit
@@ -118,7 +124,9 @@ class Pipeline:
         self._expired = predictor.store.expired
         self._evictions_pending = False
         self._next_checkpoint = 0.0
+        self._last_checkpoint = 0.0
         self._pending: list[_Checkpoint] = []  # periodic checkpoints not committed, oldest first
+        self._processed_since_checkpoint = False
         self._partition_count: int | None = None
         self.members: GroupMembers | None = None
         self._closing = False
@@ -129,7 +137,8 @@ class Pipeline:
         self.consumer.subscribe(
             [self.settings.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke
         )
-        self._next_checkpoint = self._clock() + self.settings.commit_interval_ms / 1000
+        self._last_checkpoint = self._clock()
+        self._next_checkpoint = self._last_checkpoint + self.settings.commit_interval_ms / 1000
 
     def run(self, stop: threading.Event, before_close: Callable[[], None] | None = None) -> None:
         """Loop until ``stop`` is set; then ``before_close()``, checkpoint, leave the group.
@@ -162,14 +171,24 @@ class Pipeline:
         if self._pending:
             self._advance_checkpoints(idle=not records)
         now = self._clock()
-        if now >= self._next_checkpoint:
+        if now >= self._next_checkpoint or (not records and self._idle_commit_due(now)):
             self._expire()
-            self.checkpoint_async()
+            self.checkpoint_async(idle=not records)
             self._record_lag()
+            self._last_checkpoint = now
             self._next_checkpoint = now + s.commit_interval_ms / 1000
         if self.watcher is not None and self.watcher.due():
             self._maybe_reload()
         return len(records)
+
+    def _idle_commit_due(self, now: float) -> bool:
+        """Work since the last checkpoint, and ``idle_commit_ms`` passed since that one."""
+        idle_after = self.settings.idle_commit_ms / 1000
+        return (
+            idle_after > 0
+            and now - self._last_checkpoint >= idle_after
+            and (self._processed_since_checkpoint or bool(self._changed))
+        )
 
     def close(self) -> None:
         """Graceful stop: make everything durable, then leave the group."""
@@ -233,6 +252,7 @@ class Pipeline:
         else:
             self.metrics.record_batch("kafka", counts, 0, np.zeros((0, 1)), "", "")
         self._note_removed()
+        self._processed_since_checkpoint = True
         # In order per partition: each partition's last record wins.
         last = dict(zip(map(_PARTITION, records), map(_OFFSET, records), strict=True))
         self._positions.update((part, offset + 1) for part, offset in last.items())
@@ -305,24 +325,27 @@ class Pipeline:
             if cp.changelog is not None and not cp.sent:
                 cp.changelog.send(self.producer)
         self._pending.clear()
+        self._processed_since_checkpoint = False
         records = self._take_changelog()
         if records is not None:
             records.send(self.producer)
         self.producer.flush()
         self._commit(self._offsets())
 
-    def checkpoint_async(self) -> None:
+    def checkpoint_async(self, idle: bool = False) -> None:
         """Snapshot the changed streams now; later steps send them, then commit.
 
         The snapshots and offsets reflect exactly the events processed so far,
-        whose predictions were all sent before the mark taken here.
+        whose predictions were all sent before the mark taken here. ``idle``:
+        no event waits, so the changelog goes out at once (no pacing).
         """
+        self._processed_since_checkpoint = False
         records = self._take_changelog()
         offsets = self._offsets()
         if offsets or records is not None:
             cp = _Checkpoint(offsets, records, self.producer.mark(), self._clock())
             self._pending.append(cp)
-            self._advance_checkpoints()
+            self._advance_checkpoints(idle=idle)
 
     def _advance_checkpoints(self, idle: bool = False) -> None:
         """Move pending checkpoints on, oldest first, as far as acknowledgements allow.

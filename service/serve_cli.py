@@ -59,6 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="flush predictions, write changed state, commit offsets this often (default 1000)",
     )
     k.add_argument(
+        "--idle-commit-ms",
+        type=int,
+        default=100,
+        help="once a poll finds no events, checkpoint this long after the last checkpoint "
+        "instead of at the next interval (default 100; 0: on the interval only)",
+    )
+    k.add_argument(
         "--restore-timeout-s",
         type=float,
         default=60.0,
@@ -130,6 +137,7 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
         partitions=args.partitions,
         session_timeout_ms=args.session_timeout_ms,
         commit_interval_ms=args.commit_interval_ms,
+        idle_commit_ms=args.idle_commit_ms,
         event_format=args.event_format,
         max_batch=args.max_batch,
         max_batch_delay_ms=args.max_batch_delay_ms,

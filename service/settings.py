@@ -32,6 +32,7 @@ class ServeSettings:
     partitions: int = 3  # for an input topic that has to be created
     session_timeout_ms: int = 6000
     commit_interval_ms: int = 1000
+    idle_commit_ms: int = 100
     event_format: str = "json"
     max_batch: int = 1024
     max_batch_delay_ms: int = 5
@@ -64,6 +65,8 @@ class ServeSettings:
             raise ConfigError(f"--restore-timeout-s must be positive, got {self.restore_timeout_s}")
         if self.max_batch_delay_ms < 0:
             raise ConfigError("--max-batch-delay-ms must be >= 0")
+        if self.idle_commit_ms < 0:
+            raise ConfigError(f"--idle-commit-ms must be >= 0 (0: off), got {self.idle_commit_ms}")
         if self.stream_ttl_s is not None and not self.stream_ttl_s > 0:
             raise ConfigError(f"--stream-ttl-s must be positive, got {self.stream_ttl_s}")
         if math.isnan(self.poll_registry_s):

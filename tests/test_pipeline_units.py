@@ -444,12 +444,15 @@ def test_revocation_with_a_checkpoint_pending_flushes_and_commits_the_latest(loa
 
 
 def build_paced(loaded):
-    """A pipeline on a hand-moved clock, 1 s checkpoints, changelog paced by the clock alone."""
+    """A pipeline on a hand-moved clock, 1 s checkpoints, changelog paced by the clock alone.
+
+    No checkpoint when the input goes quiet (``idle_commit_ms=0``), unless a test asks.
+    """
     clock = [1000.0]
     pipeline, consumer, producer, log = build(loaded, max_streams=1000)
     pipeline._clock = lambda: clock[0]
     pipeline.settings = dataclasses.replace(
-        pipeline.settings, commit_interval_ms=1000, changelog_send_budget_ms=0.0
+        pipeline.settings, commit_interval_ms=1000, changelog_send_budget_ms=0.0, idle_commit_ms=0
     )
     return pipeline, consumer, producer, log, clock
 
@@ -519,3 +522,29 @@ def test_an_idle_loop_sends_a_pending_changelog_at_once(loaded):
     assert len([s for s in producer.sent if s[0] == "cl"]) == 500
     pipeline.step()
     assert log[-1] == ("commit", {(TOPIC, 0): 500})
+
+
+@pytest.mark.parametrize("idle_commit_ms", [100, 0])
+def test_a_quiet_input_is_committed_without_waiting_for_the_interval(loaded, idle_commit_ms):
+    pipeline, consumer, producer, log, clock = build_paced(loaded)
+    pipeline.settings = dataclasses.replace(
+        pipeline.settings, commit_interval_ms=10_000, idle_commit_ms=idle_commit_ms
+    )
+    consumer.on_assign([(TOPIC, 0)])
+    pipeline._last_checkpoint, pipeline._next_checkpoint = clock[0], clock[0] + 10
+
+    def commits():
+        return [e[1] for e in log if e[0] == "commit"]
+
+    consumer.queue.append([record("a", 0), record("b", 1)])
+    pipeline.step()  # events: no checkpoint
+    clock[0] += 0.05
+    pipeline.step()  # quiet, but 50 ms after the last checkpoint
+    assert commits() == []
+    clock[0] += 0.06
+    pipeline.step()  # quiet for long enough: checkpoint and commit now, not in 10 s
+    assert commits() == ([{(TOPIC, 0): 2}] if idle_commit_ms else [])
+    assert len([s for s in producer.sent if s[0] == "cl"]) == (2 if idle_commit_ms else 0)
+    clock[0] += 1.0
+    pipeline.step()  # still quiet, nothing new: no checkpoint
+    assert len(commits()) == (1 if idle_commit_ms else 0)

@@ -38,7 +38,7 @@ def test_settings_carry_the_flags():
         parse(
             "--kafka-client", "confluent", "--event-format", "protobuf", "--max-streams", "7",
             "--stream-ttl-s", "60", "--commit-interval-ms", "250", "--grpc-port", "0",
-            "--no-metrics",
+            "--no-metrics", "--idle-commit-ms", "0",
         ),
         {},
     )  # fmt: skip
@@ -49,6 +49,7 @@ def test_settings_carry_the_flags():
         60.0,
     )
     assert s.commit_interval_ms == 250 and s.metrics_port is None and s.torch_threads == 1
+    assert s.idle_commit_ms == 0
     assert s.grpc is not None and s.grpc.port == 0
     assert serve_cli.settings_from_args(parse("--no-grpc"), {}).grpc is None
     with pytest.raises(AttributeError):
@@ -59,6 +60,7 @@ def test_settings_carry_the_flags():
     ("flags", "message"),
     [
         (["--max-batch", "0"], "--max-batch must be at least 1"),
+        (["--idle-commit-ms", "-5"], "--idle-commit-ms must be >= 0 (0: off), got -5"),
         (["--input-topic", "t", "--output-topic", "t"], "the four topics must differ"),
         (["--stream-ttl-s", "-1"], "--stream-ttl-s must be positive"),
         (["--stream-ttl-s", "nan"], "--stream-ttl-s must be positive, got nan"),
