@@ -81,6 +81,29 @@ class StreamingLSTM(nn.Module):
         self.output_size = output_size
         self.lstm = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True)
         self.head = nn.Linear(hidden_size, output_size)
+        self._fused: tuple[tuple, list[tuple[Tensor, Tensor]]] | None = None
+
+    def fused_weights(self) -> list[tuple[Tensor, Tensor]]:
+        """Per layer ``[W_ih | W_hh]`` and ``b_ih + b_hh``, as :meth:`step` uses them.
+
+        Built once and kept (building them was two copies per layer on every
+        step); built again when a parameter was changed or moved since (its
+        storage or its version counter differs).
+        """
+        params = list(self.lstm.parameters())
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        if self._fused is None or self._fused[0] != key:
+            fused = []
+            for layer in range(self.num_layers):
+                w_ih = getattr(self.lstm, f"weight_ih_l{layer}")
+                w_hh = getattr(self.lstm, f"weight_hh_l{layer}")
+                b_ih = getattr(self.lstm, f"bias_ih_l{layer}")
+                b_hh = getattr(self.lstm, f"bias_hh_l{layer}")
+                # torch.nn.LSTM stacks the gate rows as (i, f, g, o); one product
+                # over [x, h] computes W x + U h for all four gates at once.
+                fused.append((torch.cat([w_ih, w_hh], dim=1).detach(), (b_ih + b_hh).detach()))
+            self._fused = (key, fused)
+        return self._fused[1]
 
     def zero_state(self, batch: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
         shape = (self.num_layers, batch, self.hidden_size)
@@ -107,13 +130,7 @@ class StreamingLSTM(nn.Module):
         layer_input = x
         new_h, new_c = [], []
         gates: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-        for layer in range(self.num_layers):
-            w_ih = getattr(self.lstm, f"weight_ih_l{layer}")
-            w_hh = getattr(self.lstm, f"weight_hh_l{layer}")
-            bias = getattr(self.lstm, f"bias_ih_l{layer}") + getattr(self.lstm, f"bias_hh_l{layer}")
-            # torch.nn.LSTM stacks the gate rows as (i, f, g, o); one product
-            # over [x, h] computes W x + U h for all four gates at once.
-            weight = torch.cat([w_ih, w_hh], dim=1)
+        for layer, (weight, bias) in enumerate(self.fused_weights()):
             z = rowwise_linear(torch.cat([layer_input, h[layer]], dim=1), weight, bias)
             i = torch.sigmoid(z[:, :hidden])
             f = torch.sigmoid(z[:, hidden : 2 * hidden])

@@ -123,3 +123,19 @@ def test_rejects_nonsense_sizes():
             assert "input_size" in str(exc)
         else:
             raise AssertionError(f"accepted input_size={bad!r}")
+
+
+def test_the_kept_fused_weights_follow_changes_to_the_parameters():
+    torch.manual_seed(0)
+    model = StreamingLSTM(3, 16, 2, 2)
+    other = StreamingLSTM(3, 16, 2, 2)
+    x, (h, c) = torch.randn(4, 3), model.zero_state(4)
+    before = model.step(x, h, c).y
+    model.load_state_dict(other.state_dict())  # in place: the kept weights are stale now
+    assert torch.equal(model.step(x, h, c).y, other.step(x, h, c).y)
+    assert not torch.equal(model.step(x, h, c).y, before)
+    with torch.no_grad():
+        model.lstm.bias_hh_l1.add_(1.0)
+    fresh = StreamingLSTM(3, 16, 2, 2)
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(model.step(x, h, c).y, fresh.step(x, h, c).y)
