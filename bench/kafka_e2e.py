@@ -14,6 +14,10 @@ Kafka client:
     model load and the group join are left out) to the moment the group's
     committed offsets cover all E events (polled every 20 ms), and to the
     last prediction's timestamp;
+(d) the echo worker (bench/echo_worker.py: the same client and poll loop,
+    consume and re-produce, no work) on the same events: events/s to its last
+    output, the transport's limit for a service that produces a record per
+    event;
 (c) once per run: the naive design on the same events: per event json.loads,
     one torch.nn.LSTM call with (h, c) kept in a dict, the head, json.dumps.
     It gets the records already in memory (no Kafka cost), so (b)/(c) is
@@ -195,8 +199,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_serve(bootstrap, registry, client, topic, args) -> dict:
-    serve = Serve(bootstrap, registry, client, topic, args)
+def bench_serve(bootstrap, registry, client, topic, args, worker=Serve) -> dict:
+    serve = worker(bootstrap, registry, client, topic, args)
     samples: list[tuple[float, int, float]] = []
     try:
         committed_at = wait_committed(
@@ -365,7 +369,13 @@ def main() -> None:
             raw, raw_cpu = bench_raw(cfg, topic, args.partitions, args.events, 10_000)
             serve = bench_serve(bootstrap, registry, client, topic, args)
             b, b_cpu = serve["serve_to_commit"], serve["serve_cpu"]
+            # (d): the echo worker, consume and produce with no work, to its last output
+            # (it commits once a second, so its commit time says little)
+            echo = bench_serve(bootstrap, registry, client, topic, args, Echo)
+            d = echo["serve_to_last_prediction"]
             row = {
+                "echo_to_last_output": d,
+                "b_over_d": serve["serve_to_last_prediction"] / d,
                 "raw_consume": raw,
                 "raw_consume_cpu": raw_cpu,
                 **serve,
@@ -384,6 +394,10 @@ def main() -> None:
                 f"{'':>13}  per CPU second: (a) {raw_cpu:,.0f}  (b) {b_cpu:,.0f}  "
                 f"(c) {naive_cpu:,.0f}  (b)/(a) = {b_cpu / raw_cpu:.2f}  "
                 f"(b)/(c) = {b_cpu / naive_cpu:.1f}"
+            )
+            print(
+                f"{'':>13}  (d) echo, consume + produce, no work: {d:,.0f}/s to its last output; "
+                f"serve to its last prediction / (d) = {row['b_over_d']:.2f}"
             )
             if args.latency:
                 rate = args.latency_rate or b * args.latency_fraction

@@ -6,11 +6,12 @@
 
 Python imports this ``sitecustomize`` in every process started with that
 ``PYTHONPATH`` (the bench, the echo worker, each serve). Where ``STEP_PROBE``
-is set, it wraps the Pipeline's phases, the confluent consumer's poll and the
-snapshot calls, records each collector pass through ``gc.callbacks``, and at
-exit appends one block per process to the file: count, mean, p99 and max in
-ms, and how many took over 10 ms. docs/BENCHMARKS.md ("The latency tail,
-found and cut") quotes its output.
+is set, it wraps the Pipeline's phases, the confluent consumer's poll and
+producer's send_many, the codec's decode and encode, and the snapshot calls,
+records each collector pass through ``gc.callbacks``, and at exit appends one
+block per process to the file: count, mean, p99 and max in ms, how many took
+over 10 ms, and the total in seconds. docs/BENCHMARKS.md ("The latency tail,
+found and cut", "Where the time goes") quotes its output.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 PHASES = (
     "step",
     "process",
+    "_predict",
     "_advance_checkpoints",
     "checkpoint_async",
     "_expire",
@@ -69,17 +71,20 @@ def _report() -> None:
             out.write(
                 f"{name:24s} n={len(ms):6d} mean={ms.mean():7.2f} "
                 f"p99={np.percentile(ms, 99):7.2f} max={ms.max():7.2f} "
-                f"over10={int((ms > 10).sum())}\n"
+                f"over10={int((ms > 10).sum())} total={ms.sum() / 1000:7.3f}s\n"
             )
 
 
 if os.environ.get("STEP_PROBE"):
     from streamcell import state
-    from streamcell.service import changelog, confluent_client, pipeline
+    from streamcell.service import changelog, codec, confluent_client, pipeline
 
     for phase in PHASES:
         _wrap(pipeline.Pipeline, phase)
     _wrap(confluent_client.ConfluentConsumer, "poll")
+    _wrap(confluent_client.ConfluentProducer, "send_many")
+    _wrap(codec, "decode")  # the pipeline calls them through the module
+    _wrap(codec, "encode_predictions")
     _wrap(state.StateStore, "snapshot_block")
     _wrap(state.StateStore, "contains")
     _wrap(changelog.Snapshots, "__init__")
