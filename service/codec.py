@@ -235,9 +235,11 @@ def _bulk_typed(
         xs = list(map(_X, events))
         if set(map(len, xs)) != {input_size}:
             return None
-        body = list(map(_STREAM, events))
-        if body != streams and not all(
-            b is None or b == s for b, s in zip(body, streams, strict=True)
+        body = list(map(_STREAM, events))  # None where the value names no stream
+        if (
+            body != streams
+            and body.count(None) != len(body)
+            and not all(b is None or b == s for b, s in zip(body, streams, strict=True))
         ):
             return None  # a stream that differs from its key
         seqs = list(map(_SEQ, events))
