@@ -45,8 +45,8 @@ def _serve(kind: str, registry: str, workers: int) -> None:
     if kind == "streamcell":
         import torch
 
-        from streamcell.checkpoint import load_latest
-        from streamcell.predictor import Predictor
+        from streamcell.core.checkpoint import load_latest
+        from streamcell.core.predictor import Predictor
 
         torch.set_num_threads(1)
         predictor = Predictor(load_latest(registry, "bench"), max_streams=1_000_000)
@@ -190,8 +190,8 @@ async def _batch(
 def _make_registry(root: str) -> None:
     import torch
 
-    from streamcell.checkpoint import ModelConfig, save_checkpoint
-    from streamcell.model import StreamingLSTM
+    from streamcell.core.checkpoint import ModelConfig, save_checkpoint
+    from streamcell.core.model import StreamingLSTM
 
     torch.manual_seed(0)
     names = tuple(f"f{k}" for k in range(INPUT))

@@ -48,8 +48,8 @@ import numpy as np
 import torch
 from kafka_bench import bench_raw, make_messages
 
-from streamcell.checkpoint import ModelConfig, save_checkpoint
-from streamcell.model import StreamingLSTM
+from streamcell.core.checkpoint import ModelConfig, save_checkpoint
+from streamcell.core.model import StreamingLSTM
 from streamcell.service.broker import BrokerSettings, EmbeddedBroker, free_port
 from streamcell.service.kafka import (
     KafkaClientConfig,

@@ -65,8 +65,8 @@ def train(ds: Dataset, settings: Any, lags: int = 1, max_train_rows: int | None 
 
 def score(ds: Dataset, result: Any, name: str, lags: int = 1) -> dict[str, Forecasts]:
     """Protocols A and B through the Predictor, for every stream of the data set."""
-    from streamcell.events import EventBatch
-    from streamcell.predictor import Predictor
+    from streamcell.core.events import EventBatch
+    from streamcell.core.predictor import Predictor
     from streamcell.trainer.api import loaded_model
 
     streams = ds.streams

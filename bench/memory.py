@@ -39,9 +39,9 @@ def rss_bytes() -> int:
 def make_predictor(max_streams: int):
     import torch
 
-    from streamcell.checkpoint import LoadedModel, ModelConfig
-    from streamcell.model import StreamingLSTM
-    from streamcell.predictor import Predictor
+    from streamcell.core.checkpoint import LoadedModel, ModelConfig
+    from streamcell.core.model import StreamingLSTM
+    from streamcell.core.predictor import Predictor
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -55,7 +55,7 @@ def make_predictor(max_streams: int):
 def fill(predictor, streams: int, prefix: str = "stream-") -> None:
     import numpy as np
 
-    from streamcell.events import EventBatch
+    from streamcell.core.events import EventBatch
 
     rng = np.random.default_rng(0)
     for start in range(0, streams, BATCH):

@@ -24,8 +24,8 @@ import torch
 from kafka_bench import FEATURES
 from kafka_e2e import MODEL, make_registry
 
-from streamcell.checkpoint import load_latest
-from streamcell.predictor import PREDICTED, Predictor
+from streamcell.core.checkpoint import load_latest
+from streamcell.core.predictor import PREDICTED, Predictor
 from streamcell.service import codec
 from streamcell.service.kafka import Record
 from streamcell.service.metrics import Metrics

@@ -23,11 +23,11 @@ import time
 import numpy as np
 import torch
 
-from streamcell.checkpoint import LoadedModel, ModelConfig
-from streamcell.events import EventBatch
-from streamcell.model import StreamingLSTM
-from streamcell.predictor import Predictor
-from streamcell.state import StateStore
+from streamcell.core.checkpoint import LoadedModel, ModelConfig
+from streamcell.core.events import EventBatch
+from streamcell.core.model import StreamingLSTM
+from streamcell.core.predictor import Predictor
+from streamcell.core.state import StateStore
 
 INPUT, HIDDEN, LAYERS = 8, 64, 2
 

@@ -24,6 +24,16 @@ import pytest
 from streamcell.service.kafka import KafkaClientConfig, installed_clients
 
 BROKER_START_TIMEOUT_S = 30.0
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SOURCE_ROOTS = ["core", "service", "trainer", "demo", "protos"]  # as in pyproject.toml
+
+# Processes the tests start (`python -m streamcell.cli ...`, Ray workers)
+# import this checkout's code, as the tests themselves do through pytest's
+# pythonpath, whatever checkout the virtual environment was installed from.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(REPO_ROOT / root) for root in SOURCE_ROOTS]
+    + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
 
 
 def unique_name(prefix: str) -> str:
@@ -131,8 +141,8 @@ def registry_with_model(tmp_path: Path) -> RegistryWithModel:
     """
     import torch
 
-    from streamcell.checkpoint import ModelConfig, save_checkpoint
-    from streamcell.model import StreamingLSTM
+    from streamcell.core.checkpoint import ModelConfig, save_checkpoint
+    from streamcell.core.model import StreamingLSTM
 
     torch.manual_seed(11)
     model = StreamingLSTM(3, 16, 2, 3)

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamcell.checkpoint import LoadedModel, ModelConfig, load_checkpoint, save_checkpoint
-from streamcell.model import StreamingLSTM
-from streamcell.predictor import PREDICTED, Predictor
+from streamcell.core.checkpoint import LoadedModel, ModelConfig, load_checkpoint, save_checkpoint
+from streamcell.core.model import StreamingLSTM
+from streamcell.core.predictor import PREDICTED, Predictor
+from streamcell.core.state import StateStore
 from streamcell.service import codec
 from streamcell.service.kafka import (
     KafkaClientConfig,
@@ -36,7 +37,6 @@ from streamcell.service.kafka import (
     open_producer,
     open_reader,
 )
-from streamcell.state import StateStore
 
 INPUT = 3
 SESSION_MS = 3000

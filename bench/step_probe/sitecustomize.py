@@ -76,7 +76,7 @@ def _report() -> None:
 
 
 if os.environ.get("STEP_PROBE"):
-    from streamcell import state
+    from streamcell.core import state
     from streamcell.service import changelog, codec, confluent_client, pipeline
 
     for phase in PHASES:

@@ -7,15 +7,15 @@ import sys
 
 import numpy as np
 
-from streamcell.normalization import scale_from_sums, stream_scales
+from streamcell.core.normalization import scale_from_sums, stream_scales
 
 CORE = [
-    "streamcell.model",
-    "streamcell.state",
-    "streamcell.checkpoint",
-    "streamcell.normalization",
-    "streamcell.events",
-    "streamcell.predictor",
+    "streamcell.core.model",
+    "streamcell.core.state",
+    "streamcell.core.checkpoint",
+    "streamcell.core.normalization",
+    "streamcell.core.events",
+    "streamcell.core.predictor",
 ]
 FORBIDDEN_IN_CORE = ["ray", "kafka", "confluent_kafka", "grpc", "prometheus_client"]
 

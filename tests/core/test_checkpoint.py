@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from streamcell.checkpoint import (
+from streamcell.core.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     ModelConfig,
@@ -22,8 +22,8 @@ from streamcell.checkpoint import (
     load_latest,
     save_checkpoint,
 )
-from streamcell.errors import CheckpointError
-from streamcell.model import StreamingLSTM
+from streamcell.core.errors import CheckpointError
+from streamcell.core.model import StreamingLSTM
 
 
 def config(inputs: int = 3, hidden: int = 8, layers: int = 2, outputs: int = 3) -> ModelConfig:

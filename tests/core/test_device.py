@@ -12,10 +12,10 @@ import pytest
 import torch
 from test_predictor import F, save
 
-from streamcell.errors import ConfigError
-from streamcell.events import EventBatch
-from streamcell.model import resolve_device
-from streamcell.predictor import PREDICTED, Predictor
+from streamcell.core.errors import ConfigError
+from streamcell.core.events import EventBatch
+from streamcell.core.model import resolve_device
+from streamcell.core.predictor import PREDICTED, Predictor
 
 GPU = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not GPU, reason="torch sees no CUDA GPU here")

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamcell.model import StreamingLSTM
+from streamcell.core.model import StreamingLSTM
 
 TOL = 1e-5
 

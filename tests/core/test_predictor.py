@@ -10,12 +10,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamcell.checkpoint import ModelConfig, load_checkpoint, save_checkpoint
-from streamcell.errors import InvalidEvent, StreamNotFound
-from streamcell.events import EventBatch
-from streamcell.model import StreamingLSTM
-from streamcell.normalization import stream_scales
-from streamcell.predictor import DUPLICATE, PREDICTED, REPLAYED, Predictor, _waves
+from streamcell.core.checkpoint import ModelConfig, load_checkpoint, save_checkpoint
+from streamcell.core.errors import InvalidEvent, StreamNotFound
+from streamcell.core.events import EventBatch
+from streamcell.core.model import StreamingLSTM
+from streamcell.core.normalization import stream_scales
+from streamcell.core.predictor import DUPLICATE, PREDICTED, REPLAYED, Predictor, _waves
 
 F = 3
 

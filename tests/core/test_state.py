@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamcell.errors import Overloaded, StateFormatError
-from streamcell.state import StateStore
+from streamcell.core.errors import Overloaded, StateFormatError
+from streamcell.core.state import StateStore
 
 
 def store(**kw) -> StateStore:

@@ -1,0 +1,308 @@
+"""The checkpoint format and the model registry (a directory tree).
+
+A version is ``REGISTRY/NAME/VERSION/`` holding ``model.safetensors`` (tensor
+names exactly ``lstm.*`` and ``head.*`` as torch.nn.LSTM and nn.Linear name
+them) and ``config.json`` (:class:`ModelConfig`). Versions are written under a
+hidden temporary name and renamed into place, so a reader never sees half a
+version; version names sort by creation time, and the newest complete one is
+the one to serve. Loading goes through safetensors and json only: no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from streamcell.core.errors import CheckpointError
+from streamcell.core.model import StreamingLSTM
+from streamcell.core.normalization import SCALING_GLOBAL, SCALINGS
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything besides the weights that serving needs to reproduce training."""
+
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    output_size: int
+    features: tuple[str, ...]
+    targets: tuple[str, ...]
+    input_mean: tuple[float, ...]
+    input_std: tuple[float, ...]
+    target_mean: tuple[float, ...]
+    target_std: tuple[float, ...]
+    scaling: str = SCALING_GLOBAL
+    scale_floor: float = 1e-3
+    created_at: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        for name in ("features", "targets", "input_mean", "input_std", "target_mean", "target_std"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        self.validate()
+
+    def validate(self) -> None:
+        def fail(msg: str) -> None:
+            raise CheckpointError(f"invalid model config: {msg}")
+
+        for name in ("input_size", "hidden_size", "num_layers", "output_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                fail(f"{name} must be a positive integer, got {value!r}")
+        for name, size in (
+            ("features", self.input_size),
+            ("input_mean", self.input_size),
+            ("input_std", self.input_size),
+            ("targets", self.output_size),
+            ("target_mean", self.output_size),
+            ("target_std", self.output_size),
+        ):
+            if len(getattr(self, name)) != size:
+                fail(f"{name} has {len(getattr(self, name))} entries, expected {size}")
+        for name in ("features", "targets"):
+            values = getattr(self, name)
+            if not all(isinstance(v, str) and v for v in values):
+                fail(f"{name} must be non-empty strings")
+            if len(set(values)) != len(values):
+                fail(f"{name} has repeated names")
+        for name in ("input_mean", "input_std", "target_mean", "target_std"):
+            for v in getattr(self, name):
+                if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
+                    fail(f"{name} must hold finite numbers, got {v!r}")
+        for name in ("input_std", "target_std"):
+            if any(v <= 0 for v in getattr(self, name)):
+                fail(f"{name} must be positive")
+        if self.scaling not in SCALINGS:
+            fail(f"scaling must be one of {SCALINGS}, got {self.scaling!r}")
+        if self.scaling != SCALING_GLOBAL and self.target_index is None:
+            fail("per-stream scaling needs every target to be one of the features")
+        if not (isinstance(self.scale_floor, int | float) and self.scale_floor > 0):
+            fail(f"scale_floor must be positive, got {self.scale_floor!r}")
+        if self.format_version != FORMAT_VERSION:
+            fail(f"format_version {self.format_version!r} is not supported (expected 1)")
+
+    @property
+    def target_index(self) -> tuple[int, ...] | None:
+        """Position of each target among the features, or None if one is not a feature."""
+        try:
+            return tuple(self.features.index(t) for t in self.targets)
+        except ValueError:
+            return None
+
+    @property
+    def autoregressive(self) -> bool:
+        """Targets are exactly the features: predictions can be fed back (Forecast)."""
+        return self.targets == self.features
+
+    def architecture(self) -> tuple[Any, ...]:
+        """What must match for per-stream state to carry over to another version."""
+        return (
+            self.input_size,
+            self.hidden_size,
+            self.num_layers,
+            self.output_size,
+            self.scaling,
+            self.features,
+            self.targets,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ModelConfig:
+        if not isinstance(data, dict):
+            raise CheckpointError("invalid model config: expected a JSON object")
+        known = set(cls.__dataclass_fields__)
+        required = {
+            "input_size",
+            "hidden_size",
+            "num_layers",
+            "output_size",
+            "features",
+            "targets",
+            "input_mean",
+            "input_std",
+            "target_mean",
+            "target_std",
+        }
+        missing = sorted(required - data.keys())
+        if missing:
+            raise CheckpointError(f"invalid model config: missing {', '.join(missing)}")
+        for name in ("features", "targets", "input_mean", "input_std", "target_mean", "target_std"):
+            if not isinstance(data[name], list):
+                raise CheckpointError(f"invalid model config: {name} must be a list")
+        for name in ("metrics", "training"):
+            if name in data and not isinstance(data[name], dict):
+                raise CheckpointError(f"invalid model config: {name} must be an object")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model version ready to serve."""
+
+    name: str
+    version: str
+    path: Path
+    config: ModelConfig
+    model: StreamingLSTM
+
+
+def new_version() -> str:
+    """A version name that sorts by creation time (UTC, microseconds)."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def check_name(name: str, what: str = "model name") -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise CheckpointError(
+            f"{what} {name!r} must be 1-128 characters of letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def save_checkpoint(
+    registry: str | os.PathLike[str],
+    name: str,
+    model: StreamingLSTM,
+    config: ModelConfig,
+    version: str | None = None,
+) -> Path:
+    """Write a complete version atomically and return its directory."""
+    check_name(name)
+    version = check_name(version or new_version(), "version")
+    arch = (model.input_size, model.hidden_size, model.num_layers, model.output_size)
+    if arch != (config.input_size, config.hidden_size, config.num_layers, config.output_size):
+        raise CheckpointError(f"model shape {arch} does not match its config")
+    if not config.created_at:
+        config = ModelConfig(**{**asdict(config), "created_at": new_iso_time()})
+    base = Path(registry) / name
+    base.mkdir(parents=True, exist_ok=True)
+    final = base / version
+    if final.exists():
+        raise CheckpointError(f"version {version} of {name} already exists at {final}")
+    tmp = base / f".tmp-{version}-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        tensors = {
+            k: v.detach().to("cpu", torch.float32).contiguous()
+            for k, v in model.state_dict().items()
+        }
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "streamcell-v1"})
+        (tmp / CONFIG_FILE).write_text(config.to_json() + "\n")
+        for f in (tmp / WEIGHTS_FILE, tmp / CONFIG_FILE):
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def new_iso_time() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def list_versions(registry: str | os.PathLike[str], name: str) -> list[str]:
+    """Complete versions of a model, oldest first."""
+    base = Path(registry) / check_name(name)
+    if not base.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in base.iterdir()
+        if not p.name.startswith(".")
+        and p.is_dir()
+        and (p / WEIGHTS_FILE).is_file()
+        and (p / CONFIG_FILE).is_file()
+    )
+
+
+def latest_version(registry: str | os.PathLike[str], name: str) -> str | None:
+    versions = list_versions(registry, name)
+    return versions[-1] if versions else None
+
+
+def read_config(path: str | os.PathLike[str]) -> ModelConfig:
+    file = Path(path) / CONFIG_FILE
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {file}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{file} is not valid JSON: {exc}") from None
+    try:
+        return ModelConfig.from_dict(data)
+    except TypeError as exc:  # a field of the wrong kind reached the dataclass
+        raise CheckpointError(f"invalid model config in {file}: {exc}") from None
+    except CheckpointError as exc:
+        raise CheckpointError(f"{file}: {exc}") from None
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
+    """Load one version directory, checking every tensor's name, dtype and shape."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory {path} does not exist")
+    config = read_config(path)
+    model = StreamingLSTM(
+        config.input_size, config.hidden_size, config.num_layers, config.output_size
+    )
+    file = path / WEIGHTS_FILE
+    try:
+        tensors = load_file(str(file))
+    except FileNotFoundError:
+        raise CheckpointError(f"{file} is missing") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{file} is not a readable safetensors file: {exc}") from None
+    expected = model.state_dict()
+    missing = sorted(expected.keys() - tensors.keys())
+    unexpected = sorted(tensors.keys() - expected.keys())
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{file} does not match its config: missing tensors {missing}, "
+            f"unexpected tensors {unexpected}"
+        )
+    for key, ref in expected.items():
+        got = tensors[key]
+        if got.dtype != torch.float32 or got.shape != ref.shape:
+            raise CheckpointError(
+                f"{file}: tensor {key} is {got.dtype} {tuple(got.shape)}, "
+                f"expected float32 {tuple(ref.shape)}"
+            )
+        if not torch.isfinite(got).all():
+            raise CheckpointError(f"{file}: tensor {key} holds NaN or infinite values")
+    model.load_state_dict(tensors, strict=True)
+    model.eval()
+    return LoadedModel(path.parent.name, path.name, path, config, model)
+
+
+def load_latest(registry: str | os.PathLike[str], name: str) -> LoadedModel:
+    version = latest_version(registry, name)
+    if version is None:
+        raise CheckpointError(f"no complete version of model {name!r} in registry {registry}")
+    return load_checkpoint(Path(registry) / name / version)

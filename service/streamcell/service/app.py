@@ -1,0 +1,286 @@
+"""The composition root of `streamcell serve`: builds every part from ServeSettings.
+
+Order of start-up, and why:
+
+1. metrics (and their HTTP endpoint), so that even a replica waiting for a
+   model or a broker can be scraped;
+2. Kafka topics (created when missing, logged), so that a wrong bootstrap
+   address fails fast with a clear message;
+3. the gRPC server, answering UNAVAILABLE (health NOT_SERVING) until a model
+   is loaded;
+4. the model: the newest complete version in the registry. With none yet the
+   replica logs that and waits (``--require-model`` makes that an error
+   instead); the registry directory itself must exist;
+5. the Kafka pipeline (when bootstrap servers are given) on this thread until
+   ``stop`` is set; without Kafka this thread only watches the registry.
+
+Shutdown reverses it: gRPC drains (so that the writes it acknowledged are in
+the final checkpoint), the pipeline checkpoints and leaves the group, the
+metrics endpoint closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from streamcell.core.checkpoint import check_name
+from streamcell.core.errors import ConfigError, ModelNotLoaded
+from streamcell.core.model import resolve_device
+from streamcell.core.predictor import Predictor
+from streamcell.service import gc_pauses, reload
+from streamcell.service.metrics import Metrics
+from streamcell.service.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+WAIT_LOG_EVERY_S = 30.0
+
+
+class App:
+    """One serving replica; ``run(stop)`` blocks until ``stop`` is set."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.predictor: Predictor | None = None
+        self.pipeline: Any = None
+        self.grpc: Any = None
+        self.metrics_port: int | None = None
+        self._http: Any = None
+        self._kafka_cfg: Any = None
+        self._admin: Any = None
+        self.device = resolve_device(settings.device)  # a bad --device fails before anything
+
+    # ------------------------------------------------------------- parts
+    def _start_metrics(self) -> None:
+        s = self.settings
+        if s.metrics_port is None:
+            return
+        from prometheus_client import start_http_server
+
+        try:
+            self._http, _ = start_http_server(
+                s.metrics_port, s.metrics_host, registry=self.metrics.registry
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {s.metrics_host}:{s.metrics_port}: {exc}"
+            ) from exc
+        self.metrics_port = self._http.server_port
+        log.info("metrics on http://%s:%d/metrics", s.metrics_host, self.metrics_port)
+
+    def _ensure_topics(self) -> int:
+        """Create missing topics; returns the input topic's partition count."""
+        from streamcell.service.kafka import KafkaClientConfig, TopicSpec, open_admin
+
+        s = self.settings
+        assert s.bootstrap_servers is not None
+        self._kafka_cfg = KafkaClientConfig(
+            bootstrap_servers=s.bootstrap_servers,
+            client=s.kafka_client,
+            client_id=s.client_id,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=min(1000, s.session_timeout_ms // 3),
+        )
+        admin = open_admin(self._kafka_cfg)
+        try:
+            partitions = admin.partitions(s.input_topic) or s.partitions
+            specs = [
+                TopicSpec(s.input_topic, partitions),
+                TopicSpec(s.output_topic, partitions),
+                TopicSpec(s.dead_letter_topic, partitions),
+                TopicSpec(s.changelog_topic, partitions, compacted=True),
+            ]
+            created = admin.ensure_topics(specs)
+            for spec in specs:
+                if spec.name in created:
+                    log.info(
+                        "created topic %s (%d partitions%s)",
+                        spec.name,
+                        spec.partitions,
+                        ", cleanup.policy=compact" if spec.compacted else "",
+                    )
+            changelog_parts = admin.partitions(s.changelog_topic)
+        finally:
+            admin.close()
+        if changelog_parts is not None and changelog_parts != partitions:
+            raise ConfigError(
+                f"changelog topic {s.changelog_topic} has {changelog_parts} partitions but the "
+                f"input topic {s.input_topic} has {partitions}: they must match"
+            )
+        log.info(
+            "Kafka %s (%s): input %s has %d partitions",
+            s.bootstrap_servers,
+            s.kafka_client,
+            s.input_topic,
+            partitions,
+        )
+        return partitions
+
+    def _start_grpc(self) -> None:
+        if self.settings.grpc is None:
+            return
+        from streamcell.service.grpc_api import start_grpc_server
+
+        self.grpc = start_grpc_server(
+            self.settings.grpc,
+            lambda: self.predictor,
+            self.metrics,
+            owner_of=self._owner_of,
+            on_applied=self._on_applied,
+        )
+
+    def _owner_of(self, stream: str) -> str | None:
+        pipeline = self.pipeline
+        return None if pipeline is None else pipeline.owner_of(stream)
+
+    def _on_applied(self, streams: list[str]) -> None:
+        pipeline = self.pipeline
+        if pipeline is not None:
+            pipeline.mark_changed(streams)
+
+    def _load_model(self, watcher: reload.ModelWatcher, stop: threading.Event) -> bool:
+        """Wait for the first loadable version; False if stopped first."""
+        s = self.settings
+        waited = -WAIT_LOG_EVERY_S
+        clock = 0.0
+        while not stop.is_set():
+            loaded = watcher.newer(None)
+            if loaded is not None:
+                self.predictor = Predictor(
+                    loaded,
+                    max_streams=s.max_streams,
+                    ttl_seconds=s.stream_ttl_s,
+                    keep_gates=s.keep_gates,
+                    device=self.device,
+                )
+                self.metrics.record_model(
+                    loaded.name, loaded.version, reload._validation_mae(loaded)
+                )
+                self.metrics.watch_store(lambda: self.predictor.store if self.predictor else None)
+                log.info(
+                    "serving model %s version %s (input %d, hidden %d, layers %d, output %d)",
+                    loaded.name,
+                    loaded.version,
+                    loaded.config.input_size,
+                    loaded.config.hidden_size,
+                    loaded.config.num_layers,
+                    loaded.config.output_size,
+                )
+                return True
+            if s.require_model:
+                raise ModelNotLoaded(
+                    f"no loadable version of model {s.model!r} in registry {s.registry} "
+                    "(and --require-model is set)"
+                )
+            if clock - waited >= WAIT_LOG_EVERY_S:
+                log.warning(
+                    "no loadable version of model %r in registry %s yet; waiting for one "
+                    "(gRPC health is NOT_SERVING meanwhile)",
+                    s.model,
+                    s.registry,
+                )
+                waited = clock
+            step = max(min(s.poll_registry_s, 1.0), 0.1)
+            stop.wait(step)
+            clock += step
+        return False
+
+    # --------------------------------------------------------------- run
+    def run(self, stop: threading.Event) -> int:
+        import torch
+
+        s = self.settings
+        check_name(s.model)
+        if not s.registry.is_dir():
+            raise ConfigError(f"model registry {s.registry} is not a directory")
+        torch.set_num_threads(s.torch_threads)
+        log.info("the LSTM step runs on %s", self.device)
+        try:
+            self._start_metrics()
+            partitions = self._ensure_topics() if s.bootstrap_servers else None
+            self._start_grpc()
+            watcher = reload.ModelWatcher(s.registry, s.model, s.poll_registry_s, self.metrics)
+            if not self._load_model(watcher, stop):
+                return 0
+            watcher.due()  # the first poll just happened
+            gc_pauses.settle()  # start-up's objects out of the collector's scans (p99)
+            if s.bootstrap_servers:
+                self.pipeline = self._build_pipeline(watcher, partitions)
+                log.info("consuming %s as group %s", s.input_topic, s.group_id)
+                self.pipeline.run(stop, before_close=self._stop_grpc)
+            else:
+                log.info("no Kafka bootstrap servers given: serving gRPC only")
+                self._watch_registry(watcher, stop)
+            return 0
+        finally:
+            self.close()
+
+    def _build_pipeline(self, watcher: reload.ModelWatcher, partitions: int | None):
+        from streamcell.service.kafka import open_admin, open_consumer, open_producer, open_reader
+        from streamcell.service.ownership import GroupMembers
+        from streamcell.service.pipeline import Pipeline, PipelineSettings
+
+        s = self.settings
+        assert self.predictor is not None
+        cfg = self._kafka_cfg
+        self._admin = open_admin(cfg)  # for naming other replicas in gRPC errors
+        producer = open_producer(cfg)
+        try:
+            consumer = open_consumer(cfg, s.group_id)
+        except BaseException:
+            producer.close()
+            raise
+        pipeline = Pipeline(
+            PipelineSettings(
+                input_topic=s.input_topic,
+                output_topic=s.output_topic,
+                dead_letter_topic=s.dead_letter_topic,
+                changelog_topic=s.changelog_topic,
+                event_format=s.event_format,
+                max_batch=s.max_batch,
+                max_batch_delay_ms=s.max_batch_delay_ms,
+                commit_interval_ms=s.commit_interval_ms,
+                idle_commit_ms=s.idle_commit_ms,
+                restore_timeout_s=s.restore_timeout_s,
+            ),
+            consumer,
+            producer,
+            lambda: open_reader(cfg),
+            self.predictor,
+            self.metrics,
+            watcher,
+        )
+        if partitions is not None:
+            pipeline.set_partition_count(partitions)
+        admin = self._admin
+        pipeline.members = GroupMembers(lambda: admin.group_members(s.group_id))
+        return pipeline
+
+    def _watch_registry(self, watcher: reload.ModelWatcher, stop: threading.Event) -> None:
+        """gRPC-only mode: swap to newer versions between calls (the Predictor's lock)."""
+        assert self.predictor is not None
+        while not stop.wait(max(min(self.settings.poll_registry_s, 1.0), 0.05)):
+            if watcher.due():
+                loaded = watcher.newer(self.predictor.loaded.version)
+                if loaded is not None:
+                    reload.apply(self.predictor, loaded, self.metrics)
+
+    def _stop_grpc(self) -> None:
+        if self.grpc is not None:
+            self.grpc.stop(grace=5.0)
+            self.grpc = None
+
+    def close(self) -> None:
+        try:
+            if self._admin is not None:
+                self._admin.close()
+                self._admin = None
+            self._stop_grpc()
+        finally:
+            if self._http is not None:
+                self._http.shutdown()
+                self._http.server_close()
+                self._http = None

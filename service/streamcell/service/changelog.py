@@ -1,0 +1,209 @@
+"""The state changelog: per-stream snapshots on a compacted topic, and their restore.
+
+Record layout: key = the stream id (UTF-8), value = ``StateStore.snapshot``
+bytes (which carry h, c, the last prediction and the input partition, offset
+and seq the state reflects), or None (a tombstone) for a stream that was
+deleted, evicted or expired. A stream's records go to the changelog partition
+with the number of its input partition, so a replica that is assigned input
+partition p restores exactly changelog partition p.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from streamcell.core.errors import StateFormatError
+from streamcell.core.state import StateStore
+
+if TYPE_CHECKING:
+    from streamcell.service.kafka import Producer, Reader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What a restore found: streams loaded, records it could not use, seconds taken."""
+
+    streams: list[str]
+    skipped: int
+    tombstones: int
+    seconds: float
+    # stream -> the changelog partition it came from, which is its input partition (a
+    # stream created over gRPC has no input partition in its state; this is its owner's)
+    partitions: dict[str, int] = field(default_factory=dict)
+
+
+class Snapshots:
+    """Changelog records taken at a checkpoint, sent later a chunk at a time.
+
+    Taking them is one bulk copy of the store under the predictor's lock
+    (``StateStore.snapshot_block``); cutting the block into records, encoding
+    the keys and handing them to the producer happens outside the lock and can
+    be spread over several loop steps (``send``), so a checkpoint of 10^4
+    streams never stalls the loop for the whole of it. Records are grouped by
+    partition (one ``send_many`` per run); a stream's snapshots and tombstones
+    keep the order in which checkpoints were taken as long as each
+    ``Snapshots`` is sent completely before the next one starts.
+    """
+
+    CHUNK = 256  # records per send_many between clock checks
+
+    def __init__(self, topic: str, store: StateStore, changed: dict[str, int]) -> None:
+        # Snapshots first, then tombstones; each grouped by partition, in the
+        # order the streams changed. Sorted by numpy, not per stream in Python:
+        # this runs under the lock, for every stream changed in the interval.
+        streams = list(changed)
+        partitions = np.fromiter(changed.values(), np.int64, len(streams))
+        present = store.contains(streams)
+        order = np.lexsort((partitions, ~present))
+        self.topic = topic
+        self.streams: list[str] = [streams[k] for k in order.tolist()]
+        self.snapshots = int(present.sum())
+        self.tombstones = len(streams) - self.snapshots
+        ordered = partitions[order]
+        starts = np.flatnonzero(np.diff(ordered)) + 1
+        ends = np.append(starts, len(streams))
+        if 0 < self.snapshots < len(streams):
+            ends = np.union1d(ends, [self.snapshots])  # a run never spans both kinds
+        # (end, partition) of each run, in order
+        self._runs: list[tuple[int, int]] = [
+            (end, int(ordered[end - 1])) for end in ends.tolist() if end > 0
+        ]
+        self._block = store.snapshot_block(self.streams[: self.snapshots])
+        self._size = store.snapshot_size
+        self.sent = 0
+        self._run = 0
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    @property
+    def done(self) -> bool:
+        return self.sent >= len(self.streams)
+
+    def send(
+        self,
+        producer: Producer,
+        until: int | None = None,
+        deadline: float | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> bool:
+        """Send in order up to record ``until`` (all if None), then on until ``deadline``.
+
+        Returns True once every record is sent.
+        """
+        total = len(self.streams)
+        floor = total if until is None else min(until, total)
+        streams, block, size = self.streams, self._block, self._size
+        while self.sent < total:
+            if self.sent >= floor and (deadline is None or clock() >= deadline):
+                break
+            end, partition = self._runs[self._run]
+            stop = min(end, self.sent + self.CHUNK)
+            if stop <= self.snapshots:
+                pairs = [
+                    (streams[k].encode(), bytes(block[k * size : (k + 1) * size]))
+                    for k in range(self.sent, stop)
+                ]
+            else:
+                pairs = [(streams[k].encode(), None) for k in range(self.sent, stop)]
+            producer.send_many(self.topic, pairs, partition=partition)
+            self.sent = stop
+            if stop == end:
+                self._run += 1
+        return self.done
+
+
+def write(
+    producer: Producer,
+    topic: str,
+    store: StateStore,
+    changed: dict[str, int],
+) -> tuple[int, int]:
+    """Send the state of ``changed`` streams (stream -> input partition) at once.
+
+    Streams still in the store get a snapshot, the others a tombstone. The
+    caller holds the predictor's lock (the store must not move meanwhile) and
+    flushes the producer afterwards. Returns (snapshots, tombstones).
+    """
+    records = Snapshots(topic, store, changed)
+    records.send(producer)
+    return records.snapshots, records.tombstones
+
+
+def read_latest(
+    reader: Reader, topic: str, partitions: Iterable[int], timeout_s: float
+) -> tuple[dict[str, bytes], dict[str, int], int]:
+    """The last value of every live key in the partitions, its partition, the tombstones seen."""
+    latest: dict[str, bytes] = {}
+    where: dict[str, int] = {}
+    tombstones = 0
+    tps = [(topic, p) for p in partitions]
+    for records in reader.read_to_end(tps, timeout_s):
+        for rec in records:
+            if rec.key is None:
+                continue
+            stream = rec.key.decode("utf-8", errors="replace")
+            latest.pop(stream, None)  # keep last-written order (recency)
+            if rec.value is None:
+                tombstones += 1
+            else:
+                latest[stream] = rec.value
+                where[stream] = rec.partition
+    return latest, where, tombstones
+
+
+def restore(
+    reader_of: Callable[[], Reader],
+    topic: str,
+    partitions: list[int],
+    store: StateStore,
+    timeout_s: float,
+) -> Restored:
+    """Load the partitions' streams into the store (replacing what it had for them).
+
+    Records written for another architecture (before a model change) or
+    undecodable ones are skipped and logged: those streams start afresh.
+    """
+    start = time.perf_counter()
+    reader = reader_of()
+    try:
+        latest, where, tombstones = read_latest(reader, topic, partitions, timeout_s)
+    finally:
+        reader.close()
+    items = list(latest.items())
+    room = store.max_streams - len(store)
+    if len(items) > room:
+        log.warning(
+            "changelog %s partitions %s hold %d streams, room for %d: restoring the %d most "
+            "recently written",
+            topic,
+            partitions,
+            len(items),
+            room,
+            max(room, 0),
+        )
+        items = items[len(items) - max(room, 0) :] if room > 0 else []
+    skipped = 0
+    try:
+        store.restore(items)
+        loaded = [s for s, _ in items]
+    except StateFormatError as exc:
+        log.warning("changelog %s: %s; restoring record by record", topic, exc)
+        loaded = []
+        for stream, value in items:
+            try:
+                store.restore([(stream, value)])
+                loaded.append(stream)
+            except StateFormatError as one:
+                skipped += 1
+                log.warning("changelog %s: skipping stream %r: %s", topic, stream, one)
+    seconds = time.perf_counter() - start
+    return Restored(loaded, skipped, tombstones, seconds, {s: where[s] for s in loaded})

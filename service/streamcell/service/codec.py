@@ -1,0 +1,427 @@
+"""Kafka values <-> the core's columns: bulk decode of events, bulk encode of predictions.
+
+A polled batch of records becomes one :class:`EventBatch` of the good events
+plus a list of the bad ones, each with a dead-letter reason code from
+``streamcell.core.events`` and a message saying what is wrong. Nothing here raises
+for bad input: one broken record never stops the others.
+
+Predictions are encoded with a fixed key order and each float32 as the
+shortest decimal that reads back as the same float32, so a replayed event
+yields a byte-identical prediction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter
+from typing import TYPE_CHECKING, Annotated
+
+import msgspec
+import numpy as np
+import orjson
+
+from streamcell.core.events import (
+    MAX_STREAM_ID_BYTES,
+    NO_SEQ,
+    REASON_BAD_FIELD,
+    REASON_BAD_JSON,
+    REASON_BAD_PROTOBUF,
+    REASON_BAD_SEQ,
+    REASON_KEY_TOO_LONG,
+    REASON_MISSING_KEY,
+    REASON_NON_FINITE,
+    REASON_WRONG_LENGTH,
+    EventBatch,
+    find_invalid,
+)
+
+if TYPE_CHECKING:
+    from streamcell.service.kafka import Record
+
+FORMAT_JSON = "json"
+FORMAT_PROTOBUF = "protobuf"
+FORMATS = (FORMAT_JSON, FORMAT_PROTOBUF)
+_NUMBER = (int, float)
+_FLOAT_MAX = sys.float_info.max
+_json_decode = json.JSONDecoder().decode  # json.loads without its per-call checks
+_BAD_TS = "ts must be a finite number of seconds"
+
+
+class _Event(msgspec.Struct):
+    """An event value's fields as msgspec reads them: types and ranges checked while parsing.
+
+    Strict types: a bool is not a number, a string is not a number. Numbers
+    beyond the float range, NaN and Infinity are refused, and so are values
+    that are not exactly one JSON object. Unknown fields are skipped.
+    """
+
+    x: list[float]
+    stream: str | None = None
+    seq: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
+    ts: float | None = None
+
+
+_decode_event = msgspec.json.Decoder(_Event).decode
+_X, _STREAM, _SEQ, _TS = (attrgetter(name) for name in ("x", "stream", "seq", "ts"))
+_PARTITION, _OFFSET, _TIMESTAMP = (
+    attrgetter(name) for name in ("partition", "offset", "timestamp_ms")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A record that cannot be applied, with a stable reason code."""
+
+    record: Record
+    reason: str
+    message: str
+
+
+@dataclass
+class Decoded:
+    """The good events of a poll as columns, and the bad records."""
+
+    batch: EventBatch
+    records: list[Record]  # row k of ``batch`` came from ``records[k]``
+    event_time: np.ndarray  # [N] float64 seconds: the event's ts, else its Kafka timestamp
+    invalid: list[Invalid] = field(default_factory=list)
+
+
+class _Bad(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def decode(records: Sequence[Record], input_size: int, event_format: str = FORMAT_JSON) -> Decoded:
+    """Decode and validate a polled batch in one pass, keeping Kafka order."""
+    if event_format not in FORMATS:
+        raise ValueError(f"event format must be one of {FORMATS}, got {event_format!r}")
+    typed: list[_Event | None] = []
+    if event_format == FORMAT_JSON:
+        typed = _parse_typed(records)
+        rows = _bulk_typed(records, typed, input_size) if None not in typed else None
+        if rows is not None:
+            return _finish(rows, input_size)
+    parse = _parse_json if event_format == FORMAT_JSON else _protobuf_parser()
+    good: list[Record] = []
+    streams: list[str] = []
+    xs: list[Sequence[float]] = []
+    seqs: list[int] = []
+    times: list[float] = []
+    invalid: list[Invalid] = []
+    for k, rec in enumerate(records):
+        try:
+            stream = _stream_id(rec.key)
+            event = typed[k] if typed else None
+            body_stream, seq, ts, x = parse(rec.value) if event is None else _fields(event)
+            if body_stream is not None and body_stream != stream:
+                raise _Bad(
+                    REASON_BAD_FIELD,
+                    f"stream {body_stream!r} in the value differs from the key {stream!r}",
+                )
+            if len(x) != input_size:
+                raise _Bad(
+                    REASON_WRONG_LENGTH, f"x has {len(x)} values, the model takes {input_size}"
+                )
+        except _Bad as bad:
+            invalid.append(Invalid(rec, bad.reason, bad.message))
+            continue
+        except Exception as exc:  # a case the rules above missed must not stop the batch
+            invalid.append(Invalid(rec, REASON_BAD_FIELD, f"undecodable event: {exc!r}"[:200]))
+            continue
+        good.append(rec)
+        streams.append(stream)
+        xs.append(x)
+        seqs.append(seq)
+        times.append(ts if ts is not None else rec.timestamp_ms / 1000.0)
+    return _finish(
+        _Rows(good, streams, xs, seqs, np.asarray(times, np.float64), invalid), input_size
+    )
+
+
+@dataclass
+class _Rows:
+    """The records that passed the per-record rules, as Python lists, before the bulk rules."""
+
+    good: list[Record]
+    streams: list[str]
+    xs: list[Sequence[float]]
+    seqs: list[int]
+    times: np.ndarray
+    invalid: list[Invalid]
+
+
+def _finish(rows: _Rows, input_size: int) -> Decoded:
+    """Columns of the rows, then the bulk rules (float32 range, ...) of ``find_invalid``."""
+    good, n = rows.good, len(rows.good)
+    with np.errstate(over="ignore"):  # 1e39 becomes inf in float32, then non_finite
+        x_arr = np.asarray(rows.xs, dtype=np.float32).reshape(n, input_size)
+    batch = EventBatch.of(
+        rows.streams,
+        x_arr,
+        seq=np.asarray(rows.seqs, dtype=np.int64),
+        partition=np.fromiter(map(_PARTITION, good), np.int32, n),
+        offset=np.fromiter(map(_OFFSET, good), np.int64, n),
+    )
+    decoded = Decoded(batch, good, rows.times, rows.invalid)
+    bad_rows = find_invalid(batch, input_size)
+    if bad_rows:
+        decoded = _drop_rows(decoded, bad_rows)
+    return decoded
+
+
+def _parse_typed(records: Sequence[Record]) -> list[_Event | None]:
+    """Each value parsed and type-checked by msgspec, or None where msgspec refused it.
+
+    A refused value is not necessarily bad: the standard library's reading
+    decides (and words the error). Each value is parsed on its own, never
+    joined with its neighbours, so two broken values cannot merge into good
+    events. msgspec does not check the UTF-8 of strings it skips (fields the
+    event does not have), so a value that is not plain ASCII is checked here.
+    """
+    values = [r.value for r in records]
+    try:
+        events: list[_Event | None] = list(map(_decode_event, values))
+        if b"".join(values).isascii():  # (None among the values: the join raises)
+            return events
+    except Exception:  # one refused value: go one by one
+        events = [_parse_one(v) for v in values]
+    return [
+        e if e is None or v.isascii() or _is_utf8(v) else None  # type: ignore[union-attr]
+        for e, v in zip(events, values, strict=True)
+    ]
+
+
+def _parse_one(value: bytes | None) -> _Event | None:
+    try:
+        return _decode_event(value)  # type: ignore[arg-type]
+    except Exception:  # not JSON, a wrong type, None, a nesting bomb: the stdlib path says
+        return None
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _bulk_typed(
+    records: Sequence[Record], events: list[_Event | None], input_size: int
+) -> _Rows | None:
+    """The whole poll in columns when every record passes the per-record rules, else None.
+
+    msgspec has checked each value's types and ranges while parsing it; what
+    is left (the key, x's length, ``stream`` against the key, ``ts`` below
+    the float maximum) is checked column by column over the poll. Any record
+    these rules could refuse returns None: the caller then goes record by
+    record, so each bad record gets its reason and message from one place.
+    """
+    if not events:
+        return None
+    try:
+        keys = [r.key for r in records]
+        if not all(keys) or max(map(len, keys)) > MAX_STREAM_ID_BYTES:
+            return None
+        streams = list(map(bytes.decode, keys))  # type: ignore[arg-type]
+        xs = list(map(_X, events))
+        if set(map(len, xs)) != {input_size}:
+            return None
+        body = list(map(_STREAM, events))  # None where the value names no stream
+        if (
+            body != streams
+            and body.count(None) != len(body)
+            and not all(b is None or b == s for b, s in zip(body, streams, strict=True))
+        ):
+            return None  # a stream that differs from its key
+        seqs = list(map(_SEQ, events))
+        if None in seqs:
+            seqs = [NO_SEQ if s is None else s for s in seqs]
+        times = _times(records, list(map(_TS, events)))
+        if times is None:
+            return None
+    except Exception:  # any surprise (a key that is not UTF-8): the per-record path says
+        return None
+    return _Rows(list(records), streams, xs, seqs, times, [])
+
+
+def _times(records: Sequence[Record], stamps: list[float | None]) -> np.ndarray | None:
+    """Each event's ``ts`` in seconds, else its Kafka timestamp; None if a ts is out of range."""
+    if None in stamps:
+        if stamps.count(None) == len(stamps):  # no event has a ts: the Kafka timestamps
+            return np.fromiter(map(_TIMESTAMP, records), np.float64, len(records)) / 1000.0
+        stamps = [
+            r.timestamp_ms / 1000.0 if t is None else t
+            for t, r in zip(stamps, records, strict=True)
+        ]
+    times = np.array(stamps, np.float64)
+    # msgspec refuses numbers beyond the float range; the float maximum itself is refused here.
+    return times if ((times > -_FLOAT_MAX) & (times < _FLOAT_MAX)).all() else None
+
+
+def _drop_rows(decoded: Decoded, bad_rows: list[tuple[int, str, str]]) -> Decoded:
+    drop = {row for row, _, _ in bad_rows}
+    keep = np.fromiter((k for k in range(len(decoded.records)) if k not in drop), np.int64)
+    seen: set[int] = set()
+    invalid = list(decoded.invalid)
+    for row, reason, message in bad_rows:
+        if row not in seen:  # one reason per record: the first rule it breaks
+            seen.add(row)
+            invalid.append(Invalid(decoded.records[row], reason, message))
+    invalid.sort(key=lambda bad: (bad.record.partition, bad.record.offset))
+    return Decoded(
+        decoded.batch.take(keep),
+        [decoded.records[k] for k in keep],
+        decoded.event_time[keep],
+        invalid,
+    )
+
+
+def _stream_id(key: bytes | None) -> str:
+    if not key:
+        raise _Bad(REASON_MISSING_KEY, "the record has no key (the key is the stream id)")
+    if len(key) > MAX_STREAM_ID_BYTES:
+        raise _Bad(REASON_KEY_TOO_LONG, f"the key is longer than {MAX_STREAM_ID_BYTES} bytes")
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Bad(REASON_BAD_FIELD, "the key is not valid UTF-8") from None
+
+
+def _parse_json(value: bytes | None) -> tuple[str | None, int, float | None, list]:
+    if value is None:
+        raise _Bad(REASON_BAD_JSON, "the record has no value")
+    try:
+        doc = _json_decode(value.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise _Bad(REASON_BAD_JSON, f"value is not JSON: {str(exc)[:120]}") from None
+    return _check_json(doc)
+
+
+def _check_json(doc: object) -> tuple[str | None, int, float | None, list]:
+    if not isinstance(doc, dict):
+        raise _Bad(REASON_BAD_JSON, f"value must be a JSON object, got {type(doc).__name__}")
+    x = doc.get("x")
+    if not isinstance(x, list):
+        raise _Bad(REASON_BAD_FIELD, "x must be a list of numbers")
+    for v in x:
+        kind = type(v)
+        if kind is float:
+            continue
+        if kind is not int:  # bool is not a number here
+            raise _Bad(REASON_BAD_FIELD, f"x must hold numbers only, found {json.dumps(v)[:40]}")
+        if not -_FLOAT_MAX < v < _FLOAT_MAX:  # exact int/float comparison, no overflow
+            raise _Bad(REASON_NON_FINITE, "x holds an integer beyond the float range")
+    stream = doc.get("stream")
+    if stream is not None and not isinstance(stream, str):
+        raise _Bad(REASON_BAD_FIELD, "stream must be a string")
+    seq = doc.get("seq")
+    if seq is None:
+        seq = NO_SEQ
+    elif type(seq) is not int or seq < 0 or seq >= 2**63:
+        raise _Bad(REASON_BAD_SEQ, f"seq must be an integer >= 0, got {json.dumps(seq)[:40]}")
+    ts = doc.get("ts")
+    if ts is not None and (type(ts) not in _NUMBER or not -_FLOAT_MAX < ts < _FLOAT_MAX):
+        raise _Bad(REASON_BAD_FIELD, _BAD_TS)
+    return stream, seq, None if ts is None else float(ts), x
+
+
+def _fields(event: _Event) -> tuple[str | None, int, float | None, list]:
+    """``_check_json`` for a value msgspec read: it checked every type and range but one."""
+    ts = event.ts
+    if ts is not None and not -_FLOAT_MAX < ts < _FLOAT_MAX:
+        raise _Bad(REASON_BAD_FIELD, _BAD_TS)
+    return event.stream, NO_SEQ if event.seq is None else event.seq, ts, event.x
+
+
+def _protobuf_parser():
+    from google.protobuf.message import DecodeError
+
+    from streamcell.v1.event_pb2 import Event
+
+    def parse(value: bytes | None) -> tuple[str | None, int, float | None, Sequence[float]]:
+        if value is None:
+            raise _Bad(REASON_BAD_PROTOBUF, "the record has no value")
+        try:
+            event = Event.FromString(value)
+        except DecodeError as exc:
+            raise _Bad(REASON_BAD_PROTOBUF, f"value is not an Event: {exc}") from None
+        seq = event.seq if event.HasField("seq") else NO_SEQ
+        if event.HasField("seq") and seq < 0:
+            raise _Bad(REASON_BAD_SEQ, f"seq must be >= 0, got {seq}")
+        ts = event.ts if event.HasField("ts") else None
+        if ts is not None and not math.isfinite(ts):
+            raise _Bad(REASON_BAD_FIELD, "ts must be a finite number of seconds")
+        return event.stream or None, seq, ts, event.x
+
+    return parse
+
+
+# ------------------------------------------------------------------ encode
+def encode_predictions(
+    batch: EventBatch, yhat: np.ndarray, rows: np.ndarray, model: str, version: str
+) -> list[tuple[bytes, bytes]]:
+    """(key, value) of the prediction of each of ``rows``; same input, same bytes.
+
+    Each ``yhat`` value is written as the shortest decimal that reads back as
+    the same float32 (orjson's float32 output), a non-finite one as null. The
+    whole poll is encoded by two C calls: orjson for the numbers, one
+    ``bytes % args`` for the records, split on a newline no record can hold
+    (stream ids are JSON-escaped; the template's own ``%`` are doubled).
+    """
+    n = len(rows)
+    if n == 0:
+        return []
+    numbers = orjson.dumps(
+        np.asarray(yhat[rows], dtype=np.float32), option=orjson.OPT_SERIALIZE_NUMPY
+    )[2:-2].split(b"],[")
+    names = batch.streams
+    streams = [names[k] for k in rows.tolist()]
+    keys = list(map(str.encode, streams))
+    parts, offsets, seqs = (
+        col[rows].tolist() for col in (batch.partition, batch.offset, batch.seq)
+    )
+    ids = "".join(streams)
+    if ids.isascii() and ids.isprintable() and '"' not in ids and "\\" not in ids:
+        stream_field, quoted = b'{"stream":"%b"', keys  # the usual plain ids, as they are
+    else:
+        stream_field, quoted = b'{"stream":%b', [json.dumps(s).encode() for s in streams]
+    tail = f',"model":{json.dumps(model)},"version":{json.dumps(version)}}}'
+    end = b'"yhat":[%b]' + tail.encode().replace(b"%", b"%%") + b"\n"
+    with_seq = stream_field + b',"partition":%d,"offset":%d,"seq":%d,' + end
+    without = stream_field + b',"partition":%d,"offset":%d,' + end
+    if NO_SEQ not in seqs:
+        template = with_seq * n
+        args = chain.from_iterable(zip(quoted, parts, offsets, seqs, numbers, strict=True))
+    elif seqs.count(NO_SEQ) == n:
+        template = without * n
+        args = chain.from_iterable(zip(quoted, parts, offsets, numbers, strict=True))
+    else:  # some events carry a seq, some do not: a template per record
+        template = b"".join(without if q == NO_SEQ else with_seq for q in seqs)
+        args = chain.from_iterable(
+            (s, p, o, y) if q == NO_SEQ else (s, p, o, q, y)
+            for s, p, o, q, y in zip(quoted, parts, offsets, seqs, numbers, strict=True)
+        )
+    values = (template % tuple(args)).split(b"\n")
+    values.pop()  # after the last newline
+    return list(zip(keys, values, strict=True))
+
+
+def dead_letter_headers(bad: Invalid) -> list[tuple[str, bytes]]:
+    """Why a record was refused and where it came from, as Kafka headers."""
+    rec = bad.record
+    return [
+        ("reason", bad.reason.encode()),
+        ("error", bad.message.encode()[:1000]),
+        ("source_topic", rec.topic.encode()),
+        ("source_partition", str(rec.partition).encode()),
+        ("source_offset", str(rec.offset).encode()),
+    ]

@@ -1,0 +1,125 @@
+"""proto <-> domain conversion for the gRPC servicer, in bulk where it counts.
+
+PredictBatch is the throughput path: the request's events become one
+:class:`EventBatch` with a handful of list comprehensions and one
+``np.fromiter`` over all features (no per-event arrays), and the predictions
+are built with one ``add`` per event from plain Python lists.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+from streamcell.core.errors import InvalidEvent
+from streamcell.core.events import NO_SEQ, REASON_BAD_SEQ, REASON_WRONG_LENGTH, EventBatch
+from streamcell.core.predictor import DUPLICATE, BatchResult
+from streamcell.core.state import StreamInfo
+from streamcell.v1 import event_pb2
+from streamcell.v1 import predictor_pb2 as pb
+
+_ABSENT = np.iinfo(np.int64).min  # an Event without seq, until mapped to NO_SEQ
+
+
+def batch_of(events: Sequence[event_pb2.Event], input_size: int) -> EventBatch:
+    """An EventBatch from Event messages; a wrong feature count raises InvalidEvent.
+
+    The remaining checks (finite values, stream ids, seq) are the Predictor's,
+    shared with the Kafka path.
+    """
+    n = len(events)
+    xs = [e.x for e in events]
+    sizes = np.fromiter(map(len, xs), dtype=np.int64, count=n)
+    wrong = np.flatnonzero(sizes != input_size)
+    if wrong.size:
+        k = int(wrong[0])
+        raise InvalidEvent(
+            REASON_WRONG_LENGTH,
+            f"event {k} (stream {events[k].stream!r}): x has {int(sizes[k])} values, "
+            f"the model takes {input_size}",
+        )
+    flat = np.fromiter(itertools.chain.from_iterable(xs), dtype=np.float32, count=n * input_size)
+    seq = np.fromiter((e.seq if e.HasField("seq") else _ABSENT for e in events), np.int64, n)
+    negative = np.flatnonzero((seq < 0) & (seq != _ABSENT))
+    if negative.size:  # an explicit -1 would otherwise pass as "no seq"
+        k = int(negative[0])
+        raise InvalidEvent(
+            REASON_BAD_SEQ,
+            f"event {k} (stream {events[k].stream!r}): seq must be >= 0, got {seq[k]}",
+        )
+    seq[seq == _ABSENT] = NO_SEQ
+    return EventBatch.of([e.stream for e in events], flat.reshape(n, input_size), seq)
+
+
+def event_times(events: Sequence[event_pb2.Event]) -> np.ndarray:
+    """The ``ts`` of the events that carry one (seconds), for the latency metric."""
+    return np.array([e.ts for e in events if e.HasField("ts")], dtype=np.float64)
+
+
+def predictions_into(
+    out: pb.PredictionBatch, batch: EventBatch, result: BatchResult
+) -> pb.PredictionBatch:
+    """Append one Prediction per event of ``batch`` to ``out``, in order."""
+    add = out.predictions.add
+    duplicate = result.outcome == DUPLICATE
+    yhat = result.yhat.tolist()
+    if duplicate.any():
+        for k in np.flatnonzero(duplicate):
+            yhat[k] = []
+    outcome = np.where(duplicate, pb.OUTCOME_DUPLICATE, pb.OUTCOME_PREDICTED).tolist()
+    model, version = result.model, result.version
+    for stream, seq, y, events, oc in zip(
+        batch.streams,
+        batch.seq.tolist(),
+        yhat,
+        result.events.tolist(),
+        outcome,
+        strict=True,
+    ):
+        add(
+            stream=stream,
+            seq=None if seq == NO_SEQ else seq,
+            yhat=y,
+            model=model,
+            version=version,
+            events=events,
+            outcome=oc,
+        )
+    return out
+
+
+def prediction_of(event: event_pb2.Event, result: BatchResult, row: int) -> pb.Prediction:
+    """The Prediction for ``event``, row ``row`` of ``result``."""
+    if result.outcome[row] == DUPLICATE:
+        yhat, outcome = [], pb.OUTCOME_DUPLICATE
+    else:
+        yhat, outcome = result.yhat[row].tolist(), pb.OUTCOME_PREDICTED
+    return pb.Prediction(
+        stream=event.stream,
+        seq=event.seq if event.HasField("seq") else None,
+        yhat=yhat,
+        model=result.model,
+        version=result.version,
+        events=int(result.events[row]),
+        outcome=outcome,
+    )
+
+
+def stream_state(info: StreamInfo, include_gates: bool) -> pb.StreamState:
+    out = pb.StreamState(
+        stream=info.stream,
+        exists=True,
+        events=info.events,
+        seq=None if info.seq == NO_SEQ else info.seq,
+        partition=None if info.partition < 0 else info.partition,
+        offset=None if info.offset < 0 else info.offset,
+        last_seen=info.last_seen,
+        last_prediction=info.last_prediction,
+        online_mae=info.online_mae,
+    )
+    if include_gates and info.gates is not None:
+        for layer in info.gates.tolist():  # [L, 4, H]: i, f, g, o
+            out.gates.add(input=layer[0], forget=layer[1], cell=layer[2], output=layer[3])
+    return out

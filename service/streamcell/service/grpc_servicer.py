@@ -1,0 +1,268 @@
+"""The Predictor gRPC service: converts proto <-> domain and calls the Predictor.
+
+Every method makes one call into the shared :class:`~streamcell.core.predictor.Predictor`
+(the same object the Kafka loop uses). Errors are StreamcellError subclasses
+turned into status codes by :mod:`streamcell.service.grpc_errors`. Before any
+state changes, a request is checked whole: model loaded, stream ownership,
+feature count and values, and the client's deadline; a refused request
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from streamcell.core.errors import InvalidEvent, ModelNotLoaded, StreamcellError, StreamNotFound
+from streamcell.core.events import REASON_MISSING_KEY, EventBatch
+from streamcell.core.predictor import OUTCOMES, BatchResult, Predictor
+from streamcell.service import grpc_errors
+from streamcell.service.grpc_coalesce import Coalescer, DeadlineExpired
+from streamcell.service.grpc_convert import (
+    batch_of,
+    event_times,
+    prediction_of,
+    predictions_into,
+    stream_state,
+)
+from streamcell.service.grpc_errors import NotOwned
+from streamcell.service.metrics import Metrics
+from streamcell.v1 import event_pb2
+from streamcell.v1 import predictor_pb2 as pb
+from streamcell.v1 import predictor_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Predictor"].full_name
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 10_000
+
+PredictorOf = Callable[[], Predictor | None]
+OwnerOf = Callable[[str], str | None]
+OnApplied = Callable[[list[str]], None]
+R = TypeVar("R")
+
+
+def _mapped(method: Callable[..., R]) -> Callable[..., R]:
+    """Turn a StreamcellError raised by a unary method into its status code."""
+
+    @functools.wraps(method)
+    def wrapper(self: PredictorServicer, request: Any, context: grpc.ServicerContext) -> R:
+        try:
+            return method(self, request, context)
+        except StreamcellError as exc:
+            grpc_errors.abort(context, exc)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def _stream_id(stream: str) -> str:
+    if not stream:
+        raise InvalidEvent(REASON_MISSING_KEY, "the stream id is empty")
+    return stream
+
+
+class PredictorServicer(pb_grpc.PredictorServicer):
+    """streamcell.v1.Predictor over a Predictor that may not be loaded yet."""
+
+    def __init__(
+        self,
+        predictor_of: PredictorOf,
+        metrics: Metrics | None = None,
+        owner_of: OwnerOf | None = None,
+        on_applied: OnApplied | None = None,
+    ) -> None:
+        self._predictor_of = predictor_of
+        self._metrics = metrics
+        self._owner_of = owner_of
+        self._on_applied = on_applied
+        self._coalescer = Coalescer(self._record)
+
+    # ------------------------------------------------------------- helpers
+    def _predictor(self) -> Predictor:
+        predictor = self._predictor_of()
+        if predictor is None:
+            raise ModelNotLoaded("no model version is loaded yet; retry once the registry has one")
+        return predictor
+
+    def _check_owned(self, streams: list[str]) -> None:
+        if self._owner_of is None:
+            return
+        for stream in dict.fromkeys(streams):
+            owner = self._owner_of(stream)
+            if owner is not None:
+                raise NotOwned(f"stream {stream!r} is served by another replica: {owner}")
+
+    def _applied(self, streams: list[str]) -> None:
+        if self._on_applied is not None and streams:
+            self._on_applied(streams)
+
+    def _latency(self, events: Sequence[event_pb2.Event]) -> None:
+        """Event time (``ts``) to prediction, for events that carry a ts."""
+        if self._metrics is not None:
+            ts = event_times(events)
+            if ts.size:
+                self._metrics.event_latency.observe_many(time.time() - ts, "grpc")
+
+    def _record(self, batch: EventBatch, result: BatchResult) -> None:
+        """After an applied batch: tell the pipeline which streams changed; count it."""
+        self._applied(result.touched)
+        if self._metrics is not None:
+            counts = np.bincount(result.outcome, minlength=len(OUTCOMES))
+            self._metrics.record_batch(
+                "grpc",
+                {OUTCOMES[k]: int(n) for k, n in enumerate(counts)},
+                len(batch) - int(counts[1:].sum()),
+                result.abs_errors,
+                result.model,
+                result.version,
+            )
+
+    def _apply(
+        self, predictor: Predictor, batch: EventBatch, context: grpc.ServicerContext
+    ) -> BatchResult:
+        """Apply a batch in one Predictor call (which validates it whole first)."""
+        self._check_owned(batch.streams)
+        # Wait for the Predictor (the Kafka loop may hold it) no longer than the
+        # client's deadline: a call that gave up must not change state.
+        remaining = context.time_remaining()
+        wait = -1 if remaining is None or remaining > threading.TIMEOUT_MAX else remaining
+        if wait == 0 or not predictor.lock.acquire(timeout=wait):
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before applying")
+        try:
+            result = predictor.predict(batch)
+        finally:
+            predictor.lock.release()
+        self._record(batch, result)
+        return result
+
+    def _apply_one(
+        self, predictor: Predictor, event: event_pb2.Event, context: grpc.ServicerContext
+    ) -> pb.Prediction:
+        """One event, merged with concurrent single-event calls (see grpc_coalesce)."""
+        batch = batch_of([event], predictor.config.input_size)
+        bad = predictor.validate(batch)
+        if bad:
+            _, reason, message = bad[0]
+            raise InvalidEvent(reason, f"event 0 (stream {event.stream!r}): {message}")
+        self._check_owned(batch.streams)
+        try:
+            result, row = self._coalescer.submit(predictor, batch, context)
+        except DeadlineExpired:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before applying")
+        self._latency([event])
+        return prediction_of(event, result, row)
+
+    # ---------------------------------------------------------- predictions
+    @_mapped
+    def Predict(self, request: event_pb2.Event, context: grpc.ServicerContext) -> pb.Prediction:
+        return self._apply_one(self._predictor(), request, context)
+
+    @_mapped
+    def PredictBatch(
+        self, request: pb.EventBatch, context: grpc.ServicerContext
+    ) -> pb.PredictionBatch:
+        predictor = self._predictor()
+        out = pb.PredictionBatch()
+        if not request.events:
+            return out
+        batch = batch_of(request.events, predictor.config.input_size)
+        result = self._apply(predictor, batch, context)
+        self._latency(request.events)
+        return predictions_into(out, batch, result)
+
+    def PredictStream(
+        self, request_iterator: Iterator[event_pb2.Event], context: grpc.ServicerContext
+    ) -> Iterator[pb.Prediction]:
+        try:
+            for event in request_iterator:
+                yield self._apply_one(self._predictor(), event, context)
+        except StreamcellError as exc:
+            grpc_errors.abort(context, exc)
+
+    @_mapped
+    def Forecast(self, request: pb.ForecastRequest, context: grpc.ServicerContext) -> pb.Forecast:
+        predictor = self._predictor()
+        stream = _stream_id(request.stream)
+        self._check_owned([stream])
+        loaded = predictor.loaded
+        steps = predictor.forecast(stream, request.horizon)
+        out = pb.Forecast(stream=stream, model=loaded.name, version=loaded.version)
+        for row in steps.tolist():
+            out.steps.add(yhat=row)
+        return out
+
+    # ---------------------------------------------------------------- admin
+    @_mapped
+    def GetStream(self, request: pb.StreamRequest, context: grpc.ServicerContext) -> pb.StreamState:
+        predictor = self._predictor()
+        stream = _stream_id(request.stream)
+        self._check_owned([stream])
+        try:
+            info = predictor.info(stream)
+        except StreamNotFound:
+            if request.missing_ok:
+                return pb.StreamState(stream=stream, exists=False)
+            raise
+        return stream_state(info, request.include_gates)
+
+    @_mapped
+    def ResetStream(self, request: pb.StreamRequest, context: grpc.ServicerContext) -> pb.StreamAck:
+        stream = _stream_id(request.stream)
+        self._check_owned([stream])
+        self._predictor().reset(stream)
+        self._applied([stream])
+        return pb.StreamAck(stream=stream)
+
+    @_mapped
+    def DeleteStream(
+        self, request: pb.StreamRequest, context: grpc.ServicerContext
+    ) -> pb.StreamAck:
+        stream = _stream_id(request.stream)
+        self._check_owned([stream])
+        self._predictor().delete(stream)
+        self._applied([stream])
+        return pb.StreamAck(stream=stream)
+
+    @_mapped
+    def ListStreams(
+        self, request: pb.ListStreamsRequest, context: grpc.ServicerContext
+    ) -> pb.ListStreamsResponse:
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise InvalidEvent("bad_page_size", f"page_size must be in 1..{MAX_PAGE_SIZE}")
+        streams = self._predictor().list_streams(after=request.page_token, limit=size + 1)
+        more = len(streams) > size
+        streams = streams[:size]
+        return pb.ListStreamsResponse(streams=streams, next_page_token=streams[-1] if more else "")
+
+    @_mapped
+    def ModelInfo(
+        self, request: pb.ModelInfoRequest, context: grpc.ServicerContext
+    ) -> pb.ModelInfoResponse:
+        predictor = self._predictor()
+        with predictor.lock:
+            loaded, cfg, store = predictor.loaded, predictor.config, predictor.store
+            streams = len(store)
+        return pb.ModelInfoResponse(
+            name=loaded.name,
+            version=loaded.version,
+            input_size=cfg.input_size,
+            hidden_size=cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            output_size=cfg.output_size,
+            features=cfg.features,
+            targets=cfg.targets,
+            autoregressive=cfg.autoregressive,
+            scaling=cfg.scaling,
+            streams=streams,
+            max_streams=store.max_streams,
+        )

@@ -1,0 +1,124 @@
+"""`streamcell predict`: send events to a running service, print its predictions.
+
+Reads JSON lines (the event of DESIGN.md: ``{"stream", "seq"?, "ts"?, "x"}``)
+from a file or stdin and prints one JSON line per prediction, so the API can be
+tried by hand: ``echo '{"stream":"a","x":[1,2,3]}' | streamcell predict``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from streamcell.core.errors import ConfigError, InvalidEvent, StreamcellError
+
+HELP = "send events (JSON lines) to a streamcell gRPC service and print its predictions"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "input", nargs="?", default="-", help="JSON-lines file of events ('-' or none: stdin)"
+    )
+    parser.add_argument("--target", default="localhost:50051", help="host:port of the service")
+    parser.add_argument("--tls", action="store_true", help="use TLS with the system's CA roots")
+    parser.add_argument("--tls-ca", default=None, help="PEM CA certificate to trust (implies TLS)")
+    parser.add_argument("--auth-token", default=None, help="bearer token")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        metavar="N",
+        help="send N events per PredictBatch call (default: one Predict call per event)",
+    )
+    parser.add_argument("--timeout", type=float, default=30.0, help="deadline per call, seconds")
+
+
+def _events(stream: IO[str]) -> Iterator[Any]:
+    from streamcell.service.client import event
+
+    for lineno, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        try:
+            yield _event_of(json.loads(line), event)
+        except ValueError as exc:  # JSONDecodeError, or a field _event_of refused
+            raise InvalidEvent("bad_json", f"line {lineno}: not an event: {exc}") from exc
+
+
+def _event_of(obj: Any, event: Any) -> Any:
+    """An Event from one parsed line; ValueError says which field is wrong."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    stream, x, seq, ts = obj.get("stream"), obj.get("x"), obj.get("seq"), obj.get("ts")
+    if not isinstance(stream, str) or not stream:
+        raise ValueError('"stream" must be a non-empty string')
+    if not isinstance(x, list) or not all(type(v) in (int, float) for v in x):
+        raise ValueError('"x" must be a list of numbers')
+    if seq is not None and (type(seq) is not int or not 0 <= seq < 2**63):
+        raise ValueError('"seq" must be an integer >= 0')
+    if ts is not None and type(ts) not in (int, float):
+        raise ValueError('"ts" must be a number of seconds')
+    return event(stream, x, seq, ts)
+
+
+def _as_json(p: Any) -> str:
+    out: dict[str, Any] = {"stream": p.stream}
+    if p.HasField("seq"):
+        out["seq"] = p.seq
+    out.update(yhat=list(p.yhat), model=p.model, version=p.version, events=p.events)
+    if p.outcome:
+        out["duplicate"] = True
+    return json.dumps(out)
+
+
+def _chunks(events: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for e in events:
+        chunk.append(e)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def run(args: argparse.Namespace) -> int:
+    import grpc
+
+    from streamcell.service.client import Client
+
+    if args.batch < 0:
+        raise ConfigError("--batch must be >= 0")
+    try:
+        tls_ca = None if args.tls_ca is None else Path(args.tls_ca).read_bytes()
+        source = sys.stdin if args.input == "-" else open(args.input)  # noqa: SIM115
+    except OSError as exc:
+        raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+    client = Client(
+        args.target,
+        tls=args.tls,
+        tls_ca=tls_ca,
+        auth_token=args.auth_token,
+        timeout=args.timeout,
+    )
+    try:
+        events = _events(source)
+        if args.batch:
+            for chunk in _chunks(events, args.batch):
+                for p in client.predict_batch(chunk):
+                    print(_as_json(p), flush=False)
+                sys.stdout.flush()
+        else:
+            for e in events:
+                print(_as_json(client.predict_event(e)), flush=True)
+    except grpc.RpcError as exc:
+        raise StreamcellError(f"{exc.code().name}: {exc.details()}") from exc  # type: ignore[attr-defined]
+    finally:
+        client.close()
+        if source is not sys.stdin:
+            source.close()
+    return 0

@@ -1,0 +1,357 @@
+"""Bulk decode of polled records and bulk encode of predictions (no broker)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamcell.core.events import NO_SEQ, EventBatch
+from streamcell.service.codec import (
+    FORMAT_JSON,
+    FORMAT_PROTOBUF,
+    dead_letter_headers,
+    decode,
+    encode_predictions,
+)
+from streamcell.service.kafka import Record
+
+
+def rec(key, value, offset=0, partition=0, ts_ms=1_000_000) -> Record:
+    if isinstance(value, dict):
+        value = json.dumps(value).encode()
+    if isinstance(key, str):
+        key = key.encode()
+    return Record("events", partition, offset, key, value, ts_ms, ())
+
+
+def test_json_good_events_become_columns_in_order():
+    records = [
+        rec("a", {"x": [1, 2.5, 3]}, offset=5),
+        rec("b", {"stream": "b", "seq": 7, "ts": 12.5, "x": [0, 0, 0]}, offset=6, partition=1),
+        rec("a", {"x": [4, 5, 6], "seq": 0}, offset=7),
+    ]
+    d = decode(records, 3, FORMAT_JSON)
+    assert d.invalid == []
+    assert d.batch.streams == ["a", "b", "a"]
+    np.testing.assert_array_equal(d.batch.x, np.array([[1, 2.5, 3], [0, 0, 0], [4, 5, 6]]))
+    assert d.batch.x.dtype == np.float32
+    assert d.batch.seq.tolist() == [NO_SEQ, 7, 0]
+    assert d.batch.partition.tolist() == [0, 1, 0]
+    assert d.batch.offset.tolist() == [5, 6, 7]
+    assert d.event_time.tolist() == [1000.0, 12.5, 1000.0]  # ts, else the Kafka timestamp
+    assert d.records == records
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("a", b"{not json", "bad_json"),
+        ("a", b"[1, 2, 3]", "bad_json"),
+        ("a", None, "bad_json"),
+        ("a", b"\xff\xfe", "bad_json"),
+        (None, {"x": [1, 2, 3]}, "missing_key"),
+        (b"", {"x": [1, 2, 3]}, "missing_key"),
+        ("k" * 300, {"x": [1, 2, 3]}, "key_too_long"),
+        (b"\xff\xfe", {"x": [1, 2, 3]}, "bad_field"),
+        ("a", {"x": [1, 2]}, "wrong_length"),
+        ("a", {"x": [1, 2, 3, 4]}, "wrong_length"),
+        ("a", {"x": "1,2,3"}, "bad_field"),
+        ("a", {"y": [1, 2, 3]}, "bad_field"),
+        ("a", {"x": [1, "2", 3]}, "bad_field"),
+        ("a", {"x": [1, True, 3]}, "bad_field"),
+        ("a", {"x": [1, None, 3]}, "bad_field"),
+        ("a", b'{"x": [1, NaN, 3]}', "non_finite"),
+        ("a", b'{"x": [1, Infinity, 3]}', "non_finite"),
+        ("a", {"x": [1, 1e39, 3]}, "non_finite"),  # overflows float32
+        ("a", {"x": [1, 2, 3], "seq": -1}, "bad_seq"),  # the reason gRPC gives too
+        ("a", {"x": [1, 2, 3], "seq": 1.5}, "bad_seq"),
+        ("a", {"x": [1, 2, 3], "ts": "now"}, "bad_field"),
+        ("a", {"x": [1, 2, 3], "stream": "b"}, "bad_field"),
+        ("a", {"x": [1, 2, 3], "stream": 5}, "bad_field"),
+    ],
+)
+def test_json_bad_events_are_refused_with_a_reason(key, value, reason):
+    good = rec("ok", {"x": [1, 2, 3]}, offset=0)
+    bad = rec(key, value, offset=1)
+    after = rec("ok", {"x": [4, 5, 6]}, offset=2)
+    d = decode([good, bad, after], 3, FORMAT_JSON)
+    assert [i.reason for i in d.invalid] == [reason]
+    assert d.invalid[0].record == bad
+    assert d.invalid[0].message  # says what is wrong
+    assert d.batch.offset.tolist() == [0, 2]  # the good ones flow on
+    assert len(d.records) == 2
+
+
+def test_dead_letter_headers_carry_reason_and_source():
+    bad = decode([rec("a", b"oops", offset=42, partition=2)], 3).invalid[0]
+    headers = dict(dead_letter_headers(bad))
+    assert headers["reason"] == b"bad_json"
+    assert headers["source_partition"] == b"2"
+    assert headers["source_offset"] == b"42"
+    assert b"not JSON" in headers["error"]
+
+
+def test_empty_poll_decodes_to_an_empty_batch():
+    d = decode([], 4)
+    assert len(d.batch) == 0 and d.batch.x.shape == (0, 4) and d.invalid == []
+
+
+def test_protobuf_events_decode_like_json():
+    from streamcell.v1.event_pb2 import Event
+
+    ev = Event(stream="a", seq=3, x=[1.0, 2.0, 3.0])
+    ev_plain = Event(x=[0.5, 0.25, 0.125])
+    records = [
+        rec("a", ev.SerializeToString(), offset=0),
+        rec("b", ev_plain.SerializeToString(), offset=1),
+        rec("c", b"\xff\xff\xff", offset=2),
+        rec("d", Event(x=[1.0]).SerializeToString(), offset=3),
+        rec("e", Event(x=[1.0, math.nan, 2.0]).SerializeToString(), offset=4),
+    ]
+    d = decode(records, 3, FORMAT_PROTOBUF)
+    assert d.batch.streams == ["a", "b"]
+    assert d.batch.seq.tolist() == [3, NO_SEQ]
+    np.testing.assert_array_equal(d.batch.x[1], [0.5, 0.25, 0.125])
+    assert [(i.record.offset, i.reason) for i in d.invalid] == [
+        (2, "bad_protobuf"),
+        (3, "wrong_length"),
+        (4, "non_finite"),
+    ]
+
+
+def test_predictions_are_json_with_the_agreed_fields():
+    batch = EventBatch.of(
+        ["a", 'b"\u00e9'], [[1.0], [2.0]], seq=[NO_SEQ, 9], partition=[0, 1], offset=[10, 11]
+    )
+    yhat = np.array([[0.1, -2.5], [1e-8, 3.0e30]], dtype=np.float32)
+    out = encode_predictions(batch, yhat, np.array([0, 1]), "m", "v1")
+    assert [k for k, _ in out] == [b"a", 'b"\u00e9'.encode()]
+    first, second = (json.loads(v) for _, v in out)
+    assert first.pop("yhat") == [0.1, -2.5]  # the shortest decimal that reads back as the float32
+    assert first == {"stream": "a", "partition": 0, "offset": 10, "model": "m", "version": "v1"}
+    assert second["seq"] == 9 and second["stream"] == 'b"\u00e9'
+    # Every number parses back to the exact float32 the model computed.
+    for (_, value), row in zip(out, yhat, strict=True):
+        back = np.array(json.loads(value)["yhat"], dtype=np.float32)
+        assert back.tobytes() == row.tobytes()
+
+
+def test_ids_and_names_that_look_like_the_template_are_written_as_they_are():
+    """The poll is formatted by one ``bytes % args`` and split on newlines: neither may leak."""
+    streams = ["a%d", "b\nc", 'q"', "plain", "\u00e9\\"]
+    batch = EventBatch.of(
+        streams, np.zeros((5, 1)), seq=[NO_SEQ, 1, NO_SEQ, 2, 3], partition=[0] * 5, offset=range(5)
+    )
+    yhat = np.arange(10, dtype=np.float32).reshape(5, 2)
+    out = encode_predictions(batch, yhat, np.arange(5), "m%b\n", "v%%")
+    assert [k for k, _ in out] == [s.encode() for s in streams]
+    for k, (_, value) in enumerate(out):
+        doc = json.loads(value)
+        assert doc.pop("seq", None) == (None, 1, None, 2, 3)[k]
+        assert doc == {
+            "stream": streams[k],
+            "partition": 0,
+            "offset": k,
+            "yhat": [2.0 * k, 2.0 * k + 1],
+            "model": "m%b\n",
+            "version": "v%%",
+        }
+
+
+def test_float32_values_round_trip_through_the_text_exactly():
+    rng = np.random.default_rng(5)
+    yhat = (rng.normal(size=(2000, 4)) * 10.0 ** rng.integers(-30, 30, (2000, 4))).astype(
+        np.float32
+    )
+    batch = EventBatch.of(["s"] * 2000, np.zeros((2000, 1)), offset=np.arange(2000))
+    out = encode_predictions(batch, yhat, np.arange(2000), "m", "v")
+    back = np.array([json.loads(v)["yhat"] for _, v in out], dtype=np.float32)
+    assert back.tobytes() == yhat.tobytes()
+
+
+def test_non_finite_predictions_are_written_as_null():
+    batch = EventBatch.of(["a"], [[1.0]], offset=[0])
+    yhat = np.array([[np.inf, 1.5]], dtype=np.float32)
+    ((_, value),) = encode_predictions(batch, yhat, np.array([0]), "m", "v")
+    assert json.loads(value)["yhat"] == [None, 1.5]
+
+
+def test_prediction_bytes_are_deterministic():
+    rng = np.random.default_rng(0)
+    batch = EventBatch.of(
+        [f"s{k}" for k in range(50)],
+        rng.normal(size=(50, 3)),
+        partition=np.zeros(50),
+        offset=np.arange(50),
+    )
+    yhat = rng.normal(size=(50, 3)).astype(np.float32)
+    rows = np.arange(50)
+    first = encode_predictions(batch, yhat, rows, "m", "v")
+    again = encode_predictions(batch, yhat.copy(), rows, "m", "v")
+    assert first == again
+    # A single row encodes as in the batch (a replay may come in another batch).
+    assert encode_predictions(batch, yhat, np.array([7]), "m", "v") == [first[7]]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b'{"x": [1' + b"0" * 400 + b", 2, 3]}", "non_finite"),  # an int beyond float range
+        (b'{"x": [1, 2, 3], "ts": 1' + b"0" * 400 + b"}", "bad_field"),
+        (b'{"x": [1, 2, 3], "ts": NaN}', "bad_field"),
+        (b'{"x": [1, 2, 3], "ts": 1.7976931348623157e308}', "bad_field"),  # the float max
+        (b'{"x": [1, 2, 3], "seq": 1' + b"0" * 30 + b"}", "bad_seq"),
+        (b"[" * 100_000, "bad_json"),  # nesting bomb
+    ],
+)
+def test_extreme_numbers_and_nesting_are_dead_lettered(value, reason):
+    d = decode([rec("a", value), rec("a", {"x": [1, 2, 3]}, offset=1)], 3)
+    assert [i.reason for i in d.invalid] == [reason]
+    assert len(d.batch) == 1
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key=st.none() | st.binary(max_size=300),
+    doc=st.fixed_dictionaries(
+        {},
+        optional={"x": json_values, "seq": json_values, "ts": json_values, "stream": json_values},
+    ),
+    raw=st.none() | st.binary(max_size=60),
+)
+def test_no_record_can_break_decoding(key, doc, raw):
+    """Whatever a record holds, decode sorts it into good or invalid and never raises."""
+    value = raw if raw is not None else json.dumps(doc).encode()
+    records = [rec(key, value, offset=0), rec("ok", {"x": [1, 2, 3]}, offset=1)]
+    for fmt in (FORMAT_JSON, FORMAT_PROTOBUF):
+        d = decode(records, 3, fmt)
+        assert len(d.batch) + len(d.invalid) == 2
+        assert np.isfinite(d.batch.x).all()
+        if fmt == FORMAT_JSON:
+            assert d.batch.streams[-1] == "ok"
+
+
+# ------------------------------------------------- bulk path == per-record path
+def per_record(records, input_size):
+    """The poll decoded record by record: the reference the bulk path must equal."""
+    from streamcell.service import codec
+
+    parse = codec._parse_typed
+    codec._parse_typed = lambda records: [None] * len(records)  # the standard library only
+    try:
+        return decode(records, input_size, FORMAT_JSON)
+    finally:
+        codec._parse_typed = parse
+
+
+def same(a, b) -> None:
+    assert a.batch.streams == b.batch.streams
+    for col in ("x", "seq", "partition", "offset"):
+        got, want = getattr(a.batch, col), getattr(b.batch, col)
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), col
+    assert a.event_time.tobytes() == b.event_time.tobytes()
+    assert a.records == b.records
+    assert a.invalid == b.invalid
+
+
+def test_a_value_cannot_merge_with_its_neighbour():
+    """Joined into one JSON array these two would read as two good events."""
+    records = [
+        rec("a", b'{"x": [1, 2, 3]}, {"x": [1, 2', offset=0),
+        rec("a", b"3]}", offset=1),
+        rec("b", b'{"a": "}', offset=2),
+        rec("b", b'{\\"b\\": 1}"}, {"x": [1, 2, 3]}', offset=3),
+        rec("c", {"x": [1, 2, 3]}, offset=4),
+    ]
+    d = decode(records, 3)
+    assert [(i.record.offset, i.reason) for i in d.invalid] == [(k, "bad_json") for k in range(4)]
+    assert d.batch.offset.tolist() == [4]
+    same(d, per_record(records, 3))
+
+
+def test_a_good_poll_takes_the_bulk_path():
+    from streamcell.service import codec
+
+    records = [
+        rec("a", {"stream": "a", "seq": 3, "ts": 1.5, "x": [1.0, 2, -3.5]}, offset=0),
+        rec("b", {"x": [0.1, 0.2, 0.3]}, offset=1),
+        rec("a", {"x": [1, 2, 1e39], "seq": 4, "ts": 2}, offset=2),  # non_finite in bulk
+    ]
+    assert codec._bulk_typed(records, codec._parse_typed(records), 3) is not None
+    d = decode(records, 3)
+    assert [(i.record.offset, i.reason) for i in d.invalid] == [(2, "non_finite")]
+    same(d, per_record(records, 3))
+
+
+def mostly(usual, *rare):
+    """``usual`` nine times in ten: most polls stay all good and take the bulk path."""
+    return st.sampled_from([usual] * 9 + [None]).flatmap(
+        lambda v: st.just(v) if v is not None else st.sampled_from(rare)
+    )
+
+
+good_docs = st.fixed_dictionaries(
+    {
+        "x": st.lists(
+            mostly(st.floats(width=32), st.integers(-(2**70), 2**70), st.just(True)).flatmap(
+                lambda strategy: strategy
+            ),
+            min_size=3,
+            max_size=3,
+        )
+    },
+    optional={
+        "seq": st.none() | st.integers(0, 2**62) | st.integers(-2, 2**64),
+        "ts": st.none()
+        | st.floats(-1e9, 1e9)
+        | st.floats()
+        | st.sampled_from([1.7976931348623157e308, -1.7976931348623157e308])
+        | st.integers(-(2**1030), 2**1030),
+        "stream": mostly("a", "b", "", 5),
+    },
+)
+
+
+# Fields the event does not have, which msgspec skips and the standard library reads.
+extra_fields = mostly(
+    b"",
+    b'"e": "\xff", ',  # not UTF-8
+    b'"e": "\\ud800", ',  # a lone surrogate, which the standard library accepts
+    b'"e": NaN, ',  # Python's JSON extension, refused by msgspec
+    b'"e": [' * 3000 + b"]" * 3000 + b", ",  # deeper than either parser goes
+    b'"x": "first", ',  # a duplicate key: the last one counts
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    polls=st.lists(
+        st.tuples(
+            mostly(b"a", b"b", b"", b"\xff"),
+            good_docs,
+            mostly("", " ", "\n", ", 1", "}"),
+            extra_fields,
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_bulk_and_per_record_decoding_agree(polls):
+    """Same columns, bytes and dead-letter reasons and messages, whichever path decodes."""
+    records = [
+        rec(key, b"{" + extra + (json.dumps(doc) + pad).encode()[1:], offset=k, ts_ms=1_000 + k)
+        for k, (key, doc, pad, extra) in enumerate(polls)
+    ]
+    same(decode(records, 3), per_record(records, 3))

@@ -1,0 +1,227 @@
+"""The trainer's public Python API (stable: the benchmark and the demo call it).
+
+    frame = load_long_frame("events.csv", features=["value"])
+    result = train_local(frame, TrainSettings(epochs=10))        # in-process, no Ray
+    result = train_with_ray(frame, settings, workers=2, gpu="auto")
+    path = export(result, registry="models", name="demand")
+
+``TrainResult.model`` is the best epoch's model on the CPU, ready for
+:class:`streamcell.core.predictor.Predictor` through ``LoadedModel``;
+``TrainResult.config`` is the :class:`ModelConfig` that ``export`` writes
+(normalisation, metrics of the best epoch, training provenance).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from streamcell.core.checkpoint import LoadedModel, ModelConfig, save_checkpoint
+from streamcell.core.model import StreamingLSTM
+from streamcell.trainer.data import LongFrame, check_lengths, load_long_frame
+from streamcell.trainer.evaluate import evaluate
+from streamcell.trainer.loop import LoopState, fit, new_model, restore_best
+from streamcell.trainer.prepare import Prepared, prepare
+from streamcell.trainer.settings import TrainSettings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+__all__ = [
+    "LongFrame",
+    "TrainResult",
+    "TrainSettings",
+    "export",
+    "load_long_frame",
+    "loaded_model",
+    "prepare_frame",
+    "train_local",
+    "train_with_ray",
+]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The best epoch's model, its config (with metrics), and one record per epoch."""
+
+    model: StreamingLSTM
+    config: ModelConfig
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.config.metrics
+
+
+def prepare_frame(frame: LongFrame, settings: TrainSettings) -> Prepared:
+    """Check stream lengths and normalise; raises DataError before any training starts."""
+    check_lengths(frame, settings.window, settings.val_fraction)
+    return prepare(frame, settings.val_fraction, settings.scaling, settings.scale_floor)
+
+
+def train_local(
+    frame: LongFrame,
+    settings: TrainSettings,
+    *,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train in this process (no Ray): the plain loop over every stream.
+
+    ``threads`` sets torch's intra-op threads for the run (small models on a
+    busy machine train many times faster with 1); None leaves torch's setting.
+    """
+    prepared = prepare_frame(frame, settings)
+    started = time.perf_counter()
+    model = new_model(prepared, settings).to(device)
+
+    def report(state: LoopState, _opt: torch.optim.Optimizer) -> None:
+        if on_epoch is not None:
+            on_epoch(state.history[-1])
+
+    with torch_threads(threads):
+        state = fit(model, prepared, settings, shard=list(range(len(prepared))), on_epoch=report)
+    return finish(
+        frame,
+        prepared,
+        settings,
+        state,
+        model,
+        workers=1,
+        device=str(device),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def train_with_ray(
+    frame: LongFrame,
+    settings: TrainSettings,
+    workers: int = 2,
+    gpu: str = "auto",
+    *,
+    max_failures: int = 1,
+    storage_path: str | None = None,
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+    log_to_driver: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    threads: int = 1,
+) -> TrainResult:
+    """Train with Ray Train: DDP over ``workers``, each on its own streams.
+
+    Uses the running Ray if there is one, else joins ``ray_address``, else
+    starts a local Ray with ``num_cpus`` (default: ``workers``) and stops it
+    after. ``gpu``: auto (GPUs if Ray sees one per worker), on, off.
+    ``max_failures``: worker-group restarts from the last epoch's checkpoint.
+    ``storage_path``: where Ray keeps checkpoints (default: a temp dir,
+    removed after). ``on_epoch`` gets each epoch's record in this process.
+    ``threads``: torch threads (and CPUs reserved) per worker.
+    """
+    from streamcell.trainer.ray_train import train
+
+    return train(
+        frame,
+        settings,
+        workers=workers,
+        gpu=gpu,
+        max_failures=max_failures,
+        storage_path=storage_path,
+        ray_address=ray_address,
+        num_cpus=num_cpus,
+        log_to_driver=log_to_driver,
+        on_epoch=on_epoch,
+        threads=threads,
+    )
+
+
+def finish(
+    frame: LongFrame,
+    prepared: Prepared,
+    settings: TrainSettings,
+    state: LoopState,
+    model: StreamingLSTM,
+    *,
+    workers: int,
+    device: str,
+    seconds: float,
+) -> TrainResult:
+    """The best epoch's model, re-scored through the serving step, and its config."""
+    best = restore_best(model, state)
+    # The exported metrics come from the streaming step (the Predictor's code path).
+    metrics = evaluate(best, prepared, list(range(len(prepared))), path="step").metrics()
+    metrics.update(
+        epoch=state.best_epoch,
+        epochs_run=state.epoch,
+        stopped_early=state.stopped_early,
+        eval_path="step",
+    )
+    training = {
+        "args": {
+            **settings.to_dict(),
+            "stream_column": frame.stream_column,
+            "order_column": frame.order_column,
+            "data": frame.source,
+        },
+        "data_fingerprint": frame.fingerprint,
+        "rows": frame.rows,
+        "streams": len(frame.streams),
+        "train_pairs": prepared.train_pairs(),
+        "workers": workers,
+        "device": device,
+        "seconds": round(seconds, 3),
+        "train_seconds": round(state.train_seconds, 3),
+        "samples_per_s": round(state.samples_per_second, 1),
+        "resumed_at_epochs": list(state.resumed_at),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    norm = prepared.norm
+    config = ModelConfig(
+        input_size=best.input_size,
+        hidden_size=best.hidden_size,
+        num_layers=best.num_layers,
+        output_size=best.output_size,
+        features=frame.features,
+        targets=frame.targets,
+        input_mean=tuple(float(v) for v in norm.input_mean),
+        input_std=tuple(float(v) for v in norm.input_std),
+        target_mean=tuple(float(v) for v in norm.target_mean),
+        target_std=tuple(float(v) for v in norm.target_std),
+        scaling=settings.scaling,
+        scale_floor=float(settings.scale_floor),
+        metrics=metrics,
+        training=training,
+    )
+    return TrainResult(best, config, list(state.history))
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads (None: unchanged), then restore."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def export(result: TrainResult, registry: str | os.PathLike[str], name: str) -> Path:
+    """Write the result as a new version in the registry; returns the version directory."""
+    return save_checkpoint(registry, name, result.model, result.config)
+
+
+def loaded_model(result: TrainResult, name: str = "unsaved") -> LoadedModel:
+    """The result as a LoadedModel, for a Predictor without going through the registry."""
+    return LoadedModel(name, "unsaved", Path("."), result.config, result.model)

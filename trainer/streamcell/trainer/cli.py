@@ -1,0 +1,226 @@
+"""`streamcell train`: train on a long-format file or a replayed topic, export a version.
+
+Everything is checked (flags, file, columns, stream lengths, registry) before
+Ray starts. Environment variables (RAY_ADDRESS, KAFKA_BOOTSTRAP_SERVERS) are
+read here and nowhere else in the trainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+HELP = "train the LSTM (locally or with Ray Train) and export a version to a registry"
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of column names")
+    return names
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--data", required=True, help="CSV or Parquet file in long format, or kafka://TOPIC"
+    )
+    data.add_argument(
+        "--stream-column", default="stream", help="stream id column (default: stream)"
+    )
+    data.add_argument("--order-column", default="seq", help="order within a stream (default: seq)")
+    data.add_argument(
+        "--features",
+        type=_names,
+        help="comma-separated input columns (default: every other numeric)",
+    )
+    data.add_argument("--targets", type=_names, help="comma-separated targets (default: features)")
+    data.add_argument(
+        "--bootstrap-servers", help="Kafka for kafka:// data (or KAFKA_BOOTSTRAP_SERVERS)"
+    )
+    data.add_argument(
+        "--val-fraction", type=_fraction, default=0.2, help="validated tail (default 0.2)"
+    )
+    data.add_argument(
+        "--scaling",
+        choices=["global", "stream_mean_abs"],
+        default="global",
+        help="normalisation: global z-score, or per stream by its running mean |x| first",
+    )
+    data.add_argument("--scale-floor", type=float, default=1e-3, help="least per-stream scale")
+
+    model = parser.add_argument_group("model and optimisation")
+    model.add_argument("--hidden", type=_positive, default=64, help="LSTM hidden size (default 64)")
+    model.add_argument("--layers", type=_positive, default=2, help="LSTM layers (default 2)")
+    model.add_argument("--epochs", type=_positive, default=20, help="most epochs (default 20)")
+    model.add_argument(
+        "--window", "--tbptt", type=_positive, default=32, help="TBPTT window in steps (default 32)"
+    )
+    model.add_argument(
+        "--batch-size", type=_positive, default=64, help="streams per batch (default 64)"
+    )
+    model.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
+    model.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    model.add_argument(
+        "--patience", type=_positive, default=5, help="early-stopping patience (default 5)"
+    )
+    model.add_argument(
+        "--monitor",
+        choices=["val_mae", "val_rmse", "val_mase"],
+        default="val_mae",
+        help="validation metric that picks the best epoch (default val_mae)",
+    )
+
+    run = parser.add_argument_group("where it runs and where it goes")
+    run.add_argument("--registry", required=True, type=Path, help="model registry directory")
+    run.add_argument("--model", required=True, help="model name in the registry")
+    run.add_argument("--workers", type=_positive, default=1, help="Ray Train workers (default 1)")
+    run.add_argument(
+        "--gpu",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="auto (default): a GPU per worker if Ray has enough; on: require them; off",
+    )
+    run.add_argument("--no-ray", action="store_true", help="train in this process, without Ray")
+    run.add_argument(
+        "--max-failures", type=int, default=1, help="worker-group restarts (default 1)"
+    )
+    run.add_argument("--storage-path", help="Ray checkpoint storage (default: a temp dir)")
+    run.add_argument(
+        "--threads",
+        type=_positive,
+        help="torch threads per Ray worker (default 1), or of this process with --no-ray",
+    )
+    run.add_argument(
+        "--num-cpus", type=_positive, help="CPUs of the local Ray (default: workers x threads)"
+    )
+    run.add_argument("--ray-logs", action="store_true", help="show Ray's worker logs")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from streamcell.core.checkpoint import check_name
+    from streamcell.core.errors import ConfigError
+    from streamcell.trainer.settings import TrainSettings
+
+    check_name(args.model)
+    settings = TrainSettings(
+        hidden=args.hidden,
+        layers=args.layers,
+        epochs=args.epochs,
+        window=args.window,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        patience=args.patience,
+        monitor=args.monitor,
+        scaling=args.scaling,
+        scale_floor=args.scale_floor,
+    )
+    if args.no_ray and args.workers != 1:
+        raise ConfigError("--no-ray trains in this process: it takes no --workers")
+    if args.max_failures < 0:
+        raise ConfigError(f"--max-failures must be >= 0, got {args.max_failures}")
+    _check_registry(args.registry)
+    frame = _load(args)
+
+    from streamcell.trainer import api
+
+    if args.no_ray:
+        result = api.train_local(
+            frame, settings, threads=args.threads, on_epoch=lambda r: _print_epoch(r, settings)
+        )
+    else:
+        result = api.train_with_ray(
+            frame,
+            settings,
+            workers=args.workers,
+            gpu=args.gpu,
+            max_failures=args.max_failures,
+            storage_path=args.storage_path,
+            ray_address=os.environ.get("RAY_ADDRESS") or None,
+            num_cpus=args.num_cpus,
+            log_to_driver=args.ray_logs,
+            on_epoch=lambda r: _print_epoch(r, settings),
+            threads=args.threads or 1,
+        )
+    path = api.export(result, args.registry, args.model)
+    _summary(path, result, args.json)
+    return 0
+
+
+def _check_registry(registry: Path) -> None:
+    from streamcell.core.errors import ConfigError
+
+    try:
+        registry.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create registry {registry}: {exc.strerror or exc}") from None
+    if not os.access(registry, os.W_OK):
+        raise ConfigError(f"registry {registry} is not writable")
+
+
+def _load(args: argparse.Namespace):
+    from streamcell.trainer.data import load_long_frame
+    from streamcell.trainer.kafka_replay import is_kafka_uri, replay_topic
+
+    if is_kafka_uri(args.data):
+        bootstrap = args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+        replay = replay_topic(args.data, bootstrap, args.features or [])
+        print(
+            f"replayed {replay.events} events of {args.data} ({replay.skipped} invalid skipped)",
+            file=sys.stderr,
+        )
+        return load_long_frame(
+            replay.frame, "stream", replay.order_column, args.features, args.targets
+        )
+    return load_long_frame(
+        args.data, args.stream_column, args.order_column, args.features, args.targets
+    )
+
+
+def _print_epoch(record: dict, settings) -> None:
+    from streamcell.trainer.loop import epoch_line
+
+    print(epoch_line(record, settings.epochs), file=sys.stderr, flush=True)
+
+
+def _summary(path: Path, result, as_json: bool) -> None:
+    m, t = result.config.metrics, result.config.training
+    if as_json:
+        print(json.dumps({"version": str(path), "metrics": m, "training": t}, default=str))
+        return
+    print(f"exported {path}")
+    print(
+        f"best epoch {m['epoch']} of {m['epochs_run']}: val MAE {m['val_mae']:.6g} "
+        f"RMSE {m['val_rmse']:.6g} MASE {m['val_mase']:.4f} "
+        f"(last value: MAE {m['last_value_mae']:.6g} MASE {m['last_value_mase']:.4f})"
+    )
+    print(
+        f"{t['rows']} rows, {t['streams']} streams, {t['workers']} worker(s) on {t['device']}, "
+        f"{t['samples_per_s']:.0f} samples/s, {t['seconds']:.1f} s"
+    )

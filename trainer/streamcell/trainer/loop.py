@@ -1,0 +1,234 @@
+"""The training loop as a plain function: stateful TBPTT, validation, early stopping.
+
+Runs the same in-process (tests, the benchmark) and inside each Ray worker;
+what differs is passed in: the module to train (the model, or its DDP
+wrapper), the streams this process owns, and a :class:`Sync` that adds up
+numbers across workers (identity when alone).
+
+Per epoch the owned streams are shuffled (seed + epoch, so a resumed run
+repeats the same order) and grouped ``batch_size`` at a time, side by side,
+padded at the end, the loss masked. Each group's training part is cut into
+consecutive windows of ``window`` steps; (h, c) leave one window detached and
+enter the next (truncated BPTT), so the model learns from the long state that
+serving keeps. Workers may own different amounts of data; every worker runs
+the same number of optimiser steps (the largest), padding with zero-gradient
+steps, because each DDP step is a collective.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from streamcell.core.model import StreamingLSTM
+from streamcell.trainer.evaluate import EvalStats, evaluate
+from streamcell.trainer.prepare import Prepared
+from streamcell.trainer.settings import TrainSettings
+
+log = logging.getLogger(__name__)
+
+
+class Sync(Protocol):
+    """How workers agree; the local implementation is the identity."""
+
+    def max_int(self, value: int) -> int: ...
+
+    def sum(self, values: np.ndarray) -> np.ndarray: ...
+
+
+class LocalSync:
+    def max_int(self, value: int) -> int:
+        return value
+
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        return values
+
+
+@dataclass
+class LoopState:
+    """Everything needed to continue a run after a restart (and its outcome)."""
+
+    epoch: int = 0  # epochs completed
+    best_epoch: int = 0
+    best_score: float = float("inf")  # the best epoch's settings.monitor metric
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    best_state: dict[str, Tensor] | None = None
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    samples: int = 0  # target points trained on, all workers, all epochs
+    resumed_at: list[int] = field(default_factory=list)  # epochs a restarted run went on from
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+def new_model(prepared: Prepared, settings: TrainSettings) -> StreamingLSTM:
+    torch.manual_seed(settings.seed)
+    f = prepared.streams[0].u.shape[1]
+    o = prepared.streams[0].z.shape[1]
+    return StreamingLSTM(f, settings.hidden, settings.layers, o)
+
+
+def new_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=settings.lr)
+
+
+def fit(
+    model: StreamingLSTM,
+    prepared: Prepared,
+    settings: TrainSettings,
+    *,
+    shard: list[int],
+    net: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    state: LoopState | None = None,
+    sync: Sync | None = None,
+    on_epoch: Callable[[LoopState, torch.optim.Optimizer], None] | None = None,
+) -> LoopState:
+    """Train ``model`` on the streams ``shard`` until the epochs run out or patience does.
+
+    ``net`` is what the forward pass goes through (a DDP wrapper of ``model``
+    in Ray; ``model`` itself otherwise). ``state`` and the optimizer's state
+    resume an interrupted run. ``on_epoch`` sees the state after each epoch.
+    """
+    net = net or model
+    sync = sync or LocalSync()
+    optimizer = optimizer or new_optimizer(net, settings)
+    state = state or LoopState()
+    device = model.head.weight.device
+    while state.epoch < settings.epochs and not state.stopped_early:
+        epoch = state.epoch + 1
+        t0 = time.perf_counter()
+        loss_sum, points = _train_epoch(
+            net, optimizer, prepared, settings, shard, epoch, device, sync
+        )
+        seconds = time.perf_counter() - t0
+        stats = EvalStats(sync.sum(evaluate(model, prepared, shard).values))
+        metrics = stats.metrics()
+        state.epoch = epoch
+        state.train_seconds += seconds
+        state.samples += int(points)
+        score = metrics[settings.monitor]
+        better = score < state.best_score * (1 - settings.min_delta)
+        if better:
+            state.best_epoch, state.best_score = epoch, score
+            state.best_metrics = {**metrics, "epoch": epoch}
+            state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            state.bad_epochs = 0
+        else:
+            state.bad_epochs += 1
+            state.stopped_early = state.bad_epochs >= settings.patience
+        record = {
+            "epoch": epoch,
+            "train_loss": loss_sum / max(points, 1.0),
+            "samples": int(points),
+            "samples_per_s": points / seconds if seconds > 0 else 0.0,
+            "seconds": seconds,
+            "best": better,
+            **metrics,
+        }
+        state.history.append(record)
+        if on_epoch is not None:
+            on_epoch(state, optimizer)
+    return state
+
+
+def _train_epoch(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    prepared: Prepared,
+    settings: TrainSettings,
+    shard: list[int],
+    epoch: int,
+    device: torch.device,
+    sync: Sync,
+) -> tuple[float, float]:
+    """One pass over the shard; returns (sum of squared errors, target points), all workers."""
+    net.train()
+    rng = np.random.default_rng([settings.seed, epoch])
+    order = [shard[k] for k in rng.permutation(len(shard))]
+    batches = [
+        order[k : k + settings.batch_size] for k in range(0, len(order), settings.batch_size)
+    ]
+    window = settings.window
+    lengths = [max(prepared.streams[i].n_train - 1 for i in b) for b in batches]
+    steps = sum(-(-n // window) for n in lengths)
+    total_steps = sync.max_int(steps)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    points = 0.0
+    for batch, longest in zip(batches, lengths, strict=True):
+        u, z, mask = _padded(prepared, batch, longest, device)
+        h, c = None, None
+        for t in range(0, longest, window):
+            hc: tuple[Tensor, Tensor] | None = None if h is None or c is None else (h, c)
+            y, (h, c) = net(u[:, t : t + window], hc)
+            m = mask[:, t : t + window]
+            sq = ((y - z[:, t : t + window]) ** 2).mean(dim=2) * m
+            count = m.sum()
+            loss = sq.sum() / count
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), settings.grad_clip)
+            optimizer.step()
+            loss_sum += sq.sum().detach().double().cpu()
+            points += float(count)
+            if settings.carry_state:
+                h, c = h.detach(), c.detach()
+            else:
+                h, c = None, None
+    f = prepared.streams[0].u.shape[1]
+    for _ in range(total_steps - steps):  # keep in step with workers that own more data
+        y, _ = net(torch.zeros(1, 1, f, device=device))
+        optimizer.zero_grad(set_to_none=True)
+        (y.sum() * 0.0).backward()
+        nn.utils.clip_grad_norm_(net.parameters(), settings.grad_clip)
+        optimizer.step()
+    both = sync.sum(np.array([float(loss_sum), points]))
+    return float(both[0]), float(both[1])
+
+
+def _padded(
+    prepared: Prepared, batch: list[int], longest: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    first = prepared.streams[batch[0]]
+    u = np.zeros((len(batch), longest, first.u.shape[1]), dtype=np.float32)
+    z = np.zeros((len(batch), longest, first.z.shape[1]), dtype=np.float32)
+    mask = np.zeros((len(batch), longest), dtype=np.float32)
+    for k, i in enumerate(batch):
+        s = prepared.streams[i]
+        n = s.n_train - 1
+        u[k, :n], z[k, :n], mask[k, :n] = s.u[:n], s.z[:n], 1.0
+    return (
+        torch.from_numpy(u).to(device),
+        torch.from_numpy(z).to(device),
+        torch.from_numpy(mask).to(device),
+    )
+
+
+def restore_best(model: StreamingLSTM, state: LoopState) -> StreamingLSTM:
+    """A CPU copy of ``model`` holding the best epoch's weights."""
+    best = copy.deepcopy(model).cpu()
+    if state.best_state is not None:
+        best.load_state_dict(state.best_state)
+    best.eval()
+    return best
+
+
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    return (
+        f"epoch {record['epoch']}/{epochs}: loss {record['train_loss']:.4f} "
+        f"val MAE {record['val_mae']:.5g} RMSE {record['val_rmse']:.5g} "
+        f"MASE {record['val_mase']:.4f} (last value {record['last_value_mae']:.5g}) "
+        f"{record['samples_per_s']:.0f} samples/s{' *' if record['best'] else ''}"
+    )

@@ -1,0 +1,364 @@
+"""Ray Train: the plain loop of loop.py on N workers with DistributedDataParallel.
+
+The driver validates and normalises the data before Ray starts (bad data fails
+fast), puts it in the object store once, and runs a ``TorchTrainer``. Each
+worker owns a disjoint shard of the streams (round-robin by rank), wraps the
+model with ``prepare_model`` (DDP; gradients averaged every step), and after
+every epoch reports its metrics; rank 0 also reports a checkpoint (weights,
+optimiser, loop state, best weights). A worker failure restarts the group
+from the last checkpoint (``FailureConfig``). The driver reads the final
+checkpoint and builds the result from the best epoch; nothing here writes to
+the model registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamcell.core.errors import ConfigError, DataError, StreamcellError
+from streamcell.trainer.api import TrainResult, finish, prepare_frame
+from streamcell.trainer.data import LongFrame
+from streamcell.trainer.loop import LoopState, epoch_line, fit, new_model, new_optimizer
+from streamcell.trainer.prepare import Prepared
+from streamcell.trainer.settings import GPU_MODES, TrainSettings
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "loop.json"
+MODEL_FILE = "model.pt"
+BEST_FILE = "best.pt"
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+# Ray Train's controller polls workers every 2 s by default and a report blocks until it
+# is polled, so each epoch would cost at least 2 s; small runs poll faster. A value the
+# user set in the environment wins.
+RAY_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+
+
+class TrainingFailed(StreamcellError):
+    """Ray Train gave up (the workers failed more often than max_failures allows)."""
+
+
+def train(
+    frame: LongFrame,
+    settings: TrainSettings,
+    *,
+    workers: int = 2,
+    gpu: str = "auto",
+    max_failures: int = 1,
+    storage_path: str | None = None,
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+    log_to_driver: bool = False,
+    fail_at_epoch: int | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    threads: int = 1,
+) -> TrainResult:
+    """Train with ``workers`` Ray workers; starts (and stops) a local Ray if none is running.
+
+    ``ray_address`` joins an existing cluster instead. ``fail_at_epoch``
+    makes the last worker raise once after that epoch's checkpoint, to
+    exercise recovery (tests only). ``on_epoch`` is called in the driver with
+    each epoch's record as rank 0's checkpoints appear in the storage.
+    ``threads``: torch threads (and CPUs reserved) per worker.
+    """
+    if gpu not in GPU_MODES:
+        raise ConfigError(f"gpu must be one of {', '.join(GPU_MODES)}, got {gpu!r}")
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+    if not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads must be a positive integer, got {threads!r}")
+    if workers > len(frame.streams):
+        raise DataError(
+            f"--workers {workers} needs at least as many streams; the data has "
+            f"{len(frame.streams)} (each worker trains on its own streams)"
+        )
+    prepared = prepare_frame(frame, settings)
+
+    import ray
+
+    started = time.perf_counter()
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        if ray_address:
+            try:
+                ray.init(address=ray_address, log_to_driver=log_to_driver)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                raise ConfigError(f"cannot join the Ray cluster at {ray_address}: {exc}") from None
+        else:
+            ray.init(  # "local": a fresh instance, never one found via `ray start` state
+                address="local",
+                num_cpus=num_cpus or workers * threads,
+                include_dashboard=False,
+                log_to_driver=log_to_driver,
+                configure_logging=False,
+            )
+    own_storage = storage_path is None
+    storage = storage_path or tempfile.mkdtemp(prefix="streamcell-ray-")
+    try:
+        use_gpu = _use_gpu(gpu, workers, ray.cluster_resources())
+        state, device = _fit(
+            prepared,
+            settings,
+            workers=workers,
+            use_gpu=use_gpu,
+            threads=threads,
+            max_failures=max_failures,
+            storage=storage,
+            fail_at_epoch=fail_at_epoch,
+            on_epoch=on_epoch,
+        )
+    finally:
+        if own_storage:
+            shutil.rmtree(storage, ignore_errors=True)
+        if own_ray:
+            ray.shutdown()
+    model = new_model(prepared, settings)
+    return finish(
+        frame,
+        prepared,
+        settings,
+        state,
+        model,
+        workers=workers,
+        device=device,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def shard_streams(streams: int, rank: int, world: int) -> list[int]:
+    """The stream indices worker ``rank`` of ``world`` trains and validates on (round-robin)."""
+    return list(range(rank, streams, world))
+
+
+def _use_gpu(mode: str, workers: int, resources: dict[str, float]) -> bool:
+    gpus = resources.get("GPU", 0.0)
+    if mode == "off":
+        return False
+    if mode == "on" and gpus < workers:
+        raise ConfigError(f"--gpu on needs a GPU per worker: Ray sees {gpus:g} for {workers}")
+    return gpus >= workers
+
+
+def _fit(
+    prepared: Prepared,
+    settings: TrainSettings,
+    *,
+    workers: int,
+    use_gpu: bool,
+    threads: int,
+    max_failures: int,
+    storage: str,
+    fail_at_epoch: int | None,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+) -> tuple[LoopState, str]:
+    import ray
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        RunConfig,
+        ScalingConfig,
+    )
+    from ray.train.torch import TorchTrainer
+
+    marker = Path(storage) / f"failed-once-{uuid.uuid4().hex}"
+    name = f"streamcell-{uuid.uuid4().hex[:12]}"
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={
+            "data": ray.put(prepared),
+            "settings": settings.to_dict(),
+            "threads": threads,
+            "fail_at_epoch": fail_at_epoch,
+            "fail_marker": str(marker),
+        },
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": threads, **({"GPU": 1} if use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    progress = _Progress(Path(storage) / name, on_epoch) if on_epoch else None
+    try:
+        if progress:
+            progress.start()
+        with _ray_train_env(RAY_TRAIN_ENV):
+            result = trainer.fit()
+    except Exception as exc:  # Ray wraps worker errors in its own types
+        raise TrainingFailed(f"Ray training failed: {exc}") from exc
+    finally:
+        if progress:
+            progress.finish()
+    if result.error is not None:
+        raise TrainingFailed(f"Ray training failed: {result.error}")
+    if result.checkpoint is None:
+        raise TrainingFailed("Ray training finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        state = _load_state(Path(d))
+    return state, "cuda" if use_gpu else "cpu"
+
+
+def _worker(config: dict[str, Any]) -> None:
+    """One Ray worker: its shard of streams, DDP, a checkpoint per epoch from rank 0."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    torch.set_num_threads(config["threads"])
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report otherwise
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    prepared: Prepared = ray.get(config["data"])
+    settings = TrainSettings(**config["settings"])
+    device = ray.train.torch.get_device()
+    model = new_model(prepared, settings).to(device)
+    optimizer = new_optimizer(model, settings)
+    state = LoopState()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = _load_state(Path(d))
+            state.resumed_at.append(state.epoch)
+            model.load_state_dict(torch.load(Path(d) / MODEL_FILE, weights_only=True))
+            optimizer.load_state_dict(torch.load(Path(d) / OPTIMIZER_FILE, weights_only=True))
+    net = ray.train.torch.prepare_model(model)
+    shard = shard_streams(len(prepared), rank, world)
+    fail_at = config["fail_at_epoch"]
+    marker = Path(config["fail_marker"])
+
+    def report(st: LoopState, opt: torch.optim.Optimizer) -> None:
+        record = st.history[-1]
+        if rank == 0:
+            # Not print(): Ray Train patches it into a logger, which prints twice.
+            sys.stderr.write(epoch_line(record, settings.epochs) + "\n")
+            sys.stderr.flush()
+            with tempfile.TemporaryDirectory() as tmp:
+                _save_state(Path(tmp), st, model, opt)
+                ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(record)
+        if fail_at == st.epoch and rank == world - 1 and not marker.exists():
+            marker.touch()
+            # Rank 0's checkpoint of this epoch is registered when the controller
+            # next polls (every 0.2 s, RAY_TRAIN_ENV); failing at once let a
+            # restart resume from the epoch before (seen once in CI).
+            time.sleep(1.0)
+            raise RuntimeError(f"injected failure after epoch {st.epoch} (test of recovery)")
+
+    fit(
+        model,
+        prepared,
+        settings,
+        shard=shard,
+        net=net,
+        optimizer=optimizer,
+        state=state,
+        sync=_DistSync(device),
+        on_epoch=report,
+    )
+
+
+@contextmanager
+def _ray_train_env(values: dict[str, str]) -> Iterator[None]:
+    """Set Ray Train knobs (propagated by Ray to its controller) for one fit, then restore."""
+    added = [k for k in values if k not in os.environ]
+    for k in added:
+        os.environ[k] = values[k]
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+class _Progress(threading.Thread):
+    """Reports epochs in the driver as rank 0's checkpoints land in the run's storage."""
+
+    def __init__(self, run_dir: Path, callback: Callable[[dict[str, Any]], None]) -> None:
+        super().__init__(name="streamcell-train-progress", daemon=True)
+        self.run_dir, self.callback = run_dir, callback
+        self.seen = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.5):
+            self.poll()
+
+    def finish(self) -> None:
+        self.done.set()
+        self.join(5)
+        self.poll()
+
+    def poll(self) -> None:
+        files = sorted(self.run_dir.glob(f"checkpoint_*/{STATE_FILE}"))
+        if not files:
+            return
+        try:
+            history = json.loads(files[-1].read_text())["history"]
+        except (OSError, ValueError, KeyError):
+            return  # being written; the next poll reads it
+        for record in history[self.seen :]:
+            self.callback(record)
+        self.seen = max(self.seen, len(history))
+
+
+class _DistSync:
+    """Sums and maxima across the DDP process group."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def max_int(self, value: int) -> int:
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        import torch.distributed as dist
+
+        t = torch.from_numpy(np.asarray(values, dtype=np.float64)).to(self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.cpu().numpy()
+
+
+def _save_state(
+    d: Path, state: LoopState, model: torch.nn.Module, opt: torch.optim.Optimizer
+) -> None:
+    scalars = {k: v for k, v in asdict(state).items() if k != "best_state"}
+    (d / STATE_FILE).write_text(json.dumps(scalars, default=float))
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, d / MODEL_FILE)
+    torch.save(opt.state_dict(), d / OPTIMIZER_FILE)
+    if state.best_state is not None:
+        torch.save(state.best_state, d / BEST_FILE)
+
+
+def _load_state(d: Path) -> LoopState:
+    state = LoopState(**json.loads((d / STATE_FILE).read_text()))
+    if (d / BEST_FILE).exists():
+        state.best_state = torch.load(d / BEST_FILE, weights_only=True)
+    return state
