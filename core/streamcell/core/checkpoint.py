@@ -26,7 +26,8 @@ from safetensors.torch import load_file, save_file
 
 from streamcell.core.errors import CheckpointError
 from streamcell.core.model import StreamingLSTM
-from streamcell.core.normalization import SCALING_GLOBAL, SCALINGS
+from streamcell.core.normalization import SCALING_GLOBAL, SCALING_WINDOW, SCALINGS
+from streamcell.core.recipe import Recipe, RecipeError
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -36,7 +37,13 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything besides the weights that serving needs to reproduce training."""
+    """Everything besides the weights that serving needs to reproduce training.
+
+    ``input_size`` is the number of values in an event (``features`` names
+    them). Without a recipe the LSTM takes those values; with one it takes the
+    recipe's history features (``model_inputs``), which ``input_mean`` and
+    ``input_std`` then normalise.
+    """
 
     input_size: int
     hidden_size: int
@@ -54,6 +61,7 @@ class ModelConfig:
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    recipe: dict[str, Any] | None = None  # streamcell.core.recipe's config.json form
 
     def __post_init__(self) -> None:
         for name in ("features", "targets", "input_mean", "input_std", "target_mean", "target_std"):
@@ -68,10 +76,12 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 fail(f"{name} must be a positive integer, got {value!r}")
+        history = self._parse_recipe(fail)
+        inputs = self.input_size if history is None else history.num_features
         for name, size in (
             ("features", self.input_size),
-            ("input_mean", self.input_size),
-            ("input_std", self.input_size),
+            ("input_mean", inputs),
+            ("input_std", inputs),
             ("targets", self.output_size),
             ("target_mean", self.output_size),
             ("target_std", self.output_size),
@@ -95,10 +105,54 @@ class ModelConfig:
             fail(f"scaling must be one of {SCALINGS}, got {self.scaling!r}")
         if self.scaling != SCALING_GLOBAL and self.target_index is None:
             fail("per-stream scaling needs every target to be one of the features")
+        windowed = history is not None and history.scale_window > 0
+        if (self.scaling == SCALING_WINDOW) != windowed:
+            fail(
+                f"scaling {SCALING_WINDOW!r} goes with a recipe whose scale_window is positive "
+                f"(got scaling {self.scaling!r}, recipe {self.recipe!r})"
+            )
+        if history is not None and self.targets != (self.features[history.target],):
+            fail(
+                f"a model with a recipe predicts the column it follows: targets must be "
+                f"[{self.features[history.target]!r}], got {list(self.targets)}"
+            )
         if not (isinstance(self.scale_floor, int | float) and self.scale_floor > 0):
             fail(f"scale_floor must be positive, got {self.scale_floor!r}")
         if self.format_version != FORMAT_VERSION:
             fail(f"format_version {self.format_version!r} is not supported (expected 1)")
+
+    def _parse_recipe(self, fail: Any) -> Recipe | None:
+        if self.recipe is None:
+            return None
+        if not isinstance(self.input_size, int) or isinstance(self.input_size, bool):
+            return None  # reported by the caller's own check
+        try:
+            history = Recipe.from_json(
+                self.recipe, width=self.input_size, scale_floor=self.scale_floor
+            )
+        except RecipeError as exc:
+            fail(str(exc))
+            raise  # fail() raises; this keeps type checkers informed
+        object.__setattr__(self, "_history", history)
+        object.__setattr__(self, "recipe", history.to_json())  # canonical: defaults written out
+        return history
+
+    @property
+    def history(self) -> Recipe | None:
+        """The parsed recipe, or None for a model that sees the event's values as they are."""
+        return getattr(self, "_history", None)
+
+    @property
+    def lstm_input_size(self) -> int:
+        """Inputs of the LSTM per step: the event's values, or the recipe's features."""
+        history = self.history
+        return self.input_size if history is None else history.num_features
+
+    @property
+    def model_inputs(self) -> tuple[str, ...]:
+        """Names of the LSTM's inputs, in order."""
+        history = self.history
+        return self.features if history is None else history.feature_names(self.features)
 
     @property
     def target_index(self) -> tuple[int, ...] | None:
@@ -123,10 +177,14 @@ class ModelConfig:
             self.scaling,
             self.features,
             self.targets,
+            json.dumps(self.recipe, sort_keys=True),
         )
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        data = asdict(self)
+        if data["recipe"] is None:
+            del data["recipe"]  # a model without one writes the config it always has
+        return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: Any) -> ModelConfig:
@@ -193,7 +251,8 @@ def save_checkpoint(
     check_name(name)
     version = check_name(version or new_version(), "version")
     arch = (model.input_size, model.hidden_size, model.num_layers, model.output_size)
-    if arch != (config.input_size, config.hidden_size, config.num_layers, config.output_size):
+    expected = (config.lstm_input_size, config.hidden_size, config.num_layers, config.output_size)
+    if arch != expected:
         raise CheckpointError(f"model shape {arch} does not match its config")
     if not config.created_at:
         config = ModelConfig(**{**asdict(config), "created_at": new_iso_time()})
@@ -270,7 +329,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
         raise CheckpointError(f"checkpoint directory {path} does not exist")
     config = read_config(path)
     model = StreamingLSTM(
-        config.input_size, config.hidden_size, config.num_layers, config.output_size
+        config.lstm_input_size, config.hidden_size, config.num_layers, config.output_size
     )
     file = path / WEIGHTS_FILE
     try:
