@@ -202,6 +202,8 @@ def check_storage(path: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
             f"the probe of Ray Train storage {path} did not finish on every node within "
             f"{timeout_s:g} s (is a node busy or gone?)"
         ) from None
+    except ray.exceptions.RayError as exc:  # e.g. a node that left before its probe ran
+        raise ConfigError(f"the probe of Ray Train storage {path} failed: {exc}") from None
     if problems:
         raise ConfigError(
             f"Ray Train storage {path} must be one directory shared by this driver and every "
