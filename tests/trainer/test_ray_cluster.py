@@ -39,6 +39,7 @@ from streamcell.trainer.synthetic import interleaved, noisy_sines
 
 RAY_VARS = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 START_TIMEOUT_S = 120
+RAY_CLI = Path(sys.executable).with_name("ray")  # the one installed with this interpreter's Ray
 STOP_GRACE_S = 5.0
 
 
@@ -108,6 +109,8 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     pytest.importorskip("ray")
+    if not RAY_CLI.exists():
+        pytest.skip(f"no `ray` command beside {sys.executable}")
     # Short: Ray's socket paths under the temp dir must fit in 107 bytes.
     root = Path(tempfile.mkdtemp(prefix="sc-ray-", dir="/tmp"))
     token = secrets.token_hex(16)
@@ -246,9 +249,8 @@ def _train(
 
 
 def _ray_start(args: list[str], env: dict[str, str]) -> None:
-    ray = Path(sys.executable).with_name("ray")
     proc = subprocess.run(
-        [str(ray), "start", *args, "--disable-usage-stats"],
+        [str(RAY_CLI), "start", *args, "--disable-usage-stats"],
         env=env,
         capture_output=True,
         text=True,
