@@ -41,6 +41,7 @@ RAY_VARS = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PA
 START_TIMEOUT_S = 120
 RAY_CLI = Path(sys.executable).with_name("ray")  # the one installed with this interpreter's Ray
 STOP_GRACE_S = 5.0
+NODE_IP = "127.0.0.2"  # loopback that Ray keeps (it rewrites 127.0.0.1 to the interface's)
 
 
 # -- no cluster needed ---------------------------------------------------------------
@@ -117,7 +118,7 @@ def cluster() -> Iterator[Cluster]:
     env = {k: v for k, v in os.environ.items() if k not in RAY_VARS}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     port = _free_port()
-    address = f"127.0.0.1:{port}"
+    address = f"{NODE_IP}:{port}"
     try:
         _ray_start(
             [
@@ -250,7 +251,9 @@ def _train(
 
 def _ray_start(args: list[str], env: dict[str, str]) -> None:
     proc = subprocess.run(
-        [str(RAY_CLI), "start", *args, "--disable-usage-stats"],
+        # On loopback (Ray rewrites 127.0.0.1 to the interface's address, not
+        # 127.0.0.2), so that the test's traffic stays in 127.0.0.0/8.
+        [str(RAY_CLI), "start", *args, f"--node-ip-address={NODE_IP}", "--disable-usage-stats"],
         env=env,
         capture_output=True,
         text=True,
@@ -290,7 +293,7 @@ def _stop(root: Path) -> list[int]:
 
 def _free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((NODE_IP, 0))
         return int(s.getsockname()[1])
 
 

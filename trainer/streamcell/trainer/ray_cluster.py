@@ -21,9 +21,11 @@ and the task removes it.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
+import sys
 import uuid
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -134,8 +136,13 @@ def join(
     host_port = _host_port(address)
     if host_port is not None:
         _precheck(address, *host_port, auth)
+    options: dict[str, str] = {}
+    if host_port is not None and _is_loopback(host_port[0]):
+        # A cluster on this machine's loopback: the driver's node is that address
+        # too (Ray would otherwise advertise the network interface's address).
+        options["_node_ip_address"] = host_port[0]
     try:
-        ray.init(address=address, log_to_driver=log_to_driver)
+        ray.init(address=address, log_to_driver=log_to_driver, **options)
     except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as exc:
         raise ConfigError(
             _explain(
@@ -244,6 +251,24 @@ def _host_port(address: str) -> tuple[str, int] | None:
     if not sep or not host or "/" in address or not port.isdigit():
         return None
     return host.strip("[]"), int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def local_node_ip() -> str | None:
+    """The address a Ray instance of streamcell's own (``address="local"``) runs on.
+
+    Ray replaces 127.0.0.1 and localhost with the network interface's
+    address; any other loopback address it keeps. On Linux all of
+    127.0.0.0/8 is loopback, so a local instance stays off the network. On
+    macOS and Windows Ray keeps to loopback by itself (None: Ray's choice).
+    """
+    return "127.0.0.2" if sys.platform.startswith("linux") else None
 
 
 def _precheck(address: str, host: str, port: int, auth: Auth) -> None:
