@@ -264,6 +264,7 @@ class Offline:
             assert got.last_prediction == want.last_prediction, stream
             # A recipe model's history and scale (empty and None without one).
             assert (got.history, got.scale) == (want.history, want.scale), stream
+            assert len(got.history) == min(got.events, ref.buffer_size), stream
 
 
 # ------------------------------------------------------------------ processes
