@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,14 +106,11 @@ class Predictor:
     def _new_store(self) -> StateStore:
         cfg = self.loaded.config
         history = cfg.history
-        return StateStore(
-            cfg.num_layers,
-            cfg.hidden_size,
-            cfg.output_size,
-            cfg.input_size,
-            buffer_size=0 if history is None else history.buffer_size,
+        args: dict[str, Any] = {
             **self._store_args,
-        )
+            "buffer_size": 0 if history is None else history.buffer_size,
+        }
+        return StateStore(cfg.num_layers, cfg.hidden_size, cfg.output_size, cfg.input_size, **args)
 
     @property
     def config(self):
