@@ -10,13 +10,6 @@ in wave 0, its second in wave 1, ...) so that each wave holds a stream at most
 once and the waves run in order: several events of one stream in a batch are
 applied in order, never merged or lost. Each wave is one gather, one batched
 LSTM step and one scatter.
-
-A model with a recipe (streamcell.core.recipe) sees its history features
-instead of the event's values: per wave the streams' history rings are
-gathered, advanced by the events with :func:`recipe.advance` (the function
-training calls) and scattered back, and the output is multiplied by the
-recipe's scale. A Forecast feeds each predicted value back through the same
-function, into a copy of the stream's history.
 """
 
 from __future__ import annotations
@@ -26,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -57,7 +49,15 @@ class BatchResult:
 
 
 class Predictor:
-    """Applies events to per-stream state with one model version at a time."""
+    """Applies events to per-stream state with one model version at a time.
+
+    A model with a recipe (streamcell.core.recipe) sees its history features
+    instead of the event's values: per wave the streams' history rings are
+    gathered, advanced by the events with :func:`recipe.advance` (the function
+    training calls) and scattered back, and the output is multiplied by the
+    recipe's scale. A Forecast feeds each predicted value back through the
+    same function, into a copy of the stream's history.
+    """
 
     def __init__(
         self,
@@ -106,7 +106,7 @@ class Predictor:
     def _new_store(self) -> StateStore:
         cfg = self.loaded.config
         history = cfg.history
-        args: dict[str, Any] = {
+        args: dict = {  # mixed value types: mypy would refuse a union
             **self._store_args,
             "buffer_size": 0 if history is None else history.buffer_size,
         }
