@@ -282,3 +282,13 @@ def test_a_bad_recipe_in_config_json_names_the_field(saved, recipe, scaling, mes
     with pytest.raises(CheckpointError, match=message) as err:
         load_checkpoint(path)
     assert str(path / CONFIG_FILE) in str(err.value)
+
+
+def test_a_huge_hidden_size_is_refused_before_anything_is_allocated(saved):
+    """16 TB of LSTM weights if allocated first; the file's header refutes it at once."""
+    path, _ = saved
+    data = json.loads((path / CONFIG_FILE).read_text())
+    data["hidden_size"] = 1_000_000
+    (path / CONFIG_FILE).write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=r"lstm.weight_ih_l0 is torch.float32 \(32, 3\)"):
+        load_checkpoint(path)

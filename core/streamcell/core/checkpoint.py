@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from streamcell.core.errors import CheckpointError
@@ -330,36 +330,68 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
     if not path.is_dir():
         raise CheckpointError(f"checkpoint directory {path} does not exist")
     config = read_config(path)
+    file = path / WEIGHTS_FILE
+    # The file's header is checked against the config before anything is
+    # allocated: a config.json asking for a huge hidden_size must not make
+    # the process allocate it before the weights prove it wrong.
+    _check_header(file, expected_shapes(config))
+    try:
+        tensors = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{file} is not a readable safetensors file: {exc}") from None
+    for key, got in tensors.items():
+        if not torch.isfinite(got).all():
+            raise CheckpointError(f"{file}: tensor {key} holds NaN or infinite values")
     model = StreamingLSTM(
         config.lstm_input_size, config.hidden_size, config.num_layers, config.output_size
     )
-    file = path / WEIGHTS_FILE
+    model.load_state_dict(tensors, strict=True)
+    model.eval()
+    return LoadedModel(path.parent.name, path.name, path, config, model)
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a model with this config, as torch.nn.LSTM names them."""
+    hidden, gates = config.hidden_size, 4 * config.hidden_size
+    shapes: dict[str, tuple[int, ...]] = {}
+    for layer in range(config.num_layers):
+        width = config.lstm_input_size if layer == 0 else hidden
+        shapes[f"lstm.weight_ih_l{layer}"] = (gates, width)
+        shapes[f"lstm.weight_hh_l{layer}"] = (gates, hidden)
+        shapes[f"lstm.bias_ih_l{layer}"] = (gates,)
+        shapes[f"lstm.bias_hh_l{layer}"] = (gates,)
+    shapes["head.weight"] = (config.output_size, hidden)
+    shapes["head.bias"] = (config.output_size,)
+    return shapes
+
+
+def _check_header(file: Path, expected: dict[str, tuple[int, ...]]) -> None:
+    """Names, dtypes and shapes from the safetensors header (no tensor is read)."""
     try:
-        tensors = load_file(str(file))
+        with safe_open(str(file), framework="pt") as handle:
+            found = {key: handle.get_slice(key) for key in handle.keys()}  # noqa: SIM118
+            header = {k: (v.get_dtype(), tuple(v.get_shape())) for k, v in found.items()}
     except FileNotFoundError:
         raise CheckpointError(f"{file} is missing") from None
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{file} is not a readable safetensors file: {exc}") from None
-    expected = model.state_dict()
-    missing = sorted(expected.keys() - tensors.keys())
-    unexpected = sorted(tensors.keys() - expected.keys())
+    missing = sorted(expected.keys() - header.keys())
+    unexpected = sorted(header.keys() - expected.keys())
     if missing or unexpected:
         raise CheckpointError(
             f"{file} does not match its config: missing tensors {missing}, "
             f"unexpected tensors {unexpected}"
         )
-    for key, ref in expected.items():
-        got = tensors[key]
-        if got.dtype != torch.float32 or got.shape != ref.shape:
+    for key, shape in expected.items():
+        dtype, got = header[key]
+        if dtype != "F32" or got != shape:
             raise CheckpointError(
-                f"{file}: tensor {key} is {got.dtype} {tuple(got.shape)}, "
-                f"expected float32 {tuple(ref.shape)}"
+                f"{file}: tensor {key} is {_DTYPES.get(dtype, dtype)} {got}, "
+                f"expected float32 {shape}"
             )
-        if not torch.isfinite(got).all():
-            raise CheckpointError(f"{file}: tensor {key} holds NaN or infinite values")
-    model.load_state_dict(tensors, strict=True)
-    model.eval()
-    return LoadedModel(path.parent.name, path.name, path, config, model)
+
+
+_DTYPES = {"F32": "torch.float32", "F64": "torch.float64", "F16": "torch.float16"}
 
 
 def load_latest(registry: str | os.PathLike[str], name: str) -> LoadedModel:

@@ -1,8 +1,8 @@
 """The event as the core sees it: a columnar micro-batch, and its validation.
 
 Decoders (JSON and protobuf, in the service) and the gRPC servicer build an
-:class:`EventBatch`; :func:`find_invalid` applies the rules of DESIGN.md in
-bulk so that the Kafka path can dead-letter bad rows and the gRPC path can
+:class:`EventBatch`; :func:`find_invalid` applies the event rules of docs/ARCHITECTURE.md
+in bulk so that the Kafka path can dead-letter bad rows and the gRPC path can
 refuse a request before any state changes.
 """
 
