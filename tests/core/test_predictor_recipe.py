@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from recipe_support import make_recipe_model
 
 from streamcell.core.checkpoint import LoadedModel, load_checkpoint
@@ -267,3 +269,29 @@ def test_forecast_of_an_unknown_or_empty_stream(tmp_path):
     p.reset("a")
     with pytest.raises(StreamNotFound, match="seen no events"):
         p.forecast("a", 3)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    width=st.integers(1, 3),
+    lags=st.lists(st.integers(1, 20), min_size=1, max_size=5, unique=True),
+    window=st.integers(0, 20),
+    periods=st.lists(st.integers(2, 15), max_size=2, unique=True),
+    age=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_any_recipe_is_served_with_the_bits_of_featurize(
+    tmp_path_factory, width, lags, window, periods, age, seed
+):
+    """Every feature kind, random series and batches: serving equals training's path."""
+    recipe = {"target": width - 1, "lags": lags, "scale_window": window,
+              "log_scale": window > 0, "periods": periods, "age": age}  # fmt: skip
+    features = ("a", "b", "c")[:width]
+    version = make_recipe_model(tmp_path_factory.mktemp("m"), recipe, seed=seed % 1000,
+                                features=features)  # fmt: skip
+    loaded = load_checkpoint(version)
+    rng = np.random.default_rng(seed)
+    data = {f"s{k}": series(rng, int(rng.integers(1, 40)), width)[:, ::-1].copy() for k in range(3)}
+    got = feed(Predictor(loaded), data, rng)
+    for s, x in data.items():
+        assert got[s].tobytes() == featurize_path(loaded, x).tobytes(), (recipe, s)
