@@ -10,8 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from recipe_support import make_recipe_model
 from test_predictor import F, save
 
+from streamcell.core.checkpoint import load_checkpoint
 from streamcell.core.errors import ConfigError
 from streamcell.core.events import EventBatch
 from streamcell.core.model import resolve_device
@@ -75,3 +77,24 @@ def test_snapshots_move_between_devices_byte_for_byte(tmp_path, device):
     back.store.restore(zip(streams, cpu.store.snapshot(streams), strict=True))
     assert back.store.snapshot_block(streams) == block
     assert back.info(streams[0]).h.equal(dev.info(streams[0]).h)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_gpu)])
+def test_a_recipe_model_on_a_device_predicts_what_the_cpu_predicts(tmp_path, device):
+    """The histories stay in host memory; only the features travel to the device."""
+    recipe = {"target": 0, "lags": [1, 2, 12], "scale_window": 12, "log_scale": True,
+              "periods": [12], "age": True}  # fmt: skip
+    version = make_recipe_model(tmp_path, recipe, features=("y",))
+    cpu = Predictor(load_checkpoint(version))
+    dev = Predictor(load_checkpoint(version), device=device)
+    rng = np.random.default_rng(5)
+    for _ in range(4):
+        ids = [f"s{k}" for k in rng.integers(0, 30, 150)]
+        batch = EventBatch.of(ids, list((rng.normal(size=(150, 1)) * 50 + 100).astype(np.float32)))
+        want, got = cpu.predict(batch), dev.predict(batch)
+        np.testing.assert_allclose(got.yhat, want.yhat, rtol=1e-5, atol=1e-4)
+    streams = cpu.store.stream_ids()
+    for s in streams:
+        a, b = cpu.info(s), dev.info(s)
+        assert (a.history, a.scale) == (b.history, b.scale), "the same bits on either"
+    np.testing.assert_allclose(dev.forecast("s1", 30), cpu.forecast("s1", 30), rtol=1e-4, atol=1e-3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import grpc
 import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pipeline_support import Serve, make_model
+from pipeline_support import LAG_RECIPE, Serve, make_model
 
 from streamcell.cli import main
 from streamcell.service import serve_cli
@@ -109,6 +110,18 @@ def test_missing_registry_and_missing_model_are_clear_errors(tmp_path):
     assert f"model registry {tmp_path / 'nope'} is not a directory" in done.stderr
     done = run_serve("--registry", str(tmp_path), "--model", "m", "--require-model")
     assert done.returncode == 2
+    assert "no loadable version of model 'm'" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_bad_recipe_is_refused_at_load_naming_the_field(tmp_path):
+    version = make_model(tmp_path, recipe=LAG_RECIPE)
+    config = json.loads((version / "config.json").read_text())
+    config["recipe"]["periods"] = [1]
+    (version / "config.json").write_text(json.dumps(config))
+    done = run_serve("--registry", str(tmp_path), "--model", "m", "--require-model")
+    assert done.returncode == 2
+    assert "recipe.periods must be integers in 2..100000, got 1" in done.stderr
     assert "no loadable version of model 'm'" in done.stderr
 
 
