@@ -443,10 +443,10 @@ def test_flags_build_settings_and_reject_bad_combinations(tmp_path: Path) -> Non
     import argparse
 
     from streamcell.core.errors import ConfigError
-    from streamcell.service.grpc_api import add_grpc_arguments
+    from streamcell.service import settings
 
     parser = argparse.ArgumentParser()
-    add_grpc_arguments(parser)
+    settings.add_arguments(parser, settings.GRPC_FLAGS)
     token_file = tmp_path / "token"
     token_file.write_text("from-a-file\n")
     settings = GrpcSettings.from_args(

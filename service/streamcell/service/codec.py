@@ -37,13 +37,12 @@ from streamcell.core.events import (
     EventBatch,
     find_invalid,
 )
+from streamcell.service.settings import FORMAT_JSON, FORMATS
+from streamcell.service.settings import FORMAT_PROTOBUF as FORMAT_PROTOBUF  # for callers
 
 if TYPE_CHECKING:
     from streamcell.service.kafka import Record
 
-FORMAT_JSON = "json"
-FORMAT_PROTOBUF = "protobuf"
-FORMATS = (FORMAT_JSON, FORMAT_PROTOBUF)
 _NUMBER = (int, float)
 _json_decode = json.JSONDecoder().decode  # json.loads without its per-call checks
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from streamcell.core.errors import ConfigError, InvalidEvent, StreamcellError
+from streamcell.service.settings import GRPC_PORT
 
 HELP = "send events (JSON lines) to a streamcell gRPC service and print its predictions"
 
@@ -23,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "input", nargs="?", default="-", help="JSON-lines file of events ('-' or none: stdin)"
     )
-    parser.add_argument("--target", default="localhost:50051", help="host:port of the service")
+    parser.add_argument(
+        "--target", default=f"localhost:{GRPC_PORT}", help="host:port of the service"
+    )
     parser.add_argument("--tls", action="store_true", help="use TLS with the system's CA roots")
     parser.add_argument("--tls-ca", default=None, help="PEM CA certificate to trust (implies TLS)")
     parser.add_argument("--auth-token", default=None, help="bearer token")
