@@ -199,9 +199,6 @@ class ConfluentConsumer:
                     p.offset = offset
             self._c.assign(current)
 
-    def assignment(self) -> list[TopicPartition]:
-        return sorted((p.topic, p.partition) for p in self._c.assignment())
-
     def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         out = {}
         for tp in tps:
@@ -225,18 +222,6 @@ class ConfluentConsumer:
         except KafkaException as exc:
             raise unavailable(self.cfg, exc) from exc
         return {(p.topic, p.partition): (p.offset if p.offset >= 0 else None) for p in result}
-
-    def position(self, tp: TopicPartition) -> int:
-        (p,) = self._c.position([CTopicPartition(tp[0], tp[1])])
-        if p.offset >= 0:
-            return p.offset
-        committed = self.committed([tp])[tp]
-        if committed is not None:
-            return committed
-        low, high = self._c.get_watermark_offsets(
-            CTopicPartition(tp[0], tp[1]), timeout=self.cfg.connect_timeout_s
-        )
-        return low if self.cfg.auto_offset_reset == "earliest" else high
 
     def close(self) -> None:
         self._c.close()

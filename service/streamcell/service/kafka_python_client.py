@@ -135,6 +135,8 @@ class KafkaPythonConsumer:
         on_assign: Callable[[list[TopicPartition]], None],
         on_revoke: Callable[[list[TopicPartition]], None],
     ) -> None:
+        # kafka-python 3 has no public way for a listener to wait on its IO loop
+        # (the loop is not asyncio): the consumer's own selector is reached privately.
         self._listener = _Listener(self._c._net, on_assign, on_revoke)
         self._c.subscribe(topics, listener=self._listener)
 
@@ -157,9 +159,6 @@ class KafkaPythonConsumer:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self._c.seek(_tp(tp), offset)
 
-    def assignment(self) -> list[TopicPartition]:
-        return sorted((p.topic, p.partition) for p in self._c.assignment())
-
     def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         out: dict[TopicPartition, int] = {}
         assigned = self._c.assignment()
@@ -178,9 +177,6 @@ class KafkaPythonConsumer:
 
     def committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
         return {tp: self._c.committed(_tp(tp)) for tp in tps}
-
-    def position(self, tp: TopicPartition) -> int:
-        return self._c.position(_tp(tp))
 
     def close(self) -> None:
         self._c.close(autocommit=False)
@@ -351,6 +347,8 @@ class KafkaPythonProducer:
             self._p.close(timeout=self.cfg.close_timeout_s)
         except kerrors.KafkaError as exc:  # records still unsent: kafka-python's close gives up
             log.warning("closing the producer dropped unsent records: %s", exc)
+            # No public way: kafka-python's close() flushes first and raises while
+            # records are undeliverable, so its sender is stopped here directly.
             sender = getattr(self._p, "_sender", None)
             if sender is not None:
                 sender.force_close()
