@@ -409,11 +409,13 @@ def test_predict_cli_reports_a_refused_event(
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("not json", "Expecting value"),
-        ("[1, 2]", "expected a JSON object, got list"),
-        ('{"x": [1.0]}', '"stream" must be a non-empty string'),
-        ('{"stream": "a", "x": [true]}', '"x" must be a list of numbers'),
-        ('{"stream": "a", "x": [1.0], "seq": "3"}', '"seq" must be an integer >= 0'),
+        ("not json", "value is not JSON: Expecting value"),
+        ("[1, 2]", "value must be a JSON object, got list"),
+        ('{"x": [1.0]}', "the stream id is empty"),
+        ('{"stream": "a", "x": [true]}', "x must hold numbers only, found true"),
+        ('{"stream": "a", "x": [1.0], "seq": "3"}', 'seq must be an integer >= 0, got "3"'),
+        ('{"stream": "a", "x": [1.0], "ts": NaN}', "ts must be a finite number of seconds"),
+        ('{"stream": "a", "x": [1.0], "stream": 5}', "stream must be a string"),
     ],
 )
 def test_predict_cli_names_what_is_wrong_with_a_line(

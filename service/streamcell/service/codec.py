@@ -97,7 +97,7 @@ def decode(records: Sequence[Record], input_size: int, event_format: str = FORMA
         rows = _bulk_typed(records, typed, input_size) if None not in typed else None
         if rows is not None:
             return _finish(rows, input_size)
-    parse = _parse_json if event_format == FORMAT_JSON else _protobuf_parser()
+    parse = parse_json if event_format == FORMAT_JSON else _protobuf_parser()
     good: list[Record] = []
     streams: list[str] = []
     xs: list[Sequence[float]] = []
@@ -267,7 +267,12 @@ def _drop_rows(decoded: Decoded, bad_rows: list[tuple[int, str, str]]) -> Decode
     )
 
 
-def _parse_json(value: bytes | None) -> tuple[str | None, int, float | None, list]:
+def parse_json(value: bytes | None) -> tuple[str | None, int, float | None, list]:
+    """One JSON event value as (stream or None, seq or NO_SEQ, ts or None, x).
+
+    InvalidEvent says what is wrong. Used record by record here and by
+    ``streamcell predict`` for its input lines, so both read events alike.
+    """
     if value is None:
         raise InvalidEvent(REASON_BAD_JSON, "the record has no value")
     try:
