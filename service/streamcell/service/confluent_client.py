@@ -25,6 +25,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from streamcell.service.kafka import (
     CommitFailed,
     EndTracker,
+    Implementation,
     KafkaClientConfig,
     Member,
     Record,
@@ -489,17 +490,6 @@ class ConfluentAdmin:
         pass  # AdminClient has no close; its threads end with the object
 
 
-def open_consumer(cfg: KafkaClientConfig, group_id: str) -> ConfluentConsumer:
-    return ConfluentConsumer(cfg, group_id)
-
-
-def open_reader(cfg: KafkaClientConfig) -> ConfluentReader:
-    return ConfluentReader(cfg)
-
-
-def open_producer(cfg: KafkaClientConfig) -> ConfluentProducer:
-    return ConfluentProducer(cfg)
-
-
-def open_admin(cfg: KafkaClientConfig) -> ConfluentAdmin:
-    return ConfluentAdmin(cfg)
+IMPLEMENTATION = Implementation(
+    ConfluentConsumer, ConfluentReader, ConfluentProducer, ConfluentAdmin
+)

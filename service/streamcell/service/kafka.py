@@ -234,9 +234,18 @@ class Admin(Protocol):
     def close(self) -> None: ...
 
 
-def _impl(cfg: KafkaClientConfig):
+class Implementation(NamedTuple):
+    """What a client module (``CLIENTS``) provides, as its ``IMPLEMENTATION``."""
+
+    consumer: Callable[[KafkaClientConfig, str], Consumer]
+    reader: Callable[[KafkaClientConfig], Reader]
+    producer: Callable[[KafkaClientConfig], Producer]
+    admin: Callable[[KafkaClientConfig], Admin]
+
+
+def _impl(cfg: KafkaClientConfig) -> Implementation:
     try:
-        return importlib.import_module(CLIENTS[cfg.client])
+        return importlib.import_module(CLIENTS[cfg.client]).IMPLEMENTATION
     except ImportError as exc:  # the optional client is not installed
         raise ConfigError(
             f"Kafka client {cfg.client!r} is not installed ({exc}); "
@@ -245,19 +254,19 @@ def _impl(cfg: KafkaClientConfig):
 
 
 def open_consumer(cfg: KafkaClientConfig, group_id: str) -> Consumer:
-    return _impl(cfg).open_consumer(cfg, group_id)
+    return _impl(cfg).consumer(cfg, group_id)
 
 
 def open_reader(cfg: KafkaClientConfig) -> Reader:
-    return _impl(cfg).open_reader(cfg)
+    return _impl(cfg).reader(cfg)
 
 
 def open_producer(cfg: KafkaClientConfig) -> Producer:
-    return _impl(cfg).open_producer(cfg)
+    return _impl(cfg).producer(cfg)
 
 
 def open_admin(cfg: KafkaClientConfig) -> Admin:
-    return _impl(cfg).open_admin(cfg)
+    return _impl(cfg).admin(cfg)
 
 
 def installed_clients() -> list[str]:

@@ -23,6 +23,7 @@ from kafka.structs import OffsetAndMetadata
 from streamcell.service.kafka import (
     CommitFailed,
     EndTracker,
+    Implementation,
     KafkaClientConfig,
     Member,
     Record,
@@ -410,17 +411,6 @@ class KafkaPythonAdmin:
         self._a.close()
 
 
-def open_consumer(cfg: KafkaClientConfig, group_id: str) -> KafkaPythonConsumer:
-    return KafkaPythonConsumer(cfg, group_id)
-
-
-def open_reader(cfg: KafkaClientConfig) -> KafkaPythonReader:
-    return KafkaPythonReader(cfg)
-
-
-def open_producer(cfg: KafkaClientConfig) -> KafkaPythonProducer:
-    return KafkaPythonProducer(cfg)
-
-
-def open_admin(cfg: KafkaClientConfig) -> KafkaPythonAdmin:
-    return KafkaPythonAdmin(cfg)
+IMPLEMENTATION = Implementation(
+    KafkaPythonConsumer, KafkaPythonReader, KafkaPythonProducer, KafkaPythonAdmin
+)
