@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import numpy as np
@@ -168,7 +168,7 @@ def _parse_typed(records: Sequence[Record]) -> list[_Event | None]:
     events. msgspec does not check the UTF-8 of strings it skips (fields the
     event does not have), so a value that is not plain ASCII is checked here.
     """
-    values = [r.value for r in records]
+    values: list[Any] = [r.value for r in records]  # bytes, or None: msgspec raises on it
     try:
         events: list[_Event | None] = list(map(_decode_event, values))
         if b"".join(values).isascii():  # (None among the values: the join raises)
@@ -176,7 +176,7 @@ def _parse_typed(records: Sequence[Record]) -> list[_Event | None]:
     except Exception:  # one refused value: go one by one
         events = [_parse_one(v) for v in values]
     return [
-        e if e is None or v.isascii() or _is_utf8(v) else None  # type: ignore[union-attr]
+        e if e is None or v.isascii() or _is_utf8(v) else None
         for e, v in zip(events, values, strict=True)
     ]
 
@@ -210,10 +210,10 @@ def _bulk_typed(
     if not events:
         return None
     try:
-        keys = [r.key for r in records]
+        keys: list[Any] = [r.key for r in records]  # bytes, unless all() refuses them
         if not all(keys) or max(map(len, keys)) > rules.MAX_STREAM_ID_BYTES:
             return None
-        streams = list(map(bytes.decode, keys))  # type: ignore[arg-type]
+        streams = list(map(bytes.decode, keys))
         xs = list(map(_X, events))
         if set(map(len, xs)) != {input_size}:
             return None

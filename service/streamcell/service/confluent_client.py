@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from confluent_kafka import (
@@ -360,7 +360,7 @@ class ConfluentProducer:
     def send_many(
         self,
         topic: str,
-        records: list[tuple[bytes | None, bytes | None]],
+        records: Sequence[tuple[bytes | None, bytes | None]],
         headers: list[tuple[str, bytes]] | None = None,
         partition: int | None = None,
     ) -> None:

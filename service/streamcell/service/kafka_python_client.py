@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from kafka import (
     KafkaAdminClient,
@@ -258,7 +258,7 @@ class KafkaPythonProducer:
     def send_many(
         self,
         topic: str,
-        records: list[tuple[bytes | None, bytes | None]],
+        records: Sequence[tuple[bytes | None, bytes | None]],
         headers: list[tuple[str, bytes]] | None = None,
         partition: int | None = None,
     ) -> None:
