@@ -154,3 +154,18 @@ def test_serve_waits_for_a_model_then_serves_and_stops_on_sigterm(tmp_path: Path
         assert serve.terminate() == 0
     finally:
         serve.stop()
+
+
+def test_replay_takes_its_kafka_flags_from_the_same_table():
+    from streamcell.service import replay_cli, settings
+
+    parser = argparse.ArgumentParser()
+    replay_cli.add_arguments(parser)
+    args = parser.parse_args(["events.csv"])
+    assert (args.kafka_client, args.partitions, args.event_format, args.topic) == (
+        settings.KafkaSettings.client,
+        settings.KafkaSettings.partitions,
+        settings.PipelineSettings.event_format,
+        settings.INPUT_TOPIC,
+    )
+    assert settings.bootstrap_servers(args, {settings.ENV_BOOTSTRAP: "h:1"}) == "h:1"

@@ -251,7 +251,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag(
         "--bootstrap-servers",
         "kafka.bootstrap_servers",
-        f"HOST:PORT[,...] (default ${ENV_BOOTSTRAP}); without it only gRPC is served",
+        f"HOST:PORT[,...] (default ${ENV_BOOTSTRAP}; serve without any: gRPC only)",
         group=KAFKA,
     ),
     Flag("--kafka-client", "kafka.client", choices=tuple(CLIENTS), group=KAFKA),
