@@ -181,11 +181,13 @@ def invalid_lengths(sizes: np.ndarray, input_size: int) -> list[tuple[int, str, 
     ]
 
 
-def invalid_seqs(seq: np.ndarray, present: np.ndarray) -> list[tuple[int, str, str]]:
-    """Rows whose explicit seq is negative (an int64 column holds no seq above SEQ_MAX)."""
-    return [
-        (int(k), REASON_BAD_SEQ, bad_seq(int(seq[k]))) for k in np.flatnonzero(present & (seq < 0))
-    ]
+def invalid_seqs(seq: np.ndarray, present: np.ndarray | None = None) -> list[tuple[int, str, str]]:
+    """Rows whose explicit seq is negative (an int64 column holds no seq above SEQ_MAX).
+
+    ``present`` marks the rows that carry a seq; None: those that are not NO_SEQ.
+    """
+    rows = np.flatnonzero(seq < NO_SEQ if present is None else present & (seq < 0))
+    return [(int(k), REASON_BAD_SEQ, bad_seq(int(seq[k]))) for k in rows]
 
 
 def find_invalid(batch: EventBatch, input_size: int) -> list[tuple[int, str, str]]:
@@ -197,7 +199,7 @@ def find_invalid(batch: EventBatch, input_size: int) -> list[tuple[int, str, str
         (int(k), REASON_NON_FINITE, NON_FINITE)
         for k in np.flatnonzero(~np.isfinite(batch.x).all(axis=1))
     ]
-    bad += invalid_seqs(batch.seq, batch.seq != NO_SEQ)
+    bad += invalid_seqs(batch.seq)
     streams = batch.streams
     if streams and all(streams) and max(map(len, streams)) <= MAX_STREAM_ID_BYTES // 4:
         return sorted(bad)  # every id is present and short enough (4 bytes a character at most)
