@@ -445,13 +445,13 @@ def test_flags_build_settings_and_reject_bad_combinations(tmp_path: Path) -> Non
     import argparse
 
     from streamcell.core.errors import ConfigError
-    from streamcell.service import settings
+    from streamcell.service import flags
 
     parser = argparse.ArgumentParser()
-    settings.add_arguments(parser, settings.GRPC_FLAGS)
+    flags.add_arguments(parser, flags.GRPC_FLAGS)
     token_file = tmp_path / "token"
     token_file.write_text("from-a-file\n")
-    settings = GrpcSettings.from_args(
+    settings = flags.grpc_from_args(
         parser.parse_args(["--grpc-port", "0", "--auth-token-file", str(token_file)])
     )
     assert (settings.port, settings.auth_token, settings.tls) == (0, "from-a-file", False)
@@ -463,7 +463,7 @@ def test_flags_build_settings_and_reject_bad_combinations(tmp_path: Path) -> Non
         ["--grpc-port", "70000"],
     ):
         with pytest.raises(ConfigError):
-            GrpcSettings.from_args(parser.parse_args(bad))
+            flags.grpc_from_args(parser.parse_args(bad))
 
 
 def test_the_cli_modules_import_neither_grpc_nor_torch() -> None:

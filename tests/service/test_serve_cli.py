@@ -157,7 +157,7 @@ def test_serve_waits_for_a_model_then_serves_and_stops_on_sigterm(tmp_path: Path
 
 
 def test_replay_takes_its_kafka_flags_from_the_same_table():
-    from streamcell.service import replay_cli, settings
+    from streamcell.service import flags, replay_cli, settings
 
     parser = argparse.ArgumentParser()
     replay_cli.add_arguments(parser)
@@ -168,4 +168,4 @@ def test_replay_takes_its_kafka_flags_from_the_same_table():
         settings.PipelineSettings.event_format,
         settings.INPUT_TOPIC,
     )
-    assert settings.bootstrap_servers(args, {settings.ENV_BOOTSTRAP: "h:1"}) == "h:1"
+    assert flags.bootstrap_servers(args, {settings.ENV_BOOTSTRAP: "h:1"}) == "h:1"

@@ -10,14 +10,14 @@ import argparse
 import os
 from pathlib import Path
 
-from streamcell.service import settings
+from streamcell.service import flags, settings
 
 HELP = "produce events from a CSV/Parquet long-format file or JSON lines into the events topic"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, help="CSV, Parquet, or JSON lines (.jsonl) of events")
-    settings.add_arguments(
+    flags.add_arguments(
         parser, ("--bootstrap-servers", "--kafka-client", "--partitions", "--event-format")
     )
     parser.add_argument("--topic", default=settings.INPUT_TOPIC, help="events topic")
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from streamcell.service.kafka import KafkaClientConfig, TopicSpec, open_admin, open_producer
 
     log = logging.getLogger("streamcell.replay")
-    bootstrap = settings.bootstrap_servers(args, os.environ)
+    bootstrap = flags.bootstrap_servers(args, os.environ)
     if not bootstrap:
         raise ConfigError(f"no Kafka: pass --bootstrap-servers or set {settings.ENV_BOOTSTRAP}")
     if args.limit is not None and args.limit < 0:

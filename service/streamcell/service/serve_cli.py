@@ -12,20 +12,20 @@ import argparse
 import os
 from collections.abc import Mapping
 
-from streamcell.service import settings
+from streamcell.service import flags, settings
 
 HELP = "serve predictions: Kafka events in, per-stream LSTM state, predictions out; gRPC API"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    settings.add_arguments(parser)
+    flags.add_arguments(parser)
 
 
 def settings_from_args(
     args: argparse.Namespace, environ: Mapping[str, str] | None = None
 ) -> settings.ServeSettings:
     """Flags and environment -> ServeSettings (no I/O besides reading the env mapping)."""
-    return settings.from_args(args, os.environ if environ is None else environ)
+    return flags.from_args(args, os.environ if environ is None else environ)
 
 
 def run(args: argparse.Namespace) -> int:
