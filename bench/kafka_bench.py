@@ -3,7 +3,7 @@
     python bench/kafka_bench.py [--events 200000] [--streams 10000] [--bootstrap HOST:PORT]
 
 For every installed client: produce E event messages (the JSON events of
-DESIGN.md, 8 features, keyed by stream id) with ``Producer.send_many`` and one
+docs/ARCHITECTURE.md, 8 features, keyed by stream id) with ``Producer.send_many`` and one
 flush; then read them back four ways:
 
 - raw: the client library itself, partitions assigned, no processing (the

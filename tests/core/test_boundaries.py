@@ -16,6 +16,7 @@ CORE = [
     "streamcell.core.normalization",
     "streamcell.core.events",
     "streamcell.core.predictor",
+    "streamcell.core.recipe",
 ]
 FORBIDDEN_IN_CORE = ["ray", "kafka", "confluent_kafka", "grpc", "prometheus_client"]
 

@@ -222,3 +222,73 @@ def test_config_that_is_not_json(saved):
 def test_per_stream_scaling_needs_targets_among_features():
     with pytest.raises(CheckpointError, match="per-stream scaling needs every target"):
         replace(config(), targets=("other", "f1", "f2"), scaling="stream_mean_abs")
+
+
+def recipe_config(**recipe: object) -> ModelConfig:
+    spec = {"target": 0, "lags": [1, 2, 12], "scale_window": 12, "log_scale": True, **recipe}
+    return ModelConfig(
+        input_size=1,
+        hidden_size=8,
+        num_layers=1,
+        output_size=1,
+        features=["y"],
+        targets=["y"],
+        input_mean=[0.0] * 4,
+        input_std=[1.0] * 4,
+        target_mean=[0.0],
+        target_std=[1.0],
+        scaling="window_mean_abs",
+        recipe=spec,
+    )
+
+
+def test_a_recipe_model_round_trips_and_its_lstm_takes_the_features(tmp_path):
+    cfg = recipe_config()
+    assert cfg.lstm_input_size == 4
+    assert cfg.model_inputs == ("lag_1", "lag_2", "lag_12", "log_scale")
+    path = save_checkpoint(tmp_path, "lags", StreamingLSTM(4, 8, 1, 1), cfg)
+    loaded = load_checkpoint(path)
+    assert replace(loaded.config, created_at="") == cfg
+    assert loaded.config.history == cfg.history is not None
+    assert loaded.config.history.buffer_size == 12
+    assert loaded.model.input_size == 4
+
+
+def test_a_config_without_a_recipe_is_written_as_before(saved):
+    path, _ = saved
+    assert "recipe" not in json.loads((path / CONFIG_FILE).read_text())
+    assert load_checkpoint(path).config.history is None
+
+
+@pytest.mark.parametrize(
+    ("recipe", "scaling", "message"),
+    [
+        ({"lags": [0]}, "window_mean_abs", "recipe.lags"),
+        ({"target": 1}, "window_mean_abs", "recipe.target"),
+        (
+            {"scale_window": 0, "log_scale": False, "lags": [1, 2, 3, 4]},
+            "window_mean_abs",
+            "positive",
+        ),
+        ({}, "global", "scale_window is positive"),
+    ],
+)
+def test_a_bad_recipe_in_config_json_names_the_field(saved, recipe, scaling, message):
+    path, _ = saved
+    data = json.loads(recipe_config().to_json())
+    data["recipe"].update(recipe)
+    data["scaling"] = scaling
+    (path / CONFIG_FILE).write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=message) as err:
+        load_checkpoint(path)
+    assert str(path / CONFIG_FILE) in str(err.value)
+
+
+def test_a_huge_hidden_size_is_refused_before_anything_is_allocated(saved):
+    """16 TB of LSTM weights if allocated first; the file's header refutes it at once."""
+    path, _ = saved
+    data = json.loads((path / CONFIG_FILE).read_text())
+    data["hidden_size"] = 1_000_000
+    (path / CONFIG_FILE).write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=r"lstm.weight_ih_l0 is torch.float32 \(32, 3\)"):
+        load_checkpoint(path)

@@ -1,4 +1,4 @@
-"""The streaming step against torch.nn.LSTM: the equations of DESIGN.md, to float32 rounding."""
+"""The streaming step against torch.nn.LSTM to float32 rounding (docs/ARCHITECTURE.md, The LSTM)."""
 
 from __future__ import annotations
 

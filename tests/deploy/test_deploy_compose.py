@@ -3,7 +3,7 @@
 No Docker engine runs here, so the cluster is checked without running it:
 ``docker-compose config`` (Debian package) validates and resolves the file,
 each service whose command is ``streamcell SUB ...`` is parsed by the real
-argparse parser of core/cli.py, and the wiring between services (topics,
+argparse parser of core/streamcell/cli.py, and the wiring between services (topics,
 group, scrape targets, health checks, start order) is checked against the
 other deploy/ files.
 """
@@ -138,7 +138,9 @@ def test_every_streamcell_command_parses(services: dict[str, dict[str, Any]]) ->
     with pytest.raises(SystemExit):  # the check can fail: an unknown option is refused
         parser.parse_args(["serve", "--registry=/r", "--model=m", "--no-such-option"])
     if missing:
-        pytest.skip(f"subcommands not registered in core/cli.py yet: {', '.join(missing)}")
+        pytest.skip(
+            f"subcommands not registered in core/streamcell/cli.py yet: {', '.join(missing)}"
+        )
 
 
 RAY_PARSE = """

@@ -1,4 +1,4 @@
-"""Exactness across crashes and rebalances (DESIGN.md guarantee 1), on the real broker.
+"""Exactness across crashes and rebalances, on the real broker (docs/ARCHITECTURE.md, guarantee 1).
 
 Events are produced at a steady pace while `streamcell serve` is SIGKILLed at
 random moments and restarted, or while a second replica joins and leaves the

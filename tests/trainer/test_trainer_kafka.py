@@ -19,7 +19,7 @@ pytestmark = pytest.mark.kafka
 
 @pytest.fixture
 def events_topic(kafka_bootstrap: str, unique_name) -> tuple[str, np.ndarray]:
-    """A 2-partition topic holding 3 streams x 60 events as DESIGN.md has them, plus junk."""
+    """A 2-partition topic: 3 streams x 60 events (docs/ARCHITECTURE.md, Events), plus junk."""
     from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
 

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from streamcell.core.errors import CheckpointError
 from streamcell.core.model import StreamingLSTM
-from streamcell.core.normalization import SCALING_GLOBAL, SCALINGS
+from streamcell.core.normalization import SCALING_GLOBAL, SCALING_WINDOW, SCALINGS
+from streamcell.core.recipe import Recipe, RecipeError
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -36,7 +37,13 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything besides the weights that serving needs to reproduce training."""
+    """Everything besides the weights that serving needs to reproduce training.
+
+    ``input_size`` is the number of values in an event (``features`` names
+    them). Without a recipe the LSTM takes those values; with one it takes the
+    recipe's history features (``model_inputs``), which ``input_mean`` and
+    ``input_std`` then normalise.
+    """
 
     input_size: int
     hidden_size: int
@@ -54,6 +61,7 @@ class ModelConfig:
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    recipe: dict[str, Any] | None = None  # streamcell.core.recipe's config.json form
 
     def __post_init__(self) -> None:
         for name in ("features", "targets", "input_mean", "input_std", "target_mean", "target_std"):
@@ -68,10 +76,12 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 fail(f"{name} must be a positive integer, got {value!r}")
+        history = self._parse_recipe(fail)
+        inputs = self.input_size if history is None else history.num_features
         for name, size in (
             ("features", self.input_size),
-            ("input_mean", self.input_size),
-            ("input_std", self.input_size),
+            ("input_mean", inputs),
+            ("input_std", inputs),
             ("targets", self.output_size),
             ("target_mean", self.output_size),
             ("target_std", self.output_size),
@@ -95,10 +105,54 @@ class ModelConfig:
             fail(f"scaling must be one of {SCALINGS}, got {self.scaling!r}")
         if self.scaling != SCALING_GLOBAL and self.target_index is None:
             fail("per-stream scaling needs every target to be one of the features")
+        windowed = history is not None and history.scale_window > 0
+        if (self.scaling == SCALING_WINDOW) != windowed:
+            fail(
+                f"scaling {SCALING_WINDOW!r} goes with a recipe whose scale_window is positive "
+                f"(got scaling {self.scaling!r}, recipe {self.recipe!r})"
+            )
+        if history is not None and self.targets != (self.features[history.target],):
+            fail(
+                f"a model with a recipe predicts the column it follows: targets must be "
+                f"[{self.features[history.target]!r}], got {list(self.targets)}"
+            )
         if not (isinstance(self.scale_floor, int | float) and self.scale_floor > 0):
             fail(f"scale_floor must be positive, got {self.scale_floor!r}")
         if self.format_version != FORMAT_VERSION:
             fail(f"format_version {self.format_version!r} is not supported (expected 1)")
+
+    def _parse_recipe(self, fail: Any) -> Recipe | None:
+        if self.recipe is None:
+            return None
+        if not isinstance(self.input_size, int) or isinstance(self.input_size, bool):
+            return None  # reported by the caller's own check
+        try:
+            history = Recipe.from_json(
+                self.recipe, width=self.input_size, scale_floor=self.scale_floor
+            )
+        except RecipeError as exc:
+            fail(str(exc))
+            raise  # fail() raises; this keeps type checkers informed
+        object.__setattr__(self, "_history", history)
+        object.__setattr__(self, "recipe", history.to_json())  # canonical: defaults written out
+        return history
+
+    @property
+    def history(self) -> Recipe | None:
+        """The parsed recipe, or None for a model that sees the event's values as they are."""
+        return getattr(self, "_history", None)
+
+    @property
+    def lstm_input_size(self) -> int:
+        """Inputs of the LSTM per step: the event's values, or the recipe's features."""
+        history = self.history
+        return self.input_size if history is None else history.num_features
+
+    @property
+    def model_inputs(self) -> tuple[str, ...]:
+        """Names of the LSTM's inputs, in order."""
+        history = self.history
+        return self.features if history is None else history.feature_names(self.features)
 
     @property
     def target_index(self) -> tuple[int, ...] | None:
@@ -123,10 +177,14 @@ class ModelConfig:
             self.scaling,
             self.features,
             self.targets,
+            json.dumps(self.recipe, sort_keys=True),
         )
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        data = asdict(self)
+        if data["recipe"] is None:
+            del data["recipe"]  # a model without one writes the config it always has
+        return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: Any) -> ModelConfig:
@@ -193,7 +251,8 @@ def save_checkpoint(
     check_name(name)
     version = check_name(version or new_version(), "version")
     arch = (model.input_size, model.hidden_size, model.num_layers, model.output_size)
-    if arch != (config.input_size, config.hidden_size, config.num_layers, config.output_size):
+    expected = (config.lstm_input_size, config.hidden_size, config.num_layers, config.output_size)
+    if arch != expected:
         raise CheckpointError(f"model shape {arch} does not match its config")
     if not config.created_at:
         config = ModelConfig(**{**asdict(config), "created_at": new_iso_time()})
@@ -269,36 +328,68 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
     if not path.is_dir():
         raise CheckpointError(f"checkpoint directory {path} does not exist")
     config = read_config(path)
-    model = StreamingLSTM(
-        config.input_size, config.hidden_size, config.num_layers, config.output_size
-    )
     file = path / WEIGHTS_FILE
+    # The file's header is checked against the config before anything is
+    # allocated: a config.json asking for a huge hidden_size must not make
+    # the process allocate it before the weights prove it wrong.
+    _check_header(file, expected_shapes(config))
     try:
         tensors = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{file} is not a readable safetensors file: {exc}") from None
+    for key, got in tensors.items():
+        if not torch.isfinite(got).all():
+            raise CheckpointError(f"{file}: tensor {key} holds NaN or infinite values")
+    model = StreamingLSTM(
+        config.lstm_input_size, config.hidden_size, config.num_layers, config.output_size
+    )
+    model.load_state_dict(tensors, strict=True)
+    model.eval()
+    return LoadedModel(path.parent.name, path.name, path, config, model)
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a model with this config, as torch.nn.LSTM names them."""
+    hidden, gates = config.hidden_size, 4 * config.hidden_size
+    shapes: dict[str, tuple[int, ...]] = {}
+    for layer in range(config.num_layers):
+        width = config.lstm_input_size if layer == 0 else hidden
+        shapes[f"lstm.weight_ih_l{layer}"] = (gates, width)
+        shapes[f"lstm.weight_hh_l{layer}"] = (gates, hidden)
+        shapes[f"lstm.bias_ih_l{layer}"] = (gates,)
+        shapes[f"lstm.bias_hh_l{layer}"] = (gates,)
+    shapes["head.weight"] = (config.output_size, hidden)
+    shapes["head.bias"] = (config.output_size,)
+    return shapes
+
+
+def _check_header(file: Path, expected: dict[str, tuple[int, ...]]) -> None:
+    """Names, dtypes and shapes from the safetensors header (no tensor is read)."""
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            found = {key: handle.get_slice(key) for key in handle.keys()}  # noqa: SIM118
+            header = {k: (v.get_dtype(), tuple(v.get_shape())) for k, v in found.items()}
     except FileNotFoundError:
         raise CheckpointError(f"{file} is missing") from None
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{file} is not a readable safetensors file: {exc}") from None
-    expected = model.state_dict()
-    missing = sorted(expected.keys() - tensors.keys())
-    unexpected = sorted(tensors.keys() - expected.keys())
+    missing = sorted(expected.keys() - header.keys())
+    unexpected = sorted(header.keys() - expected.keys())
     if missing or unexpected:
         raise CheckpointError(
             f"{file} does not match its config: missing tensors {missing}, "
             f"unexpected tensors {unexpected}"
         )
-    for key, ref in expected.items():
-        got = tensors[key]
-        if got.dtype != torch.float32 or got.shape != ref.shape:
+    for key, shape in expected.items():
+        dtype, got = header[key]
+        if dtype != "F32" or got != shape:
             raise CheckpointError(
-                f"{file}: tensor {key} is {got.dtype} {tuple(got.shape)}, "
-                f"expected float32 {tuple(ref.shape)}"
+                f"{file}: tensor {key} is {_DTYPES.get(dtype, dtype)} {got}, "
+                f"expected float32 {shape}"
             )
-        if not torch.isfinite(got).all():
-            raise CheckpointError(f"{file}: tensor {key} holds NaN or infinite values")
-    model.load_state_dict(tensors, strict=True)
-    model.eval()
-    return LoadedModel(path.parent.name, path.name, path, config, model)
+
+
+_DTYPES = {"F32": "torch.float32", "F64": "torch.float64", "F16": "torch.float16"}
 
 
 def load_latest(registry: str | os.PathLike[str], name: str) -> LoadedModel:

@@ -1,4 +1,4 @@
-"""The LSTM of DESIGN.md, trained as torch.nn.LSTM and served one step at a time.
+"""The LSTM of docs/ARCHITECTURE.md, trained as torch.nn.LSTM and served one step at a time.
 
 `StreamingLSTM` owns an ``nn.LSTM`` (batch_first) and an ``nn.Linear`` head
 under the names ``lstm`` and ``head``, so its state_dict is exactly the

@@ -16,7 +16,9 @@ import numpy as np
 
 SCALING_GLOBAL = "global"
 SCALING_STREAM_MEAN_ABS = "stream_mean_abs"
-SCALINGS = (SCALING_GLOBAL, SCALING_STREAM_MEAN_ABS)
+# The mean |y| over the last recipe.scale_window values (streamcell.core.recipe).
+SCALING_WINDOW = "window_mean_abs"
+SCALINGS = (SCALING_GLOBAL, SCALING_STREAM_MEAN_ABS, SCALING_WINDOW)
 
 
 def stream_scales(x: np.ndarray, floor: float) -> np.ndarray:

@@ -18,6 +18,7 @@ from streamcell.service.metrics import Metrics
 
 Behaviour = Callable[[Any, grpc.ServicerContext], Any]
 _KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+UNKNOWN_METHOD = "unknown"  # the label of calls to a method the server does not have
 
 
 def _rewrap(
@@ -45,9 +46,15 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         self._metrics = metrics
 
     def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = continuation(handler_call_details)
+        requests = self._metrics.grpc_requests
+        if handler is None:
+            # The path is the client's to choose: only a method the server has
+            # may become a label value, or the series would be unbounded.
+            requests.labels(UNKNOWN_METHOD, grpc.StatusCode.UNIMPLEMENTED.name).inc()
+            return None
         method = method_label(handler_call_details.method)
         seconds = self._metrics.grpc_seconds.labels(method)
-        requests = self._metrics.grpc_requests
 
         def done(context: grpc.ServicerContext, start: float, failed: bool) -> None:
             code = context.code()
@@ -82,7 +89,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
             return unary
 
-        return _rewrap(continuation(handler_call_details), wrap)
+        return _rewrap(handler, wrap)
 
 
 class BearerTokenInterceptor(grpc.ServerInterceptor):

@@ -32,6 +32,11 @@ from prometheus_client import (
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+# Event time is the producer's word: a latency below zero (a clock ahead of
+# ours) or beyond a day (a ts that is more likely wrong than that late) is
+# counted at the bound and in event_latency_clipped_total, so that one bad
+# producer cannot move the histogram's sum without bound.
+LATENCY_RANGE_S = (0.0, 86_400.0)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 STEP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -69,7 +74,13 @@ class BatchHistogram(Collector):
         labelnames: Sequence[str],
         buckets: Sequence[float],
         registry: CollectorRegistry,
+        clip: tuple[float, float] | None = None,
+        clipped: Counter | None = None,
     ) -> None:
+        """``clip``: values outside (low, high) count at the bound, and in ``clipped``
+        (labelled as this histogram, plus ``side`` = below/above)."""
+        self.clip = clip
+        self._clipped = clipped
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
@@ -82,6 +93,8 @@ class BatchHistogram(Collector):
         values = np.asarray(values, dtype=np.float64).ravel()
         if values.size == 0:
             return
+        if self.clip is not None:
+            values = self._clipped_values(values, labels)
         counts = np.bincount(
             np.searchsorted(self.bounds, values, side="left"), minlength=len(self.bounds) + 1
         )
@@ -92,6 +105,18 @@ class BatchHistogram(Collector):
                 series = self._series[labels] = [np.zeros(len(self.bounds) + 1, np.int64), 0.0]
             series[0] += counts
             series[1] += total
+
+    def _clipped_values(self, values: np.ndarray, labels: tuple[str, ...]) -> np.ndarray:
+        assert self.clip is not None
+        low, high = self.clip
+        below, above = int((values < low).sum()), int((values > high).sum())
+        if not below and not above:
+            return values
+        if self._clipped is not None:
+            for side, n in (("below", below), ("above", above)):
+                if n:
+                    self._clipped.labels(*labels, side).inc(n)
+        return np.clip(values, low, high)
 
     def count(self, *labels: str) -> int:
         with self._lock:
@@ -158,12 +183,20 @@ class Metrics:
             buckets=STEP_BUCKETS,
             registry=r,
         )
+        self.event_latency_clipped = Counter(
+            p + "event_latency_clipped",
+            "Events whose time gave a latency below 0 or beyond a day, counted at that bound.",
+            ["source", "side"],
+            registry=r,
+        )
         self.event_latency = BatchHistogram(
             p + "event_latency_seconds",
             "From an event's time (its ts, else its Kafka timestamp) to its prediction.",
             ["source"],
             LATENCY_BUCKETS,
             r,
+            clip=LATENCY_RANGE_S,
+            clipped=self.event_latency_clipped,
         )
         self.online_abs_error = BatchHistogram(
             p + "online_abs_error",

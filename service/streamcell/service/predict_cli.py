@@ -1,6 +1,6 @@
 """`streamcell predict`: send events to a running service, print its predictions.
 
-Reads JSON lines (the event of DESIGN.md: ``{"stream", "seq"?, "ts"?, "x"}``)
+Reads JSON lines (the event contract of docs/ARCHITECTURE.md: ``{"stream", "seq"?, "ts"?, "x"}``)
 from a file or stdin and prints one JSON line per prediction, so the API can be
 tried by hand: ``echo '{"stream":"a","x":[1,2,3]}' | streamcell predict``.
 """

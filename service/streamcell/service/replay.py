@@ -2,7 +2,7 @@
 
 Input is a long-format table (CSV or Parquet: a stream column, an order
 column, numeric feature columns; the trainer reads the same files) or JSON
-lines (one event object per line, as DESIGN.md defines it). Table rows are
+lines (one event object per line, as docs/ARCHITECTURE.md defines it). Table rows are
 sent in time order across streams (stable sort on the order column), so the
 streams interleave as they would live. Keys are the stream ids.
 """
@@ -72,7 +72,7 @@ def read_table(
     if order_column is not None and order_column not in frame.columns:
         order_column = None
     if ts_column is None and "ts" in frame.columns:
-        ts_column = "ts"  # DESIGN.md's name for event time
+        ts_column = "ts"  # the event contract's name for event time
     for col in (stream_column, ts_column):
         if col is not None and col not in frame.columns:
             raise DataError(f"column {col!r} is missing in {path} (columns: {list(frame.columns)})")
@@ -144,7 +144,7 @@ def read_events(path: Path, **table_options) -> Events:
 
 
 def encode(events: Events, event_format: str = FORMAT_JSON) -> list[tuple[bytes, bytes]]:
-    """(key, value) per event; JSON as DESIGN.md defines it, or the protobuf Event."""
+    """(key, value) per event; JSON as docs/ARCHITECTURE.md defines it, or the protobuf Event."""
     if event_format not in FORMATS:
         raise ConfigError(f"event format must be one of {FORMATS}, got {event_format!r}")
     keys = [s.encode() for s in events.streams]

@@ -106,6 +106,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--no-ray", action="store_true", help="train in this process, without Ray")
     run.add_argument(
+        "--ray-address",
+        help="join this running Ray cluster, host:port of its GCS as `ray start --head` prints "
+        "(default: RAY_ADDRESS, which Ray sets inside `ray job submit`); Ray's token comes from "
+        "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token. --storage-path must then be "
+        "a directory every node and this driver share (checked first), and --registry one "
+        "this driver and the service share",
+    )
+    run.add_argument(
         "--max-failures", type=int, default=1, help="worker-group restarts (default 1)"
     )
     run.add_argument("--storage-path", help="Ray checkpoint storage (default: a temp dir)")
@@ -162,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
             gpu=args.gpu,
             max_failures=args.max_failures,
             storage_path=args.storage_path,
-            ray_address=os.environ.get("RAY_ADDRESS") or None,
+            ray_address=args.ray_address or os.environ.get("RAY_ADDRESS") or None,
             num_cpus=args.num_cpus,
             log_to_driver=args.ray_logs,
             on_epoch=lambda r: _print_epoch(r, settings),

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from streamcell.core.errors import ConfigError, DataError, StreamcellError
+from streamcell.trainer import ray_cluster
 from streamcell.trainer.api import TrainResult, finish, prepare_frame
 from streamcell.trainer.data import LongFrame
 from streamcell.trainer.loop import LoopState, epoch_line, fit, new_model, new_optimizer
@@ -100,15 +101,15 @@ def train(
 
     started = time.perf_counter()
     own_ray = not ray.is_initialized()
+    joined = own_ray and bool(ray_address)
     if own_ray:
         if ray_address:
-            try:
-                ray.init(address=ray_address, log_to_driver=log_to_driver)
-            except (ConnectionError, ValueError, RuntimeError) as exc:
-                raise ConfigError(f"cannot join the Ray cluster at {ray_address}: {exc}") from None
+            ray_cluster.join(ray_address, log_to_driver=log_to_driver)
         else:
+            node_ip = ray_cluster.local_node_ip()
             ray.init(  # "local": a fresh instance, never one found via `ray start` state
                 address="local",
+                **({} if node_ip is None else {"_node_ip_address": node_ip}),
                 num_cpus=num_cpus or workers * threads,
                 include_dashboard=False,
                 log_to_driver=log_to_driver,
@@ -117,6 +118,8 @@ def train(
     own_storage = storage_path is None
     storage = storage_path or tempfile.mkdtemp(prefix="streamcell-ray-")
     try:
+        if joined:  # rank 0 writes checkpoints on its node; this driver reads them
+            ray_cluster.check_storage(storage)
         use_gpu = _use_gpu(gpu, workers, ray.cluster_resources())
         state, device = _fit(
             prepared,
