@@ -409,11 +409,13 @@ def test_predict_cli_reports_a_refused_event(
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("not json", "Expecting value"),
-        ("[1, 2]", "expected a JSON object, got list"),
-        ('{"x": [1.0]}', '"stream" must be a non-empty string'),
-        ('{"stream": "a", "x": [true]}', '"x" must be a list of numbers'),
-        ('{"stream": "a", "x": [1.0], "seq": "3"}', '"seq" must be an integer >= 0'),
+        ("not json", "value is not JSON: Expecting value"),
+        ("[1, 2]", "value must be a JSON object, got list"),
+        ('{"x": [1.0]}', "the stream id is empty"),
+        ('{"stream": "a", "x": [true]}', "x must hold numbers only, found true"),
+        ('{"stream": "a", "x": [1.0], "seq": "3"}', 'seq must be an integer >= 0, got "3"'),
+        ('{"stream": "a", "x": [1.0], "ts": NaN}', "ts must be a finite number of seconds"),
+        ('{"stream": "a", "x": [1.0], "stream": 5}', "stream must be a string"),
     ],
 )
 def test_predict_cli_names_what_is_wrong_with_a_line(
@@ -443,13 +445,13 @@ def test_flags_build_settings_and_reject_bad_combinations(tmp_path: Path) -> Non
     import argparse
 
     from streamcell.core.errors import ConfigError
-    from streamcell.service.grpc_api import add_grpc_arguments
+    from streamcell.service import flags
 
     parser = argparse.ArgumentParser()
-    add_grpc_arguments(parser)
+    flags.add_arguments(parser, flags.GRPC_FLAGS)
     token_file = tmp_path / "token"
     token_file.write_text("from-a-file\n")
-    settings = GrpcSettings.from_args(
+    settings = flags.grpc_from_args(
         parser.parse_args(["--grpc-port", "0", "--auth-token-file", str(token_file)])
     )
     assert (settings.port, settings.auth_token, settings.tls) == (0, "from-a-file", False)
@@ -461,7 +463,7 @@ def test_flags_build_settings_and_reject_bad_combinations(tmp_path: Path) -> Non
         ["--grpc-port", "70000"],
     ):
         with pytest.raises(ConfigError):
-            GrpcSettings.from_args(parser.parse_args(bad))
+            flags.grpc_from_args(parser.parse_args(bad))
 
 
 def test_the_cli_modules_import_neither_grpc_nor_torch() -> None:

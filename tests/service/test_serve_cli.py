@@ -28,10 +28,10 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def test_bootstrap_servers_come_from_the_flag_else_the_environment():
     env = {"KAFKA_BOOTSTRAP_SERVERS": "envhost:9092"}
-    assert serve_cli.settings_from_args(parse(), env).bootstrap_servers == "envhost:9092"
+    assert serve_cli.settings_from_args(parse(), env).kafka.bootstrap_servers == "envhost:9092"
     flagged = parse("--bootstrap-servers", "flaghost:9092")
-    assert serve_cli.settings_from_args(flagged, env).bootstrap_servers == "flaghost:9092"
-    assert serve_cli.settings_from_args(parse(), {}).bootstrap_servers is None
+    assert serve_cli.settings_from_args(flagged, env).kafka.bootstrap_servers == "flaghost:9092"
+    assert serve_cli.settings_from_args(parse(), {}).kafka.bootstrap_servers is None
 
 
 def test_settings_carry_the_flags():
@@ -43,18 +43,32 @@ def test_settings_carry_the_flags():
         ),
         {},
     )  # fmt: skip
-    assert (s.kafka_client, s.event_format, s.max_streams, s.stream_ttl_s) == (
+    assert (s.kafka.client, s.pipeline.event_format, s.state.max_streams) == (
         "confluent",
         "protobuf",
         7,
-        60.0,
     )
-    assert s.commit_interval_ms == 250 and s.metrics_port is None and s.torch_threads == 1
-    assert s.idle_commit_ms == 0
+    assert s.state.stream_ttl_s == 60.0 and s.pipeline.commit_interval_ms == 250
+    assert s.metrics.port is None and s.state.torch_threads == 1
+    assert s.pipeline.idle_commit_ms == 0
     assert s.grpc is not None and s.grpc.port == 0
     assert serve_cli.settings_from_args(parse("--no-grpc"), {}).grpc is None
     with pytest.raises(AttributeError):
-        s.max_streams = 1  # frozen
+        s.state.max_streams = 1  # frozen
+    assert s.max_streams == 7  # the flat name app.py reads, until it reads the sections
+
+
+def test_every_flag_default_is_its_fields_default():
+    """One table: each flag's default is read from its section's field, nowhere else."""
+    from streamcell.service import settings
+
+    s = serve_cli.settings_from_args(parse(), {})
+    assert s.kafka == settings.KafkaSettings()
+    assert s.pipeline == settings.PipelineSettings()
+    assert s.state == settings.StateSettings()
+    assert s.metrics == settings.MetricsSettings()
+    assert s.grpc == settings.GrpcSettings()
+    assert (s.require_model, s.poll_registry_s) == (False, 10.0)
 
 
 @pytest.mark.parametrize(
@@ -153,3 +167,18 @@ def test_serve_waits_for_a_model_then_serves_and_stops_on_sigterm(tmp_path: Path
         assert serve.terminate() == 0
     finally:
         serve.stop()
+
+
+def test_replay_takes_its_kafka_flags_from_the_same_table():
+    from streamcell.service import flags, replay_cli, settings
+
+    parser = argparse.ArgumentParser()
+    replay_cli.add_arguments(parser)
+    args = parser.parse_args(["events.csv"])
+    assert (args.kafka_client, args.partitions, args.event_format, args.topic) == (
+        settings.KafkaSettings.client,
+        settings.KafkaSettings.partitions,
+        settings.PipelineSettings.event_format,
+        settings.INPUT_TOPIC,
+    )
+    assert flags.bootstrap_servers(args, {settings.ENV_BOOTSTRAP: "h:1"}) == "h:1"

@@ -5,6 +5,7 @@ One local Ray cluster (2 CPUs) for the module; each test runs a TorchTrainer on 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,10 +82,32 @@ def test_cli_trains_with_two_workers_and_the_service_beats_last_value(
     assert np.mean(model_err) < 0.7 * np.mean(naive_err), (np.mean(model_err), np.mean(naive_err))
 
 
-def test_a_worker_failure_resumes_from_the_last_checkpoint(ray_cluster: None) -> None:
+def fail_once_after(epoch: int, marker: Path) -> ray_train.AfterEpoch:
+    """A hook that makes the last worker raise once, after ``epoch``'s checkpoint.
+
+    A closure, so Ray pickles it by value into its workers; ``marker`` (a file)
+    remembers across the restart that it has failed.
+    """
+
+    def hook(done: int, rank: int, world: int) -> None:
+        if done == epoch and rank == world - 1 and not marker.exists():
+            marker.touch()
+            # Rank 0's checkpoint of this epoch is registered when the controller
+            # next polls (every 0.2 s, ray_train.RAY_TRAIN_ENV); failing at once let
+            # a restart resume from the epoch before (seen once in CI).
+            time.sleep(1.0)
+            raise RuntimeError(f"injected failure after epoch {done} (test of recovery)")
+
+    return hook
+
+
+def test_a_worker_failure_resumes_from_the_last_checkpoint(
+    ray_cluster: None, tmp_path: Path
+) -> None:
     data = load_long_frame(noisy_sines(streams=4, length=120, seed=9))
     settings = TrainSettings(hidden=8, layers=1, epochs=4, window=16, lr=0.01, patience=10)
-    result = ray_train.train(data, settings, workers=2, max_failures=1, fail_at_epoch=2)
+    fail = fail_once_after(2, tmp_path / "failed-once")
+    result = ray_train.train(data, settings, workers=2, max_failures=1, after_epoch=fail)
     assert result.config.training["resumed_at_epochs"] == [2]
     assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
     # Equal shards and one batch per shard: DDP's averaged gradient is the local one, so
@@ -119,8 +142,9 @@ def test_workers_with_unequal_data_stay_in_step(ray_cluster: None) -> None:
     assert result.metrics["val_points"] == 12 + 30 + 18
 
 
-def test_failures_beyond_max_failures_are_reported(ray_cluster: None) -> None:
+def test_failures_beyond_max_failures_are_reported(ray_cluster: None, tmp_path: Path) -> None:
     data = load_long_frame(noisy_sines(streams=2, length=60, seed=1))
     settings = TrainSettings(hidden=4, layers=1, epochs=2, window=8)
     with pytest.raises(ray_train.TrainingFailed, match="injected failure"):
-        ray_train.train(data, settings, workers=2, max_failures=0, fail_at_epoch=1)
+        fail = fail_once_after(1, tmp_path / "failed-once")
+        ray_train.train(data, settings, workers=2, max_failures=0, after_epoch=fail)

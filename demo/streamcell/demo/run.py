@@ -24,6 +24,7 @@ import numpy as np
 from streamcell.demo.children import Child, ChildFailed
 from streamcell.demo.plot import plot_streams
 from streamcell.demo.scoring import Scores, score
+from streamcell.service import settings
 
 log = logging.getLogger("streamcell.demo")
 MODEL = "demo"
@@ -115,10 +116,10 @@ def run_demo(s: DemoSettings, say: Callable[[str], None] = print) -> int:
             bootstrap, suffix = broker.bootstrap, ""
             say(f"[1/6] embedded Kafka-protocol broker (Tansu) on {bootstrap}")
         topics = {
-            "input": "streamcell.events" + suffix,
-            "output": "streamcell.predictions" + suffix,
-            "dead": "streamcell.dead-letters" + suffix,
-            "changelog": "streamcell.state-changelog" + suffix,
+            "input": settings.INPUT_TOPIC + suffix,
+            "output": settings.OUTPUT_TOPIC + suffix,
+            "dead": settings.DEAD_LETTER_TOPIC + suffix,
+            "changelog": settings.CHANGELOG_TOPIC + suffix,
         }
         kafka = KafkaClientConfig(bootstrap, client=s.kafka_client, client_id="streamcell-demo")
         admin = open_admin(kafka)

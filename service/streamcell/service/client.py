@@ -11,6 +11,7 @@ Both clients return the generated protobuf messages. TLS: pass ``tls_ca``
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from streamcell.service.settings import GrpcSettings
 from streamcell.v1 import event_pb2
 from streamcell.v1 import predictor_pb2 as pb
 from streamcell.v1 import predictor_pb2_grpc as pb_grpc
@@ -59,8 +61,13 @@ def _metadata(auth_token: str | None) -> tuple[tuple[str, str], ...] | None:
     return None if auth_token is None else (("authorization", f"Bearer {auth_token}"),)
 
 
-class Client:
-    """Blocking client; ``timeout`` (seconds) is the default deadline of each call."""
+class _Connected:
+    """What both clients hold: a channel from ``_api``, the stubs, each call's metadata.
+
+    ``timeout`` (seconds) is the default deadline of each call.
+    """
+
+    _api = "grpc"  # the module whose channels the client opens
 
     def __init__(
         self,
@@ -70,9 +77,10 @@ class Client:
         tls_ca: PemOrPath | None = None,
         auth_token: str | None = None,
         timeout: float | None = 30.0,
-        max_message_bytes: int = 16 * 1024 * 1024,
+        max_message_bytes: int = GrpcSettings.max_message_bytes,
     ) -> None:
-        self.channel = _open_channel(grpc, target, tls, tls_ca, max_message_bytes)
+        api = importlib.import_module(self._api)
+        self.channel = _open_channel(api, target, tls, tls_ca, max_message_bytes)
         self.stub = pb_grpc.PredictorStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self._md = _metadata(auth_token)
@@ -80,6 +88,10 @@ class Client:
 
     def _kw(self, timeout: float | None) -> dict[str, Any]:
         return {"timeout": self.timeout if timeout is None else timeout, "metadata": self._md}
+
+
+class Client(_Connected):
+    """Blocking client."""
 
     def predict(
         self,
@@ -164,27 +176,10 @@ class Client:
         self.close()
 
 
-class AsyncClient:
+class AsyncClient(_Connected):
     """asyncio client (grpc.aio); the same methods as :class:`Client`, awaitable."""
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        tls: bool = False,
-        tls_ca: PemOrPath | None = None,
-        auth_token: str | None = None,
-        timeout: float | None = 30.0,
-        max_message_bytes: int = 16 * 1024 * 1024,
-    ) -> None:
-        self.channel = _open_channel(grpc.aio, target, tls, tls_ca, max_message_bytes)
-        self.stub = pb_grpc.PredictorStub(self.channel)
-        self._health = health_pb2_grpc.HealthStub(self.channel)
-        self._md = _metadata(auth_token)
-        self.timeout = timeout
-
-    def _kw(self, timeout: float | None) -> dict[str, Any]:
-        return {"timeout": self.timeout if timeout is None else timeout, "metadata": self._md}
+    _api = "grpc.aio"
 
     async def predict(
         self,

@@ -1,9 +1,11 @@
 """Kafka values <-> the core's columns: bulk decode of events, bulk encode of predictions.
 
 A polled batch of records becomes one :class:`EventBatch` of the good events
-plus a list of the bad ones, each with a dead-letter reason code from
-``streamcell.core.events`` and a message saying what is wrong. Nothing here raises
-for bad input: one broken record never stops the others.
+plus a list of the bad ones, each with a dead-letter reason and message.
+This module only parses: the rules an event must meet, their reasons and
+messages are ``streamcell.core.events``'; what is here is how a JSON or
+protobuf value can fail to be an event at all. Nothing here raises for bad
+input: one broken record never stops the others.
 
 Predictions are encoded with a fixed key order and each float32 as the
 shortest decimal that reads back as the same float32, so a replayed event
@@ -13,43 +15,36 @@ yields a byte-identical prediction.
 from __future__ import annotations
 
 import json
-import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import numpy as np
 import orjson
 
+from streamcell.core import events as rules
+from streamcell.core.errors import InvalidEvent
 from streamcell.core.events import (
-    MAX_STREAM_ID_BYTES,
     NO_SEQ,
     REASON_BAD_FIELD,
     REASON_BAD_JSON,
     REASON_BAD_PROTOBUF,
     REASON_BAD_SEQ,
-    REASON_KEY_TOO_LONG,
-    REASON_MISSING_KEY,
     REASON_NON_FINITE,
-    REASON_WRONG_LENGTH,
     EventBatch,
     find_invalid,
 )
+from streamcell.service.settings import FORMAT_JSON, FORMATS
+from streamcell.service.settings import FORMAT_PROTOBUF as FORMAT_PROTOBUF  # for callers
 
 if TYPE_CHECKING:
     from streamcell.service.kafka import Record
 
-FORMAT_JSON = "json"
-FORMAT_PROTOBUF = "protobuf"
-FORMATS = (FORMAT_JSON, FORMAT_PROTOBUF)
 _NUMBER = (int, float)
-_FLOAT_MAX = sys.float_info.max
 _json_decode = json.JSONDecoder().decode  # json.loads without its per-call checks
-_BAD_TS = "ts must be a finite number of seconds"
 
 
 class _Event(msgspec.Struct):
@@ -62,7 +57,7 @@ class _Event(msgspec.Struct):
 
     x: list[float]
     stream: str | None = None
-    seq: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
+    seq: Annotated[int, msgspec.Meta(ge=0, le=rules.SEQ_MAX)] | None = None
     ts: float | None = None
 
 
@@ -92,13 +87,6 @@ class Decoded:
     invalid: list[Invalid] = field(default_factory=list)
 
 
-class _Bad(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
 def decode(records: Sequence[Record], input_size: int, event_format: str = FORMAT_JSON) -> Decoded:
     """Decode and validate a polled batch in one pass, keeping Kafka order."""
     if event_format not in FORMATS:
@@ -109,7 +97,7 @@ def decode(records: Sequence[Record], input_size: int, event_format: str = FORMA
         rows = _bulk_typed(records, typed, input_size) if None not in typed else None
         if rows is not None:
             return _finish(rows, input_size)
-    parse = _parse_json if event_format == FORMAT_JSON else _protobuf_parser()
+    parse = parse_json if event_format == FORMAT_JSON else _protobuf_parser()
     good: list[Record] = []
     streams: list[str] = []
     xs: list[Sequence[float]] = []
@@ -118,20 +106,14 @@ def decode(records: Sequence[Record], input_size: int, event_format: str = FORMA
     invalid: list[Invalid] = []
     for k, rec in enumerate(records):
         try:
-            stream = _stream_id(rec.key)
+            stream = rules.stream_of_key(rec.key)
             event = typed[k] if typed else None
             body_stream, seq, ts, x = parse(rec.value) if event is None else _fields(event)
             if body_stream is not None and body_stream != stream:
-                raise _Bad(
-                    REASON_BAD_FIELD,
-                    f"stream {body_stream!r} in the value differs from the key {stream!r}",
-                )
-            if len(x) != input_size:
-                raise _Bad(
-                    REASON_WRONG_LENGTH, f"x has {len(x)} values, the model takes {input_size}"
-                )
-        except _Bad as bad:
-            invalid.append(Invalid(rec, bad.reason, bad.message))
+                raise InvalidEvent(REASON_BAD_FIELD, rules.stream_differs(body_stream, stream))
+            rules.check_length(len(x), input_size)
+        except InvalidEvent as bad:
+            invalid.append(Invalid(rec, bad.reason, str(bad)))
             continue
         except Exception as exc:  # a case the rules above missed must not stop the batch
             invalid.append(Invalid(rec, REASON_BAD_FIELD, f"undecodable event: {exc!r}"[:200]))
@@ -186,7 +168,7 @@ def _parse_typed(records: Sequence[Record]) -> list[_Event | None]:
     events. msgspec does not check the UTF-8 of strings it skips (fields the
     event does not have), so a value that is not plain ASCII is checked here.
     """
-    values = [r.value for r in records]
+    values: list[Any] = [r.value for r in records]  # bytes, or None: msgspec raises on it
     try:
         events: list[_Event | None] = list(map(_decode_event, values))
         if b"".join(values).isascii():  # (None among the values: the join raises)
@@ -194,7 +176,7 @@ def _parse_typed(records: Sequence[Record]) -> list[_Event | None]:
     except Exception:  # one refused value: go one by one
         events = [_parse_one(v) for v in values]
     return [
-        e if e is None or v.isascii() or _is_utf8(v) else None  # type: ignore[union-attr]
+        e if e is None or v.isascii() or _is_utf8(v) else None
         for e, v in zip(events, values, strict=True)
     ]
 
@@ -228,10 +210,10 @@ def _bulk_typed(
     if not events:
         return None
     try:
-        keys = [r.key for r in records]
-        if not all(keys) or max(map(len, keys)) > MAX_STREAM_ID_BYTES:
+        keys: list[Any] = [r.key for r in records]  # bytes, unless all() refuses them
+        if not all(keys) or max(map(len, keys)) > rules.MAX_STREAM_ID_BYTES:
             return None
-        streams = list(map(bytes.decode, keys))  # type: ignore[arg-type]
+        streams = list(map(bytes.decode, keys))
         xs = list(map(_X, events))
         if set(map(len, xs)) != {input_size}:
             return None
@@ -264,7 +246,7 @@ def _times(records: Sequence[Record], stamps: list[float | None]) -> np.ndarray 
         ]
     times = np.array(stamps, np.float64)
     # msgspec refuses numbers beyond the float range; the float maximum itself is refused here.
-    return times if ((times > -_FLOAT_MAX) & (times < _FLOAT_MAX)).all() else None
+    return times if rules.all_in_float_range(times) else None
 
 
 def _drop_rows(decoded: Decoded, bad_rows: list[tuple[int, str, str]]) -> Decoded:
@@ -285,60 +267,57 @@ def _drop_rows(decoded: Decoded, bad_rows: list[tuple[int, str, str]]) -> Decode
     )
 
 
-def _stream_id(key: bytes | None) -> str:
-    if not key:
-        raise _Bad(REASON_MISSING_KEY, "the record has no key (the key is the stream id)")
-    if len(key) > MAX_STREAM_ID_BYTES:
-        raise _Bad(REASON_KEY_TOO_LONG, f"the key is longer than {MAX_STREAM_ID_BYTES} bytes")
-    try:
-        return key.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _Bad(REASON_BAD_FIELD, "the key is not valid UTF-8") from None
+def parse_json(value: bytes | None) -> tuple[str | None, int, float | None, list]:
+    """One JSON event value as (stream or None, seq or NO_SEQ, ts or None, x).
 
-
-def _parse_json(value: bytes | None) -> tuple[str | None, int, float | None, list]:
+    InvalidEvent says what is wrong. Used record by record here and by
+    ``streamcell predict`` for its input lines, so both read events alike.
+    """
     if value is None:
-        raise _Bad(REASON_BAD_JSON, "the record has no value")
+        raise InvalidEvent(REASON_BAD_JSON, "the record has no value")
     try:
         doc = _json_decode(value.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise _Bad(REASON_BAD_JSON, f"value is not JSON: {str(exc)[:120]}") from None
+        raise InvalidEvent(REASON_BAD_JSON, f"value is not JSON: {str(exc)[:120]}") from None
     return _check_json(doc)
 
 
 def _check_json(doc: object) -> tuple[str | None, int, float | None, list]:
     if not isinstance(doc, dict):
-        raise _Bad(REASON_BAD_JSON, f"value must be a JSON object, got {type(doc).__name__}")
+        raise InvalidEvent(
+            REASON_BAD_JSON, f"value must be a JSON object, got {type(doc).__name__}"
+        )
     x = doc.get("x")
     if not isinstance(x, list):
-        raise _Bad(REASON_BAD_FIELD, "x must be a list of numbers")
+        raise InvalidEvent(REASON_BAD_FIELD, "x must be a list of numbers")
     for v in x:
         kind = type(v)
         if kind is float:
             continue
         if kind is not int:  # bool is not a number here
-            raise _Bad(REASON_BAD_FIELD, f"x must hold numbers only, found {json.dumps(v)[:40]}")
-        if not -_FLOAT_MAX < v < _FLOAT_MAX:  # exact int/float comparison, no overflow
-            raise _Bad(REASON_NON_FINITE, "x holds an integer beyond the float range")
+            raise InvalidEvent(
+                REASON_BAD_FIELD, f"x must hold numbers only, found {json.dumps(v)[:40]}"
+            )
+        if not rules.in_float_range(v):  # exact int/float comparison, no overflow
+            raise InvalidEvent(REASON_NON_FINITE, rules.X_BEYOND_FLOAT)
     stream = doc.get("stream")
     if stream is not None and not isinstance(stream, str):
-        raise _Bad(REASON_BAD_FIELD, "stream must be a string")
+        raise InvalidEvent(REASON_BAD_FIELD, "stream must be a string")
     seq = doc.get("seq")
     if seq is None:
         seq = NO_SEQ
-    elif type(seq) is not int or seq < 0 or seq >= 2**63:
-        raise _Bad(REASON_BAD_SEQ, f"seq must be an integer >= 0, got {json.dumps(seq)[:40]}")
+    elif type(seq) is not int or not rules.seq_ok(seq):
+        raise InvalidEvent(REASON_BAD_SEQ, rules.bad_seq_json(json.dumps(seq)[:40]))
     ts = doc.get("ts")
-    if ts is not None and (type(ts) not in _NUMBER or not -_FLOAT_MAX < ts < _FLOAT_MAX):
-        raise _Bad(REASON_BAD_FIELD, _BAD_TS)
+    if ts is not None and type(ts) not in _NUMBER:
+        raise InvalidEvent(REASON_BAD_FIELD, rules.BAD_TS)
+    rules.check_ts(ts)
     return stream, seq, None if ts is None else float(ts), x
 
 
 def _fields(event: _Event) -> tuple[str | None, int, float | None, list]:
     """``_check_json`` for a value msgspec read: it checked every type and range but one."""
-    ts = event.ts
-    if ts is not None and not -_FLOAT_MAX < ts < _FLOAT_MAX:
-        raise _Bad(REASON_BAD_FIELD, _BAD_TS)
+    ts = rules.check_ts(event.ts)
     return event.stream, NO_SEQ if event.seq is None else event.seq, ts, event.x
 
 
@@ -349,17 +328,13 @@ def _protobuf_parser():
 
     def parse(value: bytes | None) -> tuple[str | None, int, float | None, Sequence[float]]:
         if value is None:
-            raise _Bad(REASON_BAD_PROTOBUF, "the record has no value")
+            raise InvalidEvent(REASON_BAD_PROTOBUF, "the record has no value")
         try:
             event = Event.FromString(value)
         except DecodeError as exc:
-            raise _Bad(REASON_BAD_PROTOBUF, f"value is not an Event: {exc}") from None
-        seq = event.seq if event.HasField("seq") else NO_SEQ
-        if event.HasField("seq") and seq < 0:
-            raise _Bad(REASON_BAD_SEQ, f"seq must be >= 0, got {seq}")
-        ts = event.ts if event.HasField("ts") else None
-        if ts is not None and not math.isfinite(ts):
-            raise _Bad(REASON_BAD_FIELD, "ts must be a finite number of seconds")
+            raise InvalidEvent(REASON_BAD_PROTOBUF, f"value is not an Event: {exc}") from None
+        seq = rules.check_seq(event.seq) if event.HasField("seq") else NO_SEQ
+        ts = rules.check_ts(event.ts) if event.HasField("ts") else None
         return event.stream or None, seq, ts, event.x
 
     return parse

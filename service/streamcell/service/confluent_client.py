@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from confluent_kafka import (
@@ -25,6 +25,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from streamcell.service.kafka import (
     CommitFailed,
     EndTracker,
+    Implementation,
     KafkaClientConfig,
     Member,
     Record,
@@ -199,9 +200,6 @@ class ConfluentConsumer:
                     p.offset = offset
             self._c.assign(current)
 
-    def assignment(self) -> list[TopicPartition]:
-        return sorted((p.topic, p.partition) for p in self._c.assignment())
-
     def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         out = {}
         for tp in tps:
@@ -225,18 +223,6 @@ class ConfluentConsumer:
         except KafkaException as exc:
             raise unavailable(self.cfg, exc) from exc
         return {(p.topic, p.partition): (p.offset if p.offset >= 0 else None) for p in result}
-
-    def position(self, tp: TopicPartition) -> int:
-        (p,) = self._c.position([CTopicPartition(tp[0], tp[1])])
-        if p.offset >= 0:
-            return p.offset
-        committed = self.committed([tp])[tp]
-        if committed is not None:
-            return committed
-        low, high = self._c.get_watermark_offsets(
-            CTopicPartition(tp[0], tp[1]), timeout=self.cfg.connect_timeout_s
-        )
-        return low if self.cfg.auto_offset_reset == "earliest" else high
 
     def close(self) -> None:
         self._c.close()
@@ -374,7 +360,7 @@ class ConfluentProducer:
     def send_many(
         self,
         topic: str,
-        records: list[tuple[bytes | None, bytes | None]],
+        records: Sequence[tuple[bytes | None, bytes | None]],
         headers: list[tuple[str, bytes]] | None = None,
         partition: int | None = None,
     ) -> None:
@@ -504,17 +490,6 @@ class ConfluentAdmin:
         pass  # AdminClient has no close; its threads end with the object
 
 
-def open_consumer(cfg: KafkaClientConfig, group_id: str) -> ConfluentConsumer:
-    return ConfluentConsumer(cfg, group_id)
-
-
-def open_reader(cfg: KafkaClientConfig) -> ConfluentReader:
-    return ConfluentReader(cfg)
-
-
-def open_producer(cfg: KafkaClientConfig) -> ConfluentProducer:
-    return ConfluentProducer(cfg)
-
-
-def open_admin(cfg: KafkaClientConfig) -> ConfluentAdmin:
-    return ConfluentAdmin(cfg)
+IMPLEMENTATION = Implementation(
+    ConfluentConsumer, ConfluentReader, ConfluentProducer, ConfluentAdmin
+)

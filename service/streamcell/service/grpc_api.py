@@ -1,4 +1,4 @@
-"""The gRPC server: settings and flags, and starting/stopping it.
+"""The gRPC server: starting and stopping it (its settings are settings.GrpcSettings).
 
 ``start_grpc_server`` is separate from ``streamcell serve`` (service/app.py
 calls it) so that tests bind port 0 and get the port back. The server is the
@@ -11,15 +11,13 @@ bounds calls in progress (more are refused with RESOURCE_EXHAUSTED).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamcell.core.errors import ConfigError
+from streamcell.service.settings import GrpcSettings
 
 if TYPE_CHECKING:  # grpc and torch load in start_grpc_server, not with the CLI's flags
     from concurrent.futures import Executor
@@ -31,88 +29,6 @@ if TYPE_CHECKING:  # grpc and torch load in start_grpc_server, not with the CLI'
     from streamcell.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PORT = 50051
-DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class GrpcSettings:
-    """How the gRPC server listens, authenticates and limits work."""
-
-    port: int = DEFAULT_PORT  # 0: any free port (see GrpcServerHandle.port)
-    host: str = "0.0.0.0"
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    auth_token: str | None = field(default=None, repr=False)
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    workers: int = 16
-    max_in_flight: int = 256  # 0: no limit
-    health_poll_seconds: float = 0.2
-
-    def __post_init__(self) -> None:
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ConfigError("TLS needs both --tls-cert and --tls-key")
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"--grpc-port must be in 0..65535, got {self.port}")
-        if self.workers < 1:
-            raise ConfigError(f"--grpc-workers must be at least 1, got {self.workers}")
-        if self.max_in_flight < 0:
-            raise ConfigError(f"--grpc-max-in-flight must be >= 0, got {self.max_in_flight}")
-        if self.max_message_bytes < 1024:
-            raise ConfigError("--grpc-max-message-bytes must be at least 1024")
-        if self.auth_token is not None and not self.auth_token.strip():
-            raise ConfigError("the auth token is empty")
-
-    @property
-    def tls(self) -> bool:
-        return self.tls_cert is not None
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> GrpcSettings:
-        token = args.auth_token
-        if args.auth_token_file is not None:
-            if token is not None:
-                raise ConfigError("give --auth-token or --auth-token-file, not both")
-            try:
-                token = Path(args.auth_token_file).read_text().strip()
-            except OSError as exc:
-                raise ConfigError(f"cannot read --auth-token-file: {exc}") from exc
-        return cls(
-            port=args.grpc_port,
-            host=args.grpc_host,
-            tls_cert=None if args.tls_cert is None else Path(args.tls_cert),
-            tls_key=None if args.tls_key is None else Path(args.tls_key),
-            auth_token=token,
-            max_message_bytes=args.grpc_max_message_bytes,
-            workers=args.grpc_workers,
-            max_in_flight=args.grpc_max_in_flight,
-        )
-
-
-def add_grpc_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("gRPC")
-    g.add_argument("--grpc-port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
-    g.add_argument("--grpc-host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
-    g.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve TLS")
-    g.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
-    g.add_argument(
-        "--auth-token", default=None, help="require 'authorization: Bearer TOKEN' (not health)"
-    )
-    g.add_argument("--auth-token-file", default=None, help="read the bearer token from a file")
-    g.add_argument(
-        "--grpc-max-message-bytes",
-        type=int,
-        default=DEFAULT_MAX_MESSAGE_BYTES,
-        help="largest request/response message (default 16 MiB)",
-    )
-    g.add_argument("--grpc-workers", type=int, default=16, help="server threads (default 16)")
-    g.add_argument(
-        "--grpc-max-in-flight",
-        type=int,
-        default=256,
-        help="calls in progress before RESOURCE_EXHAUSTED (0: no limit; default 256)",
-    )
 
 
 class GrpcServerHandle:

@@ -13,8 +13,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from streamcell.core.errors import InvalidEvent
-from streamcell.core.events import NO_SEQ, REASON_BAD_SEQ, REASON_WRONG_LENGTH, EventBatch
+from streamcell.core.events import (
+    NO_SEQ,
+    EventBatch,
+    invalid_lengths,
+    invalid_seqs,
+    refusal,
+)
 from streamcell.core.predictor import DUPLICATE, BatchResult
 from streamcell.core.state import StreamInfo
 from streamcell.v1 import event_pb2
@@ -24,33 +29,26 @@ _ABSENT = np.iinfo(np.int64).min  # an Event without seq, until mapped to NO_SEQ
 
 
 def batch_of(events: Sequence[event_pb2.Event], input_size: int) -> EventBatch:
-    """An EventBatch from Event messages; a wrong feature count raises InvalidEvent.
+    """An EventBatch from Event messages; InvalidEvent for what cannot enter its columns.
 
-    The remaining checks (finite values, stream ids, seq) are the Predictor's,
-    shared with the Kafka path.
+    That is an x of another length (the columns are [N, input]) and an
+    explicit negative seq (which the column would read as "no seq"); the
+    other rules are checked on the batch by ``events.find_invalid``.
     """
     n = len(events)
     xs = [e.x for e in events]
-    sizes = np.fromiter(map(len, xs), dtype=np.int64, count=n)
-    wrong = np.flatnonzero(sizes != input_size)
-    if wrong.size:
-        k = int(wrong[0])
-        raise InvalidEvent(
-            REASON_WRONG_LENGTH,
-            f"event {k} (stream {events[k].stream!r}): x has {int(sizes[k])} values, "
-            f"the model takes {input_size}",
-        )
+    streams = [e.stream for e in events]
+    bad = invalid_lengths(np.fromiter(map(len, xs), dtype=np.int64, count=n), input_size)
+    if bad:
+        raise refusal(streams, *bad[0])
     flat = np.fromiter(itertools.chain.from_iterable(xs), dtype=np.float32, count=n * input_size)
     seq = np.fromiter((e.seq if e.HasField("seq") else _ABSENT for e in events), np.int64, n)
-    negative = np.flatnonzero((seq < 0) & (seq != _ABSENT))
-    if negative.size:  # an explicit -1 would otherwise pass as "no seq"
-        k = int(negative[0])
-        raise InvalidEvent(
-            REASON_BAD_SEQ,
-            f"event {k} (stream {events[k].stream!r}): seq must be >= 0, got {seq[k]}",
-        )
-    seq[seq == _ABSENT] = NO_SEQ
-    return EventBatch.of([e.stream for e in events], flat.reshape(n, input_size), seq)
+    absent = seq == _ABSENT
+    bad = invalid_seqs(seq, ~absent)
+    if bad:
+        raise refusal(streams, *bad[0])
+    seq[absent] = NO_SEQ
+    return EventBatch.of(streams, flat.reshape(n, input_size), seq)
 
 
 def event_times(events: Sequence[event_pb2.Event]) -> np.ndarray:

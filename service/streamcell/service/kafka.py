@@ -31,7 +31,7 @@ from its first fetch.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -139,17 +139,15 @@ class Consumer(Protocol):
         """Synchronous commit of the next offsets to read; raises CommitFailed."""
         ...
 
-    def seek(self, tp: TopicPartition, offset: int) -> None: ...
-
-    def assignment(self) -> list[TopicPartition]: ...
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Read ``tp`` from ``offset`` at the next poll (recovery and replays)."""
+        ...
 
     def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         """Log end per partition: the last fetch's high watermark, else the broker's answer."""
         ...
 
     def committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]: ...
-
-    def position(self, tp: TopicPartition) -> int: ...
 
     def close(self) -> None:
         """Leave the group (no commit) and release the connections."""
@@ -184,7 +182,7 @@ class Producer(Protocol):
     def send_many(
         self,
         topic: str,
-        records: list[tuple[bytes | None, bytes | None]],
+        records: Sequence[tuple[bytes | None, bytes | None]],
         headers: list[tuple[str, bytes]] | None = None,
         partition: int | None = None,
     ) -> None:
@@ -236,9 +234,18 @@ class Admin(Protocol):
     def close(self) -> None: ...
 
 
-def _impl(cfg: KafkaClientConfig):
+class Implementation(NamedTuple):
+    """What a client module (``CLIENTS``) provides, as its ``IMPLEMENTATION``."""
+
+    consumer: Callable[[KafkaClientConfig, str], Consumer]
+    reader: Callable[[KafkaClientConfig], Reader]
+    producer: Callable[[KafkaClientConfig], Producer]
+    admin: Callable[[KafkaClientConfig], Admin]
+
+
+def _impl(cfg: KafkaClientConfig) -> Implementation:
     try:
-        return importlib.import_module(CLIENTS[cfg.client])
+        return importlib.import_module(CLIENTS[cfg.client]).IMPLEMENTATION
     except ImportError as exc:  # the optional client is not installed
         raise ConfigError(
             f"Kafka client {cfg.client!r} is not installed ({exc}); "
@@ -247,19 +254,19 @@ def _impl(cfg: KafkaClientConfig):
 
 
 def open_consumer(cfg: KafkaClientConfig, group_id: str) -> Consumer:
-    return _impl(cfg).open_consumer(cfg, group_id)
+    return _impl(cfg).consumer(cfg, group_id)
 
 
 def open_reader(cfg: KafkaClientConfig) -> Reader:
-    return _impl(cfg).open_reader(cfg)
+    return _impl(cfg).reader(cfg)
 
 
 def open_producer(cfg: KafkaClientConfig) -> Producer:
-    return _impl(cfg).open_producer(cfg)
+    return _impl(cfg).producer(cfg)
 
 
 def open_admin(cfg: KafkaClientConfig) -> Admin:
-    return _impl(cfg).open_admin(cfg)
+    return _impl(cfg).admin(cfg)
 
 
 def installed_clients() -> list[str]:

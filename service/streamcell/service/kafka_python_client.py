@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from kafka import (
     KafkaAdminClient,
@@ -23,6 +23,7 @@ from kafka.structs import OffsetAndMetadata
 from streamcell.service.kafka import (
     CommitFailed,
     EndTracker,
+    Implementation,
     KafkaClientConfig,
     Member,
     Record,
@@ -135,6 +136,8 @@ class KafkaPythonConsumer:
         on_assign: Callable[[list[TopicPartition]], None],
         on_revoke: Callable[[list[TopicPartition]], None],
     ) -> None:
+        # kafka-python 3 has no public way for a listener to wait on its IO loop
+        # (the loop is not asyncio): the consumer's own selector is reached privately.
         self._listener = _Listener(self._c._net, on_assign, on_revoke)
         self._c.subscribe(topics, listener=self._listener)
 
@@ -157,9 +160,6 @@ class KafkaPythonConsumer:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self._c.seek(_tp(tp), offset)
 
-    def assignment(self) -> list[TopicPartition]:
-        return sorted((p.topic, p.partition) for p in self._c.assignment())
-
     def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         out: dict[TopicPartition, int] = {}
         assigned = self._c.assignment()
@@ -178,9 +178,6 @@ class KafkaPythonConsumer:
 
     def committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
         return {tp: self._c.committed(_tp(tp)) for tp in tps}
-
-    def position(self, tp: TopicPartition) -> int:
-        return self._c.position(_tp(tp))
 
     def close(self) -> None:
         self._c.close(autocommit=False)
@@ -261,7 +258,7 @@ class KafkaPythonProducer:
     def send_many(
         self,
         topic: str,
-        records: list[tuple[bytes | None, bytes | None]],
+        records: Sequence[tuple[bytes | None, bytes | None]],
         headers: list[tuple[str, bytes]] | None = None,
         partition: int | None = None,
     ) -> None:
@@ -351,6 +348,8 @@ class KafkaPythonProducer:
             self._p.close(timeout=self.cfg.close_timeout_s)
         except kerrors.KafkaError as exc:  # records still unsent: kafka-python's close gives up
             log.warning("closing the producer dropped unsent records: %s", exc)
+            # No public way: kafka-python's close() flushes first and raises while
+            # records are undeliverable, so its sender is stopped here directly.
             sender = getattr(self._p, "_sender", None)
             if sender is not None:
                 sender.force_close()
@@ -412,17 +411,6 @@ class KafkaPythonAdmin:
         self._a.close()
 
 
-def open_consumer(cfg: KafkaClientConfig, group_id: str) -> KafkaPythonConsumer:
-    return KafkaPythonConsumer(cfg, group_id)
-
-
-def open_reader(cfg: KafkaClientConfig) -> KafkaPythonReader:
-    return KafkaPythonReader(cfg)
-
-
-def open_producer(cfg: KafkaClientConfig) -> KafkaPythonProducer:
-    return KafkaPythonProducer(cfg)
-
-
-def open_admin(cfg: KafkaClientConfig) -> KafkaPythonAdmin:
-    return KafkaPythonAdmin(cfg)
+IMPLEMENTATION = Implementation(
+    KafkaPythonConsumer, KafkaPythonReader, KafkaPythonProducer, KafkaPythonAdmin
+)

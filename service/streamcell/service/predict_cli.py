@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from streamcell.core.errors import ConfigError, InvalidEvent, StreamcellError
+from streamcell.service.settings import GRPC_PORT
 
 HELP = "send events (JSON lines) to a streamcell gRPC service and print its predictions"
 
@@ -23,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "input", nargs="?", default="-", help="JSON-lines file of events ('-' or none: stdin)"
     )
-    parser.add_argument("--target", default="localhost:50051", help="host:port of the service")
+    parser.add_argument(
+        "--target", default=f"localhost:{GRPC_PORT}", help="host:port of the service"
+    )
     parser.add_argument("--tls", action="store_true", help="use TLS with the system's CA roots")
     parser.add_argument("--tls-ca", default=None, help="PEM CA certificate to trust (implies TLS)")
     parser.add_argument("--auth-token", default=None, help="bearer token")
@@ -38,31 +41,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _events(stream: IO[str]) -> Iterator[Any]:
+    """Event messages of the non-blank lines, read as the service reads a JSON event."""
+    from streamcell.core.events import EMPTY_STREAM, NO_SEQ, REASON_MISSING_KEY
     from streamcell.service.client import event
+    from streamcell.service.codec import parse_json
 
     for lineno, line in enumerate(stream, 1):
         if not line.strip():
             continue
         try:
-            yield _event_of(json.loads(line), event)
-        except ValueError as exc:  # JSONDecodeError, or a field _event_of refused
-            raise InvalidEvent("bad_json", f"line {lineno}: not an event: {exc}") from exc
-
-
-def _event_of(obj: Any, event: Any) -> Any:
-    """An Event from one parsed line; ValueError says which field is wrong."""
-    if not isinstance(obj, dict):
-        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-    stream, x, seq, ts = obj.get("stream"), obj.get("x"), obj.get("seq"), obj.get("ts")
-    if not isinstance(stream, str) or not stream:
-        raise ValueError('"stream" must be a non-empty string')
-    if not isinstance(x, list) or not all(type(v) in (int, float) for v in x):
-        raise ValueError('"x" must be a list of numbers')
-    if seq is not None and (type(seq) is not int or not 0 <= seq < 2**63):
-        raise ValueError('"seq" must be an integer >= 0')
-    if ts is not None and type(ts) not in (int, float):
-        raise ValueError('"ts" must be a number of seconds')
-    return event(stream, x, seq, ts)
+            name, seq, ts, x = parse_json(line.encode())
+            if not name:  # no Kafka key here: the stream id is the value's
+                raise InvalidEvent(REASON_MISSING_KEY, EMPTY_STREAM)
+        except InvalidEvent as exc:
+            raise InvalidEvent(exc.reason, f"line {lineno}: not an event: {exc}") from exc
+        yield event(name, x, None if seq == NO_SEQ else seq, ts)
 
 
 def _as_json(p: Any) -> str:

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from streamcell.core.errors import ConfigError, DataError
+from streamcell.service.settings import FORMAT_JSON, FORMATS
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("json", "protobuf")
 CHUNK = 2_000  # events encoded and handed to the producer at once
 
 
@@ -143,7 +143,7 @@ def read_events(path: Path, **table_options) -> Events:
     return read_table(path, **table_options)
 
 
-def encode(events: Events, event_format: str = "json") -> list[tuple[bytes, bytes]]:
+def encode(events: Events, event_format: str = FORMAT_JSON) -> list[tuple[bytes, bytes]]:
     """(key, value) per event; JSON as docs/ARCHITECTURE.md defines it, or the protobuf Event."""
     if event_format not in FORMATS:
         raise ConfigError(f"event format must be one of {FORMATS}, got {event_format!r}")

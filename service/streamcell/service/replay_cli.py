@@ -10,23 +10,17 @@ import argparse
 import os
 from pathlib import Path
 
+from streamcell.service import flags, settings
+
 HELP = "produce events from a CSV/Parquet long-format file or JSON lines into the events topic"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, help="CSV, Parquet, or JSON lines (.jsonl) of events")
-    parser.add_argument(
-        "--bootstrap-servers",
-        help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)",
+    flags.add_arguments(
+        parser, ("--bootstrap-servers", "--kafka-client", "--partitions", "--event-format")
     )
-    parser.add_argument(
-        "--kafka-client", choices=("kafka-python", "confluent"), default="kafka-python"
-    )
-    parser.add_argument("--topic", default="streamcell.events", help="events topic")
-    parser.add_argument(
-        "--partitions", type=int, default=3, help="partitions if the topic must be created"
-    )
-    parser.add_argument("--event-format", choices=("json", "protobuf"), default="json")
+    parser.add_argument("--topic", default=settings.INPUT_TOPIC, help="events topic")
     parser.add_argument("--stream-column", default="stream", help="stream id column")
     parser.add_argument(
         "--order-column",
@@ -54,9 +48,9 @@ def run(args: argparse.Namespace) -> int:
     from streamcell.service.kafka import KafkaClientConfig, TopicSpec, open_admin, open_producer
 
     log = logging.getLogger("streamcell.replay")
-    bootstrap = args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+    bootstrap = flags.bootstrap_servers(args, os.environ)
     if not bootstrap:
-        raise ConfigError("no Kafka: pass --bootstrap-servers or set KAFKA_BOOTSTRAP_SERVERS")
+        raise ConfigError(f"no Kafka: pass --bootstrap-servers or set {settings.ENV_BOOTSTRAP}")
     if args.limit is not None and args.limit < 0:
         raise ConfigError("--limit must be >= 0")
     features = [f.strip() for f in args.features.split(",")] if args.features else None

@@ -1,18 +1,165 @@
-"""The settings of `streamcell serve`: one frozen object, built once at the entry point.
+"""The settings of `streamcell serve`: one frozen tree, and the names every command shares.
 
-Nothing below ``serve_cli`` reads flags or the environment; every part of the
-service gets what it needs from a :class:`ServeSettings`.
+:class:`ServeSettings` holds the model to serve and one section per part:
+``kafka`` (connecting, the group), ``pipeline`` (topics, batches,
+checkpoints), ``state``, ``metrics`` and ``grpc`` (None: no gRPC server).
+Each default is written once, as its field's default in a section;
+``flags.py`` names the flag of each field and builds the tree from parsed
+flags at the entry point. Nothing here reads the environment. Only the
+standard library is imported, so the CLI stays quick.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from streamcell.core.errors import ConfigError
-from streamcell.service.codec import FORMATS
+from streamcell.service.kafka import DEFAULT_CLIENT, KafkaClientConfig
+
+# ------------------------------------------------ names written once, for every command
+INPUT_TOPIC = "streamcell.events"
+OUTPUT_TOPIC = "streamcell.predictions"
+DEAD_LETTER_TOPIC = "streamcell.dead-letters"
+CHANGELOG_TOPIC = "streamcell.state-changelog"
+ENV_BOOTSTRAP = "KAFKA_BOOTSTRAP_SERVERS"
+FORMAT_JSON = "json"
+FORMAT_PROTOBUF = "protobuf"
+FORMATS = (FORMAT_JSON, FORMAT_PROTOBUF)  # how an event is written on the input topic
+GRPC_PORT = 50051
+
+
+def _at_least_1(pairs: Iterable[tuple[str, int]]) -> None:
+    for name, value in pairs:
+        if value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+# ------------------------------------------------------------------ the sections
+@dataclass(frozen=True)
+class KafkaSettings:
+    """How a replica connects and which group it joins (None servers: gRPC only)."""
+
+    bootstrap_servers: str | None = None
+    client: str = DEFAULT_CLIENT
+    group_id: str = "streamcell"
+    client_id: str = KafkaClientConfig.client_id
+    partitions: int = 3  # for an input topic that has to be created
+    session_timeout_ms: int = KafkaClientConfig.session_timeout_ms
+
+    def __post_init__(self) -> None:
+        _at_least_1(
+            (("partitions", self.partitions), ("session_timeout_ms", self.session_timeout_ms))
+        )
+        if self.session_timeout_ms < 3:  # the heartbeat interval is a third of it
+            raise ConfigError(
+                f"--session-timeout-ms must be at least 3, got {self.session_timeout_ms}"
+            )
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """What the consumer loop needs besides its clients (the fields of pipeline.py's)."""
+
+    input_topic: str = INPUT_TOPIC
+    output_topic: str = OUTPUT_TOPIC
+    dead_letter_topic: str = DEAD_LETTER_TOPIC
+    changelog_topic: str = CHANGELOG_TOPIC
+    event_format: str = FORMAT_JSON
+    max_batch: int = 1024
+    max_batch_delay_ms: int = 5
+    commit_interval_ms: int = 1000
+    # Once a poll finds nothing (the input went quiet), checkpoint what was done
+    # as soon as this long has passed since the last checkpoint, not at the next
+    # interval: the committed offsets and the lag catch up with the input within
+    # about this much. 0: on the interval only.
+    idle_commit_ms: int = 100
+    restore_timeout_s: float = 60.0
+    ack_timeout_s: float = 30.0  # a checkpoint not acknowledged by then: the broker is gone
+    # A checkpoint's changelog records are sent over this share of the commit
+    # interval, a little each step, plus up to send_budget_ms of a step's time.
+    changelog_pace: float = 0.5
+    changelog_send_budget_ms: float = 1.0
+    idle_poll_ms: int = 100
+
+    def __post_init__(self) -> None:
+        _at_least_1(
+            (("commit_interval_ms", self.commit_interval_ms), ("max_batch", self.max_batch))
+        )
+        # "not x > 0" (rather than "x <= 0") also refuses nan, which argparse's float accepts
+        if not self.restore_timeout_s > 0:
+            raise ConfigError(f"--restore-timeout-s must be positive, got {self.restore_timeout_s}")
+        if self.max_batch_delay_ms < 0:
+            raise ConfigError("--max-batch-delay-ms must be >= 0")
+        if self.idle_commit_ms < 0:
+            raise ConfigError(f"--idle-commit-ms must be >= 0 (0: off), got {self.idle_commit_ms}")
+        if self.event_format not in FORMATS:
+            raise ConfigError(f"--event-format must be one of {', '.join(FORMATS)}")
+        topics = [self.input_topic, self.output_topic, self.dead_letter_topic, self.changelog_topic]
+        if len(set(topics)) != len(topics):
+            raise ConfigError(f"the four topics must differ, got {topics}")
+
+
+@dataclass(frozen=True)
+class StateSettings:
+    """The per-stream state and where the step runs."""
+
+    max_streams: int = 100_000
+    stream_ttl_s: float | None = None
+    keep_gates: bool = False
+    torch_threads: int = 1
+    device: str = "cpu"  # auto, cpu, cuda or cuda:N (resolved when the service starts)
+
+    def __post_init__(self) -> None:
+        _at_least_1((("max_streams", self.max_streams), ("torch_threads", self.torch_threads)))
+        if self.stream_ttl_s is not None and not self.stream_ttl_s > 0:
+            raise ConfigError(f"--stream-ttl-s must be positive, got {self.stream_ttl_s}")
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    host: str = "0.0.0.0"
+    port: int | None = 9100  # None: no /metrics
+
+    def __post_init__(self) -> None:
+        if self.port is not None and not 0 <= self.port <= 65535:
+            raise ConfigError(f"--metrics-port must be in 0..65535, got {self.port}")
+
+
+@dataclass(frozen=True)
+class GrpcSettings:
+    """How the gRPC server listens, authenticates and limits work."""
+
+    port: int = GRPC_PORT  # 0: any free port (see GrpcServerHandle.port)
+    host: str = "0.0.0.0"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    auth_token: str | None = field(default=None, repr=False)
+    max_message_bytes: int = 16 * 1024 * 1024
+    workers: int = 16
+    max_in_flight: int = 256  # 0: no limit
+    health_poll_seconds: float = 0.2
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("TLS needs both --tls-cert and --tls-key")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--grpc-port must be in 0..65535, got {self.port}")
+        if self.workers < 1:
+            raise ConfigError(f"--grpc-workers must be at least 1, got {self.workers}")
+        if self.max_in_flight < 0:
+            raise ConfigError(f"--grpc-max-in-flight must be >= 0, got {self.max_in_flight}")
+        if self.max_message_bytes < 1024:
+            raise ConfigError("--grpc-max-message-bytes must be at least 1024")
+        if self.auth_token is not None and not self.auth_token.strip():
+            raise ConfigError("the auth token is empty")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
 
 @dataclass(frozen=True)
@@ -21,64 +168,24 @@ class ServeSettings:
 
     registry: Path
     model: str
-    bootstrap_servers: str | None = None
-    kafka_client: str = "kafka-python"
-    group_id: str = "streamcell"
-    client_id: str = "streamcell"
-    input_topic: str = "streamcell.events"
-    output_topic: str = "streamcell.predictions"
-    dead_letter_topic: str = "streamcell.dead-letters"
-    changelog_topic: str = "streamcell.state-changelog"
-    partitions: int = 3  # for an input topic that has to be created
-    session_timeout_ms: int = 6000
-    commit_interval_ms: int = 1000
-    idle_commit_ms: int = 100
-    event_format: str = "json"
-    max_batch: int = 1024
-    max_batch_delay_ms: int = 5
-    max_streams: int = 100_000
-    stream_ttl_s: float | None = None
-    poll_registry_s: float = 10.0
     require_model: bool = False
-    metrics_host: str = "0.0.0.0"
-    metrics_port: int | None = 9100
-    keep_gates: bool = False
-    torch_threads: int = 1
-    device: str = "cpu"  # auto, cpu, cuda or cuda:N (resolved when the service starts)
-    restore_timeout_s: float = 60.0
-    grpc: Any = None  # grpc_api.GrpcSettings, or None for no gRPC server
+    poll_registry_s: float = 10.0
+    kafka: KafkaSettings = KafkaSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    state: StateSettings = StateSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    grpc: GrpcSettings | None = None  # None: no gRPC server
 
     def __post_init__(self) -> None:
-        positive = (
-            ("commit_interval_ms", self.commit_interval_ms),
-            ("max_batch", self.max_batch),
-            ("max_streams", self.max_streams),
-            ("torch_threads", self.torch_threads),
-            ("partitions", self.partitions),
-            ("session_timeout_ms", self.session_timeout_ms),
-        )
-        for name, value in positive:
-            if value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        # "not x > 0" (rather than "x <= 0") also refuses nan, which argparse's float accepts
-        if not self.restore_timeout_s > 0:
-            raise ConfigError(f"--restore-timeout-s must be positive, got {self.restore_timeout_s}")
-        if self.max_batch_delay_ms < 0:
-            raise ConfigError("--max-batch-delay-ms must be >= 0")
-        if self.idle_commit_ms < 0:
-            raise ConfigError(f"--idle-commit-ms must be >= 0 (0: off), got {self.idle_commit_ms}")
-        if self.stream_ttl_s is not None and not self.stream_ttl_s > 0:
-            raise ConfigError(f"--stream-ttl-s must be positive, got {self.stream_ttl_s}")
         if math.isnan(self.poll_registry_s):
             raise ConfigError("--poll-registry-s must be a number of seconds (0: never reload)")
-        if self.session_timeout_ms < 3:  # the heartbeat interval is a third of it
-            raise ConfigError(
-                f"--session-timeout-ms must be at least 3, got {self.session_timeout_ms}"
-            )
-        if self.event_format not in FORMATS:
-            raise ConfigError(f"--event-format must be one of {', '.join(FORMATS)}")
-        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
-            raise ConfigError(f"--metrics-port must be in 0..65535, got {self.metrics_port}")
-        topics = [self.input_topic, self.output_topic, self.dead_letter_topic, self.changelog_topic]
-        if len(set(topics)) != len(topics):
-            raise ConfigError(f"the four topics must differ, got {topics}")
+
+    def __getattr__(self, name: str) -> Any:
+        # A bridge for app.py, which reads the flat names (s.group_id, ...) until it
+        # reads the sections: a flag's name finds its field in the tree.
+        from streamcell.service.flags import field_of
+
+        where = field_of(name)
+        if where is None:
+            raise AttributeError(name)
+        return getattr(getattr(self, where[0]), where[1])

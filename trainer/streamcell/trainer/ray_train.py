@@ -53,6 +53,10 @@ OPTIMIZER_FILE = "optimizer.pt"
 RAY_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
 
 
+AfterEpoch = Callable[[int, int, int], None]
+"""(epoch, rank, world) -> None, called in each worker after its report of an epoch."""
+
+
 class TrainingFailed(StreamcellError):
     """Ray Train gave up (the workers failed more often than max_failures allows)."""
 
@@ -68,15 +72,15 @@ def train(
     ray_address: str | None = None,
     num_cpus: int | None = None,
     log_to_driver: bool = False,
-    fail_at_epoch: int | None = None,
+    after_epoch: AfterEpoch | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     threads: int = 1,
 ) -> TrainResult:
     """Train with ``workers`` Ray workers; starts (and stops) a local Ray if none is running.
 
-    ``ray_address`` joins an existing cluster instead. ``fail_at_epoch``
-    makes the last worker raise once after that epoch's checkpoint, to
-    exercise recovery (tests only). ``on_epoch`` is called in the driver with
+    ``ray_address`` joins an existing cluster instead. ``after_epoch`` is
+    called in every worker once it has reported an epoch (a test's failure
+    injection raises there). ``on_epoch`` is called in the driver with
     each epoch's record as rank 0's checkpoints appear in the storage.
     ``threads``: torch threads (and CPUs reserved) per worker.
     """
@@ -125,7 +129,7 @@ def train(
             threads=threads,
             max_failures=max_failures,
             storage=storage,
-            fail_at_epoch=fail_at_epoch,
+            after_epoch=after_epoch,
             on_epoch=on_epoch,
         )
     finally:
@@ -169,7 +173,7 @@ def _fit(
     threads: int,
     max_failures: int,
     storage: str,
-    fail_at_epoch: int | None,
+    after_epoch: AfterEpoch | None,
     on_epoch: Callable[[dict[str, Any]], None] | None,
 ) -> tuple[LoopState, str]:
     import ray
@@ -181,7 +185,6 @@ def _fit(
     )
     from ray.train.torch import TorchTrainer
 
-    marker = Path(storage) / f"failed-once-{uuid.uuid4().hex}"
     name = f"streamcell-{uuid.uuid4().hex[:12]}"
     trainer = TorchTrainer(
         _worker,
@@ -189,8 +192,7 @@ def _fit(
             "data": ray.put(prepared),
             "settings": settings.to_dict(),
             "threads": threads,
-            "fail_at_epoch": fail_at_epoch,
-            "fail_marker": str(marker),
+            "after_epoch": after_epoch,
         },
         scaling_config=ScalingConfig(
             num_workers=workers,
@@ -249,8 +251,7 @@ def _worker(config: dict[str, Any]) -> None:
             optimizer.load_state_dict(torch.load(Path(d) / OPTIMIZER_FILE, weights_only=True))
     net = ray.train.torch.prepare_model(model)
     shard = shard_streams(len(prepared), rank, world)
-    fail_at = config["fail_at_epoch"]
-    marker = Path(config["fail_marker"])
+    after_epoch: AfterEpoch | None = config["after_epoch"]
 
     def report(st: LoopState, opt: torch.optim.Optimizer) -> None:
         record = st.history[-1]
@@ -263,13 +264,8 @@ def _worker(config: dict[str, Any]) -> None:
                 ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(record)
-        if fail_at == st.epoch and rank == world - 1 and not marker.exists():
-            marker.touch()
-            # Rank 0's checkpoint of this epoch is registered when the controller
-            # next polls (every 0.2 s, RAY_TRAIN_ENV); failing at once let a
-            # restart resume from the epoch before (seen once in CI).
-            time.sleep(1.0)
-            raise RuntimeError(f"injected failure after epoch {st.epoch} (test of recovery)")
+        if after_epoch is not None:
+            after_epoch(st.epoch, rank, world)
 
     fit(
         model,
