@@ -136,7 +136,7 @@ def join(
     host_port = _host_port(address)
     if host_port is not None:
         _precheck(address, *host_port, auth)
-    options: dict[str, str] = {}
+    options: dict[str, Any] = {}
     if host_port is not None and _is_loopback(host_port[0]):
         # A cluster on this machine's loopback: the driver's node is that address
         # too (Ray would otherwise advertise the network interface's address).

@@ -107,9 +107,10 @@ def train(
             ray_cluster.join(ray_address, log_to_driver=log_to_driver)
         else:
             node_ip = ray_cluster.local_node_ip()
+            where: dict[str, Any] = {} if node_ip is None else {"_node_ip_address": node_ip}
             ray.init(  # "local": a fresh instance, never one found via `ray start` state
                 address="local",
-                **({} if node_ip is None else {"_node_ip_address": node_ip}),
+                **where,
                 num_cpus=num_cpus or workers * threads,
                 include_dashboard=False,
                 log_to_driver=log_to_driver,
