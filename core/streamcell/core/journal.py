@@ -43,11 +43,9 @@ class ChangeJournal:
         if NO_POSITION in touched.values():  # events from outside Kafka: place them
             placed: dict[str, int] = {}
             for stream, part in touched.items():
-                if part == NO_POSITION:
-                    part = place(stream, known(stream))
-                    if part is None:
-                        continue
-                placed[stream] = part
+                where = place(stream, known(stream)) if part == NO_POSITION else part
+                if where is not None:
+                    placed[stream] = where
             touched = placed
         self.home.update(touched)
         self.changed.update(touched)
