@@ -10,7 +10,7 @@ set again. Reported: the store's ``nbytes`` (slabs and per-slot arrays), the
 growth of the resident set over the base, and their ratio.
 
 Restore: N streams are written to a 3-partition changelog topic on the
-embedded broker (``changelog.write``, the pipeline's own function), then each
+embedded broker (``changelog.Snapshots``, as the checkpointer sends them), then each
 Kafka client restores all of them into an empty store with
 ``changelog.restore`` (read to the end, keep the last value per key, load).
 """
@@ -113,7 +113,7 @@ def bench_restore(streams: int, clients: list[str]) -> list[dict]:
         ids = source.store.stream_ids()
         changed = {s: k % 3 for k, s in enumerate(ids)}
         start = time.perf_counter()
-        changelog.write(producer, topic, source.store, changed)
+        changelog.Snapshots(topic, source.store, changed).send(producer)
         producer.flush(300)
         producer.close()
         write_s = time.perf_counter() - start

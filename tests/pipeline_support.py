@@ -29,9 +29,10 @@ from streamcell.core.checkpoint import LoadedModel, ModelConfig, load_checkpoint
 from streamcell.core.model import StreamingLSTM
 from streamcell.core.predictor import PREDICTED, Predictor
 from streamcell.core.state import StateStore
-from streamcell.service import codec
+from streamcell.service import changelog, codec
 from streamcell.service.kafka import (
     KafkaClientConfig,
+    Producer,
     Record,
     TopicSpec,
     open_admin,
@@ -49,6 +50,19 @@ LAG_RECIPE = {
 SESSION_MS = 3000
 # The client of the single-client tests (the e2e test runs every installed one).
 CLIENT = "kafka-python"
+
+
+def write_changelog(
+    producer: Producer, topic: str, store: StateStore, changed: dict[str, int]
+) -> tuple[int, int]:
+    """Send the state of ``changed`` streams (stream -> partition) at once, as a checkpoint does.
+
+    Streams still in the store get a snapshot, the others a tombstone; the
+    caller flushes. Returns (snapshots, tombstones).
+    """
+    records = changelog.Snapshots(topic, store, changed)
+    records.send(producer)
+    return records.snapshots, records.tombstones
 
 
 def unique(prefix: str) -> str:

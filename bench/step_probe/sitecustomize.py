@@ -24,19 +24,10 @@ import os
 import sys
 import time
 
-PHASES = (
-    "step",
-    "process",
-    "_predict",
-    "_advance_checkpoints",
-    "checkpoint_async",
-    "_expire",
-    "_record_lag",
-    "_commit",
-    "_take_changelog",
-    "_send_paced",
-    "_collect_evicted",
-)
+PHASES = {  # class path -> its methods timed
+    "pipeline.Pipeline": ("step", "process", "_expire"),
+    "checkpointing.Checkpointer": ("advance", "begin", "_commit", "_take_changelog", "_send_paced"),
+}
 timings: dict[str, list[float]] = collections.defaultdict(list)
 
 
@@ -76,11 +67,16 @@ def _report() -> None:
 
 
 if os.environ.get("STEP_PROBE"):
-    from streamcell.core import state
-    from streamcell.service import changelog, codec, confluent_client, pipeline
+    from streamcell.core import predictor, state
+    from streamcell.service import changelog, checkpointing, codec, confluent_client, pipeline
 
-    for phase in PHASES:
-        _wrap(pipeline.Pipeline, phase)
+    modules = {"pipeline": pipeline, "checkpointing": checkpointing}
+    for path, names in PHASES.items():
+        module, cls = path.split(".")
+        for name in names:
+            _wrap(getattr(modules[module], cls), name)
+    _wrap(predictor.Predictor, "predict")
+    _wrap(pipeline, "record_lag")  # the pipeline calls it through its own module
     _wrap(confluent_client.ConfluentConsumer, "poll")
     _wrap(confluent_client.ConfluentProducer, "send_many")
     _wrap(codec, "decode")  # the pipeline calls them through the module

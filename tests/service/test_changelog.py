@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from pipeline_support import write_changelog
 
 from streamcell.core.events import EventBatch
 from streamcell.core.state import StateStore
@@ -43,11 +44,11 @@ def test_write_then_restore_partition_by_partition(kafka_config, topic):
     src.delete("gone")
     producer = open_producer(kafka_config)
     try:
-        written = changelog.write(producer, topic, src, {"a": 0, "b": 1, "c": 0, "gone": 1})
+        written = write_changelog(producer, topic, src, {"a": 0, "b": 1, "c": 0, "gone": 1})
         producer.flush()
         # A later snapshot of "a" supersedes the first.
         src.h[:, src.slot_of("a")] = 42.0
-        changelog.write(producer, topic, src, {"a": 0})
+        write_changelog(producer, topic, src, {"a": 0})
         producer.flush()
     finally:
         producer.close()
@@ -75,8 +76,8 @@ def test_records_of_another_architecture_are_skipped(kafka_config, topic):
     new = store_with({"new": 0}, hidden=8)
     producer = open_producer(kafka_config)
     try:
-        changelog.write(producer, topic, old, {"old": 0})
-        changelog.write(producer, topic, new, {"new": 0})
+        write_changelog(producer, topic, old, {"old": 0})
+        write_changelog(producer, topic, new, {"new": 0})
         producer.flush()
     finally:
         producer.close()
@@ -90,7 +91,7 @@ def test_restore_respects_the_store_capacity(kafka_config, topic):
     src = store_with({f"s{k}": 0 for k in range(6)})
     producer = open_producer(kafka_config)
     try:
-        changelog.write(producer, topic, src, {f"s{k}": 0 for k in range(6)})
+        write_changelog(producer, topic, src, {f"s{k}": 0 for k in range(6)})
         producer.flush()
     finally:
         producer.close()
@@ -112,7 +113,7 @@ def test_restored_state_continues_exactly(registry_with_model, kafka_config, top
     first.predict(EventBatch.of(["a"] * 5, x[:5], partition=[0] * 5, offset=range(5)))
     producer = open_producer(kafka_config)
     try:
-        changelog.write(producer, topic, first.store, {"a": 0})
+        write_changelog(producer, topic, first.store, {"a": 0})
         producer.flush()
     finally:
         producer.close()

@@ -2,18 +2,18 @@
 
 The consumer, producer and reader here are recording fakes of the kafka.py
 protocols (unit tests); the same paths run against the real broker in
-test_pipeline*.py.
+test_pipeline*.py. The fakes live in tests/pipeline_fakes.py (test_checkpointing.py
+and test_recovery.py use them too).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import random
 import threading
 
 import numpy as np
 import pytest
+from pipeline_fakes import TOPIC, FakeConsumer, FakeProducer, FakeReader, record
 from pipeline_support import make_model
 
 from streamcell.core.checkpoint import load_checkpoint
@@ -25,104 +25,41 @@ from streamcell.service.metrics import Metrics
 from streamcell.service.ownership import GroupMembers, murmur2_partition
 from streamcell.service.pipeline import Pipeline, PipelineSettings
 
-TOPIC = "in"
-
-
-class FakeProducer:
-    """Records sends; a mark is the count sent, acknowledged up to ``acked`` (None: all)."""
-
-    def __init__(self, log: list) -> None:
-        self.log = log
-        self.sent: list[tuple[str, bytes | None, bytes | None, int | None]] = []
-        self.acked: int | None = None
-        self.failure: Exception | None = None
-
-    def send(self, topic, key, value, headers=None, partition=None) -> None:
-        self.sent.append((topic, key, value, partition))
-
-    def send_many(self, topic, records, headers=None, partition=None) -> None:
-        for key, value in records:
-            self.send(topic, key, value, headers, partition)
-
-    def flush(self, timeout_s: float = 30.0) -> None:
-        self.log.append(("flush", len(self.sent)))
-        self.acked = None
-
-    def mark(self) -> int:
-        self.log.append(("mark", len(self.sent)))
-        return len(self.sent)
-
-    def acknowledged(self, mark: int) -> bool:
-        if self.failure is not None:
-            raise self.failure
-        return mark <= (len(self.sent) if self.acked is None else self.acked)
-
-    def close(self) -> None:
-        self.log.append(("producer.close",))
-
-
-class FakeConsumer:
-    def __init__(self, log: list) -> None:
-        self.log = log
-        self.queue: list[list[Record]] = []
-        self.committed_offsets: dict[tuple[str, int], int] = {}
-        self.on_assign = self.on_revoke = None
-
-    def subscribe(self, topics, on_assign, on_revoke) -> None:
-        self.on_assign, self.on_revoke = on_assign, on_revoke
-
-    def poll(self, max_records: int, timeout_s: float) -> list[Record]:
-        return self.queue.pop(0) if self.queue else []
-
-    def commit(self, offsets) -> None:
-        self.log.append(("commit", dict(offsets)))
-        self.committed_offsets.update(offsets)
-
-    def committed(self, tps):
-        return {tp: self.committed_offsets.get(tp) for tp in tps}
-
-    def end_offsets(self, tps):
-        return dict.fromkeys(tps, 0)
-
-    def close(self) -> None:
-        self.log.append(("consumer.close",))
-
-
-class FakeReader:
-    def __init__(self, records: list[Record]) -> None:
-        self.records = records
-
-    def read_to_end(self, tps, timeout_s):
-        wanted = {p for _, p in tps}
-        yield [r for r in self.records if r.partition in wanted]
-
-    def close(self) -> None:
-        pass
-
-
-def record(stream: str, offset: int, partition: int = 0, x=(1.0, 2.0, 3.0)) -> Record:
-    value = json.dumps({"x": list(x)}).encode()
-    return Record(TOPIC, partition, offset, stream.encode(), value, 0, ())
-
 
 @pytest.fixture
 def loaded(tmp_path):
     return load_checkpoint(make_model(tmp_path))
 
 
-def build(loaded, changelog: list[Record] | None = None, max_streams: int = 100, **predictor_args):
+def build(
+    loaded,
+    changelog: list[Record] | None = None,
+    max_streams: int = 100,
+    loop_clock=None,
+    settings: dict | None = None,
+    **predictor_args,
+):
     log: list = []
     consumer, producer = FakeConsumer(log), FakeProducer(log)
     restored_from = changelog if changelog is not None else []
+    fields = {"input_topic": TOPIC, "changelog_topic": "cl", "commit_interval_ms": 10**6}
     pipeline = Pipeline(
-        PipelineSettings(input_topic=TOPIC, changelog_topic="cl", commit_interval_ms=10**6),
+        PipelineSettings(**(fields | (settings or {}))),
         consumer,
         producer,
         lambda: FakeReader(restored_from),
         Predictor(loaded, max_streams=max_streams, **predictor_args),
         Metrics(),
+        **({} if loop_clock is None else {"clock": loop_clock}),
     )
     pipeline.start()
+    assign = consumer.on_assign
+
+    def assign_then_restore(tps) -> None:  # a poll that assigns, then the loop's restore
+        assign(tps)
+        pipeline.recovery.restore_pending()
+
+    consumer.on_assign = assign_then_restore
     return pipeline, consumer, producer, log
 
 
@@ -138,14 +75,14 @@ def test_checkpoint_flushes_predictions_then_writes_state_then_commits(loaded):
     pipeline, consumer, producer, log = build(loaded)
     consumer.on_assign([(TOPIC, 0), (TOPIC, 1)])
     pipeline.process([record("a", 0), record("b", 1), record("c", 0, partition=1)])
-    pipeline.checkpoint()
+    pipeline.checkpointer.checkpoint()
     outputs = [s for s in producer.sent if s[0] == "streamcell.predictions"]
     states = [s for s in producer.sent if s[0] == "cl"]
     assert len(outputs) == 3
     assert sorted((k, p) for _, k, _, p in states) == [(b"a", 0), (b"b", 0), (b"c", 1)]
     # flush(predictions) -> changelog sends -> flush -> commit, in that order
     assert log == [("flush", 3), ("flush", 6), ("commit", {(TOPIC, 0): 2, (TOPIC, 1): 1})]
-    pipeline.checkpoint()  # nothing new: no changelog records, no commit
+    pipeline.checkpointer.checkpoint()  # nothing new: no changelog records, no commit
     assert log[-1] == ("flush", 6)
 
 
@@ -168,7 +105,7 @@ def test_restore_then_replay_skips_what_the_state_reflects(loaded):
     first, consumer, producer, _ = build(loaded)
     consumer.on_assign([(TOPIC, 0)])
     first.process([record("a", k, x=(k, 1.0, 2.0)) for k in range(3)])
-    first.checkpoint()
+    first.checkpointer.checkpoint()
     reference = first.predictor.info("a")
 
     # A new replica restores from the changelog and sees offsets 1..4 again.
@@ -186,7 +123,7 @@ def test_evicted_streams_get_tombstones(loaded):
     pipeline, consumer, producer, _ = build(loaded, max_streams=2)
     consumer.on_assign([(TOPIC, 0)])
     pipeline.process([record(s, k) for k, s in enumerate("abcd")])
-    pipeline.checkpoint()
+    pipeline.checkpointer.checkpoint()
     latest = {r.key: r.value for r in changelog_records(producer)}
     assert sorted(k for k, v in latest.items() if v is not None) == [b"c", b"d"]
     assert sorted(k for k, v in latest.items() if v is None) == [b"a", b"b"]
@@ -195,71 +132,76 @@ def test_evicted_streams_get_tombstones(loaded):
 
 def test_grpc_writes_reach_the_changelog_and_ownership_is_reported(loaded):
     pipeline, consumer, producer, _ = build(loaded)
-    pipeline.set_partition_count(2)
+    pipeline.ownership.set_partition_count(2)
     consumer.on_assign([(TOPIC, 0)])
     mine = next(s for s in (f"s{k}" for k in range(100)) if murmur2_partition(s.encode(), 2) == 0)
     other = next(s for s in (f"s{k}" for k in range(100)) if murmur2_partition(s.encode(), 2) == 1)
-    assert pipeline.owner_of(mine) is None
-    assert "partition 1" in pipeline.owner_of(other)
+    assert pipeline.ownership.owner_of(mine) is None
+    assert "partition 1" in pipeline.ownership.owner_of(other)
     calls = []
 
     def describe():
         calls.append(1)
         return [Member("m-2", "replica-2", "10.0.0.2", ((TOPIC, 1),))]
 
-    pipeline.members = GroupMembers(describe)
-    assert pipeline.owner_of(other).endswith("its owner is replica-2 at 10.0.0.2")
-    pipeline.owner_of(other)
+    pipeline.ownership.members = GroupMembers(describe)
+    assert pipeline.ownership.owner_of(other).endswith("its owner is replica-2 at 10.0.0.2")
+    pipeline.ownership.owner_of(other)
     assert len(calls) == 1  # cached
     pipeline.process([record(mine, 0)])
-    pipeline.checkpoint()
-    pipeline.predictor.delete(mine)  # as DeleteStream does, then tells the pipeline
-    pipeline.mark_changed([mine])
-    pipeline.checkpoint()
+    pipeline.checkpointer.checkpoint()
+    pipeline.predictor.delete(mine)  # as DeleteStream does: the Predictor journals it
+    pipeline.checkpointer.checkpoint()
     assert changelog_records(producer)[-1].value is None
 
 
 def test_streams_of_a_revoked_partition_are_not_claimed_while_parked(loaded):
     pipeline, consumer, _, _ = build(loaded)
-    pipeline.set_partition_count(2)
+    pipeline.ownership.set_partition_count(2)
     consumer.on_assign([(TOPIC, 0), (TOPIC, 1)])
     stream = next(s for s in (f"s{k}" for k in range(100)) if murmur2_partition(s.encode(), 2) == 1)
     pipeline.process([record(stream, 0, partition=1)])
-    assert pipeline.owner_of(stream) is None
+    assert pipeline.ownership.owner_of(stream) is None
     consumer.on_revoke([(TOPIC, 1)])  # parked: still in memory, owned elsewhere now
     assert stream in pipeline.predictor.store
-    assert "partition 1" in pipeline.owner_of(stream)
+    assert "partition 1" in pipeline.ownership.owner_of(stream)
     consumer.on_assign([(TOPIC, 1)])
-    assert pipeline.owner_of(stream) is None
+    assert pipeline.ownership.owner_of(stream) is None
 
 
 def test_a_stream_created_over_grpc_belongs_to_its_partition_after_a_restore(loaded):
     first, consumer, producer, _ = build(loaded)
-    first.set_partition_count(2)
+    first.ownership.set_partition_count(2)
     consumer.on_assign([(TOPIC, 0), (TOPIC, 1)])
     stream = next(s for s in (f"g{k}" for k in range(100)) if murmur2_partition(s.encode(), 2) == 1)
     first.predictor.predict(EventBatch.of([stream], [[1.0, 2.0, 3.0]]))  # as gRPC Predict does
-    first.mark_changed([stream])
-    first.checkpoint()
+    first.checkpointer.checkpoint()
 
     second, consumer2, _, _ = build(loaded, changelog_records(producer))
-    second.set_partition_count(2)
+    second.ownership.set_partition_count(2)
     consumer2.on_assign([(TOPIC, 0), (TOPIC, 1)])
     assert stream in second.predictor.store  # its state has no input partition...
-    assert second.owner_of(stream) is None  # ...yet it is known to live on partition 1
+    assert second.ownership.owner_of(stream) is None  # ...yet it is known to live on partition 1
     consumer2.on_revoke([(TOPIC, 0), (TOPIC, 1)])
     consumer2.on_assign([(TOPIC, 0)])  # partition 1 went to another replica
     assert stream not in second.predictor.store
 
 
-def test_murmur2_partition_matches_the_java_default_partitioner():
-    from kafka.partitioner.default import murmur2
+# Utils.murmur2 of Kafka's Java client on these keys (its UtilsTest.testMurmur2).
+JAVA_MURMUR2 = {
+    b"21": -973932308,
+    b"foobar": -790332482,
+    b"a-little-bit-long-string": -985981536,
+    b"a-little-bit-longer-string": -1486304829,
+    b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+    b"abc": 479470107,
+}
 
-    rng = random.Random(0)
-    for _ in range(500):
-        key = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40)))
-        n = rng.randrange(1, 64)
-        assert murmur2_partition(key, n) == (murmur2(key) & 0x7FFFFFFF) % n
+
+@pytest.mark.parametrize("partitions", [1, 2, 3, 7, 12, 64])
+def test_murmur2_partition_matches_the_java_default_partitioner(partitions):
+    for key, java in JAVA_MURMUR2.items():  # Java: toPositive(murmur2(key)) % n
+        assert murmur2_partition(key, partitions) == (java & 0x7FFFFFFF) % partitions
 
 
 def test_a_batch_with_more_streams_than_capacity_is_applied_in_order(loaded):
@@ -281,7 +223,7 @@ def test_expired_streams_get_tombstones_at_the_next_checkpoint(loaded):
     clock[0] += 30
     pipeline.process([record("new", 1)])
     clock[0] += 45  # "old" idle for 75 s, "new" for 45 s
-    pipeline._next_checkpoint = 0  # the commit timer is due
+    pipeline.checkpointer.next_at = 0  # the commit timer is due
     pipeline.step()
     latest = {r.key: r.value for r in changelog_records(producer)}
     assert latest[b"old"] is None and latest[b"new"] is not None
@@ -293,10 +235,10 @@ def test_an_unexpected_error_commits_nothing_more(loaded, monkeypatch):
     pipeline, consumer, _, log = build(loaded)
     consumer.on_assign([(TOPIC, 0)])
     pipeline.process([record("a", 0)])
-    pipeline.checkpoint()
+    pipeline.checkpointer.checkpoint()
     consumer.queue.append([record("a", 1)])
 
-    def broken(batch, now=None):
+    def broken(batch, now=None, validated=False):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(pipeline.predictor, "predict", broken)
@@ -331,14 +273,13 @@ def test_writes_acknowledged_before_close_are_in_the_final_checkpoint(loaded):
     pipeline, consumer, producer, log = build(loaded)
     consumer.on_assign([(TOPIC, 0)])
     pipeline.process([record("a", 0)])
-    pipeline.checkpoint()
+    pipeline.checkpointer.checkpoint()
     stop = threading.Event()
     stop.set()
     pipeline.start = lambda: None
 
     def grpc_drain():  # as App's gRPC stop: a DeleteStream finishing during the drain
         pipeline.predictor.delete("a")
-        pipeline.mark_changed(["a"])
         log.append(("drained",))
 
     pipeline.run(stop, before_close=grpc_drain)
@@ -351,7 +292,7 @@ def test_periodic_checkpoint_commits_only_what_the_broker_acknowledged(loaded):
     consumer.on_assign([(TOPIC, 0), (TOPIC, 1)])
     producer.acked = 0  # nothing acknowledged yet
     consumer.queue.append([record("a", 0), record("b", 1), record("c", 0, partition=1)])
-    pipeline._next_checkpoint = 0  # the commit timer is due
+    pipeline.checkpointer.next_at = 0  # the commit timer is due
     pipeline.step()
     assert log == [("mark", 3)]  # the predictions' mark; no flush, nothing committed
     consumer.queue.append([record("a", 2)])
@@ -385,11 +326,11 @@ def test_periodic_checkpoint_commits_only_what_the_broker_acknowledged(loaded):
     # Two checkpoints pending, acknowledged at once: the newest offsets are committed.
     producer.acked = None
     consumer.queue.append([record("b", 3)])
-    pipeline._next_checkpoint = 0
+    pipeline.checkpointer.next_at = 0
     producer.acked = len(producer.sent)
     pipeline.step()
     consumer.queue.append([record("c", 1, partition=1)])
-    pipeline._next_checkpoint = 0
+    pipeline.checkpointer.next_at = 0
     pipeline.step()
     assert len([e for e in log if e[0] == "commit"]) == 1
     producer.acked = None
@@ -407,13 +348,11 @@ def test_periodic_checkpoint_commits_only_what_the_broker_acknowledged(loaded):
 
 def checkpoint_pending(loaded, clock=None):
     """Event "a" at offset 0 processed, a periodic checkpoint taken, nothing acknowledged."""
-    pipeline, consumer, producer, log = build(loaded)
-    if clock is not None:
-        pipeline._clock = clock
+    pipeline, consumer, producer, log = build(loaded, loop_clock=clock)
     consumer.on_assign([(TOPIC, 0)])
     producer.acked = 0
     consumer.queue.append([record("a", 0)])
-    pipeline._next_checkpoint = 0
+    pipeline.checkpointer.next_at = 0
     pipeline.step()
     return pipeline, consumer, producer, log
 
@@ -443,16 +382,15 @@ def test_revocation_with_a_checkpoint_pending_flushes_and_commits_the_latest(loa
     assert log[-1] == ("commit", {(TOPIC, 0): 3})
 
 
-def build_paced(loaded):
+def build_paced(loaded, **settings):
     """A pipeline on a hand-moved clock, 1 s checkpoints, changelog paced by the clock alone.
 
     No checkpoint when the input goes quiet (``idle_commit_ms=0``), unless a test asks.
     """
     clock = [1000.0]
-    pipeline, consumer, producer, log = build(loaded, max_streams=1000)
-    pipeline._clock = lambda: clock[0]
-    pipeline.settings = dataclasses.replace(
-        pipeline.settings, commit_interval_ms=1000, changelog_send_budget_ms=0.0, idle_commit_ms=0
+    fields = {"commit_interval_ms": 1000, "changelog_send_budget_ms": 0.0, "idle_commit_ms": 0}
+    pipeline, consumer, producer, log = build(
+        loaded, max_streams=1000, loop_clock=lambda: clock[0], settings=fields | settings
     )
     return pipeline, consumer, producer, log, clock
 
@@ -463,7 +401,7 @@ def test_a_large_changelog_is_sent_over_several_steps_then_committed(loaded):
     consumer.on_assign([(TOPIC, 0), (TOPIC, 1)])
     streams = [f"s{k}" for k in range(600)]
     consumer.queue.append([record(s, k, partition=k % 2) for k, s in enumerate(streams)])
-    pipeline._next_checkpoint = 0
+    pipeline.checkpointer.next_at = 0
     pipeline.step()  # predictions acknowledged at once; the pace has not begun yet
 
     def changelog_sent():
@@ -494,11 +432,11 @@ def test_a_checkpoint_behind_its_pace_is_sent_at_once_when_the_next_one_is_due(l
     pipeline, consumer, producer, log, clock = build_paced(loaded)
     consumer.on_assign([(TOPIC, 0)])
     consumer.queue.append([record(f"s{k}", k) for k in range(400)])
-    pipeline._next_checkpoint = 0
+    pipeline.checkpointer.next_at = 0
     pipeline.step()
     assert not [s for s in producer.sent if s[0] == "cl"]
     consumer.queue.append([record("s0", 400)])
-    pipeline._next_checkpoint = 0  # the next checkpoint, before the pace let any out
+    pipeline.checkpointer.next_at = 0  # the next checkpoint, before the pace let any out
     pipeline.step()
     keys = [k for t, k, _, _ in producer.sent if t == "cl"]
     assert len(keys) == 400  # the first checkpoint's records, all of them, in one step
@@ -515,7 +453,7 @@ def test_an_idle_loop_sends_a_pending_changelog_at_once(loaded):
     pipeline, consumer, producer, log, _ = build_paced(loaded)
     consumer.on_assign([(TOPIC, 0)])
     consumer.queue.append([record(f"s{k}", k) for k in range(500)])
-    pipeline._next_checkpoint = 0
+    pipeline.checkpointer.next_at = 0
     pipeline.step()  # the checkpoint, right after its batch: nothing sent yet
     assert not [s for s in producer.sent if s[0] == "cl"]
     pipeline.step()  # an empty poll
@@ -526,12 +464,11 @@ def test_an_idle_loop_sends_a_pending_changelog_at_once(loaded):
 
 @pytest.mark.parametrize("idle_commit_ms", [100, 0])
 def test_a_quiet_input_is_committed_without_waiting_for_the_interval(loaded, idle_commit_ms):
-    pipeline, consumer, producer, log, clock = build_paced(loaded)
-    pipeline.settings = dataclasses.replace(
-        pipeline.settings, commit_interval_ms=10_000, idle_commit_ms=idle_commit_ms
+    pipeline, consumer, producer, log, clock = build_paced(
+        loaded, commit_interval_ms=10_000, idle_commit_ms=idle_commit_ms
     )
     consumer.on_assign([(TOPIC, 0)])
-    pipeline._last_checkpoint, pipeline._next_checkpoint = clock[0], clock[0] + 10
+    pipeline.checkpointer.last_at, pipeline.checkpointer.next_at = clock[0], clock[0] + 10
 
     def commits():
         return [e[1] for e in log if e[0] == "commit"]

@@ -110,3 +110,33 @@ def test_a_recipe_model_passes_the_smoke_test_and_a_bad_recipe_is_refused(tmp_pa
         assert watcher.newer("v1") is None
     (refusal,) = [r.getMessage() for r in caplog.records]
     assert "refusing model m version v2" in refusal and "recipe.lags" in refusal
+
+
+def test_reload_if_newer_checkpoints_around_a_swap_and_after_a_reset(tmp_path):
+    """The one reload path: Kafka passes its checkpoint, gRPC-only mode passes none."""
+    clock = Clock()
+    make_model(tmp_path, seed=1, version="v1")
+    watcher = reload.ModelWatcher(tmp_path, "m", poll_s=5, clock=clock)
+    predictor = Predictor(watcher.newer(None))
+    predictor.track_changes(lambda stream, known: 0)
+    predictor.predict(EventBatch.of(["a"], np.ones((1, 3), dtype=np.float32)))
+    predictor.take_changes()
+    taken: list[dict[str, int]] = []
+
+    def checkpoint() -> None:
+        taken.append(predictor.take_changes())
+
+    assert reload.reload_if_newer(watcher, predictor, checkpoint=checkpoint) is None  # v1 only
+    make_model(tmp_path, seed=2, version="v2")
+    assert reload.reload_if_newer(watcher, predictor, checkpoint=checkpoint) is None  # not due
+    clock.now = 5.0
+    assert reload.reload_if_newer(watcher, predictor, checkpoint=checkpoint) is True
+    assert taken == [{}]  # one checkpoint, before the swap
+    make_model(tmp_path, seed=3, hidden=8, version="v3")
+    clock.now = 10.0
+    assert reload.reload_if_newer(watcher, predictor, checkpoint=checkpoint) is False
+    assert taken == [{}, {}, {"a": 0}]  # before, and after: the reset stream's tombstone
+    make_model(tmp_path, seed=4, hidden=8, version="v4")
+    clock.now = 15.0
+    assert reload.reload_if_newer(watcher, predictor) is True  # gRPC-only: no checkpoint
+    assert predictor.loaded.version == "v4"

@@ -9,7 +9,17 @@ Per micro-batch: events of one stream are split into "waves" (its first event
 in wave 0, its second in wave 1, ...) so that each wave holds a stream at most
 once and the waves run in order: several events of one stream in a batch are
 applied in order, never merged or lost. Each wave is one gather, one batched
-LSTM step and one scatter.
+LSTM step and one scatter. A batch touching more streams than the store holds
+is applied in consecutive parts, in order.
+
+The Predictor is the one owner of stream state, so it also reports what
+changed. Once a front end calls :meth:`Predictor.track_changes` (the Kafka
+pipeline does), every call that changes a stream (predict from Kafka or gRPC,
+reset, delete, eviction at capacity, TTL expiry, a model swap that resets
+state) records the stream with its partition in a journal, under the lock;
+the checkpointer drains it with :meth:`Predictor.take_changes` while it
+snapshots, under the same lock. A stream that is no longer in the store when
+its change is taken is a removal (a changelog tombstone).
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import heapq
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,6 +36,7 @@ import torch
 from streamcell.core.checkpoint import LoadedModel
 from streamcell.core.errors import InvalidEvent, StreamNotFound
 from streamcell.core.events import NO_POSITION, NO_SEQ, EventBatch, find_invalid
+from streamcell.core.journal import ChangeJournal, Placement
 from streamcell.core.normalization import SCALING_GLOBAL, scale_from_sums
 from streamcell.core.recipe import Recipe, advance
 from streamcell.core.state import StateStore, StreamInfo
@@ -46,6 +57,16 @@ class BatchResult:
     touched: list[str]  # distinct streams whose state changed
     model: str
     version: str
+    evicted: list[str] = field(default_factory=list)  # streams evicted to make room
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What :meth:`Predictor.restore` loaded, skipped (stream, why) and left out for room."""
+
+    streams: list[str]
+    skipped: list[tuple[str, str]]
+    left_out: int
 
 
 class Predictor:
@@ -85,6 +106,7 @@ class Predictor:
         self.resets = 0  # streams dropped because a new version changed the architecture
         self._install(loaded)
         self.store = self._new_store()
+        self._journal = ChangeJournal()  # off until track_changes(); under the lock
 
     # ---------------------------------------------------------------- model
     def _install(self, loaded: LoadedModel) -> None:
@@ -133,22 +155,67 @@ class Predictor:
             if not same:
                 self.resets += self.store.clear()
                 self.store = self._new_store()
+                # Every stream's old state is gone: its changelog record too.
+                self._journal.removed_all()
             return same
+
+    # -------------------------------------------------------------- changes
+    def track_changes(self, place: Placement) -> None:
+        """Journal every change from now on; ``place`` partitions changes made outside Kafka."""
+        with self._lock:
+            self._journal.track(place)
+
+    def take_changes(self) -> dict[str, int]:
+        """Streams changed since the last take -> partition, in the order they changed.
+
+        A stream not in the store any more was removed. Call it with the lock
+        held across the snapshot of those streams, so that none moves between.
+        """
+        with self._lock:
+            return self._journal.take()
+
+    def has_changes(self) -> bool:
+        return bool(self._journal.changed)
+
+    def partition_of(self, stream: str) -> int | None:
+        """The partition a stream in the store belongs to, if known (no lock: one dict read)."""
+        return self._journal.home.get(stream)
+
+    def _known_partition(self, stream: str) -> int | None:
+        part = self._journal.home.get(stream)
+        if part is None:
+            slot = self.store.slot_of(stream)
+            if slot is not None and self.store.partition[slot] >= 0:
+                part = int(self.store.partition[slot])
+        return part
 
     # -------------------------------------------------------------- predict
     def validate(self, batch: EventBatch) -> list[tuple[int, str, str]]:
         return find_invalid(batch, self.loaded.config.input_size)
 
-    def predict(self, batch: EventBatch, now: float | None = None) -> BatchResult:
-        """Apply a batch in order; a bad row raises InvalidEvent and changes nothing."""
+    def _check(self, batch: EventBatch) -> None:
         bad = self.validate(batch)
         if bad:
             row, reason, message = bad[0]
             raise InvalidEvent(reason, f"event {row} (stream {batch.streams[row]!r}): {message}")
+
+    def predict(
+        self, batch: EventBatch, now: float | None = None, *, validated: bool = False
+    ) -> BatchResult:
+        """Apply a batch in order; a bad row raises InvalidEvent and changes nothing.
+
+        ``validated``: the caller already applied :meth:`validate` to this batch
+        (the Kafka decoder, the gRPC coalescer), so it is not checked again,
+        unless a model swap since then changed the feature count.
+        """
+        if not validated:
+            self._check(batch)
         now = self._clock() if now is None else now
         n = len(batch)
-        out_size = self.loaded.config.output_size
         with self._lock:
+            if validated and batch.x.shape[1] != self.loaded.config.input_size:
+                self._check(batch)
+            out_size = self.loaded.config.output_size
             result = BatchResult(
                 outcome=np.zeros(n, dtype=np.int8),
                 yhat=np.zeros((n, out_size), dtype=np.float32),
@@ -159,12 +226,27 @@ class Predictor:
                 version=self.loaded.version,
             )
             errors: list[np.ndarray] = []
-            touched: dict[str, None] = {}
-            for rows in _waves(batch.streams):
-                self._step_wave(batch, rows, now, result, errors, touched)
+            touched: list[str] = []
+            limit = self.store.max_streams
+            # More rows than the store holds streams: consecutive parts within capacity.
+            for start in range(0, n, limit):
+                part: dict[str, int] = {}
+                if n <= limit:
+                    waves = _waves(batch.streams)
+                else:
+                    rows = np.arange(start, min(start + limit, n))
+                    waves = [rows[w] for w in _waves([batch.streams[k] for k in rows.tolist()])]
+                for rows in waves:
+                    self._step_wave(batch, rows, now, result, errors, part)
+                self._journal.stepped(part, self._known_partition)
+                evicted = self.store.take_evicted()
+                if evicted:
+                    result.evicted.extend(evicted)
+                    self._journal.removed(evicted)
+                touched.extend(part)
             if errors:
                 result.abs_errors = np.concatenate(errors)
-            result.touched = list(touched)
+            result.touched = touched if n <= limit else list(dict.fromkeys(touched))
             return result
 
     def _step_wave(
@@ -174,7 +256,7 @@ class Predictor:
         now: float,
         result: BatchResult,
         errors: list[np.ndarray],
-        touched: dict[str, None],
+        touched: dict[str, int],
     ) -> None:
         store = self.store
         names = batch.streams
@@ -233,7 +315,7 @@ class Predictor:
         result.outcome[rows] = PREDICTED
         result.yhat[rows] = yhat.cpu().numpy()
         result.events[rows] = counts
-        touched.update(dict.fromkeys(streams))
+        touched.update(zip(streams, part.tolist(), strict=True))
 
     def _event_inputs(
         self, store: StateStore, slots: np.ndarray, x: np.ndarray, counts: np.ndarray
@@ -352,11 +434,14 @@ class Predictor:
         with self._lock:
             if not self.store.reset(stream):
                 raise StreamNotFound(f"stream {stream!r} is not known to this replica")
+            self._journal.edited(stream, self._known_partition(stream), present=True)
 
     def delete(self, stream: str) -> None:
         with self._lock:
+            known = self._known_partition(stream)
             if not self.store.delete(stream):
                 raise StreamNotFound(f"stream {stream!r} is not known to this replica")
+            self._journal.edited(stream, known, present=False)
 
     def list_streams(self, after: str = "", limit: int = 100) -> list[str]:
         """Stream ids in sorted order after ``after`` (for paging)."""
@@ -366,8 +451,32 @@ class Predictor:
         return heapq.nsmallest(limit, (s for s in ids if s > after))
 
     def expire(self, now: float | None = None) -> list[str]:
+        """Remove streams idle past the TTL; returns them (journaled as removed)."""
         with self._lock:
-            return self.store.expire(self._clock() if now is None else now)
+            gone = self.store.expire(self._clock() if now is None else now)
+            self._journal.removed(gone)
+            return gone
+
+    # -------------------------------------------------------------- recovery
+    def restore(self, items: list[tuple[str, bytes]], partitions: dict[str, int]) -> Restored:
+        """Load changelog snapshots (oldest first) as far as they fit; not journaled.
+
+        ``partitions``: each stream's partition (the changelog partition it was
+        read from). Records for another architecture are skipped, not fatal.
+        """
+        with self._lock:
+            loaded, skipped, left_out = self.store.restore_what_fits(items)
+            self._journal.removed(self.store.take_evicted())
+            self._journal.restored(loaded, partitions)
+        return Restored(loaded, skipped, left_out)
+
+    def drop_partitions(self, partitions: set[int]) -> list[str]:
+        """Forget the streams of these partitions (another replica owns them): no tombstones."""
+        with self._lock:
+            gone = self._journal.forget(partitions)
+            for stream in gone:
+                self.store.delete(stream)
+            return gone
 
 
 def _waves(streams: list[str]) -> list[np.ndarray]:

@@ -101,6 +101,7 @@ class StateStore:
         self.device = torch.device(device)
         self.evicted = 0
         self.expired = 0
+        self._evicted_ids: list[str] = []  # evicted since the last take_evicted()
         self._index: OrderedDict[str, int] = OrderedDict()
         self._capacity = 0
         self._allocate(min(max(initial_capacity, 1), max_streams))
@@ -279,10 +280,16 @@ class StateStore:
                 victim, _ = next(iter(self._index.items()))
                 self._remove(victim)
                 self.evicted += 1
+                self._evicted_ids.append(victim)
         slot = self._free.pop()
         self._index[stream] = slot
         self._ids[slot] = stream
         return slot
+
+    def take_evicted(self) -> list[str]:
+        """The streams evicted at capacity since the last call, oldest first."""
+        evicted, self._evicted_ids = self._evicted_ids, []
+        return evicted
 
     def _remove(self, stream: str) -> None:
         slot = self._index.pop(stream)
@@ -496,6 +503,35 @@ class StateStore:
         if now is None:
             self.last_seen[slots] = rec["last_seen"]
         return len(order)
+
+    def restore_what_fits(
+        self, items: list[tuple[str, bytes]]
+    ) -> tuple[list[str], list[tuple[str, str]], int]:
+        """Restore the most recent records that fit, record by record if some are bad.
+
+        ``items`` are in the order they were written (the last one most
+        recent). Returns the streams loaded, (stream, why) for each record
+        skipped (written for another architecture, or undecodable), and how
+        many were left out for want of room.
+        """
+        room = max(self.max_streams - len(self), 0)
+        left_out = max(len(items) - room, 0)
+        if left_out:
+            items = items[left_out:]
+        skipped: list[tuple[str, str]] = []
+        try:
+            self.restore(items)
+            return [s for s, _ in items], skipped, left_out
+        except StateFormatError:
+            pass
+        loaded: list[str] = []
+        for stream, value in items:
+            try:
+                self.restore([(stream, value)])
+                loaded.append(stream)
+            except StateFormatError as exc:
+                skipped.append((stream, str(exc)))
+        return loaded, skipped, left_out
 
     def _explain_header(self, stream: str, value: bytes) -> str:
         magic = value[:4]

@@ -129,17 +129,11 @@ class App:
             lambda: self.predictor,
             self.metrics,
             owner_of=self._owner_of,
-            on_applied=self._on_applied,
         )
 
     def _owner_of(self, stream: str) -> str | None:
         pipeline = self.pipeline
-        return None if pipeline is None else pipeline.owner_of(stream)
-
-    def _on_applied(self, streams: list[str]) -> None:
-        pipeline = self.pipeline
-        if pipeline is not None:
-            pipeline.mark_changed(streams)
+        return None if pipeline is None else pipeline.ownership.owner_of(stream)
 
     def _load_model(self, watcher: reload.ModelWatcher, stop: threading.Event) -> bool:
         """Wait for the first loadable version; False if stopped first."""
@@ -157,7 +151,7 @@ class App:
                     device=self.device,
                 )
                 self.metrics.record_model(
-                    loaded.name, loaded.version, reload._validation_mae(loaded)
+                    loaded.name, loaded.version, reload.validation_mae(loaded)
                 )
                 self.metrics.watch_store(lambda: self.predictor.store if self.predictor else None)
                 log.info(
@@ -254,19 +248,16 @@ class App:
             watcher,
         )
         if partitions is not None:
-            pipeline.set_partition_count(partitions)
+            pipeline.ownership.set_partition_count(partitions)
         admin = self._admin
-        pipeline.members = GroupMembers(lambda: admin.group_members(s.group_id))
+        pipeline.ownership.members = GroupMembers(lambda: admin.group_members(s.group_id))
         return pipeline
 
     def _watch_registry(self, watcher: reload.ModelWatcher, stop: threading.Event) -> None:
         """gRPC-only mode: swap to newer versions between calls (the Predictor's lock)."""
         assert self.predictor is not None
         while not stop.wait(max(min(self.settings.poll_registry_s, 1.0), 0.05)):
-            if watcher.due():
-                loaded = watcher.newer(self.predictor.loaded.version)
-                if loaded is not None:
-                    reload.apply(self.predictor, loaded, self.metrics)
+            reload.reload_if_newer(watcher, self.predictor, self.metrics)
 
     def _stop_grpc(self) -> None:
         if self.grpc is not None:

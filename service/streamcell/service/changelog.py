@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from streamcell.core.errors import StateFormatError
 from streamcell.core.state import StateStore
 
 if TYPE_CHECKING:
@@ -121,23 +120,6 @@ class Snapshots:
         return self.done
 
 
-def write(
-    producer: Producer,
-    topic: str,
-    store: StateStore,
-    changed: dict[str, int],
-) -> tuple[int, int]:
-    """Send the state of ``changed`` streams (stream -> input partition) at once.
-
-    Streams still in the store get a snapshot, the others a tombstone. The
-    caller holds the predictor's lock (the store must not move meanwhile) and
-    flushes the producer afterwards. Returns (snapshots, tombstones).
-    """
-    records = Snapshots(topic, store, changed)
-    records.send(producer)
-    return records.snapshots, records.tombstones
-
-
 def read_latest(
     reader: Reader, topic: str, partitions: Iterable[int], timeout_s: float
 ) -> tuple[dict[str, bytes], dict[str, int], int]:
@@ -160,6 +142,41 @@ def read_latest(
     return latest, where, tombstones
 
 
+def read(
+    reader_of: Callable[[], Reader], topic: str, partitions: list[int], timeout_s: float
+) -> tuple[list[tuple[str, bytes]], dict[str, int], int]:
+    """Read the partitions to their end with a reader of its own (no lock needed).
+
+    Returns (stream, snapshot) pairs oldest written first, each stream's
+    partition, and the tombstones seen.
+    """
+    reader = reader_of()
+    try:
+        latest, where, tombstones = read_latest(reader, topic, partitions, timeout_s)
+    finally:
+        reader.close()
+    return list(latest.items()), where, tombstones
+
+
+def log_skipped(
+    topic: str, partitions: list[int], total: int, skipped: list[tuple[str, str]], left_out: int
+) -> None:
+    """Say which of ``total`` streams read a restore could not use, and why."""
+    if left_out:
+        room = total - left_out
+        log.warning(
+            "changelog %s partitions %s hold %d streams, room for %d: restoring the %d most "
+            "recently written",
+            topic,
+            partitions,
+            total,
+            room,
+            room,
+        )
+    for stream, why in skipped:
+        log.warning("changelog %s: skipping stream %r: %s", topic, stream, why)
+
+
 def restore(
     reader_of: Callable[[], Reader],
     topic: str,
@@ -167,43 +184,14 @@ def restore(
     store: StateStore,
     timeout_s: float,
 ) -> Restored:
-    """Load the partitions' streams into the store (replacing what it had for them).
+    """Read the partitions and load their streams into a bare store (benchmarks, tests).
 
-    Records written for another architecture (before a model change) or
-    undecodable ones are skipped and logged: those streams start afresh.
+    The pipeline reads and loads in two steps instead (service.recovery), so
+    that the read happens outside the Predictor's lock.
     """
     start = time.perf_counter()
-    reader = reader_of()
-    try:
-        latest, where, tombstones = read_latest(reader, topic, partitions, timeout_s)
-    finally:
-        reader.close()
-    items = list(latest.items())
-    room = store.max_streams - len(store)
-    if len(items) > room:
-        log.warning(
-            "changelog %s partitions %s hold %d streams, room for %d: restoring the %d most "
-            "recently written",
-            topic,
-            partitions,
-            len(items),
-            room,
-            max(room, 0),
-        )
-        items = items[len(items) - max(room, 0) :] if room > 0 else []
-    skipped = 0
-    try:
-        store.restore(items)
-        loaded = [s for s, _ in items]
-    except StateFormatError as exc:
-        log.warning("changelog %s: %s; restoring record by record", topic, exc)
-        loaded = []
-        for stream, value in items:
-            try:
-                store.restore([(stream, value)])
-                loaded.append(stream)
-            except StateFormatError as one:
-                skipped += 1
-                log.warning("changelog %s: skipping stream %r: %s", topic, stream, one)
+    items, where, tombstones = read(reader_of, topic, partitions, timeout_s)
+    loaded, skipped, left_out = store.restore_what_fits(items)
+    log_skipped(topic, partitions, len(items), skipped, left_out)
     seconds = time.perf_counter() - start
-    return Restored(loaded, skipped, tombstones, seconds, {s: where[s] for s in loaded})
+    return Restored(loaded, len(skipped), tombstones, seconds, {s: where[s] for s in loaded})

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # grpc and torch load in start_grpc_server, not with the CLI'
     import grpc
 
     from streamcell.core.predictor import Predictor
-    from streamcell.service.grpc_servicer import OnApplied, OwnerOf, PredictorOf
+    from streamcell.service.grpc_servicer import OwnerOf, PredictorOf
     from streamcell.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,6 @@ def start_grpc_server(
     predictor_of: Callable[[], Predictor | None],
     metrics: Metrics | None,
     owner_of: OwnerOf | None = None,
-    on_applied: OnApplied | None = None,
 ) -> GrpcServerHandle:
     """Start serving streamcell.v1.Predictor, health and reflection; return at once."""
     from concurrent import futures
@@ -136,7 +135,7 @@ def start_grpc_server(
         maximum_concurrent_rpcs=settings.max_in_flight or None,
     )
     pb_grpc.add_PredictorServicer_to_server(
-        PredictorServicer(predictor_of, metrics, owner_of, on_applied), server
+        PredictorServicer(predictor_of, metrics, owner_of), server
     )
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True,

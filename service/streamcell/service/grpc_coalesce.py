@@ -114,7 +114,7 @@ class Coalescer:
                 if not live:
                     return
                 batch = merge([item.batch for item in live])
-                result = predictor.predict(batch)
+                result = predictor.predict(batch, validated=True)
         except BaseException as exc:  # every caller of the batch re-raises it
             for item in take:
                 if item.error is None:

@@ -1,7 +1,8 @@
 """The Predictor gRPC service: converts proto <-> domain and calls the Predictor.
 
 Every method makes one call into the shared :class:`~streamcell.core.predictor.Predictor`
-(the same object the Kafka loop uses). Errors are StreamcellError subclasses
+(the same object the Kafka loop uses), which also journals the streams each
+call changes for the changelog: the servicer tells no one. Errors are StreamcellError subclasses
 turned into status codes by :mod:`streamcell.service.grpc_errors`. Before any
 state changes, a request is checked whole: model loaded, stream ownership,
 feature count and values, and the client's deadline; a refused request
@@ -46,7 +47,6 @@ MAX_PAGE_SIZE = 10_000
 
 PredictorOf = Callable[[], Predictor | None]
 OwnerOf = Callable[[str], str | None]
-OnApplied = Callable[[list[str]], None]
 R = TypeVar("R")
 
 
@@ -78,12 +78,10 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         predictor_of: PredictorOf,
         metrics: Metrics | None = None,
         owner_of: OwnerOf | None = None,
-        on_applied: OnApplied | None = None,
     ) -> None:
         self._predictor_of = predictor_of
         self._metrics = metrics
         self._owner_of = owner_of
-        self._on_applied = on_applied
         self._coalescer = Coalescer(self._record)
 
     # ------------------------------------------------------------- helpers
@@ -101,10 +99,6 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             if owner is not None:
                 raise NotOwned(f"stream {stream!r} is served by another replica: {owner}")
 
-    def _applied(self, streams: list[str]) -> None:
-        if self._on_applied is not None and streams:
-            self._on_applied(streams)
-
     def _latency(self, events: Sequence[event_pb2.Event]) -> None:
         """Event time (``ts``) to prediction, for events that carry a ts."""
         if self._metrics is not None:
@@ -113,8 +107,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 self._metrics.event_latency.observe_many(time.time() - ts, "grpc")
 
     def _record(self, batch: EventBatch, result: BatchResult) -> None:
-        """After an applied batch: tell the pipeline which streams changed; count it."""
-        self._applied(result.touched)
+        """After an applied batch: count it."""
         if self._metrics is not None:
             counts = np.bincount(result.outcome, minlength=len(OUTCOMES))
             self._metrics.record_batch(
@@ -125,6 +118,8 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 result.model,
                 result.version,
             )
+            if result.evicted:
+                self._metrics.sync_store_counters(len(result.evicted), 0)
 
     def _apply(
         self, predictor: Predictor, batch: EventBatch, context: grpc.ServicerContext
@@ -219,7 +214,6 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         stream = _stream_id(request.stream)
         self._check_owned([stream])
         self._predictor().reset(stream)
-        self._applied([stream])
         return pb.StreamAck(stream=stream)
 
     @_mapped
@@ -229,7 +223,6 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         stream = _stream_id(request.stream)
         self._check_owned([stream])
         self._predictor().delete(stream)
-        self._applied([stream])
         return pb.StreamAck(stream=stream)
 
     @_mapped

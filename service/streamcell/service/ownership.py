@@ -1,8 +1,8 @@
 """Which replica holds a stream: the key's partition (murmur2) and the group's members.
 
-The gRPC servicer refuses writes to streams another replica owns; these two
-helpers let the pipeline say which partition and, where the broker describes
-its groups, which member.
+The gRPC servicer refuses writes to streams another replica owns;
+:class:`Ownership` says which partition and, where the broker describes its
+groups (:class:`GroupMembers`), which member.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+
+from kafka.partitioner.default import murmur2
 
 from streamcell.service.kafka import Member, TopicPartition
 
@@ -54,28 +56,52 @@ class GroupMembers:
             return self._owners.get((topic, partition))
 
 
+class Ownership:
+    """Which input partitions this replica holds, and so which streams it may write.
+
+    Shared by the Kafka loop (which updates ``assigned`` on rebalances) and the
+    gRPC servicer (which asks :meth:`owner_of` before a write); it is also the
+    Predictor's :data:`~streamcell.core.predictor.Placement` for changes made
+    over gRPC (:meth:`place`).
+    """
+
+    def __init__(self, topic: str, partition_of_stream: Callable[[str], int | None]) -> None:
+        self.topic = topic
+        self.assigned: set[int] = set()  # input partitions held (and restored) now
+        self.members: GroupMembers | None = None
+        self._known = partition_of_stream  # a stream in the store -> its partition
+        self._partition_count: int | None = None
+
+    def set_partition_count(self, n: int) -> None:
+        self._partition_count = n
+
+    def partition_of(self, stream: str) -> int | None:
+        """The input partition of a stream id (murmur2, as both producers place keys)."""
+        n = self._partition_count
+        if n is None:
+            return None
+        return murmur2_partition(stream.encode(), n)
+
+    def place(self, stream: str, known: int | None) -> int | None:
+        """The partition to journal a gRPC change under; None when it is not held here."""
+        part = known if known is not None else self.partition_of(stream)
+        return part if part is not None and part in self.assigned else None
+
+    def owner_of(self, stream: str) -> str | None:
+        """None when this replica owns the stream's partition, else who does (for gRPC)."""
+        part = self._known(stream)  # parked streams (revoked partitions) are not ours
+        if part is None:
+            part = self.partition_of(stream)
+        if part is None or part in self.assigned:
+            return None
+        owner = self.members.owner(self.topic, part) if self.members else None
+        return (
+            f"stream {stream!r} belongs to partition {part} of {self.topic}, "
+            f"which is not assigned to this replica (it holds {sorted(self.assigned)})"
+            + (f"; its owner is {owner}" if owner else "")
+        )
+
+
 def murmur2_partition(key: bytes, partitions: int) -> int:
-    """Kafka's default partition for a key (the Java client's murmur2, positive)."""
-    length = len(key)
-    seed, m, r = 0x9747B28C, 0x5BD1E995, 24
-    h = (seed ^ length) & 0xFFFFFFFF
-    for i in range(0, length - length % 4, 4):
-        k = int.from_bytes(key[i : i + 4], "little")
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> r
-        k = (k * m) & 0xFFFFFFFF
-        h = (h * m) & 0xFFFFFFFF
-        h ^= k
-    rest = length % 4
-    tail = key[length - rest :]
-    if rest == 3:
-        h ^= tail[2] << 16
-    if rest >= 2:
-        h ^= tail[1] << 8
-    if rest >= 1:
-        h ^= tail[0]
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return (h & 0x7FFFFFFF) % partitions
+    """Kafka's default partition for a key: kafka-python's murmur2 (the Java client's)."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions

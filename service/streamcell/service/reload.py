@@ -1,10 +1,12 @@
 """Model reloads: notice a newer complete version in the registry and switch to it.
 
-:class:`ModelWatcher` only finds and loads versions; the caller decides when
-to swap (the Kafka loop swaps between two batches, right after a checkpoint,
-so no event is dropped or applied twice). A version that fails to load or to
-run one step is refused with a log line, counted as ``failed`` and not tried
-again; the old version keeps serving.
+:class:`ModelWatcher` only finds and loads versions; :func:`reload_if_newer`,
+the one reload path of both modes, swaps between two calls of the Predictor.
+The Kafka loop passes its blocking checkpoint, so that the swap happens right
+after one and no event is dropped or applied twice (the committed offsets
+mark exactly where the new version starts); gRPC-only mode passes none. A
+version that fails to load or to run one step is refused with a log line,
+counted as ``failed`` and not tried again; the old version keeps serving.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ def apply(predictor: Predictor, loaded: LoadedModel, metrics: Metrics | None = N
         kept = predictor.swap(loaded)
     if metrics is not None:
         metrics.model_reloads.labels(KEPT if kept else RESET).inc()
-        metrics.record_model(loaded.name, loaded.version, _validation_mae(loaded))
+        metrics.record_model(loaded.name, loaded.version, validation_mae(loaded))
     if kept:
         log.info(
             "model %s: switched from version %s to %s; %d streams keep their state",
@@ -124,6 +126,31 @@ def apply(predictor: Predictor, loaded: LoadedModel, metrics: Metrics | None = N
     return kept
 
 
-def _validation_mae(loaded: LoadedModel) -> float | None:
+def reload_if_newer(
+    watcher: ModelWatcher,
+    predictor: Predictor,
+    metrics: Metrics | None = None,
+    checkpoint: Callable[[], None] | None = None,
+) -> bool | None:
+    """If a poll is due and a newer sound version exists, swap to it.
+
+    ``checkpoint`` runs before the swap and, when the swap reset the streams
+    (another architecture), once more after it to write their tombstones.
+    Returns whether the streams kept their state; None when nothing was swapped.
+    """
+    if not watcher.due():
+        return None
+    loaded = watcher.newer(predictor.loaded.version)
+    if loaded is None:
+        return None
+    if checkpoint is not None:
+        checkpoint()
+    kept = apply(predictor, loaded, metrics)
+    if not kept and checkpoint is not None:
+        checkpoint()
+    return kept
+
+
+def validation_mae(loaded: LoadedModel) -> float | None:
     value = loaded.config.metrics.get("val_mae", loaded.config.metrics.get("validation_mae"))
     return float(value) if isinstance(value, int | float) else None

@@ -1,0 +1,141 @@
+"""Recovery alone, over recording fakes: recovering partitions, restore outside the lock."""
+
+from __future__ import annotations
+
+import threading
+
+from pipeline_fakes import TOPIC, FakeConsumer, FakeProducer, FakeReader
+from pipeline_support import make_model
+
+from streamcell.core.checkpoint import load_checkpoint
+from streamcell.core.events import EventBatch
+from streamcell.core.predictor import Predictor
+from streamcell.service.checkpointing import Checkpointer
+from streamcell.service.kafka import Record
+from streamcell.service.metrics import Metrics
+from streamcell.service.ownership import Ownership
+from streamcell.service.pipeline import PipelineSettings
+from streamcell.service.recovery import Recovery
+
+
+def lock_is_free(predictor: Predictor) -> bool:
+    """Whether another thread could take the Predictor's lock now (as gRPC would)."""
+    got: list[bool] = []
+
+    def attempt() -> None:
+        ok = predictor.lock.acquire(timeout=0)
+        if ok:
+            predictor.lock.release()
+        got.append(ok)
+
+    thread = threading.Thread(target=attempt)
+    thread.start()
+    thread.join()
+    return got[0]
+
+
+class WatchedReader(FakeReader):
+    """A reader that notes, while it reads, whether the Predictor's lock was free."""
+
+    def __init__(self, records: list[Record], predictor: Predictor, seen: list[bool]) -> None:
+        super().__init__(records)
+        self.predictor, self.seen = predictor, seen
+
+    def read_to_end(self, tps, timeout_s):
+        self.seen.append(lock_is_free(self.predictor))
+        yield from super().read_to_end(tps, timeout_s)
+
+
+class Setup:
+    def __init__(self, tmp_path, changelog: list[Record] | None = None) -> None:
+        self.log: list = []
+        self.consumer = FakeConsumer(self.log)
+        self.predictor = Predictor(load_checkpoint(make_model(tmp_path)))
+        self.ownership = Ownership(TOPIC, self.predictor.partition_of)
+        self.predictor.track_changes(self.ownership.place)
+        settings = PipelineSettings(input_topic=TOPIC, changelog_topic="cl")
+        self.cp = Checkpointer(
+            settings,
+            self.consumer,
+            FakeProducer(self.log),
+            self.predictor,
+            Metrics(),
+            self.ownership.assigned,
+        )
+        self.lock_free_while_reading: list[bool] = []
+        records = changelog or []
+        self.recovery = Recovery(
+            settings,
+            self.consumer,
+            lambda: WatchedReader(records, self.predictor, self.lock_free_while_reading),
+            self.predictor,
+            self.cp,
+            self.ownership,
+            Metrics(),
+        )
+
+
+def snapshots(tmp_path, streams: dict[str, int]) -> list[Record]:
+    """Changelog records of streams (stream -> partition) with some state."""
+    source = Predictor(load_checkpoint(make_model(tmp_path / "source")))
+    names = list(streams)
+    source.predict(
+        EventBatch.of(names, [[1.0, 2.0, 3.0]] * len(names), partition=list(streams.values()),
+                      offset=[0] * len(names))
+    )  # fmt: skip
+    return [
+        Record("cl", part, k, name.encode(), value, 0, ())
+        for k, (name, part, value) in enumerate(
+            zip(names, streams.values(), source.store.snapshot(names), strict=True)
+        )
+    ]
+
+
+def test_assigned_partitions_recover_before_they_are_owned(tmp_path):
+    s = Setup(tmp_path, snapshots(tmp_path, {"a": 0, "b": 1}))
+    s.consumer.committed_offsets[(TOPIC, 0)] = 5
+    s.recovery.on_assign([(TOPIC, 0), (TOPIC, 1)])
+    assert s.recovery.recovering == [0, 1] and s.ownership.assigned == set()
+    assert s.cp.positions == {0: 5} and len(s.predictor.store) == 0  # nothing read yet
+    s.recovery.restore_pending()
+    assert s.lock_free_while_reading == [True]  # the network read holds no lock
+    assert s.ownership.assigned == {0, 1} and s.recovery.recovering == []
+    assert sorted(s.predictor.store.stream_ids()) == ["a", "b"]
+    assert s.predictor.partition_of("b") == 1 and not s.predictor.has_changes()
+
+
+def test_a_partition_revoked_before_its_restore_is_not_kept(tmp_path):
+    s = Setup(tmp_path, snapshots(tmp_path, {"a": 0}))
+    s.recovery.on_assign([(TOPIC, 0)])
+    s.recovery.on_revoke([(TOPIC, 0)])
+    assert s.recovery.recovering == []
+    s.recovery.on_assign([(TOPIC, 0)])  # not "kept": it was never restored
+    assert s.recovery.recovering == [0]
+
+
+def test_a_parked_partition_whose_offset_did_not_move_is_kept_without_a_restore(tmp_path):
+    s = Setup(tmp_path, snapshots(tmp_path, {"old": 0}))
+    s.recovery.on_assign([(TOPIC, 0)])
+    s.recovery.restore_pending()
+    s.predictor.predict(EventBatch.of(["new"], [[1.0, 2.0, 3.0]], partition=[0], offset=[0]))
+    s.cp.processed({0: 0})
+    s.recovery.on_revoke([(TOPIC, 0)])  # checkpoints: commits offset 1
+    assert s.consumer.committed_offsets == {(TOPIC, 0): 1}
+    s.recovery.on_assign([(TOPIC, 0)])
+    assert s.recovery.recovering == [] and s.ownership.assigned == {0}
+    assert sorted(s.predictor.store.stream_ids()) == ["new", "old"]
+
+
+def test_a_parked_partition_that_moved_on_is_dropped_and_restored(tmp_path):
+    s = Setup(tmp_path, snapshots(tmp_path, {"old": 0}))
+    s.recovery.on_assign([(TOPIC, 0)])
+    s.recovery.restore_pending()
+    s.predictor.predict(EventBatch.of(["new"], [[1.0, 2.0, 3.0]], partition=[0], offset=[0]))
+    s.cp.processed({0: 0})
+    s.recovery.on_revoke([(TOPIC, 0)])
+    s.log.clear()
+    s.consumer.committed_offsets[(TOPIC, 0)] = 9  # another replica moved it on
+    s.recovery.on_assign([(TOPIC, 0)])
+    assert len(s.predictor.store) == 0 and not s.predictor.has_changes()  # no tombstones
+    s.recovery.restore_pending()
+    assert s.predictor.store.stream_ids() == ["old"]  # the fake changelog's only record
