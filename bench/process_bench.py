@@ -29,8 +29,9 @@ from streamcell.core.predictor import PREDICTED, Predictor
 from streamcell.service import codec
 from streamcell.service.kafka import Record
 from streamcell.service.metrics import Metrics
-from streamcell.service.pipeline import Pipeline, PipelineSettings
+from streamcell.service.pipeline import Pipeline
 from streamcell.service.replay import Events, encode
+from streamcell.service.settings import PipelineSettings
 
 TOPIC = "events"
 PARTITIONS = 3

@@ -13,7 +13,7 @@ from streamcell.core.predictor import Predictor
 from streamcell.service.checkpointing import Checkpointer
 from streamcell.service.kafka import CommitFailed
 from streamcell.service.metrics import Metrics
-from streamcell.service.pipeline import PipelineSettings
+from streamcell.service.settings import PipelineSettings
 
 
 class Clock:

@@ -23,7 +23,8 @@ from streamcell.core.predictor import Predictor
 from streamcell.service.kafka import Member, Record
 from streamcell.service.metrics import Metrics
 from streamcell.service.ownership import GroupMembers, murmur2_partition
-from streamcell.service.pipeline import Pipeline, PipelineSettings
+from streamcell.service.pipeline import Pipeline
+from streamcell.service.settings import PipelineSettings
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from streamcell.service.checkpointing import Checkpointer
 from streamcell.service.kafka import Record
 from streamcell.service.metrics import Metrics
 from streamcell.service.ownership import Ownership
-from streamcell.service.pipeline import PipelineSettings
 from streamcell.service.recovery import Recovery
+from streamcell.service.settings import PipelineSettings
 
 
 def lock_is_free(predictor: Predictor) -> bool:

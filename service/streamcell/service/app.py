@@ -51,47 +51,49 @@ class App:
         self._http: Any = None
         self._kafka_cfg: Any = None
         self._admin: Any = None
-        self.device = resolve_device(settings.device)  # a bad --device fails before anything
+        self.device = resolve_device(settings.state.device)  # a bad --device fails before anything
 
     # ------------------------------------------------------------- parts
     def _start_metrics(self) -> None:
         s = self.settings
-        if s.metrics_port is None:
+        if s.metrics.port is None:
             return
         from prometheus_client import start_http_server
 
         try:
             self._http, _ = start_http_server(
-                s.metrics_port, s.metrics_host, registry=self.metrics.registry
+                s.metrics.port, s.metrics.host, registry=self.metrics.registry
             )
         except OSError as exc:
             raise ConfigError(
-                f"cannot serve metrics on {s.metrics_host}:{s.metrics_port}: {exc}"
+                f"cannot serve metrics on {s.metrics.host}:{s.metrics.port}: {exc}"
             ) from exc
         self.metrics_port = self._http.server_port
-        log.info("metrics on http://%s:%d/metrics", s.metrics_host, self.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", s.metrics.host, self.metrics_port)
 
     def _ensure_topics(self) -> int:
         """Create missing topics; returns the input topic's partition count."""
         from streamcell.service.kafka import KafkaClientConfig, TopicSpec, open_admin
 
         s = self.settings
-        assert s.bootstrap_servers is not None
+        k = s.kafka
+        assert k.bootstrap_servers is not None
         self._kafka_cfg = KafkaClientConfig(
-            bootstrap_servers=s.bootstrap_servers,
-            client=s.kafka_client,
-            client_id=s.client_id,
-            session_timeout_ms=s.session_timeout_ms,
-            heartbeat_interval_ms=min(1000, s.session_timeout_ms // 3),
+            bootstrap_servers=k.bootstrap_servers,
+            client=k.client,
+            client_id=k.client_id,
+            session_timeout_ms=k.session_timeout_ms,
+            heartbeat_interval_ms=min(1000, k.session_timeout_ms // 3),
         )
+        t = s.pipeline
         admin = open_admin(self._kafka_cfg)
         try:
-            partitions = admin.partitions(s.input_topic) or s.partitions
+            partitions = admin.partitions(t.input_topic) or k.partitions
             specs = [
-                TopicSpec(s.input_topic, partitions),
-                TopicSpec(s.output_topic, partitions),
-                TopicSpec(s.dead_letter_topic, partitions),
-                TopicSpec(s.changelog_topic, partitions, compacted=True),
+                TopicSpec(t.input_topic, partitions),
+                TopicSpec(t.output_topic, partitions),
+                TopicSpec(t.dead_letter_topic, partitions),
+                TopicSpec(t.changelog_topic, partitions, compacted=True),
             ]
             created = admin.ensure_topics(specs)
             for spec in specs:
@@ -102,19 +104,19 @@ class App:
                         spec.partitions,
                         ", cleanup.policy=compact" if spec.compacted else "",
                     )
-            changelog_parts = admin.partitions(s.changelog_topic)
+            changelog_parts = admin.partitions(t.changelog_topic)
         finally:
             admin.close()
         if changelog_parts is not None and changelog_parts != partitions:
             raise ConfigError(
-                f"changelog topic {s.changelog_topic} has {changelog_parts} partitions but the "
-                f"input topic {s.input_topic} has {partitions}: they must match"
+                f"changelog topic {t.changelog_topic} has {changelog_parts} partitions but the "
+                f"input topic {t.input_topic} has {partitions}: they must match"
             )
         log.info(
             "Kafka %s (%s): input %s has %d partitions",
-            s.bootstrap_servers,
-            s.kafka_client,
-            s.input_topic,
+            k.bootstrap_servers,
+            k.client,
+            t.input_topic,
             partitions,
         )
         return partitions
@@ -145,9 +147,9 @@ class App:
             if loaded is not None:
                 self.predictor = Predictor(
                     loaded,
-                    max_streams=s.max_streams,
-                    ttl_seconds=s.stream_ttl_s,
-                    keep_gates=s.keep_gates,
+                    max_streams=s.state.max_streams,
+                    ttl_seconds=s.state.stream_ttl_s,
+                    keep_gates=s.state.keep_gates,
                     device=self.device,
                 )
                 self.metrics.record_model(
@@ -190,20 +192,20 @@ class App:
         check_name(s.model)
         if not s.registry.is_dir():
             raise ConfigError(f"model registry {s.registry} is not a directory")
-        torch.set_num_threads(s.torch_threads)
+        torch.set_num_threads(s.state.torch_threads)
         log.info("the LSTM step runs on %s", self.device)
         try:
             self._start_metrics()
-            partitions = self._ensure_topics() if s.bootstrap_servers else None
+            partitions = self._ensure_topics() if s.kafka.bootstrap_servers else None
             self._start_grpc()
             watcher = reload.ModelWatcher(s.registry, s.model, s.poll_registry_s, self.metrics)
             if not self._load_model(watcher, stop):
                 return 0
             watcher.due()  # the first poll just happened
             gc_pauses.settle()  # start-up's objects out of the collector's scans (p99)
-            if s.bootstrap_servers:
+            if s.kafka.bootstrap_servers:
                 self.pipeline = self._build_pipeline(watcher, partitions)
-                log.info("consuming %s as group %s", s.input_topic, s.group_id)
+                log.info("consuming %s as group %s", s.pipeline.input_topic, s.kafka.group_id)
                 self.pipeline.run(stop, before_close=self._stop_grpc)
             else:
                 log.info("no Kafka bootstrap servers given: serving gRPC only")
@@ -215,7 +217,7 @@ class App:
     def _build_pipeline(self, watcher: reload.ModelWatcher, partitions: int | None):
         from streamcell.service.kafka import open_admin, open_consumer, open_producer, open_reader
         from streamcell.service.ownership import GroupMembers
-        from streamcell.service.pipeline import Pipeline, PipelineSettings
+        from streamcell.service.pipeline import Pipeline
 
         s = self.settings
         assert self.predictor is not None
@@ -223,23 +225,12 @@ class App:
         self._admin = open_admin(cfg)  # for naming other replicas in gRPC errors
         producer = open_producer(cfg)
         try:
-            consumer = open_consumer(cfg, s.group_id)
+            consumer = open_consumer(cfg, s.kafka.group_id)
         except BaseException:
             producer.close()
             raise
         pipeline = Pipeline(
-            PipelineSettings(
-                input_topic=s.input_topic,
-                output_topic=s.output_topic,
-                dead_letter_topic=s.dead_letter_topic,
-                changelog_topic=s.changelog_topic,
-                event_format=s.event_format,
-                max_batch=s.max_batch,
-                max_batch_delay_ms=s.max_batch_delay_ms,
-                commit_interval_ms=s.commit_interval_ms,
-                idle_commit_ms=s.idle_commit_ms,
-                restore_timeout_s=s.restore_timeout_s,
-            ),
+            s.pipeline,
             consumer,
             producer,
             lambda: open_reader(cfg),
@@ -250,14 +241,18 @@ class App:
         if partitions is not None:
             pipeline.ownership.set_partition_count(partitions)
         admin = self._admin
-        pipeline.ownership.members = GroupMembers(lambda: admin.group_members(s.group_id))
+        pipeline.ownership.members = GroupMembers(lambda: admin.group_members(s.kafka.group_id))
         return pipeline
 
     def _watch_registry(self, watcher: reload.ModelWatcher, stop: threading.Event) -> None:
-        """gRPC-only mode: swap to newer versions between calls (the Predictor's lock)."""
+        """gRPC-only mode: swap to newer versions between calls, expire idle streams.
+
+        (With Kafka the loop does both; without it nothing else would run the TTL.)
+        """
         assert self.predictor is not None
         while not stop.wait(max(min(self.settings.poll_registry_s, 1.0), 0.05)):
             reload.reload_if_newer(watcher, self.predictor, self.metrics)
+            self.predictor.expire()
 
     def _stop_grpc(self) -> None:
         if self.grpc is not None:

@@ -35,7 +35,7 @@ from streamcell.service.kafka import CommitFailed, Consumer, Producer, TopicPart
 from streamcell.service.metrics import Metrics
 
 if TYPE_CHECKING:
-    from streamcell.service.pipeline import PipelineSettings
+    from streamcell.service.settings import PipelineSettings
 
 log = logging.getLogger(__name__)
 

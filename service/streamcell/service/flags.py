@@ -172,7 +172,6 @@ FLAGS: tuple[Flag, ...] = (
         group=GRPC,
     ),
 )
-_BY_DEST = {f.dest: f for f in FLAGS}
 SERVE = tuple(f.flag for f in FLAGS)
 GRPC_FLAGS = tuple(f.flag for f in FLAGS if f.group == GRPC)
 
@@ -228,15 +227,6 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeSett
 def grpc_from_args(args: argparse.Namespace) -> GrpcSettings:
     """The gRPC section alone from parsed flags (those of ``add_arguments(p, GRPC_FLAGS)``)."""
     return GrpcSettings(**_section_values(args, "grpc"), auth_token=_auth_token(args))
-
-
-def field_of(dest: str) -> tuple[str, str] | None:
-    """(section, field) that the flag named ``dest`` sets, if it sets a section's field."""
-    flag = _BY_DEST.get(dest)
-    if flag is None or flag.field is None or "." not in flag.field:
-        return None
-    section, _, name = flag.field.partition(".")
-    return section, name
 
 
 def _section_values(args: argparse.Namespace, section: str) -> dict[str, Any]:

@@ -19,7 +19,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from operator import attrgetter
 
 import numpy as np
@@ -32,35 +31,10 @@ from streamcell.service.lag import record_lag
 from streamcell.service.metrics import Metrics
 from streamcell.service.ownership import Ownership
 from streamcell.service.recovery import Recovery
+from streamcell.service.settings import PipelineSettings
 
 log = logging.getLogger(__name__)
 _PARTITION, _OFFSET = attrgetter("partition"), attrgetter("offset")
-
-
-@dataclass(frozen=True)
-class PipelineSettings:
-    """What the loop needs to know besides its clients."""
-
-    input_topic: str = "streamcell.events"
-    output_topic: str = "streamcell.predictions"
-    dead_letter_topic: str = "streamcell.dead-letters"
-    changelog_topic: str = "streamcell.state-changelog"
-    event_format: str = codec.FORMAT_JSON
-    max_batch: int = 1024
-    max_batch_delay_ms: int = 5
-    commit_interval_ms: int = 1000
-    # Once a poll finds nothing (the input went quiet), checkpoint what was done
-    # as soon as this long has passed since the last checkpoint, not at the next
-    # interval: the committed offsets and the lag catch up with the input within
-    # about this much. 0: on the interval only.
-    idle_commit_ms: int = 100
-    restore_timeout_s: float = 60.0
-    ack_timeout_s: float = 30.0  # a checkpoint not acknowledged by then: the broker is gone
-    # A checkpoint's changelog records are sent over this share of the commit
-    # interval, a little each step, plus up to send_budget_ms of a step's time.
-    changelog_pace: float = 0.5
-    changelog_send_budget_ms: float = 1.0
-    idle_poll_ms: int = 100
 
 
 class Pipeline:

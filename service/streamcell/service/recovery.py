@@ -27,7 +27,7 @@ from streamcell.service.metrics import Metrics
 from streamcell.service.ownership import Ownership
 
 if TYPE_CHECKING:
-    from streamcell.service.pipeline import PipelineSettings
+    from streamcell.service.settings import PipelineSettings
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from streamcell.core.errors import ConfigError
 from streamcell.service.kafka import DEFAULT_CLIENT, KafkaClientConfig
@@ -179,13 +178,3 @@ class ServeSettings:
     def __post_init__(self) -> None:
         if math.isnan(self.poll_registry_s):
             raise ConfigError("--poll-registry-s must be a number of seconds (0: never reload)")
-
-    def __getattr__(self, name: str) -> Any:
-        # A bridge for app.py, which reads the flat names (s.group_id, ...) until it
-        # reads the sections: a flag's name finds its field in the tree.
-        from streamcell.service.flags import field_of
-
-        where = field_of(name)
-        if where is None:
-            raise AttributeError(name)
-        return getattr(getattr(self, where[0]), where[1])
