@@ -20,6 +20,7 @@ from streamcell.core.checkpoint import load_checkpoint
 from streamcell.core.errors import BrokerUnavailable
 from streamcell.core.events import EventBatch
 from streamcell.core.predictor import Predictor
+from streamcell.service import settings
 from streamcell.service.kafka import Member, Record
 from streamcell.service.metrics import Metrics
 from streamcell.service.ownership import GroupMembers, murmur2_partition
@@ -77,7 +78,7 @@ def test_checkpoint_flushes_predictions_then_writes_state_then_commits(loaded):
     consumer.on_assign([(TOPIC, 0), (TOPIC, 1)])
     pipeline.process([record("a", 0), record("b", 1), record("c", 0, partition=1)])
     pipeline.checkpointer.checkpoint()
-    outputs = [s for s in producer.sent if s[0] == "streamcell.predictions"]
+    outputs = [s for s in producer.sent if s[0] == settings.OUTPUT_TOPIC]
     states = [s for s in producer.sent if s[0] == "cl"]
     assert len(outputs) == 3
     assert sorted((k, p) for _, k, _, p in states) == [(b"a", 0), (b"b", 0), (b"c", 1)]

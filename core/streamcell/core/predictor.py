@@ -35,7 +35,7 @@ import torch
 
 from streamcell.core.checkpoint import LoadedModel
 from streamcell.core.errors import InvalidEvent, StreamNotFound
-from streamcell.core.events import NO_POSITION, NO_SEQ, EventBatch, find_invalid
+from streamcell.core.events import NO_POSITION, NO_SEQ, EventBatch, find_invalid, refusal
 from streamcell.core.journal import ChangeJournal, Placement
 from streamcell.core.normalization import SCALING_GLOBAL, scale_from_sums
 from streamcell.core.recipe import Recipe, advance
@@ -196,8 +196,7 @@ class Predictor:
     def _check(self, batch: EventBatch) -> None:
         bad = self.validate(batch)
         if bad:
-            row, reason, message = bad[0]
-            raise InvalidEvent(reason, f"event {row} (stream {batch.streams[row]!r}): {message}")
+            raise refusal(batch.streams, *bad[0])
 
     def predict(
         self, batch: EventBatch, now: float | None = None, *, validated: bool = False

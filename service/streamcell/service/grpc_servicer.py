@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 
 from streamcell.core.errors import InvalidEvent, ModelNotLoaded, StreamcellError, StreamNotFound
-from streamcell.core.events import REASON_MISSING_KEY, EventBatch
+from streamcell.core.events import EMPTY_STREAM, REASON_MISSING_KEY, EventBatch, refusal
 from streamcell.core.predictor import OUTCOMES, BatchResult, Predictor
 from streamcell.service import grpc_errors
 from streamcell.service.grpc_coalesce import Coalescer, DeadlineExpired
@@ -66,7 +66,7 @@ def _mapped(method: Callable[..., R]) -> Callable[..., R]:
 
 def _stream_id(stream: str) -> str:
     if not stream:
-        raise InvalidEvent(REASON_MISSING_KEY, "the stream id is empty")
+        raise InvalidEvent(REASON_MISSING_KEY, EMPTY_STREAM)
     return stream
 
 
@@ -146,8 +146,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         batch = batch_of([event], predictor.config.input_size)
         bad = predictor.validate(batch)
         if bad:
-            _, reason, message = bad[0]
-            raise InvalidEvent(reason, f"event 0 (stream {event.stream!r}): {message}")
+            raise refusal(batch.streams, *bad[0])
         self._check_owned(batch.streams)
         try:
             result, row = self._coalescer.submit(predictor, batch, context)
