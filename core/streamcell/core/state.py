@@ -68,6 +68,20 @@ class StateStore:
     with a recipe); 0 keeps the store, and its snapshots, as without one.
     """
 
+    # Per-slot slabs and arrays, (re)made by _allocate as capacity grows.
+    h: Tensor  # [num_layers, capacity, hidden]
+    c: Tensor
+    yhat: Tensor  # [capacity, output]
+    gates: Tensor | None  # [capacity, num_layers, 4, hidden] with keep_gates
+    events: np.ndarray
+    partition: np.ndarray
+    offset: np.ndarray
+    seq: np.ndarray
+    last_seen: np.ndarray
+    scale_sum: np.ndarray
+    err_sum: np.ndarray
+    err_count: np.ndarray
+
     def __init__(
         self,
         num_layers: int,
@@ -444,7 +458,7 @@ class StateStore:
         ):
             rec[name] = getattr(self, name)[slots]
         rec.flags.writeable = False
-        return memoryview(rec).cast("B")
+        return rec.data.cast("B")
 
     def restore(self, items: Iterable[tuple[str, bytes]], now: float | None = None) -> int:
         """Load snapshot records, replacing any state those streams had.

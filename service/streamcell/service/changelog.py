@@ -106,6 +106,7 @@ class Snapshots:
                 break
             end, partition = self._runs[self._run]
             stop = min(end, self.sent + self.CHUNK)
+            pairs: list[tuple[bytes | None, bytes | None]]
             if stop <= self.snapshots:
                 pairs = [
                     (streams[k].encode(), bytes(block[k * size : (k + 1) * size]))
