@@ -137,9 +137,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the candidates of streamcell.trainer.settings.DEFAULT_CANDIDATES)",
     )
     model.add_argument(
-        "--no-final-fit",
+        "--final-fit",
         action="store_true",
-        help="export the validated model instead of refitting it on every training row",
+        help="refit the chosen settings on every training row (validation rows included) "
+        "and export that, instead of the validated model",
+    )
+    model.add_argument(
+        "--age", action="store_true", help="give the model the stream's age, log(1 + n)"
     )
     model.add_argument(
         "--allow-worse",
@@ -198,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
         periods=args.period,
         time_budget=args.time_budget,
         candidates=DEFAULT_CANDIDATES if recipe and args.no_ray and not args.no_candidates else (),
-        final_fit=not args.no_final_fit,
+        final_fit=args.final_fit,
+        age=args.age,
     )
     if args.no_ray and args.workers != 1:
         raise ConfigError("--no-ray trains in this process: it takes no --workers")

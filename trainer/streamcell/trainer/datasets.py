@@ -122,7 +122,7 @@ def aus_retail() -> Dataset:
     first_test = int(frame["_t"].max()) - AUS_RETAIL_TEST_MONTHS + 1
     n_train = (frame["_t"] < first_test).groupby(frame["stream"]).sum().astype(int).to_dict()
     frame, step = _interleave(frame)
-    return Dataset("aus_retail", frame, n_train, 12, None, ("value",), step)
+    return Dataset("aus_retail", frame, n_train, 12, AUS_RETAIL_TEST_MONTHS, ("value",), step)
 
 
 def vic_elec() -> Dataset:

@@ -5,9 +5,11 @@ settings alone) is trained with early stopping on the validation split and
 scored by ``settings.monitor``; the time budget is shared out between them
 and the final fit. The best one is then refitted from scratch on every row of
 the training part (validation rows included: the most recent data) for its
-best epoch count, provided the budget left allows it at the pace measured;
-otherwise the validated model itself is the one exported. The record says
-which happened.
+best epoch count where ``settings.final_fit`` asks for it and the budget left
+allows it at the pace measured; otherwise the validated model itself is the
+one exported. The record says which happened. The final fit is off by
+default: without a validation split to stop it, it was worse on held-out
+data than the validated model (docs/BENCHMARKS.md, "Accuracy").
 """
 
 from __future__ import annotations

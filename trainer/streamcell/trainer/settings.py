@@ -49,11 +49,11 @@ class TrainSettings:
     periods: tuple[int, ...] | None = None
     lags: tuple[int, ...] | None = None
     scale_window: int | None = None
-    age: bool = True
+    age: bool = False  # log(1 + n): serving runs past the ages trained on, so off by default
     time_budget: float = 0.0  # seconds for the whole run; 0: no limit (epochs and patience)
     # Candidates tried on validation (overrides of these settings); the best is kept.
     candidates: tuple[dict[str, Any], ...] = ()
-    final_fit: bool = True  # refit the chosen candidate on the whole training part
+    final_fit: bool = False  # refit the chosen candidate on every training row (see select.py)
 
     def __post_init__(self) -> None:
         def positive_int(name: str) -> None:
