@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from recipe_support import make_recipe_model
 
 from streamcell.core.checkpoint import LoadedModel, ModelConfig, load_checkpoint, save_checkpoint
 from streamcell.core.model import StreamingLSTM
@@ -39,6 +40,12 @@ from streamcell.service.kafka import (
 )
 
 INPUT = 3
+# A lag model's recipe for events of INPUT values: it follows the first and
+# takes the other two as covariates.
+LAG_RECIPE = {
+    "target": 0, "lags": [1, 2, 5], "scale_window": 4, "log_scale": True,
+    "periods": [4], "age": True,
+}  # fmt: skip
 SESSION_MS = 3000
 # The client of the single-client tests (the e2e test runs every installed one).
 CLIENT = "kafka-python"
@@ -49,9 +56,17 @@ def unique(prefix: str) -> str:
 
 
 def make_model(
-    registry: Path, name: str = "m", seed: int = 0, hidden: int = 16, version: str | None = None
+    registry: Path,
+    name: str = "m",
+    seed: int = 0,
+    hidden: int = 16,
+    version: str | None = None,
+    recipe: dict | None = None,
 ) -> Path:
-    """A small random model whose targets are its features (so it forecasts)."""
+    """A small random model: targets equal to its features (so it forecasts), or
+    with ``recipe`` (e.g. LAG_RECIPE) one that predicts feature "a" from its history."""
+    if recipe is not None:
+        return make_recipe_model(registry, recipe, name, seed, hidden, version)
     torch.manual_seed(seed)
     model = StreamingLSTM(INPUT, hidden, 2, INPUT)
     feats = ("a", "b", "c")
@@ -228,7 +243,13 @@ class Offline:
         ref = self.predictor.store
         live = {k: v for k, v in latest.items() if v is not None}
         assert sorted(live) == sorted(ref.stream_ids())
-        store = StateStore(ref.num_layers, ref.hidden_size, ref.output_size, ref.input_size)
+        store = StateStore(
+            ref.num_layers,
+            ref.hidden_size,
+            ref.output_size,
+            ref.input_size,
+            buffer_size=ref.buffer_size,
+        )
         store.restore(live.items())
         for stream in live:
             got, want = store.info(stream), ref.info(stream)
@@ -241,6 +262,9 @@ class Offline:
             ), stream
             assert torch.equal(got.h, want.h) and torch.equal(got.c, want.c), stream
             assert got.last_prediction == want.last_prediction, stream
+            # A recipe model's history and scale (empty and None without one).
+            assert (got.history, got.scale) == (want.history, want.scale), stream
+            assert len(got.history) == min(got.events, ref.buffer_size), stream
 
 
 # ------------------------------------------------------------------ processes

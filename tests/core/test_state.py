@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -205,3 +207,86 @@ def test_eviction_keeps_the_most_recent_and_their_values(ops):
     for stream, value in ref.items():
         slot = s.slot_of(stream)
         assert torch.all(s.h[:, slot] == value)
+
+
+# ------------------------------------------------------------- history (recipe)
+def history_store(**kw) -> StateStore:
+    args = dict(initial_capacity=2, max_streams=8, buffer_size=3)
+    args.update(kw)
+    return StateStore(2, 4, 3, 5, **args)
+
+
+def test_a_store_without_history_writes_the_records_it_always_wrote():
+    """The changelog of existing models must not change: the sha256 of main's records."""
+    s = store()
+    slots = s.slots(["a", "b"], now=3.5)
+    hc = torch.from_numpy(np.linspace(-3, 3, 32, dtype=np.float32).reshape(2, 2, 2, 4))
+    s.scatter(slots, hc[0], hc[1])
+    s.yhat[slots[0]] = torch.tensor([1.5, -2.0, 1e-30])
+    s.events[slots] = [7, 9]
+    s.partition[slots] = [0, 1]
+    s.offset[slots] = [41, 42]
+    s.seq[slots] = [6, -1]
+    s.scale_sum[slots] = np.arange(10.0).reshape(2, 5) / 3
+    s.err_sum[slots] = [0.1, 0.2]
+    s.err_count[slots] = [3, 4]
+    digest = hashlib.sha256(b"".join(s.snapshot(["a", "b"]))).hexdigest()
+    assert digest == "37e2a6d018cdf6b5aa3be4496ec3e7da5a924ac44833c38a89e61da6ab9e4b30"
+    assert s.ring is None and s.scale is None and s.snapshot_size == 180
+
+
+def test_history_is_snapshotted_restored_and_shown_oldest_first():
+    s = history_store()
+    slots = s.slots(["a", "b"], now=1.0)
+    s.ring[slots] = [[1.0, 2.0, 3.0], [7.0, 8.0, 0.0]]
+    s.events[slots] = [4, 2]  # a: values 0..3, value 3 overwrote slot 0; b: two values
+    s.scale[slots] = [2.5, 7.5]
+    assert s.snapshot_size == store().snapshot_size + 4 + 3 * 4 + 4
+    snap = s.snapshot(["a", "b"])
+    other = history_store(initial_capacity=1)
+    other.restore(zip(["a", "b"], snap, strict=True))
+    assert other.snapshot(["a", "b"]) == snap
+    a, b = other.info("a"), other.info("b")
+    assert (a.history, a.scale) == ((2.0, 3.0, 1.0), 2.5)
+    assert (b.history, b.scale) == ((7.0, 8.0), 7.5)
+    assert _info_of_plain().history == ()
+
+
+def _info_of_plain():
+    s = store()
+    s.slots(["z"], 0.0)
+    info = s.info("z")
+    assert info is not None and info.scale is None
+    return info
+
+
+def test_history_grows_with_capacity_is_cleared_and_counted():
+    s = history_store(initial_capacity=1, max_streams=8)
+    for k in range(8):
+        slot = s.slots([f"s{k}"], 0.0)
+        s.ring[slot] = float(k)
+        s.events[slot] = 1
+        s.scale[slot] = float(k)
+    assert s.capacity == 8 and s.ring.shape == (8, 3)
+    assert [s.info(f"s{k}").history for k in range(8)] == [(float(k),) for k in range(8)]
+    assert s.reset("s1") and s.info("s1").history == () and s.info("s1").scale is None
+    assert not s.ring[s.slot_of("s1")].any() and s.scale[s.slot_of("s1")] == 0
+    slot = s.slot_of("s2")
+    assert s.delete("s2") and not s.ring[slot].any()
+    assert history_store().nbytes - store().nbytes == 2 * (3 * 4 + 4)
+
+
+def test_a_record_of_the_other_layout_is_refused_with_a_clear_message():
+    plain, ringed = _snapshot_of(store()), _snapshot_of(history_store())
+    other_ring = _snapshot_of(history_store(buffer_size=5))
+    with pytest.raises(StateFormatError, match=r"history=0 \(no recipe\); this store has .*"
+                       r"history=3 \(a recipe's ring of 3 values\)"):  # fmt: skip
+        history_store().restore([("z", plain)])
+    with pytest.raises(StateFormatError, match=r"history=3 .* this store has .* history=0"):
+        store().restore([("z", ringed)])
+    with pytest.raises(StateFormatError, match=r"history=5 .* this store has .* history=3"):
+        history_store().restore([("z", other_ring)])
+    with pytest.raises(StateFormatError, match="truncated"):
+        history_store().restore([("z", ringed[:14])])
+    with pytest.raises(StateFormatError, match="has 35 bytes"):
+        history_store().restore([("z", ringed[:35])])

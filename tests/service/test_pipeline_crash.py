@@ -5,7 +5,9 @@ random moments and restarted, or while a second replica joins and leaves the
 group. Afterwards: every event has a prediction; each prediction, and every
 duplicate of it, is byte-identical to the model run offline without
 interruption; the changelog's final state of every stream equals the offline
-one. Both run for each installed Kafka client.
+one (h, c, and a lag model's history ring and scale). Both run with a plain
+model for each installed Kafka client, and with a lag model (a recipe) for
+one: the client carries records, never state, and the suite's time counts.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import pytest
 from pipeline_support import (
+    CLIENT,
+    LAG_RECIPE,
     Feeder,
     Offline,
     Serve,
@@ -34,6 +38,12 @@ from streamcell.service.kafka import KafkaClientConfig
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 STREAMS, STEPS, PARTITIONS = 8, 48, 2
+MODELS = pytest.mark.parametrize("recipe", [None, LAG_RECIPE], ids=["plain", "lag"])
+
+
+def one_client_for_lags(kafka_client: str, recipe: dict | None) -> None:
+    if recipe is not None and kafka_client != CLIENT:
+        pytest.skip(f"the lag model runs with {CLIENT} only (the client never touches state)")
 
 
 def check_exact(cfg: KafkaClientConfig, topics: Topics, version: Path, out) -> Offline:
@@ -45,16 +55,18 @@ def check_exact(cfg: KafkaClientConfig, topics: Topics, version: Path, out) -> O
     return offline
 
 
+@MODELS
 def test_sigkill_at_random_moments_loses_nothing_and_stays_exact(
-    kafka_bootstrap, kafka_client, tmp_path
+    kafka_bootstrap, kafka_client, tmp_path, recipe
 ):
+    one_client_for_lags(kafka_client, recipe)
     seed = random.randrange(1 << 30)
     print(f"kill schedule seed: {seed}")
     rng = random.Random(seed)
     cfg = KafkaClientConfig(kafka_bootstrap, client=kafka_client)
     topics = Topics("crash")
     topics.create(cfg, PARTITIONS)
-    version = make_model(tmp_path / "reg")
+    version = make_model(tmp_path / "reg", recipe=recipe)
     args = serve_args(kafka_bootstrap, kafka_client, tmp_path / "reg", topics)
     log = tmp_path / "serve.log"
     feeder = Feeder(cfg, topics.input, events(STREAMS, STEPS), chunk=STREAMS, interval_s=0.2)
@@ -80,11 +92,15 @@ def test_sigkill_at_random_moments_loses_nothing_and_stays_exact(
     assert sum(restored) > 0, "no restart restored any state from the changelog"
 
 
-def test_replica_joining_and_leaving_keeps_state_exact(kafka_bootstrap, kafka_client, tmp_path):
+@MODELS
+def test_replica_joining_and_leaving_keeps_state_exact(
+    kafka_bootstrap, kafka_client, tmp_path, recipe
+):
+    one_client_for_lags(kafka_client, recipe)
     cfg = KafkaClientConfig(kafka_bootstrap, client=kafka_client)
     topics = Topics("rebalance")
     topics.create(cfg, PARTITIONS)
-    version = make_model(tmp_path / "reg")
+    version = make_model(tmp_path / "reg", recipe=recipe)
     args = serve_args(kafka_bootstrap, kafka_client, tmp_path / "reg", topics)
     feeder = Feeder(cfg, topics.input, events(STREAMS, STEPS), chunk=STREAMS, interval_s=0.15)
     first = Serve(tmp_path / "first.log", args)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
-from pipeline_support import make_model
+from pipeline_support import LAG_RECIPE, make_model
 
 from streamcell.core.checkpoint import load_checkpoint
 from streamcell.core.events import EventBatch
@@ -92,3 +93,20 @@ def test_apply_keeps_state_for_the_same_architecture_and_resets_otherwise(tmp_pa
     assert metrics.registry.get_sample_value("streamcell_model_info", {"model": "m",
                                               "version": "v3"}) == 1  # fmt: skip
     assert predictor.predict(batch).version == "v3"
+
+
+def test_a_recipe_model_passes_the_smoke_test_and_a_bad_recipe_is_refused(tmp_path, caplog):
+    """The smoke test steps the LSTM with the recipe's inputs; a bad recipe names its field."""
+    watcher = reload.ModelWatcher(tmp_path, "m", poll_s=1)
+    make_model(tmp_path, version="v1", recipe=LAG_RECIPE)
+    first = watcher.newer(None)
+    assert first is not None and first.config.lstm_input_size == 9
+    bad = make_model(tmp_path / "staging", version="v2", recipe=LAG_RECIPE)
+    config = json.loads((bad / "config.json").read_text())
+    config["recipe"]["lags"] = [1, 0]
+    (bad / "config.json").write_text(json.dumps(config))
+    bad.rename(tmp_path / "m" / "v2")
+    with caplog.at_level(logging.ERROR, logger="streamcell.service.reload"):
+        assert watcher.newer("v1") is None
+    (refusal,) = [r.getMessage() for r in caplog.records]
+    assert "refusing model m version v2" in refusal and "recipe.lags" in refusal

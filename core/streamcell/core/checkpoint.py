@@ -111,6 +111,8 @@ class ModelConfig:
                 f"scaling {SCALING_WINDOW!r} goes with a recipe whose scale_window is positive "
                 f"(got scaling {self.scaling!r}, recipe {self.recipe!r})"
             )
+        if history is not None and self.scaling not in (SCALING_GLOBAL, SCALING_WINDOW):
+            fail(f"scaling {self.scaling!r} cannot go with a recipe (its scale is the recipe's)")
         if history is not None and self.targets != (self.features[history.target],):
             fail(
                 f"a model with a recipe predicts the column it follows: targets must be "

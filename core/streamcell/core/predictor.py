@@ -10,6 +10,13 @@ in wave 0, its second in wave 1, ...) so that each wave holds a stream at most
 once and the waves run in order: several events of one stream in a batch are
 applied in order, never merged or lost. Each wave is one gather, one batched
 LSTM step and one scatter.
+
+A model with a recipe (streamcell.core.recipe) sees its history features
+instead of the event's values: per wave the streams' history rings are
+gathered, advanced by the events with :func:`recipe.advance` (the function
+training calls) and scattered back, and the output is multiplied by the
+recipe's scale. A Forecast feeds each predicted value back through the same
+function, into a copy of the stream's history.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from streamcell.core.checkpoint import LoadedModel
 from streamcell.core.errors import InvalidEvent, StreamNotFound
 from streamcell.core.events import NO_POSITION, NO_SEQ, EventBatch, find_invalid
 from streamcell.core.normalization import SCALING_GLOBAL, scale_from_sums
+from streamcell.core.recipe import Recipe, advance
 from streamcell.core.state import StateStore, StreamInfo
 
 PREDICTED = 0
@@ -92,11 +100,18 @@ class Predictor:
         self._target_columns = (
             None if tidx is None else torch.as_tensor(tidx, dtype=torch.int64, device=dev)
         )
+        self._recipe: Recipe | None = cfg.history
 
     def _new_store(self) -> StateStore:
         cfg = self.loaded.config
+        history = cfg.history
         return StateStore(
-            cfg.num_layers, cfg.hidden_size, cfg.output_size, cfg.input_size, **self._store_args
+            cfg.num_layers,
+            cfg.hidden_size,
+            cfg.output_size,
+            cfg.input_size,
+            buffer_size=0 if history is None else history.buffer_size,
+            **self._store_args,
         )
 
     @property
@@ -194,25 +209,18 @@ class Predictor:
                 store.err_sum[slots[seen]] += err.mean(axis=1)
                 store.err_count[slots[seen]] += 1
 
-        cfg = self.loaded.config
         counts = store.events[slots] + 1
-        scale = None
-        if cfg.scaling != SCALING_GLOBAL:
-            store.scale_sum[slots] += np.abs(x.astype(np.float64))
-            scale = torch.from_numpy(
-                scale_from_sums(store.scale_sum[slots], counts, cfg.scale_floor)
-            ).to(self.device)
-        xt = torch.from_numpy(x).to(self.device)
-        if scale is not None:
-            xt = xt / scale
-        u = (xt - self._in_mean) / self._in_std
+        if self._recipe is None:
+            u, out_scale = self._event_inputs(store, slots, x, counts)
+        else:
+            u, out_scale = self._history_inputs(store, slots, x)
 
         h, c = store.gather(slots)
         step = self.loaded.model.step(u, h, c, return_gates=store.gates is not None)
         store.scatter(slots, step.h, step.c)
         yhat = step.y * self._out_std + self._out_mean
-        if scale is not None:
-            yhat = yhat * scale[:, self._target_columns]
+        if out_scale is not None:
+            yhat = yhat * out_scale
         idx = store.index(slots)
         store.yhat.index_copy_(0, idx, yhat)
         if store.gates is not None and step.gates is not None:
@@ -229,20 +237,60 @@ class Predictor:
         result.events[rows] = counts
         touched.update(dict.fromkeys(streams))
 
+    def _event_inputs(
+        self, store: StateStore, slots: np.ndarray, x: np.ndarray, counts: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A model without a recipe: the normalised event and the targets' stream scale."""
+        cfg = self.loaded.config
+        scale = None
+        if cfg.scaling != SCALING_GLOBAL:
+            store.scale_sum[slots] += np.abs(x.astype(np.float64))
+            scale = torch.from_numpy(
+                scale_from_sums(store.scale_sum[slots], counts, cfg.scale_floor)
+            ).to(self.device)
+        xt = torch.from_numpy(x).to(self.device)
+        if scale is None:
+            return (xt - self._in_mean) / self._in_std, None
+        return (xt / scale - self._in_mean) / self._in_std, scale[:, self._target_columns]
+
+    def _history_inputs(
+        self, store: StateStore, slots: np.ndarray, x: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A recipe model: advance the streams' histories by ``x``; inputs and scale.
+
+        The rings are gathered and scattered back; ``store.events`` still
+        counts the events before these (the caller adds them).
+        """
+        assert store.ring is not None and store.scale is not None
+        ring = store.ring[slots]  # a copy: advanced, then written back
+        u, scale = self._featurize(ring, store.events[slots], x)
+        store.ring[slots] = ring
+        store.scale[slots] = scale
+        return u, torch.from_numpy(scale).to(self.device)[:, None]
+
+    def _featurize(
+        self, ring: np.ndarray, seen: np.ndarray, x: np.ndarray
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """Events ``x`` ``[B, width]`` into rings ``[B, buffer]`` (in place): inputs, scale.
+
+        Returns the normalised LSTM inputs and the scale ``[B]`` its output is multiplied by.
+        """
+        assert self._recipe is not None
+        features, scale = advance(self._recipe, ring, seen, x)
+        u = (torch.from_numpy(features).to(self.device) - self._in_mean) / self._in_std
+        return u, scale
+
     # ------------------------------------------------------------- forecast
     def forecast(self, stream: str, horizon: int) -> np.ndarray:
         """The next ``horizon`` steps from the stream's state, feeding predictions back.
 
         Only for models whose targets are their features. The stream's state is
-        read, never written.
+        read, never written: a recipe model feeds each prediction, as the next
+        event's value, into a copy of the stream's history.
         """
         cfg = self.loaded.config
         if not cfg.autoregressive:
-            raise InvalidEvent(
-                "not_autoregressive",
-                f"model {self.loaded.name} predicts {list(cfg.targets)} from {list(cfg.features)}; "
-                "forecasting needs targets equal to features",
-            )
+            raise InvalidEvent("not_autoregressive", self._cannot_forecast())
         if not 1 <= horizon <= MAX_HORIZON:
             raise InvalidEvent("bad_horizon", f"horizon must be in 1..{MAX_HORIZON}, got {horizon}")
         with self._lock:
@@ -253,8 +301,9 @@ class Predictor:
             h, c = self.store.gather(slots)  # copies
             prev = self.store.yhat[slot : slot + 1].clone()
             count = int(self.store.events[slot])
+            ring = None if self.store.ring is None else self.store.ring[slots]  # a copy
             scale = None
-            if cfg.scaling != SCALING_GLOBAL and count > 0:
+            if self._recipe is None and cfg.scaling != SCALING_GLOBAL and count > 0:
                 scale = torch.from_numpy(
                     scale_from_sums(self.store.scale_sum[slots], np.array([count]), cfg.scale_floor)
                 ).to(self.device)
@@ -266,13 +315,32 @@ class Predictor:
             out[k] = prev[0].cpu().numpy()
             if k + 1 == horizon:
                 break
-            xt = prev if scale is None else prev / scale
-            step = model.step((xt - self._in_mean) / self._in_std, h, c)
+            if ring is None:
+                xt = prev if scale is None else prev / scale
+                u = (xt - self._in_mean) / self._in_std
+            else:
+                u, fed = self._featurize(ring, np.array([count + k]), out[k : k + 1])
+                scale = torch.from_numpy(fed).to(self.device)[:, None]
+            step = model.step(u, h, c)
             h, c = step.h, step.c
             prev = step.y * self._out_std + self._out_mean
             if scale is not None:
                 prev = prev * scale
         return out
+
+    def _cannot_forecast(self) -> str:
+        cfg = self.loaded.config
+        recipe = self._recipe
+        if recipe is not None:
+            others = [f for k, f in enumerate(cfg.features) if k != recipe.target]
+            return (
+                f"model {self.loaded.name} takes covariates {others} besides "
+                f"{cfg.features[recipe.target]!r}; a forecast cannot know their future values"
+            )
+        return (
+            f"model {self.loaded.name} predicts {list(cfg.targets)} from {list(cfg.features)}; "
+            "forecasting needs targets equal to features"
+        )
 
     # ---------------------------------------------------------------- admin
     def info(self, stream: str) -> StreamInfo:

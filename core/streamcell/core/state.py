@@ -7,6 +7,13 @@ one ``index_select`` in and one ``index_copy_`` out. Per-stream bookkeeping
 lives in numpy arrays indexed by the same slot. An ``OrderedDict`` from stream
 id to slot keeps least-recently-used order for capacity eviction and TTL expiry.
 
+A store for a model with a recipe (streamcell.core.recipe) also keeps each
+stream's history: a ring of its last ``buffer_size`` target values
+(``[capacity, buffer_size]`` float32, value k at column ``k % buffer_size``,
+``events`` counting the values written) and the scale of its last step. Its
+snapshots carry both, under a header of their own, so a record of either
+layout is refused by a store of the other.
+
 Slots are an implementation detail of this module and of the predictor; the
 pipeline and the gRPC servicer only ever name streams.
 """
@@ -26,6 +33,9 @@ from streamcell.core.errors import Overloaded, StateFormatError
 
 SNAPSHOT_MAGIC = b"SCS1"
 _HEADER = struct.Struct("<4sHHHH")  # magic, num_layers, hidden, output, input
+# A store with a history: the same fields, then the ring's length.
+HISTORY_MAGIC = b"SCH1"
+_HISTORY_HEADER = struct.Struct("<4sHHHHI")
 NO_POSITION = -1
 
 
@@ -44,10 +54,19 @@ class StreamInfo:
     h: Tensor  # [num_layers, hidden]
     c: Tensor  # [num_layers, hidden]
     gates: Tensor | None  # [num_layers, 4, hidden] (i, f, g, o) of the last step
+    # The recipe's history: the stream's last target values, oldest first
+    # (at most the ring's length), and the scale of its last step (None
+    # without a recipe, or before the stream's first event).
+    history: tuple[float, ...] = ()
+    scale: float | None = None
 
 
 class StateStore:
-    """Slab store of per-stream (h, c) with LRU capacity eviction and TTL expiry."""
+    """Slab store of per-stream (h, c) with LRU capacity eviction and TTL expiry.
+
+    ``buffer_size`` > 0 adds each stream's history ring and scale (a model
+    with a recipe); 0 keeps the store, and its snapshots, as without one.
+    """
 
     def __init__(
         self,
@@ -61,11 +80,15 @@ class StateStore:
         ttl_seconds: float | None = None,
         keep_gates: bool = False,
         device: torch.device | str = "cpu",
+        buffer_size: int = 0,
     ) -> None:
         if max_streams < 1:
             raise ValueError(f"max_streams must be at least 1, got {max_streams}")
         if ttl_seconds is not None and ttl_seconds <= 0:
             raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds}")
+        if not 0 <= buffer_size < 1 << 32:
+            raise ValueError(f"buffer_size must be in 0..2**32-1, got {buffer_size}")
+        self.buffer_size = buffer_size
         self.num_layers = num_layers
         self.hidden_size = hidden_size
         self.output_size = output_size
@@ -85,7 +108,7 @@ class StateStore:
         # block of whole snapshots: no per-stream concatenation.
         self._record = np.dtype(
             [
-                ("header", "u1", (_HEADER.size,)),
+                ("header", "u1", (_HISTORY_HEADER.size if buffer_size else _HEADER.size,)),
                 ("h", "<f4", (num_layers, hidden_size)),
                 ("c", "<f4", (num_layers, hidden_size)),
                 ("yhat", "<f4", (output_size,)),
@@ -98,9 +121,13 @@ class StateStore:
                 ("err_sum", "<f8"),
                 ("err_count", "<i8"),
             ]
+            + ([("ring", "<f4", (buffer_size,)), ("scale", "<f4")] if buffer_size else [])
         )
-        self._header = _HEADER.pack(
-            SNAPSHOT_MAGIC, num_layers, hidden_size, output_size, input_size
+        shape = (num_layers, hidden_size, output_size, input_size)
+        self._header = (
+            _HISTORY_HEADER.pack(HISTORY_MAGIC, *shape, buffer_size)
+            if buffer_size
+            else _HEADER.pack(SNAPSHOT_MAGIC, *shape)
         )
         self._header_row = np.frombuffer(self._header, dtype=np.uint8)
 
@@ -139,6 +166,12 @@ class StateStore:
         )
         self.err_sum = grow_array(None if first else self.err_sum, (grow,), np.float64)
         self.err_count = grow_array(None if first else self.err_count, (grow,), np.int64)
+        # Host memory, numpy: the recipe's features are computed there.
+        self.ring: np.ndarray | None = None if first else self.ring
+        self.scale: np.ndarray | None = None if first else self.scale
+        if self.buffer_size:
+            self.ring = grow_array(self.ring, (grow, self.buffer_size), np.float32)
+            self.scale = grow_array(self.scale, (grow,), np.float32)
         self._ids: list[str | None] = (self._ids if not first else []) + [None] * grow
         # Free slots are handed out lowest first so that slabs stay dense.
         self._free: list[int] = (self._free if not first else []) + list(
@@ -162,6 +195,9 @@ class StateStore:
         self.scale_sum[slot] = 0.0
         self.err_sum[slot] = 0.0
         self.err_count[slot] = 0
+        if self.ring is not None and self.scale is not None:
+            self.ring[slot] = 0.0
+            self.scale[slot] = 0.0
 
     # ------------------------------------------------------------ properties
     @property
@@ -188,7 +224,7 @@ class StateStore:
             self.scale_sum,
             self.err_sum,
             self.err_count,
-        ]
+        ] + ([self.ring, self.scale] if self.ring is not None and self.scale is not None else [])
         return sum(t.numel() * t.element_size() for t in tensors) + sum(a.nbytes for a in arrays)
 
     def stream_ids(self) -> list[str]:
@@ -319,6 +355,7 @@ class StateStore:
         if slot is None:
             return None
         count = int(self.err_count[slot])
+        history, scale = self._history_of(slot)
         return StreamInfo(
             stream=stream,
             events=int(self.events[slot]),
@@ -331,9 +368,23 @@ class StateStore:
             h=self.h[:, slot].to("cpu", copy=True),
             c=self.c[:, slot].to("cpu", copy=True),
             gates=None if self.gates is None else self.gates[slot].to("cpu", copy=True),
+            history=history,
+            scale=scale,
         )
 
+    def _history_of(self, slot: int) -> tuple[tuple[float, ...], float | None]:
+        """The slot's history values, oldest first, and the scale of its last step."""
+        if self.ring is None or self.scale is None:
+            return (), None
+        n, size = int(self.events[slot]), self.buffer_size
+        order = np.arange(max(0, n - size), n) % size
+        return tuple(self.ring[slot, order].tolist()), float(self.scale[slot]) if n else None
+
     # ------------------------------------------------------ snapshot/restore
+    @property
+    def _history_fields(self) -> tuple[str, ...]:
+        return ("ring", "scale") if self.buffer_size else ()
+
     @property
     def snapshot_size(self) -> int:
         """Bytes of one stream's snapshot."""
@@ -382,6 +433,7 @@ class StateStore:
             "scale_sum",
             "err_sum",
             "err_count",
+            *self._history_fields,
         ):
             rec[name] = getattr(self, name)[slots]
         rec.flags.writeable = False
@@ -430,20 +482,41 @@ class StateStore:
         self.yhat.index_copy_(0, idx, torch.from_numpy(rec["yhat"].copy()).to(dev))
         if self.gates is not None:
             self.gates.index_fill_(0, idx, 0.0)
-        for name in ("events", "partition", "offset", "seq", "scale_sum", "err_sum", "err_count"):
+        for name in (
+            "events",
+            "partition",
+            "offset",
+            "seq",
+            "scale_sum",
+            "err_sum",
+            "err_count",
+            *self._history_fields,
+        ):
             getattr(self, name)[slots] = rec[name]
         if now is None:
             self.last_seen[slots] = rec["last_seen"]
         return len(order)
 
     def _explain_header(self, stream: str, value: bytes) -> str:
-        if len(value) < _HEADER.size:
-            return f"state of stream {stream!r} is truncated ({len(value)} bytes)"
-        magic, layers, hidden, output, inputs = _HEADER.unpack_from(value)
-        if magic != SNAPSHOT_MAGIC:
+        magic = value[:4]
+        if magic not in (SNAPSHOT_MAGIC, HISTORY_MAGIC):
+            if len(value) < 4:
+                return f"state of stream {stream!r} is truncated ({len(value)} bytes)"
             return f"state of stream {stream!r} is not a streamcell snapshot (magic {magic!r})"
+        header = _HISTORY_HEADER if magic == HISTORY_MAGIC else _HEADER
+        if len(value) < header.size:
+            return f"state of stream {stream!r} is truncated ({len(value)} bytes)"
+        _, layers, hidden, output, inputs, *ring = header.unpack_from(value)
+        buffer = ring[0] if ring else 0
         return (
             f"state of stream {stream!r} was written for layers={layers} hidden={hidden} "
-            f"output={output} input={inputs}; this store has layers={self.num_layers} "
-            f"hidden={self.hidden_size} output={self.output_size} input={self.input_size}"
+            f"output={output} input={inputs} {_history_text(buffer)}; this store has "
+            f"layers={self.num_layers} hidden={self.hidden_size} output={self.output_size} "
+            f"input={self.input_size} {_history_text(self.buffer_size)}"
         )
+
+
+def _history_text(buffer_size: int) -> str:
+    if buffer_size:
+        return f"history={buffer_size} (a recipe's ring of {buffer_size} values)"
+    return "history=0 (no recipe)"

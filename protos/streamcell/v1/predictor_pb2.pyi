@@ -94,7 +94,7 @@ class LayerGates(_message.Message):
     def __init__(self, input: _Optional[_Iterable[float]] = ..., forget: _Optional[_Iterable[float]] = ..., cell: _Optional[_Iterable[float]] = ..., output: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class StreamState(_message.Message):
-    __slots__ = ("stream", "exists", "events", "seq", "partition", "offset", "last_seen", "last_prediction", "online_mae", "gates")
+    __slots__ = ("stream", "exists", "events", "seq", "partition", "offset", "last_seen", "last_prediction", "online_mae", "gates", "history", "scale")
     STREAM_FIELD_NUMBER: _ClassVar[int]
     EXISTS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,8 @@ class StreamState(_message.Message):
     LAST_PREDICTION_FIELD_NUMBER: _ClassVar[int]
     ONLINE_MAE_FIELD_NUMBER: _ClassVar[int]
     GATES_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
     stream: str
     exists: bool
     events: int
@@ -115,7 +117,9 @@ class StreamState(_message.Message):
     last_prediction: _containers.RepeatedScalarFieldContainer[float]
     online_mae: float
     gates: _containers.RepeatedCompositeFieldContainer[LayerGates]
-    def __init__(self, stream: _Optional[str] = ..., exists: _Optional[bool] = ..., events: _Optional[int] = ..., seq: _Optional[int] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., last_seen: _Optional[float] = ..., last_prediction: _Optional[_Iterable[float]] = ..., online_mae: _Optional[float] = ..., gates: _Optional[_Iterable[_Union[LayerGates, _Mapping]]] = ...) -> None: ...
+    history: _containers.RepeatedScalarFieldContainer[float]
+    scale: float
+    def __init__(self, stream: _Optional[str] = ..., exists: _Optional[bool] = ..., events: _Optional[int] = ..., seq: _Optional[int] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., last_seen: _Optional[float] = ..., last_prediction: _Optional[_Iterable[float]] = ..., online_mae: _Optional[float] = ..., gates: _Optional[_Iterable[_Union[LayerGates, _Mapping]]] = ..., history: _Optional[_Iterable[float]] = ..., scale: _Optional[float] = ...) -> None: ...
 
 class StreamAck(_message.Message):
     __slots__ = ("stream",)

@@ -118,6 +118,8 @@ def stream_state(info: StreamInfo, include_gates: bool) -> pb.StreamState:
         last_seen=info.last_seen,
         last_prediction=info.last_prediction,
         online_mae=info.online_mae,
+        history=info.history,
+        scale=info.scale,
     )
     if include_gates and info.gates is not None:
         for layer in info.gates.tolist():  # [L, 4, H]: i, f, g, o

@@ -90,7 +90,7 @@ def _smoke_test(loaded: LoadedModel) -> None:
     """One step from zero state must give finite numbers of the right shape."""
     cfg = loaded.config
     h, c = loaded.model.zero_state(1)
-    y = loaded.model.step(torch.zeros(1, cfg.input_size), h, c).y
+    y = loaded.model.step(torch.zeros(1, cfg.lstm_input_size), h, c).y
     if y.shape != (1, cfg.output_size) or not bool(torch.isfinite(y).all()):
         raise CheckpointError("one step from zero state does not give finite predictions")
 

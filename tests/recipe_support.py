@@ -1,0 +1,44 @@
+"""Models with a recipe for the tests: small, random, saved as the trainer saves them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from streamcell.core.checkpoint import ModelConfig, save_checkpoint
+from streamcell.core.model import StreamingLSTM
+from streamcell.core.normalization import SCALING_GLOBAL, SCALING_WINDOW
+from streamcell.core.recipe import Recipe
+
+
+def make_recipe_model(
+    registry: Path,
+    recipe: dict,
+    name: str = "m",
+    seed: int = 0,
+    hidden: int = 16,
+    version: str | None = None,
+    features: tuple[str, ...] = ("a", "b", "c"),
+) -> Path:
+    """A small random model with a recipe, over events of ``len(features)`` values."""
+    history = Recipe.from_json(recipe, width=len(features), scale_floor=1e-3)
+    inputs = history.num_features
+    torch.manual_seed(seed)
+    model = StreamingLSTM(inputs, hidden, 2, 1)
+    gen = torch.Generator().manual_seed(seed)
+    cfg = ModelConfig(
+        len(features),
+        hidden,
+        2,
+        1,
+        features,
+        (features[history.target],),
+        (torch.randn(inputs, generator=gen) * 0.5).tolist(),
+        (torch.rand(inputs, generator=gen) + 0.5).tolist(),
+        (0.1,),
+        (1.5,),
+        scaling=SCALING_WINDOW if history.scale_window else SCALING_GLOBAL,
+        recipe=recipe,
+    )
+    return save_checkpoint(registry, name, model, cfg, version=version)
