@@ -15,10 +15,12 @@ loss. A stream's events start at its first non-zero value. Recipe models
 (the trainer's defaults) get every row: their trainer gives a step whose
 window is all zeros no weight.
 
-Recipe models are scored by :func:`score_recipe` until the Predictor serves
-them: the same functions serving calls (``recipe.advance`` for the features,
-``StreamingLSTM`` for the step), protocol A over the whole series with state
-carried, protocol B by feeding each forecast back as the next event.
+Recipe models go through the Predictor as well (protocol A: ``predict``;
+B: ``forecast`` at the end of the training part). vic_elec's protocol B (from
+each midnight, with the temperature as a known covariate, which
+``Predictor.forecast`` does not take) uses :func:`score_recipe`: the same
+functions serving calls (``recipe.advance`` for the features,
+``StreamingLSTM.step``), each forecast fed back as the next event's value.
 """
 
 from __future__ import annotations
@@ -145,15 +147,23 @@ def score_recipe(
     return out
 
 
-def score(ds: Dataset, result: Any, name: str, lags: int = 1) -> dict[str, Forecasts]:
-    """Protocols A and B through the Predictor, for every stream of the data set."""
+def score(
+    ds: Dataset, result: Any, name: str, lags: int = 1, every_row: bool = False
+) -> dict[str, Forecasts]:
+    """Protocols A and B through the Predictor, for every stream of the data set.
+
+    ``every_row``: replay leading zeros too (recipe models are trained on them).
+    """
     from streamcell.core.events import EventBatch
     from streamcell.core.predictor import Predictor
     from streamcell.trainer.api import loaded_model
 
     streams = ds.streams
     predictor = Predictor(loaded_model(result, name), max_streams=len(streams) + 1)
-    frame, features, _ = model_frame(ds, ds.frame, lags)
+    if every_row:
+        frame, features = ds.frame, list(ds.features)
+    else:
+        frame, features, _ = model_frame(ds, ds.frame, lags)
     x = frame[features].to_numpy(np.float32)
     ids = frame["stream"].astype(str).to_numpy()
     seq = frame["seq"].to_numpy(np.int64)
