@@ -54,7 +54,7 @@ def test_carrying_state_across_windows_is_what_makes_it_learn() -> None:
     assert reset["val_mae"] > 3 * carried["val_mae"], (reset, carried)
 
 
-@pytest.mark.parametrize("scaling", ["global", "stream_mean_abs"])
+@pytest.mark.parametrize("scaling", ["global", "stream_mean_abs", "window_mean_abs"])
 def test_training_side_validation_equals_the_predictor(scaling: str) -> None:
     frame = noisy_sines(streams=5, length=80, seed=3)
     frame["value"] = frame["value"] * (1 + np.arange(len(frame)) % 5 * 10.0)  # varied sizes
