@@ -85,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["window_mean_abs", "global", "stream_mean_abs"],
         default="window_mean_abs",
         help="window_mean_abs (default): the model takes each stream's history (lags, a scale "
-        "from its recent mean |y|, season, age; one target); global: the event's values, "
+        "from its recent mean |y|, season; one target); global: the event's values, "
         "z-scored; stream_mean_abs: the values over their running mean |x| first",
     )
     data.add_argument("--scale-floor", type=float, default=1e-3, help="least per-stream scale")
@@ -104,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--window", "--tbptt", type=_positive, default=32, help="TBPTT window in steps (default 32)"
     )
     model.add_argument(
-        "--batch-size", type=_positive, default=64, help="streams per batch (default 64)"
+        "--batch-size", type=_positive, default=32, help="streams per batch (default 32)"
     )
     model.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
     model.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
