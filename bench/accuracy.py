@@ -142,8 +142,8 @@ def lags_for(method: str, name: str, **overrides: Any) -> int:
 # ------------------------------------------------------------------- baselines
 def _run_series(args: tuple[str, np.ndarray, int, int, int | None]) -> Forecasts:
     method, y, n, m, horizon = args
-    if n >= len(y):  # training-only series (aus_retail's discontinued ones)
-        return Forecasts(np.empty(0), None)
+    if n >= len(y):  # training-only series (aus_retail's discontinued ones): not scored
+        return Forecasts(np.empty(0), None if horizon is None else np.full(horizon, np.nan))
     return METHODS[method](y, n, m, horizon)
 
 
@@ -194,9 +194,12 @@ def summarize(ds: Dataset, forecasts: dict[str, Forecasts]) -> dict[str, Any]:
     return out
 
 
-def run(names: list[str], methods: list[str], jobs: int) -> dict[str, Any]:
+def run(names: list[str], methods: list[str], jobs: int, save: Any = None) -> dict[str, Any]:
+    """Every method on every data set; ``save(results)`` after each set (a crash keeps them)."""
     results: dict[str, Any] = {}
     for name in names:
+        if save is not None and results:
+            save(results)
         ds = datasets.load(name)
         fp = cache.fingerprint(ds)
         results[name] = {}
@@ -341,14 +344,20 @@ def main(argv: list[str] | None = None) -> int:
         tune(names, json.loads(args.grid))
         return 0
     started = time.perf_counter()
-    results = run(names, methods, args.jobs)
-    record = {
-        "results": results,
-        "seconds": round(time.perf_counter() - started, 1),
-        "cpus": os.cpu_count(),
-        "command": "python -m bench.accuracy " + " ".join(argv or sys.argv[1:]),
-    }
-    args.output.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+    def save(results: dict[str, Any], complete: bool = False) -> None:
+        record = {
+            "results": results,
+            "complete": complete,
+            "seconds": round(time.perf_counter() - started, 1),
+            "cpus": os.cpu_count(),
+            "load_average": os.getloadavg(),
+            "command": "python -m bench.accuracy " + " ".join(argv or sys.argv[1:]),
+        }
+        args.output.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+    results = run(names, methods, args.jobs, save)
+    save(results, complete=True)
     print(markdown(results))
     return 0
 
