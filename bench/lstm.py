@@ -7,20 +7,31 @@ the test part). Scoring replays the data set's events, in order, through
 calls :meth:`Predictor.forecast` at the end of the training part (protocol B):
 the code the service runs.
 
-Leading zeros are not sent to the LSTM (neither in training nor in the
-replay): under ``stream_mean_abs`` scaling a stream that opens with 0 has a
-scale at the floor (1e-3), and its next value divided by it becomes a target a
-million times larger than any other, which swamps the global normalisation
-and the loss. A stream's events start at its first non-zero value.
+Leading zeros are not sent to the ``stream_mean_abs`` LSTMs (neither in
+training nor in the replay): a stream that opens with 0 has a scale at the
+floor (1e-3), and its next value divided by it becomes a target a million
+times larger than any other, which swamps the global normalisation and the
+loss. A stream's events start at its first non-zero value. Recipe models
+(the trainer's defaults) get every row: their trainer gives a step whose
+window is all zeros no weight.
+
+Recipe models go through the Predictor as well (protocol A: ``predict``;
+B: ``forecast`` at the end of the training part). vic_elec's protocol B (from
+each midnight, with the temperature as a known covariate, which
+``Predictor.forecast`` does not take) uses :func:`score_recipe`: the same
+functions serving calls (``recipe.advance`` for the features,
+``StreamingLSTM.step``), each forecast fed back as the next event's value.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from bench.baselines import Forecasts
 from streamcell.trainer.datasets import Dataset
@@ -34,44 +45,125 @@ class LstmRun:
     train_info: dict[str, Any]
 
 
-def train(ds: Dataset, settings: Any, lags: int = 1, max_train_rows: int | None = None):
+def train(ds: Dataset, settings: Any, lags: int = 1):
     """Train one global model on the training part; returns (TrainResult, info)."""
     from streamcell.trainer.api import load_long_frame, train_local
-    from streamcell.trainer.data import min_length
 
-    frame, features, targets = model_frame(ds, ds.part("train"), lags)
-    need = min_length(settings.window, settings.val_fraction)
-    counts = frame["stream"].map(frame["stream"].value_counts())
-    short = sorted(set(frame.loc[counts < need, "stream"]))
-    frame = frame[counts >= need]
-    if max_train_rows is not None:  # keep each stream's most recent rows
-        frame = frame[frame["seq"] >= frame["stream"].map(ds.n_train) - max_train_rows]
+    if settings.recipe:
+        frame, features, targets = ds.part("train"), list(ds.features), [ds.target]
+    else:
+        frame, features, targets = model_frame(ds, ds.part("train"), lags)
     long = load_long_frame(frame, features=features, targets=targets)
     started = time.perf_counter()
     result = train_local(long, settings)
+    m, t = result.metrics, result.config.training
     info = {
         "settings": {**settings.to_dict(), "lags": lags},
+        "recipe": result.config.recipe,
         "train_rows": long.rows,
-        "streams_trained": len(long.streams),
-        "streams_too_short": len(short),
+        "streams_trained": len(long.streams) - t.get("streams_left_out", 0),
+        "streams_too_short": t.get("streams_left_out", 0),
+        "selection": t.get("selection"),
         "seconds": round(time.perf_counter() - started, 1),
-        "best_epoch": result.metrics.get("epoch"),
-        "epochs_run": result.metrics.get("epochs_run"),
-        "val_mase_last_value_scale": result.metrics.get("val_mase"),
-        "val_mae": result.metrics.get("val_mae"),
+        "best_epoch": m.get("epoch"),
+        "epochs_run": m.get("epochs_run"),
+        "val_mase_last_value_scale": m.get("val_mase"),
+        "val_last_value_mase": m.get("last_value_mase"),
+        "val_seasonal_naive_mase": m.get("seasonal_naive_mase"),
+        "val_mae": m.get("val_mae"),
     }
     return result, info
 
 
-def score(ds: Dataset, result: Any, name: str, lags: int = 1) -> dict[str, Forecasts]:
-    """Protocols A and B through the Predictor, for every stream of the data set."""
+@torch.no_grad()
+def score_recipe(
+    ds: Dataset, result: Any, origins: dict[str, list[int]], horizon: int | None
+) -> dict[str, Forecasts]:
+    """Protocols A and B of a recipe model, with serving's functions (see the module doc).
+
+    ``origins``: per stream, the rows after which a ``horizon``-step forecast
+    starts (protocol B; forecasts of all of a stream's origins concatenated).
+    Covariates (vic_elec's temperature) are taken as known in the horizon.
+    """
+    from streamcell.core.recipe import Recipe, advance
+    from streamcell.trainer.prepare import featurize_all
+
+    config, model = result.config, result.model.eval()
+    recipe: Recipe = config.history
+    in_mean = np.asarray(config.input_mean, np.float32)
+    in_std = np.asarray(config.input_std, np.float32)
+    t_mean, t_std = float(config.target_mean[0]), float(config.target_std[0])
+    series = list(ds.series())
+    frame = ds.frame.sort_values(["stream", "seq"], kind="stable")
+    xs = {
+        str(s): g[list(ds.features)].to_numpy(np.float32)
+        for s, g in frame.groupby("stream", sort=False)
+    }
+    computed = featurize_all(recipe, [xs[s] for s, _, _ in series])
+    out: dict[str, Forecasts] = {}
+    for (stream, y, n), (feats, scale) in zip(series, computed, strict=True):
+        u = torch.from_numpy((feats - in_mean) / in_std).unsqueeze(0)
+        cuts = sorted(set(origins.get(stream, [])))
+        bounds = [0, *cuts, len(y)]
+        h, c = model.zero_state(1, torch.device("cpu"))
+        parts, states = [], {}
+        for a, b in itertools.pairwise(bounds):
+            if b > a:
+                z, (h, c) = model(u[:, a:b], (h, c))
+                parts.append(z[0, :, 0].numpy())
+            states[b] = (h.clone(), c.clone())
+        z_all = np.concatenate(parts)
+        yhat = (z_all * t_std + t_mean) * scale  # row t: the forecast of y_{t+1}
+        one = yhat[n - 1 : len(y) - 1].astype(np.float64)
+        origin = None
+        if horizon is not None and cuts:
+            x = xs[stream]
+            paths = []
+            for o in cuts:
+                hh, cc = states[o]
+                ring = np.zeros((1, recipe.buffer_size), np.float32)
+                for k in range(max(0, o - recipe.buffer_size), o):
+                    ring[0, k % recipe.buffer_size] = x[k, recipe.target]
+                seen = np.array([o - 1], np.int64)
+                # The state after event o-1 predicted y_o; its forecast is the next event.
+                z_last = z_all[o - 1]
+                s_last = scale[o - 1]
+                path = []
+                for k in range(horizon):
+                    pred = (z_last * t_std + t_mean) * s_last
+                    path.append(pred)
+                    if k == horizon - 1:
+                        break
+                    event = x[min(o + k, len(x) - 1)].copy()[None, :]
+                    event[0, recipe.target] = np.float32(pred)
+                    seen += 1
+                    f, sc = advance(recipe, ring, seen, event)
+                    step = model.step(torch.from_numpy((f - in_mean) / in_std), hh, cc)
+                    hh, cc = step.h, step.c
+                    z_last, s_last = float(step.y[0, 0]), float(sc[0])
+                paths.append(np.asarray(path, np.float64))
+            origin = np.concatenate(paths)
+        out[stream] = Forecasts(one, origin)
+    return out
+
+
+def score(
+    ds: Dataset, result: Any, name: str, lags: int = 1, every_row: bool = False
+) -> dict[str, Forecasts]:
+    """Protocols A and B through the Predictor, for every stream of the data set.
+
+    ``every_row``: replay leading zeros too (recipe models are trained on them).
+    """
     from streamcell.core.events import EventBatch
     from streamcell.core.predictor import Predictor
     from streamcell.trainer.api import loaded_model
 
     streams = ds.streams
     predictor = Predictor(loaded_model(result, name), max_streams=len(streams) + 1)
-    frame, features, _ = model_frame(ds, ds.frame, lags)
+    if every_row:
+        frame, features = ds.frame, list(ds.features)
+    else:
+        frame, features, _ = model_frame(ds, ds.frame, lags)
     x = frame[features].to_numpy(np.float32)
     ids = frame["stream"].astype(str).to_numpy()
     seq = frame["seq"].to_numpy(np.int64)

@@ -52,3 +52,12 @@ def test_demo_runs_to_the_end_and_leaves_no_process(tmp_path):
     assert (out / "predictions.png").stat().st_size > 10_000
     leftovers = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", f"processes left behind: {leftovers.stdout}"
+
+
+def test_other_methods_are_scored_on_the_same_streams_only():
+    values = np.array([1.0, 2.0, 3.0, 4.0, 6.0, 5.0])
+    ours = {("s", 3): 5.0, ("s", 4): 5.5, ("t", 3): 5.0, ("t", 4): 5.5}
+    ets = {("s", 3): 6.0, ("s", 4): 5.0}  # nothing for stream t
+    got = score([("s", values, 4), ("t", values, 4)], ours, period=2, others={"ETS": ets})
+    assert got.streams == 1 and got.mase["ETS"] == pytest.approx(0.0)
+    assert got.mase["streamcell"] == pytest.approx((1.0 + 0.5) / 2 / 2)

@@ -25,7 +25,7 @@ EXPECTED = {
     # name: (streams, rows, training rows, test rows, period, horizon, features)
     "tourism_monthly": (366, 109_280, 100_496, 366 * 24, 12, 24, ("value",)),
     "tourism_quarterly": (427, 42_544, 39_128, 427 * 8, 4, 8, ("value",)),
-    "aus_retail": (152, 64_532, 60_980, 148 * 24, 12, None, ("value",)),
+    "aus_retail": (152, 64_532, 60_980, 148 * 24, 12, 24, ("value",)),
     "vic_elec": (1, 52_608, 35_088, 17_520, 48, None, ("value", "temperature")),
 }
 

@@ -93,12 +93,17 @@ def test_duplicate_order_values(frame: pd.DataFrame) -> None:
         load_long_frame(frame)
 
 
-def test_too_short_streams_are_named(frame: pd.DataFrame) -> None:
-    short = pd.DataFrame({"stream": "tiny", "seq": range(10), "value": np.arange(10.0)})
-    data = load_long_frame(pd.concat([frame, short]))
-    with pytest.raises(DataError, match=r"1 stream\(s\) are too short.*'tiny' \(10 rows\)"):
-        prepare_frame(data, TrainSettings(window=16))
-    prepare_frame(data, TrainSettings(window=4, val_fraction=0.2))  # long enough here
+def test_short_streams_never_stop_a_run(frame: pd.DataFrame) -> None:
+    tiny = pd.DataFrame({"stream": "tiny", "seq": range(2), "value": [1.0, 2.0]})
+    short = pd.DataFrame({"stream": "short", "seq": range(10), "value": np.arange(10.0) + 1})
+    data = load_long_frame(pd.concat([frame, short, tiny]))
+    for scaling in ("window_mean_abs", "global"):
+        prepared = prepare_frame(data, TrainSettings(window=64, scaling=scaling))
+        names = [s.stream for s in prepared.streams]
+        assert "short" in names and "tiny" not in names  # trained on what it has / left out
+    only_tiny = load_long_frame(tiny)
+    with pytest.raises(DataError, match="every stream is too short"):
+        prepare_frame(only_tiny, TrainSettings())
 
 
 def test_split_leaves_at_least_one_validation_row() -> None:
@@ -157,8 +162,6 @@ def test_cli_reports_bad_data_and_flags(
     assert code == 2 and "data file" in err and "does not exist" in err
     code, err = run_cli(capsys, "--data", str(csv), "--features", "value,temp", *common)
     assert code == 2 and "feature column 'temp' is missing" in err
-    code, err = run_cli(capsys, "--data", str(csv), "--window", "64", *common)
-    assert code == 2 and "too short for --window 64" in err
     code, err = run_cli(capsys, "--data", str(csv), "--val-fraction", "1.5", *common)
     assert code == 2 and "strictly between 0 and 1" in err
     code, err = run_cli(capsys, "--data", str(csv), "--epochs", "0", *common)

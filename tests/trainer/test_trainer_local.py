@@ -46,6 +46,7 @@ def test_carrying_state_across_windows_is_what_makes_it_learn() -> None:
     """A flip every 5 steps with windows of 4: only the carried state can know when."""
     data = load_long_frame(square_waves(streams=16, length=300, period=10, seed=0))
     base = dict(hidden=24, layers=1, epochs=15, window=4, batch_size=16, lr=1e-2, seed=0)
+    base.update(scaling="global")  # the raw values in: no lags to read the phase from
     carried = train(data, TrainSettings(**base, carry_state=True)).metrics
     reset = train(data, TrainSettings(**base, carry_state=False)).metrics
     # Last value misses every flip (1 step in 5, by 2): MAE about 0.44.
@@ -53,13 +54,15 @@ def test_carrying_state_across_windows_is_what_makes_it_learn() -> None:
     assert reset["val_mae"] > 3 * carried["val_mae"], (reset, carried)
 
 
-@pytest.mark.parametrize("scaling", ["global", "stream_mean_abs"])
+@pytest.mark.parametrize("scaling", ["global", "stream_mean_abs", "window_mean_abs"])
 def test_training_side_validation_equals_the_predictor(scaling: str) -> None:
     frame = noisy_sines(streams=5, length=80, seed=3)
     frame["value"] = frame["value"] * (1 + np.arange(len(frame)) % 5 * 10.0)  # varied sizes
     frame["aux"] = np.cos(frame["seq"] / 3.0) + 2.0
     data = load_long_frame(frame, features=["value", "aux"], targets=["value"])
-    settings = TrainSettings(hidden=8, layers=2, epochs=2, window=8, scaling=scaling, seed=1)
+    settings = TrainSettings(
+        hidden=8, layers=2, epochs=2, window=8, scaling=scaling, seed=1, final_fit=False
+    )
     result = train(data, settings)
     prepared = prepare_frame(data, settings)
     predictor = Predictor(loaded_model(result))
@@ -84,7 +87,7 @@ def test_training_side_validation_equals_the_predictor(scaling: str) -> None:
 def test_validation_metrics_by_hand() -> None:
     frame = noisy_sines(streams=2, length=50, seed=5)
     data = load_long_frame(frame)
-    settings = TrainSettings(hidden=4, layers=1, epochs=1, window=8, val_fraction=0.2)
+    settings = TrainSettings(hidden=4, layers=1, epochs=1, window=8, final_fit=False)
     result = train(data, settings)
     prepared = prepare_frame(data, settings)
     preds = predict_streams(result.model, prepared, [0, 1], path="step")

@@ -53,6 +53,7 @@ def test_cli_trains_with_two_workers_and_the_service_beats_last_value(
             *("--data", str(csv), "--registry", str(registry), "--model", "sines"),
             *("--workers", "2", "--gpu", "auto", "--epochs", "12", "--hidden", "16"),
             *("--layers", "1", "--window", "16", "--lr", "0.01", "--batch-size", "8"),
+            *("--scaling", "global"),  # the raw values in: the Predictor below serves them
         ]
     )
     captured = capsys.readouterr()

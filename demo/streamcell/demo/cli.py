@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="data set shipped in a PyPI package (default aus_retail: 152 monthly series)",
     )
     parser.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
-    parser.add_argument("--epochs", type=int, default=60, help="most training epochs (default 60)")
+    parser.add_argument("--epochs", type=int, default=20, help="most training epochs (default 20)")
     parser.add_argument("--hidden", type=int, default=64, help="LSTM hidden size (default 64)")
     parser.add_argument("--layers", type=int, default=2, help="LSTM layers (default 2)")
     parser.add_argument(

@@ -8,6 +8,8 @@ next to the last-value and seasonal-naive forecasts of the same step.
 
 from __future__ import annotations
 
+import threading
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -29,13 +31,17 @@ def score(
     predictions: Mapping[tuple[str, int], float],
     period: int,
     partial: bool = False,
+    others: Mapping[str, Mapping[tuple[str, int], float]] | None = None,
 ) -> Scores:
     """``series``: (stream, values by seq, n_train); ``predictions``: (stream, seq) -> yhat.
 
     A stream with a missing prediction is left out, unless ``partial``: then
     the held-out steps predicted so far are scored (for live progress).
+    ``others``: more methods' one-step forecasts, keyed like ``predictions``.
     """
-    mase: dict[str, list[float]] = {"streamcell": [], "last value": [], "seasonal naive": []}
+    others = others or {}
+    names = ["streamcell", "last value", "seasonal naive", *others]
+    mase: dict[str, list[float]] = {k: [] for k in names}
     sq: dict[str, list[float]] = {k: [] for k in mase}
     steps = 0
     for stream, values, n_train in series:
@@ -58,6 +64,12 @@ def score(
             "last value": values[held - 1],
             "seasonal naive": values[held - period],
         }
+        for name, table in others.items():
+            forecasts[name] = np.asarray(
+                [table.get((stream, int(t) - 1), np.nan) for t in held], dtype=np.float64
+            )
+        if not all(np.isfinite(f).all() for f in forecasts.values()):
+            continue  # every method on the same streams and steps, or the stream is left out
         for method, f in forecasts.items():
             err = actual - f
             mase[method].append(float(np.mean(np.abs(err))) / scale)
@@ -69,3 +81,50 @@ def score(
         scored_steps=steps,
         streams=len(mase["streamcell"]),
     )
+
+
+class EtsThread(threading.Thread):
+    """Online one-step ETS forecasts of every held-out step, where statsmodels is installed.
+
+    Damped additive trend, multiplicative seasonality where the training part
+    is positive (as the accuracy benchmark's ETS): fitted once on each
+    stream's training part, then run over its held-out part with the
+    parameters frozen. ``forecasts`` is keyed like the service's predictions:
+    (stream, seq of the last event seen) -> forecast of the next.
+    """
+
+    def __init__(self, series: list[tuple[str, np.ndarray, int]], period: int) -> None:
+        super().__init__(name="ets-baseline", daemon=True)
+        self.series, self.period = series, period
+        self.forecasts: dict[tuple[str, int], float] = {}
+        self.why = ""
+
+    def run(self) -> None:
+        try:
+            from statsmodels.tsa.exponential_smoothing.ets import ETSModel
+        except ImportError:
+            self.why = "statsmodels is not installed (pip install streamcell[bench])"
+            return
+        out: dict[tuple[str, int], float] = {}
+        try:
+            for stream, y, n in self.series:
+                if n <= 2 * self.period or n >= len(y):
+                    continue
+                spec = dict(
+                    error="add",
+                    trend="add",
+                    damped_trend=True,
+                    seasonal="mul" if y[:n].min() > 0 else "add",
+                    seasonal_periods=self.period,
+                    initialization_method="heuristic" if self.period > 24 else "estimated",
+                )
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    fitted = ETSModel(y[:n], **spec).fit(disp=False)
+                    one = np.asarray(ETSModel(y, **spec).smooth(fitted.params).fittedvalues)
+                for t in range(n, len(y)):
+                    out[(stream, t - 1)] = float(one[t])
+        except Exception as exc:  # a baseline must never stop the demo
+            self.why = f"ETS failed: {type(exc).__name__}: {exc}"
+            return
+        self.forecasts = out

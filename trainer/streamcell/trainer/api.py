@@ -25,10 +25,12 @@ import torch
 
 from streamcell.core.checkpoint import LoadedModel, ModelConfig, save_checkpoint
 from streamcell.core.model import StreamingLSTM
-from streamcell.trainer.data import LongFrame, check_lengths, load_long_frame
+from streamcell.trainer.data import LongFrame, drop_short, load_long_frame
 from streamcell.trainer.evaluate import evaluate
-from streamcell.trainer.loop import LoopState, fit, new_model, restore_best
-from streamcell.trainer.prepare import Prepared, prepare
+from streamcell.trainer.loop import LoopState, restore_best
+from streamcell.trainer.periods import build_recipe
+from streamcell.trainer.prepare import Prepared, prepare, target_column
+from streamcell.trainer.select import select_and_fit
 from streamcell.trainer.settings import TrainSettings
 
 if TYPE_CHECKING:
@@ -61,9 +63,39 @@ class TrainResult:
 
 
 def prepare_frame(frame: LongFrame, settings: TrainSettings) -> Prepared:
-    """Check stream lengths and normalise; raises DataError before any training starts."""
-    check_lengths(frame, settings.window, settings.val_fraction)
-    return prepare(frame, settings.val_fraction, settings.scaling, settings.scale_floor)
+    """Leave out streams too short to learn from, find the recipe, normalise.
+
+    Raises DataError before any training starts.
+    """
+    frame = drop_short(frame, settings.val_fraction)
+    recipe = None
+    if settings.recipe:
+        target = target_column(frame)
+        recipe = build_recipe(
+            [y[: split(len(y), settings)] for y in (x[:, target] for x in frame.x)],
+            width=len(frame.features),
+            target=target,
+            spacing=frame.spacing,
+            periods=settings.periods,
+            lags=settings.lags,
+            scale_window=settings.scale_window,
+            age=settings.age,
+            scale_floor=settings.scale_floor,
+        )
+    return prepare(
+        frame,
+        settings.val_fraction,
+        settings.scaling,
+        settings.scale_floor,
+        recipe=recipe,
+        weights=settings.stream_weights,
+    )
+
+
+def split(length: int, settings: TrainSettings) -> int:
+    from streamcell.trainer.data import split_point
+
+    return split_point(length, settings.val_fraction)
 
 
 def train_local(
@@ -78,26 +110,24 @@ def train_local(
 
     ``threads`` sets torch's intra-op threads for the run (small models on a
     busy machine train many times faster with 1); None leaves torch's setting.
+    With ``settings.candidates`` each is trained and validated and the best
+    kept (:mod:`streamcell.trainer.select`), then refitted on every row of
+    the training part where ``settings.final_fit`` and the time budget allow.
     """
-    prepared = prepare_frame(frame, settings)
     started = time.perf_counter()
-    model = new_model(prepared, settings).to(device)
-
-    def report(state: LoopState, _opt: torch.optim.Optimizer) -> None:
-        if on_epoch is not None:
-            on_epoch(state.history[-1])
-
     with torch_threads(threads):
-        state = fit(model, prepared, settings, shard=list(range(len(prepared))), on_epoch=report)
+        chosen = select_and_fit(frame, settings, prepare_frame, device=device, on_epoch=on_epoch)
     return finish(
         frame,
-        prepared,
-        settings,
-        state,
-        model,
+        chosen.prepared,
+        chosen.settings,
+        chosen.state,
+        chosen.model,
         workers=1,
         device=str(device),
         seconds=time.perf_counter() - started,
+        final=chosen.final,
+        selection=chosen.record,
     )
 
 
@@ -152,8 +182,14 @@ def finish(
     workers: int,
     device: str,
     seconds: float,
+    final: StreamingLSTM | None = None,
+    selection: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """The best epoch's model, re-scored through the serving step, and its config."""
+    """The best epoch's model, re-scored through the serving step, and its config.
+
+    ``final``: the chosen settings refitted on every training row; it is
+    what is exported, while the metrics stay those of the validated model.
+    """
     best = restore_best(model, state)
     # The exported metrics come from the streaming step (the Predictor's code path).
     metrics = evaluate(best, prepared, list(range(len(prepared))), path="step").metrics()
@@ -162,7 +198,11 @@ def finish(
         epochs_run=state.epoch,
         stopped_early=state.stopped_early,
         eval_path="step",
+        season=prepared.season,
+        final_fit=final is not None,
     )
+    if final is not None:
+        best = final
     training = {
         "args": {
             **settings.to_dict(),
@@ -173,7 +213,9 @@ def finish(
         "data_fingerprint": frame.fingerprint,
         "rows": frame.rows,
         "streams": len(frame.streams),
+        "streams_left_out": len(frame.streams) - len(prepared),
         "train_pairs": prepared.train_pairs(),
+        "selection": selection or {},
         "workers": workers,
         "device": device,
         "seconds": round(seconds, 3),
@@ -185,7 +227,7 @@ def finish(
     }
     norm = prepared.norm
     config = ModelConfig(
-        input_size=best.input_size,
+        input_size=len(frame.features),
         hidden_size=best.hidden_size,
         num_layers=best.num_layers,
         output_size=best.output_size,
@@ -199,6 +241,7 @@ def finish(
         scale_floor=float(settings.scale_floor),
         metrics=metrics,
         training=training,
+        recipe=None if prepared.recipe is None else prepared.recipe.to_json(),
     )
     return TrainResult(best, config, list(state.history))
 

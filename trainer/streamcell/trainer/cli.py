@@ -13,7 +13,10 @@ import os
 import sys
 from pathlib import Path
 
+from streamcell.core.errors import StreamcellError
+
 HELP = "train the LSTM (locally or with Ray Train) and export a version to a registry"
+DEFAULT_TIME_BUDGET = 120.0
 
 
 def _names(text: str) -> list[str]:
@@ -43,6 +46,19 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _periods(text: str) -> tuple[int, ...]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        msg = f"expected integers like 12 or 48,336, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if values == [0]:
+        return ()
+    if not values or any(v < 2 for v in values):
+        raise argparse.ArgumentTypeError(f"periods must be at least 2 (or 0: none), got {text!r}")
+    return tuple(values)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument(
@@ -66,11 +82,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     data.add_argument(
         "--scaling",
-        choices=["global", "stream_mean_abs"],
-        default="global",
-        help="normalisation: global z-score, or per stream by its running mean |x| first",
+        choices=["window_mean_abs", "global", "stream_mean_abs"],
+        default="window_mean_abs",
+        help="window_mean_abs (default): the model takes each stream's history (lags, a scale "
+        "from its recent mean |y|, season; one target); global: the event's values, "
+        "z-scored; stream_mean_abs: the values over their running mean |x| first",
     )
     data.add_argument("--scale-floor", type=float, default=1e-3, help="least per-stream scale")
+    data.add_argument(
+        "--period",
+        type=_periods,
+        help="seasonal period(s), comma-separated, e.g. 48,336 (default: found from the "
+        "timestamps' spacing or the data's autocorrelation; 0: none)",
+    )
 
     model = parser.add_argument_group("model and optimisation")
     model.add_argument("--hidden", type=_positive, default=64, help="LSTM hidden size (default 64)")
@@ -80,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--window", "--tbptt", type=_positive, default=32, help="TBPTT window in steps (default 32)"
     )
     model.add_argument(
-        "--batch-size", type=_positive, default=64, help="streams per batch (default 64)"
+        "--batch-size", type=_positive, default=32, help="streams per batch (default 32)"
     )
     model.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
     model.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -90,8 +114,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--monitor",
         choices=["val_mae", "val_rmse", "val_mase"],
-        default="val_mae",
-        help="validation metric that picks the best epoch (default val_mae)",
+        default="val_mase",
+        help="validation metric that picks the best epoch and candidate (default val_mase)",
+    )
+    model.add_argument(
+        "--loss",
+        choices=["mae", "mse"],
+        default="mae",
+        help="mae (default): absolute error, each stream weighed as MASE weighs it; mse",
+    )
+    model.add_argument(
+        "--time-budget",
+        type=float,
+        default=DEFAULT_TIME_BUDGET,
+        help=f"seconds for training, candidates and final fit together (default "
+        f"{DEFAULT_TIME_BUDGET:g}; 0: no limit)",
+    )
+    model.add_argument(
+        "--no-candidates",
+        action="store_true",
+        help="train the settings given only (default with --no-ray and a recipe: also try "
+        "the candidates of streamcell.trainer.settings.DEFAULT_CANDIDATES)",
+    )
+    model.add_argument(
+        "--final-fit",
+        action="store_true",
+        help="refit the chosen settings on every training row (validation rows included) "
+        "and export that, instead of the validated model",
+    )
+    model.add_argument(
+        "--age", action="store_true", help="give the model the stream's age, log(1 + n)"
+    )
+    model.add_argument(
+        "--allow-worse",
+        action="store_true",
+        help="publish even a model that validates worse than both last value and seasonal naive",
     )
 
     run = parser.add_argument_group("where it runs and where it goes")
@@ -132,9 +189,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from streamcell.core.checkpoint import check_name
     from streamcell.core.errors import ConfigError
-    from streamcell.trainer.settings import TrainSettings
+    from streamcell.trainer.settings import DEFAULT_CANDIDATES, TrainSettings
 
     check_name(args.model)
+    recipe = args.scaling == "window_mean_abs"
     settings = TrainSettings(
         hidden=args.hidden,
         layers=args.layers,
@@ -148,6 +206,12 @@ def run(args: argparse.Namespace) -> int:
         monitor=args.monitor,
         scaling=args.scaling,
         scale_floor=args.scale_floor,
+        loss=args.loss,
+        periods=args.period,
+        time_budget=args.time_budget,
+        candidates=DEFAULT_CANDIDATES if recipe and args.no_ray and not args.no_candidates else (),
+        final_fit=args.final_fit,
+        age=args.age,
     )
     if args.no_ray and args.workers != 1:
         raise ConfigError("--no-ray trains in this process: it takes no --workers")
@@ -176,6 +240,12 @@ def run(args: argparse.Namespace) -> int:
             on_epoch=lambda r: _print_epoch(r, settings),
             threads=args.threads or 1,
         )
+    from streamcell.trainer.evaluate import worse_than_baselines
+
+    verdict = worse_than_baselines(result.metrics)
+    if verdict and not args.allow_worse:
+        _print_skill(result)
+        raise TrainingRefused(f"not published: {verdict} (--allow-worse publishes it anyway)")
     path = api.export(result, args.registry, args.model)
     _summary(path, result, args.json)
     return 0
@@ -211,6 +281,23 @@ def _load(args: argparse.Namespace):
     )
 
 
+class TrainingRefused(StreamcellError):
+    """The model trained but validates worse than the baselines: not published (exit 2)."""
+
+
+def _print_skill(result) -> None:
+    print(skill_line(result.config.metrics), file=sys.stderr)
+
+
+def skill_line(m: dict) -> str:
+    return (
+        f"validation MASE {m['val_mase']:.4f}: last value {m['last_value_mase']:.4f}, "
+        f"seasonal naive (lag {m.get('season', 1)}) {m['seasonal_naive_mase']:.4f} "
+        f"(skill {1 - m['val_mase'] / m['last_value_mase']:+.1%} and "
+        f"{1 - m['val_mase'] / m['seasonal_naive_mase']:+.1%})"
+    )
+
+
 def _print_epoch(record: dict, settings) -> None:
     from streamcell.trainer.loop import epoch_line
 
@@ -228,7 +315,21 @@ def _summary(path: Path, result, as_json: bool) -> None:
         f"RMSE {m['val_rmse']:.6g} MASE {m['val_mase']:.4f} "
         f"(last value: MAE {m['last_value_mae']:.6g} MASE {m['last_value_mase']:.4f})"
     )
+    print(skill_line(m))
+    recipe = result.config.recipe
+    if recipe is not None:
+        print(
+            f"recipe: periods {recipe['periods']}, lags {recipe['lags']}, "
+            f"scale window {recipe['scale_window']}"
+        )
+    selection = t.get("selection") or {}
+    if selection.get("candidates"):
+        tried = ", ".join(
+            f"{c['overrides'] or 'base'}: {c['score']:.4f}" for c in selection["candidates"]
+        )
+        print(f"candidates ({selection['monitor']}): {tried}; final fit: {selection['final_fit']}")
     print(
-        f"{t['rows']} rows, {t['streams']} streams, {t['workers']} worker(s) on {t['device']}, "
+        f"{t['rows']} rows, {t['streams']} streams ({t.get('streams_left_out', 0)} too short "
+        f"to train on, served all the same), {t['workers']} worker(s) on {t['device']}, "
         f"{t['samples_per_s']:.0f} samples/s, {t['seconds']:.1f} s"
     )

@@ -14,7 +14,7 @@ import hashlib
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +42,8 @@ class LongFrame:
     order_column: str
     fingerprint: str  # sha256 of stream ids, column names and values
     source: str
+    spacing: float | None = None  # median seconds between rows where the order is a time
+    left_out: int = 0  # streams too short to train on (drop_short), not in this frame
 
     @property
     def rows(self) -> int:
@@ -168,6 +170,7 @@ def load_long_frame(
             f"stream {first['s']!r} has two rows with {order_column}={first['o']} {where}"
         )
     streams = list(dict.fromkeys(ids))
+    spacing = _spacing(work) if pd.api.types.is_datetime64_any_dtype(order) else None
     feat_idx = [columns.index(f) for f in features]
     targ_idx = [columns.index(t) for t in targets]
     values32 = values.astype(np.float32)
@@ -187,32 +190,57 @@ def load_long_frame(
         order_column,
         _fingerprint(streams, features, targets, xs, ys),
         source,
+        spacing,
     )
 
 
-def check_lengths(frame: LongFrame, window: int, val_fraction: float) -> None:
-    """Every stream must hold a training part of window + 1 rows and 1+ validation rows."""
-    need = min_length(window, val_fraction)
-    short = [(s, len(x)) for s, x in zip(frame.streams, frame.x, strict=True) if len(x) < need]
-    if short:
-        listed = ", ".join(f"{s!r} ({n} rows)" for s, n in short[:5])
-        more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+def _spacing(work: pd.DataFrame) -> float | None:
+    """Median time between consecutive rows of a stream, in seconds."""
+    import pandas as pd
+
+    times = pd.to_datetime(work["o"])
+    gaps = times.groupby(work["s"].to_numpy()).diff().dropna()
+    if gaps.empty:
+        return None
+    return float(gaps.dt.total_seconds().median())
+
+
+MIN_ROWS = 3  # two training rows (one step to learn) and one to validate
+
+
+def drop_short(frame: LongFrame, val_fraction: float) -> LongFrame:
+    """The frame without streams too short to train on (counted in ``left_out``).
+
+    Such streams are still served like any other; they only teach the model
+    nothing. A stream needs two training rows and one validation row; windows
+    longer than a stream are simply cut short by the loop. Raises DataError
+    only if no stream is left.
+    """
+    keep = [
+        k
+        for k, x in enumerate(frame.x)
+        if len(x) >= MIN_ROWS and split_point(len(x), val_fraction) >= 2
+    ]
+    if not keep:
+        longest = max(len(x) for x in frame.x)
         raise DataError(
-            f"{len(short)} stream(s) are too short for --window {window} and --val-fraction "
-            f"{val_fraction} (each needs at least {need} rows): {listed}{more}"
+            f"every stream is too short to train on with --val-fraction {val_fraction} "
+            f"(the longest has {longest} rows; each needs at least {MIN_ROWS})"
         )
+    if len(keep) == len(frame.x):
+        return frame
+    return replace(
+        frame,
+        streams=tuple(frame.streams[k] for k in keep),
+        x=tuple(frame.x[k] for k in keep),
+        y=tuple(frame.y[k] for k in keep),
+        left_out=frame.left_out + len(frame.x) - len(keep),
+    )
 
 
 def split_point(length: int, val_fraction: float) -> int:
     """Rows of a stream before validation starts (its training part)."""
     return length - max(1, math.ceil(length * val_fraction - 1e-9))
-
-
-def min_length(window: int, val_fraction: float) -> int:
-    n = window + 2
-    while split_point(n, val_fraction) < window + 1:
-        n += 1
-    return n
 
 
 def _fingerprint(

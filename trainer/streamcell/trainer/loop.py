@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,18 +96,26 @@ def fit(
     state: LoopState | None = None,
     sync: Sync | None = None,
     on_epoch: Callable[[LoopState, torch.optim.Optimizer], None] | None = None,
+    deadline: float | None = None,
+    validate: bool = True,
 ) -> LoopState:
     """Train ``model`` on the streams ``shard`` until the epochs run out or patience does.
 
     ``net`` is what the forward pass goes through (a DDP wrapper of ``model``
     in Ray; ``model`` itself otherwise). ``state`` and the optimizer's state
     resume an interrupted run. ``on_epoch`` sees the state after each epoch.
+    ``deadline`` (time.monotonic()) stops after the epoch that passes it (or
+    one that would, at the pace so far); ``settings.time_budget`` sets one
+    from now where none is given. ``validate=False`` (the final fit on every
+    row) scores nothing and keeps the last epoch.
     """
     net = net or model
     sync = sync or LocalSync()
     optimizer = optimizer or new_optimizer(net, settings)
     state = state or LoopState()
     device = model.head.weight.device
+    if deadline is None and settings.time_budget > 0:
+        deadline = time.monotonic() + settings.time_budget
     while state.epoch < settings.epochs and not state.stopped_early:
         epoch = state.epoch + 1
         t0 = time.perf_counter()
@@ -114,13 +123,16 @@ def fit(
             net, optimizer, prepared, settings, shard, epoch, device, sync
         )
         seconds = time.perf_counter() - t0
-        stats = EvalStats(sync.sum(evaluate(model, prepared, shard).values))
-        metrics = stats.metrics()
+        if validate:
+            metrics = EvalStats(sync.sum(evaluate(model, prepared, shard).values)).metrics()
+        else:
+            metrics = {}
         state.epoch = epoch
         state.train_seconds += seconds
         state.samples += int(points)
-        score = metrics[settings.monitor]
-        better = score < state.best_score * (1 - settings.min_delta)
+        score = metrics.get(settings.monitor, float("nan"))
+        # A NaN score (nothing validated) keeps the newest epoch.
+        better = math.isnan(score) or score < state.best_score * (1 - settings.min_delta)
         if better:
             state.best_epoch, state.best_score = epoch, score
             state.best_metrics = {**metrics, "epoch": epoch}
@@ -138,6 +150,12 @@ def fit(
             "best": better,
             **metrics,
         }
+        if deadline is not None:
+            pace = (time.perf_counter() - t0) * 0.5  # the next epoch must fit half its time
+            late = int(time.monotonic() + pace > deadline)
+            if sync.max_int(late) and state.epoch < settings.epochs:
+                state.stopped_early = True
+                record["out_of_time"] = True
         state.history.append(record)
         if on_epoch is not None:
             on_epoch(state, optimizer)
@@ -154,7 +172,7 @@ def _train_epoch(
     device: torch.device,
     sync: Sync,
 ) -> tuple[float, float]:
-    """One pass over the shard; returns (sum of squared errors, target points), all workers."""
+    """One pass over the shard; returns (sum of weighted losses, target points), all workers."""
     net.train()
     rng = np.random.default_rng([settings.seed, epoch])
     order = [shard[k] for k in rng.permutation(len(shard))]
@@ -174,8 +192,10 @@ def _train_epoch(
             hc: tuple[Tensor, Tensor] | None = None if h is None or c is None else (h, c)
             y, (h, c) = net(u[:, t : t + window], hc)
             m = mask[:, t : t + window]
-            sq = ((y - z[:, t : t + window]) ** 2).mean(dim=2) * m
-            count = m.sum()
+            diff = y - z[:, t : t + window]
+            per = diff.abs() if settings.loss == "mae" else diff**2
+            sq = per.mean(dim=2) * m
+            count = (m > 0).sum().clamp(min=1)
             loss = sq.sum() / count
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -208,7 +228,8 @@ def _padded(
     for k, i in enumerate(batch):
         s = prepared.streams[i]
         n = s.n_train - 1
-        u[k, :n], z[k, :n], mask[k, :n] = s.u[:n], s.z[:n], 1.0
+        u[k, :n], z[k, :n] = s.u[:n], s.z[:n]
+        mask[k, :n] = 1.0 if s.weight is None else s.weight[:n]
     return (
         torch.from_numpy(u).to(device),
         torch.from_numpy(z).to(device),
@@ -226,9 +247,19 @@ def restore_best(model: StreamingLSTM, state: LoopState) -> StreamingLSTM:
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    if record.get("final_fit"):
+        tag = "final fit "
+    elif record.get("candidates", 1) > 1:
+        tag = f"candidate {record['candidate'] + 1}/{record['candidates']} "
+    else:
+        tag = ""
+    head = f"{tag}epoch {record['epoch']}/{epochs}: loss {record['train_loss']:.4f}"
+    if "val_mae" not in record:
+        return f"{head} {record['samples_per_s']:.0f} samples/s"
     return (
-        f"epoch {record['epoch']}/{epochs}: loss {record['train_loss']:.4f} "
-        f"val MAE {record['val_mae']:.5g} RMSE {record['val_rmse']:.5g} "
-        f"MASE {record['val_mase']:.4f} (last value {record['last_value_mae']:.5g}) "
+        f"{head} val MAE {record['val_mae']:.5g} RMSE {record['val_rmse']:.5g} "
+        f"MASE {record['val_mase']:.4f} (last value {record['last_value_mase']:.4f}, "
+        f"seasonal naive {record['seasonal_naive_mase']:.4f}) "
         f"{record['samples_per_s']:.0f} samples/s{' *' if record['best'] else ''}"
+        f"{' (out of time)' if record.get('out_of_time') else ''}"
     )

@@ -7,14 +7,17 @@ config.json, so a checkpoint records exactly what produced it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from streamcell.core.errors import ConfigError
-from streamcell.core.normalization import SCALING_GLOBAL, SCALINGS
+from streamcell.core.normalization import SCALING_WINDOW, SCALINGS
 
 GPU_MODES = ("auto", "on", "off")
 MONITORS = ("val_mae", "val_rmse", "val_mase")
+LOSSES = ("mae", "mse")
+# What `streamcell train` tries besides its settings (overrides), chosen on validation.
+DEFAULT_CANDIDATES: tuple[dict[str, Any], ...] = ({}, {"hidden": 32})
 
 
 @dataclass(frozen=True)
@@ -25,17 +28,32 @@ class TrainSettings:
     layers: int = 2
     epochs: int = 20
     window: int = 32  # TBPTT length: gradients flow this many steps back
-    batch_size: int = 64  # streams side by side in one batch
+    batch_size: int = 32  # streams side by side in one batch
     lr: float = 3e-3
     seed: int = 0
     val_fraction: float = 0.2  # last fraction of every stream, predicted online
     patience: int = 5  # epochs without a better `monitor` before stopping
-    scaling: str = SCALING_GLOBAL
+    # window_mean_abs: the model takes the history features of a recipe
+    # (streamcell.core.recipe); global and stream_mean_abs: the event's values.
+    scaling: str = SCALING_WINDOW
     scale_floor: float = 1e-3
     grad_clip: float = 1.0
     carry_state: bool = True  # False resets (h, c) at every window (for comparison only)
     min_delta: float = 0.0  # relative improvement of `monitor` that counts as better
-    monitor: str = "val_mae"  # picks the best epoch; val_mase weighs streams of any size alike
+    monitor: str = "val_mase"  # picks the best epoch; val_mase weighs streams of any size alike
+    loss: str = "mae"  # mae: the absolute error MASE scores; mse: squared
+    # MASE weighs series equally: each point's loss is weighed by its scale over
+    # its stream's in-sample last-value MAE (what its error counts for in MASE).
+    stream_weights: bool = True
+    # Recipe (window_mean_abs only). None: found from the data (streamcell.trainer.periods).
+    periods: tuple[int, ...] | None = None
+    lags: tuple[int, ...] | None = None
+    scale_window: int | None = None
+    age: bool = False  # log(1 + n): serving runs past the ages trained on, so off by default
+    time_budget: float = 0.0  # seconds for the whole run; 0: no limit (epochs and patience)
+    # Candidates tried on validation (overrides of these settings); the best is kept.
+    candidates: tuple[dict[str, Any], ...] = ()
+    final_fit: bool = False  # refit the chosen candidate on every training row (see select.py)
 
     def __post_init__(self) -> None:
         def positive_int(name: str) -> None:
@@ -61,6 +79,36 @@ class TrainSettings:
             raise ConfigError(f"monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
         if not (isinstance(self.min_delta, int | float) and 0 <= self.min_delta < 1):
             raise ConfigError(f"min_delta must be in [0, 1), got {self.min_delta!r}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        for name in ("periods", "lags"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            value = tuple(value)
+            object.__setattr__(self, name, value)
+            low = 2 if name == "periods" else 1
+            if any(not isinstance(v, int) or isinstance(v, bool) or v < low for v in value):
+                raise ConfigError(f"{name} must be integers >= {low}, got {list(value)}")
+        if self.lags == ():
+            raise ConfigError("lags must name at least one lag")
+        if self.scale_window is not None and (
+            not isinstance(self.scale_window, int) or self.scale_window < 1
+        ):
+            raise ConfigError(f"scale_window must be a positive integer, got {self.scale_window!r}")
+        if not (isinstance(self.time_budget, int | float) and self.time_budget >= 0):
+            raise ConfigError(f"time_budget must be >= 0 seconds, got {self.time_budget!r}")
+        object.__setattr__(self, "candidates", tuple(dict(c) for c in self.candidates))
+        for candidate in self.candidates:
+            unknown = set(candidate) - set(self.__dataclass_fields__) - {"candidates"}
+            if unknown or "candidates" in candidate:
+                raise ConfigError(f"candidate {candidate} names unknown settings")
+            replace(self, candidates=(), **candidate)  # checks its values
+
+    @property
+    def recipe(self) -> bool:
+        """Whether the model takes a recipe's history features."""
+        return self.scaling == SCALING_WINDOW
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

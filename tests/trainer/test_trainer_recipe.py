@@ -1,0 +1,164 @@
+"""The trainer's default path: recipe features, found periods, weights, budget, the gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from streamcell.cli import main
+from streamcell.core.checkpoint import load_latest
+from streamcell.core.recipe import Recipe, featurize
+from streamcell.trainer.api import (
+    TrainSettings,
+    export,
+    load_long_frame,
+    prepare_frame,
+    train_local,
+)
+from streamcell.trainer.evaluate import worse_than_baselines
+from streamcell.trainer.periods import (
+    build_recipe,
+    default_lags,
+    periods_from_acf,
+    periods_from_spacing,
+)
+from streamcell.trainer.prepare import featurize_all
+
+
+def seasonal(streams: int, length: int, period: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(streams):
+        t = np.arange(length + k * 7)
+        level = 50.0 * (k + 1) + 0.05 * t
+        y = level * (1 + 0.3 * np.sin(2 * np.pi * t / period)) + rng.normal(0, 1, len(t))
+        rows.append(pd.DataFrame({"stream": f"s{k}", "seq": t, "value": y}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_training_features_are_serving_bits_for_every_stream() -> None:
+    rng = np.random.default_rng(0)
+    recipe = Recipe(
+        target=1, width=2, lags=(1, 3, 12), scale_window=5, log_scale=True, periods=(4, 7), age=True
+    )
+    xs = [rng.normal(0, 10, (n, 2)).astype(np.float32) for n in (1, 30, 7, 30, 55)]
+    xs[1][:6, 1] = 0.0  # a window of zeros: the scale at its floor
+    for x, (features, scale) in zip(xs, featurize_all(recipe, xs), strict=True):
+        want_f, want_s = featurize(recipe, x)
+        assert features.tobytes() == want_f.tobytes()
+        assert scale.tobytes() == want_s.tobytes()
+
+
+def test_periods_from_timestamps_and_from_the_series() -> None:
+    assert periods_from_spacing(30 * 86_400.0) == (12,)
+    assert periods_from_spacing(1800.0) == (48, 336)
+    assert periods_from_spacing(3600.0) == (24, 168)
+    assert periods_from_spacing(92 * 86_400.0) == (4,)
+    assert periods_from_spacing(12345.0) is None
+    frame = seasonal(streams=6, length=120, period=12, seed=1)
+    series = [g["value"].to_numpy() for _, g in frame.groupby("stream")]
+    assert periods_from_acf(series) == (12,)
+    rng = np.random.default_rng(2)
+    assert periods_from_acf([np.cumsum(rng.normal(size=300)) for _ in range(5)]) == ()
+    short = (1, 2, 3, 4, 5, 6, 7)
+    assert default_lags((12,), longest=100) == (*short, 11, 12, 13, 23, 24, 25, 35, 36, 37)
+    assert default_lags((12,), longest=30) == (*short, 11, 12, 13, 23, 24, 25)
+
+
+def test_recipe_from_monthly_timestamps_and_given_periods() -> None:
+    series = [np.arange(60.0)] * 3
+    found = build_recipe(
+        series, width=1, target=0, spacing=31 * 86_400.0, periods=None, lags=None,
+        scale_window=None, age=False, scale_floor=1e-3,
+    )  # fmt: skip
+    assert found.periods == (12,) and found.scale_window == 12 and 24 in found.lags
+    given = build_recipe(
+        series, width=1, target=0, spacing=None, periods=(5,), lags=(1, 2), scale_window=3,
+        age=True, scale_floor=1e-3,
+    )  # fmt: skip
+    assert (given.periods, given.lags, given.scale_window, given.age) == ((5,), (1, 2), 3, True)
+
+
+def test_datetime_order_column_gives_the_spacing() -> None:
+    frame = seasonal(streams=2, length=40, period=12, seed=3)
+    frame["month"] = pd.Timestamp("2000-01-01") + pd.to_timedelta(frame["seq"] * 30, unit="D")
+    data = load_long_frame(frame.drop(columns="seq"), order_column="month")
+    assert data.spacing == pytest.approx(30 * 86_400.0)
+
+
+def test_weights_balance_streams_and_mask_zero_windows() -> None:
+    frame = seasonal(streams=3, length=80, period=12, seed=4)
+    frame.loc[frame["stream"] == "s2", "value"] *= 1000.0  # a huge stream
+    frame.loc[(frame["stream"] == "s0") & (frame["seq"] < 15), "value"] = 0.0
+    prepared = prepare_frame(load_long_frame(frame), TrainSettings())
+    train_w = np.concatenate([s.weight[: s.n_train - 1] for s in prepared.streams])
+    assert train_w.mean() == pytest.approx(1.0, rel=1e-5)
+    means = [float(s.weight[20 : s.n_train - 1].mean()) for s in prepared.streams]
+    assert max(means) / min(means) < 3  # scale-free: the huge stream does not dominate
+    s0 = prepared.streams[0]
+    assert (s0.weight[:14] == 0).all()  # a window of zeros: the scaled target is meaningless
+
+
+def test_default_training_exports_a_recipe_model_with_its_skill(tmp_path: Path) -> None:
+    data = load_long_frame(seasonal(streams=4, length=100, period=12, seed=5))
+    settings = TrainSettings(hidden=8, layers=1, epochs=3, candidates=({}, {"hidden": 4}))
+    result = train_local(data, settings, threads=1)
+    m = result.metrics
+    for key in ("val_mase", "last_value_mase", "seasonal_naive_mase"):
+        assert np.isfinite(m[key])
+    assert m["season"] == 12
+    selection = result.config.training["selection"]
+    assert len(selection["candidates"]) == 2 and selection["final_fit"] == "off"
+    path = export(result, tmp_path, "seasonal")
+    config = json.loads((path / "config.json").read_text())
+    assert config["scaling"] == "window_mean_abs"
+    assert config["recipe"]["periods"] == [12] and config["recipe"]["scale_window"] == 12
+    loaded = load_latest(tmp_path, "seasonal")
+    assert loaded.config.history is not None
+    assert loaded.model.input_size == loaded.config.history.num_features
+
+
+def test_final_fit_and_time_budget() -> None:
+    data = load_long_frame(seasonal(streams=3, length=60, period=12, seed=6))
+    result = train_local(
+        data, TrainSettings(hidden=4, layers=1, epochs=3, final_fit=True), threads=1
+    )
+    assert result.config.training["selection"]["final_fit"].startswith("whole training part")
+    quick = train_local(
+        data, TrainSettings(hidden=4, layers=1, epochs=50, time_budget=0.01), threads=1
+    )
+    assert quick.metrics["epochs_run"] == 1 and quick.history[-1]["out_of_time"]
+
+
+def test_worse_than_both_baselines_is_named() -> None:
+    ok = {"val_mase": 0.9, "last_value_mase": 1.0, "seasonal_naive_mase": 0.8}
+    assert worse_than_baselines(ok) is None
+    bad = {"val_mase": 1.2, "last_value_mase": 1.0, "seasonal_naive_mase": 1.1}
+    assert "1.2000 is worse than both last value (1.0000) and seasonal naive (1.1000)" in (
+        worse_than_baselines(bad) or ""
+    )
+
+
+def test_cli_refuses_a_model_worse_than_the_baselines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(7)
+    walks = pd.concat(
+        pd.DataFrame({"stream": f"w{k}", "seq": range(80), "value": np.cumsum(rng.normal(size=80))})
+        for k in range(3)
+    )
+    csv = tmp_path / "walks.csv"
+    walks.to_csv(csv, index=False)
+    common = ["train", "--data", str(csv), "--registry", str(tmp_path / "reg"), "--model", "w"]
+    tiny = ["--no-ray", "--threads", "1", "--epochs", "1", "--hidden", "2", "--lr", "1e-5"]
+    code = main([*common, *tiny, "--no-candidates"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not published" in err and "worse than both last value" in err
+    assert not (tmp_path / "reg" / "w").exists()
+    assert main([*common, *tiny, "--no-candidates", "--allow-worse"]) == 0
+    assert "seasonal naive" in capsys.readouterr().out
+    assert load_latest(tmp_path / "reg", "w").config.recipe is not None

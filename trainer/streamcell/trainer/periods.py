@@ -1,0 +1,149 @@
+"""The recipe a model gets when its settings leave it open: periods, lags, scale window.
+
+Periods come from ``--period`` or from the data: the timestamps' spacing where
+the order column holds times (monthly -> 12, quarterly -> 4, daily -> 7,
+hourly -> 24 and 168, half-hourly -> 48 and 336, ...), else the
+autocorrelation of the differenced series, averaged over streams (each stream
+counts alike). Lags are 1..7 plus p-1, p, p+1 for the last three seasons of
+each period (as GluonTS's lag sets do), kept where the median training part
+is long enough to have seen them; the scale window is one season of the
+shortest period (at least 4 steps).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from streamcell.core.recipe import MAX_LAG, Recipe
+
+SHORT_LAGS = 7
+SEASONS_BACK = 3
+MIN_SCALE_WINDOW = 4
+NO_PERIOD_SCALE_WINDOW = 8
+ACF_THRESHOLD = 0.2  # mean autocorrelation (differenced) that counts as a season
+ACF_MAX_LAG = 800
+_DAY = 86_400.0
+# Step length (seconds) -> periods; matched within 10%.
+_BY_SPACING: tuple[tuple[float, tuple[int, ...]], ...] = (
+    (60.0, (60, 1440)),
+    (300.0, (12, 288)),
+    (600.0, (6, 144)),
+    (900.0, (96, 672)),
+    (1800.0, (48, 336)),
+    (3600.0, (24, 168)),
+    (_DAY, (7,)),
+    (7 * _DAY, (52,)),
+    (30.44 * _DAY, (12,)),
+    (91.31 * _DAY, (4,)),
+    (365.25 * _DAY, ()),
+)
+
+
+def periods_from_spacing(seconds: float) -> tuple[int, ...] | None:
+    """Periods for a known step length, or None when it is none of the usual ones."""
+    for step, periods in _BY_SPACING:
+        if abs(seconds - step) <= 0.1 * step:
+            return periods
+    return None
+
+
+def periods_from_acf(series: Sequence[np.ndarray], max_lag: int = ACF_MAX_LAG) -> tuple[int, ...]:
+    """Seasons seen in the mean autocorrelation of the differenced series.
+
+    The strongest peak above :data:`ACF_THRESHOLD` is a season; so is its
+    smallest divisor that is itself a peak above it (a day inside a week), and
+    then both are kept when the longer one is stronger.
+    """
+    acf = mean_acf(series, max_lag)
+    if len(acf) < 4:
+        return ()
+    peaks = [
+        lag
+        for lag in range(2, len(acf) - 1)
+        if acf[lag] > ACF_THRESHOLD and acf[lag] >= acf[lag - 1] and acf[lag] >= acf[lag + 1]
+    ]
+    if not peaks:
+        return ()
+    best = max(peaks, key=lambda lag: acf[lag])
+    base = min(q for q in peaks if best % q == 0)
+    if base != best and acf[best] > acf[base]:
+        return (base, best)
+    return (base,)
+
+
+def mean_acf(series: Sequence[np.ndarray], max_lag: int) -> np.ndarray:
+    """Autocorrelation at lags 0..L of each differenced series, averaged (NaN-free)."""
+    lengths = [len(y) for y in series if len(y) > 8]
+    if not lengths:
+        return np.zeros(0)
+    top = min(max_lag, int(np.median(lengths)) // 3)
+    total = np.zeros(top + 2)
+    count = np.zeros(top + 2)
+    for y in series:
+        d = np.diff(np.asarray(y, dtype=np.float64))
+        if len(d) < 8:
+            continue
+        d = d - d.mean()
+        power = float((d * d).sum())
+        if power <= 0:
+            continue
+        size = 1 << math.ceil(math.log2(2 * len(d)))
+        spectrum = np.fft.rfft(d, size)
+        full = np.fft.irfft(spectrum * np.conj(spectrum), size)[: top + 2] / power
+        usable = min(top + 2, len(d) // 2)
+        total[:usable] += full[:usable]
+        count[:usable] += 1
+    return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+
+
+def default_lags(periods: Sequence[int], longest: int) -> tuple[int, ...]:
+    """1..7 and p-1, p, p+1 for the last three seasons of each period, up to ``longest``."""
+    lags = set(range(1, SHORT_LAGS + 1))
+    for p in periods:
+        for k in range(1, SEASONS_BACK + 1):
+            lags.update((k * p - 1, k * p, k * p + 1))
+    keep = sorted(lag for lag in lags if lag <= max(longest, SHORT_LAGS) and lag <= MAX_LAG)
+    return tuple(keep)
+
+
+def build_recipe(
+    series: Sequence[np.ndarray],
+    *,
+    width: int,
+    target: int,
+    spacing: float | None,
+    periods: Sequence[int] | None,
+    lags: Sequence[int] | None,
+    scale_window: int | None,
+    age: bool,
+    scale_floor: float,
+) -> Recipe:
+    """The recipe for these training series: what is given, the rest found from them.
+
+    ``series`` are the target values of each stream's training part.
+    """
+    lengths = [len(y) for y in series]
+    median = int(np.median(lengths)) if lengths else 0
+    if periods is None:
+        found = periods_from_spacing(spacing) if spacing is not None else None
+        periods = found if found is not None else periods_from_acf(series)
+        # A season needs two of them in a typical series to be learnt from.
+        periods = tuple(p for p in periods if 2 * p <= median)
+    periods = tuple(sorted(set(periods)))
+    if lags is None:
+        lags = default_lags(periods, longest=median // 2 if median >= 4 else SHORT_LAGS)
+    if scale_window is None:
+        scale_window = max(MIN_SCALE_WINDOW, periods[0]) if periods else NO_PERIOD_SCALE_WINDOW
+    return Recipe(
+        target=target,
+        width=width,
+        lags=tuple(lags),
+        scale_window=int(scale_window),
+        log_scale=True,
+        periods=periods,
+        age=age,
+        scale_floor=float(scale_floor),
+    )
