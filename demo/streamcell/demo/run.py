@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from streamcell.demo.children import Child, ChildFailed
 from streamcell.demo.plot import plot_streams
 from streamcell.demo.scoring import EtsThread, Scores, score
 from streamcell.service import settings
+
+if TYPE_CHECKING:
+    from streamcell.service.kafka import Consumer
 
 log = logging.getLogger("streamcell.demo")
 MODEL = "demo"
@@ -50,7 +54,7 @@ class DemoSettings:
 class PredictionCollector(threading.Thread):
     """Reads the predictions topic into {(stream, seq): yhat} while the demo runs."""
 
-    def __init__(self, open_consumer: Callable[[], object], topic: str) -> None:
+    def __init__(self, open_consumer: Callable[[], Consumer], topic: str) -> None:
         super().__init__(name="prediction-collector", daemon=True)
         self._open = open_consumer
         self.topic = topic
@@ -67,6 +71,8 @@ class PredictionCollector(threading.Thread):
             try:
                 while not self._halt.is_set():
                     for rec in consumer.poll(5000, 0.2):
+                        if rec.value is None:
+                            continue  # no prediction is ever a tombstone; nothing to read
                         value = json.loads(rec.value)
                         if "seq" in value:
                             self.predictions[(value["stream"], value["seq"])] = value["yhat"][0]

@@ -192,7 +192,9 @@ def finish(
     """
     best = restore_best(model, state)
     # The exported metrics come from the streaming step (the Predictor's code path).
-    metrics = evaluate(best, prepared, list(range(len(prepared))), path="step").metrics()
+    metrics: dict[str, Any] = dict(
+        evaluate(best, prepared, list(range(len(prepared))), path="step").metrics()
+    )
     metrics.update(
         epoch=state.best_epoch,
         epochs_run=state.epoch,

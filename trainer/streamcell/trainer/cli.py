@@ -263,11 +263,12 @@ def _check_registry(registry: Path) -> None:
 
 
 def _load(args: argparse.Namespace):
+    from streamcell.service.settings import ENV_BOOTSTRAP
     from streamcell.trainer.data import load_long_frame
     from streamcell.trainer.kafka_replay import is_kafka_uri, replay_topic
 
     if is_kafka_uri(args.data):
-        bootstrap = args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+        bootstrap = args.bootstrap_servers or os.environ.get(ENV_BOOTSTRAP, "")
         replay = replay_topic(args.data, bootstrap, args.features or [])
         print(
             f"replayed {replay.events} events of {args.data} ({replay.skipped} invalid skipped)",

@@ -237,17 +237,22 @@ def _balanced(streams: list[StreamArrays]) -> tuple[StreamArrays, ...]:
     finite = train[np.isfinite(train) & (train > 0)]
     median = float(np.median(finite)) if len(finite) else 1.0
     low, high = median / WEIGHT_RANGE, median * WEIGHT_RANGE
-    out, total, count = [], 0.0, 0
+    out: list[StreamArrays] = []
+    weights: list[np.ndarray] = []
+    total, count = 0.0, 0
     for s in streams:
-        w = s.weight
-        zero = np.isfinite(w) & (w == 0)  # masked steps stay masked
-        w = np.where(np.isfinite(w), np.clip(w, low, high), median)
+        raw = s.weight if s.weight is not None else np.full(len(s.z), np.nan, np.float32)
+        zero = np.isfinite(raw) & (raw == 0)  # masked steps stay masked
+        w = np.where(np.isfinite(raw), np.clip(raw, low, high), median)
         w = np.where(zero, 0.0, w).astype(np.float32)
         total += float(w[: s.n_train - 1].sum())
         count += s.n_train - 1
-        out.append(replace(s, weight=w))
+        out.append(s)
+        weights.append(w)
     mean = total / count if count and total > 0 else 1.0
-    return tuple(replace(s, weight=(s.weight / mean).astype(np.float32)) for s in out)
+    return tuple(
+        replace(s, weight=(w / mean).astype(np.float32)) for s, w in zip(out, weights, strict=True)
+    )
 
 
 def _target_index(frame: LongFrame) -> tuple[int, ...] | None:
