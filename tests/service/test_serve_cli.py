@@ -182,3 +182,24 @@ def test_replay_takes_its_kafka_flags_from_the_same_table():
         settings.INPUT_TOPIC,
     )
     assert flags.bootstrap_servers(args, {settings.ENV_BOOTSTRAP: "h:1"}) == "h:1"
+
+
+@pytest.mark.parametrize(
+    ("host", "token", "warned"),
+    [
+        ("0.0.0.0", None, True),
+        ("::", None, True),
+        ("10.1.2.3", None, True),
+        ("0.0.0.0", "s3cret", False),
+        ("127.0.0.1", None, False),
+        ("localhost", None, False),
+        ("::1", None, False),
+    ],
+)
+def test_serve_warns_when_state_changing_rpcs_are_open_to_the_network(host, token, warned):
+    from streamcell.service.settings import GrpcSettings
+
+    warning = GrpcSettings(host=host, auth_token=token).exposure_warning()
+    assert (warning is not None) == warned
+    if warned:
+        assert "DeleteStream" in warning and "--auth-token-file" in warning

@@ -126,6 +126,9 @@ class App:
             return
         from streamcell.service.grpc_api import start_grpc_server
 
+        warning = self.settings.grpc.exposure_warning()
+        if warning:
+            log.warning("%s", warning)
         self.grpc = start_grpc_server(
             self.settings.grpc,
             lambda: self.predictor,

@@ -11,6 +11,7 @@ standard library is imported, so the CLI stays quick.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -159,6 +160,26 @@ class GrpcSettings:
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None
+
+    def exposure_warning(self) -> str | None:
+        """Why this server is open to anyone who reaches it, if it is (None: it is not)."""
+        if self.auth_token is not None or _is_loopback(self.host):
+            return None
+        return (
+            f"gRPC listens on {self.host}:{self.port} without a token: anyone who reaches it "
+            "can reset and delete streams (ResetStream, DeleteStream); set --auth-token-file "
+            "(and --tls-cert/--tls-key), or --grpc-host 127.0.0.1"
+            + ("" if self.tls else "; traffic is also plaintext")
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
