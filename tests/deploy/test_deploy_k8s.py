@@ -139,7 +139,8 @@ def test_service_is_probed_on_grpc_health_and_scraped() -> None:
     pod = deployment["spec"]["template"]
     app = container(pod["spec"], "streamcell")
     ports = {p["name"]: p["containerPort"] for p in app["ports"]}
-    assert app["readinessProbe"]["grpc"]["port"] == ports["grpc"]
+    # The kubelet's gRPC probe cannot speak TLS: it asks the plaintext health-only port.
+    assert app["readinessProbe"]["grpc"]["port"] == ports["health"]
     assert deployment["spec"]["replicas"] >= 2
 
     config = find("ConfigMap")["data"]
@@ -150,6 +151,7 @@ def test_service_is_probed_on_grpc_health_and_scraped() -> None:
     assert args.command == "serve"
     assert int(option(argv, "--grpc-port") or 0) == ports["grpc"]
     assert int(option(argv, "--metrics-port") or 0) == ports["metrics"]
+    assert int(option(argv, "--grpc-health-port") or 0) == ports["health"]
     assert "KAFKA_BOOTSTRAP_SERVERS" in config  # read by serve from its environment
 
     annotations = pod["metadata"]["annotations"]
@@ -209,3 +211,30 @@ def test_prometheusrule_holds_the_rules_promtool_tested() -> None:
     assert find("PrometheusRule")["spec"]["groups"] == rules["groups"], (
         "deploy/k8s/41-prometheusrule.yaml is stale: run deploy/prometheus/to_prometheusrule.py"
     )
+
+
+def test_grpc_takes_tls_and_its_token_from_secrets_behind_a_network_policy() -> None:
+    pod = find("Deployment")["spec"]["template"]
+    app = container(pod["spec"], "streamcell")
+    env = {**find("ConfigMap")["data"], "POD_NAME": "streamcell-abc"}
+    argv = expand([*app["command"][1:], *app["args"]], env)
+    mounts = {m["mountPath"]: m["name"] for m in app["volumeMounts"]}
+    secrets = {
+        v["name"]: v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v
+    }
+
+    def secret_of(path: str | None) -> str:
+        assert path is not None
+        return secrets[mounts[str(Path(path).parent)]]
+
+    assert secret_of(option(argv, "--tls-cert")) == secret_of(option(argv, "--tls-key"))
+    assert secret_of(option(argv, "--auth-token-file")) != secret_of(option(argv, "--tls-cert"))
+    assert option(argv, "--auth-token") is None  # never a token on the command line
+
+    policy = find("NetworkPolicy")
+    labels = pod["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    rules = {r["ports"][0]["port"]: r.get("from") for r in policy["spec"]["ingress"]}
+    assert set(rules) == {p["name"] for p in app["ports"]}  # every port has its rule
+    assert rules["grpc"], "gRPC must not be open to every pod"
+    assert rules["metrics"], "metrics must not be open to every pod"

@@ -55,3 +55,31 @@ def test_made_up_method_paths_never_become_metric_labels(predictor: Predictor) -
         "streamcell_grpc_requests_total", {"method": UNKNOWN_METHOD, "code": "UNIMPLEMENTED"}
     )
     assert unknown == len(paths)
+
+
+def test_the_health_port_serves_health_alone_with_the_main_servers_status(
+    predictor: Predictor,
+) -> None:
+    """For probes that cannot speak TLS: the status only, none of the data."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    loaded: list[Predictor] = []
+    handle = start_grpc_server(
+        GrpcSettings(port=0, host="127.0.0.1", health_port=0, auth_token="t0ken"),
+        lambda: loaded[0] if loaded else None,
+        Metrics(),
+    )
+    try:
+        assert handle.health_port not in (None, 0, handle.port)
+        with grpc.insecure_channel(f"127.0.0.1:{handle.health_port}") as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check
+            request = health_pb2.HealthCheckRequest(service="")
+            assert check(request, timeout=5).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            loaded.append(predictor)
+            handle.set_serving(True)
+            assert check(request, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as err:
+                channel.unary_unary("/streamcell.v1.Predictor/ModelInfo")(b"", timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        handle.stop(grace=1)

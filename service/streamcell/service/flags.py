@@ -166,6 +166,14 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag("--grpc-workers", "grpc.workers", "server threads (default %(default)s)", group=GRPC),
     Flag(
+        "--grpc-health-port",
+        "grpc.health_port",
+        "also serve the health service alone, in plaintext, on this port (for probes "
+        "that cannot speak TLS, e.g. the kubelet's; 0: a free port)",
+        int,
+        group=GRPC,
+    ),
+    Flag(
         "--grpc-max-in-flight",
         "grpc.max_in_flight",
         "calls in progress before RESOURCE_EXHAUSTED (0: no limit; default %(default)s)",

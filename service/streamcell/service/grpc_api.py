@@ -43,8 +43,12 @@ class GrpcServerHandle:
         poll_seconds: float,
         services: tuple[str, ...],
         executors: tuple[Executor, ...] = (),
+        health_server: grpc.Server | None = None,
+        health_port: int | None = None,
     ) -> None:
         self.server = server
+        self._health_server = health_server
+        self.health_port = health_port  # the plaintext health-only port, if any
         self._executors = executors  # grpc's stop() leaves them running: shut down in stop()
         self._services = services
         self.port = port
@@ -94,6 +98,8 @@ class GrpcServerHandle:
             self._stopped.set()
             self._health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self._health_server is not None:
+            self._health_server.stop(0).wait()
         for executor in self._executors:
             executor.shutdown(wait=False)
         self._watch.join(timeout=5)
@@ -161,6 +167,9 @@ def start_grpc_server(
         raise ConfigError(f"cannot bind gRPC to {address}: {exc}") from exc
     if port == 0:
         raise ConfigError(f"cannot bind gRPC to {address}")
+    health_server, health_port = None, None
+    if settings.health_port is not None:
+        health_server, health_port = _health_only(settings, health_servicer, health_workers)
     server.start()
     log.info(
         "gRPC listening on %s:%d (%s%s)",
@@ -177,4 +186,27 @@ def start_grpc_server(
         settings.health_poll_seconds,
         services=("", SERVICE_NAME),  # "" = the whole server
         executors=(workers, health_workers),
+        health_server=health_server,
+        health_port=health_port,
     )
+
+
+def _health_only(
+    settings: GrpcSettings, health_servicer: Any, workers: Executor
+) -> tuple[grpc.Server, int]:
+    """A plaintext server with the health service alone, sharing the main one's status."""
+    import grpc
+    from grpc_health.v1 import health_pb2_grpc
+
+    server = grpc.server(workers, options=[("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=8)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"{settings.host}:{settings.health_port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot bind the gRPC health port to {address}: {exc}") from exc
+    if port == 0:
+        raise ConfigError(f"cannot bind the gRPC health port to {address}")
+    server.start()
+    log.info("gRPC health (alone, plaintext) on %s:%d", settings.host, port)
+    return server, port

@@ -142,12 +142,17 @@ class GrpcSettings:
     workers: int = 16
     max_in_flight: int = 256  # 0: no limit
     health_poll_seconds: float = 0.2
+    # A second, plaintext port that serves the health service alone: for
+    # probes that cannot speak TLS (the kubelet's gRPC probe). None: none.
+    health_port: int | None = None
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both --tls-cert and --tls-key")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--grpc-port must be in 0..65535, got {self.port}")
+        if self.health_port is not None and not 0 <= self.health_port <= 65535:
+            raise ConfigError(f"--grpc-health-port must be in 0..65535, got {self.health_port}")
         if self.workers < 1:
             raise ConfigError(f"--grpc-workers must be at least 1, got {self.workers}")
         if self.max_in_flight < 0:
