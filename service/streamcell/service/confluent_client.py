@@ -396,11 +396,6 @@ class ConfluentProducer:
             epochs.popleft()
         self._epoch.outstanding = 0
 
-    def in_flight(self) -> int:
-        self._p.poll(0)  # serve delivery reports
-        self._raise_failures()
-        return len(self._p)
-
     def mark(self) -> int:
         number = self._epoch.number
         self._epoch = _Epoch(number + 1, self._failures)

@@ -193,15 +193,6 @@ class Producer(Protocol):
         """Wait until every send is acknowledged; raises BrokerUnavailable otherwise."""
         ...
 
-    def in_flight(self) -> int:
-        """Records sent and not acknowledged yet, without waiting (0: all acknowledged).
-
-        Lets a caller overlap a flush with other work (e.g. commit offsets once
-        the changelog writes before them are acknowledged). Raises
-        BrokerUnavailable when a send has failed.
-        """
-        ...
-
     def mark(self) -> int:
         """A token for "every record sent so far"; later marks compare greater."""
         ...

@@ -315,10 +315,6 @@ class KafkaPythonProducer:
         self._done += len(futures)
         futures.clear()
 
-    def in_flight(self) -> int:
-        self._advance()
-        return sum(1 for f in self._futures if not f.is_done)
-
     def mark(self) -> int:
         return self._done + len(self._futures)
 
