@@ -179,6 +179,27 @@ FLAGS: tuple[Flag, ...] = (
         "calls in progress before RESOURCE_EXHAUSTED (0: no limit; default %(default)s)",
         group=GRPC,
     ),
+    Flag(
+        "--grpc-max-batch-events",
+        "grpc.max_batch_events",
+        "most events in one PredictBatch call (more: INVALID_ARGUMENT; default %(default)s)",
+        group=GRPC,
+    ),
+    Flag(
+        "--grpc-max-batch-depth",
+        "grpc.max_batch_depth",
+        "most events of one stream in one PredictBatch call, each one LSTM step in turn "
+        "(more: INVALID_ARGUMENT; default %(default)s)",
+        group=GRPC,
+    ),
+    Flag(
+        "--grpc-max-predict-streams",
+        "grpc.max_predict_streams",
+        "PredictStream calls open at once, below --grpc-workers (more: RESOURCE_EXHAUSTED; "
+        "default: half of --grpc-workers)",
+        int,
+        group=GRPC,
+    ),
 )
 SERVE = tuple(f.flag for f in FLAGS)
 GRPC_FLAGS = tuple(f.flag for f in FLAGS if f.group == GRPC)

@@ -5,8 +5,9 @@ calls it) so that tests bind port 0 and get the port back. The server is the
 sync ``grpc.server`` on a thread pool: the Predictor is CPU-bound and takes a
 lock per call, so threads cost nothing extra, and the handle is easy to drive
 from the composition root's threads. An open PredictStream holds one worker
-thread for its lifetime; ``--grpc-workers`` bounds those, ``--grpc-max-in-flight``
-bounds calls in progress (more are refused with RESOURCE_EXHAUSTED).
+thread for its lifetime, so ``--grpc-max-predict-streams`` keeps them below
+``--grpc-workers``; ``--grpc-max-in-flight`` bounds calls in progress (more of
+either are refused with RESOURCE_EXHAUSTED).
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def start_grpc_server(
         maximum_concurrent_rpcs=settings.max_in_flight or None,
     )
     pb_grpc.add_PredictorServicer_to_server(
-        PredictorServicer(predictor_of, metrics, owner_of), server
+        PredictorServicer(predictor_of, metrics, owner_of, settings), server
     )
     health_servicer = health.HealthServicer(
         experimental_non_blocking=True,

@@ -23,6 +23,14 @@ class NotOwned(StreamcellError):
     """The stream's partition is assigned to another replica; the message names it."""
 
 
+class RequestTooLarge(StreamcellError):
+    """A request over a configured cap (PredictBatch's events or depth); the message names it.
+
+    INVALID_ARGUMENT, not RESOURCE_EXHAUSTED: the request is refused whatever
+    the server's load, so retrying it unchanged never helps; splitting it does.
+    """
+
+
 CODES: dict[type[StreamcellError], grpc.StatusCode] = {
     InvalidEvent: grpc.StatusCode.INVALID_ARGUMENT,
     ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -30,6 +38,7 @@ CODES: dict[type[StreamcellError], grpc.StatusCode] = {
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ModelNotLoaded: grpc.StatusCode.UNAVAILABLE,
     NotOwned: grpc.StatusCode.FAILED_PRECONDITION,
+    RequestTooLarge: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 

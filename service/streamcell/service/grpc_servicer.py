@@ -6,7 +6,9 @@ call changes for the changelog: the servicer tells no one. Errors are Streamcell
 turned into status codes by :mod:`streamcell.service.grpc_errors`. Before any
 state changes, a request is checked whole: model loaded, stream ownership,
 feature count and values, and the client's deadline; a refused request
-changes nothing.
+changes nothing. Caps (settings.GrpcSettings) bound what one call may ask:
+a PredictBatch's events and depth, since it holds the lock the Kafka loop
+needs, and the PredictStream calls open at once, since each holds a thread.
 """
 
 from __future__ import annotations
@@ -15,13 +17,20 @@ import functools
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 
-from streamcell.core.errors import InvalidEvent, ModelNotLoaded, StreamcellError, StreamNotFound
+from streamcell.core.errors import (
+    InvalidEvent,
+    ModelNotLoaded,
+    Overloaded,
+    StreamcellError,
+    StreamNotFound,
+)
 from streamcell.core.events import EMPTY_STREAM, REASON_MISSING_KEY, EventBatch, refusal
 from streamcell.core.predictor import OUTCOMES, BatchResult, Predictor
 from streamcell.service import grpc_errors
@@ -33,8 +42,9 @@ from streamcell.service.grpc_convert import (
     predictions_into,
     stream_state,
 )
-from streamcell.service.grpc_errors import NotOwned
+from streamcell.service.grpc_errors import NotOwned, RequestTooLarge
 from streamcell.service.metrics import Metrics
+from streamcell.service.settings import GrpcSettings
 from streamcell.v1 import event_pb2
 from streamcell.v1 import predictor_pb2 as pb
 from streamcell.v1 import predictor_pb2_grpc as pb_grpc
@@ -78,11 +88,14 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         predictor_of: PredictorOf,
         metrics: Metrics | None = None,
         owner_of: OwnerOf | None = None,
+        settings: GrpcSettings | None = None,
     ) -> None:
         self._predictor_of = predictor_of
         self._metrics = metrics
         self._owner_of = owner_of
         self._coalescer = Coalescer(self._record)
+        self._settings = settings or GrpcSettings()
+        self._stream_slots = threading.BoundedSemaphore(self._settings.predict_stream_limit)
 
     # ------------------------------------------------------------- helpers
     def _predictor(self) -> Predictor:
@@ -98,6 +111,24 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             owner = self._owner_of(stream)
             if owner is not None:
                 raise NotOwned(f"stream {stream!r} is served by another replica: {owner}")
+
+    def _check_batch_events(self, events: int) -> None:
+        cap = self._settings.max_batch_events
+        if events > cap:
+            raise RequestTooLarge(
+                f"PredictBatch has {events} events, more than --grpc-max-batch-events "
+                f"({cap}); split it into calls of at most {cap}"
+            )
+
+    def _check_batch_depth(self, streams: list[str]) -> None:
+        cap = self._settings.max_batch_depth
+        ((stream, depth),) = Counter(streams).most_common(1)
+        if depth > cap:
+            raise RequestTooLarge(
+                f"PredictBatch has {depth} events of stream {stream!r}, more than "
+                f"--grpc-max-batch-depth ({cap}) of one stream per call; send them in "
+                "several calls, in order"
+            )
 
     def _latency(self, events: Sequence[event_pb2.Event]) -> None:
         """Event time (``ts``) to prediction, for events that carry a ts."""
@@ -168,7 +199,9 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         out = pb.PredictionBatch()
         if not request.events:
             return out
+        self._check_batch_events(len(request.events))
         batch = batch_of(request.events, predictor.config.input_size)
+        self._check_batch_depth(batch.streams)
         result = self._apply(predictor, batch, context)
         self._latency(request.events)
         return predictions_into(out, batch, result)
@@ -176,11 +209,22 @@ class PredictorServicer(pb_grpc.PredictorServicer):
     def PredictStream(
         self, request_iterator: Iterator[event_pb2.Event], context: grpc.ServicerContext
     ) -> Iterator[pb.Prediction]:
+        if not self._stream_slots.acquire(blocking=False):
+            limit = self._settings.predict_stream_limit
+            grpc_errors.abort(
+                context,
+                Overloaded(
+                    f"{limit} PredictStream calls are open, the most --grpc-max-predict-streams "
+                    "allows; retry after one closes, or use Predict or PredictBatch"
+                ),
+            )
         try:
             for event in request_iterator:
                 yield self._apply_one(self._predictor(), event, context)
         except StreamcellError as exc:
             grpc_errors.abort(context, exc)
+        finally:  # also on cancellation: the request iterator raises, or the generator closes
+            self._stream_slots.release()
 
     @_mapped
     def Forecast(self, request: pb.ForecastRequest, context: grpc.ServicerContext) -> pb.Forecast:

@@ -145,6 +145,14 @@ class GrpcSettings:
     # A second, plaintext port that serves the health service alone: for
     # probes that cannot speak TLS (the kubelet's gRPC probe). None: none.
     health_port: int | None = None
+    # PredictBatch runs under the Predictor's lock, which the Kafka loop needs
+    # too: a call's events bound its work, and the events of one stream in it
+    # (its depth) bound the sequential LSTM steps ("waves") it takes.
+    max_batch_events: int = 100_000
+    max_batch_depth: int = 1_000
+    # An open PredictStream holds a worker thread for its lifetime; below
+    # `workers` so that unary calls and health keep threads. None: workers // 2.
+    max_predict_streams: int | None = None
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -159,12 +167,29 @@ class GrpcSettings:
             raise ConfigError(f"--grpc-max-in-flight must be >= 0, got {self.max_in_flight}")
         if self.max_message_bytes < 1024:
             raise ConfigError("--grpc-max-message-bytes must be at least 1024")
+        if self.max_batch_events < 1:
+            raise ConfigError(f"--grpc-max-batch-events must be >= 1, got {self.max_batch_events}")
+        if self.max_batch_depth < 1:
+            raise ConfigError(f"--grpc-max-batch-depth must be >= 1, got {self.max_batch_depth}")
+        if not 0 <= self.predict_stream_limit < self.workers:
+            raise ConfigError(
+                f"--grpc-max-predict-streams must be in 0..{self.workers - 1} (below "
+                f"--grpc-workers {self.workers}, so that unary calls and health keep a "
+                f"thread), got {self.max_predict_streams}"
+            )
         if self.auth_token is not None and not self.auth_token.strip():
             raise ConfigError("the auth token is empty")
 
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None
+
+    @property
+    def predict_stream_limit(self) -> int:
+        """How many PredictStream calls may be open at once (0: PredictStream refused)."""
+        if self.max_predict_streams is None:
+            return self.workers // 2
+        return self.max_predict_streams
 
     def exposure_warning(self) -> str | None:
         """Why this server is open to anyone who reaches it, if it is (None: it is not)."""
