@@ -144,7 +144,8 @@ def test_predict_streams_past_the_bound_are_refused_while_unary_calls_and_health
 ) -> None:
     """Each open PredictStream holds a worker thread: the bound keeps threads for the rest."""
     settings = GrpcSettings(port=0, host="127.0.0.1", workers=4, max_predict_streams=2)
-    handle = start_grpc_server(settings, lambda: predictor, None)
+    metrics = Metrics()  # as serve runs it: the interceptor wraps the stream handler
+    handle = start_grpc_server(settings, lambda: predictor, metrics)
     feeds: list[_Feed] = []
     try:
         with Client(f"127.0.0.1:{handle.port}", timeout=10) as client:
