@@ -251,11 +251,14 @@ class StateStore:
         return self._index.get(stream)
 
     # --------------------------------------------------------------- lookups
-    def slots(self, streams: Sequence[str], now: float) -> np.ndarray:
+    def slots(self, streams: Sequence[str], now: float | np.ndarray) -> np.ndarray:
         """Slots for distinct stream ids, creating missing streams with zero state.
 
-        Marks them most recently used at ``now``. When the store is full, the
-        least recently used streams outside ``streams`` are evicted (counted).
+        Marks them most recently used. ``now`` is the event time of their
+        events (one for all, or one per stream): a stream's ``last_seen`` is
+        the newest event time it has had, so that a late event never makes it
+        look idle. When the store is full, the least recently used streams
+        outside ``streams`` are evicted (counted).
         """
         if len(streams) > self.max_streams:
             raise Overloaded(
@@ -267,7 +270,7 @@ class StateStore:
         if None not in found:  # the usual case, every stream known: no Python loop per stream
             deque(map(index.move_to_end, streams), maxlen=0)
             out = np.array(found, dtype=np.int64)
-            self.last_seen[out] = now
+            self.last_seen[out] = np.maximum(self.last_seen[out], now)
             return out
         out = np.empty(len(streams), dtype=np.int64)
         missing: list[int] = []
@@ -281,7 +284,7 @@ class StateStore:
         for k in missing:
             slot = index.get(streams[k])  # a repeated id was created a moment ago
             out[k] = self._create(streams[k]) if slot is None else slot
-        self.last_seen[out] = now
+        self.last_seen[out] = np.maximum(self.last_seen[out], now)
         return out
 
     def _create(self, stream: str) -> int:
@@ -357,15 +360,18 @@ class StateStore:
         return dropped
 
     def expire(self, now: float) -> list[str]:
-        """Remove streams idle for longer than the TTL; returns their ids (counted)."""
-        if self.ttl_seconds is None:
+        """Remove streams idle for longer than the TTL at event time ``now``; returns them.
+
+        Idle means ``last_seen`` (event time) at or before ``now`` minus the
+        TTL. Event times need not follow the order streams were touched in,
+        so every stream is compared (one numpy pass), not an LRU prefix.
+        Returned least recently used first, and counted.
+        """
+        if self.ttl_seconds is None or not self._index:
             return []
-        deadline = now - self.ttl_seconds
-        gone: list[str] = []
-        for stream, slot in self._index.items():
-            if self.last_seen[slot] > deadline:
-                break  # LRU order: everything after is more recent
-            gone.append(stream)
+        live = np.fromiter(self._index.values(), np.int64, len(self._index))
+        idle = live[self.last_seen[live] <= now - self.ttl_seconds]
+        gone = [stream for stream in map(self._ids.__getitem__, idle.tolist()) if stream]
         for stream in gone:
             self._remove(stream)
         self.expired += len(gone)
