@@ -71,3 +71,12 @@ def test_events_without_an_event_time_are_seen_at_their_arrival(loaded):
     predictor.predict(events(["b"]))
     assert predictor.watermark == 561.0 and predictor.info("b").last_seen == 561.0
     assert predictor.expire() == ["a"]
+
+
+def test_a_batch_s_time_column_is_its_event_time_missing_ones_arrive_now(loaded):
+    predictor = Predictor(loaded, ttl_seconds=TTL, clock=lambda: 1000.0)
+    batch = EventBatch.of(["ts", "none"], [X, X], time=[900.0, np.nan])
+    predictor.predict(batch)
+    assert predictor.info("ts").last_seen == 900.0 and predictor.info("none").last_seen == 1000.0
+    assert predictor.expire() == ["ts"]
+    assert np.isnan(batch.take(np.array([1])).time).all(), "take keeps the column"

@@ -239,7 +239,8 @@ class Predictor:
 
         ``now``: the events' event times in seconds, one per row (the Kafka
         loop passes each event's ts, else its Kafka timestamp) or one for all;
-        None: their arrival, the clock's now (gRPC events). They become the
+        None: the batch's ``time`` column (gRPC events' ts), and where an
+        event has none, its arrival, the clock's now. They become the
         streams' ``last_seen`` and advance the watermark the TTL runs on.
 
         ``validated``: the caller already applied :meth:`validate` to this batch
@@ -249,7 +250,7 @@ class Predictor:
         if not validated:
             self._check(batch)
         n = len(batch)
-        times = self._event_times(now, n)
+        times = self._event_times(batch.time if now is None else now, n)
         with self._lock:
             if validated and batch.x.shape[1] != self.loaded.config.input_size:
                 self._check(batch)
