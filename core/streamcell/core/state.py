@@ -37,6 +37,7 @@ _HEADER = struct.Struct("<4sHHHH")  # magic, num_layers, hidden, output, input
 HISTORY_MAGIC = b"SCH1"
 _HISTORY_HEADER = struct.Struct("<4sHHHHI")
 NO_POSITION = -1
+FREE_LAST_SEEN = np.nan  # a free slot's last_seen
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,10 @@ class StateStore:
         )
         self.offset = grow_array(None if first else self.offset, (grow,), np.int64, NO_POSITION)
         self.seq = grow_array(None if first else self.seq, (grow,), np.int64, NO_POSITION)
-        self.last_seen = grow_array(None if first else self.last_seen, (grow,), np.float64)
+        # NaN marks a free slot: never idle for expire, replaced by the first event time.
+        self.last_seen = grow_array(
+            None if first else self.last_seen, (grow,), np.float64, FREE_LAST_SEEN
+        )
         self.scale_sum = grow_array(
             None if first else self.scale_sum, (grow, self.input_size), np.float64
         )
@@ -206,7 +210,7 @@ class StateStore:
         self.partition[slot] = NO_POSITION
         self.offset[slot] = NO_POSITION
         self.seq[slot] = NO_POSITION
-        self.last_seen[slot] = 0.0
+        self.last_seen[slot] = FREE_LAST_SEEN
         self.scale_sum[slot] = 0.0
         self.err_sum[slot] = 0.0
         self.err_count[slot] = 0
@@ -270,7 +274,7 @@ class StateStore:
         if None not in found:  # the usual case, every stream known: no Python loop per stream
             deque(map(index.move_to_end, streams), maxlen=0)
             out = np.array(found, dtype=np.int64)
-            self.last_seen[out] = np.maximum(self.last_seen[out], now)
+            self.last_seen[out] = np.fmax(self.last_seen[out], now)
             return out
         out = np.empty(len(streams), dtype=np.int64)
         missing: list[int] = []
@@ -284,7 +288,7 @@ class StateStore:
         for k in missing:
             slot = index.get(streams[k])  # a repeated id was created a moment ago
             out[k] = self._create(streams[k]) if slot is None else slot
-        self.last_seen[out] = np.maximum(self.last_seen[out], now)
+        self.last_seen[out] = np.fmax(self.last_seen[out], now)  # a new one's NaN gives way
         return out
 
     def _create(self, stream: str) -> int:
@@ -364,13 +368,12 @@ class StateStore:
 
         Idle means ``last_seen`` (event time) at or before ``now`` minus the
         TTL. Event times need not follow the order streams were touched in,
-        so every stream is compared (one numpy pass), not an LRU prefix.
-        Returned least recently used first, and counted.
+        so every slot is compared (one numpy pass; free slots hold NaN, never
+        idle), not an LRU prefix. Returned in slot order, and counted.
         """
-        if self.ttl_seconds is None or not self._index:
+        if self.ttl_seconds is None:
             return []
-        live = np.fromiter(self._index.values(), np.int64, len(self._index))
-        idle = live[self.last_seen[live] <= now - self.ttl_seconds]
+        idle = np.flatnonzero(self.last_seen <= now - self.ttl_seconds)
         gone = [stream for stream in map(self._ids.__getitem__, idle.tolist()) if stream]
         for stream in gone:
             self._remove(stream)
