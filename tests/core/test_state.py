@@ -90,6 +90,22 @@ def test_idle_streams_expire_after_the_ttl():
     assert s.expired == 1 and "fresh" in s and "old" not in s
 
 
+def test_last_seen_is_the_newest_event_time_a_late_event_does_not_age_a_stream():
+    s = store(ttl_seconds=10.0)
+    s.slots(["a", "b"], now=np.array([50.0, 40.0]))
+    s.slots(["a"], now=20.0)  # a late event of "a"
+    assert s.info("a").last_seen == 50.0 and s.info("b").last_seen == 40.0
+    assert s.expire(now=55.0) == ["b"]
+
+
+def test_expiry_follows_event_time_not_the_order_streams_were_touched_in():
+    s = store(ttl_seconds=10.0)
+    s.slots(["recent"], now=100.0)
+    s.slots(["stale"], now=5.0)  # touched last, but its event is the oldest
+    assert s.expire(now=100.0) == ["stale"]
+    assert s.stream_ids() == ["recent"]
+
+
 def test_delete_and_reset():
     s = store()
     slots = write(s, ["a", "b"], 3.0)

@@ -217,20 +217,50 @@ def test_a_batch_with_more_streams_than_capacity_is_applied_in_order(loaded):
     assert np.isfinite([json.loads(v)["yhat"] for t, _, v, _ in producer.sent]).all()
 
 
+def stamped(stream: str, offset: int, seconds: float) -> Record:
+    """An input record whose Kafka timestamp, its event time, is ``seconds``."""
+    value = json.dumps({"x": [1.0, 2.0, 3.0]}).encode()
+    return Record(TOPIC, 0, offset, stream.encode(), value, int(seconds * 1000), ())
+
+
+def expire_due(pipeline: Pipeline) -> None:
+    pipeline.checkpointer.next_at = 0  # the commit timer is due: expiry, then a checkpoint
+    pipeline.step()
+
+
 def test_expired_streams_get_tombstones_at_the_next_checkpoint(loaded):
-    clock = [1000.0]
+    clock = [2000.0]  # the wall clock, far past every event: it must not matter
     pipeline, consumer, producer, _ = build(loaded, ttl_seconds=60, clock=lambda: clock[0])
     consumer.on_assign([(TOPIC, 0)])
-    pipeline.process([record("old", 0)])
-    clock[0] += 30
-    pipeline.process([record("new", 1)])
-    clock[0] += 45  # "old" idle for 75 s, "new" for 45 s
-    pipeline.checkpointer.next_at = 0  # the commit timer is due
-    pipeline.step()
+    pipeline.process([stamped("old", 0, 1000.0), stamped("new", 1, 1030.0)])
+    expire_due(pipeline)
+    assert pipeline.predictor.store.stream_ids() == ["old", "new"], "idle only in wall time"
+    pipeline.process([stamped("new", 2, 1075.0)])  # event time: "old" idle 75 s, "new" 0 s
+    expire_due(pipeline)
     latest = {r.key: r.value for r in changelog_records(producer)}
     assert latest[b"old"] is None and latest[b"new"] is not None
     assert pipeline.predictor.store.stream_ids() == ["new"]
     assert pipeline.metrics.expired._value.get() == 1
+
+
+def test_a_restart_after_downtime_longer_than_the_ttl_expires_no_restored_stream(loaded):
+    first, consumer, producer, _ = build(loaded, ttl_seconds=60, clock=lambda: 1010.0)
+    consumer.on_assign([(TOPIC, 0)])
+    first.process([stamped("a", 0, 1000.0), stamped("b", 1, 1010.0)])
+    first.checkpointer.checkpoint()
+    # Back a day later, the backlog still unread: nothing is idle in event time.
+    day_later = 1010.0 + 86_400
+    second, consumer2, producer2, _ = build(
+        loaded, changelog_records(producer), ttl_seconds=60, clock=lambda: day_later
+    )
+    consumer2.on_assign([(TOPIC, 0)])
+    assert sorted(second.predictor.store.stream_ids()) == ["a", "b"]
+    expire_due(second)
+    assert sorted(second.predictor.store.stream_ids()) == ["a", "b"]
+    second.process([stamped("b", 2, 1065.0)])  # the backlog: "a" idle 65 s, "b" 0 s
+    expire_due(second)
+    assert second.predictor.store.stream_ids() == ["b"]
+    assert {r.key: r.value for r in changelog_records(producer2)}[b"a"] is None
 
 
 def test_an_unexpected_error_commits_nothing_more(loaded, monkeypatch):

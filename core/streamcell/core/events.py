@@ -127,6 +127,9 @@ class EventBatch:
     seq: np.ndarray  # [N] int64, NO_SEQ when absent
     partition: np.ndarray  # [N] int32, NO_POSITION when not from Kafka
     offset: np.ndarray  # [N] int64, NO_POSITION when not from Kafka
+    # [N] float64 event times in seconds (an Event's ts), NaN where absent;
+    # None: no row has one. The Predictor takes a missing one as the arrival.
+    time: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.streams)
@@ -139,6 +142,7 @@ class EventBatch:
         seq: Sequence[int] | np.ndarray | None = None,
         partition: Sequence[int] | np.ndarray | None = None,
         offset: Sequence[int] | np.ndarray | None = None,
+        time: Sequence[float] | np.ndarray | None = None,
     ) -> EventBatch:
         n = len(streams)
         arr = np.asarray(x, dtype=np.float32)
@@ -161,6 +165,7 @@ class EventBatch:
             column(seq, np.int64, NO_SEQ),
             column(partition, np.int32, NO_POSITION),
             column(offset, np.int64, NO_POSITION),
+            None if time is None else column(time, np.float64, np.nan),
         )
 
     def take(self, rows: np.ndarray) -> EventBatch:
@@ -170,6 +175,7 @@ class EventBatch:
             self.seq[rows],
             self.partition[rows],
             self.offset[rows],
+            None if self.time is None else self.time[rows],
         )
 
 

@@ -20,6 +20,13 @@ state) records the stream with its partition in a journal, under the lock;
 the checkpointer drains it with :meth:`Predictor.take_changes` while it
 snapshots, under the same lock. A stream that is no longer in the store when
 its change is taken is a removal (a changelog tombstone).
+
+TTL expiry runs on event time, never on the wall clock: a stream's
+``last_seen`` is the newest event time of its events, and the Predictor's
+watermark, the newest event time it has seen, is the "now" that
+:meth:`Predictor.expire` compares it with. The service's own downtime thus
+idles no stream: after a restart the backlog's streams expire only once the
+input's event time has moved past their last events by the TTL.
 """
 
 from __future__ import annotations
@@ -93,6 +100,10 @@ class Predictor:
     ) -> None:
         self._lock = threading.RLock()
         self._clock = clock
+        # The newest event time seen (seconds); None until the first event.
+        # Not persisted: restored streams keep their last_seen, and the
+        # watermark comes back with the next events.
+        self._watermark: float | None = None
         # The model and the (h, c) slabs live here; events arrive and results
         # leave as numpy in host memory, one transfer each way per wave.
         self.device = torch.device(device)
@@ -198,10 +209,39 @@ class Predictor:
         if bad:
             raise refusal(batch.streams, *bad[0])
 
+    @property
+    def watermark(self) -> float | None:
+        """The newest event time seen (seconds since the epoch), None before any event."""
+        return self._watermark
+
+    def _event_times(self, now: float | np.ndarray | None, n: int) -> np.ndarray:
+        """Each row's event time: ``now`` (one for all, or per row), else the clock's now.
+
+        An event time ahead of the clock (a producer's skewed clock, a hostile
+        ts) counts as the clock's now: it must neither push the watermark,
+        expiring every other stream, nor keep its own stream from ever
+        expiring. A NaN counts as now too.
+        """
+        wall = self._clock()
+        if now is None:
+            return np.full(n, wall, dtype=np.float64)
+        times = np.broadcast_to(np.asarray(now, dtype=np.float64), (n,))
+        return np.fmin(times, wall)
+
     def predict(
-        self, batch: EventBatch, now: float | None = None, *, validated: bool = False
+        self,
+        batch: EventBatch,
+        now: float | np.ndarray | None = None,
+        *,
+        validated: bool = False,
     ) -> BatchResult:
         """Apply a batch in order; a bad row raises InvalidEvent and changes nothing.
+
+        ``now``: the events' event times in seconds, one per row (the Kafka
+        loop passes each event's ts, else its Kafka timestamp) or one for all;
+        None: the batch's ``time`` column (gRPC events' ts), and where an
+        event has none, its arrival, the clock's now. They become the
+        streams' ``last_seen`` and advance the watermark the TTL runs on.
 
         ``validated``: the caller already applied :meth:`validate` to this batch
         (the Kafka decoder, the gRPC coalescer), so it is not checked again,
@@ -209,8 +249,8 @@ class Predictor:
         """
         if not validated:
             self._check(batch)
-        now = self._clock() if now is None else now
         n = len(batch)
+        times = self._event_times(batch.time if now is None else now, n)
         with self._lock:
             if validated and batch.x.shape[1] != self.loaded.config.input_size:
                 self._check(batch)
@@ -224,6 +264,10 @@ class Predictor:
                 model=self.loaded.name,
                 version=self.loaded.version,
             )
+            if n:
+                newest = float(times.max())
+                if self._watermark is None or newest > self._watermark:
+                    self._watermark = newest
             errors: list[np.ndarray] = []
             touched: list[str] = []
             limit = self.store.max_streams
@@ -236,7 +280,7 @@ class Predictor:
                     rows = np.arange(start, min(start + limit, n))
                     waves = [rows[w] for w in _waves([batch.streams[k] for k in rows.tolist()])]
                 for rows in waves:
-                    self._step_wave(batch, rows, now, result, errors, part)
+                    self._step_wave(batch, rows, times, result, errors, part)
                 self._journal.stepped(part, self._known_partition)
                 evicted = self.store.take_evicted()
                 if evicted:
@@ -252,7 +296,7 @@ class Predictor:
         self,
         batch: EventBatch,
         rows: np.ndarray,
-        now: float,
+        times: np.ndarray,
         result: BatchResult,
         errors: list[np.ndarray],
         touched: dict[str, int],
@@ -260,7 +304,7 @@ class Predictor:
         store = self.store
         names = batch.streams
         streams = names if len(rows) == len(names) else [names[k] for k in rows.tolist()]
-        slots = store.slots(streams, now)
+        slots = store.slots(streams, times[rows])
         seq, part, off = batch.seq[rows], batch.partition[rows], batch.offset[rows]
         duplicate = (seq != NO_SEQ) & (store.seq[slots] >= seq)
         replayed = (
@@ -450,9 +494,16 @@ class Predictor:
         return heapq.nsmallest(limit, (s for s in ids if s > after))
 
     def expire(self, now: float | None = None) -> list[str]:
-        """Remove streams idle past the TTL; returns them (journaled as removed)."""
+        """Remove streams idle past the TTL; returns them (journaled as removed).
+
+        ``now``: an event time; None: the watermark (nothing expires before
+        the first event, e.g. right after a restore).
+        """
         with self._lock:
-            gone = self.store.expire(self._clock() if now is None else now)
+            now = self._watermark if now is None else now
+            if now is None:
+                return []
+            gone = self.store.expire(now)
             self._journal.removed(gone)
             return gone
 

@@ -37,6 +37,7 @@ _HEADER = struct.Struct("<4sHHHH")  # magic, num_layers, hidden, output, input
 HISTORY_MAGIC = b"SCH1"
 _HISTORY_HEADER = struct.Struct("<4sHHHHI")
 NO_POSITION = -1
+FREE_LAST_SEEN = np.nan  # a free slot's last_seen
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,10 @@ class StateStore:
         )
         self.offset = grow_array(None if first else self.offset, (grow,), np.int64, NO_POSITION)
         self.seq = grow_array(None if first else self.seq, (grow,), np.int64, NO_POSITION)
-        self.last_seen = grow_array(None if first else self.last_seen, (grow,), np.float64)
+        # NaN marks a free slot: never idle for expire, replaced by the first event time.
+        self.last_seen = grow_array(
+            None if first else self.last_seen, (grow,), np.float64, FREE_LAST_SEEN
+        )
         self.scale_sum = grow_array(
             None if first else self.scale_sum, (grow, self.input_size), np.float64
         )
@@ -206,7 +210,7 @@ class StateStore:
         self.partition[slot] = NO_POSITION
         self.offset[slot] = NO_POSITION
         self.seq[slot] = NO_POSITION
-        self.last_seen[slot] = 0.0
+        self.last_seen[slot] = FREE_LAST_SEEN
         self.scale_sum[slot] = 0.0
         self.err_sum[slot] = 0.0
         self.err_count[slot] = 0
@@ -251,11 +255,14 @@ class StateStore:
         return self._index.get(stream)
 
     # --------------------------------------------------------------- lookups
-    def slots(self, streams: Sequence[str], now: float) -> np.ndarray:
+    def slots(self, streams: Sequence[str], now: float | np.ndarray) -> np.ndarray:
         """Slots for distinct stream ids, creating missing streams with zero state.
 
-        Marks them most recently used at ``now``. When the store is full, the
-        least recently used streams outside ``streams`` are evicted (counted).
+        Marks them most recently used. ``now`` is the event time of their
+        events (one for all, or one per stream): a stream's ``last_seen`` is
+        the newest event time it has had, so that a late event never makes it
+        look idle. When the store is full, the least recently used streams
+        outside ``streams`` are evicted (counted).
         """
         if len(streams) > self.max_streams:
             raise Overloaded(
@@ -267,7 +274,7 @@ class StateStore:
         if None not in found:  # the usual case, every stream known: no Python loop per stream
             deque(map(index.move_to_end, streams), maxlen=0)
             out = np.array(found, dtype=np.int64)
-            self.last_seen[out] = now
+            self.last_seen[out] = np.fmax(self.last_seen[out], now)
             return out
         out = np.empty(len(streams), dtype=np.int64)
         missing: list[int] = []
@@ -281,7 +288,7 @@ class StateStore:
         for k in missing:
             slot = index.get(streams[k])  # a repeated id was created a moment ago
             out[k] = self._create(streams[k]) if slot is None else slot
-        self.last_seen[out] = now
+        self.last_seen[out] = np.fmax(self.last_seen[out], now)  # a new one's NaN gives way
         return out
 
     def _create(self, stream: str) -> int:
@@ -357,15 +364,17 @@ class StateStore:
         return dropped
 
     def expire(self, now: float) -> list[str]:
-        """Remove streams idle for longer than the TTL; returns their ids (counted)."""
+        """Remove streams idle for longer than the TTL at event time ``now``; returns them.
+
+        Idle means ``last_seen`` (event time) at or before ``now`` minus the
+        TTL. Event times need not follow the order streams were touched in,
+        so every slot is compared (one numpy pass; free slots hold NaN, never
+        idle), not an LRU prefix. Returned in slot order, and counted.
+        """
         if self.ttl_seconds is None:
             return []
-        deadline = now - self.ttl_seconds
-        gone: list[str] = []
-        for stream, slot in self._index.items():
-            if self.last_seen[slot] > deadline:
-                break  # LRU order: everything after is more recent
-            gone.append(stream)
+        idle = np.flatnonzero(self.last_seen <= now - self.ttl_seconds)
+        gone = [stream for stream in map(self._ids.__getitem__, idle.tolist()) if stream]
         for stream in gone:
             self._remove(stream)
         self.expired += len(gone)

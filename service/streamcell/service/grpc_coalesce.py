@@ -54,6 +54,7 @@ def merge(batches: list[EventBatch]) -> EventBatch:
         np.concatenate([b.seq for b in batches]),
         np.concatenate([b.partition for b in batches]),
         np.concatenate([b.offset for b in batches]),
+        np.concatenate([np.full(len(b), np.nan) if b.time is None else b.time for b in batches]),
     )
 
 

@@ -48,7 +48,8 @@ def batch_of(events: Sequence[event_pb2.Event], input_size: int) -> EventBatch:
     if bad:
         raise refusal(streams, *bad[0])
     seq[absent] = NO_SEQ
-    return EventBatch.of(streams, flat.reshape(n, input_size), seq)
+    ts = np.fromiter((e.ts if e.HasField("ts") else np.nan for e in events), np.float64, n)
+    return EventBatch.of(streams, flat.reshape(n, input_size), seq, time=ts)
 
 
 def event_times(events: Sequence[event_pb2.Event]) -> np.ndarray:

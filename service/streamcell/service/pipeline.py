@@ -152,7 +152,8 @@ class Pipeline:
         counts = {"invalid": len(decoded.invalid)}
         if len(batch):
             start = time.perf_counter()
-            result = self.predictor.predict(batch, validated=True)
+            # Event times, not arrival: TTL idleness never counts our own downtime.
+            result = self.predictor.predict(batch, decoded.event_time, validated=True)
             self.metrics.step_seconds.observe(time.perf_counter() - start)
             rows = np.flatnonzero(result.outcome == PREDICTED)
             messages = codec.encode_predictions(
@@ -176,7 +177,7 @@ class Pipeline:
         self.checkpointer.processed(last)
 
     def _expire(self) -> None:
-        gone = self.predictor.expire()
+        gone = self.predictor.expire()  # at the watermark: the input's event time
         if gone:
             self.metrics.sync_store_counters(0, len(gone))
             log.info("expired %d idle streams", len(gone))
