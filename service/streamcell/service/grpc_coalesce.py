@@ -61,8 +61,15 @@ def merge(batches: list[EventBatch]) -> EventBatch:
 class Coalescer:
     """Leader/follower batching of single-event calls; ``after`` sees each applied batch."""
 
-    def __init__(self, after: Callable[[EventBatch, BatchResult], None]) -> None:
+    def __init__(
+        self,
+        after: Callable[[EventBatch, BatchResult], None],
+        check: Callable[[list[str]], None] = lambda streams: None,
+    ) -> None:
+        """``check`` runs under the Predictor's lock for each call and may raise to refuse
+        it alone (the stream's partition left this replica since the call arrived)."""
         self._after = after
+        self._check = check
         self._lock = threading.Lock()
         self._pending: list[_Item] = []
         self._leading = False
@@ -108,10 +115,15 @@ class Coalescer:
             with predictor.lock:
                 live = []
                 for item in take:
-                    if item.context.time_remaining() > 0:
-                        live.append(item)
-                    else:
+                    if item.context.time_remaining() <= 0:
                         item.error = DeadlineExpired()
+                        continue
+                    try:
+                        self._check(item.batch.streams)
+                    except Exception as exc:  # refused alone; the others go on
+                        item.error = exc
+                        continue
+                    live.append(item)
                 if not live:
                     return
                 batch = merge([item.batch for item in live])

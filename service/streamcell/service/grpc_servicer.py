@@ -93,7 +93,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         self._predictor_of = predictor_of
         self._metrics = metrics
         self._owner_of = owner_of
-        self._coalescer = Coalescer(self._record)
+        self._coalescer = Coalescer(self._record, self._check_owned)
         self._settings = settings or GrpcSettings()
         self._stream_slots = threading.BoundedSemaphore(self._settings.predict_stream_limit)
 
@@ -164,6 +164,10 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         if wait == 0 or not predictor.lock.acquire(timeout=wait):
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before applying")
         try:
+            # Again under the lock: a revocation takes it to checkpoint and let the
+            # partitions go, so a stream owned when the call arrived may be gone now,
+            # and a write applied then would never reach the changelog.
+            self._check_owned(batch.streams)
             result = predictor.predict(batch)
         finally:
             predictor.lock.release()

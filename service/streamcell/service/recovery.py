@@ -62,14 +62,18 @@ class Recovery:
             return
         log.info("partitions revoked: %s; checkpointing", revoked)
         cp = self.checkpointer
-        cp.checkpoint()
-        for p in revoked:
-            if p in self.recovering:  # never restored: nothing of it to keep
-                self.recovering.remove(p)
-            else:
-                self._parked[p] = cp.committed.get(p)
-            self.ownership.assigned.discard(p)
-            cp.positions.pop(p, None)
+        # Under the Predictor's lock from the checkpoint until the partitions are
+        # let go: a gRPC write between the two would be applied and journaled, and
+        # then never reach the changelog. gRPC checks ownership under the lock.
+        with cp.predictor.lock:
+            cp.checkpoint()
+            for p in revoked:
+                if p in self.recovering:  # never restored: nothing of it to keep
+                    self.recovering.remove(p)
+                else:
+                    self._parked[p] = cp.committed.get(p)
+                self.ownership.assigned.discard(p)
+                cp.positions.pop(p, None)
         self._count_assigned()
 
     def on_assign(self, tps: list[TopicPartition]) -> None:
