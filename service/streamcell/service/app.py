@@ -255,7 +255,9 @@ class App:
         assert self.predictor is not None
         while not stop.wait(max(min(self.settings.poll_registry_s, 1.0), 0.05)):
             reload.reload_if_newer(watcher, self.predictor, self.metrics)
-            self.predictor.expire()  # at the watermark, the newest event (arrival) time
+            gone = self.predictor.expire()  # at the watermark, the newest event (arrival) time
+            if gone:
+                self.metrics.sync_store_counters(0, len(gone))
 
     def _stop_grpc(self) -> None:
         if self.grpc is not None:
