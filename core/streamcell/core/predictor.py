@@ -411,12 +411,17 @@ class Predictor:
         read, never written: a recipe model feeds each prediction, as the next
         event's value, into a copy of the stream's history.
         """
-        cfg = self.loaded.config
-        if not cfg.autoregressive:
-            raise InvalidEvent("not_autoregressive", self._cannot_forecast())
         if not 1 <= horizon <= MAX_HORIZON:
             raise InvalidEvent("bad_horizon", f"horizon must be in 1..{MAX_HORIZON}, got {horizon}")
         with self._lock:
+            # One version for the whole forecast, which runs outside the lock:
+            # a swap meanwhile must not mix its weights with this state.
+            loaded, recipe = self.loaded, self._recipe
+            in_mean, in_std = self._in_mean, self._in_std
+            out_mean, out_std = self._out_mean, self._out_std
+            cfg = loaded.config
+            if not cfg.autoregressive:
+                raise InvalidEvent("not_autoregressive", self._cannot_forecast())
             slot = self.store.slot_of(stream)
             if slot is None:
                 raise StreamNotFound(f"stream {stream!r} is not known to this replica")
@@ -426,27 +431,28 @@ class Predictor:
             count = int(self.store.events[slot])
             ring = None if self.store.ring is None else self.store.ring[slots]  # a copy
             scale = None
-            if self._recipe is None and cfg.scaling != SCALING_GLOBAL and count > 0:
+            if recipe is None and cfg.scaling != SCALING_GLOBAL and count > 0:
                 scale = torch.from_numpy(
                     scale_from_sums(self.store.scale_sum[slots], np.array([count]), cfg.scale_floor)
                 ).to(self.device)
         if count == 0:
             raise StreamNotFound(f"stream {stream!r} has seen no events to forecast from")
         out = np.empty((horizon, cfg.output_size), dtype=np.float32)
-        model = self.loaded.model
+        model = loaded.model
         for k in range(horizon):
             out[k] = prev[0].cpu().numpy()
             if k + 1 == horizon:
                 break
-            if ring is None:
+            if ring is None or recipe is None:
                 xt = prev if scale is None else prev / scale
-                u = (xt - self._in_mean) / self._in_std
+                u = (xt - in_mean) / in_std
             else:
-                u, fed = self._featurize(ring, np.array([count + k]), out[k : k + 1])
+                features, fed = advance(recipe, ring, np.array([count + k]), out[k : k + 1])
+                u = (torch.from_numpy(features).to(self.device) - in_mean) / in_std
                 scale = torch.from_numpy(fed).to(self.device)[:, None]
             step = model.step(u, h, c)
             h, c = step.h, step.c
-            prev = step.y * self._out_std + self._out_mean
+            prev = step.y * out_std + out_mean
             if scale is not None:
                 prev = prev * scale
         return out
