@@ -30,13 +30,13 @@ import torch
 from torch import Tensor
 
 from streamcell.core.errors import Overloaded, StateFormatError
+from streamcell.core.events import NO_POSITION, NO_SEQ
 
 SNAPSHOT_MAGIC = b"SCS1"
 _HEADER = struct.Struct("<4sHHHH")  # magic, num_layers, hidden, output, input
 # A store with a history: the same fields, then the ring's length.
 HISTORY_MAGIC = b"SCH1"
 _HISTORY_HEADER = struct.Struct("<4sHHHHI")
-NO_POSITION = -1
 FREE_LAST_SEEN = np.nan  # a free slot's last_seen
 
 
@@ -175,7 +175,7 @@ class StateStore:
             None if first else self.partition, (grow,), np.int32, NO_POSITION
         )
         self.offset = grow_array(None if first else self.offset, (grow,), np.int64, NO_POSITION)
-        self.seq = grow_array(None if first else self.seq, (grow,), np.int64, NO_POSITION)
+        self.seq = grow_array(None if first else self.seq, (grow,), np.int64, NO_SEQ)
         # NaN marks a free slot: never idle for expire, replaced by the first event time.
         self.last_seen = grow_array(
             None if first else self.last_seen, (grow,), np.float64, FREE_LAST_SEEN
@@ -209,7 +209,7 @@ class StateStore:
         self.events[slot] = 0
         self.partition[slot] = NO_POSITION
         self.offset[slot] = NO_POSITION
-        self.seq[slot] = NO_POSITION
+        self.seq[slot] = NO_SEQ
         self.last_seen[slot] = FREE_LAST_SEEN
         self.scale_sum[slot] = 0.0
         self.err_sum[slot] = 0.0

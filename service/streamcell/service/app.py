@@ -266,10 +266,12 @@ class App:
 
     def close(self) -> None:
         try:
-            if self._admin is not None:
-                self._admin.close()
-                self._admin = None
-            self._stop_grpc()
+            try:
+                if self._admin is not None:
+                    self._admin.close()
+                    self._admin = None
+            finally:
+                self._stop_grpc()
         finally:
             if self._http is not None:
                 self._http.shutdown()

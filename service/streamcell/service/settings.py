@@ -193,7 +193,7 @@ class GrpcSettings:
 
     def exposure_warning(self) -> str | None:
         """Why this server is open to anyone who reaches it, if it is (None: it is not)."""
-        if self.auth_token is not None or _is_loopback(self.host):
+        if self.auth_token is not None or is_loopback(self.host):
             return None
         return (
             f"gRPC listens on {self.host}:{self.port} without a token: anyone who reaches it "
@@ -203,7 +203,8 @@ class GrpcSettings:
         )
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name, or an address in brackets or not) is a loopback address."""
     if host == "localhost":
         return True
     try:

@@ -21,7 +21,6 @@ and the task removes it.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import socket
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from streamcell.core.errors import ConfigError
+from streamcell.service.settings import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def join(
     if host_port is not None:
         _precheck(address, *host_port, auth)
     options: dict[str, Any] = {}
-    if host_port is not None and _is_loopback(host_port[0]):
+    if host_port is not None and is_loopback(host_port[0]):
         # A cluster on this machine's loopback: the driver's node is that address
         # too (Ray would otherwise advertise the network interface's address).
         options["_node_ip_address"] = host_port[0]
@@ -251,13 +251,6 @@ def _host_port(address: str) -> tuple[str, int] | None:
     if not sep or not host or "/" in address or not port.isdigit():
         return None
     return host.strip("[]"), int(port)
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def local_node_ip() -> str | None:
