@@ -404,3 +404,26 @@ def test_a_record_over_the_request_limit_raises_record_too_large(kafka_config, u
     finally:
         producer.close()
     assert [r.value for r in read_all(cfg, [(topic, 0)])] == [b"before", b"after"]
+
+
+def test_send_many_stops_at_a_record_over_the_limit_and_later_marks_still_pass(
+    kafka_config, unique_name
+):
+    """The records before the refused one are sent, those after it are not, and
+    the producer's marks still drain (no count is left waiting for them)."""
+    cfg = dataclasses.replace(kafka_config, max_request_bytes=64 * 1024)
+    topic = make_topic(cfg, unique_name("bigmany"), partitions=1)
+    producer = open_producer(cfg)
+    try:
+        records = [(b"k", b"1"), (b"k", b"x" * (128 * 1024)), (b"k", b"never")]
+        with pytest.raises(RecordTooLarge):
+            producer.send_many(topic, records)
+        producer.send(topic, b"k", b"2")
+        mark = producer.mark()
+        deadline = time.monotonic() + 10
+        while not producer.acknowledged(mark):
+            assert time.monotonic() < deadline, "the mark after a refused record never passed"
+            time.sleep(0.01)
+    finally:
+        producer.close()
+    assert [r.value for r in read_all(cfg, [(topic, 0)])] == [b"1", b"2"]

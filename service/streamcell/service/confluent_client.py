@@ -402,25 +402,30 @@ class ConfluentProducer:
         epoch = self._epoch
         epoch.outstanding += len(records)
         delivered = epoch.delivered
-        if headers is None:
-            # The common case (predictions) without keyword arguments: ~0.5 us less per call.
-            part = PARTITION_UA if partition is None else partition
-            for key, value in records:
-                try:
-                    produce(topic, value, key, part, delivered)
-                except BufferError:
-                    self._produce(topic, key, value, headers, partition)
-                except KafkaException as exc:
-                    raise _refused(self.cfg, topic, exc) from exc
-        else:
-            kwargs = _produce_kwargs(headers, partition)
-            for key, value in records:
-                try:
-                    produce(topic, value, key, on_delivery=delivered, **kwargs)
-                except BufferError:
-                    self._produce(topic, key, value, headers, partition)
-                except KafkaException as exc:
-                    raise _refused(self.cfg, topic, exc) from exc
+        pending = iter(records)
+        try:
+            if headers is None:
+                # The common case (predictions) without keyword arguments: ~0.5 us less per call.
+                part = PARTITION_UA if partition is None else partition
+                for key, value in pending:
+                    try:
+                        produce(topic, value, key, part, delivered)
+                    except BufferError:
+                        self._produce(topic, key, value, headers, partition)
+                    except KafkaException as exc:
+                        raise _refused(self.cfg, topic, exc) from exc
+            else:
+                kwargs = _produce_kwargs(headers, partition)
+                for key, value in pending:
+                    try:
+                        produce(topic, value, key, on_delivery=delivered, **kwargs)
+                    except BufferError:
+                        self._produce(topic, key, value, headers, partition)
+                    except KafkaException as exc:
+                        raise _refused(self.cfg, topic, exc) from exc
+        except StreamcellError:  # refused: it and the records after it were not queued
+            epoch.outstanding -= 1 + sum(1 for _ in pending)
+            raise
         self._p.poll(0)
 
     def flush(self, timeout_s: float = 30.0) -> None:
