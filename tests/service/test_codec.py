@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 
 from streamcell.core.events import NO_SEQ, EventBatch
 from streamcell.service.codec import (
+    DEAD_LETTER_KEY_MAX,
     FORMAT_JSON,
     FORMAT_PROTOBUF,
+    dead_letter,
     dead_letter_headers,
     decode,
     encode_predictions,
@@ -94,6 +96,51 @@ def test_dead_letter_headers_carry_reason_and_source():
     assert headers["source_partition"] == b"2"
     assert headers["source_offset"] == b"42"
     assert b"not JSON" in headers["error"]
+
+
+def test_a_dead_letter_that_fits_is_sent_whole():
+    bad = decode([rec("a", b"oops" * 1000)], 3).invalid[0]
+    assert dead_letter(bad, 4096) == (b"a", b"oops" * 1000, dead_letter_headers(bad))
+
+
+def test_a_dead_letter_too_large_is_truncated_with_its_sizes_and_reason():
+    value = b"\x00not an event" * 700_000  # ~9.8 MB, over the producer's request limit
+    bad = decode([rec("a", value, offset=7)], 3).invalid[0]
+    key, cut, headers = dead_letter(bad, 100_000)
+    assert key == b"a" and cut == value[:99_999]  # key + value: the bound
+    got = dict(headers)
+    assert got["original-size"] == str(len(value)).encode()
+    assert got["truncated"] == b"true"
+    assert got["reason"] == b"bad_json" and got["source_offset"] == b"7"
+    assert "original-key-size" not in got
+
+
+def test_a_huge_key_is_cut_first_and_its_size_kept():
+    bad = decode([rec(b"k" * 50_000, b"{}")], 3).invalid[0]
+    key, value, headers = dead_letter(bad, 8192)
+    assert key == b"k" * DEAD_LETTER_KEY_MAX and value == b"{}"
+    got = dict(headers)
+    assert got["reason"] == b"key_too_long"
+    assert (got["original-key-size"], got["original-size"]) == (b"50000", b"2")
+    assert got["truncated"] == b"true"
+
+
+@given(
+    key=st.one_of(st.none(), st.binary(max_size=6000)),
+    value=st.one_of(st.none(), st.binary(max_size=20_000)),
+    bound=st.integers(4096, 10_000),
+)
+@settings(max_examples=200, deadline=None)
+def test_a_dead_letter_never_exceeds_its_bound(key, value, bound):
+    record = Record("events", 0, 0, key, value, 0, ())
+    bad = decode([record], 3).invalid
+    if not bad:  # the rare valid event
+        return
+    k, v, headers = dead_letter(bad[0], bound)
+    assert len(k or b"") + len(v or b"") <= bound
+    whole = len(key or b"") + len(value or b"") <= bound
+    assert (dict(headers).get("truncated") == b"true") == (not whole)
+    assert (k, v) == (key, value) if whole else (key or b"").startswith(k or b"")
 
 
 def test_empty_poll_decodes_to_an_empty_batch():

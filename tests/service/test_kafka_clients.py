@@ -4,6 +4,7 @@ against the session's real broker (service/kafka.py)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator
 
@@ -14,7 +15,9 @@ from streamcell.service.broker import BrokerSettings, EmbeddedBroker, free_port
 from streamcell.service.kafka import (
     Consumer,
     KafkaClientConfig,
+    Producer,
     Record,
+    RecordTooLarge,
     TopicPartition,
     TopicSpec,
     installed_clients,
@@ -23,6 +26,12 @@ from streamcell.service.kafka import (
     open_producer,
     open_reader,
 )
+
+try:
+    from streamcell.service.confluent_client import _producer_conf
+except ImportError:  # confluent-kafka not installed: its cases are not collected
+    _producer_conf = None  # type: ignore[assignment]
+from streamcell.service.kafka_python_client import KafkaPythonProducer
 
 pytestmark = pytest.mark.kafka
 
@@ -336,3 +345,85 @@ def test_a_failed_send_is_raised_and_no_later_mark_is_acknowledged(
                 assert not producer.acknowledged(mark)
     finally:
         producer.close()
+
+
+def producer_settings(producer: Producer) -> dict[str, object]:
+    """The ordering and size settings a producer was opened with, one spelling for both."""
+    if isinstance(producer, KafkaPythonProducer):
+        conf = producer._p.config
+        idempotence, acks = conf["enable_idempotence"], conf["acks"]
+        in_flight, limit = conf["max_in_flight_requests_per_connection"], conf["max_request_size"]
+    else:
+        conf = _producer_conf(producer.cfg)
+        idempotence, acks = conf["enable.idempotence"], conf["acks"]
+        in_flight = conf.get("max.in.flight.requests.per.connection", 5)  # librdkafka's default
+        limit = conf["message.max.bytes"]
+    acks = {"-1": "all"}.get(str(acks), str(acks))  # kafka-python keeps "all" as -1
+    got = {"idempotence": idempotence, "acks": acks, "max_request_bytes": limit}
+    return got if idempotence else {**got, "in_flight": in_flight}
+
+
+@pytest.mark.parametrize(
+    ("acks", "expected"),
+    [
+        ("all", {"idempotence": True, "acks": "all"}),
+        ("1", {"idempotence": False, "acks": "1", "in_flight": 1}),
+    ],
+)
+def test_producers_keep_send_order_across_retries(kafka_config, unique_name, acks, expected):
+    """Idempotent with acks=all (the broker accepts it: records arrive once, in
+    order), else one request in flight: a retry never reorders two snapshots."""
+    cfg = dataclasses.replace(kafka_config, acks=acks, max_request_bytes=2 * 1024 * 1024)
+    topic = make_topic(cfg, unique_name("order"), partitions=1)
+    producer = open_producer(cfg)
+    try:
+        got = producer_settings(producer)
+        assert got == {**expected, "max_request_bytes": 2 * 1024 * 1024}
+        producer.send_many(topic, [(b"k", str(i).encode()) for i in range(500)])
+        producer.flush(10)
+    finally:
+        producer.close()
+    values = [r.value for r in read_all(cfg, [(topic, 0)])]
+    assert values == [str(i).encode() for i in range(500)]
+
+
+def test_a_record_over_the_request_limit_raises_record_too_large(kafka_config, unique_name):
+    """Refused by the client at send, with its own error (not "cannot reach Kafka"),
+    and the producer stays usable: what was sent before and after is delivered."""
+    cfg = dataclasses.replace(kafka_config, max_request_bytes=64 * 1024)
+    topic = make_topic(cfg, unique_name("big"), partitions=1)
+    producer = open_producer(cfg)
+    try:
+        producer.send(topic, b"k", b"before")
+        with pytest.raises(RecordTooLarge, match="over the producer's limit"):
+            producer.send(topic, b"k", b"x" * (128 * 1024))
+        producer.send(topic, b"k", b"after")
+        mark = producer.mark()
+        producer.flush(10)
+        assert producer.acknowledged(mark)
+    finally:
+        producer.close()
+    assert [r.value for r in read_all(cfg, [(topic, 0)])] == [b"before", b"after"]
+
+
+def test_send_many_stops_at_a_record_over_the_limit_and_later_marks_still_pass(
+    kafka_config, unique_name
+):
+    """The records before the refused one are sent, those after it are not, and
+    the producer's marks still drain (no count is left waiting for them)."""
+    cfg = dataclasses.replace(kafka_config, max_request_bytes=64 * 1024)
+    topic = make_topic(cfg, unique_name("bigmany"), partitions=1)
+    producer = open_producer(cfg)
+    try:
+        records = [(b"k", b"1"), (b"k", b"x" * (128 * 1024)), (b"k", b"never")]
+        with pytest.raises(RecordTooLarge):
+            producer.send_many(topic, records)
+        producer.send(topic, b"k", b"2")
+        mark = producer.mark()
+        deadline = time.monotonic() + 10
+        while not producer.acknowledged(mark):
+            assert time.monotonic() < deadline, "the mark after a refused record never passed"
+            time.sleep(0.01)
+    finally:
+        producer.close()
+    assert [r.value for r in read_all(cfg, [(topic, 0)])] == [b"1", b"2"]

@@ -9,6 +9,7 @@ restart; the state store stays within --max-streams.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -254,3 +255,43 @@ def test_grpc_writes_share_state_with_kafka_and_reach_the_changelog(kafka_bootst
     store.restore((k, v) for k, (_, v) in latest.items() if v is not None)
     assert store.info("s0").events == 5 and store.info("s0").seq == 100
     assert store.info("fresh").events == 1 and store.info("s2").events == 4
+
+
+def test_a_record_too_large_to_dead_letter_whole_does_not_stop_serve(
+    kafka_bootstrap, kafka_client, tmp_path: Path
+):
+    """An 8.5 MB record that is not an event, between 100 good ones: over the
+    producer's 8 MiB request limit, it used to fail its dead-letter send and
+    stop serve at the same record on every restart (guarantee 4)."""
+    cfg = KafkaClientConfig(kafka_bootstrap, client=kafka_client)
+    topics = Topics("poison")
+    topics.create(cfg, 1)
+    version = make_model(tmp_path / "reg")
+    serve = Serve(
+        tmp_path / "serve.log", serve_args(kafka_bootstrap, kafka_client, tmp_path / "reg", topics)
+    )
+    poison = b"\x00not an event " * (8_500_000 // 14)
+    good = events(streams=5, steps=20)
+    try:
+        serve.wait_assigned()
+        big = dataclasses.replace(cfg, max_request_bytes=16 * 1024 * 1024)
+        produce(big, topics.input, [*good[:50], (b"s0", poison), *good[50:]])
+        out = wait_for_predictions(cfg, topics.output, 1, expected=len(good), serving=[serve])
+        assert serve.proc.poll() is None  # still serving
+        assert serve.terminate() == 0
+    finally:
+        serve.stop()
+    offline = Offline(load(version), read_all(cfg, topics.input, 1))
+    assert len(offline.expected) == len(good)
+    offline.check_predictions(out)
+    assert len(out) == len(good)
+
+    (dead,) = read_all(cfg, topics.dead, 1)
+    headers = dict(dead.headers)
+    assert headers["reason"] == b"bad_json"
+    assert headers["truncated"] == b"true"
+    assert headers["original-size"] == str(len(poison)).encode()
+    assert headers["source_offset"] == b"50"
+    assert dead.key == b"s0"
+    assert dead.value == poison[: 1_000_000 - len(b"s0")]  # the --dead-letter-max-bytes default
+    assert "dead-lettered" in serve.text() and "truncated" in serve.text()

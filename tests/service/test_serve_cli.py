@@ -76,6 +76,7 @@ def test_every_flag_default_is_its_fields_default():
     [
         (["--max-batch", "0"], "--max-batch must be at least 1"),
         (["--idle-commit-ms", "-5"], "--idle-commit-ms must be >= 0 (0: off), got -5"),
+        (["--dead-letter-max-bytes", "100"], "--dead-letter-max-bytes must be in [4096, "),
         (["--input-topic", "t", "--output-topic", "t"], "the four topics must differ"),
         (["--stream-ttl-s", "-1"], "--stream-ttl-s must be positive"),
         (["--stream-ttl-s", "nan"], "--stream-ttl-s must be positive, got nan"),

@@ -37,7 +37,7 @@ from streamcell.core.events import (
     EventBatch,
     find_invalid,
 )
-from streamcell.service.settings import FORMAT_JSON, FORMATS
+from streamcell.service.settings import DEAD_LETTER_MIN_BYTES, FORMAT_JSON, FORMATS
 from streamcell.service.settings import FORMAT_PROTOBUF as FORMAT_PROTOBUF  # for callers
 
 if TYPE_CHECKING:
@@ -388,6 +388,38 @@ def encode_predictions(
     values = (template % tuple(args)).split(b"\n")
     values.pop()  # after the last newline
     return list(zip(keys, values, strict=True))
+
+
+DEAD_LETTER_KEY_MAX = DEAD_LETTER_MIN_BYTES // 4
+"""Bytes of a key a truncated dead letter keeps (a stream id is at most 256 bytes)."""
+TRUNCATED = ("truncated", b"true")  # the last header of a truncated dead letter
+
+
+def dead_letter(
+    bad: Invalid, max_bytes: int
+) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """The key, value and headers to dead-letter ``bad`` with.
+
+    Whole when key and value together fit in ``max_bytes``; else cut to fit
+    (the key to DEAD_LETTER_KEY_MAX bytes first, then the value to what is
+    left), with ``truncated: true`` and the original sizes in headers, so a
+    record too large to send whole still leaves its reason and a prefix.
+    """
+    if max_bytes < DEAD_LETTER_MIN_BYTES:
+        raise ValueError(f"max_bytes must be at least {DEAD_LETTER_MIN_BYTES}, got {max_bytes}")
+    rec = bad.record
+    headers = dead_letter_headers(bad)
+    key, value = rec.key, rec.value
+    if len(key or b"") + len(value or b"") <= max_bytes:
+        return key, value, headers
+    if key is not None and len(key) > DEAD_LETTER_KEY_MAX:
+        headers.append(("original-key-size", str(len(key)).encode()))
+        key = key[:DEAD_LETTER_KEY_MAX]
+    if value is not None:
+        headers.append(("original-size", str(len(value)).encode()))
+        value = value[: max_bytes - len(key or b"")]
+    headers.append(TRUNCATED)
+    return key, value, headers
 
 
 def dead_letter_headers(bad: Invalid) -> list[tuple[str, bytes]]:

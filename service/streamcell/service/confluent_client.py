@@ -22,6 +22,7 @@ from confluent_kafka import (
 from confluent_kafka import TopicPartition as CTopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from streamcell.core.errors import StreamcellError
 from streamcell.service.kafka import (
     CommitFailed,
     EndTracker,
@@ -29,8 +30,10 @@ from streamcell.service.kafka import (
     KafkaClientConfig,
     Member,
     Record,
+    RecordTooLarge,
     TopicPartition,
     TopicSpec,
+    idempotent,
     unavailable,
 )
 
@@ -283,6 +286,14 @@ def _produce_kwargs(
     return kwargs
 
 
+def _refused(cfg: KafkaClientConfig, topic: str, exc: KafkaException) -> StreamcellError:
+    """produce() raising: a record over message.max.bytes, else the client is unusable."""
+    err = exc.args[0] if exc.args else None
+    if isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+        return RecordTooLarge(f"a record for {topic} is over the producer's limit: {err.str()}")
+    return unavailable(cfg, exc)
+
+
 class _Epoch:
     """Records sent between two marks: a count of those not acknowledged yet.
 
@@ -306,6 +317,29 @@ class _Epoch:
         self.delivered = delivered
 
 
+def _producer_conf(cfg: KafkaClientConfig) -> dict[str, Any]:
+    """Idempotent with acks=all, else one request in flight per connection: either
+    way a retry keeps send order. message.max.bytes is librdkafka's request limit
+    (its default, 1 MB, would refuse what kafka-python sends)."""
+    ordering: dict[str, Any] = (
+        {"enable.idempotence": True}
+        if idempotent(cfg)
+        else {"enable.idempotence": False, "max.in.flight.requests.per.connection": 1}
+    )
+    return {
+        **_common(cfg),
+        "acks": "all" if idempotent(cfg) else cfg.acks,
+        "linger.ms": cfg.linger_ms,
+        "batch.size": cfg.batch_size,
+        "message.max.bytes": cfg.max_request_bytes,
+        "partitioner": "murmur2_random",  # the Java/kafka-python partitioner
+        "queue.buffering.max.messages": 1_000_000,
+        "message.timeout.ms": cfg.request_timeout_ms,
+        "delivery.report.only.error": False,  # successes count for acknowledged()
+        **ordering,
+    }
+
+
 class ConfluentProducer:
     def __init__(self, cfg: KafkaClientConfig) -> None:
         self.cfg = cfg
@@ -314,14 +348,7 @@ class ConfluentProducer:
         self._epochs: deque[_Epoch] = deque([self._epoch])  # oldest first; the last is open
         self._p = Producer(
             {
-                **_common(cfg),
-                "acks": cfg.acks,
-                "linger.ms": cfg.linger_ms,
-                "batch.size": cfg.batch_size,
-                "partitioner": "murmur2_random",  # the Java/kafka-python partitioner
-                "queue.buffering.max.messages": 1_000_000,
-                "message.timeout.ms": cfg.request_timeout_ms,
-                "delivery.report.only.error": False,  # successes count for acknowledged()
+                **_producer_conf(cfg),
                 "on_delivery": self._on_delivery,
             }
         )
@@ -345,6 +372,8 @@ class ConfluentProducer:
                 return
             except BufferError:  # the local queue is full: let librdkafka drain it
                 self._p.poll(0.05)
+            except KafkaException as exc:
+                raise _refused(self.cfg, topic, exc) from exc
 
     def send(
         self,
@@ -354,8 +383,13 @@ class ConfluentProducer:
         headers: list[tuple[str, bytes]] | None = None,
         partition: int | None = None,
     ) -> None:
-        self._epoch.outstanding += 1
-        self._produce(topic, key, value, headers, partition)
+        epoch = self._epoch
+        epoch.outstanding += 1
+        try:
+            self._produce(topic, key, value, headers, partition)
+        except BaseException:
+            epoch.outstanding -= 1  # not queued: nothing will report it
+            raise
 
     def send_many(
         self,
@@ -368,21 +402,30 @@ class ConfluentProducer:
         epoch = self._epoch
         epoch.outstanding += len(records)
         delivered = epoch.delivered
-        if headers is None:
-            # The common case (predictions) without keyword arguments: ~0.5 us less per call.
-            part = PARTITION_UA if partition is None else partition
-            for key, value in records:
-                try:
-                    produce(topic, value, key, part, delivered)
-                except BufferError:
-                    self._produce(topic, key, value, headers, partition)
-        else:
-            kwargs = _produce_kwargs(headers, partition)
-            for key, value in records:
-                try:
-                    produce(topic, value, key, on_delivery=delivered, **kwargs)
-                except BufferError:
-                    self._produce(topic, key, value, headers, partition)
+        pending = iter(records)
+        try:
+            if headers is None:
+                # The common case (predictions) without keyword arguments: ~0.5 us less per call.
+                part = PARTITION_UA if partition is None else partition
+                for key, value in pending:
+                    try:
+                        produce(topic, value, key, part, delivered)
+                    except BufferError:
+                        self._produce(topic, key, value, headers, partition)
+                    except KafkaException as exc:
+                        raise _refused(self.cfg, topic, exc) from exc
+            else:
+                kwargs = _produce_kwargs(headers, partition)
+                for key, value in pending:
+                    try:
+                        produce(topic, value, key, on_delivery=delivered, **kwargs)
+                    except BufferError:
+                        self._produce(topic, key, value, headers, partition)
+                    except KafkaException as exc:
+                        raise _refused(self.cfg, topic, exc) from exc
+        except StreamcellError:  # refused: it and the records after it were not queued
+            epoch.outstanding -= 1 + sum(1 for _ in pending)
+            raise
         self._p.poll(0)
 
     def flush(self, timeout_s: float = 30.0) -> None:

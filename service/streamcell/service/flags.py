@@ -117,6 +117,12 @@ FLAGS: tuple[Flag, ...] = (
         group=KAFKA,
     ),
     Flag("--event-format", "pipeline.event_format", choices=FORMATS, group=KAFKA),
+    Flag(
+        "--dead-letter-max-bytes",
+        "pipeline.dead_letter_max_bytes",
+        "a bad record's key and value over this are dead-lettered truncated (default %(default)s)",
+        group=KAFKA,
+    ),
     Flag("--max-batch", "pipeline.max_batch", "events per micro-batch at most", group=KAFKA),
     Flag(
         "--max-batch-delay-ms",

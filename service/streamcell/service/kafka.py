@@ -13,6 +13,8 @@ Conventions shared by both implementations:
 - consumers never auto-commit, and rebalance callbacks fire inside ``poll``;
 - a broker that cannot be reached when a client opens raises
   :class:`~streamcell.core.errors.BrokerUnavailable` naming the bootstrap servers;
+- producers are idempotent with acks=all, else one request in flight per
+  connection (:func:`idempotent`): a retry never reorders a partition's records;
 - the producer partitions keys with murmur2 in both clients (the Java
   client's partitioner), so a stream lands on the same partition whichever
   client wrote it.
@@ -45,10 +47,26 @@ CLIENTS: dict[str, str] = {
     "confluent": "streamcell.service.confluent_client",
 }
 DEFAULT_CLIENT = "kafka-python"
+ACKS = ("all", "0", "1", "-1")
+
+
+def idempotent(cfg: KafkaClientConfig) -> bool:
+    """Whether producers run idempotent: only with acks=all (the broker requires it).
+
+    An idempotent producer keeps a partition's records in send order across
+    retries (up to 5 requests in flight); without it (acks 0 or 1) both clients
+    send one request at a time per connection instead, so a retry cannot put a
+    later snapshot of a stream before an earlier one.
+    """
+    return cfg.acks in ("all", "-1")
 
 
 class CommitFailed(StreamcellError):
     """An offset commit was refused (usually: the group is rebalancing)."""
+
+
+class RecordTooLarge(StreamcellError):
+    """The client refused to send a record over its request limit (``max_request_bytes``)."""
 
 
 class Record(NamedTuple):
@@ -109,6 +127,9 @@ class KafkaClientConfig:
     linger_ms: int = 5
     batch_size: int = 256 * 1024
     acks: str = "all"
+    # The largest request a producer sends (kafka-python max_request_size,
+    # librdkafka message.max.bytes); a record over it is refused by the client.
+    max_request_bytes: int = 8 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers.strip():
@@ -117,6 +138,10 @@ class KafkaClientConfig:
             raise ConfigError(
                 f"unknown Kafka client {self.client!r}; choose one of {', '.join(CLIENTS)}"
             )
+        if self.acks not in ACKS:
+            raise ConfigError(f"acks must be one of {', '.join(ACKS)}, got {self.acks!r}")
+        if self.max_request_bytes < 1024:
+            raise ConfigError(f"max_request_bytes must be >= 1024, got {self.max_request_bytes}")
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
             raise ConfigError("the heartbeat interval must be shorter than the session timeout")
 
@@ -177,7 +202,9 @@ class Producer(Protocol):
         value: bytes | None,
         headers: list[tuple[str, bytes]] | None = None,
         partition: int | None = None,
-    ) -> None: ...
+    ) -> None:
+        """Queue one record; raises RecordTooLarge when it exceeds ``max_request_bytes``."""
+        ...
 
     def send_many(
         self,

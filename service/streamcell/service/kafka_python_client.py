@@ -27,8 +27,10 @@ from streamcell.service.kafka import (
     KafkaClientConfig,
     Member,
     Record,
+    RecordTooLarge,
     TopicPartition,
     TopicSpec,
+    idempotent,
     unavailable,
 )
 
@@ -222,17 +224,33 @@ class KafkaPythonReader:
         self._c.close(autocommit=False)
 
 
+def _producer_kwargs(cfg: KafkaClientConfig) -> dict:
+    """Idempotent with acks=all (kafka-python raises if the broker cannot), else one
+    request in flight per connection: either way a retry keeps send order."""
+    ordering = (
+        {"enable_idempotence": True}
+        if idempotent(cfg)
+        else {"enable_idempotence": False, "max_in_flight_requests_per_connection": 1}
+    )
+    return {
+        **_common(cfg),
+        "acks": "all" if idempotent(cfg) else int(cfg.acks),
+        "linger_ms": cfg.linger_ms,
+        "batch_size": cfg.batch_size,
+        "max_request_size": cfg.max_request_bytes,
+        **ordering,
+    }
+
+
+def _too_large(topic: str, exc: Exception) -> RecordTooLarge:
+    return RecordTooLarge(f"a record for {topic} is over the producer's limit: {exc}")
+
+
 class KafkaPythonProducer:
     def __init__(self, cfg: KafkaClientConfig) -> None:
         self.cfg = cfg
         try:
-            self._p = KafkaProducer(
-                **_common(cfg),
-                acks=cfg.acks if cfg.acks == "all" else int(cfg.acks),
-                linger_ms=cfg.linger_ms,
-                batch_size=cfg.batch_size,
-                max_request_size=8 * 1024 * 1024,
-            )
+            self._p = KafkaProducer(**_producer_kwargs(cfg))
         except kerrors.KafkaError as exc:
             raise unavailable(cfg, exc) from exc
         # Futures of the records not known acknowledged, in send order; _done counts
@@ -251,6 +269,8 @@ class KafkaPythonProducer:
     ) -> None:
         try:
             future = self._p.send(topic, value=value, key=key, headers=headers, partition=partition)
+        except kerrors.MessageSizeTooLargeError as exc:
+            raise _too_large(topic, exc) from exc
         except kerrors.KafkaError as exc:
             raise unavailable(self.cfg, exc) from exc
         self._futures.append(future)
@@ -273,6 +293,8 @@ class KafkaPythonProducer:
             else:
                 for key, value in records:
                     append(send(topic, value=value, key=key, headers=headers, partition=partition))
+        except kerrors.MessageSizeTooLargeError as exc:
+            raise _too_large(topic, exc) from exc
         except kerrors.KafkaError as exc:
             raise unavailable(self.cfg, exc) from exc
 

@@ -143,10 +143,16 @@ class Pipeline:
         s = self.settings
         decoded = codec.decode(records, self.predictor.config.input_size, s.event_format)
         for bad in decoded.invalid:
-            rec = bad.record
-            self.producer.send(
-                s.dead_letter_topic, rec.key, rec.value, headers=codec.dead_letter_headers(bad)
-            )
+            # Bounded: a record over the producer's limit, sent whole, would fail
+            # the send and stop the pipeline at the same record on every restart.
+            key, value, headers = codec.dead_letter(bad, s.dead_letter_max_bytes)
+            if headers[-1] == codec.TRUNCATED:
+                rec = bad.record
+                log.warning(
+                    "dead-lettered %s[%d]@%d truncated (%d bytes): %s",
+                    rec.topic, rec.partition, rec.offset, len(rec.value or b""), bad.reason,
+                )  # fmt: skip
+            self.producer.send(s.dead_letter_topic, key, value, headers=headers)
             self.metrics.dead_letters.labels(bad.reason).inc()
         batch = decoded.batch
         counts = {"invalid": len(decoded.invalid)}

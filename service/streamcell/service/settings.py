@@ -24,6 +24,7 @@ from streamcell.service.kafka import DEFAULT_CLIENT, KafkaClientConfig
 INPUT_TOPIC = "streamcell.events"
 OUTPUT_TOPIC = "streamcell.predictions"
 DEAD_LETTER_TOPIC = "streamcell.dead-letters"
+DEAD_LETTER_MIN_BYTES = 4096  # the smallest --dead-letter-max-bytes
 CHANGELOG_TOPIC = "streamcell.state-changelog"
 ENV_BOOTSTRAP = "KAFKA_BOOTSTRAP_SERVERS"
 FORMAT_JSON = "json"
@@ -84,6 +85,9 @@ class PipelineSettings:
     changelog_pace: float = 0.5
     changelog_send_budget_ms: float = 1.0
     idle_poll_ms: int = 100
+    # A bad record's key and value over this are dead-lettered truncated: under a
+    # stock broker's message.max.bytes (1 MB) and the producer's request limit.
+    dead_letter_max_bytes: int = 1_000_000
 
     def __post_init__(self) -> None:
         _at_least_1(
@@ -98,6 +102,13 @@ class PipelineSettings:
             raise ConfigError(f"--idle-commit-ms must be >= 0 (0: off), got {self.idle_commit_ms}")
         if self.event_format not in FORMATS:
             raise ConfigError(f"--event-format must be one of {', '.join(FORMATS)}")
+        # headroom for the headers and the record batch under the request limit
+        most = KafkaClientConfig.max_request_bytes - 64 * 1024
+        if not DEAD_LETTER_MIN_BYTES <= self.dead_letter_max_bytes <= most:
+            raise ConfigError(
+                f"--dead-letter-max-bytes must be in [{DEAD_LETTER_MIN_BYTES}, {most}], "
+                f"got {self.dead_letter_max_bytes}"
+            )
         topics = [self.input_topic, self.output_topic, self.dead_letter_topic, self.changelog_topic]
         if len(set(topics)) != len(topics):
             raise ConfigError(f"the four topics must differ, got {topics}")
