@@ -5,6 +5,7 @@ starts before its broker: meanwhile gRPC health is NOT_SERVING and
 ``streamcell_kafka_connected`` is 0; once the broker is up every event is
 predicted as the offline reference predicts it. With a short
 ``--broker-wait-s`` the replica still fails, quickly, with the clear error.
+A broker frozen (SIGSTOP) for 70 s mid-stream is survived, exactly.
 Each test starts its own broker (on a port chosen before serve starts) and
 stops it, and every serve, by pid.
 """
@@ -218,3 +219,50 @@ def test_stop_while_waiting_returns_none() -> None:
         raise BrokerUnavailable("x")
 
     assert broker_wait.until_reachable(down, "h:1", 5.0, 60.0, fake, fake.clock) is None
+
+
+FREEZE_S = 70.0  # past the 30 s acknowledgement timeout and every client's request timeout
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_a_broker_frozen_mid_stream_is_survived_exactly(kafka_client: str, tmp_path: Path) -> None:
+    """SIGSTOP the broker 0.3 s after half the events were produced, SIGCONT 70 s later.
+
+    The freeze lands while that half's predictions, changelog records and
+    commits are under way or just done (which of them is not asserted); the
+    consumer's heartbeats and fetches certainly meet the frozen broker.
+    """
+    port = free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    topics = Topics("freeze")
+    version = make_model(tmp_path / "reg")
+    broker = start_broker(port)
+    serve: Serve | None = None
+    try:
+        args = serve_args(bootstrap, kafka_client, tmp_path / "reg", topics, "--partitions", "2")
+        serve = Serve(tmp_path / "serve.log", args)
+        serve.wait_assigned()
+        cfg = KafkaClientConfig(bootstrap, client=kafka_client)
+        good = events(streams=6, steps=60)
+        half = len(good) // 2
+        produce(cfg, topics.input, good[:half])
+        time.sleep(0.3)  # predictions and a checkpoint under way
+        broker.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(FREEZE_S)
+            assert serve.proc.poll() is None, f"serve exited {serve.proc.returncode} mid-freeze"
+        finally:
+            broker.send_signal(signal.SIGCONT)
+        produce(cfg, topics.input, good[half:])
+        out = wait_for_predictions(
+            cfg, topics.output, 2, expected=len(good), timeout_s=90, serving=[serve]
+        )
+        assert serve.terminate() == 0
+        offline = Offline(load(version), read_all(cfg, topics.input, 2))
+        assert len(offline.expected) == len(good)
+        offline.check_predictions(out)  # duplicates allowed, byte-identical
+    finally:
+        if serve is not None:
+            serve.stop()
+        stop_process(broker)
