@@ -113,7 +113,10 @@ def free_port() -> int:
 def test_unreachable_broker_is_a_clear_error(tmp_path):
     make_model(tmp_path)
     addr = f"127.0.0.1:{free_port()}"  # nothing listens there
-    done = run_serve("--registry", str(tmp_path), "--model", "m", "--bootstrap-servers", addr)
+    done = run_serve(
+        "--registry", str(tmp_path), "--model", "m", "--bootstrap-servers", addr,
+        "--broker-wait-s", "0",  # fail at once, as before the wait existed
+    )  # fmt: skip
     assert done.returncode == 2
     assert f"cannot reach Kafka at {addr}" in done.stderr
 

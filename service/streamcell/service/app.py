@@ -4,10 +4,12 @@ Order of start-up, and why:
 
 1. metrics (and their HTTP endpoint), so that even a replica waiting for a
    model or a broker can be scraped;
-2. Kafka topics (created when missing, logged), so that a wrong bootstrap
-   address fails fast with a clear message;
-3. the gRPC server, answering UNAVAILABLE (health NOT_SERVING) until a model
-   is loaded;
+2. the gRPC server, answering UNAVAILABLE (health NOT_SERVING) until a model
+   is loaded, so that probes see a replica that waits;
+3. Kafka topics (created when missing, logged). Brokers that cannot be
+   reached yet are waited for, with capped backoff, for up to
+   ``--broker-wait-s`` (``streamcell_kafka_connected`` is 0 meanwhile), then
+   the replica fails with a message naming the bootstrap address;
 4. the model: the newest complete version in the registry. With none yet the
    replica logs that and waits (``--require-model`` makes that an error
    instead); the registry directory itself must exist;
@@ -21,6 +23,7 @@ metrics endpoint closes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from typing import Any
@@ -29,7 +32,7 @@ from streamcell.core.checkpoint import check_name
 from streamcell.core.errors import ConfigError, ModelNotLoaded
 from streamcell.core.model import resolve_device
 from streamcell.core.predictor import Predictor
-from streamcell.service import gc_pauses, reload
+from streamcell.service import broker_wait, gc_pauses, reload
 from streamcell.service.metrics import Metrics
 from streamcell.service.settings import ServeSettings
 
@@ -71,9 +74,12 @@ class App:
         self.metrics_port = self._http.server_port
         log.info("metrics on http://%s:%d/metrics", s.metrics.host, self.metrics_port)
 
-    def _ensure_topics(self) -> int:
-        """Create missing topics; returns the input topic's partition count."""
-        from streamcell.service.kafka import KafkaClientConfig, TopicSpec, open_admin
+    def _ensure_topics(self, stop: threading.Event) -> int | None:
+        """Create missing topics, waiting for the brokers if need be.
+
+        Returns the input topic's partition count; None if stopped while waiting.
+        """
+        from streamcell.service.kafka import KafkaClientConfig
 
         s = self.settings
         k = s.kafka
@@ -85,8 +91,40 @@ class App:
             session_timeout_ms=k.session_timeout_ms,
             heartbeat_interval_ms=min(1000, k.session_timeout_ms // 3),
         )
+        self.metrics.kafka_connected.set(0)
+        found = broker_wait.until_reachable(
+            self._topics_once,
+            k.bootstrap_servers,
+            self._kafka_cfg.connect_timeout_s,
+            k.broker_wait_s,
+            stop,
+        )
+        if found is None:
+            return None
+        self.metrics.kafka_connected.set(1)
+        partitions, changelog_parts = found
         t = s.pipeline
-        admin = open_admin(self._kafka_cfg)
+        if changelog_parts is not None and changelog_parts != partitions:
+            raise ConfigError(
+                f"changelog topic {t.changelog_topic} has {changelog_parts} partitions but the "
+                f"input topic {t.input_topic} has {partitions}: they must match"
+            )
+        log.info(
+            "Kafka %s (%s): input %s has %d partitions",
+            k.bootstrap_servers,
+            k.client,
+            t.input_topic,
+            partitions,
+        )
+        return partitions
+
+    def _topics_once(self, connect_timeout_s: float) -> tuple[int, int | None]:
+        """One attempt: (input partitions, changelog partitions); BrokerUnavailable if down."""
+        from streamcell.service.kafka import TopicSpec, open_admin
+
+        k, t = self.settings.kafka, self.settings.pipeline
+        cfg = dataclasses.replace(self._kafka_cfg, connect_timeout_s=connect_timeout_s)
+        admin = open_admin(cfg)
         try:
             partitions = admin.partitions(t.input_topic) or k.partitions
             specs = [
@@ -104,22 +142,9 @@ class App:
                         spec.partitions,
                         ", cleanup.policy=compact" if spec.compacted else "",
                     )
-            changelog_parts = admin.partitions(t.changelog_topic)
+            return partitions, admin.partitions(t.changelog_topic)
         finally:
             admin.close()
-        if changelog_parts is not None and changelog_parts != partitions:
-            raise ConfigError(
-                f"changelog topic {t.changelog_topic} has {changelog_parts} partitions but the "
-                f"input topic {t.input_topic} has {partitions}: they must match"
-            )
-        log.info(
-            "Kafka %s (%s): input %s has %d partitions",
-            k.bootstrap_servers,
-            k.client,
-            t.input_topic,
-            partitions,
-        )
-        return partitions
 
     def _start_grpc(self) -> None:
         if self.settings.grpc is None:
@@ -199,8 +224,12 @@ class App:
         log.info("the LSTM step runs on %s", self.device)
         try:
             self._start_metrics()
-            partitions = self._ensure_topics() if s.kafka.bootstrap_servers else None
             self._start_grpc()
+            partitions = None
+            if s.kafka.bootstrap_servers:
+                partitions = self._ensure_topics(stop)
+                if partitions is None:
+                    return 0  # stopped while waiting for the brokers
             watcher = reload.ModelWatcher(s.registry, s.model, s.poll_registry_s, self.metrics)
             if not self._load_model(watcher, stop):
                 return 0

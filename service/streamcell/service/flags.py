@@ -98,6 +98,13 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--partitions", "kafka.partitions", "partitions of an input topic to create", group=KAFKA),
     Flag("--session-timeout-ms", "kafka.session_timeout_ms", group=KAFKA),
     Flag(
+        "--broker-wait-s",
+        "kafka.broker_wait_s",
+        "at start-up, wait this long for brokers that cannot be reached yet, retrying with "
+        "capped backoff (0: fail at once; default %(default)s)",
+        group=KAFKA,
+    ),
+    Flag(
         "--commit-interval-ms",
         "pipeline.commit_interval_ms",
         "flush predictions, write changed state, commit offsets this often (default %(default)s)",

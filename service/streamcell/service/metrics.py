@@ -283,6 +283,12 @@ class Metrics:
         self.model_loaded = Gauge(
             p + "model_loaded", "1 when a model version is loaded.", registry=r
         )
+        self.kafka_connected = Gauge(
+            p + "kafka_connected",
+            "1 once this replica reached the Kafka brokers at start-up; 0 while it waits for "
+            "them (and without Kafka).",
+            registry=r,
+        )
         self.grpc_requests = Counter(
             p + "grpc_requests_total",
             "gRPC requests, by method and status code.",

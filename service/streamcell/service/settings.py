@@ -50,8 +50,15 @@ class KafkaSettings:
     client_id: str = KafkaClientConfig.client_id
     partitions: int = 3  # for an input topic that has to be created
     session_timeout_ms: int = KafkaClientConfig.session_timeout_ms
+    # At start-up, how long to wait for brokers that cannot be reached yet
+    # (0: fail at once). Generous: replicas often start before their brokers.
+    broker_wait_s: float = 600.0
 
     def __post_init__(self) -> None:
+        if not self.broker_wait_s >= 0:  # also refuses nan
+            raise ConfigError(
+                f"--broker-wait-s must be >= 0 (0: fail at once), got {self.broker_wait_s}"
+            )
         _at_least_1(
             (("partitions", self.partitions), ("session_timeout_ms", self.session_timeout_ms))
         )
