@@ -89,13 +89,6 @@ class BatchResult:
     # (row, reason, message) of each REFUSED row, in row order within a wave.
     refused: list[tuple[int, str, str]] = field(default_factory=list)
 
-    def refusal(self, streams: list[str], row: int) -> InvalidEvent | None:
-        """The InvalidEvent for ``row`` if it was refused, else None."""
-        for k, reason, message in self.refused:
-            if k == row:
-                return refusal(streams, k, reason, message)
-        return None
-
 
 @dataclass(frozen=True)
 class Restored:
