@@ -67,3 +67,16 @@ def test_a_wave_of_only_refused_events_changes_nothing(tmp_path):
     result = p.predict(EventBatch.of(["z"], [[HUGE, -HUGE, HUGE]]))
     assert result.outcome.tolist() == [REFUSED]
     assert p.store.snapshot(["z"]) == before and result.touched == []
+
+
+def test_rows_are_told_apart_when_a_sum_of_finite_values_overflows():
+    """The wave's one sum may overflow with every value finite: the row check decides."""
+    from streamcell.core.predictor import _finite_rows
+
+    h = torch.zeros(2, 3, 4)
+    c = torch.full((2, 3, 4), 3e38)  # finite, but their sum is not
+    c[1, 2, 0] = float("nan")
+    yhat = torch.zeros(3, 2)
+    yhat[0, 1] = float("inf")
+    assert not np.isfinite(float(h.sum() + c.sum() + yhat.sum()))
+    assert _finite_rows(h, c, yhat).tolist() == [False, True, False]
