@@ -517,3 +517,42 @@ def test_a_quiet_input_is_committed_without_waiting_for_the_interval(loaded, idl
     clock[0] += 1.0
     pipeline.step()  # still quiet, nothing new: no checkpoint
     assert len(commits()) == (1 if idle_commit_ms else 0)
+
+
+def test_an_event_that_overflows_the_model_is_dead_lettered_and_the_rest_predicted(tmp_path):
+    import torch
+
+    from streamcell.core.checkpoint import ModelConfig, save_checkpoint
+    from streamcell.core.model import StreamingLSTM
+
+    torch.manual_seed(0)
+    feats = ("a", "b", "c")
+    # Input stds below 1: x = (3e38, -3e38, 3e38), finite, normalises to infinities.
+    cfg = ModelConfig(3, 8, 1, 3, feats, feats, (0.0,) * 3, (0.5,) * 3, (0.0,) * 3, (1.0,) * 3)
+    small = load_checkpoint(save_checkpoint(tmp_path, "m", StreamingLSTM(3, 8, 1, 3), cfg))
+    pipeline, consumer, producer, _ = build(small)
+    consumer.on_assign([(TOPIC, 0)])
+    pipeline.process([record("z", 0)])
+    before = pipeline.predictor.store.snapshot(["z"])
+    kept: list = []
+    send = producer.send
+
+    def send_keeping_headers(topic, key, value, headers=None, partition=None):
+        kept.append((topic, dict(headers or ())))
+        send(topic, key, value, partition=partition)
+
+    producer.send = send_keeping_headers  # type: ignore[method-assign]
+    pipeline.process([record("a", 1), record("z", 2, x=(3e38, -3e38, 3e38)), record("b", 3)])
+    dead = [(t, h) for t, h in kept if t == settings.DEAD_LETTER_TOPIC]
+    assert len(dead) == 1
+    assert dead[0][1]["reason"] == b"non_finite_state"
+    assert b"'z'" in dead[0][1]["error"] and dead[0][1]["source_offset"] == b"2"
+    outputs = [
+        json.loads(v)["stream"] for t, _, v, _ in producer.sent if t == settings.OUTPUT_TOPIC
+    ]
+    assert outputs == ["z", "a", "b"]  # z's first event, then the two good ones
+    assert pipeline.predictor.store.snapshot(["z"]) == before  # same event time: exact
+    assert pipeline.metrics.dead_letters.labels("non_finite_state")._value.get() == 1
+    info = pipeline.predictor.info("z")
+    assert info.events == 1 and info.offset == 0
+    assert np.isfinite(info.h.numpy()).all() and np.isfinite(info.c.numpy()).all()

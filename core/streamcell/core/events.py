@@ -40,6 +40,8 @@ REASON_KEY_TOO_LONG = "key_too_long"
 REASON_WRONG_LENGTH = "wrong_length"
 REASON_NON_FINITE = "non_finite"
 REASON_BAD_SEQ = "bad_seq"
+# Found by the Predictor, not the decoders: the event's step overflowed the model.
+REASON_NON_FINITE_STATE = "non_finite_state"
 
 # The messages that go with them.
 EMPTY_STREAM = "the stream id is empty"
@@ -54,6 +56,13 @@ BAD_TS = "ts must be a finite number of seconds"
 
 def wrong_length(got: int, input_size: int) -> str:
     return f"x has {got} values, the model takes {input_size}"
+
+
+def non_finite_state(stream: str) -> str:
+    return (
+        f"applying this event to stream {stream!r} overflowed the model: its state or "
+        "prediction would not be finite; the stream is left as it was"
+    )
 
 
 def bad_seq(got: int) -> str:

@@ -32,6 +32,7 @@ input's event time has moved past their last events by the TTL.
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -42,7 +43,15 @@ import torch
 
 from streamcell.core.checkpoint import LoadedModel
 from streamcell.core.errors import InvalidEvent, StreamNotFound
-from streamcell.core.events import NO_POSITION, NO_SEQ, EventBatch, find_invalid, refusal
+from streamcell.core.events import (
+    NO_POSITION,
+    NO_SEQ,
+    REASON_NON_FINITE_STATE,
+    EventBatch,
+    find_invalid,
+    non_finite_state,
+    refusal,
+)
 from streamcell.core.journal import ChangeJournal, Placement
 from streamcell.core.normalization import SCALING_GLOBAL, scale_from_sums
 from streamcell.core.recipe import Recipe, advance
@@ -51,8 +60,21 @@ from streamcell.core.state import StateStore, StreamInfo
 PREDICTED = 0
 DUPLICATE = 1  # seq at or below the stream's last applied seq
 REPLAYED = 2  # Kafka offset the stream's state already reflects
-OUTCOMES = {PREDICTED: "predicted", DUPLICATE: "duplicate", REPLAYED: "skipped_replay"}
+REFUSED = 3  # its step would leave the stream's state or prediction non-finite
+OUTCOMES = {
+    PREDICTED: "predicted",
+    DUPLICATE: "duplicate",
+    REPLAYED: "skipped_replay",
+    REFUSED: "refused",
+}
 MAX_HORIZON = 1000
+
+# Writes a wave's input step prepared, for the rows kept (None: all of them).
+Commit = Callable[[np.ndarray | None], None]
+
+
+def _no_commit(keep: np.ndarray | None) -> None:
+    """Nothing to write (a model with global scaling keeps no per-stream input state)."""
 
 
 @dataclass
@@ -65,6 +87,8 @@ class BatchResult:
     model: str
     version: str
     evicted: list[str] = field(default_factory=list)  # streams evicted to make room
+    # (row, reason, message) of each REFUSED row, in row order within a wave.
+    refused: list[tuple[int, str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -321,6 +345,44 @@ class Predictor:
             rows, slots = rows[keep], slots[keep]
             seq, part, off = seq[keep], part[keep], off[keep]
         x = batch.x[rows]
+        counts = store.events[slots] + 1
+        # Nothing is written to the store before the finiteness check below:
+        # a refused row must leave its stream exactly as it was.
+        if self._recipe is None:
+            u, out_scale, commit = self._event_inputs(store, slots, x, counts)
+        else:
+            u, out_scale, commit = self._history_inputs(store, slots, x)
+
+        h, c = store.gather(slots)
+        step = self.loaded.model.step(u, h, c, return_gates=store.gates is not None)
+        yhat = step.y * self._out_std + self._out_mean
+        if out_scale is not None:
+            yhat = yhat * out_scale
+        # An extreme but finite x can overflow the model. One reduction per
+        # wave: a finite sum means every value is finite (NaN and infinities
+        # propagate); only when it is not are the rows told apart.
+        ok = None
+        if not math.isfinite(float(step.h.sum() + step.c.sum() + yhat.sum())):
+            ok = _finite_rows(step.h, step.c, yhat)
+        if ok is not None and not ok.all():
+            bad = [
+                (k, s) for k, s, good in zip(rows.tolist(), streams, ok, strict=True) if not good
+            ]
+            result.refused.extend((k, REASON_NON_FINITE_STATE, non_finite_state(s)) for k, s in bad)
+            result.outcome[rows[~ok]] = REFUSED
+            if not ok.any():
+                return
+            keep_t = torch.from_numpy(np.flatnonzero(ok)).to(self.device)
+            streams = [s for s, k in zip(streams, ok, strict=True) if k]
+            rows, slots, x, counts = rows[ok], slots[ok], x[ok], counts[ok]
+            seq, part, off = seq[ok], part[ok], off[ok]
+            commit(ok)
+            step_h, step_c = step.h[:, keep_t], step.c[:, keep_t]
+            yhat = yhat[keep_t]
+            gates = None if step.gates is None else [g[:, keep_t] for g in step.gates]
+        else:
+            commit(None)
+            step_h, step_c, gates = step.h, step.c, step.gates
 
         # Score the previous prediction of each stream against what just arrived.
         if self._target_index is not None:
@@ -332,23 +394,12 @@ class Predictor:
                 store.err_sum[slots[seen]] += err.mean(axis=1)
                 store.err_count[slots[seen]] += 1
 
-        counts = store.events[slots] + 1
-        if self._recipe is None:
-            u, out_scale = self._event_inputs(store, slots, x, counts)
-        else:
-            u, out_scale = self._history_inputs(store, slots, x)
-
-        h, c = store.gather(slots)
-        step = self.loaded.model.step(u, h, c, return_gates=store.gates is not None)
-        store.scatter(slots, step.h, step.c)
-        yhat = step.y * self._out_std + self._out_mean
-        if out_scale is not None:
-            yhat = yhat * out_scale
+        store.scatter(slots, step_h, step_c)
         idx = store.index(slots)
         store.yhat.index_copy_(0, idx, yhat)
-        if store.gates is not None and step.gates is not None:
+        if store.gates is not None and gates is not None:
             # [L, B, H] x 4 -> [B, L, 4, H]
-            store.gates.index_copy_(0, idx, torch.stack(step.gates, dim=2).permute(1, 0, 2, 3))
+            store.gates.index_copy_(0, idx, torch.stack(gates, dim=2).permute(1, 0, 2, 3))
         store.events[slots] = counts
         store.seq[slots] = np.where(seq != NO_SEQ, seq, store.seq[slots])
         from_kafka = off != NO_POSITION
@@ -362,34 +413,48 @@ class Predictor:
 
     def _event_inputs(
         self, store: StateStore, slots: np.ndarray, x: np.ndarray, counts: np.ndarray
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A model without a recipe: the normalised event and the targets' stream scale."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, Commit]:
+        """A model without a recipe: the normalised event, the targets' stream scale, and
+        the write of the streams' new scale sums (done once the step is known finite)."""
         cfg = self.loaded.config
-        scale = None
-        if cfg.scaling != SCALING_GLOBAL:
-            store.scale_sum[slots] += np.abs(x.astype(np.float64))
-            scale = torch.from_numpy(
-                scale_from_sums(store.scale_sum[slots], counts, cfg.scale_floor)
-            ).to(self.device)
+        if cfg.scaling == SCALING_GLOBAL:
+            xt = torch.from_numpy(x).to(self.device)
+            return (xt - self._in_mean) / self._in_std, None, _no_commit
+        sums = store.scale_sum[slots] + np.abs(x.astype(np.float64))
+        scale = torch.from_numpy(scale_from_sums(sums, counts, cfg.scale_floor)).to(self.device)
+
+        def commit(keep: np.ndarray | None) -> None:
+            if keep is None:
+                store.scale_sum[slots] = sums
+            else:
+                store.scale_sum[slots[keep]] = sums[keep]
+
         xt = torch.from_numpy(x).to(self.device)
-        if scale is None:
-            return (xt - self._in_mean) / self._in_std, None
-        return (xt / scale - self._in_mean) / self._in_std, scale[:, self._target_columns]
+        u = (xt / scale - self._in_mean) / self._in_std
+        return u, scale[:, self._target_columns], commit
 
     def _history_inputs(
         self, store: StateStore, slots: np.ndarray, x: np.ndarray
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A recipe model: advance the streams' histories by ``x``; inputs and scale.
+    ) -> tuple[torch.Tensor, torch.Tensor, Commit]:
+        """A recipe model: advance the streams' histories by ``x``; inputs, scale, and
+        the write-back of the advanced rings (done once the step is known finite).
 
-        The rings are gathered and scattered back; ``store.events`` still
-        counts the events before these (the caller adds them).
+        ``store.events`` still counts the events before these (the caller adds them).
         """
         assert store.ring is not None and store.scale is not None
         ring = store.ring[slots]  # a copy: advanced, then written back
         u, scale = self._featurize(ring, store.events[slots], x)
-        store.ring[slots] = ring
-        store.scale[slots] = scale
-        return u, torch.from_numpy(scale).to(self.device)[:, None]
+
+        def commit(keep: np.ndarray | None) -> None:
+            assert store.ring is not None and store.scale is not None
+            if keep is None:
+                store.ring[slots] = ring
+                store.scale[slots] = scale
+            else:
+                store.ring[slots[keep]] = ring[keep]
+                store.scale[slots[keep]] = scale[keep]
+
+        return u, torch.from_numpy(scale).to(self.device)[:, None], commit
 
     def _featurize(
         self, ring: np.ndarray, seen: np.ndarray, x: np.ndarray
@@ -533,6 +598,16 @@ class Predictor:
             for stream in gone:
                 self.store.delete(stream)
             return gone
+
+
+def _finite_rows(h: torch.Tensor, c: torch.Tensor, yhat: torch.Tensor) -> np.ndarray:
+    """[B] bool: row b's h and c ``[L, B, H]`` and prediction ``[B, out]`` are all finite."""
+    finite = (
+        torch.isfinite(h).all(dim=2).all(dim=0)
+        & torch.isfinite(c).all(dim=2).all(dim=0)
+        & torch.isfinite(yhat).all(dim=1)
+    )
+    return finite.cpu().numpy()
 
 
 def _waves(streams: list[str]) -> list[np.ndarray]:

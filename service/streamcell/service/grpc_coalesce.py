@@ -8,7 +8,9 @@ each caller its row, and passes leadership to a waiting caller if more arrived
 meanwhile. A lone call pays no wait: the leader never sleeps for company.
 
 Callers validate their own event first, so the merged batch fails only as a
-whole (e.g. Overloaded), and then every caller in it gets that error. A caller
+whole (e.g. Overloaded), and then every caller in it gets that error; an event
+the Predictor refuses (its step would overflow the model) fails its caller
+alone, with InvalidEvent, and changes nothing. A caller
 whose deadline passes before the leader holds the Predictor's lock is dropped
 from the batch and changes nothing.
 """
@@ -22,7 +24,7 @@ from collections.abc import Callable
 import grpc
 import numpy as np
 
-from streamcell.core.events import EventBatch
+from streamcell.core.events import EventBatch, refusal
 from streamcell.core.predictor import BatchResult, Predictor
 
 log = logging.getLogger(__name__)
@@ -135,6 +137,10 @@ class Coalescer:
             return
         for row, item in enumerate(live):
             item.result, item.row = result, row
+        # Refused by the Predictor (its step would overflow the model): that
+        # caller alone gets the error; the others' events were applied.
+        for row, reason, message in result.refused:
+            live[row].error = refusal(live[row].batch.streams, 0, reason, message)
         try:
             self._after(batch, result)
         except Exception:  # the state changed: callers still get their predictions

@@ -32,7 +32,7 @@ from streamcell.core.errors import (
     StreamNotFound,
 )
 from streamcell.core.events import EMPTY_STREAM, REASON_MISSING_KEY, EventBatch, refusal
-from streamcell.core.predictor import OUTCOMES, BatchResult, Predictor
+from streamcell.core.predictor import OUTCOMES, REFUSED, BatchResult, Predictor
 from streamcell.service import grpc_errors
 from streamcell.service.grpc_coalesce import Coalescer, DeadlineExpired
 from streamcell.service.grpc_convert import (
@@ -78,6 +78,9 @@ def _stream_id(stream: str) -> str:
     if not stream:
         raise InvalidEvent(REASON_MISSING_KEY, EMPTY_STREAM)
     return stream
+
+
+_COUNTED_AS = {REFUSED: "invalid"}  # outcome -> the events metric's label
 
 
 class PredictorServicer(pb_grpc.PredictorServicer):
@@ -141,9 +144,10 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         """After an applied batch: count it."""
         if self._metrics is not None:
             counts = np.bincount(result.outcome, minlength=len(OUTCOMES))
+            # A refused event counts as invalid, as the Kafka path counts it.
             self._metrics.record_batch(
                 "grpc",
-                {OUTCOMES[k]: int(n) for k, n in enumerate(counts)},
+                {_COUNTED_AS.get(k, OUTCOMES[k]): int(n) for k, n in enumerate(counts)},
                 len(batch) - int(counts[1:].sum()),
                 result.abs_errors,
                 result.model,
@@ -207,6 +211,16 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         batch = batch_of(request.events, predictor.config.input_size)
         self._check_batch_depth(batch.streams)
         result = self._apply(predictor, batch, context)
+        if result.refused:
+            # The Predictor applied the others (a refused event changes nothing):
+            # say so, so that a retry sends only what was refused.
+            row, reason, message = result.refused[0]
+            raise InvalidEvent(
+                reason,
+                f"event {row} (stream {batch.streams[row]!r}): {message}; "
+                f"{len(result.refused)} of the batch's {len(batch)} events were refused, "
+                "the others were applied",
+            )
         self._latency(request.events)
         return predictions_into(out, batch, result)
 

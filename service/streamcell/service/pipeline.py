@@ -143,17 +143,7 @@ class Pipeline:
         s = self.settings
         decoded = codec.decode(records, self.predictor.config.input_size, s.event_format)
         for bad in decoded.invalid:
-            # Bounded: a record over the producer's limit, sent whole, would fail
-            # the send and stop the pipeline at the same record on every restart.
-            key, value, headers = codec.dead_letter(bad, s.dead_letter_max_bytes)
-            if headers[-1] == codec.TRUNCATED:
-                rec = bad.record
-                log.warning(
-                    "dead-lettered %s[%d]@%d truncated (%d bytes): %s",
-                    rec.topic, rec.partition, rec.offset, len(rec.value or b""), bad.reason,
-                )  # fmt: skip
-            self.producer.send(s.dead_letter_topic, key, value, headers=headers)
-            self.metrics.dead_letters.labels(bad.reason).inc()
+            self._dead_letter(bad)
         batch = decoded.batch
         counts = {"invalid": len(decoded.invalid)}
         if len(batch):
@@ -161,6 +151,10 @@ class Pipeline:
             # Event times, not arrival: TTL idleness never counts our own downtime.
             result = self.predictor.predict(batch, decoded.event_time, validated=True)
             self.metrics.step_seconds.observe(time.perf_counter() - start)
+            # Refused by the Predictor (the step overflowed the model): like a decode failure.
+            for row, reason, message in result.refused:
+                self._dead_letter(codec.Invalid(decoded.records[row], reason, message))
+            counts["invalid"] += len(result.refused)
             rows = np.flatnonzero(result.outcome == PREDICTED)
             messages = codec.encode_predictions(
                 batch, result.yhat, rows, result.model, result.version
@@ -181,6 +175,21 @@ class Pipeline:
         # In order per partition: each partition's last record wins.
         last = dict(zip(map(_PARTITION, records), map(_OFFSET, records), strict=True))
         self.checkpointer.processed(last)
+
+    def _dead_letter(self, bad: codec.Invalid) -> None:
+        """Send a record that cannot be applied to the dead-letter topic, and count it."""
+        s = self.settings
+        # Bounded: a record over the producer's limit, sent whole, would fail
+        # the send and stop the pipeline at the same record on every restart.
+        key, value, headers = codec.dead_letter(bad, s.dead_letter_max_bytes)
+        if headers[-1] == codec.TRUNCATED:
+            rec = bad.record
+            log.warning(
+                "dead-lettered %s[%d]@%d truncated (%d bytes): %s",
+                rec.topic, rec.partition, rec.offset, len(rec.value or b""), bad.reason,
+            )  # fmt: skip
+        self.producer.send(s.dead_letter_topic, key, value, headers=headers)
+        self.metrics.dead_letters.labels(bad.reason).inc()
 
     def _expire(self) -> None:
         gone = self.predictor.expire()  # at the watermark: the input's event time
