@@ -53,6 +53,7 @@ from streamcell.core.events import (
     refusal,
 )
 from streamcell.core.journal import ChangeJournal, Placement
+from streamcell.core.model import Gates
 from streamcell.core.normalization import SCALING_GLOBAL, scale_from_sums
 from streamcell.core.recipe import Recipe, advance
 from streamcell.core.state import StateStore, StreamInfo
@@ -379,7 +380,7 @@ class Predictor:
             commit(ok)
             step_h, step_c = step.h[:, keep_t], step.c[:, keep_t]
             yhat = yhat[keep_t]
-            gates = None if step.gates is None else [g[:, keep_t] for g in step.gates]
+            gates = None if step.gates is None else Gates(*(g[:, keep_t] for g in step.gates))
         else:
             commit(None)
             step_h, step_c, gates = step.h, step.c, step.gates
