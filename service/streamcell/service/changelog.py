@@ -21,7 +21,7 @@ import numpy as np
 from streamcell.core.state import StateStore
 
 if TYPE_CHECKING:
-    from streamcell.service.kafka import Producer, Reader
+    from streamcell.service.kafka import Producer, Progress, Reader
 
 log = logging.getLogger(__name__)
 
@@ -122,14 +122,21 @@ class Snapshots:
 
 
 def read_latest(
-    reader: Reader, topic: str, partitions: Iterable[int], timeout_s: float
+    reader: Reader,
+    topic: str,
+    partitions: Iterable[int],
+    timeout_s: float,
+    on_progress: Progress | None = None,
 ) -> tuple[dict[str, bytes], dict[str, int], int]:
-    """The last value of every live key in the partitions, its partition, the tombstones seen."""
+    """The last value of every live key in the partitions, its partition, the tombstones seen.
+
+    ``timeout_s`` bounds a read that makes no progress, not a long one.
+    """
     latest: dict[str, bytes] = {}
     where: dict[str, int] = {}
     tombstones = 0
     tps = [(topic, p) for p in partitions]
-    for records in reader.read_to_end(tps, timeout_s):
+    for records in reader.read_to_end(tps, timeout_s, on_progress=on_progress):
         for rec in records:
             if rec.key is None:
                 continue
@@ -144,7 +151,11 @@ def read_latest(
 
 
 def read(
-    reader_of: Callable[[], Reader], topic: str, partitions: list[int], timeout_s: float
+    reader_of: Callable[[], Reader],
+    topic: str,
+    partitions: list[int],
+    timeout_s: float,
+    on_progress: Progress | None = None,
 ) -> tuple[list[tuple[str, bytes]], dict[str, int], int]:
     """Read the partitions to their end with a reader of its own (no lock needed).
 
@@ -153,7 +164,7 @@ def read(
     """
     reader = reader_of()
     try:
-        latest, where, tombstones = read_latest(reader, topic, partitions, timeout_s)
+        latest, where, tombstones = read_latest(reader, topic, partitions, timeout_s, on_progress)
     finally:
         reader.close()
     return list(latest.items()), where, tombstones

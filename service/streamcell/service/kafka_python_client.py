@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
@@ -26,6 +25,7 @@ from streamcell.service.kafka import (
     Implementation,
     KafkaClientConfig,
     Member,
+    Progress,
     Record,
     RecordTooLarge,
     TopicPartition,
@@ -193,7 +193,9 @@ class KafkaPythonReader:
         except kerrors.KafkaError as exc:
             raise unavailable(cfg, exc) from exc
 
-    def read_to_end(self, tps: list[TopicPartition], timeout_s: float) -> Iterator[list[Record]]:
+    def read_to_end(
+        self, tps: list[TopicPartition], timeout_s: float, on_progress: Progress | None = None
+    ) -> Iterator[list[Record]]:
         if not tps:
             return
         ktps = [_tp(tp) for tp in tps]
@@ -205,13 +207,13 @@ class KafkaPythonReader:
         tracker = EndTracker(
             {(k.topic, k.partition): ends[k] for k in ktps},
             {(k.topic, k.partition): starts[k] for k in ktps},
+            timeout_s,
+            on_progress,
         )
-        deadline = time.monotonic() + timeout_s
         while tracker.pending():
-            if time.monotonic() > deadline:
-                raise unavailable(
-                    self.cfg, f"reading {tracker.pending()} to the end took over {timeout_s} s"
-                )
+            stalled = tracker.check()
+            if stalled is not None:
+                raise unavailable(self.cfg, stalled)
             batches = self._c.poll(timeout_ms=200, max_records=10_000)
             for ktp in ktps:
                 tp = (ktp.topic, ktp.partition)
