@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from streamcell.core.errors import ConfigError
 from streamcell.core.state import StateStore
 
 if TYPE_CHECKING:
@@ -168,6 +169,27 @@ def read(
     finally:
         reader.close()
     return list(latest.items()), where, tombstones
+
+
+def check_policy(topic: str, configs: dict[str, str] | None) -> None:
+    """Refuse a changelog that is not compacted: a ``delete`` policy loses state silently.
+
+    A broker that does not report the policy (or cannot be asked) is only warned about.
+    """
+    policy = None if configs is None else configs.get("cleanup.policy")
+    if policy is None:
+        log.warning(
+            "cannot tell the cleanup.policy of changelog topic %s (the broker did not report "
+            "it): it must include compact, or restores lose state once its records expire",
+            topic,
+        )
+        return
+    if "compact" not in {part.strip() for part in policy.split(",")}:
+        raise ConfigError(
+            f"changelog topic {topic} has cleanup.policy={policy}: it must include compact "
+            f"(with delete only, state older than the retention is lost); set "
+            f"cleanup.policy=compact on it"
+        )
 
 
 def log_skipped(

@@ -20,7 +20,7 @@ from confluent_kafka import (
     Producer,
 )
 from confluent_kafka import TopicPartition as CTopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from streamcell.core.errors import StreamcellError
 from streamcell.service.kafka import (
@@ -524,6 +524,18 @@ class ConfluentAdmin:
             )
             for m in description.members
         ]
+
+    def topic_configs(self, topic: str) -> dict[str, str] | None:
+        timeout = self.cfg.request_timeout_ms / 1000
+        try:
+            futures = self._a.describe_configs(
+                [ConfigResource("topic", topic)], request_timeout=timeout
+            )
+            entries = next(iter(futures.values())).result(timeout=timeout)
+        except (KafkaException, ValueError) as exc:
+            log.debug("describe_configs(%s) failed: %s", topic, exc)
+            return None
+        return {k: e.value for k, e in entries.items() if e.value is not None}
 
     def close(self) -> None:
         pass  # AdminClient has no close; its threads end with the object

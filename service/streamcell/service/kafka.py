@@ -254,6 +254,11 @@ class Admin(Protocol):
         """Members and their partitions; empty when the broker does not say (Tansu)."""
         ...
 
+    def topic_configs(self, topic: str) -> dict[str, str] | None:
+        """The topic's configs as the broker reports them (all it sends, defaults too);
+        None when the broker cannot be asked (DescribeConfigs failed)."""
+        ...
+
     def close(self) -> None: ...
 
 

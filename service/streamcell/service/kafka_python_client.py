@@ -14,7 +14,7 @@ from kafka import (
 )
 from kafka import TopicPartition as KTopicPartition
 from kafka import errors as kerrors
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
@@ -426,6 +426,17 @@ class KafkaPythonAdmin:
                 Member(m["member_id"], m.get("client_id", ""), m.get("client_host", ""), tuple(tps))
             )
         return members
+
+    def topic_configs(self, topic: str) -> dict[str, str] | None:
+        # "all": the default filter ("modified") hides what Tansu reports as a default
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic)
+        try:
+            described = self._a.describe_configs([resource], config_filter="all")
+        except (kerrors.KafkaError, ValueError) as exc:
+            log.debug("describe_configs(%s) failed: %s", topic, exc)
+            return None
+        entries = described.get("topic", {}).get(topic, {})
+        return {k: str(e["value"]) for k, e in entries.items() if e.get("value") is not None}
 
     def close(self) -> None:
         self._a.close()
