@@ -73,7 +73,7 @@ class FakeReader:
     def __init__(self, records: list[Record]) -> None:
         self.records = records
 
-    def read_to_end(self, tps, timeout_s):
+    def read_to_end(self, tps, timeout_s, on_progress=None):
         wanted = {p for _, p in tps}
         yield [r for r in self.records if r.partition in wanted]
 

@@ -1,11 +1,16 @@
-"""changelog.Snapshots without a broker: grouping, order, chunked sending."""
+"""changelog.Snapshots and restore reads without a broker: grouping, order, chunked
+sending; a restore limited by progress, not by time."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from streamcell.core.errors import BrokerUnavailable
 from streamcell.core.state import StateStore
+from streamcell.service import changelog
 from streamcell.service.changelog import Snapshots
+from streamcell.service.kafka import EndTracker, Record, unavailable
 
 
 class CallRecorder:
@@ -54,3 +59,72 @@ def test_sending_stops_at_the_count_asked_then_goes_on_from_there():
     assert records.send(producer)
     keys = [k.decode() for _, _, pairs in producer.calls for k, _ in pairs]
     assert keys == streams and records.done
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class PacedReader:
+    """Reads as both clients do (an EndTracker per read), one record per poll of
+    ``poll_s`` fake seconds; after ``stall_after`` records, polls return nothing."""
+
+    def __init__(self, ends: dict[int, int], poll_s: float, stall_after: int | None = None):
+        self.ends, self.poll_s, self.stall_after = ends, poll_s, stall_after
+        self.clock = Clock()
+        self.polls = 0
+
+    def read_to_end(self, tps, timeout_s, on_progress=None):
+        tracker = EndTracker(
+            {tp: self.ends[tp[1]] for tp in tps},
+            dict.fromkeys(tps, 0),
+            timeout_s,
+            on_progress,
+            clock=self.clock,
+        )
+        read = 0
+        while tracker.pending():
+            stalled = tracker.check()
+            if stalled is not None:
+                raise unavailable(FakeCfg, stalled)
+            self.clock.now += self.poll_s
+            self.polls += 1
+            if self.stall_after is not None and read >= self.stall_after:
+                continue  # the broker answers, with nothing
+            tp = tracker.pending()[0]
+            offset = tracker.positions[tp]
+            tracker.update(tp, offset + 1, None)
+            read += 1
+            yield [Record(tp[0], tp[1], offset, f"s{tp[1]}-{offset}".encode(), b"v", 0, ())]
+
+    def close(self) -> None:
+        pass
+
+
+class FakeCfg:
+    bootstrap_servers = "127.0.0.1:1"
+
+
+def test_a_restore_that_keeps_reading_outlasts_the_timeout_and_reports_progress():
+    reader = PacedReader({0: 100, 1: 100}, poll_s=1.0)  # 200 fake seconds, timeout 60
+    seen: list[dict] = []
+    items, where, tombstones = changelog.read(lambda: reader, "cl", [0, 1], 60.0, seen.append)
+    assert len(items) == 200 and tombstones == 0 and reader.clock.now == 200.0
+    assert sorted(set(where.values())) == [0, 1]
+    assert len(seen) >= 30  # every 5 s of the read
+    assert seen[0] == {("cl", 0): (5, 100), ("cl", 1): (0, 100)}
+    assert seen[-1][("cl", 1)][1] == 100 and seen[-1][("cl", 0)] == (100, 100)
+
+
+def test_a_restore_that_stops_progressing_raises_naming_partition_offsets_and_end():
+    reader = PacedReader({0: 10, 3: 50}, poll_s=1.0, stall_after=25)
+    with pytest.raises(BrokerUnavailable) as caught:
+        changelog.read(lambda: reader, "cl", [0, 3], 60.0)
+    message = str(caught.value)
+    assert "no progress for over 60.0 s" in message
+    assert "cl/3 at offset 15 of end 50 (15 read)" in message and "cl/0" not in message
+    assert 60.0 < reader.clock.now - 25 <= 62.0  # raised once the stall passed the limit

@@ -183,6 +183,18 @@ def test_ensure_topics_creates_missing_ones_once(kafka_config, unique_name):
         admin.close()
 
 
+def test_topic_configs_report_a_compacted_changelog(kafka_config, unique_name):
+    events, changelog = unique_name("events"), unique_name("changelog")
+    admin = open_admin(kafka_config)
+    try:
+        admin.ensure_topics([TopicSpec(events, 2), TopicSpec(changelog, 2, compacted=True)])
+        assert admin.topic_configs(changelog)["cleanup.policy"] == "compact"
+        # Kafka reports its default ("delete"); Tansu leaves a default out.
+        assert admin.topic_configs(events).get("cleanup.policy", "delete") == "delete"
+    finally:
+        admin.close()
+
+
 @pytest.mark.skipif(len(installed_clients()) < 2, reason="needs both clients")
 def test_both_clients_put_a_key_on_the_same_partition(kafka_bootstrap, unique_name):
     topic = make_topic(KafkaClientConfig(kafka_bootstrap), unique_name("partitioner"), 6)

@@ -11,7 +11,7 @@ from streamcell.core.checkpoint import load_checkpoint
 from streamcell.core.events import EventBatch
 from streamcell.core.predictor import Predictor
 from streamcell.service.checkpointing import Checkpointer
-from streamcell.service.kafka import Record
+from streamcell.service.kafka import EndTracker, Record
 from streamcell.service.metrics import Metrics
 from streamcell.service.ownership import Ownership
 from streamcell.service.recovery import Recovery
@@ -41,7 +41,7 @@ class WatchedReader(FakeReader):
         super().__init__(records)
         self.predictor, self.seen = predictor, seen
 
-    def read_to_end(self, tps, timeout_s):
+    def read_to_end(self, tps, timeout_s, on_progress=None):
         self.seen.append(lock_is_free(self.predictor))
         yield from super().read_to_end(tps, timeout_s)
 
@@ -64,6 +64,7 @@ class Setup:
         )
         self.lock_free_while_reading: list[bool] = []
         records = changelog or []
+        self.recovery_records = records
         self.recovery = Recovery(
             settings,
             self.consumer,
@@ -139,3 +140,31 @@ def test_a_parked_partition_that_moved_on_is_dropped_and_restored(tmp_path):
     assert len(s.predictor.store) == 0 and not s.predictor.has_changes()  # no tombstones
     s.recovery.restore_pending()
     assert s.predictor.store.stream_ids() == ["old"]  # the fake changelog's only record
+
+
+class ReportingReader(FakeReader):
+    """Reports progress midway through its read, as a long read would."""
+
+    def __init__(self, records: list[Record], gauge_values: list[float], metrics: Metrics):
+        super().__init__(records)
+        self.gauge_values, self.metrics = gauge_values, metrics
+
+    def read_to_end(self, tps, timeout_s, on_progress=None):
+        tracker = EndTracker(dict.fromkeys(tps, 10), dict.fromkeys(tps, 0), timeout_s)
+        tracker.update(tps[0], 4, None)
+        on_progress(tracker.progress())
+        self.gauge_values.append(self.metrics.restore_remaining._value.get())
+        yield from super().read_to_end(tps, timeout_s)
+
+
+def test_a_restore_in_progress_shows_what_is_left_in_the_log_and_the_gauge(tmp_path, caplog):
+    s = Setup(tmp_path, snapshots(tmp_path, {"a": 0, "b": 1}))
+    metrics, values = s.recovery.metrics, []
+    s.recovery.reader_of = lambda: ReportingReader(s.recovery_records, values, metrics)
+    s.recovery.on_assign([(TOPIC, 0), (TOPIC, 1)])
+    with caplog.at_level("INFO", logger="streamcell.service.recovery"):
+        s.recovery.restore_pending()
+    assert values == [16.0]  # 6 of partition 0 and 10 of partition 1 still to read
+    assert metrics.restore_remaining._value.get() == 0  # none runs now
+    assert "restoring from cl: partition 0 4/10, partition 1 0/10" in caplog.text
+    assert sorted(s.predictor.store.stream_ids()) == ["a", "b"]

@@ -6,7 +6,8 @@ Order of start-up, and why:
    model or a broker can be scraped;
 2. the gRPC server, answering UNAVAILABLE (health NOT_SERVING) until a model
    is loaded, so that probes see a replica that waits;
-3. Kafka topics (created when missing, logged). Brokers that cannot be
+3. Kafka topics (created when missing, logged; the changelog's partition count
+   and cleanup.policy checked). Brokers that cannot be
    reached yet are waited for, with capped backoff, for up to
    ``--broker-wait-s`` (``streamcell_kafka_connected`` is 0 meanwhile), then
    the replica fails with a message naming the bootstrap address;
@@ -32,7 +33,7 @@ from streamcell.core.checkpoint import check_name
 from streamcell.core.errors import ConfigError, ModelNotLoaded
 from streamcell.core.model import resolve_device
 from streamcell.core.predictor import Predictor
-from streamcell.service import broker_wait, gc_pauses, reload
+from streamcell.service import broker_wait, changelog, gc_pauses, reload
 from streamcell.service.metrics import Metrics
 from streamcell.service.settings import ServeSettings
 
@@ -102,8 +103,9 @@ class App:
         if found is None:
             return None
         self.metrics.kafka_connected.set(1)
-        partitions, changelog_parts = found
+        partitions, changelog_parts, changelog_configs = found
         t = s.pipeline
+        changelog.check_policy(t.changelog_topic, changelog_configs)
         if changelog_parts is not None and changelog_parts != partitions:
             raise ConfigError(
                 f"changelog topic {t.changelog_topic} has {changelog_parts} partitions but the "
@@ -118,8 +120,11 @@ class App:
         )
         return partitions
 
-    def _topics_once(self, connect_timeout_s: float) -> tuple[int, int | None]:
-        """One attempt: (input partitions, changelog partitions); BrokerUnavailable if down."""
+    def _topics_once(
+        self, connect_timeout_s: float
+    ) -> tuple[int, int | None, dict[str, str] | None]:
+        """One attempt: (input partitions, changelog partitions, changelog configs);
+        BrokerUnavailable if down."""
         from streamcell.service.kafka import TopicSpec, open_admin
 
         k, t = self.settings.kafka, self.settings.pipeline
@@ -142,7 +147,8 @@ class App:
                         spec.partitions,
                         ", cleanup.policy=compact" if spec.compacted else "",
                     )
-            return partitions, admin.partitions(t.changelog_topic)
+            changelog_parts = admin.partitions(t.changelog_topic)
+            return partitions, changelog_parts, admin.topic_configs(t.changelog_topic)
         finally:
             admin.close()
 

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from streamcell.core.errors import ConfigError
 from streamcell.core.state import StateStore
 
 if TYPE_CHECKING:
-    from streamcell.service.kafka import Producer, Reader
+    from streamcell.service.kafka import Producer, Progress, Reader
 
 log = logging.getLogger(__name__)
 
@@ -122,14 +123,21 @@ class Snapshots:
 
 
 def read_latest(
-    reader: Reader, topic: str, partitions: Iterable[int], timeout_s: float
+    reader: Reader,
+    topic: str,
+    partitions: Iterable[int],
+    timeout_s: float,
+    on_progress: Progress | None = None,
 ) -> tuple[dict[str, bytes], dict[str, int], int]:
-    """The last value of every live key in the partitions, its partition, the tombstones seen."""
+    """The last value of every live key in the partitions, its partition, the tombstones seen.
+
+    ``timeout_s`` bounds a read that makes no progress, not a long one.
+    """
     latest: dict[str, bytes] = {}
     where: dict[str, int] = {}
     tombstones = 0
     tps = [(topic, p) for p in partitions]
-    for records in reader.read_to_end(tps, timeout_s):
+    for records in reader.read_to_end(tps, timeout_s, on_progress=on_progress):
         for rec in records:
             if rec.key is None:
                 continue
@@ -144,7 +152,11 @@ def read_latest(
 
 
 def read(
-    reader_of: Callable[[], Reader], topic: str, partitions: list[int], timeout_s: float
+    reader_of: Callable[[], Reader],
+    topic: str,
+    partitions: list[int],
+    timeout_s: float,
+    on_progress: Progress | None = None,
 ) -> tuple[list[tuple[str, bytes]], dict[str, int], int]:
     """Read the partitions to their end with a reader of its own (no lock needed).
 
@@ -153,10 +165,31 @@ def read(
     """
     reader = reader_of()
     try:
-        latest, where, tombstones = read_latest(reader, topic, partitions, timeout_s)
+        latest, where, tombstones = read_latest(reader, topic, partitions, timeout_s, on_progress)
     finally:
         reader.close()
     return list(latest.items()), where, tombstones
+
+
+def check_policy(topic: str, configs: dict[str, str] | None) -> None:
+    """Refuse a changelog that is not compacted: a ``delete`` policy loses state silently.
+
+    A broker that does not report the policy (or cannot be asked) is only warned about.
+    """
+    policy = None if configs is None else configs.get("cleanup.policy")
+    if policy is None:
+        log.warning(
+            "cannot tell the cleanup.policy of changelog topic %s (the broker did not report "
+            "it): it must include compact, or restores lose state once its records expire",
+            topic,
+        )
+        return
+    if "compact" not in {part.strip() for part in policy.split(",")}:
+        raise ConfigError(
+            f"changelog topic {topic} has cleanup.policy={policy}: it must include compact "
+            f"(with delete only, state older than the retention is lost); set "
+            f"cleanup.policy=compact on it"
+        )
 
 
 def log_skipped(

@@ -20,7 +20,7 @@ from confluent_kafka import (
     Producer,
 )
 from confluent_kafka import TopicPartition as CTopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from streamcell.core.errors import StreamcellError
 from streamcell.service.kafka import (
@@ -29,6 +29,7 @@ from streamcell.service.kafka import (
     Implementation,
     KafkaClientConfig,
     Member,
+    Progress,
     Record,
     RecordTooLarge,
     TopicPartition,
@@ -242,7 +243,9 @@ class ConfluentReader:
             self._c.close()
             raise
 
-    def read_to_end(self, tps: list[TopicPartition], timeout_s: float) -> Iterator[list[Record]]:
+    def read_to_end(
+        self, tps: list[TopicPartition], timeout_s: float, on_progress: Progress | None = None
+    ) -> Iterator[list[Record]]:
         if not tps:
             return
         starts, ends = {}, {}
@@ -254,14 +257,12 @@ class ConfluentReader:
             except KafkaException as exc:
                 raise unavailable(self.cfg, exc) from exc
             starts[tp], ends[tp] = low, high
-        tracker = EndTracker(ends, starts)
+        tracker = EndTracker(ends, starts, timeout_s, on_progress)
         self._c.assign([CTopicPartition(t, p, starts[(t, p)]) for t, p in tps])
-        deadline = time.monotonic() + timeout_s
         while tracker.pending():
-            if time.monotonic() > deadline:
-                raise unavailable(
-                    self.cfg, f"reading {tracker.pending()} to the end took over {timeout_s} s"
-                )
+            stalled = tracker.check()
+            if stalled is not None:
+                raise unavailable(self.cfg, stalled)
             messages = self._c.consume(num_messages=10_000, timeout=0.2)
             for p in self._c.position([CTopicPartition(t, q) for t, q in tps]):
                 tp = (p.topic, p.partition)
@@ -523,6 +524,18 @@ class ConfluentAdmin:
             )
             for m in description.members
         ]
+
+    def topic_configs(self, topic: str) -> dict[str, str] | None:
+        timeout = self.cfg.request_timeout_ms / 1000
+        try:
+            futures = self._a.describe_configs(
+                [ConfigResource("topic", topic)], request_timeout=timeout
+            )
+            entries = next(iter(futures.values())).result(timeout=timeout)
+        except (KafkaException, ValueError) as exc:
+            log.debug("describe_configs(%s) failed: %s", topic, exc)
+            return None
+        return {k: e.value for k, e in entries.items() if e.value is not None}
 
     def close(self) -> None:
         pass  # AdminClient has no close; its threads end with the object

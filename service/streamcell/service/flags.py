@@ -120,7 +120,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag(
         "--restore-timeout-s",
         "pipeline.restore_timeout_s",
-        "longest a changelog restore on assignment may take (default %(default)s)",
+        "longest a changelog restore on assignment may go without reading a record; "
+        "a restore that keeps reading has no time limit (default %(default)s)",
         group=KAFKA,
     ),
     Flag("--event-format", "pipeline.event_format", choices=FORMATS, group=KAFKA),

@@ -33,6 +33,7 @@ from its first fetch.
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -182,10 +183,14 @@ class Consumer(Protocol):
 class Reader(Protocol):
     """No group: assigned partitions read from the beginning to their current end."""
 
-    def read_to_end(self, tps: list[TopicPartition], timeout_s: float) -> Iterator[list[Record]]:
+    def read_to_end(
+        self, tps: list[TopicPartition], timeout_s: float, on_progress: Progress | None = None
+    ) -> Iterator[list[Record]]:
         """Batches of records until every partition reached the end it had at the call.
 
-        Raises BrokerUnavailable when the end is not reached within ``timeout_s``.
+        No time limit while records keep arriving: raises BrokerUnavailable
+        only when no partition advanced for ``timeout_s``. ``on_progress`` is
+        called every few seconds of a long read.
         """
         ...
 
@@ -249,6 +254,11 @@ class Admin(Protocol):
         """Members and their partitions; empty when the broker does not say (Tansu)."""
         ...
 
+    def topic_configs(self, topic: str) -> dict[str, str] | None:
+        """The topic's configs as the broker reports them (all it sends, defaults too);
+        None when the broker cannot be asked (DescribeConfigs failed)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -304,21 +314,65 @@ def unavailable(cfg: KafkaClientConfig, why: object) -> BrokerUnavailable:
     return BrokerUnavailable(f"cannot reach Kafka at {cfg.bootstrap_servers}: {why}")
 
 
+Progress = Callable[[dict[TopicPartition, tuple[int, int]]], None]
+"""Called during a long ``read_to_end``: per partition (offsets read, offsets to read)."""
+
+
 class EndTracker:
     """Follows each partition's end while reading it to the end (Reader helper).
 
     Starts from ListOffsets; raises a partition's end to the high watermark of
-    any later fetch (see the module note on Tansu).
+    any later fetch (see the module note on Tansu). A read has no time limit
+    while it moves: :meth:`check` fails only after ``stall_s`` without any
+    partition's position advancing, and reports progress every ``every_s``.
     """
 
-    def __init__(self, ends: dict[TopicPartition, int], starts: dict[TopicPartition, int]) -> None:
+    def __init__(
+        self,
+        ends: dict[TopicPartition, int],
+        starts: dict[TopicPartition, int],
+        stall_s: float,
+        on_progress: Progress | None = None,
+        every_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.ends = dict(ends)
+        self.starts = dict(starts)
         self.positions = dict(starts)
+        self.stall_s = stall_s
+        self.on_progress = on_progress
+        self.every_s = every_s
+        self.clock = clock
+        self._moved = self._reported = clock()
 
     def update(self, tp: TopicPartition, position: int, high_watermark: int | None) -> None:
+        if position > self.positions[tp]:
+            self._moved = self.clock()
         self.positions[tp] = position
         if high_watermark is not None and high_watermark > self.ends[tp]:
             self.ends[tp] = high_watermark
 
     def pending(self) -> list[TopicPartition]:
         return [tp for tp, end in self.ends.items() if self.positions[tp] < end]
+
+    def progress(self) -> dict[TopicPartition, tuple[int, int]]:
+        """Per partition: (offsets read, offsets from the start to the end)."""
+        return {
+            tp: (self.positions[tp] - self.starts[tp], end - self.starts[tp])
+            for tp, end in self.ends.items()
+        }
+
+    def check(self) -> str | None:
+        """Why the read should stop (no progress for ``stall_s``), else None; reports progress."""
+        now = self.clock()
+        if self.on_progress is not None and now - self._reported >= self.every_s:
+            self._reported = now
+            self.on_progress(self.progress())
+        if now - self._moved <= self.stall_s:
+            return None
+        stuck = ", ".join(
+            f"{t}/{p} at offset {self.positions[(t, p)]} of end {self.ends[(t, p)]} "
+            f"({self.positions[(t, p)] - self.starts[(t, p)]} read)"
+            for t, p in self.pending()
+        )
+        return f"reading to the end made no progress for over {self.stall_s} s: {stuck}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
@@ -15,7 +14,7 @@ from kafka import (
 )
 from kafka import TopicPartition as KTopicPartition
 from kafka import errors as kerrors
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
@@ -26,6 +25,7 @@ from streamcell.service.kafka import (
     Implementation,
     KafkaClientConfig,
     Member,
+    Progress,
     Record,
     RecordTooLarge,
     TopicPartition,
@@ -193,7 +193,9 @@ class KafkaPythonReader:
         except kerrors.KafkaError as exc:
             raise unavailable(cfg, exc) from exc
 
-    def read_to_end(self, tps: list[TopicPartition], timeout_s: float) -> Iterator[list[Record]]:
+    def read_to_end(
+        self, tps: list[TopicPartition], timeout_s: float, on_progress: Progress | None = None
+    ) -> Iterator[list[Record]]:
         if not tps:
             return
         ktps = [_tp(tp) for tp in tps]
@@ -205,13 +207,13 @@ class KafkaPythonReader:
         tracker = EndTracker(
             {(k.topic, k.partition): ends[k] for k in ktps},
             {(k.topic, k.partition): starts[k] for k in ktps},
+            timeout_s,
+            on_progress,
         )
-        deadline = time.monotonic() + timeout_s
         while tracker.pending():
-            if time.monotonic() > deadline:
-                raise unavailable(
-                    self.cfg, f"reading {tracker.pending()} to the end took over {timeout_s} s"
-                )
+            stalled = tracker.check()
+            if stalled is not None:
+                raise unavailable(self.cfg, stalled)
             batches = self._c.poll(timeout_ms=200, max_records=10_000)
             for ktp in ktps:
                 tp = (ktp.topic, ktp.partition)
@@ -424,6 +426,17 @@ class KafkaPythonAdmin:
                 Member(m["member_id"], m.get("client_id", ""), m.get("client_host", ""), tuple(tps))
             )
         return members
+
+    def topic_configs(self, topic: str) -> dict[str, str] | None:
+        # "all": the default filter ("modified") hides what Tansu reports as a default
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic)
+        try:
+            described = self._a.describe_configs([resource], config_filter="all")
+        except (kerrors.KafkaError, ValueError) as exc:
+            log.debug("describe_configs(%s) failed: %s", topic, exc)
+            return None
+        entries = described.get("topic", {}).get(topic, {})
+        return {k: str(e["value"]) for k, e in entries.items() if e.get("value") is not None}
 
     def close(self) -> None:
         self._a.close()

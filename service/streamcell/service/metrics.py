@@ -258,6 +258,11 @@ class Metrics:
             "Partitions whose streams are being restored now (alerts on restores that hang).",
             registry=r,
         )
+        self.restore_remaining = Gauge(
+            p + "changelog_restore_records_remaining",
+            "Changelog offsets the current restore has still to read (0 when none runs).",
+            registry=r,
+        )
         self.restore_started = Gauge(
             p + "changelog_restore_started_timestamp_seconds",
             "Unix time the current (or last) changelog restore started.",
@@ -346,6 +351,7 @@ class Metrics:
             yield
         finally:
             self.restoring_partitions.dec(partitions)
+            self.restore_remaining.set(0)
             self.restore_seconds.observe(time.perf_counter() - start)
 
     def record_model(self, name: str, version: str, validation_mae: float | None) -> None:

@@ -106,7 +106,11 @@ class Recovery:
         with self.metrics.restoring(len(partitions)):
             start = time.perf_counter()
             items, where, tombstones = changelog.read(
-                self.reader_of, s.changelog_topic, partitions, s.restore_timeout_s
+                self.reader_of,
+                s.changelog_topic,
+                partitions,
+                s.restore_timeout_s,
+                self._progress,
             )
             done = self.predictor.restore(items, where)  # under the Predictor's lock
             seconds = time.perf_counter() - start
@@ -125,6 +129,18 @@ class Recovery:
             seconds,
         )
         self._count_assigned()
+
+    def _progress(self, done: dict[TopicPartition, tuple[int, int]]) -> None:
+        """A long restore says how far it is, in the log and as a gauge."""
+        remaining = sum(max(total - read, 0) for read, total in done.values())
+        self.metrics.restore_remaining.set(remaining)
+        log.info(
+            "restoring from %s: %s",
+            self.settings.changelog_topic,
+            ", ".join(
+                f"partition {p} {read}/{total}" for (_, p), (read, total) in sorted(done.items())
+            ),
+        )
 
     def _drop(self, partitions: set[int]) -> None:
         """Forget streams of partitions another replica may have moved on (no tombstones)."""
