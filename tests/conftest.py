@@ -9,21 +9,16 @@ subprocess (stopped at session end, also on failure).
 from __future__ import annotations
 
 import os
-import select
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from broker_support import start_embedded_broker, stop_process
 
 from streamcell.service.kafka import KafkaClientConfig, installed_clients
 
-BROKER_START_TIMEOUT_S = 30.0
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCE_ROOTS = ["core", "service", "trainer", "demo", "protos"]  # as in pyproject.toml
 
@@ -56,34 +51,6 @@ def _docker_answers() -> bool:
         return False
 
 
-def _start_embedded_broker() -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "streamcell.cli", "broker", "--listen", "127.0.0.1:0", "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + BROKER_START_TIMEOUT_S
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if ready:
-            line = proc.stdout.readline()
-            if line.startswith("broker listening on "):
-                return proc, line.split()[-1]
-        if proc.poll() is not None:
-            break
-    _stop(proc)
-    err = proc.stderr.read() if proc.stderr else ""
-    raise RuntimeError(f"streamcell broker did not start: {err.strip()[-2000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 class Broker(NamedTuple):
     bootstrap: str
     kind: str  # "external", "testcontainers" or "embedded"
@@ -101,11 +68,11 @@ def kafka_broker() -> Iterator[Broker]:
         with KafkaContainer() as kafka:
             yield Broker(kafka.get_bootstrap_server(), "testcontainers")
         return
-    proc, bootstrap = _start_embedded_broker()
+    proc, bootstrap = start_embedded_broker()
     try:
         yield Broker(bootstrap, "embedded")
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ stops it, and every serve, by pid.
 
 from __future__ import annotations
 
-import select
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from broker_support import start_embedded_broker, stop_process
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pipeline_support import (
     Offline,
@@ -43,7 +43,6 @@ from streamcell.service import broker_wait
 from streamcell.service.kafka import KafkaClientConfig
 
 BROKER_DOWN_S = 15.0  # serve runs this long before its broker starts
-BROKER_START_TIMEOUT_S = 30.0
 
 
 def free_port() -> int:
@@ -53,26 +52,7 @@ def free_port() -> int:
 
 
 def start_broker(port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "streamcell.cli", "broker", "--listen", f"127.0.0.1:{port}"]
-    proc = subprocess.Popen([*cmd, "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + BROKER_START_TIMEOUT_S
-    while time.monotonic() < deadline and proc.poll() is None:
-        ready = select.select([proc.stdout], [], [], 0.2)[0]
-        if ready and proc.stdout.readline().startswith(b"broker listening on "):
-            return proc
-    stop_process(proc)
-    raise RuntimeError(f"the broker did not start on port {port}")
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return start_embedded_broker(f"127.0.0.1:{port}")[0]
 
 
 def health(port: int) -> int:
