@@ -364,7 +364,7 @@ class ConfluentProducer:
         epoch = self._epoch
         while True:
             try:
-                if headers is None:  # positional arguments: ~0.5 us less per call
+                if headers is None:  # positional arguments cost less per call than keywords
                     part = PARTITION_UA if partition is None else partition
                     self._p.produce(topic, value, key, part, epoch.delivered)
                 else:
@@ -406,7 +406,7 @@ class ConfluentProducer:
         pending = iter(records)
         try:
             if headers is None:
-                # The common case (predictions) without keyword arguments: ~0.5 us less per call.
+                # The common case (predictions): positional arguments cost less than keywords.
                 part = PARTITION_UA if partition is None else partition
                 for key, value in pending:
                     try:
