@@ -47,10 +47,14 @@ class FakeConsumer:
         self.log = log
         self.queue: list[list[Record]] = []
         self.committed_offsets: dict[tuple[str, int], int] = {}
-        self.on_assign = self.on_revoke = None
+        self.on_assign = self.on_revoke = self.on_lost = None
+        self.group_generation = 1
 
-    def subscribe(self, topics, on_assign, on_revoke) -> None:
-        self.on_assign, self.on_revoke = on_assign, on_revoke
+    def subscribe(self, topics, on_assign, on_revoke, on_lost=None) -> None:
+        self.on_assign, self.on_revoke, self.on_lost = on_assign, on_revoke, on_lost
+
+    def generation(self) -> int:
+        return self.group_generation
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
         return self.queue.pop(0) if self.queue else []

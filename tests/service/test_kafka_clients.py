@@ -122,6 +122,8 @@ def test_group_callbacks_commit_seek_and_resume(kafka_config, unique_name):
         got = poll_until(consumer, 30)
         assert sorted(r.value for r in got) == sorted(b"a%d" % i for i in range(30))
         assert assigned and assigned[-1] == tps
+        first_generation = consumer.generation()
+        assert first_generation >= 0
         ends = consumer.end_offsets(tps)
         assert sum(ends.values()) == 30
         read_to = {(r.topic, r.partition): r.offset + 1 for r in got}
@@ -147,6 +149,7 @@ def test_group_callbacks_commit_seek_and_resume(kafka_config, unique_name):
         resumed = poll_until(second, 10)
         assert sorted(r.value for r in resumed) == sorted(b"b%d" % i for i in range(10))
         assert not second.poll(100, 0.5)  # nothing from before the commit
+        assert second.generation() > first_generation  # the group moved on
     finally:
         second.close()
 

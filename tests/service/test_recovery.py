@@ -168,3 +168,41 @@ def test_a_restore_in_progress_shows_what_is_left_in_the_log_and_the_gauge(tmp_p
     assert metrics.restore_remaining._value.get() == 0  # none runs now
     assert "restoring from cl: partition 0 4/10, partition 1 0/10" in caplog.text
     assert sorted(s.predictor.store.stream_ids()) == ["a", "b"]
+
+
+def test_lost_partitions_are_dropped_and_nothing_of_them_is_ever_sent(tmp_path):
+    s = Setup(tmp_path)
+    producer = s.cp.producer
+    s.recovery.on_assign([(TOPIC, 0), (TOPIC, 1)])
+    s.recovery.restore_pending()
+    assert s.ownership.generations == {0: 1, 1: 1}
+    s.predictor.predict(
+        EventBatch.of(["a", "b"], [[1.0, 2.0, 3.0]] * 2, partition=[0, 1], offset=[0, 0])
+    )
+    s.cp.processed({0: 0, 1: 0})
+    producer.send("predictions", b"a", b"p")
+    producer.acked = 0  # the prediction is not acknowledged yet: the checkpoint waits
+    s.cp.begin(s.cp.clock())
+    assert s.cp.in_flight and not [x for x in producer.sent if x[0] == "cl"]
+    s.recovery.on_lost([(TOPIC, 0)])  # evicted while it waited; partition 1 kept
+    assert s.ownership.assigned == {1} and s.predictor.store.stream_ids() == ["b"]
+    producer.acked = None
+    s.cp.advance()
+    s.cp.advance()
+    sent = [(key, part) for topic, key, _, part in producer.sent if topic == "cl"]
+    assert sent == [(b"b", 1)]  # the lost partition's snapshot was dropped, not sent
+    assert [c for c in s.log if c[0] == "commit"] == [("commit", {(TOPIC, 1): 1})]
+    assert s.recovery.metrics.partitions_lost._value.get() == 1
+
+
+def test_a_revocation_once_fenced_is_a_loss_no_checkpoint(tmp_path):
+    s = Setup(tmp_path)
+    s.recovery.on_assign([(TOPIC, 0)])
+    s.recovery.restore_pending()
+    s.predictor.predict(EventBatch.of(["a"], [[1.0, 2.0, 3.0]], partition=[0], offset=[0]))
+    s.cp.processed({0: 0})
+    s.consumer.group_generation = -1  # the client learnt it was fenced
+    s.log.clear()
+    s.recovery.on_revoke([(TOPIC, 0)])
+    assert s.log == [] and s.cp.producer.sent == []  # no flush, no changelog, no commit
+    assert len(s.predictor.store) == 0 and s.ownership.assigned == set()

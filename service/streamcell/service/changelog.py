@@ -6,13 +6,24 @@ and seq the state reflects), or None (a tombstone) for a stream that was
 deleted, evicted or expired. A stream's records go to the changelog partition
 with the number of its input partition, so a replica that is assigned input
 partition p restores exactly changelog partition p.
+
+Each record carries, in the ``streamcell-generation`` header, the consumer
+group generation in which its writer held the partition. A member evicted
+from the group (a zombie: frozen past its session timeout) can still send
+records before it learns so; they carry its old generation, so a restore
+keeps per stream the record with the highest (generation, offset), a
+tombstone counting at its generation, rather than the last one. Records
+without the header (older writers) count as generation -1. A generation
+above the reader's own is taken as the reader's (the group was recreated and
+counts from 0 again, or the record is hostile): such a record can then not
+outrank every later one.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -25,6 +36,24 @@ if TYPE_CHECKING:
     from streamcell.service.kafka import Producer, Progress, Reader
 
 log = logging.getLogger(__name__)
+
+GENERATION_HEADER = "streamcell-generation"
+NO_GENERATION = -1  # a record written before records said their generation
+
+
+def generation_header(generation: int) -> list[tuple[str, bytes]]:
+    return [(GENERATION_HEADER, str(generation).encode())]
+
+
+def generation_of(headers: tuple[tuple[str, bytes], ...]) -> int:
+    """The generation a record says wrote it; NO_GENERATION without (or with a bad) header."""
+    for key, value in headers:
+        if key == GENERATION_HEADER:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return NO_GENERATION
+    return NO_GENERATION
 
 
 @dataclass(frozen=True)
@@ -55,7 +84,15 @@ class Snapshots:
 
     CHUNK = 256  # records per send_many between clock checks
 
-    def __init__(self, topic: str, store: StateStore, changed: dict[str, int]) -> None:
+    def __init__(
+        self,
+        topic: str,
+        store: StateStore,
+        changed: dict[str, int],
+        generations: Mapping[int, int] | None = None,
+    ) -> None:
+        """``generations``: partition -> the group generation it is held in (stamped on
+        its records; NO_GENERATION where missing)."""
         # Snapshots first, then tombstones; each grouped by partition, in the
         # order the streams changed. Sorted by numpy, not per stream in Python:
         # this runs under the lock, for every stream changed in the interval.
@@ -78,7 +115,10 @@ class Snapshots:
         ]
         self._block = store.snapshot_block(self.streams[: self.snapshots])
         self._size = store.snapshot_size
+        held = generations or {}
+        self.generations = {p: held.get(p, NO_GENERATION) for _, p in self._runs}
         self.sent = 0
+        self.dropped = 0  # records of partitions no longer held, never sent
         self._run = 0
 
     def __len__(self) -> int:
@@ -94,10 +134,14 @@ class Snapshots:
         until: int | None = None,
         deadline: float | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        held: Callable[[int, int], bool] | None = None,
     ) -> bool:
         """Send in order up to record ``until`` (all if None), then on until ``deadline``.
 
-        Returns True once every record is sent.
+        ``held(partition, generation)``, asked before every send: whether this
+        member still holds the partition in that generation; the records of a
+        partition it lost are dropped, never sent. Returns True once every
+        record is sent or dropped.
         """
         total = len(self.streams)
         floor = total if until is None else min(until, total)
@@ -106,6 +150,17 @@ class Snapshots:
             if self.sent >= floor and (deadline is None or clock() >= deadline):
                 break
             end, partition = self._runs[self._run]
+            generation = self.generations[partition]
+            if held is not None and not held(partition, generation):
+                log.warning(
+                    "changelog %s: not sending %d records of partition %d (generation %d): "
+                    "this member no longer holds it",
+                    self.topic, end - self.sent, partition, generation,
+                )  # fmt: skip
+                self.dropped += end - self.sent
+                self.sent = end
+                self._run += 1
+                continue
             stop = min(end, self.sent + self.CHUNK)
             pairs: list[tuple[bytes | None, bytes | None]]
             if stop <= self.snapshots:
@@ -115,7 +170,9 @@ class Snapshots:
                 ]
             else:
                 pairs = [(streams[k].encode(), None) for k in range(self.sent, stop)]
-            producer.send_many(self.topic, pairs, partition=partition)
+            producer.send_many(
+                self.topic, pairs, headers=generation_header(generation), partition=partition
+            )
             self.sent = stop
             if stop == end:
                 self._run += 1
@@ -128,26 +185,53 @@ def read_latest(
     partitions: Iterable[int],
     timeout_s: float,
     on_progress: Progress | None = None,
+    max_generation: int | None = None,
 ) -> tuple[dict[str, bytes], dict[str, int], int]:
-    """The last value of every live key in the partitions, its partition, the tombstones seen.
+    """The winning value of every live key in the partitions, its partition, the tombstones.
 
+    A key's winner is its record with the highest (generation, offset), a
+    tombstone counting at its generation (see the module note); generations
+    above ``max_generation`` (the reader's own) count as ``max_generation``.
     ``timeout_s`` bounds a read that makes no progress, not a long one.
     """
     latest: dict[str, bytes] = {}
     where: dict[str, int] = {}
-    tombstones = 0
+    best: dict[str, int] = {}  # stream -> generation of its winning record so far
+    tombstones = stale = clamped = 0
     tps = [(topic, p) for p in partitions]
     for records in reader.read_to_end(tps, timeout_s, on_progress=on_progress):
         for rec in records:
             if rec.key is None:
                 continue
             stream = rec.key.decode("utf-8", errors="replace")
+            generation = generation_of(rec.headers) if rec.headers else NO_GENERATION
+            if max_generation is not None and generation > max_generation:
+                generation = max_generation
+                clamped += 1
+            # Read in offset order per partition: a later record of the same
+            # or a newer generation wins; one of an older generation (a zombie's) loses.
+            if generation < best.get(stream, NO_GENERATION):
+                stale += 1
+                continue
+            best[stream] = generation
             latest.pop(stream, None)  # keep last-written order (recency)
             if rec.value is None:
                 tombstones += 1
             else:
                 latest[stream] = rec.value
                 where[stream] = rec.partition
+    if stale:
+        log.warning(
+            "changelog %s partitions %s: %d records written by an older generation after a "
+            "newer one (a member evicted from the group) were passed over",
+            topic, sorted(p for _, p in tps), stale,
+        )  # fmt: skip
+    if clamped:
+        log.warning(
+            "changelog %s partitions %s: %d records claim a generation above this member's "
+            "(%d): the group was recreated, or the records are hostile; counted as %d",
+            topic, sorted(p for _, p in tps), clamped, max_generation, max_generation,
+        )  # fmt: skip
     return latest, where, tombstones
 
 
@@ -157,6 +241,7 @@ def read(
     partitions: list[int],
     timeout_s: float,
     on_progress: Progress | None = None,
+    max_generation: int | None = None,
 ) -> tuple[list[tuple[str, bytes]], dict[str, int], int]:
     """Read the partitions to their end with a reader of its own (no lock needed).
 
@@ -165,7 +250,9 @@ def read(
     """
     reader = reader_of()
     try:
-        latest, where, tombstones = read_latest(reader, topic, partitions, timeout_s, on_progress)
+        latest, where, tombstones = read_latest(
+            reader, topic, partitions, timeout_s, on_progress, max_generation
+        )
     finally:
         reader.close()
     return list(latest.items()), where, tombstones

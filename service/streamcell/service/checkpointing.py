@@ -64,7 +64,12 @@ class Checkpointer:
         metrics: Metrics,
         assigned: set[int],
         clock: Callable[[], float] = time.monotonic,
+        generations: dict[int, int] | None = None,
+        fenced: Callable[[], bool] = lambda: False,
     ) -> None:
+        """``generations`` (shared, read only here): partition -> the group generation it
+        is held in, stamped on its changelog records; ``fenced()``: whether the consumer
+        knows it fell out of the group (then nothing more is sent for any partition)."""
         self.settings = settings
         self.consumer = consumer
         self.producer = producer
@@ -72,6 +77,8 @@ class Checkpointer:
         self.metrics = metrics
         self.clock = clock
         self._assigned = assigned  # the partitions held now (shared, read only here)
+        self.generations = {} if generations is None else generations
+        self._fenced = fenced
         self.positions: dict[int, int] = {}  # partition -> next offset to read
         self.committed: dict[int, int | None] = {}  # partition -> what this replica committed
         self.in_flight: list[InFlight] = []
@@ -117,12 +124,12 @@ class Checkpointer:
         self.producer.flush()
         for cp in self.in_flight:
             if cp.records is not None and cp.changelog_mark is None:
-                cp.records.send(self.producer)
+                cp.records.send(self.producer, held=self.holds)
         self.in_flight.clear()
         self._processed = False
         records = self._take_changelog()
         if records is not None:
-            records.send(self.producer)
+            records.send(self.producer, held=self.holds)
         self.producer.flush()
         self._commit(self._offsets())
 
@@ -191,7 +198,7 @@ class Checkpointer:
         if records is None:
             return True
         if behind:
-            return records.send(self.producer)
+            return records.send(self.producer, held=self.holds)
         s = self.settings
         now = self.clock()
         if cp.sending_since is None:
@@ -200,9 +207,18 @@ class Checkpointer:
         share = 1.0 if span <= 0 else (now - cp.sending_since) / span
         until = int(len(records) * min(share, 1.0))
         deadline = time.perf_counter() + s.changelog_send_budget_ms / 1000
-        return records.send(self.producer, until=until, deadline=deadline)
+        return records.send(self.producer, until=until, deadline=deadline, held=self.holds)
 
     # ------------------------------------------------------------ helpers
+    def holds(self, partition: int, generation: int) -> bool:
+        """Asked before every changelog send: the partition is still this member's, in
+        the generation its records were taken in (a zombie's records are never sent)."""
+        return (
+            partition in self._assigned
+            and self.generations.get(partition, -1) == generation
+            and not self._fenced()
+        )
+
     def _take_changelog(self) -> changelog.Snapshots | None:
         """Snapshot the streams changed since the last checkpoint (None if none did)."""
         predictor = self.predictor
@@ -210,7 +226,9 @@ class Checkpointer:
             changed = predictor.take_changes()
             if not changed:
                 return None
-            records = changelog.Snapshots(self.settings.changelog_topic, predictor.store, changed)
+            records = changelog.Snapshots(
+                self.settings.changelog_topic, predictor.store, changed, self.generations
+            )
         log.debug("changelog: %d snapshots, %d tombstones", records.snapshots, records.tombstones)
         return records
 

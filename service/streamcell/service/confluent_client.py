@@ -7,6 +7,7 @@ extra (``pip install 'streamcell[confluent]'``, ``--kafka-client confluent``).
 from __future__ import annotations
 
 import logging
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -104,6 +105,22 @@ def _records(messages: list) -> list[Record]:
     return out
 
 
+_CGMD_MAGIC = b"CGMDv2:"
+_CGMD_GENERATION = struct.Struct("=i")
+
+
+def _generation(metadata: bytes) -> int:
+    """The generation in librdkafka's serialized consumer-group metadata.
+
+    The Python client exposes it only as those bytes (for transactions):
+    rd_kafka_consumer_group_metadata_write puts a magic, then the generation id
+    as a native int32; librdkafka resets it to -1 when the member is fenced.
+    """
+    if not metadata.startswith(_CGMD_MAGIC) or len(metadata) < 11:
+        return -1
+    return _CGMD_GENERATION.unpack_from(metadata, len(_CGMD_MAGIC))[0]
+
+
 def _consumer_conf(cfg: KafkaClientConfig, group_id: str) -> dict:
     return {
         **_common(cfg),
@@ -140,6 +157,7 @@ class ConfluentConsumer:
         topics: list[str],
         on_assign: Callable[[list[TopicPartition]], None],
         on_revoke: Callable[[list[TopicPartition]], None],
+        on_lost: Callable[[list[TopicPartition]], None] | None = None,
     ) -> None:
         def assigned(consumer, partitions) -> None:
             # Seeks issued inside the callback become the assignment's start offsets:
@@ -156,15 +174,27 @@ class ConfluentConsumer:
                 p.offset = seeks.get((p.topic, p.partition), p.offset)
             consumer.assign(partitions)
 
-        def revoked(consumer, partitions) -> None:
-            try:
-                if self._error is None:
-                    on_revoke(sorted((p.topic, p.partition) for p in partitions))
-            except BaseException as exc:
-                self._error = exc
-            consumer.unassign()
+        def taken(callback: Callable[[list[TopicPartition]], None]) -> Callable:
+            def revoked(consumer, partitions) -> None:
+                try:
+                    if self._error is None:
+                        callback(sorted((p.topic, p.partition) for p in partitions))
+                except BaseException as exc:
+                    self._error = exc
+                consumer.unassign()
 
-        self._c.subscribe(topics, on_assign=assigned, on_revoke=revoked)
+            return revoked
+
+        # librdkafka tells a lost assignment (session timed out, fenced) apart.
+        self._c.subscribe(
+            topics,
+            on_assign=assigned,
+            on_revoke=taken(on_revoke),
+            on_lost=taken(on_lost or on_revoke),
+        )
+
+    def generation(self) -> int:
+        return _generation(self._c.consumer_group_metadata())
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
         try:

@@ -11,6 +11,9 @@ Conventions shared by both implementations:
 
 - offsets are "the next offset to read", as Kafka commits them;
 - consumers never auto-commit, and rebalance callbacks fire inside ``poll``;
+  partitions *lost* (the member was evicted or fenced) are told apart from
+  partitions *revoked* (``on_lost``), and ``Consumer.generation`` says the
+  group generation (-1 once fenced), which the changelog records carry;
 - a broker that cannot be reached when a client opens raises
   :class:`~streamcell.core.errors.BrokerUnavailable` naming the bootstrap servers;
 - producers are idempotent with acks=all, else one request in flight per
@@ -155,7 +158,17 @@ class Consumer(Protocol):
         topics: list[str],
         on_assign: Callable[[list[TopicPartition]], None],
         on_revoke: Callable[[list[TopicPartition]], None],
-    ) -> None: ...
+        on_lost: Callable[[list[TopicPartition]], None] | None = None,
+    ) -> None:
+        """Join the group. ``on_lost``: partitions taken away while this member was
+        out of the group (evicted, fenced), where nothing may be written for them
+        any more; without it they go to ``on_revoke`` as the clients do."""
+        ...
+
+    def generation(self) -> int:
+        """The group generation of this member's assignment; -1 before the first join
+        and once the client learnt it was fenced (the group moved on without it)."""
+        ...
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
         """Records in partition order; rebalance callbacks fire inside."""

@@ -87,10 +87,11 @@ class _Listener(AsyncConsumerRebalanceListener):
     heartbeats included, keeps going, and ``poll`` returns only after it is done.
     """
 
-    def __init__(self, net, on_assign, on_revoke) -> None:
+    def __init__(self, net, on_assign, on_revoke, on_lost=None) -> None:
         self.net = net
         self.on_assign = on_assign
         self.on_revoke = on_revoke
+        self.on_lost = on_lost or on_revoke
         self.error: BaseException | None = None
 
     async def _call(self, fn, partitions) -> None:
@@ -116,6 +117,11 @@ class _Listener(AsyncConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned) -> None:
         await self._call(self.on_assign, assigned)
 
+    async def on_partitions_lost(self, lost) -> None:
+        # kafka-python calls it once it knows the member fell out of the group
+        # (its generation was reset: evicted, fenced); the default would revoke.
+        await self._call(self.on_lost, lost)
+
 
 class KafkaPythonConsumer:
     def __init__(self, cfg: KafkaClientConfig, group_id: str) -> None:
@@ -137,11 +143,20 @@ class KafkaPythonConsumer:
         topics: list[str],
         on_assign: Callable[[list[TopicPartition]], None],
         on_revoke: Callable[[list[TopicPartition]], None],
+        on_lost: Callable[[list[TopicPartition]], None] | None = None,
     ) -> None:
         # kafka-python 3 has no public way for a listener to wait on its IO loop
         # (the loop is not asyncio): the consumer's own selector is reached privately.
-        self._listener = _Listener(self._c._net, on_assign, on_revoke)
+        self._listener = _Listener(self._c._net, on_assign, on_revoke, on_lost)
         self._c.subscribe(topics, listener=self._listener)
+
+    def generation(self) -> int:
+        # Not public in kafka-python: the coordinator's generation, which its
+        # heartbeat and commit handlers reset (-1) when the broker fences the member.
+        generation = getattr(self._c._coordinator, "_generation", None)
+        if generation is None or generation.is_lost():
+            return -1
+        return int(generation.generation_id)
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
         batches = self._c.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)

@@ -247,6 +247,12 @@ class Metrics:
         self.rebalances = Counter(
             p + "rebalances_total", "Consumer-group rebalances seen.", registry=r
         )
+        self.partitions_lost = Counter(
+            p + "partitions_lost_total",
+            "Partitions taken away while this replica was out of the group (evicted, fenced): "
+            "dropped without writing anything.",
+            registry=r,
+        )
         self.restore_seconds = Histogram(
             p + "changelog_restore_seconds",
             "Seconds to restore assigned partitions' streams from the changelog.",

@@ -59,7 +59,15 @@ class Pipeline:
         self.watcher = watcher
         self.ownership = Ownership(settings.input_topic, predictor.partition_of)
         self.checkpointer = Checkpointer(
-            settings, consumer, producer, predictor, metrics, self.ownership.assigned, clock
+            settings,
+            consumer,
+            producer,
+            predictor,
+            metrics,
+            self.ownership.assigned,
+            clock,
+            generations=self.ownership.generations,
+            fenced=lambda: consumer.generation() == -1,
         )
         self.recovery = Recovery(
             settings, consumer, reader_of, predictor, self.checkpointer, self.ownership, metrics
@@ -73,6 +81,7 @@ class Pipeline:
             [self.settings.input_topic],
             on_assign=self.recovery.on_assign,
             on_revoke=self.recovery.on_revoke,
+            on_lost=self.recovery.on_lost,
         )
         self.checkpointer.start()
 

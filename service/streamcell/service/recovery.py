@@ -10,6 +10,13 @@ decide and mark; the loop restores (:meth:`Recovery.restore_pending`) right
 after the poll and before the poll's records are processed, reading the
 changelog outside the Predictor's lock and applying it under it, so gRPC
 calls are not held up by the network read.
+
+Partitions *lost* (this member was evicted from the group, e.g. frozen past
+its session timeout, and another may already hold them) are not revoked:
+nothing is checkpointed or sent for them, their streams are dropped and
+restored from the changelog if they come back. Each partition remembers the
+generation it was assigned in; its changelog records carry it, and every send
+checks that the partition is still held in it (``Checkpointer.holds``).
 """
 
 from __future__ import annotations
@@ -60,6 +67,9 @@ class Recovery:
         revoked = sorted(p for t, p in tps if t == self.settings.input_topic)
         if not revoked or self.closing:
             return
+        if self.consumer.generation() == -1:  # fenced: the group moved on without us
+            self.on_lost(tps)
+            return
         log.info("partitions revoked: %s; checkpointing", revoked)
         cp = self.checkpointer
         # Under the Predictor's lock from the checkpoint until the partitions are
@@ -73,7 +83,31 @@ class Recovery:
                 else:
                     self._parked[p] = cp.committed.get(p)
                 self.ownership.assigned.discard(p)
+                self.ownership.generations.pop(p, None)
                 cp.positions.pop(p, None)
+        self._count_assigned()
+
+    def on_lost(self, tps: list[TopicPartition]) -> None:
+        """Another member may hold these already: drop them, write nothing for them."""
+        lost = sorted(p for t, p in tps if t == self.settings.input_topic)
+        if not lost:
+            return
+        log.warning(
+            "partitions lost (this replica fell out of the group): %s; dropping their "
+            "streams without checkpointing",
+            lost,
+        )
+        self.metrics.partitions_lost.inc(len(lost))
+        cp = self.checkpointer
+        with cp.predictor.lock:  # gRPC checks ownership under it
+            for p in lost:
+                if p in self.recovering:
+                    self.recovering.remove(p)
+                self.ownership.assigned.discard(p)
+                self.ownership.generations.pop(p, None)
+                self._parked.pop(p, None)
+                cp.positions.pop(p, None)
+            self._drop(set(lost))
         self._count_assigned()
 
     def on_assign(self, tps: list[TopicPartition]) -> None:
@@ -92,9 +126,13 @@ class Recovery:
             if pos is not None:
                 cp.positions[p] = pos
                 cp.committed[p] = pos
+        generation = self.consumer.generation()
+        self.ownership.generations.update(dict.fromkeys(new, generation))
         self.ownership.assigned.update(keep)
         self.recovering.extend(p for p in restore if p not in self.recovering)
-        log.info("partitions assigned: %s (kept in memory: %s)", new, keep)
+        log.info(
+            "partitions assigned: %s (kept in memory: %s) in generation %d", new, keep, generation
+        )
         self._count_assigned()
 
     def restore_pending(self) -> None:
@@ -111,6 +149,8 @@ class Recovery:
                 partitions,
                 s.restore_timeout_s,
                 self._progress,
+                # a record can outrank this member's own later ones only up to its generation
+                max(self.ownership.generations.get(p, -1) for p in partitions),
             )
             done = self.predictor.restore(items, where)  # under the Predictor's lock
             seconds = time.perf_counter() - start
