@@ -250,10 +250,14 @@ class Offline:
             np.testing.assert_allclose(self.yhat[rows], want, rtol=1e-4, atol=1e-5)
 
     def check_changelog(self, records: list[Record]) -> None:
-        """The changelog's last record per stream is the offline final state."""
+        """The changelog's winning record per stream (the highest (generation, offset), as
+        a restore picks it) is the offline final state."""
         latest: dict[str, bytes | None] = {}
+        best: dict[str, int] = {}
         for rec in sorted(records, key=lambda r: (r.partition, r.offset)):
-            latest[rec.key.decode()] = rec.value
+            stream, generation = rec.key.decode(), changelog.generation_of(rec.headers)
+            if generation >= best.get(stream, changelog.NO_GENERATION):
+                best[stream], latest[stream] = generation, rec.value
         ref = self.predictor.store
         live = {k: v for k, v in latest.items() if v is not None}
         assert sorted(live) == sorted(ref.stream_ids())
