@@ -76,16 +76,17 @@ def make_model(
     hidden: int = 16,
     version: str | None = None,
     recipe: dict | None = None,
+    layers: int = 2,
 ) -> Path:
     """A small random model: targets equal to its features (so it forecasts), or
     with ``recipe`` (e.g. LAG_RECIPE) one that predicts feature "a" from its history."""
     if recipe is not None:
         return make_recipe_model(registry, recipe, name, seed, hidden, version)
     torch.manual_seed(seed)
-    model = StreamingLSTM(INPUT, hidden, 2, INPUT)
+    model = StreamingLSTM(INPUT, hidden, layers, INPUT)
     feats = ("a", "b", "c")
     cfg = ModelConfig(
-        INPUT, hidden, 2, INPUT, feats, feats,
+        INPUT, hidden, layers, INPUT, feats, feats,
         (0.5, 0.0, 1.0), (2.0, 1.0, 1.0), (0.5, 0.0, 1.0), (2.0, 1.0, 1.0),
     )  # fmt: skip
     return save_checkpoint(registry, name, model, cfg, version=version)
