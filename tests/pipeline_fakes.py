@@ -47,6 +47,7 @@ class FakeConsumer:
         self.log = log
         self.queue: list[list[Record]] = []
         self.committed_offsets: dict[tuple[str, int], int] = {}
+        self.committed_metadata: dict[tuple[str, int], str] = {}
         self.on_assign = self.on_revoke = self.on_lost = None
         self.group_generation = 1
 
@@ -59,12 +60,18 @@ class FakeConsumer:
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
         return self.queue.pop(0) if self.queue else []
 
-    def commit(self, offsets) -> None:
+    def commit(self, offsets, metadata=None) -> None:
         self.log.append(("commit", dict(offsets)))
         self.committed_offsets.update(offsets)
+        self.committed_metadata.update({tp: (metadata or {}).get(tp, "") for tp in offsets})
 
     def committed(self, tps):
         return {tp: self.committed_offsets.get(tp) for tp in tps}
+
+    def committed_with_metadata(self, tps):
+        return {
+            tp: (self.committed_offsets.get(tp), self.committed_metadata.get(tp, "")) for tp in tps
+        }
 
     def end_offsets(self, tps):
         return dict.fromkeys(tps, 0)

@@ -136,8 +136,13 @@ def test_group_callbacks_commit_seek_and_resume(kafka_config, unique_name):
         again = poll_until(consumer, ends[busiest] - 1)
         assert [r.offset for r in again] == list(range(1, ends[busiest]))
 
-        consumer.commit(ends)
+        consumer.commit(ends, {tp: f"end={tp[1]}" for tp in tps[1:]})
         assert consumer.committed(tps) == ends
+        marks = consumer.committed_with_metadata(tps)
+        assert {tp: offset for tp, (offset, _) in marks.items()} == ends
+        kept = {tp: (ends[tp], "" if tp == tps[0] else f"end={tp[1]}") for tp in tps}
+        # The embedded broker (Tansu) keeps no commit metadata: it answers "" for all.
+        assert marks == kept or {meta for _, meta in marks.values()} == {""}
     finally:
         consumer.close()
     assert revoked and revoked[-1] == tps  # leaving the group revokes

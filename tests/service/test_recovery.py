@@ -206,3 +206,36 @@ def test_a_revocation_once_fenced_is_a_loss_no_checkpoint(tmp_path):
     s.recovery.on_revoke([(TOPIC, 0)])
     assert s.log == [] and s.cp.producer.sent == []  # no flush, no changelog, no commit
     assert len(s.predictor.store) == 0 and s.ownership.assigned == set()
+
+
+def test_commits_record_the_changelog_end_and_a_restore_below_it_is_reported(tmp_path, caplog):
+    written = snapshots(tmp_path, {"a": 0, "b": 0})  # changelog offsets 0 and 1
+    s = Setup(tmp_path, written)
+    s.recovery.on_assign([(TOPIC, 0)])
+    s.recovery.restore_pending()
+    s.predictor.predict(EventBatch.of(["a"], [[1.0, 2.0, 3.0]], partition=[0], offset=[1]))
+    s.cp.processed({0: 1})
+    s.cp.checkpoint()  # one more changelog record: the partition reaches offset 3
+    assert s.consumer.committed_metadata[(TOPIC, 0)] == "streamcell-changelog-end=3"
+
+    truncated = Setup(tmp_path / "again", written[:1])  # the changelog lost records since
+    truncated.consumer.committed_offsets = s.consumer.committed_offsets
+    truncated.consumer.committed_metadata = s.consumer.committed_metadata
+    truncated.recovery.on_assign([(TOPIC, 0)])
+    with caplog.at_level("ERROR", logger="streamcell.service.recovery"):
+        truncated.recovery.restore_pending()
+    assert "changelog cl partition 0 ends at offset 1, below the 3 it had reached" in caplog.text
+    assert "when input offset 2 was committed" in caplog.text
+    assert truncated.recovery.metrics.changelog_behind._value.get() == 1
+
+
+def test_an_empty_changelog_under_a_committed_offset_is_reported(tmp_path, caplog):
+    s = Setup(tmp_path)
+    s.consumer.committed_offsets[(TOPIC, 0)] = 40  # committed by a writer of no metadata
+    s.consumer.committed_offsets[(TOPIC, 1)] = 0
+    s.recovery.on_assign([(TOPIC, 0), (TOPIC, 1)])
+    with caplog.at_level("ERROR", logger="streamcell.service.recovery"):
+        s.recovery.restore_pending()
+    assert "changelog cl partition 0 is empty when input offset 40 was committed" in caplog.text
+    assert "partition 1" not in caplog.text
+    assert s.recovery.metrics.changelog_behind._value.get() == 1

@@ -41,6 +41,51 @@ GENERATION_HEADER = "streamcell-generation"
 NO_GENERATION = -1  # a record written before records said their generation
 
 
+# Committed with each input offset: how far the changelog partition of the same
+# number reached (at least) when the offset was committed, so that a restore can
+# tell a changelog truncated or recreated since.
+END_METADATA = "streamcell-changelog-end="
+
+
+def end_metadata(end: int) -> str:
+    return f"{END_METADATA}{end}"
+
+
+def end_of(metadata: str) -> int | None:
+    """The changelog end a commit's metadata recorded; None if it recorded none."""
+    if not metadata.startswith(END_METADATA):
+        return None
+    try:
+        return int(metadata[len(END_METADATA) :])
+    except ValueError:
+        return None
+
+
+def behind(
+    topic: str, partition: int, end: int, committed: int | None, recorded: int | None
+) -> str | None:
+    """Why changelog partition ``partition`` (read to ``end``) is behind the group's commit.
+
+    ``recorded``: the changelog end committed with the input offset
+    ``committed``. Below it, records that checkpoint counted on are gone (the
+    topic was truncated or recreated); without it, an empty changelog under a
+    committed offset says the same, as far as can be told.
+    """
+    if recorded is not None and end < recorded:
+        found = f"ends at offset {end}, below the {recorded} it had reached"
+    elif recorded is None and committed and end == 0:
+        found = "is empty"
+    else:
+        return None
+    return (
+        f"changelog {topic} partition {partition} {found} when input offset {committed} "
+        f"was committed: it was truncated or recreated since, and the state of streams "
+        f"whose records are gone is lost (they start again from empty state at offset "
+        f"{committed}); to rebuild it, reset the group's offsets of partition {partition} "
+        f"to the earliest the input still holds"
+    )
+
+
 def generation_header(generation: int) -> list[tuple[str, bytes]]:
     return [(GENERATION_HEADER, str(generation).encode())]
 
@@ -118,6 +163,7 @@ class Snapshots:
         held = generations or {}
         self.generations = {p: held.get(p, NO_GENERATION) for _, p in self._runs}
         self.sent = 0
+        self.sent_to: dict[int, int] = {}  # partition -> records sent to it
         self.dropped = 0  # records of partitions no longer held, never sent
         self._run = 0
 
@@ -173,6 +219,7 @@ class Snapshots:
             producer.send_many(
                 self.topic, pairs, headers=generation_header(generation), partition=partition
             )
+            self.sent_to[partition] = self.sent_to.get(partition, 0) + len(pairs)
             self.sent = stop
             if stop == end:
                 self._run += 1
@@ -186,12 +233,14 @@ def read_latest(
     timeout_s: float,
     on_progress: Progress | None = None,
     max_generation: int | None = None,
+    ends: dict[int, int] | None = None,
 ) -> tuple[dict[str, bytes], dict[str, int], int]:
     """The winning value of every live key in the partitions, its partition, the tombstones.
 
     A key's winner is its record with the highest (generation, offset), a
     tombstone counting at its generation (see the module note); generations
     above ``max_generation`` (the reader's own) count as ``max_generation``.
+    ``ends`` (filled if given): partition -> its last record's offset + 1.
     ``timeout_s`` bounds a read that makes no progress, not a long one.
     """
     latest: dict[str, bytes] = {}
@@ -200,6 +249,9 @@ def read_latest(
     tombstones = stale = clamped = 0
     tps = [(topic, p) for p in partitions]
     for records in reader.read_to_end(tps, timeout_s, on_progress=on_progress):
+        if ends is not None and records:
+            for rec in records:  # in offset order per partition: the last one stays
+                ends[rec.partition] = rec.offset + 1
         for rec in records:
             if rec.key is None:
                 continue
@@ -242,16 +294,17 @@ def read(
     timeout_s: float,
     on_progress: Progress | None = None,
     max_generation: int | None = None,
+    ends: dict[int, int] | None = None,
 ) -> tuple[list[tuple[str, bytes]], dict[str, int], int]:
     """Read the partitions to their end with a reader of its own (no lock needed).
 
     Returns (stream, snapshot) pairs oldest written first, each stream's
-    partition, and the tombstones seen.
+    partition, and the tombstones seen (``ends`` as in :func:`read_latest`).
     """
     reader = reader_of()
     try:
         latest, where, tombstones = read_latest(
-            reader, topic, partitions, timeout_s, on_progress, max_generation
+            reader, topic, partitions, timeout_s, on_progress, max_generation, ends
         )
     finally:
         reader.close()

@@ -50,6 +50,7 @@ class InFlight:
     taken_at: float
     sending_since: float | None = None  # when its changelog records began to go out
     changelog_mark: int | None = None  # once all its records are sent: their mark
+    written: dict[int, int] | None = None  # once sent: changelog partition -> records
 
 
 class Checkpointer:
@@ -81,6 +82,9 @@ class Checkpointer:
         self._fenced = fenced
         self.positions: dict[int, int] = {}  # partition -> next offset to read
         self.committed: dict[int, int | None] = {}  # partition -> what this replica committed
+        # partition -> how far its changelog partition reached at least (the end read
+        # at restore plus every record acknowledged since); committed with its offset
+        self.changelog_end: dict[int, int] = {}
         self.in_flight: list[InFlight] = []
         self.last_at = 0.0  # when the last periodic checkpoint was taken
         self.next_at = 0.0  # when the next one is due
@@ -122,15 +126,22 @@ class Checkpointer:
         snapshots is sent first (they are older than the state now).
         """
         self.producer.flush()
+        written: list[dict[int, int]] = []
         for cp in self.in_flight:
             if cp.records is not None and cp.changelog_mark is None:
                 cp.records.send(self.producer, held=self.holds)
+                written.append(cp.records.sent_to)
+            elif cp.written is not None:
+                written.append(cp.written)
         self.in_flight.clear()
         self._processed = False
         records = self._take_changelog()
         if records is not None:
             records.send(self.producer, held=self.holds)
+            written.append(records.sent_to)
         self.producer.flush()
+        for counts in written:
+            self._wrote(counts)
         self._commit(self._offsets())
 
     # ------------------------------------------------------- non-blocking
@@ -169,10 +180,12 @@ class Checkpointer:
                 if not self.producer.acknowledged(cp.changelog_mark):
                     break
                 ready.update(cp.offsets)  # in order: newer offsets overwrite older
+                self._wrote(cp.written or {})
                 pending.pop(0)
             elif not self.producer.acknowledged(cp.predictions_mark):
                 break
             elif self._send_paced(cp, behind=idle or len(pending) > 1):
+                cp.written = {} if cp.records is None else cp.records.sent_to
                 cp.records, cp.changelog_mark = None, self.producer.mark()
             else:
                 break  # more of its records in the next steps
@@ -241,12 +254,20 @@ class Checkpointer:
             if p in self._assigned and self.committed.get(p) != pos
         }
 
+    def _wrote(self, counts: dict[int, int]) -> None:
+        """These changelog records are acknowledged: their partitions reach that much further."""
+        for p, n in counts.items():
+            if p in self.changelog_end:
+                self.changelog_end[p] += n
+
     def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         offsets = {tp: pos for tp, pos in offsets.items() if self.committed.get(tp[1]) != pos}
         if not offsets:
             return
+        ends = self.changelog_end
+        metadata = {tp: changelog.end_metadata(ends[tp[1]]) for tp in offsets if tp[1] in ends}
         try:
-            self.consumer.commit(offsets)
+            self.consumer.commit(offsets, metadata)
         except CommitFailed as exc:
             log.warning("offset commit refused (%s); it is retried at the next checkpoint", exc)
             return

@@ -206,10 +206,15 @@ class ConfluentConsumer:
             raise error
         return _records(messages) if messages else []
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+    def commit(
+        self, offsets: dict[TopicPartition, int], metadata: dict[TopicPartition, str] | None = None
+    ) -> None:
         if not offsets:
             return
-        tps = [CTopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        meta = metadata or {}
+        tps = [
+            CTopicPartition(t, p, o, metadata=meta.get((t, p), "")) for (t, p), o in offsets.items()
+        ]
         try:
             result = self._c.commit(offsets=tps, asynchronous=False)
         except KafkaException as exc:
@@ -248,6 +253,11 @@ class ConfluentConsumer:
         return out
 
     def committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+        return {tp: offset for tp, (offset, _) in self.committed_with_metadata(tps).items()}
+
+    def committed_with_metadata(
+        self, tps: list[TopicPartition]
+    ) -> dict[TopicPartition, tuple[int | None, str]]:
         if not tps:
             return {}
         try:
@@ -256,7 +266,10 @@ class ConfluentConsumer:
             )
         except KafkaException as exc:
             raise unavailable(self.cfg, exc) from exc
-        return {(p.topic, p.partition): (p.offset if p.offset >= 0 else None) for p in result}
+        return {
+            (p.topic, p.partition): (p.offset if p.offset >= 0 else None, p.metadata or "")
+            for p in result
+        }
 
     def close(self) -> None:
         self._c.close()

@@ -174,8 +174,11 @@ class Consumer(Protocol):
         """Records in partition order; rebalance callbacks fire inside."""
         ...
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        """Synchronous commit of the next offsets to read; raises CommitFailed."""
+    def commit(
+        self, offsets: dict[TopicPartition, int], metadata: dict[TopicPartition, str] | None = None
+    ) -> None:
+        """Synchronous commit of the next offsets to read (each with its metadata string,
+        "" where none is given); raises CommitFailed."""
         ...
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
@@ -187,6 +190,12 @@ class Consumer(Protocol):
         ...
 
     def committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]: ...
+
+    def committed_with_metadata(
+        self, tps: list[TopicPartition]
+    ) -> dict[TopicPartition, tuple[int | None, str]]:
+        """The committed offsets and the metadata committed with them ("" if none)."""
+        ...
 
     def close(self) -> None:
         """Leave the group (no commit) and release the connections."""

@@ -166,11 +166,16 @@ class KafkaPythonConsumer:
             raise error
         return _records(batches) if batches else []
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+    def commit(
+        self, offsets: dict[TopicPartition, int], metadata: dict[TopicPartition, str] | None = None
+    ) -> None:
         if not offsets:
             return
+        meta = metadata or {}
         try:
-            self._c.commit({_tp(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+            self._c.commit(
+                {_tp(tp): OffsetAndMetadata(o, meta.get(tp, ""), -1) for tp, o in offsets.items()}
+            )
         except kerrors.KafkaError as exc:
             raise CommitFailed(f"commit of {len(offsets)} partition(s) failed: {exc}") from exc
 
@@ -195,6 +200,15 @@ class KafkaPythonConsumer:
 
     def committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
         return {tp: self._c.committed(_tp(tp)) for tp in tps}
+
+    def committed_with_metadata(
+        self, tps: list[TopicPartition]
+    ) -> dict[TopicPartition, tuple[int | None, str]]:
+        out: dict[TopicPartition, tuple[int | None, str]] = {}
+        for tp in tps:
+            got = self._c.committed(_tp(tp), metadata=True)
+            out[tp] = (None, "") if got is None else (got.offset, got.metadata or "")
+        return out
 
     def close(self) -> None:
         self._c.close(autocommit=False)

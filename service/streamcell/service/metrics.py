@@ -253,6 +253,12 @@ class Metrics:
             "dropped without writing anything.",
             registry=r,
         )
+        self.changelog_behind = Counter(
+            p + "changelog_behind_total",
+            "Restores that found a changelog partition behind the committed offsets (truncated "
+            "or recreated: the state of the streams whose records are gone is lost).",
+            registry=r,
+        )
         self.restore_seconds = Histogram(
             p + "changelog_restore_seconds",
             "Seconds to restore assigned partitions' streams from the changelog.",

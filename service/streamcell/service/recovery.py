@@ -62,6 +62,8 @@ class Recovery:
         self.recovering: list[int] = []  # assigned, not restored yet: not processed
         self.closing = False  # leaving the group revokes: nothing more to checkpoint
         self._parked: dict[int, int | None] = {}  # revoked, streams in memory -> committed
+        # recovering partition -> (committed offset, changelog end committed with it)
+        self._expected: dict[int, tuple[int | None, int | None]] = {}
 
     def on_revoke(self, tps: list[TopicPartition]) -> None:
         revoked = sorted(p for t, p in tps if t == self.settings.input_topic)
@@ -114,7 +116,8 @@ class Recovery:
         self.metrics.rebalances.inc()
         topic = self.settings.input_topic
         new = sorted(p for t, p in tps if t == topic)
-        committed = self.consumer.committed([(topic, p) for p in new]) if new else {}
+        marks = self.consumer.committed_with_metadata([(topic, p) for p in new]) if new else {}
+        committed = {tp: offset for tp, (offset, _) in marks.items()}
         keep = [p for p in new if p in self._parked and self._parked[p] == committed[(topic, p)]]
         restore = [p for p in new if p not in keep]
         drop = {p for p in self._parked if p not in keep} | set(restore)
@@ -130,6 +133,9 @@ class Recovery:
         self.ownership.generations.update(dict.fromkeys(new, generation))
         self.ownership.assigned.update(keep)
         self.recovering.extend(p for p in restore if p not in self.recovering)
+        for p in restore:
+            offset, metadata = marks[(topic, p)]
+            self._expected[p] = (offset, changelog.end_of(metadata))
         log.info(
             "partitions assigned: %s (kept in memory: %s) in generation %d", new, keep, generation
         )
@@ -141,6 +147,7 @@ class Recovery:
         if not partitions:
             return
         s = self.settings
+        ends: dict[int, int] = {}
         with self.metrics.restoring(len(partitions)):
             start = time.perf_counter()
             items, where, tombstones = changelog.read(
@@ -151,12 +158,14 @@ class Recovery:
                 self._progress,
                 # a record can outrank this member's own later ones only up to its generation
                 max(self.ownership.generations.get(p, -1) for p in partitions),
+                ends,
             )
             done = self.predictor.restore(items, where)  # under the Predictor's lock
             seconds = time.perf_counter() - start
         changelog.log_skipped(
             s.changelog_topic, partitions, len(items), done.skipped, done.left_out
         )
+        self._check_ends(partitions, ends)
         self.ownership.assigned.update(partitions)
         self.metrics.restored_streams.inc(len(done.streams))
         log.info(
@@ -182,6 +191,18 @@ class Recovery:
             ),
         )
 
+    def _check_ends(self, partitions: list[int], ends: dict[int, int]) -> None:
+        """Say so when a changelog partition is behind the offset committed for it; from
+        here on its end is what this replica's commits record."""
+        for p in partitions:
+            committed, recorded = self._expected.pop(p, (None, None))
+            end = ends.get(p, 0)
+            why = changelog.behind(self.settings.changelog_topic, p, end, committed, recorded)
+            if why is not None:
+                log.error("%s", why)
+                self.metrics.changelog_behind.inc()
+            self.checkpointer.changelog_end[p] = end
+
     def _drop(self, partitions: set[int]) -> None:
         """Forget streams of partitions another replica may have moved on (no tombstones)."""
         if not partitions:
@@ -189,6 +210,8 @@ class Recovery:
         gone = self.predictor.drop_partitions(partitions)
         for p in partitions:
             self.checkpointer.committed.pop(p, None)
+            self.checkpointer.changelog_end.pop(p, None)
+            self._expected.pop(p, None)
         if gone:
             log.info("dropped %d streams of partitions %s", len(gone), sorted(partitions))
 
