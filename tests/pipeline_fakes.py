@@ -81,12 +81,18 @@ class FakeConsumer:
 
 
 class FakeReader:
-    def __init__(self, records: list[Record]) -> None:
+    """Reads ``records``; input partitions end at ``input_ends`` (else far ahead)."""
+
+    def __init__(self, records: list[Record], input_ends: dict[int, int] | None = None) -> None:
         self.records = records
+        self.input_ends = input_ends or {}
 
     def read_to_end(self, tps, timeout_s, on_progress=None):
         wanted = {p for _, p in tps}
         yield [r for r in self.records if r.partition in wanted]
+
+    def ends(self, tps, timeout_s):
+        return {tp: self.input_ends.get(tp[1], 1 << 40) for tp in tps}
 
     def close(self) -> None:
         pass

@@ -106,6 +106,14 @@ def test_reader_reaches_the_true_end_over_many_batches(kafka_config, unique_name
     records = read_all(kafka_config, [(topic, 0), (topic, 1)])
     assert [int(r.value) for r in records] == list(range(400))
     assert read_all(kafka_config, [(topic, 1)]) == []
+    reader = open_reader(kafka_config)
+    try:  # the true ends, by reading the last batch only
+        assert reader.ends([(topic, 0), (topic, 1)], timeout_s=20) == {
+            (topic, 0): 400,
+            (topic, 1): 0,
+        }
+    finally:
+        reader.close()
 
 
 def test_group_callbacks_commit_seek_and_resume(kafka_config, unique_name):

@@ -9,7 +9,7 @@ from pipeline_support import make_model
 
 from streamcell.core.checkpoint import load_checkpoint
 from streamcell.core.events import EventBatch
-from streamcell.core.predictor import Predictor
+from streamcell.core.predictor import PREDICTED, Predictor
 from streamcell.service.checkpointing import Checkpointer
 from streamcell.service.kafka import EndTracker, Record
 from streamcell.service.metrics import Metrics
@@ -239,3 +239,26 @@ def test_an_empty_changelog_under_a_committed_offset_is_reported(tmp_path, caplo
     assert "changelog cl partition 0 is empty when input offset 40 was committed" in caplog.text
     assert "partition 1" not in caplog.text
     assert s.recovery.metrics.changelog_behind._value.get() == 1
+
+
+def test_a_snapshot_claiming_an_offset_past_the_inputs_end_is_refused(tmp_path, caplog):
+    source = Predictor(load_checkpoint(make_model(tmp_path / "source")))
+    source.predict(
+        EventBatch.of(["hostile", "fine"], [[1.0, 2.0, 3.0]] * 2, partition=[0, 0],
+                      offset=[10**12, 49])
+    )  # fmt: skip
+    values = source.store.snapshot(["hostile", "fine"])
+    records = [Record("cl", 0, k, name.encode(), v, 0, ()) for k, (name, v) in
+               enumerate(zip(["hostile", "fine"], values, strict=True))]  # fmt: skip
+    s = Setup(tmp_path, records)
+    s.recovery.reader_of = lambda: FakeReader(records, input_ends={0: 50})
+    s.recovery.on_assign([(TOPIC, 0)])
+    with caplog.at_level("WARNING", logger="streamcell.service.changelog"):
+        s.recovery.restore_pending()
+    assert s.predictor.store.stream_ids() == ["fine"]
+    assert "claims input offset 1000000000000 of in partition 0, which ends at 50" in caplog.text
+    # Its events are applied, not skipped as already reflected.
+    result = s.predictor.predict(
+        EventBatch.of(["hostile"], [[1.0, 2.0, 3.0]], partition=[0], offset=[50])
+    )
+    assert result.outcome.tolist() == [PREDICTED]

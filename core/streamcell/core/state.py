@@ -556,6 +556,21 @@ class StateStore:
                 skipped.append((stream, str(exc)))
         return loaded, skipped, left_out
 
+    def positions(self, values: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """The (input partition, offset) each snapshot says it reflects, without loading
+        it (a restore checks them first); NO_POSITION where a value is not a snapshot
+        of this store's layout."""
+        n = len(values)
+        partition = np.full(n, NO_POSITION, np.int64)
+        offset = np.full(n, NO_POSITION, np.int64)
+        header, size = self._header, self._record.itemsize
+        good = [k for k, v in enumerate(values) if len(v) == size and v[: len(header)] == header]
+        if good:
+            rec = np.frombuffer(b"".join(values[k] for k in good), dtype=self._record)
+            partition[good] = rec["partition"]
+            offset[good] = rec["offset"]
+        return partition, offset
+
     def _explain_header(self, stream: str, value: bytes) -> str:
         magic = value[:4]
         if magic not in (SNAPSHOT_MAGIC, HISTORY_MAGIC):

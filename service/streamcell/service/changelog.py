@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -309,6 +309,50 @@ def read(
     finally:
         reader.close()
     return list(latest.items()), where, tombstones
+
+
+Positions = Callable[[Sequence[bytes]], tuple[np.ndarray, np.ndarray]]
+"""``StateStore.positions``: the (input partition, offset) each snapshot reflects."""
+
+
+def refuse_ahead(
+    reader_of: Callable[[], Reader],
+    input_topic: str,
+    items: list[tuple[str, bytes]],
+    where: dict[str, int],
+    positions: Positions,
+    timeout_s: float,
+) -> tuple[list[tuple[str, bytes]], list[tuple[str, str]]]:
+    """Refuse snapshots that claim an input offset at or past their input partition's end.
+
+    No replica writes one (a snapshot reflects events it read); loaded, it
+    would make its stream skip every event up to that offset as already
+    applied: a hostile or corrupt record would blackhole the stream. Refused,
+    the stream starts again from empty state. Returns (items kept, (stream,
+    why) refused).
+    """
+    if not items:
+        return items, []
+    partition, offset = positions([value for _, value in items])
+    home = np.fromiter(map(where.__getitem__, (s for s, _ in items)), np.int64, len(items))
+    reader = reader_of()
+    try:
+        ends = reader.ends([(input_topic, int(p)) for p in np.unique(home)], timeout_s)
+    finally:
+        reader.close()
+    end = np.fromiter((ends[(input_topic, int(p))] for p in home), np.int64, len(items))
+    bad = (partition == home) & (offset >= end)
+    if not bad.any():
+        return items, []
+    refused = [
+        (
+            items[k][0],
+            f"it claims input offset {offset[k]} of {input_topic} partition {home[k]}, which "
+            f"ends at {end[k]} (a hostile or corrupt record): the stream starts again empty",
+        )
+        for k in np.flatnonzero(bad).tolist()
+    ]
+    return [item for item, b in zip(items, bad.tolist(), strict=True) if not b], refused
 
 
 def check_policy(topic: str, configs: dict[str, str] | None) -> None:

@@ -289,9 +289,25 @@ class ConfluentReader:
     def read_to_end(
         self, tps: list[TopicPartition], timeout_s: float, on_progress: Progress | None = None
     ) -> Iterator[list[Record]]:
-        if not tps:
-            return
-        starts, ends = {}, {}
+        if tps:
+            yield from self._read(tps, timeout_s, on_progress, tail=False)
+
+    def ends(self, tps: list[TopicPartition], timeout_s: float) -> dict[TopicPartition, int]:
+        out: dict[TopicPartition, int] = {}
+        for _ in self._read(tps, timeout_s, None, tail=True, ends=out):
+            pass
+        return out
+
+    def _read(
+        self,
+        tps: list[TopicPartition],
+        timeout_s: float,
+        on_progress: Progress | None,
+        tail: bool,
+        ends: dict[TopicPartition, int] | None = None,
+    ) -> Iterator[list[Record]]:
+        """Read to the end from the beginning, or (``tail``) from the last listed record."""
+        starts, listed = {}, {}
         for tp in tps:
             try:
                 low, high = self._c.get_watermark_offsets(
@@ -299,8 +315,8 @@ class ConfluentReader:
                 )
             except KafkaException as exc:
                 raise unavailable(self.cfg, exc) from exc
-            starts[tp], ends[tp] = low, high
-        tracker = EndTracker(ends, starts, timeout_s, on_progress)
+            starts[tp], listed[tp] = (max(high - 1, low) if tail else low), high
+        tracker = EndTracker(listed, starts, timeout_s, on_progress)
         self._c.assign([CTopicPartition(t, p, starts[(t, p)]) for t, p in tps])
         while tracker.pending():
             stalled = tracker.check()
@@ -315,6 +331,8 @@ class ConfluentReader:
             if messages:
                 yield _records(messages)
         self._c.unassign()
+        if ends is not None:
+            ends.update(tracker.ends)
 
     def close(self) -> None:
         self._c.close()

@@ -216,6 +216,11 @@ class Reader(Protocol):
         """
         ...
 
+    def ends(self, tps: list[TopicPartition], timeout_s: float) -> dict[TopicPartition, int]:
+        """Each partition's true log end: its high watermark, read by fetching its last
+        record (ListOffsets alone can fall short on Tansu, see the module note)."""
+        ...
+
     def close(self) -> None: ...
 
 

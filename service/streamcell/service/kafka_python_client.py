@@ -225,16 +225,33 @@ class KafkaPythonReader:
     def read_to_end(
         self, tps: list[TopicPartition], timeout_s: float, on_progress: Progress | None = None
     ) -> Iterator[list[Record]]:
-        if not tps:
-            return
+        if tps:
+            yield from self._read(tps, timeout_s, on_progress, tail=False)
+
+    def ends(self, tps: list[TopicPartition], timeout_s: float) -> dict[TopicPartition, int]:
+        out: dict[TopicPartition, int] = {}
+        for _ in self._read(tps, timeout_s, None, tail=True, ends=out):
+            pass
+        return out
+
+    def _read(
+        self,
+        tps: list[TopicPartition],
+        timeout_s: float,
+        on_progress: Progress | None,
+        tail: bool,
+        ends: dict[TopicPartition, int] | None = None,
+    ) -> Iterator[list[Record]]:
+        """Read to the end from the beginning, or (``tail``) from the last listed record."""
         ktps = [_tp(tp) for tp in tps]
         self._c.assign(ktps)
-        starts = self._c.beginning_offsets(ktps)
-        ends = self._c.end_offsets(ktps)
+        begins = self._c.beginning_offsets(ktps)
+        listed = self._c.end_offsets(ktps)
+        starts = {k: max(listed[k] - 1, begins[k]) if tail else begins[k] for k in ktps}
         for ktp in ktps:
             self._c.seek(ktp, starts[ktp])
         tracker = EndTracker(
-            {(k.topic, k.partition): ends[k] for k in ktps},
+            {(k.topic, k.partition): listed[k] for k in ktps},
             {(k.topic, k.partition): starts[k] for k in ktps},
             timeout_s,
             on_progress,
@@ -250,6 +267,8 @@ class KafkaPythonReader:
             if batches:
                 yield _records(batches)
         self._c.assign([])
+        if ends is not None:
+            ends.update(tracker.ends)
 
     def close(self) -> None:
         self._c.close(autocommit=False)

@@ -160,11 +160,14 @@ class Recovery:
                 max(self.ownership.generations.get(p, -1) for p in partitions),
                 ends,
             )
+            items, refused = changelog.refuse_ahead(
+                self.reader_of, s.input_topic, items, where, self.predictor.store.positions,
+                s.restore_timeout_s,
+            )  # fmt: skip
             done = self.predictor.restore(items, where)  # under the Predictor's lock
             seconds = time.perf_counter() - start
-        changelog.log_skipped(
-            s.changelog_topic, partitions, len(items), done.skipped, done.left_out
-        )
+        skipped = refused + done.skipped
+        changelog.log_skipped(s.changelog_topic, partitions, len(items), skipped, done.left_out)
         self._check_ends(partitions, ends)
         self.ownership.assigned.update(partitions)
         self.metrics.restored_streams.inc(len(done.streams))
@@ -174,7 +177,7 @@ class Recovery:
             s.changelog_topic,
             len(done.streams),
             tombstones,
-            len(done.skipped),
+            len(skipped),
             seconds,
         )
         self._count_assigned()
