@@ -29,8 +29,8 @@ metric at every checkpoint), and asks the broker only for the others.
 Broker quirk handled here: Tansu (the embedded broker) answers ListOffsets
 "latest" with the base offset of the last record batch plus one, not the log
 end; fetch responses carry the true high watermark. So ``end_offsets`` is
-exact for fetched partitions, and ``Reader.read_to_end`` learns the true end
-from its first fetch.
+exact for fetched partitions, and ``Reader.read_to_end`` and ``Reader.ends``
+learn the true end from their first fetch.
 """
 
 from __future__ import annotations
