@@ -32,7 +32,7 @@ from streamcell.service.kafka import KafkaClientConfig
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-STREAMS, STEPS, PARTITIONS = 8, 60, 2
+STREAMS, STEPS, PARTITIONS = 8, 100, 2  # fed for 10 s or more: through the takeover
 
 
 def test_a_replica_frozen_until_evicted_writes_nothing_that_wins(
@@ -42,16 +42,24 @@ def test_a_replica_frozen_until_evicted_writes_nothing_that_wins(
     topics = Topics("zombie")
     topics.create(cfg, PARTITIONS)
     version = make_model(tmp_path / "reg")
-    args = serve_args(kafka_bootstrap, kafka_client, tmp_path / "reg", topics)
     feeder = Feeder(cfg, topics.input, events(STREAMS, STEPS), chunk=STREAMS, interval_s=0.1)
-    zombie = Serve(tmp_path / "zombie.log", args)
-    other = None
+    zombie = Serve(
+        tmp_path / "zombie.log", serve_args(kafka_bootstrap, kafka_client, tmp_path / "reg", topics)
+    )
+    # The other waits for its model in a registry of its own: it joins within a
+    # second of getting it, with no start-up time to wait for.
+    (tmp_path / "other").mkdir()
+    other = Serve(
+        tmp_path / "other.log",
+        serve_args(kafka_bootstrap, kafka_client, tmp_path / "other", topics),
+    )
     try:
         zombie.wait_assigned()
-        feeder.start()
-        other = Serve(tmp_path / "other.log", args)
+        other.wait_for("no loadable version")
+        make_model(tmp_path / "other", version=version.name)  # the same model
         other.wait_for(r"partitions assigned: \[\d\]")
         zombie.wait_for(r"partitions assigned: \[\d\]")
+        feeder.start()
         time.sleep(1.0)  # both process; the zombie has checkpoints in flight
         zombie.proc.send_signal(signal.SIGSTOP)
         try:
@@ -70,8 +78,7 @@ def test_a_replica_frozen_until_evicted_writes_nothing_that_wins(
     finally:
         feeder.join(5)
         zombie.stop()
-        if other is not None:
-            other.stop()
+        other.stop()
     inputs = read_all(cfg, topics.input, PARTITIONS)
     assert len(inputs) == STREAMS * STEPS
     offline = Offline(load(version), inputs)
