@@ -45,3 +45,18 @@ def make_quantile_model(
         for k, level in enumerate(levels):
             bias[k] += 2.0 * (level - 0.5)
     return save_checkpoint(registry, name, model, cfg, version=version)
+
+
+def make_constant_quantile_model(
+    registry: Path, bounds: tuple[float, float, float] = (-1.0, 0.0, 1.0), name: str = "m"
+) -> Path:
+    """One feature, levels 0.1, 0.5, 0.9 always predicted as ``bounds``: a head of zero
+    weights predicts its bias whatever came, so coverage is known in advance."""
+    cfg = ModelConfig(
+        1, 4, 1, 1, ("v",), ("v",), (0.0,), (1.0,), (0.0,), (1.0,), quantile_levels=LEVELS
+    )
+    model = StreamingLSTM(1, 4, 1, 3)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor(bounds))
+    return save_checkpoint(registry, name, model, cfg)

@@ -8,7 +8,12 @@ import struct
 import numpy as np
 import pytest
 import torch
-from quantile_support import LEVELS, make_quantile_model, quantile_config
+from quantile_support import (
+    LEVELS,
+    make_constant_quantile_model,
+    make_quantile_model,
+    quantile_config,
+)
 
 from streamcell.core import quantiles as qt
 from streamcell.core.checkpoint import (
@@ -132,16 +137,8 @@ def test_a_point_head_serves_as_before_with_no_quantiles(tmp_path):
 
 
 def test_coverage_and_pinball_count_a_hand_made_stream(tmp_path):
-    """Quantiles known in advance: a head of zero weights predicts its bias, whatever came."""
-    cfg = ModelConfig(
-        1, 4, 1, 1, ("v",), ("v",), (0.0,), (1.0,), (0.0,), (1.0,),
-        quantile_levels=(0.1, 0.5, 0.9),
-    )  # fmt: skip
-    model = StreamingLSTM(1, 4, 1, 3)
-    with torch.no_grad():
-        model.head.weight.zero_()
-        model.head.bias.copy_(torch.tensor([-1.0, 0.0, 1.0]))  # always [-1, 0, 1]
-    p = Predictor(load_checkpoint(save_checkpoint(tmp_path, "m", model, cfg)))
+    """Quantiles known in advance: always -1, 0, 1 for the levels 0.1, 0.5, 0.9."""
+    p = Predictor(load_checkpoint(make_constant_quantile_model(tmp_path)))
     values = [0.0, 0.5, 3.0, -1.0, -2.0]  # the first is not scored; then in, out, on a bound, out
     scores = qt.Scores.empty(3, 1)
     for v in values:
@@ -205,3 +202,14 @@ def _rec() -> bytes:
     s = _quantile_store()
     s.slots(["a"], now=1.0)
     return s.snapshot(["a"])[0]
+
+
+def test_a_forecast_of_a_quantile_model_feeds_its_median_back(tmp_path):
+    p = Predictor(load_checkpoint(make_quantile_model(tmp_path)))
+    batch = _events(1, 3)
+    r = p.predict(batch, now=1.0)
+    steps = p.forecast("s0", 3)
+    assert np.array_equal(steps[0], r.yhat[-1])
+    # Step 2 is the prediction after the median of step 1 came as the next event.
+    fed = p.predict(EventBatch.of(["s0"], steps[:1].copy()), now=1.0)
+    assert np.array_equal(steps[1], fed.yhat[0])

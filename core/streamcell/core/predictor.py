@@ -101,6 +101,7 @@ class BatchResult:
     # levels (zeros where not predicted), and what the batch's actuals scored.
     quantiles: np.ndarray | None = None
     scores: Scores | None = None
+    levels: tuple[float, ...] = ()  # the version's quantile levels (empty: a point head)
 
 
 @dataclass(frozen=True)
@@ -306,6 +307,7 @@ class Predictor:
             if self._levels:
                 result.quantiles = np.zeros((n, len(self._levels), out_size), dtype=np.float32)
                 result.scores = Scores.empty(len(self._levels), len(self.store.intervals))
+                result.levels = self._levels
             if n:
                 newest = float(times.max())
                 if self._watermark is None or newest > self._watermark:
@@ -541,6 +543,7 @@ class Predictor:
             # One version for the whole forecast, which runs outside the lock:
             # a swap meanwhile must not mix its weights with this state.
             loaded, recipe = self.loaded, self._recipe
+            levels, median = self._levels, self._median
             in_mean, in_std = self._in_mean, self._in_std
             out_mean, out_std = self._out_mean, self._out_std
             cfg = loaded.config
@@ -576,9 +579,15 @@ class Predictor:
                 scale = torch.from_numpy(fed).to(self.device)[:, None]
             step = model.step(u, h, c)
             h, c = step.h, step.c
-            prev = step.y * out_std + out_mean
-            if scale is not None:
-                prev = prev * scale
+            if levels:  # a quantile head feeds its median back
+                q = step.y[:, : len(levels) * out.shape[1]].reshape(1, len(levels), -1)
+                q = q * out_std + out_mean
+                q = q if scale is None else q * scale[:, None, :]
+                prev = torch.sort(q, dim=1).values[:, median]
+            else:
+                prev = step.y * out_std + out_mean
+                if scale is not None:
+                    prev = prev * scale
         return out
 
     def _cannot_forecast(self) -> str:

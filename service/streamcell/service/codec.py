@@ -342,7 +342,13 @@ def _protobuf_parser():
 
 # ------------------------------------------------------------------ encode
 def encode_predictions(
-    batch: EventBatch, yhat: np.ndarray, rows: np.ndarray, model: str, version: str
+    batch: EventBatch,
+    yhat: np.ndarray,
+    rows: np.ndarray,
+    model: str,
+    version: str,
+    quantiles: np.ndarray | None = None,
+    levels: Sequence[float] = (),
 ) -> list[tuple[bytes, bytes]]:
     """(key, value) of the prediction of each of ``rows``; same input, same bytes.
 
@@ -351,13 +357,17 @@ def encode_predictions(
     whole poll is encoded by two C calls: orjson for the numbers, one
     ``bytes % args`` for the records, split on a newline no record can hold
     (stream ids are JSON-escaped; the template's own ``%`` are doubled).
+    ``quantiles`` ``[N, levels, targets]`` (a quantile head): each record
+    also carries ``"quantiles": [{"level": 0.1, "yhat": [...]}, ...]``.
     """
     n = len(rows)
     if n == 0:
         return []
-    numbers = orjson.dumps(
-        np.asarray(yhat[rows], dtype=np.float32), option=orjson.OPT_SERIALIZE_NUMPY
-    )[2:-2].split(b"],[")
+    numbers = _numbers(yhat[rows])
+    value_field = b'"yhat":[%b]'
+    if quantiles is not None and levels:
+        numbers = _with_quantiles(numbers, quantiles[rows], levels)
+        value_field = b'"yhat":%b'
     names = batch.streams
     streams = [names[k] for k in rows.tolist()]
     keys = list(map(str.encode, streams))
@@ -370,7 +380,7 @@ def encode_predictions(
     else:
         stream_field, quoted = b'{"stream":%b', [json.dumps(s).encode() for s in streams]
     tail = f',"model":{json.dumps(model)},"version":{json.dumps(version)}}}'
-    end = b'"yhat":[%b]' + tail.encode().replace(b"%", b"%%") + b"\n"
+    end = value_field + tail.encode().replace(b"%", b"%%") + b"\n"
     with_seq = stream_field + b',"partition":%d,"offset":%d,"seq":%d,' + end
     without = stream_field + b',"partition":%d,"offset":%d,' + end
     if NO_SEQ not in seqs:
@@ -388,6 +398,30 @@ def encode_predictions(
     values = (template % tuple(args)).split(b"\n")
     values.pop()  # after the last newline
     return list(zip(keys, values, strict=True))
+
+
+def _numbers(values: np.ndarray) -> list[bytes]:
+    """Each row of a 2-d array as its float32 numbers, comma separated (one orjson call)."""
+    dumped = orjson.dumps(np.asarray(values, dtype=np.float32), option=orjson.OPT_SERIALIZE_NUMPY)
+    return dumped[2:-2].split(b"],[")
+
+
+def _with_quantiles(
+    numbers: list[bytes], quantiles: np.ndarray, levels: Sequence[float]
+) -> list[bytes]:
+    """Each row's ``[yhat],"quantiles":[{"level":..,"yhat":[..]},..]``, in bulk.
+
+    One orjson call for all rows' levels (row-major: level j of row k is
+    piece k * L + j) and one ``bytes % args`` over a template per row.
+    """
+    n, width = len(numbers), len(levels)
+    pieces = _numbers(quantiles.reshape(n * width, -1))
+    entries = b",".join(b'{"level":%b,"yhat":[%%b]}' % json.dumps(lv).encode() for lv in levels)
+    template = (b'[%b],"quantiles":[' + entries + b"]\n") * n
+    rows = [numbers, *(pieces[j::width] for j in range(width))]
+    out = (template % tuple(chain.from_iterable(zip(*rows, strict=True)))).split(b"\n")
+    out.pop()  # after the last newline
+    return out
 
 
 DEAD_LETTER_KEY_MAX = DEAD_LETTER_MIN_BYTES // 4

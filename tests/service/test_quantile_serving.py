@@ -1,0 +1,212 @@
+"""Quantiles served: Kafka JSON, protobuf, gRPC (and reflection), metrics, GetStream coverage.
+
+Models are built by hand (random or constant heads through save_checkpoint);
+no trainer runs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf import descriptor_pool, message_factory
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from prometheus_client import generate_latest
+from quantile_support import LEVELS, make_constant_quantile_model, make_quantile_model
+
+from streamcell.core.checkpoint import load_checkpoint
+from streamcell.core.events import EventBatch
+from streamcell.core.predictor import Predictor
+from streamcell.service.client import Client, event
+from streamcell.service.codec import encode_predictions
+from streamcell.service.grpc_api import GrpcSettings, start_grpc_server
+from streamcell.service.grpc_convert import forecast_into
+from streamcell.service.metrics import Metrics
+from streamcell.v1 import predictor_pb2 as pb
+
+
+def serve(predictor: Predictor, metrics: Metrics | None = None) -> Iterator[Client]:
+    handle = start_grpc_server(GrpcSettings(port=0, host="127.0.0.1"), lambda: predictor, metrics)
+    try:
+        with Client(f"127.0.0.1:{handle.port}", timeout=10) as client:
+            client.port = handle.port  # type: ignore[attr-defined]
+            yield client
+    finally:
+        handle.stop(grace=1)
+
+
+@pytest.fixture(scope="module")
+def quantile_predictor(tmp_path_factory) -> Predictor:
+    return Predictor(load_checkpoint(make_quantile_model(tmp_path_factory.mktemp("q"))))
+
+
+@pytest.fixture(scope="module")
+def quantile_client(quantile_predictor) -> Iterator[Client]:
+    yield from serve(quantile_predictor)
+
+
+def _xs(seed: int, n: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, 3)).astype(np.float32)
+
+
+def _quantiles(message) -> np.ndarray:  # type: ignore[no-untyped-def]
+    return np.array([list(q.yhat) for q in message.quantiles], dtype=np.float32)
+
+
+# -------------------------------------------------------------------- Kafka
+def test_kafka_json_carries_the_quantiles_as_float32_exactly(tmp_path):
+    p = Predictor(load_checkpoint(make_quantile_model(tmp_path)))
+    batch = EventBatch.of(["a", "b", "a"], _xs(1, 3), seq=[1, 1, 2])
+    r = p.predict(batch, now=1.0)
+    out = encode_predictions(batch, r.yhat, np.arange(3), r.model, r.version, r.quantiles, r.levels)
+    for row, (_, value) in enumerate(out):
+        doc = json.loads(value)
+        assert list(doc) == [
+            "stream",
+            "partition",
+            "offset",
+            "seq",
+            "yhat",
+            "quantiles",
+            "model",
+            "version",
+        ]
+        assert [q["level"] for q in doc["quantiles"]] == [0.1, 0.5, 0.9]
+        back = np.array([q["yhat"] for q in doc["quantiles"]], dtype=np.float32)
+        assert back.tobytes() == r.quantiles[row].tobytes()
+        assert doc["yhat"] == doc["quantiles"][1]["yhat"]
+    # A replay of the same events on a fresh Predictor, one at a time: the same bytes.
+    again = Predictor(p.loaded)
+    replayed = []
+    for k in range(3):
+        one = batch.take(np.array([k]))
+        rr = again.predict(one, now=1.0)
+        replayed += encode_predictions(
+            one, rr.yhat, np.arange(1), rr.model, rr.version, rr.quantiles, rr.levels
+        )
+    assert replayed == out
+
+
+def test_a_point_model_writes_no_quantiles_field(tmp_path):
+    p = Predictor(load_checkpoint(make_quantile_model(tmp_path, levels=())))
+    batch = EventBatch.of(["a"], _xs(2, 1))
+    r = p.predict(batch, now=1.0)
+    ((_, value),) = encode_predictions(
+        batch, r.yhat, np.arange(1), r.model, r.version, r.quantiles, r.levels
+    )
+    assert b"quantiles" not in value
+
+
+# --------------------------------------------------------------------- gRPC
+def test_every_predict_path_carries_the_predictors_quantiles(quantile_client, quantile_predictor):
+    client, xs = quantile_client, _xs(3, 6)
+    single = client.predict("g1", xs[0].tolist())
+    assert [q.level for q in single.quantiles] == pytest.approx(LEVELS)
+    batch = client.predict_batch([event("g1", x.tolist()) for x in xs[1:4]])
+    streamed = list(client.predict_stream(event("g1", x.tolist()) for x in xs[4:]))
+    got = np.stack([_quantiles(m) for m in [single, *batch, *streamed]])
+    offline = Predictor(quantile_predictor.loaded).predict(EventBatch.of(["g1"] * 6, xs), now=1.0)
+    assert got.tobytes() == offline.quantiles.tobytes()
+    assert list(streamed[-1].yhat) == list(streamed[-1].quantiles[1].yhat)
+    # Protobuf round trip of a message with quantiles.
+    assert pb.Prediction.FromString(single.SerializeToString()) == single
+
+
+def test_model_info_lists_the_levels_and_get_stream_its_coverage(quantile_client):
+    info = quantile_client.model_info()
+    assert list(info.quantile_levels) == pytest.approx(LEVELS)
+    quantile_client.predict_batch([event("g2", x.tolist()) for x in _xs(4, 5)])
+    state = quantile_client.get_stream("g2")
+    assert len(state.last_quantiles) == 3
+    (cov,) = state.coverage
+    assert cov.interval == pytest.approx(0.8) and (cov.lower, cov.upper) == pytest.approx(
+        (0.1, 0.9)
+    )
+    assert cov.scored == 4 * 3 and 0 <= cov.inside <= cov.scored
+
+
+def test_a_reflection_only_client_reads_the_quantiles(quantile_client):
+    with grpc.insecure_channel(f"127.0.0.1:{quantile_client.port}") as channel:
+        pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+        method = pool.FindServiceByName("streamcell.v1.Predictor").methods_by_name["Predict"]
+        request_cls = message_factory.GetMessageClass(method.input_type)
+        reply_cls = message_factory.GetMessageClass(method.output_type)
+        assert {"level", "yhat"} == {
+            f.name for f in pool.FindMessageTypeByName("streamcell.v1.Quantile").fields
+        }
+        predict = channel.unary_unary(
+            "/streamcell.v1.Predictor/Predict",
+            request_serializer=request_cls.SerializeToString,
+            response_deserializer=reply_cls.FromString,
+        )
+        reply = predict(request_cls(stream="g3", x=[1.0, 2.0, 3.0]), timeout=10)
+    assert [round(q.level, 6) for q in reply.quantiles] == [0.1, 0.5, 0.9]
+    assert all(len(q.yhat) == 3 for q in reply.quantiles)
+
+
+def test_forecast_steps_carry_what_the_forecast_result_carries(quantile_client):
+    quantile_client.predict("g4", [1.0, 2.0, 3.0])
+    plain = quantile_client.forecast("g4", 3)
+    assert len(plain.steps) == 3  # a result without quantiles: steps without them
+    yhat = np.arange(6, dtype=np.float32).reshape(2, 3)
+    q = np.stack([yhat - 1, yhat, yhat + 1], axis=1)  # [horizon, levels, targets]
+    whole = forecast_into(pb.Forecast(), SimpleNamespace(yhat=yhat, quantiles=q), LEVELS)
+    per_step = forecast_into(
+        pb.Forecast(),
+        [SimpleNamespace(yhat=y, quantiles=s) for y, s in zip(yhat, q, strict=True)],
+        LEVELS,
+    )
+    assert whole == per_step
+    assert [_quantiles(s).tolist() for s in whole.steps] == q.tolist()
+    assert (
+        forecast_into(pb.Forecast(), SimpleNamespace(yhat=yhat, quantiles=None), LEVELS)
+        .steps[0]
+        .quantiles
+        == []
+    )
+
+
+def test_a_point_model_serves_with_no_quantile_fields(tmp_path):
+    p = Predictor(load_checkpoint(make_quantile_model(tmp_path, levels=())))
+    for client in serve(p):
+        reply = client.predict("p", [1.0, 2.0, 3.0])
+        (other,) = client.predict_batch([event("p", [0.5, 0.5, 0.5])])
+        state = client.get_stream("p")
+        info = client.model_info()
+        forecast = client.forecast("p", 2)
+    assert reply.quantiles == [] and other.quantiles == [] and len(reply.yhat) == 3
+    assert not state.last_quantiles and not state.coverage and not info.quantile_levels
+    assert all(not s.quantiles for s in forecast.steps)
+
+
+# ------------------------------------------------------------------ metrics
+def test_coverage_and_pinball_metrics_count_a_hand_made_stream(tmp_path):
+    """Quantiles always -1, 0, 1: actuals 0.5, 3, -1, -2 after a first unscored one."""
+    p = Predictor(load_checkpoint(make_constant_quantile_model(tmp_path)))
+    metrics = Metrics()
+    for client in serve(p, metrics):
+        client.predict_batch([event("h", [v]) for v in (0.0, 0.5, 3.0)])
+        client.predict("h", [-1.0])
+        client.predict("h", [-2.0])
+        (cov,) = client.get_stream("h").coverage
+    labels = {"model": "m", "version": p.loaded.version}
+    get = metrics.registry.get_sample_value
+    assert get("streamcell_interval_scored_total", labels) == 4
+    assert get("streamcell_interval_inside_total", {**labels, "interval": "0.8"}) == 2
+    assert (cov.scored, cov.inside) == (4, 2)
+    actual = np.array([0.5, 3.0, -1.0, -2.0])
+    for level, q in zip(("0.1", "0.5", "0.9"), (-1.0, 0.0, 1.0), strict=True):
+        tau = float(level)
+        expect = np.maximum(tau * (actual - q), (tau - 1) * (actual - q)).sum()
+        assert get("streamcell_pinball_loss_sum", {**labels, "level": level}) == pytest.approx(
+            expect
+        )
+        assert get("streamcell_pinball_loss_count", {**labels, "level": level}) == 4
+    text = generate_latest(metrics.registry).decode()
+    assert "# TYPE streamcell_pinball_loss summary" in text
