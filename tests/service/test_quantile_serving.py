@@ -210,3 +210,30 @@ def test_coverage_and_pinball_metrics_count_a_hand_made_stream(tmp_path):
         assert get("streamcell_pinball_loss_count", {**labels, "level": level}) == 4
     text = generate_latest(metrics.registry).decode()
     assert "# TYPE streamcell_pinball_loss summary" in text
+
+
+# ------------------------------------------------------- the Kafka pipeline
+def test_the_pipeline_sends_quantiles_counts_them_and_restores_the_counters(tmp_path):
+    """The Kafka loop with recording fakes: predictions, metrics, changelog, restore."""
+    from pipeline_fakes import TOPIC, record
+    from test_pipeline_units import build, changelog_records
+
+    from streamcell.service import settings
+
+    loaded = load_checkpoint(make_quantile_model(tmp_path))
+    first, consumer, producer, _ = build(loaded)
+    consumer.on_assign([(TOPIC, 0)])
+    first.process([record("a", k, x=(k, 1.0, -k)) for k in range(4)])
+    first.checkpointer.checkpoint()
+    docs = [json.loads(v) for t, _, v, _ in producer.sent if t == settings.OUTPUT_TOPIC]
+    assert [len(d["quantiles"]) for d in docs] == [3] * 4
+    labels = {"model": "m", "version": loaded.version}
+    assert first.metrics.registry.get_sample_value("streamcell_interval_scored_total", labels) == 9
+    reference = first.predictor.info("a")
+    assert reference.scored == 9 and reference.last_quantiles
+
+    second, consumer2, _, _ = build(loaded, changelog_records(producer))
+    consumer2.on_assign([(TOPIC, 0)])
+    restored = second.predictor.info("a")
+    assert (restored.inside, restored.scored) == (reference.inside, reference.scored)
+    assert restored.last_quantiles == reference.last_quantiles
