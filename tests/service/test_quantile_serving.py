@@ -21,7 +21,7 @@ from prometheus_client import generate_latest
 from quantile_support import LEVELS, make_constant_quantile_model, make_quantile_model
 
 from streamcell.core.checkpoint import load_checkpoint
-from streamcell.core.events import EventBatch
+from streamcell.core.events import NO_SEQ, EventBatch
 from streamcell.core.predictor import Predictor
 from streamcell.service.client import Client, event
 from streamcell.service.codec import encode_predictions
@@ -91,6 +91,21 @@ def test_kafka_json_carries_the_quantiles_as_float32_exactly(tmp_path):
             one, rr.yhat, np.arange(1), rr.model, rr.version, rr.quantiles, rr.levels
         )
     assert replayed == out
+
+
+def test_events_with_and_without_seq_get_their_quantiles(tmp_path):
+    p = Predictor(load_checkpoint(make_quantile_model(tmp_path)))
+    for seqs in ([NO_SEQ, 5, NO_SEQ], [NO_SEQ] * 3):
+        batch = EventBatch.of(["a", "b", "c"], _xs(5, 3), seq=seqs)
+        r = p.predict(batch, now=1.0)
+        out = encode_predictions(
+            batch, r.yhat, np.arange(3), r.model, r.version, r.quantiles, r.levels
+        )
+        for row, (_, value) in enumerate(out):
+            doc = json.loads(value)
+            assert doc.get("seq", NO_SEQ) == seqs[row]
+            back = np.array([q["yhat"] for q in doc["quantiles"]], dtype=np.float32)
+            assert back.tobytes() == r.quantiles[row].tobytes()
 
 
 def test_a_point_model_writes_no_quantiles_field(tmp_path):

@@ -363,11 +363,17 @@ def encode_predictions(
     n = len(rows)
     if n == 0:
         return []
-    numbers = _numbers(yhat[rows])
+    # Each record's numbers: its yhat, then (a quantile head) each level's values.
+    columns = [_numbers(yhat[rows])]
     value_field = b'"yhat":[%b]'
     if quantiles is not None and levels:
-        numbers = _with_quantiles(numbers, quantiles[rows], levels)
-        value_field = b'"yhat":%b'
+        # One orjson call for every row's levels, row-major: level j of row k
+        # is piece k * L + j.
+        pieces = _numbers(quantiles[rows].reshape(n * len(levels), -1))
+        columns += [pieces[j :: len(levels)] for j in range(len(levels))]
+        value_field += b',"quantiles":[%b]' % b",".join(
+            b'{"level":%b,"yhat":[%%b]}' % json.dumps(level).encode() for level in levels
+        )
     names = batch.streams
     streams = [names[k] for k in rows.tolist()]
     keys = list(map(str.encode, streams))
@@ -385,15 +391,15 @@ def encode_predictions(
     without = stream_field + b',"partition":%d,"offset":%d,' + end
     if NO_SEQ not in seqs:
         template = with_seq * n
-        args = chain.from_iterable(zip(quoted, parts, offsets, seqs, numbers, strict=True))
+        args = chain.from_iterable(zip(quoted, parts, offsets, seqs, *columns, strict=True))
     elif seqs.count(NO_SEQ) == n:
         template = without * n
-        args = chain.from_iterable(zip(quoted, parts, offsets, numbers, strict=True))
+        args = chain.from_iterable(zip(quoted, parts, offsets, *columns, strict=True))
     else:  # some events carry a seq, some do not: a template per record
         template = b"".join(without if q == NO_SEQ else with_seq for q in seqs)
         args = chain.from_iterable(
-            (s, p, o, y) if q == NO_SEQ else (s, p, o, q, y)
-            for s, p, o, q, y in zip(quoted, parts, offsets, seqs, numbers, strict=True)
+            (s, p, o, *ys) if q == NO_SEQ else (s, p, o, q, *ys)
+            for s, p, o, q, *ys in zip(quoted, parts, offsets, seqs, *columns, strict=True)
         )
     values = (template % tuple(args)).split(b"\n")
     values.pop()  # after the last newline
@@ -404,24 +410,6 @@ def _numbers(values: np.ndarray) -> list[bytes]:
     """Each row of a 2-d array as its float32 numbers, comma separated (one orjson call)."""
     dumped = orjson.dumps(np.asarray(values, dtype=np.float32), option=orjson.OPT_SERIALIZE_NUMPY)
     return dumped[2:-2].split(b"],[")
-
-
-def _with_quantiles(
-    numbers: list[bytes], quantiles: np.ndarray, levels: Sequence[float]
-) -> list[bytes]:
-    """Each row's ``[yhat],"quantiles":[{"level":..,"yhat":[..]},..]``, in bulk.
-
-    One orjson call for all rows' levels (row-major: level j of row k is
-    piece k * L + j) and one ``bytes % args`` over a template per row.
-    """
-    n, width = len(numbers), len(levels)
-    pieces = _numbers(quantiles.reshape(n * width, -1))
-    entries = b",".join(b'{"level":%b,"yhat":[%%b]}' % json.dumps(lv).encode() for lv in levels)
-    template = (b'[%b],"quantiles":[' + entries + b"]\n") * n
-    rows = [numbers, *(pieces[j::width] for j in range(width))]
-    out = (template % tuple(chain.from_iterable(zip(*rows, strict=True)))).split(b"\n")
-    out.pop()  # after the last newline
-    return out
 
 
 DEAD_LETTER_KEY_MAX = DEAD_LETTER_MIN_BYTES // 4

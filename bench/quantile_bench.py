@@ -1,0 +1,114 @@
+"""The serve loop's cost with a quantile head against the same model point-only, one run.
+
+    PYTHONPATH=core:service:demo:protos .venv/bin/python bench/quantile_bench.py [--batch 1024]
+
+The model and events of the end-to-end benchmark (bench/kafka_e2e.py: 8
+features, hidden 64, 2 layers, JSON events with a seq, keys ``stream-N``), in
+polls of ``--batch`` records, through ``Pipeline.process`` as serve runs it
+(decode, predict, score, encode, metrics) with a producer that drops what it
+is sent (bench/process_bench.py): no Kafka client cost, so the ratio is of
+serve's own work, the part a quantile head changes. Three heads with the same
+LSTM weights: point-only, levels 0.1/0.5/0.9 (the default), and 0.1..0.9 (nine
+levels). Each round gives every head fresh events (later seqs, so every
+event is stepped and, after the warm-up, scored), poll by poll in a rotating
+order, so that the heads share the machine's load alike; best and median
+round of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from kafka_e2e import HIDDEN, INPUT, LAYERS
+from process_bench import TOPIC, DropProducer, Workload
+
+from streamcell.core.checkpoint import ModelConfig, load_checkpoint, save_checkpoint
+from streamcell.core.model import StreamingLSTM
+from streamcell.core.predictor import Predictor
+from streamcell.service.metrics import Metrics
+from streamcell.service.pipeline import Pipeline
+from streamcell.service.settings import PipelineSettings
+
+HEADS = {
+    "point-only": (),
+    "3 levels": (0.1, 0.5, 0.9),
+    "9 levels": tuple(round(0.1 * k, 1) for k in range(1, 10)),
+}
+
+
+def make_model(root: Path, levels: tuple[float, ...]):
+    """kafka_e2e's model (seed 0), with a head as wide as the levels ask."""
+    names = tuple(f"f{k}" for k in range(INPUT))
+    zeros, ones = (0.0,) * INPUT, (1.0,) * INPUT
+    cfg = ModelConfig(
+        INPUT, HIDDEN, LAYERS, INPUT, names, names, zeros, ones, zeros, ones,
+        quantile_levels=levels,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = StreamingLSTM(INPUT, HIDDEN, LAYERS, cfg.head_width)
+    return load_checkpoint(save_checkpoint(root, "bench", model, cfg, version=f"v{len(levels)}"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--streams", type=int, default=10_000)
+    p.add_argument("--events", type=int, default=51_200)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (serve's default: 1)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    pipelines, works = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, levels in HEADS.items():
+            predictor = Predictor(make_model(Path(tmp), levels), max_streams=args.streams * 2)
+            pipelines[name] = Pipeline(
+                PipelineSettings(input_topic=TOPIC),
+                None,
+                DropProducer(),
+                None,
+                predictor,
+                Metrics(),
+            )
+            works[name] = Workload(args.events, args.streams, args.batch)
+
+    def round_(r: int) -> dict[str, list[float]]:
+        """One round: poll k of every head back to back, in a rotating order, so that
+        each head meets the same load from the machine's other work."""
+        polls = {name: works[name].polls() for name in HEADS}
+        spent: dict[str, list[float]] = {name: [] for name in HEADS}
+        names = list(HEADS)
+        for k in range(len(polls[names[0]])):
+            shift = (k + r) % len(names)
+            for name in names[shift:] + names[:shift]:
+                start = time.perf_counter()
+                pipelines[name].process(polls[name][k])
+                spent[name].append(time.perf_counter() - start)
+        return spent
+
+    round_(0)  # warm up: every stream exists and has a prediction to score
+    rounds = [round_(r + 1) for r in range(args.rounds)]
+    us = 1e6 / args.events
+    print(
+        f"{args.events:,} events in polls of {args.batch}, {args.streams:,} streams, "
+        f"{args.threads} torch thread(s); {args.rounds} rounds, us per event "
+        "(best poll: each poll's best round, summed):"
+    )
+    print(f"  {'head':<12} {'best poll':>9} {'best':>7} {'median':>7}  vs point-only (same three)")
+    base = None
+    for name in HEADS:
+        totals = [sum(r[name]) * us for r in rounds]
+        per_poll = sum(map(min, zip(*(r[name] for r in rounds), strict=True))) * us
+        figures = (per_poll, min(totals), statistics.median(totals))
+        base = base or figures
+        ratios = " ".join(f"{f / b:5.3f}x" for f, b in zip(figures, base, strict=True))
+        print(f"  {name:<12} {figures[0]:9.2f} {figures[1]:7.2f} {figures[2]:7.2f}  {ratios}")
+
+
+if __name__ == "__main__":
+    main()
