@@ -8,8 +8,9 @@ polls of ``--batch`` records, through ``Pipeline.process`` as serve runs it
 (decode, predict, score, encode, metrics) with a producer that drops what it
 is sent (bench/process_bench.py): no Kafka client cost, so the ratio is of
 serve's own work, the part a quantile head changes. Three heads with the same
-LSTM weights: point-only, levels 0.1/0.5/0.9 (the default), and 0.1..0.9 (nine
-levels). Each round gives every head fresh events (later seqs, so every
+LSTM weights: point-only, levels 0.1/0.5/0.9 (the default), 0.1..0.9 (nine
+levels), and the default levels left crossing (the worst case: see
+make_model). Each round gives every head fresh events (later seqs, so every
 event is stepped and, after the warm-up, scored), poll by poll in a rotating
 order, so that the heads share the machine's load alike; best and median
 round of each.
@@ -34,15 +35,23 @@ from streamcell.service.metrics import Metrics
 from streamcell.service.pipeline import Pipeline
 from streamcell.service.settings import PipelineSettings
 
+NINE = tuple(round(0.1 * k, 1) for k in range(1, 10))
+# name -> (levels, whether the levels' biases are spread apart)
 HEADS = {
-    "point-only": (),
-    "3 levels": (0.1, 0.5, 0.9),
-    "9 levels": tuple(round(0.1 * k, 1) for k in range(1, 10)),
+    "point-only": ((), False),
+    "3 levels": ((0.1, 0.5, 0.9), True),
+    "9 levels": (NINE, True),
+    "3, crossing": ((0.1, 0.5, 0.9), False),
 }
 
 
-def make_model(root: Path, levels: tuple[float, ...]):
-    """kafka_e2e's model (seed 0), with a head as wide as the levels ask."""
+def make_model(root: Path, levels: tuple[float, ...], spread: bool):
+    """kafka_e2e's model (seed 0), with a head as wide as the levels ask.
+
+    ``spread``: the levels' biases moved apart, as a trained head's are, so
+    that its quantiles seldom cross; without, a random head's levels cross in
+    most rows and every wave pays the sort that uncrosses them.
+    """
     names = tuple(f"f{k}" for k in range(INPUT))
     zeros, ones = (0.0,) * INPUT, (1.0,) * INPUT
     cfg = ModelConfig(
@@ -51,7 +60,13 @@ def make_model(root: Path, levels: tuple[float, ...]):
     )  # fmt: skip
     torch.manual_seed(0)
     model = StreamingLSTM(INPUT, HIDDEN, LAYERS, cfg.head_width)
-    return load_checkpoint(save_checkpoint(root, "bench", model, cfg, version=f"v{len(levels)}"))
+    if spread:
+        with torch.no_grad():
+            bias = model.head.bias.view(len(levels), INPUT)
+            for k, level in enumerate(levels):
+                bias[k] += 4.0 * (level - 0.5)
+    version = f"v{len(levels)}{'s' if spread else ''}"
+    return load_checkpoint(save_checkpoint(root, "bench", model, cfg, version=version))
 
 
 def main() -> None:
@@ -65,8 +80,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pipelines, works = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, levels in HEADS.items():
-            predictor = Predictor(make_model(Path(tmp), levels), max_streams=args.streams * 2)
+        for name, (levels, spread) in HEADS.items():
+            model = make_model(Path(tmp), levels, spread)
+            predictor = Predictor(model, max_streams=args.streams * 2)
             pipelines[name] = Pipeline(
                 PipelineSettings(input_topic=TOPIC),
                 None,

@@ -26,7 +26,7 @@ from streamcell.core.checkpoint import (
 from streamcell.core.errors import CheckpointError, StateFormatError
 from streamcell.core.events import EventBatch
 from streamcell.core.model import StreamingLSTM
-from streamcell.core.predictor import PREDICTED, Predictor
+from streamcell.core.predictor import PREDICTED, Predictor, uncrossed
 from streamcell.core.state import StateStore
 
 F = 3
@@ -213,3 +213,15 @@ def test_a_forecast_of_a_quantile_model_feeds_its_median_back(tmp_path):
     # Step 2 is the prediction after the median of step 1 came as the next event.
     fed = p.predict(EventBatch.of(["s0"], steps[:1].copy()), now=1.0)
     assert np.array_equal(steps[1], fed.yhat[0])
+
+
+def test_uncrossing_sorts_only_the_rows_that_cross_like_torch_sort():
+    gen = torch.Generator().manual_seed(0)
+    for levels in (2, 3, 9):
+        q = torch.randn(50, levels, 4, generator=gen)
+        q[::2] = torch.sort(q[::2], dim=1).values  # half the rows already in order
+        got = uncrossed(q)
+        assert torch.equal(got, torch.sort(q, dim=1).values)
+        assert torch.equal(uncrossed(got), got)
+    ordered = torch.sort(torch.randn(5, 3, 2, generator=gen), dim=1).values
+    assert uncrossed(ordered) is ordered  # nothing to do: no copy

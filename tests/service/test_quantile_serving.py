@@ -93,8 +93,9 @@ def test_kafka_json_carries_the_quantiles_as_float32_exactly(tmp_path):
     assert replayed == out
 
 
-def test_events_with_and_without_seq_get_their_quantiles(tmp_path):
-    p = Predictor(load_checkpoint(make_quantile_model(tmp_path)))
+@pytest.mark.parametrize("levels", [LEVELS, (0.5,), (0.25, 0.5)])
+def test_events_with_and_without_seq_get_their_quantiles(tmp_path, levels):
+    p = Predictor(load_checkpoint(make_quantile_model(tmp_path, levels=levels)))
     for seqs in ([NO_SEQ, 5, NO_SEQ], [NO_SEQ] * 3):
         batch = EventBatch.of(["a", "b", "c"], _xs(5, 3), seq=seqs)
         r = p.predict(batch, now=1.0)
@@ -104,6 +105,7 @@ def test_events_with_and_without_seq_get_their_quantiles(tmp_path):
         for row, (_, value) in enumerate(out):
             doc = json.loads(value)
             assert doc.get("seq", NO_SEQ) == seqs[row]
+            assert [q["level"] for q in doc["quantiles"]] == list(levels)
             back = np.array([q["yhat"] for q in doc["quantiles"]], dtype=np.float32)
             assert back.tobytes() == r.quantiles[row].tobytes()
 

@@ -455,9 +455,7 @@ class Predictor:
         q = y[:, : levels * out].reshape(-1, levels, out) * self._out_std + self._out_mean
         if out_scale is not None:
             q = q * out_scale[:, None, :]
-        # Crossing quantiles are never served: sorting keeps the set of values
-        # and makes each level's value at least the one below.
-        return torch.sort(q, dim=1).values
+        return uncrossed(q)
 
     def _score(
         self, store: StateStore, slots: np.ndarray, actual: np.ndarray, result: BatchResult
@@ -583,7 +581,7 @@ class Predictor:
                 q = step.y[:, : len(levels) * out.shape[1]].reshape(1, len(levels), -1)
                 q = q * out_std + out_mean
                 q = q if scale is None else q * scale[:, None, :]
-                prev = torch.sort(q, dim=1).values[:, median]
+                prev = uncrossed(q)[:, median]
             else:
                 prev = step.y * out_std + out_mean
                 if scale is not None:
@@ -666,6 +664,36 @@ class Predictor:
             for stream in gone:
                 self.store.delete(stream)
             return gone
+
+
+def uncrossed(q: torch.Tensor) -> torch.Tensor:
+    """Quantiles ``[B, levels, targets]`` sorted along levels: crossing ones are never served.
+
+    Sorting keeps each row's set of values and makes each level's value at
+    least the one below. A trained head seldom crosses, so the rows are
+    checked first (a fraction of a sort's cost) and only rows that cross are
+    sorted, each on its own (a row's result never depends on its batch). The
+    sort is an odd-even transposition network of min/max over the level
+    columns: the same values as ``torch.sort``, several times faster for a
+    handful of levels.
+    """
+    if q.shape[1] < 2:
+        return q
+    crossed = (q[:, 1:] < q[:, :-1]).flatten(1).any(dim=1)
+    if not bool(crossed.any()):
+        return q
+    rows = crossed.nonzero().squeeze(1)
+    cols = list(q[rows].unbind(1))
+    levels = len(cols)
+    for r in range(levels):
+        for k in range(r % 2, levels - 1, 2):
+            cols[k], cols[k + 1] = (
+                torch.minimum(cols[k], cols[k + 1]),
+                torch.maximum(cols[k], cols[k + 1]),
+            )
+    out = q.clone()
+    out[rows] = torch.stack(cols, dim=1)
+    return out
 
 
 def _finite_rows(h: torch.Tensor, c: torch.Tensor, yhat: torch.Tensor) -> np.ndarray:

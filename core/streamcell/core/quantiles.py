@@ -109,22 +109,26 @@ def inside_counts(
     ``actual`` ``[K, targets]``; ``quantiles`` ``[K, levels, targets]`` (sorted
     along levels); a value on a bound counts as inside.
     """
-    out = np.zeros((len(actual), len(intervals)), dtype=np.int64)
-    for j, iv in enumerate(intervals):
-        inside = (quantiles[:, iv.lower] <= actual) & (actual <= quantiles[:, iv.upper])
-        out[:, j] = inside.sum(axis=1)
-    return out
+    lower = quantiles[:, [iv.lower for iv in intervals]]  # [K, n_intervals, targets]
+    upper = quantiles[:, [iv.upper for iv in intervals]]
+    a = actual[:, None, :]
+    return ((lower <= a) & (a <= upper)).sum(axis=2, dtype=np.int64)
 
 
 def pinball_sums(actual: np.ndarray, quantiles: np.ndarray, levels: Sequence[float]) -> np.ndarray:
     """The pinball (quantile) loss summed over rows and targets, per level: ``[levels]``.
 
     For level tau and error ``e = actual - q``: ``max(tau e, (tau - 1) e)``, in
-    the targets' units (float64 sums, so that a long run does not lose counts).
+    the targets' units, which is ``tau e - min(e, 0)``: summed, ``tau sum(e) -
+    sum(min(e, 0))``, two passes over the errors instead of five. Errors in
+    float32 (the values' own precision), sums in float64.
     """
-    tau = np.asarray(levels, dtype=np.float64)[None, :, None]
-    err = actual[:, None, :].astype(np.float64) - quantiles.astype(np.float64)
-    return np.maximum(tau * err, (tau - 1.0) * err).sum(axis=(0, 2))
+    # Level-major and contiguous: numpy's float64 sum of a strided [K, L, O]
+    # over two axes is several times slower.
+    err = (actual[:, None, :] - quantiles).transpose(1, 0, 2).reshape(len(levels), -1)
+    total = err.sum(axis=1, dtype=np.float64)
+    below = np.minimum(err, 0.0, out=err).sum(axis=1, dtype=np.float64)
+    return np.asarray(levels, dtype=np.float64) * total - below
 
 
 @dataclass

@@ -357,8 +357,9 @@ def encode_predictions(
     whole poll is encoded by two C calls: orjson for the numbers, one
     ``bytes % args`` for the records, split on a newline no record can hold
     (stream ids are JSON-escaped; the template's own ``%`` are doubled).
-    ``quantiles`` ``[N, levels, targets]`` (a quantile head): each record
-    also carries ``"quantiles": [{"level": 0.1, "yhat": [...]}, ...]``.
+    ``quantiles`` ``[N, levels, targets]`` (a quantile head, whose ``yhat``
+    is its 0.5 level, as the Predictor makes it): each record also carries
+    ``"quantiles": [{"level": 0.1, "yhat": [...]}, ...]``.
     """
     n = len(rows)
     if n == 0:
@@ -367,10 +368,17 @@ def encode_predictions(
     columns = [_numbers(yhat[rows])]
     value_field = b'"yhat":[%b]'
     if quantiles is not None and levels:
-        # One orjson call for every row's levels, row-major: level j of row k
-        # is piece k * L + j.
-        pieces = _numbers(quantiles[rows].reshape(n * len(levels), -1))
-        columns += [pieces[j :: len(levels)] for j in range(len(levels))]
+        # The median's numbers are yhat's (the same float32 values): written
+        # once. One orjson call for the other levels, row-major: level j of
+        # row k is piece k * (L - 1) + j.
+        median = list(levels).index(0.5)
+        others = [j for j in range(len(levels)) if j != median]
+        by_level = []
+        if others:
+            pieces = _numbers(quantiles[rows][:, others].reshape(n * len(others), -1))
+            by_level = [pieces[k :: len(others)] for k in range(len(others))]
+        by_level.insert(median, columns[0])
+        columns += by_level
         value_field += b',"quantiles":[%b]' % b",".join(
             b'{"level":%b,"yhat":[%%b]}' % json.dumps(level).encode() for level in levels
         )
