@@ -254,3 +254,15 @@ def test_the_pipeline_sends_quantiles_counts_them_and_restores_the_counters(tmp_
     restored = second.predictor.info("a")
     assert (restored.inside, restored.scored) == (reference.inside, reference.scored)
     assert restored.last_quantiles == reference.last_quantiles
+
+
+def test_the_predict_cli_prints_the_quantiles(quantile_client, tmp_path, capsys):
+    from streamcell import cli
+
+    path = tmp_path / "events.jsonl"
+    path.write_text(json.dumps({"stream": "cli-q", "x": [1.0, 2.0, 3.0]}) + "\n")
+    target = f"127.0.0.1:{quantile_client.port}"
+    assert cli.main(["predict", str(path), "--target", target]) == 0
+    (out,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [q["level"] for q in out["quantiles"]] == [0.1, 0.5, 0.9]
+    assert out["quantiles"][1]["yhat"] == out["yhat"]
