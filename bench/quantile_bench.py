@@ -12,8 +12,9 @@ LSTM weights: point-only, levels 0.1/0.5/0.9 (the default), 0.1..0.9 (nine
 levels), and the default levels left crossing (the worst case: see
 make_model). Each round gives every head fresh events (later seqs, so every
 event is stepped and, after the warm-up, scored), poll by poll in a rotating
-order, so that the heads share the machine's load alike; best and median
-round of each.
+order, so that the heads share the machine's load alike; wall and CPU time
+(the thread's own, which time spent waiting for a core on a loaded machine
+leaves out), best per poll and median round.
 """
 
 from __future__ import annotations
@@ -93,18 +94,19 @@ def main() -> None:
             )
             works[name] = Workload(args.events, args.streams, args.batch)
 
-    def round_(r: int) -> dict[str, list[float]]:
+    def round_(r: int) -> dict[str, list[tuple[float, float]]]:
         """One round: poll k of every head back to back, in a rotating order, so that
-        each head meets the same load from the machine's other work."""
+        each head meets the same load from the machine's other work. Per poll: wall
+        seconds, and this thread's CPU seconds (which waiting for a core leaves out)."""
         polls = {name: works[name].polls() for name in HEADS}
-        spent: dict[str, list[float]] = {name: [] for name in HEADS}
+        spent: dict[str, list[tuple[float, float]]] = {name: [] for name in HEADS}
         names = list(HEADS)
         for k in range(len(polls[names[0]])):
             shift = (k + r) % len(names)
             for name in names[shift:] + names[:shift]:
-                start = time.perf_counter()
+                wall, cpu = time.perf_counter(), time.thread_time()
                 pipelines[name].process(polls[name][k])
-                spent[name].append(time.perf_counter() - start)
+                spent[name].append((time.perf_counter() - wall, time.thread_time() - cpu))
         return spent
 
     round_(0)  # warm up: every stream exists and has a prediction to score
@@ -112,18 +114,26 @@ def main() -> None:
     us = 1e6 / args.events
     print(
         f"{args.events:,} events in polls of {args.batch}, {args.streams:,} streams, "
-        f"{args.threads} torch thread(s); {args.rounds} rounds, us per event "
-        "(best poll: each poll's best round, summed):"
+        f"{args.threads} torch thread(s); {args.rounds} rounds, us per event; best poll: "
+        "each poll's best round, summed; CPU: the thread's CPU time"
     )
-    print(f"  {'head':<12} {'best poll':>9} {'best':>7} {'median':>7}  vs point-only (same three)")
+    print(
+        f"  {'head':<12} {'CPU best poll':>13} {'CPU median':>10} {'wall best poll':>14} "
+        f"{'wall median':>11}  vs point-only (same four)"
+    )
     base = None
     for name in HEADS:
-        totals = [sum(r[name]) * us for r in rounds]
-        per_poll = sum(map(min, zip(*(r[name] for r in rounds), strict=True))) * us
-        figures = (per_poll, min(totals), statistics.median(totals))
+        figures = []
+        for clock in (1, 0):  # CPU, then wall
+            per_round = [[poll[clock] for poll in r[name]] for r in rounds]
+            per_poll = sum(map(min, zip(*per_round, strict=True))) * us
+            figures += [per_poll, statistics.median(sum(t) for t in per_round) * us]
         base = base or figures
         ratios = " ".join(f"{f / b:5.3f}x" for f, b in zip(figures, base, strict=True))
-        print(f"  {name:<12} {figures[0]:9.2f} {figures[1]:7.2f} {figures[2]:7.2f}  {ratios}")
+        print(
+            f"  {name:<12} {figures[0]:13.2f} {figures[1]:10.2f} {figures[2]:14.2f} "
+            f"{figures[3]:11.2f}  {ratios}"
+        )
 
 
 if __name__ == "__main__":
