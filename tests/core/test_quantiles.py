@@ -225,3 +225,20 @@ def test_uncrossing_sorts_only_the_rows_that_cross_like_torch_sort():
         assert torch.equal(uncrossed(got), got)
     ordered = torch.sort(torch.randn(5, 3, 2, generator=gen), dim=1).values
     assert uncrossed(ordered) is ordered  # nothing to do: no copy
+
+
+def test_a_recipe_model_with_a_quantile_head_serves_and_snapshots(tmp_path):
+    from recipe_support import make_recipe_model
+
+    recipe = {"target": 0, "lags": [1, 2], "scale_window": 3, "log_scale": True}
+    path = make_recipe_model(tmp_path, recipe, features=("y",), quantile_levels=LEVELS)
+    p = Predictor(load_checkpoint(path))
+    values = np.abs(np.random.default_rng(0).normal(size=(6, 1))).astype(np.float32) * 10
+    for v in values:
+        r = p.predict(EventBatch.of(["r"], v[None]), now=1.0)
+    assert (np.diff(r.quantiles, axis=1) >= 0).all() and np.array_equal(r.yhat, r.quantiles[:, 1])
+    record = p.store.snapshot(["r"])[0]
+    again = Predictor(p.loaded)
+    again.store.restore([("r", record)])
+    assert again.info("r").inside == p.info("r").inside and again.info("r").scored == 5
+    assert again.store.snapshot(["r"])[0] == record
