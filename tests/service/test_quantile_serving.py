@@ -266,3 +266,21 @@ def test_the_predict_cli_prints_the_quantiles(quantile_client, tmp_path, capsys)
     (out,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [q["level"] for q in out["quantiles"]] == [0.1, 0.5, 0.9]
     assert out["quantiles"][1]["yhat"] == out["yhat"]
+
+
+def test_serve_loads_a_quantile_model_and_swaps_to_it_from_a_point_one(tmp_path):
+    """The registry watcher's smoke test takes the head's width, levels and all."""
+    from streamcell.service.reload import ModelWatcher
+
+    make_quantile_model(tmp_path, levels=(), version="v1")
+    watcher = ModelWatcher(tmp_path, "m", poll_s=0)
+    point = watcher.newer(None)
+    assert point is not None and point.config.quantile_levels == ()
+    make_quantile_model(tmp_path, version="v2")
+    loaded = watcher.newer("v1")
+    assert loaded is not None and loaded.config.quantile_levels == LEVELS
+    p = Predictor(point)
+    p.predict(EventBatch.of(["s"], _xs(6, 1)), now=1.0)
+    assert p.swap(loaded) is False  # the state's layout differs: streams start afresh
+    r = p.predict(EventBatch.of(["s"], _xs(7, 1)), now=1.0)
+    assert r.quantiles is not None and r.events.tolist() == [1]
