@@ -166,8 +166,9 @@ class Pipeline:
             counts["invalid"] += len(result.refused)
             rows = np.flatnonzero(result.outcome == PREDICTED)
             messages = codec.encode_predictions(
-                batch, result.yhat, rows, result.model, result.version
-            )
+                batch, result.yhat, rows, result.model, result.version,
+                result.quantiles, result.levels,
+            )  # fmt: skip
             if messages:
                 self.producer.send_many(s.output_topic, messages)
             self.metrics.event_latency.observe_many(time.time() - decoded.event_time[rows], "kafka")
@@ -175,8 +176,9 @@ class Pipeline:
             counts["duplicate"] = int((result.outcome == DUPLICATE).sum())
             counts["skipped_replay"] = int((result.outcome == REPLAYED).sum())
             self.metrics.record_batch(
-                "kafka", counts, len(rows), result.abs_errors, result.model, result.version
-            )
+                "kafka", counts, len(rows), result.abs_errors, result.model, result.version,
+                result.scores, result.levels,
+            )  # fmt: skip
             if result.evicted:
                 self.metrics.sync_store_counters(len(result.evicted), 0)
         else:
