@@ -1,8 +1,8 @@
 """Training data as a Ray Dataset: Parquet files grouped into whole streams and checked.
 
-:func:`read_streams` reads one Parquet file or a directory of them with
-``ray.data.read_parquet``, groups the rows by stream (a hash shuffle: each
-stream's rows meet in one task) and turns every stream into one row: its id,
+:func:`read_streams` reads one Parquet file or a directory of them in Ray
+tasks (a bounded number of rows at a time), groups the rows by stream (a
+shuffle: each stream's rows meet in one task) and turns every stream into one row: its id,
 its length, its feature and target values in order as float32 bytes, a
 stable hash of the id (which worker trains it: :func:`shard_of`) and what
 :func:`streamcell.trainer.data.load_long_frame`'s checks found in it. The
@@ -19,16 +19,15 @@ stream's SHA-256, which no order of the rows or files changes.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 import math
 import os
 import pickle
-import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -41,6 +40,7 @@ if TYPE_CHECKING:
 
 PARTITION_BYTES = 32 << 20  # Parquet bytes per shuffle partition: bounds one task's memory
 PASS_BATCH = 256  # streams per task of a pass over the grouped data
+READ_ROWS = 1 << 18  # rows of a file read at a time
 T = TypeVar("T")
 
 
@@ -104,15 +104,8 @@ def read_streams(
 
     files = parquet_files(path)
     quiet()
-    _settle_http_import()
     source = str(path)
-    try:
-        ds = ray.data.read_parquet([str(f) for f in files], file_extensions=None)
-        schema = ds.schema()
-    except Exception as exc:  # pyarrow's and Ray's own types for unreadable files
-        raise DataError(f"cannot read {source}: {type(exc).__name__}: {exc}") from None
-    if schema is None:
-        raise DataError(f"{source} holds no rows")
+    schema = _schema(files, source)
     feats, targs, timestamp = _columns(
         schema, source, stream_column, order_column, features, targets
     )
@@ -128,8 +121,10 @@ def read_streams(
         where=f"in {source}",
     )
     size = sum(f.stat().st_size for f in files)
+    wanted = list(dict.fromkeys([stream_column, order_column, *columns]))
     grouped = (
-        ds.select_columns([stream_column, order_column, *columns])
+        ray.data.from_items([{"path": str(f)} for f in files], override_num_blocks=len(files))
+        .map_batches(_read_files, fn_kwargs={"columns": wanted}, batch_size=1)
         .groupby(stream_column, num_partitions=max(1, math.ceil(size / PARTITION_BYTES)))
         .map_groups(group, batch_format="pandas")
         .materialize()
@@ -218,24 +213,43 @@ def quiet() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-def _settle_http_import() -> None:
-    """Fail fsspec's HTTP filesystem import once and for good where it cannot succeed.
+def _schema(files: Sequence[Path], source: str) -> Any:
+    """The first file's schema; every file must hold its columns with the same types."""
+    import pyarrow.parquet as pq
 
-    Ray Data asks of every path whether that filesystem serves it, expecting
-    ModuleNotFoundError where aiohttp is missing; when threads import it at
-    once, one can see the half-made module and get a plain ImportError
-    instead, which fails the read (seen here, now and then). A None in
-    sys.modules makes every later import a clean ModuleNotFoundError.
+    first = None
+    for f in files:
+        try:
+            schema = pq.read_schema(f)
+        except Exception as exc:  # pyarrow's own types for corrupt files
+            raise DataError(f"cannot read {f}: {type(exc).__name__}: {exc}") from None
+        if first is None:
+            first = schema
+            continue
+        for name, kind in zip(first.names, first.types, strict=True):
+            at = schema.get_field_index(name)
+            if at < 0 or schema.types[at] != kind:
+                got = "no such column" if at < 0 else str(schema.types[at])
+                raise DataError(
+                    f"{f} does not match {files[0]} in {source}: column {name!r} is "
+                    f"{kind} there, {got} here"
+                )
+    return first
+
+
+def _read_files(batch: dict[str, np.ndarray], columns: list[str]) -> Iterator[Any]:
+    """The rows of each file, a bounded number at a time (a task never holds a whole file).
+
+    Our own reader, not ray.data.read_parquet: Ray 2.60's lists paths in threads that
+    race on importing fsspec's HTTP filesystem where aiohttp is missing, failing reads
+    now and then.
     """
-    name = "fsspec.implementations.http"
-    if name in sys.modules:
-        return
-    try:
-        importlib.import_module(name)
-    except ModuleNotFoundError:
-        sys.modules[name] = None  # type: ignore[assignment]
-    except ImportError:
-        pass
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for path in batch["path"]:
+        for part in pq.ParquetFile(str(path)).iter_batches(batch_size=READ_ROWS, columns=columns):
+            yield pa.Table.from_batches([part])
 
 
 @dataclass
