@@ -29,7 +29,7 @@ from streamcell.trainer.data import parquet_files, read_table
 from streamcell.trainer.dataset_plan import BINS, Moments, high_bits, median_from_bits
 from streamcell.trainer.prepare import StreamArrays
 from streamcell.trainer.ray_cluster import local_node_ip
-from streamcell.trainer.ray_data import median_of_counts
+from streamcell.trainer.ray_data import median_of_counts, read_streams
 from streamcell.trainer.stream_store import StreamStore
 from streamcell.trainer.synthetic import noisy_sines
 
@@ -120,6 +120,19 @@ def test_a_directory_of_parquet_reads_in_memory_too(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds no Parquet files"):
         parquet_files(tmp_path / "empty")
+
+
+def test_files_that_disagree_fail_before_any_ray_task(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    where = tmp_path / "parts"
+    where.mkdir()
+    noisy_sines(streams=2, length=10).to_parquet(where / "a.parquet")
+    other = noisy_sines(streams=2, length=10).assign(value=lambda f: f["value"].astype(str))
+    other.to_parquet(where / "b.parquet")
+    with pytest.raises(DataError, match=r"b.parquet does not match .*'value' is double"):
+        read_streams(where, val_fraction=0.2)
+    with pytest.raises(DataError, match="order column 'time' is missing"):
+        read_streams(where / "a.parquet", order_column="time", val_fraction=0.2)
 
 
 # -- one local Ray for the rest -------------------------------------------------------

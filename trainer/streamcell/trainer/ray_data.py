@@ -124,7 +124,7 @@ def read_streams(
     wanted = list(dict.fromkeys([stream_column, order_column, *columns]))
     grouped = (
         ray.data.from_items([{"path": str(f)} for f in files], override_num_blocks=len(files))
-        .map_batches(_read_files, fn_kwargs={"columns": wanted}, batch_size=1)
+        .map_batches(partial(_read_files, columns=wanted), batch_size=1)
         .groupby(stream_column, num_partitions=max(1, math.ceil(size / PARTITION_BYTES)))
         .map_groups(group, batch_format="pandas")
         .materialize()
