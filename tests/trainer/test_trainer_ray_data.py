@@ -23,6 +23,7 @@ from streamcell.trainer.api import (
     load_long_frame,
     prepare_frame,
     train_local,
+    train_with_ray,
     train_with_ray_data,
 )
 from streamcell.trainer.data import parquet_files, read_table
@@ -163,7 +164,7 @@ def test_the_ray_data_path_scores_as_the_in_memory_path(ray_cluster: None, tmp_p
     the same candidate chosen and the same validation score, to 1e-4.
 
     One worker, so that the batches are those of the local loop (streams in id order in
-    both); that two workers see every stream is the next test's.
+    both); two workers against the in-memory path's two are the next test's.
     """
     frame = noisy_sines(streams=6, length=100, period=20, seed=9)
     where = write_parts(frame, tmp_path / "sines")
@@ -197,7 +198,8 @@ def test_the_ray_data_path_scores_as_the_in_memory_path(ray_cluster: None, tmp_p
 def test_cli_trains_a_parquet_directory_on_two_workers(
     ray_cluster: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Hourly timestamps (the period from their spacing), two workers by hash of the id."""
+    """Hourly timestamps (the period from their spacing), two workers: the in-memory
+    path's statistics and, against its two workers, its validation score."""
     frame = noisy_sines(streams=8, length=96, period=24, seed=3)
     frame["ts"] = pd.Timestamp("2026-01-01") + pd.to_timedelta(frame["seq"], unit="h")
     frame = frame.drop(columns="seq")
@@ -226,6 +228,11 @@ def test_cli_trains_a_parquet_directory_on_two_workers(
     assert training["train_pairs"] == in_memory.train_pairs()
     # Between them the two workers validated every stream: 8 x the last 20 of 96 rows.
     assert loaded.config.metrics["val_points"] == 8 * 20
+    # Four streams each, as round-robin deals them; equal lengths, so DDP averages the
+    # same gradients as the in-memory path's two workers do.
+    settings = TrainSettings(hidden=8, layers=1, epochs=2, window=16, time_budget=120.0)
+    memory = train_with_ray(load_long_frame(frame, order_column="ts"), settings, workers=2)
+    assert abs(loaded.config.metrics["val_mase"] - memory.metrics["val_mase"]) <= 1e-4
     with pytest.raises(DataError, match=r"holds NaN or infinite values .*stream 's1'"):
         bad = frame.copy()
         bad.loc[bad["stream"] == "s1", "value"] = np.nan

@@ -3,8 +3,10 @@
 The driver reads the Parquet files as a Ray Dataset of whole streams
 (:mod:`streamcell.trainer.ray_data`), computes prepare()'s statistics in
 distributed passes (:mod:`streamcell.trainer.dataset_plan`), and gives each
-rank a dataset of the streams whose id hashes to it. Each worker streams its
-streams in, prepares them with the plan and keeps them on its local disk
+rank a dataset of whole streams: taken in the order of a hash of their ids,
+as many to each rank as round-robin gives (:func:`ray_data.shards`). Each
+worker streams its streams in, prepares them with the plan and keeps them on
+its local disk
 (:mod:`streamcell.trainer.stream_store`); then the loop of loop.py runs as on
 the in-memory path (ray_train.py: DDP, a checkpoint per epoch, restarts).
 At the end each worker scores the best epoch through the serving step on its
@@ -168,7 +170,7 @@ def _select(
         t0 = time.monotonic()
         state, device, metrics = _fit(
             _dataset_worker,
-            {"plan": plan, "example": sample, "widths": widths},
+            {"plan": plan, "widths": widths},
             datasets,
             replace(option, time_budget=share),
             on_epoch=report,
@@ -204,7 +206,6 @@ def _dataset_worker(config: dict[str, Any]) -> None:
 
     rank = ray.train.get_context().get_world_rank()
     plan: Plan = config["plan"]
-    sample: StreamArrays = config["example"]
     features, targets = config["widths"]
     rows = ray.train.get_dataset_shard(SHARD.format(rank))
     with StreamStore() as store:
@@ -213,8 +214,5 @@ def _dataset_worker(config: dict[str, Any]) -> None:
             for s in plan.build(names, xs, ys):
                 store.append(s)
         store.seal()
-        shard = list(range(len(store)))
-        # A rank that no stream hashes to still takes part in every collective; the
-        # example gives the loop its shapes and is never trained on.
-        prepared = plan.prepared(store if len(store) else (sample,))
-        _train_worker(config, prepared, shard, step_stats=True)
+        # Never empty: there are at least as many streams as workers (checked).
+        _train_worker(config, plan.prepared(store), list(range(len(store))), step_stats=True)

@@ -4,7 +4,7 @@
 tasks (a bounded number of rows at a time), groups the rows by stream (a
 shuffle: each stream's rows meet in one task) and turns every stream into one row: its id,
 its length, its feature and target values in order as float32 bytes, a
-stable hash of the id (which worker trains it: :func:`shard_of`) and what
+stable hash of the id (which worker trains it: :func:`shards`) and what
 :func:`streamcell.trainer.data.load_long_frame`'s checks found in it. The
 grouped dataset is materialised once in Ray's object store, which spills to
 disk; every later pass reads it. The driver folds one small summary per task
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import pickle
 from collections import Counter
@@ -38,7 +37,6 @@ from streamcell.trainer.data import MIN_ROWS, DataInfo, parquet_files, split_poi
 if TYPE_CHECKING:
     import pandas as pd
 
-PARTITION_BYTES = 32 << 20  # Parquet bytes per shuffle partition: bounds one task's memory
 PASS_BATCH = 256  # streams per task of a pass over the grouped data
 READ_ROWS = 1 << 18  # rows of a file read at a time
 T = TypeVar("T")
@@ -76,12 +74,8 @@ def decode(
     return names, xs, ys
 
 
-def shard_of(stream: str, world: int) -> int:
-    """The worker (rank) that trains ``stream``: a hash of its id, the same in every run."""
-    return key_hash(stream) % world
-
-
 def key_hash(stream: str) -> int:
+    """A stream's place in the order streams are dealt to workers (the same every run)."""
     # Not Python's hash() (salted per process); not CRC-32, whose low bits follow the
     # last character of ids like s0, s1, ... too closely to spread them.
     return int.from_bytes(hashlib.blake2b(stream.encode(), digest_size=8).digest(), "big") >> 1
@@ -120,12 +114,13 @@ def read_streams(
         timestamp=timestamp,
         where=f"in {source}",
     )
-    size = sum(f.stat().st_size for f in files)
     wanted = list(dict.fromkeys([stream_column, order_column, *columns]))
     grouped = (
         ray.data.from_items([{"path": str(f)} for f in files], override_num_blocks=len(files))
         .map_batches(partial(_read_files, columns=wanted), batch_size=1)
-        .groupby(stream_column, num_partitions=max(1, math.ceil(size / PARTITION_BYTES)))
+        # A sort (quiet() picks the sort shuffle): its partitions are the read's blocks,
+        # READ_ROWS rows at most, so no task's memory grows with the data.
+        .groupby(stream_column)
         .map_groups(group, batch_format="pandas")
         .materialize()
     )
@@ -161,13 +156,13 @@ def read_streams(
 
 
 def shards(data: StreamDataset, world: int) -> list[Any]:
-    """One materialised dataset per rank: the whole streams :func:`shard_of` gives it."""
-    return [
-        data.dataset.map_batches(
-            _rank_rows, fn_kwargs={"rank": rank, "world": world}, batch_format="numpy"
-        ).materialize()
-        for rank in range(world)
-    ]
+    """One materialised dataset per rank, of whole streams: in the order of :func:`key_hash`,
+    cut into ``world`` runs whose sizes differ by one at most (as round-robin's do)."""
+    if world == 1:
+        return [data.dataset]
+    n = data.streams
+    ordered = data.dataset.sort("key_hash").materialize()
+    return list(ordered.split_at_indices([n * r // world for r in range(1, world)]))
 
 
 def fold(ds: Any, summarise: Callable[[dict[str, np.ndarray]], T], start: T) -> T:
@@ -310,11 +305,6 @@ def _keep_long(batch: dict[str, np.ndarray], val_fraction: float) -> dict[str, n
     keep = np.array([_long_enough(int(n), val_fraction) for n in batch["n"]], dtype=bool)
     cols = ("stream", "n", "key_hash", "x", "y")
     return {k: batch[k][keep] for k in cols}
-
-
-def _rank_rows(batch: dict[str, np.ndarray], rank: int, world: int) -> dict[str, np.ndarray]:
-    mine = batch["key_hash"].astype(np.int64) % world == rank
-    return {k: v[mine] for k, v in batch.items()}
 
 
 def _columns(

@@ -216,7 +216,7 @@ def _fit(
     name = f"streamcell-{uuid.uuid4().hex[:12]}"
     extra: dict[str, Any] = {}
     if datasets:
-        # Each rank has a dataset of its own (whole streams, by hash): none is split.
+        # Each rank has a dataset of its own (whole streams): none is split.
         extra = {"datasets": datasets, "dataset_config": DataConfig(datasets_to_split=[])}
     trainer = TorchTrainer(
         worker,
