@@ -25,8 +25,8 @@ import torch
 
 from streamcell.core.checkpoint import LoadedModel, ModelConfig, save_checkpoint
 from streamcell.core.model import StreamingLSTM
-from streamcell.trainer.data import LongFrame, drop_short, load_long_frame
-from streamcell.trainer.evaluate import evaluate
+from streamcell.trainer.data import DataInfo, LongFrame, drop_short, load_long_frame
+from streamcell.trainer.evaluate import EvalStats, evaluate
 from streamcell.trainer.loop import LoopState, restore_best
 from streamcell.trainer.periods import build_recipe
 from streamcell.trainer.prepare import Prepared, prepare, target_column
@@ -34,7 +34,7 @@ from streamcell.trainer.select import select_and_fit
 from streamcell.trainer.settings import TrainSettings
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
 __all__ = [
     "LongFrame",
@@ -46,6 +46,7 @@ __all__ = [
     "prepare_frame",
     "train_local",
     "train_with_ray",
+    "train_with_ray_data",
 ]
 
 
@@ -172,8 +173,43 @@ def train_with_ray(
     )
 
 
+def train_with_ray_data(
+    data: str | os.PathLike[str],
+    settings: TrainSettings,
+    workers: int = 2,
+    gpu: str = "auto",
+    *,
+    stream_column: str = "stream",
+    order_column: str = "seq",
+    features: Sequence[str] | None = None,
+    targets: Sequence[str] | None = None,
+    **ray: Any,
+) -> TrainResult:
+    """Train with Ray Train on a Parquet file or directory read as a Ray Dataset.
+
+    The driver's memory does not grow with the data: statistics come from
+    distributed passes and each worker streams in its own whole streams
+    (:mod:`streamcell.trainer.dataset_train`). ``ray`` takes the keywords of
+    :func:`train_with_ray`. ``settings.candidates`` are each trained and the
+    best on validation kept.
+    """
+    from streamcell.trainer.dataset_train import train_dataset
+
+    return train_dataset(
+        data,
+        settings,
+        stream_column=stream_column,
+        order_column=order_column,
+        features=features,
+        targets=targets,
+        workers=workers,
+        gpu=gpu,
+        **ray,
+    )
+
+
 def finish(
-    frame: LongFrame,
+    frame: LongFrame | DataInfo,
     prepared: Prepared,
     settings: TrainSettings,
     state: LoopState,
@@ -184,17 +220,23 @@ def finish(
     seconds: float,
     final: StreamingLSTM | None = None,
     selection: dict[str, Any] | None = None,
+    step_stats: EvalStats | None = None,
+    trained: tuple[int, int] | None = None,
 ) -> TrainResult:
     """The best epoch's model, re-scored through the serving step, and its config.
 
     ``final``: the chosen settings refitted on every training row; it is
     what is exported, while the metrics stay those of the validated model.
+    A Ray Dataset run, whose driver holds no data, passes the workers'
+    ``step_stats`` and the (streams, train_pairs) it ``trained`` on.
     """
     best = restore_best(model, state)
     # The exported metrics come from the streaming step (the Predictor's code path).
-    metrics: dict[str, Any] = dict(
-        evaluate(best, prepared, list(range(len(prepared))), path="step").metrics()
-    )
+    if step_stats is None:
+        step_stats = evaluate(best, prepared, list(range(len(prepared))), path="step")
+    if trained is None:
+        trained = (len(prepared), prepared.train_pairs())
+    metrics: dict[str, Any] = dict(step_stats.metrics())
     metrics.update(
         epoch=state.best_epoch,
         epochs_run=state.epoch,
@@ -214,9 +256,9 @@ def finish(
         },
         "data_fingerprint": frame.fingerprint,
         "rows": frame.rows,
-        "streams": len(frame.streams),
-        "streams_left_out": len(frame.streams) - len(prepared),
-        "train_pairs": prepared.train_pairs(),
+        "streams": frame.stream_count,
+        "streams_left_out": frame.stream_count - trained[0],
+        "train_pairs": trained[1],
         "selection": selection or {},
         "workers": workers,
         "device": device,

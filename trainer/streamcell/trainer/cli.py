@@ -1,8 +1,10 @@
 """`streamcell train`: train on a long-format file or a replayed topic, export a version.
 
 Everything is checked (flags, file, columns, stream lengths, registry) before
-Ray starts. Environment variables (RAY_ADDRESS, KAFKA_BOOTSTRAP_SERVERS) are
-read here and nowhere else in the trainer.
+Ray starts, but for data read as a Ray Dataset (a directory of Parquet files,
+or ``--ray-data``), which the same checks go through in Ray tasks.
+Environment variables (RAY_ADDRESS, KAFKA_BOOTSTRAP_SERVERS) are read here
+and nowhere else in the trainer.
 """
 
 from __future__ import annotations
@@ -62,7 +64,17 @@ def _periods(text: str) -> tuple[int, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument(
-        "--data", required=True, help="CSV or Parquet file in long format, or kafka://TOPIC"
+        "--data",
+        required=True,
+        help="CSV or Parquet file in long format, a directory of Parquet files (read as a Ray "
+        "Dataset: whole streams streamed to each worker, statistics computed in a distributed "
+        "pass, so the driver need not hold the data; with --no-ray read into memory), "
+        "or kafka://TOPIC",
+    )
+    data.add_argument(
+        "--ray-data",
+        action="store_true",
+        help="read a single Parquet file as a Ray Dataset too (the default for a directory)",
     )
     data.add_argument(
         "--stream-column", default="stream", help="stream id column (default: stream)"
@@ -133,8 +145,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--no-candidates",
         action="store_true",
-        help="train the settings given only (default with --no-ray and a recipe: also try "
-        "the candidates of streamcell.trainer.settings.DEFAULT_CANDIDATES)",
+        help="train the settings given only (default with a recipe, in memory with --no-ray or "
+        "on a Ray Dataset: also try the candidates of "
+        "streamcell.trainer.settings.DEFAULT_CANDIDATES)",
     )
     model.add_argument(
         "--final-fit",
@@ -193,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_name(args.model)
     recipe = args.scaling == "window_mean_abs"
+    dataset = _as_dataset(args)
     settings = TrainSettings(
         hidden=args.hidden,
         layers=args.layers,
@@ -209,7 +223,11 @@ def run(args: argparse.Namespace) -> int:
         loss=args.loss,
         periods=args.period,
         time_budget=args.time_budget,
-        candidates=DEFAULT_CANDIDATES if recipe and args.no_ray and not args.no_candidates else (),
+        candidates=(
+            DEFAULT_CANDIDATES
+            if recipe and (args.no_ray or dataset) and not args.no_candidates
+            else ()
+        ),
         final_fit=args.final_fit,
         age=args.age,
     )
@@ -218,28 +236,58 @@ def run(args: argparse.Namespace) -> int:
     if args.max_failures < 0:
         raise ConfigError(f"--max-failures must be >= 0, got {args.max_failures}")
     _check_registry(args.registry)
-    frame = _load(args)
-
     from streamcell.trainer import api
 
+    ray_options = {
+        "max_failures": args.max_failures,
+        "storage_path": args.storage_path,
+        "ray_address": args.ray_address or os.environ.get("RAY_ADDRESS") or None,
+        "num_cpus": args.num_cpus,
+        "log_to_driver": args.ray_logs,
+        "on_epoch": lambda r: _print_epoch(r, settings),
+        "threads": args.threads or 1,
+    }
+    if dataset:
+        result = api.train_with_ray_data(
+            args.data,
+            settings,
+            workers=args.workers,
+            gpu=args.gpu,
+            stream_column=args.stream_column,
+            order_column=args.order_column,
+            features=args.features,
+            targets=args.targets,
+            **ray_options,
+        )
+        return _publish(args, result)
+    frame = _load(args)
     if args.no_ray:
         result = api.train_local(
             frame, settings, threads=args.threads, on_epoch=lambda r: _print_epoch(r, settings)
         )
     else:
         result = api.train_with_ray(
-            frame,
-            settings,
-            workers=args.workers,
-            gpu=args.gpu,
-            max_failures=args.max_failures,
-            storage_path=args.storage_path,
-            ray_address=args.ray_address or os.environ.get("RAY_ADDRESS") or None,
-            num_cpus=args.num_cpus,
-            log_to_driver=args.ray_logs,
-            on_epoch=lambda r: _print_epoch(r, settings),
-            threads=args.threads or 1,
+            frame, settings, workers=args.workers, gpu=args.gpu, **ray_options
         )
+    return _publish(args, result)
+
+
+def _as_dataset(args: argparse.Namespace) -> bool:
+    """Whether --data is read as a Ray Dataset: a directory, or a file with --ray-data."""
+    from streamcell.core.errors import ConfigError
+    from streamcell.trainer.kafka_replay import is_kafka_uri
+
+    if is_kafka_uri(args.data):
+        if args.ray_data:
+            raise ConfigError("--ray-data reads Parquet; a kafka:// topic is replayed in memory")
+        return False
+    if args.ray_data and args.no_ray:
+        raise ConfigError("--ray-data reads the data with Ray: it takes no --no-ray")
+    return not args.no_ray and (args.ray_data or Path(args.data).is_dir())
+
+
+def _publish(args: argparse.Namespace, result) -> int:
+    from streamcell.trainer import api
     from streamcell.trainer.evaluate import worse_than_baselines
 
     verdict = worse_than_baselines(result.metrics)

@@ -49,16 +49,68 @@ class LongFrame:
     def rows(self) -> int:
         return sum(len(a) for a in self.x)
 
+    @property
+    def stream_count(self) -> int:
+        return len(self.streams)
+
     def lengths(self) -> np.ndarray:
         return np.array([len(a) for a in self.x], dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class DataInfo:
+    """What a run's provenance records of data it never holds whole (a Ray Dataset)."""
+
+    source: str
+    stream_column: str
+    order_column: str
+    features: tuple[str, ...]
+    targets: tuple[str, ...]
+    fingerprint: str
+    rows: int
+    stream_count: int  # streams read, those too short to train on included
+    left_out: int  # streams too short to train on
+    spacing: float | None = None
+
+
+def parquet_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The Parquet files of a directory (sorted by name: the rows' order), or the one file."""
+    where = Path(path)
+    if not where.exists():
+        raise DataError(f"data {where} does not exist")
+    if where.is_file():
+        if not where.name.lower().endswith(PARQUET_SUFFIXES):
+            raise DataError(f"data file {where} is not Parquet ({', '.join(PARQUET_SUFFIXES)})")
+        files = [where]
+    elif where.is_dir():
+        files = sorted(
+            f for f in where.rglob("*") if f.is_file() and f.name.lower().endswith(PARQUET_SUFFIXES)
+        )
+        if not files:
+            raise DataError(
+                f"data directory {where} holds no Parquet files ({', '.join(PARQUET_SUFFIXES)})"
+            )
+    else:
+        raise DataError(f"data {where} is neither a file nor a directory")
+    for f in files:
+        if not os.access(f, os.R_OK):
+            raise DataError(f"data file {f} is not readable")
+    return files
+
+
 def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read a CSV or Parquet file, with a DataError for anything unreadable."""
+    """Read a CSV or Parquet file (or a directory of Parquet files), with a DataError for
+    anything unreadable."""
     import pandas as pd
 
     file = Path(path)
     name = file.name.lower()
+    if file.is_dir():
+        files = parquet_files(file)
+        try:
+            return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        except Exception as exc:  # pyarrow raises its own types for corrupt files
+            raise DataError(f"cannot read {file}: {type(exc).__name__}: {exc}") from None
     if not file.exists():
         raise DataError(f"data file {file} does not exist")
     if not file.is_file():

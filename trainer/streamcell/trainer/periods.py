@@ -13,7 +13,7 @@ shortest period (at least 4 steps).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -51,13 +51,17 @@ def periods_from_spacing(seconds: float) -> tuple[int, ...] | None:
 
 
 def periods_from_acf(series: Sequence[np.ndarray], max_lag: int = ACF_MAX_LAG) -> tuple[int, ...]:
-    """Seasons seen in the mean autocorrelation of the differenced series.
+    """Seasons seen in the mean autocorrelation of the differenced series."""
+    return periods_from_mean_acf(mean_acf(series, max_lag))
+
+
+def periods_from_mean_acf(acf: np.ndarray) -> tuple[int, ...]:
+    """Seasons in a mean autocorrelation (lags 0..L).
 
     The strongest peak above :data:`ACF_THRESHOLD` is a season; so is its
     smallest divisor that is itself a peak above it (a day inside a week), and
     then both are kept when the longer one is stronger.
     """
-    acf = mean_acf(series, max_lag)
     if len(acf) < 4:
         return ()
     peaks = [
@@ -76,26 +80,51 @@ def periods_from_acf(series: Sequence[np.ndarray], max_lag: int = ACF_MAX_LAG) -
 
 def mean_acf(series: Sequence[np.ndarray], max_lag: int) -> np.ndarray:
     """Autocorrelation at lags 0..L of each differenced series, averaged (NaN-free)."""
-    lengths = [len(y) for y in series if len(y) > 8]
-    if not lengths:
+    top = acf_top([len(y) for y in series], max_lag)
+    if top is None:
         return np.zeros(0)
-    top = min(max_lag, int(np.median(lengths)) // 3)
     total = np.zeros(top + 2)
     count = np.zeros(top + 2)
     for y in series:
-        d = np.diff(np.asarray(y, dtype=np.float64))
-        if len(d) < 8:
-            continue
-        d = d - d.mean()
-        power = float((d * d).sum())
-        if power <= 0:
-            continue
-        size = 1 << math.ceil(math.log2(2 * len(d)))
-        spectrum = np.fft.rfft(d, size)
-        full = np.fft.irfft(spectrum * np.conj(spectrum), size)[: top + 2] / power
-        usable = min(top + 2, len(d) // 2)
-        total[:usable] += full[:usable]
-        count[:usable] += 1
+        t, c = acf_sums(y, top)
+        total += t
+        count += c
+    return acf_mean(total, count)
+
+
+def acf_top(lengths: Sequence[int] | np.ndarray, max_lag: int) -> int | None:
+    """The longest lag the mean autocorrelation goes to (None: no series long enough)."""
+    long = [n for n in lengths if n > 8]
+    if not long:
+        return None
+    return min(max_lag, int(np.median(long)) // 3)
+
+
+def acf_sums(y: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """One series' share of the mean autocorrelation: (values, counts) at lags 0..top+1.
+
+    Summed over any split of the series and divided (:func:`acf_mean`), these
+    give :func:`mean_acf` of them all: how the Ray Data path finds periods.
+    """
+    total = np.zeros(top + 2)
+    count = np.zeros(top + 2)
+    d = np.diff(np.asarray(y, dtype=np.float64))
+    if len(d) < 8:
+        return total, count
+    d = d - d.mean()
+    power = float((d * d).sum())
+    if power <= 0:
+        return total, count
+    size = 1 << math.ceil(math.log2(2 * len(d)))
+    spectrum = np.fft.rfft(d, size)
+    full = np.fft.irfft(spectrum * np.conj(spectrum), size)[: top + 2] / power
+    usable = min(top + 2, len(d) // 2)
+    total[:usable] += full[:usable]
+    count[:usable] += 1
+    return total, count
+
+
+def acf_mean(total: np.ndarray, count: np.ndarray) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), 0.0)
 
 
@@ -126,10 +155,39 @@ def build_recipe(
     ``series`` are the target values of each stream's training part.
     """
     lengths = [len(y) for y in series]
-    median = int(np.median(lengths)) if lengths else 0
+    return recipe_from(
+        int(np.median(lengths)) if lengths else 0,
+        lambda: periods_from_acf(series),
+        width=width,
+        target=target,
+        spacing=spacing,
+        periods=periods,
+        lags=lags,
+        scale_window=scale_window,
+        age=age,
+        scale_floor=scale_floor,
+    )
+
+
+def recipe_from(
+    median: int,
+    acf_periods: Callable[[], tuple[int, ...]],
+    *,
+    width: int,
+    target: int,
+    spacing: float | None,
+    periods: Sequence[int] | None,
+    lags: Sequence[int] | None,
+    scale_window: int | None,
+    age: bool,
+    scale_floor: float,
+) -> Recipe:
+    """:func:`build_recipe` from what it needs of the series: the median training length,
+    and the periods of their autocorrelation (asked for only when nothing else gives them).
+    """
     if periods is None:
         found = periods_from_spacing(spacing) if spacing is not None else None
-        periods = found if found is not None else periods_from_acf(series)
+        periods = found if found is not None else acf_periods()
         # A season needs two of them in a typical series to be learnt from.
         periods = tuple(p for p in periods if 2 * p <= median)
     periods = tuple(sorted(set(periods)))

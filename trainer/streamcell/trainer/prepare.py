@@ -63,7 +63,9 @@ class StreamArrays:
 
 @dataclass(frozen=True)
 class Prepared:
-    streams: tuple[StreamArrays, ...]
+    # A tuple in memory; a worker of a Ray Dataset run holds a Sequence backed by its disk
+    # (streamcell.trainer.stream_store), which the loop reads the same way.
+    streams: Sequence[StreamArrays]
     norm: Normalisation
     scaling: str
     scale_floor: float
@@ -82,6 +84,133 @@ class Prepared:
         return replace(self, streams=tuple(replace(s, n_train=len(s.y)) for s in self.streams))
 
 
+@dataclass(frozen=True)
+class RawStream:
+    """One stream before the global statistics: all that prepare() derives from it alone."""
+
+    stream: str
+    inputs: np.ndarray  # [T, F] recipe features after each event, or x / s
+    target_scale: np.ndarray  # [T-1, O] s_t at the target columns (ones under global)
+    y: np.ndarray  # [T, O]
+    n_train: int
+    valid: np.ndarray | None  # [T-1] recipe scale above its floor (None: no recipe)
+    weight: np.ndarray | None  # [T-1] loss weight before balancing (None: all 1)
+
+    def train_inputs(self) -> np.ndarray:
+        """Inputs of the training rows, the rows the input statistics come from."""
+        return self.inputs[: self.n_train]
+
+    def train_targets(self) -> np.ndarray:
+        """Scaled targets of the training steps, those the target statistics come from."""
+        n = self.n_train
+        ratio = self.y[1:n] / self.target_scale[: n - 1]
+        return ratio if self.valid is None else ratio[self.valid[: n - 1]]
+
+    def train_weights(self) -> np.ndarray | None:
+        return None if self.weight is None else self.weight[: self.n_train - 1]
+
+
+@dataclass(frozen=True)
+class WeightScale:
+    """How raw loss weights are balanced: clipped around ``median``, divided by ``mean``."""
+
+    median: float  # of the finite, positive raw weights of every training step
+    mean: float  # of the clipped weights over every training step
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return self.median / WEIGHT_RANGE, self.median * WEIGHT_RANGE
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The global part of prepare(): with it any stream is prepared on its own.
+
+    The in-memory path computes it from every stream at once; the Ray Data
+    path (streamcell.trainer.dataset_plan) from sums over a distributed
+    pass; either way :meth:`build` turns a stream's values into the arrays
+    the loop trains on.
+    """
+
+    norm: Normalisation
+    scaling: str
+    scale_floor: float
+    target_index: tuple[int, ...] | None
+    val_fraction: float
+    recipe: Recipe | None
+    weights: bool  # settings.stream_weights
+    weight_scale: WeightScale | None  # None: no weights (global scalings without weights)
+
+    @property
+    def season(self) -> int:
+        return self.recipe.periods[0] if self.recipe and self.recipe.periods else 1
+
+    def raw(
+        self, streams: Sequence[str], xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]
+    ) -> list[RawStream]:
+        return raw_streams(
+            streams,
+            xs,
+            ys,
+            val_fraction=self.val_fraction,
+            scaling=self.scaling,
+            scale_floor=self.scale_floor,
+            recipe=self.recipe,
+            weights=self.weights,
+            target_index=self.target_index,
+        )
+
+    def build(
+        self, streams: Sequence[str], xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]
+    ) -> list[StreamArrays]:
+        """The arrays the loop trains on, for these streams (any subset of the data)."""
+        return [self.stream_arrays(r) for r in self.raw(streams, xs, ys)]
+
+    def stream_arrays(self, raw: RawStream) -> StreamArrays:
+        norm = self.norm
+        u = ((raw.inputs[:-1] - norm.input_mean) / norm.input_std).astype(np.float32)
+        z = ((raw.y[1:] / raw.target_scale - norm.target_mean) / norm.target_std).astype(np.float32)
+        weight = None
+        if self.weight_scale is not None:
+            raw_w = raw.weight if raw.weight is not None else np.full(len(z), np.nan, np.float32)
+            weight = (clip_weights(raw_w, self.weight_scale) / self.weight_scale.mean).astype(
+                np.float32
+            )
+        ts = raw.target_scale.astype(np.float32)
+        return StreamArrays(raw.stream, u, z, raw.y, ts, raw.n_train, weight)
+
+    def prepared(self, streams: Sequence[StreamArrays]) -> Prepared:
+        return Prepared(
+            streams,
+            self.norm,
+            self.scaling,
+            float(self.scale_floor),
+            self.target_index,
+            self.recipe,
+            self.season,
+        )
+
+
+def check_scaling(
+    scaling: str, recipe: Recipe | None, features: Sequence[str], targets: Sequence[str]
+) -> tuple[int, ...] | None:
+    """The target columns among the features; a DataError where the scaling cannot be used."""
+    if scaling == SCALING_WINDOW:
+        if recipe is None:
+            raise DataError(f"--scaling {SCALING_WINDOW} needs a recipe")
+        target = target_column_of(features, targets)
+        if recipe.width != len(features) or recipe.target != target:
+            raise DataError(f"the recipe follows column {recipe.target} of {recipe.width}")
+        return (target,)
+    tidx = _target_index(features, targets)
+    if scaling != SCALING_GLOBAL and tidx is None:
+        raise DataError(
+            f"--scaling {scaling} needs every target to be a feature; "
+            f"targets {list(targets)} vs features {list(features)}"
+        )
+    return tidx
+
+
 def prepare(
     frame: LongFrame,
     val_fraction: float,
@@ -92,56 +221,93 @@ def prepare(
     weights: bool = True,
 ) -> Prepared:
     """Normalise every stream with statistics of the training parts only."""
-    if scaling == SCALING_WINDOW:
-        if recipe is None:
-            raise DataError(f"--scaling {SCALING_WINDOW} needs a recipe")
-        return _prepare_recipe(frame, val_fraction, recipe, weights)
-    tidx = _target_index(frame)
-    if scaling != SCALING_GLOBAL and tidx is None:
-        raise DataError(
-            f"--scaling {scaling} needs every target to be a feature; "
-            f"targets {list(frame.targets)} vs features {list(frame.features)}"
-        )
-    scaled_x, target_scales, splits = [], [], []
-    for x in frame.x:
-        s = np.ones_like(x) if scaling == SCALING_GLOBAL else stream_scales(x, scale_floor)
-        scaled_x.append(x / s)
-        target_scales.append(
-            s[:-1][:, list(tidx)]
-            if tidx is not None
-            else np.ones((len(x) - 1, len(frame.targets)), dtype=np.float32)
-        )
-        splits.append(split_point(len(x), val_fraction))
-    xs_train = np.concatenate([xs[:n] for xs, n in zip(scaled_x, splits, strict=True)])
-    ys_train = np.concatenate(
-        [y[1:n] / ts[: n - 1] for y, ts, n in zip(frame.y, target_scales, splits, strict=True)]
+    if scaling != SCALING_WINDOW:
+        recipe = None
+    tidx = check_scaling(scaling, recipe, frame.features, frame.targets)
+    raws = raw_streams(
+        frame.streams,
+        frame.x,
+        frame.y,
+        val_fraction=val_fraction,
+        scaling=scaling,
+        scale_floor=scale_floor,
+        recipe=recipe,
+        weights=weights,
+        target_index=tidx,
     )
+    f_all = np.concatenate([r.train_inputs() for r in raws])
+    t_all = np.concatenate([r.train_targets() for r in raws])
+    if len(t_all) == 0:
+        t_all = np.zeros((1, len(frame.targets)), dtype=np.float32)
     norm = Normalisation(
-        xs_train.mean(axis=0, dtype=np.float64).astype(np.float32),
-        _std(xs_train),
-        ys_train.mean(axis=0, dtype=np.float64).astype(np.float32),
-        _std(ys_train),
+        f_all.mean(axis=0, dtype=np.float64).astype(np.float32),
+        _std(f_all),
+        t_all.mean(axis=0, dtype=np.float64).astype(np.float32),
+        _std(t_all),
     )
-    streams = []
-    for name, xs, y, ts, n in zip(
-        frame.streams, scaled_x, frame.y, target_scales, splits, strict=True
-    ):
-        u = ((xs[:-1] - norm.input_mean) / norm.input_std).astype(np.float32)
-        z = ((y[1:] / ts - norm.target_mean) / norm.target_std).astype(np.float32)
+    plan = Plan(
+        norm,
+        scaling,
+        float(scale_floor),
+        tidx,
+        val_fraction,
+        recipe,
+        weights,
+        _weight_scale(raws),
+    )
+    return plan.prepared(tuple(plan.stream_arrays(r) for r in raws))
+
+
+def raw_streams(
+    streams: Sequence[str],
+    xs: Sequence[np.ndarray],
+    ys: Sequence[np.ndarray],
+    *,
+    val_fraction: float,
+    scaling: str,
+    scale_floor: float,
+    recipe: Recipe | None,
+    weights: bool,
+    target_index: tuple[int, ...] | None,
+) -> list[RawStream]:
+    """Each stream's inputs, scales and raw weights (row-wise: no stream affects another)."""
+    splits = [split_point(len(x), val_fraction) for x in xs]
+    out: list[RawStream] = []
+    if scaling == SCALING_WINDOW:
+        assert recipe is not None
+        floor = np.float32(recipe.scale_floor)
+        for name, (f, s), y, n in zip(streams, featurize_all(recipe, xs), ys, splits, strict=True):
+            ts = s[:-1, None].astype(np.float32)
+            valid = s[:-1] > floor
+            w = _weights(y, ts, n) if weights else None
+            w = np.where(valid, np.ones(len(ts), dtype=np.float32) if w is None else w, 0.0)
+            out.append(RawStream(name, f, ts, y, n, valid, w.astype(np.float32)))
+        return out
+    for name, x, y, n in zip(streams, xs, ys, splits, strict=True):
+        s = np.ones_like(x) if scaling == SCALING_GLOBAL else stream_scales(x, scale_floor)
+        ts = (
+            s[:-1][:, list(target_index)]
+            if target_index is not None
+            else np.ones((len(x) - 1, y.shape[1]), dtype=np.float32)
+        )
         w = _weights(y, ts, n) if weights else None
-        streams.append(StreamArrays(name, u, z, y, ts.astype(np.float32), n, w))
-    return Prepared(_balanced(streams), norm, scaling, float(scale_floor), tidx)
+        out.append(RawStream(name, x / s, ts, y, n, None, w))
+    return out
 
 
 def target_column(frame: LongFrame) -> int:
     """The feature column a recipe follows: the one target, which must be a feature."""
-    if len(frame.targets) != 1 or frame.targets[0] not in frame.features:
+    return target_column_of(frame.features, frame.targets)
+
+
+def target_column_of(features: Sequence[str], targets: Sequence[str]) -> int:
+    if len(targets) != 1 or targets[0] not in features:
         raise DataError(
             f"--scaling {SCALING_WINDOW} (a model that takes its stream's history) predicts "
-            f"one target that is also a feature; got targets {list(frame.targets)} and "
-            f"features {list(frame.features)} (use --scaling global or stream_mean_abs)"
+            f"one target that is also a feature; got targets {list(targets)} and "
+            f"features {list(features)} (use --scaling global or stream_mean_abs)"
         )
-    return frame.features.index(frame.targets[0])
+    return list(features).index(targets[0])
 
 
 def featurize_all(recipe: Recipe, xs: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -175,52 +341,6 @@ def featurize_all(recipe: Recipe, xs: Sequence[np.ndarray]) -> list[tuple[np.nda
     return out
 
 
-def _prepare_recipe(
-    frame: LongFrame, val_fraction: float, recipe: Recipe, weights: bool
-) -> Prepared:
-    target = target_column(frame)
-    if recipe.width != len(frame.features) or recipe.target != target:
-        raise DataError(f"the recipe follows column {recipe.target} of {recipe.width}")
-    computed = featurize_all(recipe, frame.x)
-    splits = [split_point(len(x), val_fraction) for x in frame.x]
-    floor = np.float32(recipe.scale_floor)
-    f_train, t_train = [], []
-    for (f, s), y, n in zip(computed, frame.y, splits, strict=True):
-        f_train.append(f[:n])
-        ratio = y[1:n, 0] / s[: n - 1]
-        t_train.append(ratio[s[: n - 1] > floor])
-    f_all = np.concatenate(f_train)
-    t_all = np.concatenate(t_train)[:, None]
-    if len(t_all) == 0:
-        t_all = np.zeros((1, 1), dtype=np.float32)
-    norm = Normalisation(
-        f_all.mean(axis=0, dtype=np.float64).astype(np.float32),
-        _std(f_all),
-        t_all.mean(axis=0, dtype=np.float64).astype(np.float32),
-        _std(t_all),
-    )
-    streams = []
-    for name, (f, s), y, n in zip(frame.streams, computed, frame.y, splits, strict=True):
-        u = ((f[:-1] - norm.input_mean) / norm.input_std).astype(np.float32)
-        ts = s[:-1, None].astype(np.float32)
-        z = ((y[1:] / ts - norm.target_mean) / norm.target_std).astype(np.float32)
-        w = None
-        if weights:
-            w = _weights(y, ts, n)
-        valid = s[:-1] > floor
-        w = np.where(valid, np.ones(len(u), dtype=np.float32) if w is None else w, 0.0)
-        streams.append(StreamArrays(name, u, z, y, ts, n, w.astype(np.float32)))
-    return Prepared(
-        _balanced(streams),
-        norm,
-        SCALING_WINDOW,
-        float(recipe.scale_floor),
-        (target,),
-        recipe,
-        recipe.periods[0] if recipe.periods else 1,
-    )
-
-
 def _weights(y: np.ndarray, target_scale: np.ndarray, n_train: int) -> np.ndarray:
     """s_t over the stream's in-sample last-value MAE (NaN where that MAE is 0)."""
     naive = np.abs(np.diff(y[:n_train].astype(np.float64), axis=0)).mean(axis=0)
@@ -229,35 +349,38 @@ def _weights(y: np.ndarray, target_scale: np.ndarray, n_train: int) -> np.ndarra
     return w.astype(np.float32)
 
 
-def _balanced(streams: list[StreamArrays]) -> tuple[StreamArrays, ...]:
+def median_candidates(train_weights: np.ndarray) -> np.ndarray:
+    """The raw weights the clipping median is taken over: finite and positive."""
+    return train_weights[np.isfinite(train_weights) & (train_weights > 0)]
+
+
+def clip_weights(raw: np.ndarray, scale: WeightScale) -> np.ndarray:
+    """Raw weights clipped around the median (NaN: the median); masked steps stay 0."""
+    low, high = scale.bounds
+    zero = np.isfinite(raw) & (raw == 0)
+    w = np.where(np.isfinite(raw), np.clip(raw, low, high), scale.median)
+    return np.where(zero, 0.0, w).astype(np.float32)
+
+
+def _weight_scale(raws: Sequence[RawStream]) -> WeightScale | None:
     """Weights clipped around their median and scaled to mean 1 over the training steps."""
-    if all(s.weight is None for s in streams):
-        return tuple(streams)
-    train = np.concatenate([s.weight[: s.n_train - 1] for s in streams if s.weight is not None])
-    finite = train[np.isfinite(train) & (train > 0)]
+    if all(r.weight is None for r in raws):
+        return None
+    train = np.concatenate([w for r in raws if (w := r.train_weights()) is not None])
+    finite = median_candidates(train)
     median = float(np.median(finite)) if len(finite) else 1.0
-    low, high = median / WEIGHT_RANGE, median * WEIGHT_RANGE
-    out: list[StreamArrays] = []
-    weights: list[np.ndarray] = []
+    unit = WeightScale(median, 1.0)
     total, count = 0.0, 0
-    for s in streams:
-        raw = s.weight if s.weight is not None else np.full(len(s.z), np.nan, np.float32)
-        zero = np.isfinite(raw) & (raw == 0)  # masked steps stay masked
-        w = np.where(np.isfinite(raw), np.clip(raw, low, high), median)
-        w = np.where(zero, 0.0, w).astype(np.float32)
-        total += float(w[: s.n_train - 1].sum())
-        count += s.n_train - 1
-        out.append(s)
-        weights.append(w)
-    mean = total / count if count and total > 0 else 1.0
-    return tuple(
-        replace(s, weight=(w / mean).astype(np.float32)) for s, w in zip(out, weights, strict=True)
-    )
+    for r in raws:
+        raw = r.weight if r.weight is not None else np.full(len(r.y) - 1, np.nan, np.float32)
+        total += float(clip_weights(raw, unit)[: r.n_train - 1].sum())
+        count += r.n_train - 1
+    return WeightScale(median, total / count if count and total > 0 else 1.0)
 
 
-def _target_index(frame: LongFrame) -> tuple[int, ...] | None:
+def _target_index(features: Sequence[str], targets: Sequence[str]) -> tuple[int, ...] | None:
     try:
-        return tuple(frame.features.index(t) for t in frame.targets)
+        return tuple(list(features).index(t) for t in targets)
     except ValueError:
         return None
 

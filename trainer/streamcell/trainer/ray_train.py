@@ -35,7 +35,15 @@ from streamcell.core.errors import ConfigError, DataError, StreamcellError
 from streamcell.trainer import ray_cluster
 from streamcell.trainer.api import TrainResult, finish, prepare_frame
 from streamcell.trainer.data import LongFrame
-from streamcell.trainer.loop import LoopState, epoch_line, fit, new_model, new_optimizer
+from streamcell.trainer.evaluate import evaluate
+from streamcell.trainer.loop import (
+    LoopState,
+    epoch_line,
+    fit,
+    new_model,
+    new_optimizer,
+    restore_best,
+)
 from streamcell.trainer.prepare import Prepared
 from streamcell.trainer.settings import GPU_MODES, TrainSettings
 
@@ -96,48 +104,30 @@ def train(
             f"{len(frame.streams)} (each worker trains on its own streams)"
         )
     prepared = prepare_frame(frame, settings)
-
-    import ray
-
     started = time.perf_counter()
-    own_ray = not ray.is_initialized()
-    joined = own_ray and bool(ray_address)
-    if own_ray:
-        if ray_address:
-            ray_cluster.join(ray_address, log_to_driver=log_to_driver)
-        else:
-            node_ip = ray_cluster.local_node_ip()
-            where: dict[str, Any] = {} if node_ip is None else {"_node_ip_address": node_ip}
-            ray.init(  # "local": a fresh instance, never one found via `ray start` state
-                address="local",
-                **where,
-                num_cpus=num_cpus or workers * threads,
-                include_dashboard=False,
-                log_to_driver=log_to_driver,
-                configure_logging=False,
+    with _ray_session(ray_address, num_cpus or workers * threads, log_to_driver) as (joined, ray):
+        own_storage = storage_path is None
+        storage = storage_path or tempfile.mkdtemp(prefix="streamcell-ray-")
+        try:
+            if joined:  # rank 0 writes checkpoints on its node; this driver reads them
+                ray_cluster.check_storage(storage)
+            use_gpu = _use_gpu(gpu, workers, ray.cluster_resources())
+            state, device, _ = _fit(
+                _worker,
+                {"data": ray.put(prepared)},
+                None,
+                settings,
+                workers=workers,
+                use_gpu=use_gpu,
+                threads=threads,
+                max_failures=max_failures,
+                storage=storage,
+                after_epoch=after_epoch,
+                on_epoch=on_epoch,
             )
-    own_storage = storage_path is None
-    storage = storage_path or tempfile.mkdtemp(prefix="streamcell-ray-")
-    try:
-        if joined:  # rank 0 writes checkpoints on its node; this driver reads them
-            ray_cluster.check_storage(storage)
-        use_gpu = _use_gpu(gpu, workers, ray.cluster_resources())
-        state, device = _fit(
-            prepared,
-            settings,
-            workers=workers,
-            use_gpu=use_gpu,
-            threads=threads,
-            max_failures=max_failures,
-            storage=storage,
-            after_epoch=after_epoch,
-            on_epoch=on_epoch,
-        )
-    finally:
-        if own_storage:
-            shutil.rmtree(storage, ignore_errors=True)
-        if own_ray:
-            ray.shutdown()
+        finally:
+            if own_storage:
+                shutil.rmtree(storage, ignore_errors=True)
     model = new_model(prepared, settings)
     return finish(
         frame,
@@ -149,6 +139,39 @@ def train(
         device=device,
         seconds=time.perf_counter() - started,
     )
+
+
+@contextmanager
+def _ray_session(
+    ray_address: str | None, num_cpus: int, log_to_driver: bool
+) -> Iterator[tuple[bool, Any]]:
+    """The running Ray, or a joined cluster, or a local Ray of our own (stopped after).
+
+    Yields (whether a cluster was joined, the ray module).
+    """
+    import ray
+
+    own_ray = not ray.is_initialized()
+    joined = own_ray and bool(ray_address)
+    if own_ray:
+        if ray_address:
+            ray_cluster.join(ray_address, log_to_driver=log_to_driver)
+        else:
+            node_ip = ray_cluster.local_node_ip()
+            where: dict[str, Any] = {} if node_ip is None else {"_node_ip_address": node_ip}
+            ray.init(  # "local": a fresh instance, never one found via `ray start` state
+                address="local",
+                **where,
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                log_to_driver=log_to_driver,
+                configure_logging=False,
+            )
+    try:
+        yield joined, ray
+    finally:
+        if own_ray:
+            ray.shutdown()
 
 
 def shard_streams(streams: int, rank: int, world: int) -> list[int]:
@@ -166,7 +189,9 @@ def _use_gpu(mode: str, workers: int, resources: dict[str, float]) -> bool:
 
 
 def _fit(
-    prepared: Prepared,
+    worker: Callable[[dict[str, Any]], None],
+    config: dict[str, Any],
+    datasets: dict[str, Any] | None,
     settings: TrainSettings,
     *,
     workers: int,
@@ -176,10 +201,12 @@ def _fit(
     storage: str,
     after_epoch: AfterEpoch | None,
     on_epoch: Callable[[dict[str, Any]], None] | None,
-) -> tuple[LoopState, str]:
-    import ray
+) -> tuple[LoopState, str, dict[str, Any]]:
+    """Run ``worker`` on a TorchTrainer; the final loop state, the device and rank 0's
+    last metrics."""
     from ray.train import (
         CheckpointConfig,
+        DataConfig,
         FailureConfig,
         RunConfig,
         ScalingConfig,
@@ -187,10 +214,14 @@ def _fit(
     from ray.train.torch import TorchTrainer
 
     name = f"streamcell-{uuid.uuid4().hex[:12]}"
+    extra: dict[str, Any] = {}
+    if datasets:
+        # Each rank has a dataset of its own (whole streams): none is split.
+        extra = {"datasets": datasets, "dataset_config": DataConfig(datasets_to_split=[])}
     trainer = TorchTrainer(
-        _worker,
+        worker,
         train_loop_config={
-            "data": ray.put(prepared),
+            **config,
             "settings": settings.to_dict(),
             "threads": threads,
             "after_epoch": after_epoch,
@@ -206,6 +237,7 @@ def _fit(
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
+        **extra,
     )
     progress = _Progress(Path(storage) / name, on_epoch) if on_epoch else None
     try:
@@ -224,11 +256,29 @@ def _fit(
         raise TrainingFailed("Ray training finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
         state = _load_state(Path(d))
-    return state, "cuda" if use_gpu else "cpu"
+    return state, "cuda" if use_gpu else "cpu", dict(result.metrics or {})
 
 
 def _worker(config: dict[str, Any]) -> None:
-    """One Ray worker: its shard of streams, DDP, a checkpoint per epoch from rank 0."""
+    """One Ray worker of the in-memory path: its round-robin shard of the prepared data."""
+    import ray
+    import ray.train
+
+    ctx = ray.train.get_context()
+    prepared: Prepared = ray.get(config["data"])
+    _train_worker(
+        config, prepared, shard_streams(len(prepared), ctx.get_world_rank(), ctx.get_world_size())
+    )
+
+
+def _train_worker(
+    config: dict[str, Any], prepared: Prepared, shard: list[int], step_stats: bool = False
+) -> None:
+    """DDP over the workers, a checkpoint per epoch from rank 0.
+
+    ``step_stats``: afterwards, score the best epoch through the serving step on
+    each shard and report the sums (the driver holds no data to do it).
+    """
     import ray
     import ray.train
     import ray.train.torch
@@ -237,7 +287,6 @@ def _worker(config: dict[str, Any]) -> None:
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report otherwise
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    prepared: Prepared = ray.get(config["data"])
     settings = TrainSettings(**config["settings"])
     device = ray.train.torch.get_device()
     model = new_model(prepared, settings).to(device)
@@ -251,8 +300,15 @@ def _worker(config: dict[str, Any]) -> None:
             model.load_state_dict(torch.load(Path(d) / MODEL_FILE, weights_only=True))
             optimizer.load_state_dict(torch.load(Path(d) / OPTIMIZER_FILE, weights_only=True))
     net = ray.train.torch.prepare_model(model)
-    shard = shard_streams(len(prepared), rank, world)
     after_epoch: AfterEpoch | None = config["after_epoch"]
+
+    def save(st: LoopState, opt: torch.optim.Optimizer, record: dict[str, Any]) -> None:
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                _save_state(Path(tmp), st, model, opt)
+                ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(record)
 
     def report(st: LoopState, opt: torch.optim.Optimizer) -> None:
         record = st.history[-1]
@@ -260,15 +316,12 @@ def _worker(config: dict[str, Any]) -> None:
             # Not print(): Ray Train patches it into a logger, which prints twice.
             sys.stderr.write(epoch_line(record, settings.epochs) + "\n")
             sys.stderr.flush()
-            with tempfile.TemporaryDirectory() as tmp:
-                _save_state(Path(tmp), st, model, opt)
-                ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(record)
+        save(st, opt, record)
         if after_epoch is not None:
             after_epoch(st.epoch, rank, world)
 
-    fit(
+    sync = _DistSync(device)
+    state = fit(
         model,
         prepared,
         settings,
@@ -276,9 +329,13 @@ def _worker(config: dict[str, Any]) -> None:
         net=net,
         optimizer=optimizer,
         state=state,
-        sync=_DistSync(device),
+        sync=sync,
         on_epoch=report,
     )
+    if step_stats:
+        best = restore_best(model, state)
+        stats = sync.sum(evaluate(best, prepared, shard, path="step").values)
+        save(state, optimizer, {"step_stats": stats.tolist()})
 
 
 @contextmanager
