@@ -24,6 +24,7 @@ import struct
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 import torch
@@ -307,6 +308,17 @@ class StateStore:
         self._ids[slot] = stream
         return slot
 
+    def least_recent(self, n: int) -> list[str]:
+        """The ``n`` least recently used streams, oldest first (the next to leave)."""
+        return list(islice(self._index, n))
+
+    def touch(self, streams: Iterable[str]) -> None:
+        """Mark streams the store holds as most recently used (others are ignored)."""
+        index = self._index
+        for stream in streams:
+            if stream in index:
+                index.move_to_end(stream)
+
     def take_evicted(self) -> list[str]:
         """The streams evicted at capacity since the last call, oldest first."""
         evicted, self._evicted_ids = self._evicted_ids, []
@@ -479,18 +491,12 @@ class StateStore:
         items = list(items)
         if not items:
             return 0
-        header, size = self._header, self._record.itemsize
         payloads = []
         for stream, value in items:
-            if not isinstance(value, bytes | bytearray | memoryview):
-                raise StateFormatError(f"state of stream {stream!r} is not bytes")
-            value = bytes(value)
-            if value[: len(header)] != header:
-                raise StateFormatError(self._explain_header(stream, value))
-            if len(value) != size:
-                raise StateFormatError(
-                    f"state of stream {stream!r} has {len(value)} bytes, expected {size}"
-                )
+            value = bytes(value) if isinstance(value, bytearray | memoryview) else value
+            why = self.refusal(stream, value)
+            if why is not None:
+                raise StateFormatError(why)
             payloads.append(value)
         # Last record of a stream wins, as in a compacted topic.
         latest: dict[str, int] = {}
@@ -555,6 +561,21 @@ class StateStore:
             except StateFormatError as exc:
                 skipped.append((stream, str(exc)))
         return loaded, skipped, left_out
+
+    def refusal(self, stream: str, value: object) -> str | None:
+        """Why this store cannot load ``value`` as the snapshot of ``stream`` (None: it can)."""
+        if not isinstance(value, bytes):
+            return f"state of stream {stream!r} is not bytes"
+        header, size = self._header, self._record.itemsize
+        if value[: len(header)] != header:
+            return self._explain_header(stream, value)
+        if len(value) != size:
+            return f"state of stream {stream!r} has {len(value)} bytes, expected {size}"
+        return None
+
+    def last_seen_of(self, block: bytes | memoryview) -> np.ndarray:
+        """The ``last_seen`` of each snapshot in a block of whole snapshots of this store."""
+        return np.frombuffer(block, dtype=self._record)["last_seen"].copy()
 
     def _explain_header(self, stream: str, value: bytes) -> str:
         magic = value[:4]
