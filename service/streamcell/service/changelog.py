@@ -20,6 +20,7 @@ import numpy as np
 
 from streamcell.core.errors import ConfigError
 from streamcell.core.state import StateStore
+from streamcell.core.tiers import TieredStore
 
 if TYPE_CHECKING:
     from streamcell.service.kafka import Producer, Progress, Reader
@@ -55,7 +56,9 @@ class Snapshots:
 
     CHUNK = 256  # records per send_many between clock checks
 
-    def __init__(self, topic: str, store: StateStore, changed: dict[str, int]) -> None:
+    def __init__(
+        self, topic: str, store: StateStore | TieredStore, changed: dict[str, int]
+    ) -> None:
         # Snapshots first, then tombstones; each grouped by partition, in the
         # order the streams changed. Sorted by numpy, not per stream in Python:
         # this runs under the lock, for every stream changed in the interval.

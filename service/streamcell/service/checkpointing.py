@@ -210,7 +210,10 @@ class Checkpointer:
             changed = predictor.take_changes()
             if not changed:
                 return None
-            records = changelog.Snapshots(self.settings.changelog_topic, predictor.store, changed)
+            # Both tiers: a stream spilled since it changed is snapshotted from the cold one.
+            records = changelog.Snapshots(
+                self.settings.changelog_topic, predictor.snapshots, changed
+            )
         log.debug("changelog: %d snapshots, %d tombstones", records.snapshots, records.tombstones)
         return records
 
