@@ -10,13 +10,16 @@ an earlier process is not trusted (it may be ahead of the changelog, or
 behind it) but wiped at open, and the service rebuilds it from the
 changelog on start. A lock file keeps a second process out of the directory.
 
-Keys, three prefixes in one database:
+Keys, two prefixes in one database:
 
-- ``v`` + stream: the snapshot;
-- ``m`` + stream: its age key (8 bytes), tag (int32) and value length (uint32);
-- ``a`` + age key + stream: the tag. Iterating ``a`` is oldest first: the age
-  is the stream's last-seen event time, so the size bound and the TTL both
-  read a prefix of it. The tag is the caller's (the stream's partition).
+- ``v`` + stream: a 12-byte header (the age key, 8 bytes, and the tag, an
+  int32), then the snapshot, byte for byte;
+- ``a`` + age key + stream: the tag and the snapshot's length. Iterating ``a``
+  is oldest first: the age is the stream's last-seen event time, so the size
+  bound and the TTL both read a prefix of it. The tag is the caller's (the
+  stream's partition).
+
+A load reads one key per stream (its header says which index key to delete).
 
 Pure of the service: rocksdict, numpy and the standard library.
 """
@@ -40,8 +43,9 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = "streamcell.lock"
 DB_NAME = "cold"
-_META = struct.Struct(">8siI")  # age key, tag, value length
-_INDEX = struct.Struct(">iI")  # tag, value length
+BLOCK_CACHE_BYTES = 32 << 20
+_HEAD = struct.Struct(">8si")  # a value's header: age key, tag
+_INDEX = struct.Struct(">iI")  # an index entry's value: tag, snapshot length
 _AGE_FLIP = np.uint64(1 << 63)
 # What open() found in the directory (the label of streamcell_cold_tier_rebuilds_total).
 FOUND_EMPTY, FOUND_PREVIOUS, FOUND_CORRUPT = "empty", "previous", "corrupt"
@@ -121,12 +125,25 @@ class ColdStore:
         return found
 
     def _open(self):
-        from rocksdict import DBCompressionType, Options, Rdict, WriteOptions
+        from rocksdict import (
+            BlockBasedOptions,
+            Cache,
+            DBCompressionType,
+            Options,
+            Rdict,
+            WriteOptions,
+        )
 
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
         # Snapshots are mostly float32 state, which barely compresses: save the CPU.
         opts.set_compression_type(DBCompressionType.none())
+        # Bloom filters spare a load's gets the files that lack its keys; the block
+        # cache is bounded, so resident memory does not grow with the cold streams.
+        table = BlockBasedOptions()
+        table.set_bloom_filter(10, False)
+        table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
+        opts.set_block_based_table_factory(table)
         opts.set_keep_log_file_num(2)
         try:
             db = Rdict(str(self.path / DB_NAME), opts)
@@ -162,7 +179,10 @@ class ColdStore:
 
     def get(self, streams: Sequence[str]) -> list[bytes | None]:
         """The snapshots of ``streams`` (None where absent), one batched read."""
-        return self._get([b"v" + s.encode() for s in streams])
+        head = _HEAD.size
+        return [
+            None if v is None else v[head:] for v in self._get([b"v" + s.encode() for s in streams])
+        ]
 
     def take(self, streams: Sequence[str]) -> tuple[list[bytes | None], list[int]]:
         """Get and remove: the snapshots (None where absent) and tags (-1 there).
@@ -170,15 +190,17 @@ class ColdStore:
         One batched read and one batched write.
         """
         keys = [s.encode() for s in streams]
-        n = len(keys)
-        found = self._get([b"v" + k for k in keys] + [b"m" + k for k in keys])
-        values, metas = found[:n], found[n:]
-        tags = [-1] * n
+        found = self._get([b"v" + k for k in keys])
+        values: list[bytes | None] = [None] * len(keys)
+        tags = [-1] * len(keys)
         batch = self._batch()
-        for j, (key, meta) in enumerate(zip(keys, metas, strict=True)):
-            if meta is not None:
-                tags[j] = self._delete(batch, key, meta)
-        self._write(batch)
+        head = _HEAD.size
+        for j, (key, stored) in enumerate(zip(keys, found, strict=True)):
+            if stored is not None:
+                tags[j] = self._delete(batch, key, stored)
+                values[j] = stored[head:]
+        if any(v is not None for v in values):
+            self._write(batch)
         return values, tags
 
     def put(
@@ -207,19 +229,19 @@ class ColdStore:
         else:
             pieces = values
         absent = known_absent or not self.count
-        metas: list[bytes | None] = (
-            [None] * len(keys) if absent else self._get([b"m" + k for k in keys])
+        old: list[bytes | None] = (
+            [None] * len(keys) if absent else self._get([b"v" + k for k in keys])
         )
         ages_k = age_keys(ages)
         tag_list = np.asarray(tags, dtype=np.int64).tolist()
         batch = self._batch()
-        for j, (key, meta, value) in enumerate(zip(keys, metas, pieces, strict=True)):
-            if meta is not None:
-                self._delete(batch, key, meta)
+        pack_head, pack_index = _HEAD.pack, _INDEX.pack
+        for j, (key, stored, value) in enumerate(zip(keys, old, pieces, strict=True)):
+            if stored is not None:
+                self._delete(batch, key, stored)
             age, tag = ages_k[j], tag_list[j]
-            batch.put(b"v" + key, value)
-            batch.put(b"m" + key, _META.pack(age, tag, len(value)))
-            batch.put(b"a" + age + key, _INDEX.pack(tag, len(value)))
+            batch.put(b"v" + key, pack_head(age, tag) + value)
+            batch.put(b"a" + age + key, pack_index(tag, len(value)))
             self.count += 1
             self.bytes += _record_bytes(len(key), len(value))
         self._write(batch)
@@ -228,18 +250,18 @@ class ColdStore:
     def delete(self, streams: Sequence[str]) -> list[int | None]:
         """Remove streams; each one's tag, or None where it was not here."""
         keys = [s.encode() for s in streams]
-        metas = self._get([b"m" + k for k in keys])
+        found = self._get([b"v" + k for k in keys])
         out: list[int | None] = [None] * len(keys)
         batch = self._batch()
-        for j, (key, meta) in enumerate(zip(keys, metas, strict=True)):
-            if meta is not None:
-                out[j] = self._delete(batch, key, meta)
+        for j, (key, stored) in enumerate(zip(keys, found, strict=True)):
+            if stored is not None:
+                out[j] = self._delete(batch, key, stored)
         self._write(batch)
         return out
 
     def contains(self, streams: Sequence[str]) -> np.ndarray:
-        metas = self._get([b"m" + s.encode() for s in streams])
-        return np.fromiter((m is not None for m in metas), np.bool_, len(metas))
+        found = self._get([b"v" + s.encode() for s in streams])
+        return np.fromiter((v is not None for v in found), np.bool_, len(found))
 
     # ------------------------------------------------------------ ordered scans
     def older_than(self, cutoff: float) -> Forgotten:
@@ -294,7 +316,6 @@ class ColdStore:
                     break
                 continue
             batch.delete(b"v" + stream)
-            batch.delete(b"m" + stream)
             batch.delete(key)
             self.count -= 1
             size = _record_bytes(len(stream), length)
@@ -306,13 +327,13 @@ class ColdStore:
             self._write(batch)
         return gone
 
-    def _delete(self, batch, key: bytes, meta: bytes) -> int:
-        age, tag, length = _META.unpack(meta)
+    def _delete(self, batch, key: bytes, stored: bytes) -> int:
+        """Delete a stream's two records (``stored``: its value); returns its tag."""
+        age, tag = _HEAD.unpack_from(stored)
         batch.delete(b"v" + key)
-        batch.delete(b"m" + key)
         batch.delete(b"a" + age + key)
         self.count -= 1
-        self.bytes -= _record_bytes(len(key), length)
+        self.bytes -= _record_bytes(len(key), len(stored) - _HEAD.size)
         return tag
 
     def _batch(self):
@@ -351,7 +372,7 @@ class ColdStore:
 
 def _record_bytes(key: int, value: int) -> int:
     """The bytes one stream's three records hold (keys and values)."""
-    return (1 + key + value) + (1 + key + _META.size) + (1 + 8 + key + _INDEX.size)
+    return (1 + key + _HEAD.size + value) + (1 + 8 + key + _INDEX.size)
 
 
 def _opens(db: Path) -> bool:

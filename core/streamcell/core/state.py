@@ -308,16 +308,43 @@ class StateStore:
         self._ids[slot] = stream
         return slot
 
-    def least_recent(self, n: int) -> list[str]:
-        """The ``n`` least recently used streams, oldest first (the next to leave)."""
-        return list(islice(self._index, n))
+    def least_recent(self, n: int, sparing: Iterable[str] = ()) -> list[str]:
+        """The ``n`` least recently used streams outside ``sparing``, oldest first.
 
-    def touch(self, streams: Iterable[str]) -> None:
-        """Mark streams the store holds as most recently used (others are ignored)."""
-        index = self._index
-        for stream in streams:
-            if stream in index:
-                index.move_to_end(stream)
+        ``sparing`` must hold streams of the store: the first ``n`` plus their
+        count in LRU order then always hold ``n`` others.
+        """
+        spared = set(sparing)
+        front = islice(self._index, n + len(spared))
+        return list(islice((s for s in front if s not in spared), n))
+
+    def remove(self, streams: Sequence[str]) -> None:
+        """Drop streams the store holds, at once (their slots cleared in a few copies)."""
+        if not streams:
+            return
+        index, ids = self._index, self._ids
+        slots = np.fromiter(map(index.pop, streams), np.int64, len(streams))
+        idx = self.index(slots)
+        for t in (self.h, self.c):
+            t.index_fill_(1, idx, 0.0)
+        self.yhat.index_fill_(0, idx, 0.0)
+        if self.gates is not None:
+            self.gates.index_fill_(0, idx, 0.0)
+        for name, fill in (
+            ("events", 0),
+            ("partition", NO_POSITION),
+            ("offset", NO_POSITION),
+            ("seq", NO_SEQ),
+            ("last_seen", FREE_LAST_SEEN),
+            ("scale_sum", 0.0),
+            ("err_sum", 0.0),
+            ("err_count", 0),
+            *((name, 0.0) for name in self._history_fields),
+        ):
+            getattr(self, name)[slots] = fill
+        for slot in slots.tolist():
+            ids[slot] = None
+        self._free.extend(slots.tolist())
 
     def take_evicted(self) -> list[str]:
         """The streams evicted at capacity since the last call, oldest first."""

@@ -81,13 +81,14 @@ class TieredStore:
             counts.hits += len(streams)
             return
         start = time.perf_counter()
-        missing = [s for s, p in zip(streams, present.tolist(), strict=True) if not p]
-        hot.touch(s for s, p in zip(streams, present.tolist(), strict=True) if p)
+        flags = present.tolist()
+        missing = [s for s, p in zip(streams, flags, strict=True) if not p]
         # Taken before the spill makes room, so the size bound never forgets one of them.
         values, tags = self.cold.take(missing)
         room = hot.max_streams - len(hot)
         if len(missing) > room:
-            self._spill(hot.least_recent(len(missing) - room))
+            kept = [s for s, p in zip(streams, flags, strict=True) if p]
+            self._spill(hot.least_recent(len(missing) - room, sparing=kept))
         found = [(s, v) for s, v in zip(missing, values, strict=True) if v is not None]
         if found:
             hot.restore(found)
@@ -108,8 +109,7 @@ class TieredStore:
         forgotten = self.cold.put(
             victims, block, hot.last_seen[slots], tags, size=hot.snapshot_size, known_absent=True
         )
-        for stream in victims:
-            hot.delete(stream)
+        hot.remove(victims)
         self.counts.spills += len(victims)
         self._forgot(forgotten)
 
