@@ -3,6 +3,7 @@
     nice -n 5 .venv/bin/python bench/tiered_state.py memory --cold 0,1000000
     nice -n 5 .venv/bin/python bench/tiered_state.py throughput --hot 100000 --streams 1000000
     nice -n 5 .venv/bin/python bench/tiered_state.py restore --streams 1000000
+    nice -n 5 .venv/bin/python bench/tiered_state.py kafka --hot 10000 --cold 20000
 
 memory: for each cold count C, a fresh process builds a Predictor (hidden 64,
 2 layers, 8 inputs and outputs) with ``--hot`` streams of room in memory and a
@@ -30,6 +31,13 @@ broker, then read and restored as the pipeline does (``changelog.read``, then
 ``Predictor.restore``) into a Predictor with ``--hot`` streams of room, the
 rest going to the cold tier; a sample of streams from both tiers is compared
 byte for byte with the source.
+
+kafka: the Kafka path, ``streamcell serve`` as bench/kafka_e2e.py runs it
+(events/s from its first prediction to the commit covering every event) with
+``--max-streams --hot``, on two preloaded topics of ``--events`` JSON events
+(hidden 64, 2 layers): every event on the ``--hot`` streams, and 95 % on them
+with 5 % on ``--cold`` other streams (first seen in the run, so the early ones
+are created and spilled, the later ones loaded too).
 """
 
 from __future__ import annotations
@@ -372,6 +380,50 @@ def restore(args) -> dict:
         shutil.rmtree(root, ignore_errors=True)
 
 
+# ---------------------------------------------------------------------- kafka
+def kafka(args) -> dict:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from kafka_e2e import bench_serve, make_registry, produce_all
+
+    from streamcell.service.broker import BrokerSettings, EmbeddedBroker, free_port
+    from streamcell.service.replay import Events, encode
+
+    rng = np.random.default_rng(3)
+    root = Path(tempfile.mkdtemp(prefix="tiers-kafka-"))
+    try:
+        registry = make_registry(root / "registry")
+
+        def messages(hot_share: float):
+            n_hot = round(args.events * hot_share)
+            ids = [f"h{k}" for k in rng.integers(0, args.hot, n_hot)]
+            ids += [f"c{k}" for k in rng.integers(0, args.cold, args.events - n_hot)]
+            ids = [ids[k] for k in rng.permutation(len(ids))]
+            seen: dict[str, int] = {}
+            seq = np.array([seen.setdefault(s, -1) + 1 for s in ids], np.int64)
+            for s, q in zip(ids, seq.tolist(), strict=True):
+                seen[s] = q
+            x = rng.standard_normal((len(ids), INPUT)).astype(np.float32)
+            return encode(Events(ids, x, seq, None))
+
+        rates = {}
+        with EmbeddedBroker(BrokerSettings(port=free_port())) as broker:
+            for name, share in (("all hot", 1.0), ("95 % hot", 0.95)):
+                topic = f"tiers-{uuid.uuid4().hex[:8]}"
+                produce_all(broker.bootstrap, topic, messages(share), args.partitions)
+                run = argparse.Namespace(
+                    partitions=args.partitions, events=args.events, timeout=600.0,
+                    streams=args.hot, max_batch=1024,
+                    serve_args=f"--max-streams {args.hot} --state-dir {root / topic}",
+                )  # fmt: skip
+                out = bench_serve(broker.bootstrap, registry, args.client, topic, run)
+                rates[name] = out["serve_to_commit"]
+                print(f"{name:10s} {rates[name]:>9,.0f} events/s (serve, {args.client})")
+        print(f"95 % hot / all hot on the Kafka path: {rates['95 % hot'] / rates['all hot']:.2f}")
+        return rates
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "memory-child":
         print(json.dumps(memory_child(int(sys.argv[2]), int(sys.argv[3]))))
@@ -393,10 +445,17 @@ def main() -> None:
     r.add_argument("--hidden", type=int, default=8)
     r.add_argument("--layers", type=int, default=1)
     r.add_argument("--client", default="confluent")
+    k = sub.add_parser("kafka")
+    k.add_argument("--hot", type=int, default=10_000)
+    k.add_argument("--cold", type=int, default=20_000)
+    k.add_argument("--events", type=int, default=300_000)
+    k.add_argument("--partitions", type=int, default=3)
+    k.add_argument("--client", default="confluent")
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args()
     print(f"load average {os.getloadavg()}", flush=True)
-    out = {"memory": memory, "throughput": throughput, "restore": restore}[args.what](args)
+    jobs = {"memory": memory, "throughput": throughput, "restore": restore, "kafka": kafka}
+    out = jobs[args.what](args)
     print(f"load average {os.getloadavg()}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
