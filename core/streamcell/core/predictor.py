@@ -10,7 +10,10 @@ in wave 0, its second in wave 1, ...) so that each wave holds a stream at most
 once and the waves run in order: several events of one stream in a batch are
 applied in order, never merged or lost. Each wave is one gather, one batched
 LSTM step and one scatter. A batch touching more streams than the store holds
-is applied in consecutive parts, in order.
+is applied in consecutive parts, in order. With a cold tier
+(:class:`~streamcell.core.tiers.TieredStore`), each part's streams are made
+hot first, with one batched read of the cold ones; the store then never
+evicts, and every admin call reaches cold streams too.
 
 The Predictor is the one owner of stream state, so it also reports what
 changed. Once a front end calls :meth:`Predictor.track_changes` (the Kafka
