@@ -18,9 +18,12 @@ twice the hot state plus 1 GiB.
 throughput: one process, one model (as above), the tiers prefilled as for
 memory (``--hot`` in memory, ``--streams`` in all, the rest cold). Batches of
 ``--batch`` events, each mode a round at a time in turn so that they share the
-machine's load: all-hot (every event on a hot stream; once with the cold tier,
-once with a Predictor without one), 95 % hot (5 % uniform over the cold
-streams), uniform over every stream; and the naive design, which gets and puts
+machine's load, each on a Predictor of its own (one mode's traffic would
+change which streams another finds hot), the garbage collector set as
+``streamcell serve`` sets it (``gc_pauses.settle``): all-hot (every event on
+a hot stream; once with the cold tier, once with a Predictor without one),
+95 % hot (5 % uniform over the cold streams, after ``--warmup`` such
+batches), uniform over every stream; and the naive design, which gets and puts
 each event's state in the same RocksDB store one event at a time: per event a
 get, one LSTM step of that event, a put (``naive``), and the same with the
 storage per event but the step batched (``naive, batched step``).
@@ -228,6 +231,8 @@ def _throughput(args, root: Path) -> dict:
     hot, total, size = args.hot, args.streams, args.batch
     cold_n = total - hot
 
+    from streamcell.service import gc_pauses
+
     def tiered(name: str):
         p = make_predictor(hot, root / name)
         fill_hot(p, hot, rng)
@@ -235,6 +240,8 @@ def _throughput(args, root: Path) -> dict:
         return p
 
     # A Predictor per mode: one mode's traffic would change which streams another finds hot.
+    # The collector set as `streamcell serve` sets it once started (before any stream).
+    gc_pauses.settle()
     plain = make_predictor(hot, None)
     fill_hot(plain, hot, rng)
     all_hot_p, mixed_p, uniform_p = tiered("all-hot"), tiered("mixed"), tiered("uniform")
