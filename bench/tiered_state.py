@@ -16,9 +16,10 @@ notes the resident set (VmRSS) and its peak (VmHWM) against the target of
 twice the hot state plus 1 GiB.
 
 throughput: one process, one model (as above), the tiers prefilled as for
-memory (``--hot`` in memory, ``--streams`` in all, the rest cold). Batches of
-``--batch`` events, each mode a round at a time in turn (its rate: the batch over its median
-batch time) so that they share the
+memory, then compacted so that timing starts from a settled store (``--hot``
+in memory, ``--streams`` in all, the rest cold). Batches of ``--batch``
+events, each mode a round at a time in turn (its rate: the batch over its
+median batch time) so that they share the
 machine's load, each on a Predictor of its own (one mode's traffic would
 change which streams another finds hot), the garbage collector set as
 ``streamcell serve`` sets it (``gc_pauses.settle``): all-hot (every event on
@@ -121,6 +122,8 @@ def fill_cold(predictor, cold: int) -> float:
         ids = [f"c{k}" for k in range(first, first + n)]
         ages = np.full(n, 1e9 - 1 - first / max(cold, 1))
         tier.put(ids, template[: n * size], ages, np.zeros(n), size=size, known_absent=True)
+    # Timed runs start from a settled store, not amid the fill's compactions.
+    tier.compact()
     return time.perf_counter() - start
 
 
@@ -254,6 +257,7 @@ def _throughput(args, root: Path) -> dict:
         n = min(CHUNK, total - first)
         ids = [f"h{k}" if k < hot else f"c{k - hot}" for k in range(first, first + n)]
         naive_cold.put(ids, block[: n * ssize], np.full(n, 1e9), np.zeros(n), size=ssize)
+    naive_cold.compact()
     one = make_predictor(1, None)
     many = make_predictor(size, None)
 

@@ -161,6 +161,14 @@ class ColdStore:
         finally:
             os.close(self._lock_fd)
 
+    def compact(self) -> None:
+        """Flush and compact everything now, rather than in the background (after a bulk fill)."""
+        try:
+            self._db.flush()
+            self._db.compact_range(None, None)
+        except Exception as exc:
+            raise ColdTierError(f"compacting the cold tier in {self.path} failed: {exc}") from exc
+
     def check(self) -> None:
         """Raise ColdTierError if the directory was deleted or replaced under this process."""
         try:
