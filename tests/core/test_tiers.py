@@ -217,3 +217,19 @@ def test_a_model_of_another_architecture_clears_the_cold_tier(tmp_path, cold):
     assert not p.swap(plain_model(tmp_path / "other", hidden=4))
     assert p.stream_count() == 0 and len(cold) == 0
     assert sorted(p.take_changes()) == held  # every stream's record becomes a tombstone
+
+
+def test_a_restore_keeps_the_last_record_of_a_stream(tmp_path, cold):
+    loaded = plain_model(tmp_path)
+    source = Predictor(loaded, clock=lambda: 5e9)
+    for batch in batches(6, 3, 4):
+        source.predict(batch)
+    ids = source.store.stream_ids()
+    old = list(zip(ids, source.store.snapshot(ids), strict=True))
+    for batch in batches(6, 2, 6, seed=5):
+        source.predict(batch)
+    new = list(zip(ids, source.store.snapshot(ids), strict=True))
+    restored = Predictor(loaded, max_streams=2, cold=cold, clock=lambda: 5e9)
+    done = restored.restore(old + new, {s: 0 for s in ids})
+    assert sorted(done.streams) == sorted(ids) and len(cold) == len(ids) - 2
+    assert all_state(restored, ids) == all_state(source, ids)

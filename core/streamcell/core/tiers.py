@@ -257,14 +257,16 @@ class TieredStore:
         """Load changelog records (oldest first): the most recent hot up to capacity, the
         rest cold. Returns the streams made hot, those put cold, and (stream, why) skipped."""
         hot = self.hot
-        good: list[tuple[str, bytes]] = []
+        latest: dict[str, bytes] = {}  # the last record of a stream wins, in written order
         skipped: list[tuple[str, str]] = []
         for stream, value in items:
             why = hot.refusal(stream, value)
             if why is None:
-                good.append((stream, value))
+                latest.pop(stream, None)
+                latest[stream] = value
             else:
                 skipped.append((stream, why))
+        good = list(latest.items())
         room = max(hot.max_streams - len(hot), 0)
         split = max(len(good) - room, 0)
         to_cold, to_hot = good[:split], good[split:]
