@@ -3,8 +3,9 @@
 One job: get, put and delete the snapshots of many streams at once in an
 embedded RocksDB (``rocksdict``; docs/ARCHITECTURE.md says why not LMDB),
 and forget the oldest when the live records pass a size bound. A value is a
-stream's changelog snapshot exactly (``StateStore.snapshot``): whatever a
-snapshot carries, the cold tier carries, unread. It is a cache of the
+stream's changelog snapshot byte for byte (``StateStore.snapshot``) behind a
+small header of the store's own: whatever a snapshot carries, the cold tier
+carries, unread. It is a cache of the
 changelog, never its substitute: its write-ahead log is off, a store left by
 an earlier process is not trusted (it may be ahead of the changelog, or
 behind it) but wiped at open, and the service rebuilds it from the
