@@ -47,20 +47,31 @@ class FakeConsumer:
         self.log = log
         self.queue: list[list[Record]] = []
         self.committed_offsets: dict[tuple[str, int], int] = {}
-        self.on_assign = self.on_revoke = None
+        self.committed_metadata: dict[tuple[str, int], str] = {}
+        self.on_assign = self.on_revoke = self.on_lost = None
+        self.group_generation = 1
 
-    def subscribe(self, topics, on_assign, on_revoke) -> None:
-        self.on_assign, self.on_revoke = on_assign, on_revoke
+    def subscribe(self, topics, on_assign, on_revoke, on_lost=None) -> None:
+        self.on_assign, self.on_revoke, self.on_lost = on_assign, on_revoke, on_lost
+
+    def generation(self) -> int:
+        return self.group_generation
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
         return self.queue.pop(0) if self.queue else []
 
-    def commit(self, offsets) -> None:
+    def commit(self, offsets, metadata=None) -> None:
         self.log.append(("commit", dict(offsets)))
         self.committed_offsets.update(offsets)
+        self.committed_metadata.update({tp: (metadata or {}).get(tp, "") for tp in offsets})
 
     def committed(self, tps):
         return {tp: self.committed_offsets.get(tp) for tp in tps}
+
+    def committed_with_metadata(self, tps):
+        return {
+            tp: (self.committed_offsets.get(tp), self.committed_metadata.get(tp, "")) for tp in tps
+        }
 
     def end_offsets(self, tps):
         return dict.fromkeys(tps, 0)
@@ -70,12 +81,18 @@ class FakeConsumer:
 
 
 class FakeReader:
-    def __init__(self, records: list[Record]) -> None:
+    """Reads ``records``; input partitions end at ``input_ends`` (else far ahead)."""
+
+    def __init__(self, records: list[Record], input_ends: dict[int, int] | None = None) -> None:
         self.records = records
+        self.input_ends = input_ends or {}
 
     def read_to_end(self, tps, timeout_s, on_progress=None):
         wanted = {p for _, p in tps}
         yield [r for r in self.records if r.partition in wanted]
+
+    def ends(self, tps, timeout_s):
+        return {tp: self.input_ends.get(tp[1], 1 << 40) for tp in tps}
 
     def close(self) -> None:
         pass

@@ -20,12 +20,14 @@ def make_recipe_model(
     hidden: int = 16,
     version: str | None = None,
     features: tuple[str, ...] = ("a", "b", "c"),
+    quantile_levels: tuple[float, ...] = (),
 ) -> Path:
-    """A small random model with a recipe, over events of ``len(features)`` values."""
+    """A small random model with a recipe, over events of ``len(features)`` values
+    (with a quantile head of ``quantile_levels``, if any)."""
     history = Recipe.from_json(recipe, width=len(features), scale_floor=1e-3)
     inputs = history.num_features
     torch.manual_seed(seed)
-    model = StreamingLSTM(inputs, hidden, 2, 1)
+    model = StreamingLSTM(inputs, hidden, 2, max(1, len(quantile_levels)))
     gen = torch.Generator().manual_seed(seed)
     cfg = ModelConfig(
         len(features),
@@ -40,5 +42,6 @@ def make_recipe_model(
         (1.5,),
         scaling=SCALING_WINDOW if history.scale_window else SCALING_GLOBAL,
         recipe=recipe,
+        quantile_levels=quantile_levels,
     )
     return save_checkpoint(registry, name, model, cfg, version=version)

@@ -15,6 +15,7 @@ import numpy as np
 import yaml
 from prometheus_client import generate_latest
 
+from streamcell.core.quantiles import Scores
 from streamcell.service.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,6 +78,10 @@ def test_the_issues_panels_are_there() -> None:
     assert "by (model, version)" in exprs[online]
     assert "{{version}}" in legends[online]
     assert "streamcell_model_validation_mae" in exprs[online]
+    coverage = panel_with(r"streamcell_interval_inside_total")
+    assert "streamcell_interval_scored_total" in exprs[coverage]
+    assert "{{interval}}" in legends[coverage] and "{{version}}" in legends[coverage]
+    panel_with(r"streamcell_pinball_loss_sum")
 
 
 def test_every_series_the_dashboard_reads_is_exported() -> None:
@@ -93,6 +98,7 @@ def test_every_series_the_dashboard_reads_is_exported() -> None:
     metrics.grpc_requests.labels("Predict", "OK").inc()
     metrics.grpc_seconds.labels("Predict").observe(0.01)
     metrics.record_model("m", "v", 1.0)
+    metrics.record_scores(Scores(4, np.array([3]), np.ones(3)), (0.1, 0.5, 0.9), "m", "v")
     text = generate_latest(metrics.registry).decode()
     exported = set(re.findall(r"^([a-z_]+)", text, re.M))
     used = {

@@ -79,6 +79,7 @@ def test_every_required_alert_exists_and_is_tested() -> None:
         "StreamcellOnlineErrorHigh": "streamcell_online_mae",
         "StreamcellNoModelLoaded": "streamcell_model_loaded",
         "StreamcellChangelogRestoreHanging": "streamcell_changelog_restor",
+        "StreamcellIntervalCoverageOff": "streamcell_interval_inside_total",
     }
     for name in required:
         assert name in alerts, f"missing alert {name}"
@@ -100,6 +101,7 @@ def test_metrics_named_in_rules_exist() -> None:
     """Every streamcell_* series a rule reads is one the service exports."""
     from prometheus_client import generate_latest
 
+    from streamcell.core.quantiles import Scores
     from streamcell.service.metrics import Metrics
 
     metrics = Metrics()
@@ -111,6 +113,8 @@ def test_metrics_named_in_rules_exist() -> None:
     metrics.dead_letters.labels("bad_json").inc()
     metrics.consumer_lag.labels("events", "0").set(1)
     metrics.model_reloads.labels("failed").inc()
+    scores = Scores(4, np.array([3]), np.ones(3))
+    metrics.record_scores(scores, (0.1, 0.5, 0.9), "m", "v")
     exposed = set(
         re.findall(r"^(streamcell_\w+)", generate_latest(metrics.registry).decode(), re.M)
     )

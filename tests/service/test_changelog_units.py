@@ -128,3 +128,83 @@ def test_a_restore_that_stops_progressing_raises_naming_partition_offsets_and_en
     assert "no progress for over 60.0 s" in message
     assert "cl/3 at offset 15 of end 50 (15 read)" in message and "cl/0" not in message
     assert 60.0 < reader.clock.now - 25 <= 62.0  # raised once the stall passed the limit
+
+
+def gen_record(offset: int, stream: str, value: bytes | None, generation: int | None) -> Record:
+    headers = () if generation is None else tuple(changelog.generation_header(generation))
+    return Record("cl", 0, offset, stream.encode(), value, 0, headers)
+
+
+class ListReader:
+    def __init__(self, records: list[Record]) -> None:
+        self.records = records
+
+    def read_to_end(self, tps, timeout_s, on_progress=None):
+        yield self.records
+
+    def close(self) -> None:
+        pass
+
+
+def latest_of(records: list[Record], max_generation: int | None = None) -> dict[str, bytes]:
+    items, _, _ = changelog.read(lambda: ListReader(records), "cl", [0], 5.0, None, max_generation)
+    return dict(items)
+
+
+def test_a_zombies_late_record_of_an_older_generation_never_wins():
+    records = [
+        gen_record(0, "s", b"gen2-first", 2),
+        gen_record(1, "s", b"gen3-new-owner", 3),
+        gen_record(2, "s", b"gen2-zombie", 2),  # written late by the evicted member
+        gen_record(3, "t", b"old", None),  # an older writer: generation -1
+        gen_record(4, "t", b"gen1", 1),
+        gen_record(5, "u", b"u3", 3),
+        gen_record(6, "u", None, 4),  # deleted at 4 ...
+        gen_record(7, "u", b"u-zombie", 3),  # ... a zombie's snapshot does not revive it
+        gen_record(8, "v", b"v2", 2),
+        gen_record(9, "v", b"v2-later", 2),  # same generation: the later one
+    ]
+    assert latest_of(records) == {"s": b"gen3-new-owner", "t": b"gen1", "v": b"v2-later"}
+
+
+def test_a_generation_above_the_readers_counts_as_its_own_so_it_cannot_blackhole():
+    records = [
+        gen_record(0, "s", b"hostile", 1 << 40),
+        gen_record(1, "s", b"real", 7),
+        gen_record(2, "t", b"before-the-group-was-recreated", 50),
+        gen_record(3, "t", b"after", 2),
+    ]
+    assert latest_of(records, max_generation=7) == {
+        "s": b"real",
+        "t": b"before-the-group-was-recreated",
+    }
+    assert latest_of(records, max_generation=2) == {"s": b"real", "t": b"after"}
+    assert changelog.generation_of((("streamcell-generation", b"x"),)) == -1
+
+
+class HeaderRecorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int | None, list, list]] = []
+
+    def send_many(self, topic, records, headers=None, partition=None) -> None:
+        self.calls.append((partition, list(records), headers))
+
+
+def test_snapshots_carry_their_generation_and_a_partition_no_longer_held_is_not_sent():
+    store = StateStore(1, 4, 1, 1)
+    streams = [f"s{k}" for k in range(10)]
+    store.slots(streams, now=1.0)
+    changed = {s: k % 2 for k, s in enumerate(streams)}
+    records = Snapshots("cl", store, changed, {0: 5, 1: 6})
+    producer = HeaderRecorder()
+    asked: list[tuple[int, int]] = []
+
+    def held(partition: int, generation: int) -> bool:
+        asked.append((partition, generation))
+        return partition == 0
+
+    assert records.send(producer, held=held)
+    assert [(p, len(r), h) for p, r, h in producer.calls] == [
+        (0, 5, [("streamcell-generation", b"5")])
+    ]
+    assert sorted(set(asked)) == [(0, 5), (1, 6)] and records.dropped == 5

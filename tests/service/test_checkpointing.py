@@ -132,7 +132,7 @@ def test_a_refused_commit_is_retried_at_the_next_checkpoint(tmp_path):
     s.process(["a"], 0, 0)
     commit = s.consumer.commit
 
-    def refuse(offsets):
+    def refuse(offsets, metadata=None):
         raise CommitFailed("rebalancing")
 
     s.consumer.commit = refuse

@@ -106,6 +106,14 @@ def test_reader_reaches_the_true_end_over_many_batches(kafka_config, unique_name
     records = read_all(kafka_config, [(topic, 0), (topic, 1)])
     assert [int(r.value) for r in records] == list(range(400))
     assert read_all(kafka_config, [(topic, 1)]) == []
+    reader = open_reader(kafka_config)
+    try:  # the true ends, by reading the last batch only
+        assert reader.ends([(topic, 0), (topic, 1)], timeout_s=20) == {
+            (topic, 0): 400,
+            (topic, 1): 0,
+        }
+    finally:
+        reader.close()
 
 
 def test_group_callbacks_commit_seek_and_resume(kafka_config, unique_name):
@@ -122,6 +130,8 @@ def test_group_callbacks_commit_seek_and_resume(kafka_config, unique_name):
         got = poll_until(consumer, 30)
         assert sorted(r.value for r in got) == sorted(b"a%d" % i for i in range(30))
         assert assigned and assigned[-1] == tps
+        first_generation = consumer.generation()
+        assert first_generation >= 0
         ends = consumer.end_offsets(tps)
         assert sum(ends.values()) == 30
         read_to = {(r.topic, r.partition): r.offset + 1 for r in got}
@@ -134,8 +144,13 @@ def test_group_callbacks_commit_seek_and_resume(kafka_config, unique_name):
         again = poll_until(consumer, ends[busiest] - 1)
         assert [r.offset for r in again] == list(range(1, ends[busiest]))
 
-        consumer.commit(ends)
+        consumer.commit(ends, {tp: f"end={tp[1]}" for tp in tps[1:]})
         assert consumer.committed(tps) == ends
+        marks = consumer.committed_with_metadata(tps)
+        assert {tp: offset for tp, (offset, _) in marks.items()} == ends
+        kept = {tp: (ends[tp], "" if tp == tps[0] else f"end={tp[1]}") for tp in tps}
+        # The embedded broker (Tansu) keeps no commit metadata: it answers "" for all.
+        assert marks == kept or {meta for _, meta in marks.values()} == {""}
     finally:
         consumer.close()
     assert revoked and revoked[-1] == tps  # leaving the group revokes
@@ -147,6 +162,7 @@ def test_group_callbacks_commit_seek_and_resume(kafka_config, unique_name):
         resumed = poll_until(second, 10)
         assert sorted(r.value for r in resumed) == sorted(b"b%d" % i for i in range(10))
         assert not second.poll(100, 0.5)  # nothing from before the commit
+        assert second.generation() > first_generation  # the group moved on
     finally:
         second.close()
 

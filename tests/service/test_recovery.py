@@ -9,7 +9,7 @@ from pipeline_support import make_model
 
 from streamcell.core.checkpoint import load_checkpoint
 from streamcell.core.events import EventBatch
-from streamcell.core.predictor import Predictor
+from streamcell.core.predictor import PREDICTED, Predictor
 from streamcell.service.checkpointing import Checkpointer
 from streamcell.service.kafka import EndTracker, Record
 from streamcell.service.metrics import Metrics
@@ -168,3 +168,97 @@ def test_a_restore_in_progress_shows_what_is_left_in_the_log_and_the_gauge(tmp_p
     assert metrics.restore_remaining._value.get() == 0  # none runs now
     assert "restoring from cl: partition 0 4/10, partition 1 0/10" in caplog.text
     assert sorted(s.predictor.store.stream_ids()) == ["a", "b"]
+
+
+def test_lost_partitions_are_dropped_and_nothing_of_them_is_ever_sent(tmp_path):
+    s = Setup(tmp_path)
+    producer = s.cp.producer
+    s.recovery.on_assign([(TOPIC, 0), (TOPIC, 1)])
+    s.recovery.restore_pending()
+    assert s.ownership.generations == {0: 1, 1: 1}
+    s.predictor.predict(
+        EventBatch.of(["a", "b"], [[1.0, 2.0, 3.0]] * 2, partition=[0, 1], offset=[0, 0])
+    )
+    s.cp.processed({0: 0, 1: 0})
+    producer.send("predictions", b"a", b"p")
+    producer.acked = 0  # the prediction is not acknowledged yet: the checkpoint waits
+    s.cp.begin(s.cp.clock())
+    assert s.cp.in_flight and not [x for x in producer.sent if x[0] == "cl"]
+    s.recovery.on_lost([(TOPIC, 0)])  # evicted while it waited; partition 1 kept
+    assert s.ownership.assigned == {1} and s.predictor.store.stream_ids() == ["b"]
+    producer.acked = None
+    s.cp.advance()
+    s.cp.advance()
+    sent = [(key, part) for topic, key, _, part in producer.sent if topic == "cl"]
+    assert sent == [(b"b", 1)]  # the lost partition's snapshot was dropped, not sent
+    assert [c for c in s.log if c[0] == "commit"] == [("commit", {(TOPIC, 1): 1})]
+    assert s.recovery.metrics.partitions_lost._value.get() == 1
+
+
+def test_a_revocation_once_fenced_is_a_loss_no_checkpoint(tmp_path):
+    s = Setup(tmp_path)
+    s.recovery.on_assign([(TOPIC, 0)])
+    s.recovery.restore_pending()
+    s.predictor.predict(EventBatch.of(["a"], [[1.0, 2.0, 3.0]], partition=[0], offset=[0]))
+    s.cp.processed({0: 0})
+    s.consumer.group_generation = -1  # the client learnt it was fenced
+    s.log.clear()
+    s.recovery.on_revoke([(TOPIC, 0)])
+    assert s.log == [] and s.cp.producer.sent == []  # no flush, no changelog, no commit
+    assert len(s.predictor.store) == 0 and s.ownership.assigned == set()
+
+
+def test_commits_record_the_changelog_end_and_a_restore_below_it_is_reported(tmp_path, caplog):
+    written = snapshots(tmp_path, {"a": 0, "b": 0})  # changelog offsets 0 and 1
+    s = Setup(tmp_path, written)
+    s.recovery.on_assign([(TOPIC, 0)])
+    s.recovery.restore_pending()
+    s.predictor.predict(EventBatch.of(["a"], [[1.0, 2.0, 3.0]], partition=[0], offset=[1]))
+    s.cp.processed({0: 1})
+    s.cp.checkpoint()  # one more changelog record: the partition reaches offset 3
+    assert s.consumer.committed_metadata[(TOPIC, 0)] == "streamcell-changelog-end=3"
+
+    truncated = Setup(tmp_path / "again", written[:1])  # the changelog lost records since
+    truncated.consumer.committed_offsets = s.consumer.committed_offsets
+    truncated.consumer.committed_metadata = s.consumer.committed_metadata
+    truncated.recovery.on_assign([(TOPIC, 0)])
+    with caplog.at_level("ERROR", logger="streamcell.service.recovery"):
+        truncated.recovery.restore_pending()
+    assert "changelog cl partition 0 ends at offset 1, below the 3 it had reached" in caplog.text
+    assert "when input offset 2 was committed" in caplog.text
+    assert truncated.recovery.metrics.changelog_behind._value.get() == 1
+
+
+def test_an_empty_changelog_under_a_committed_offset_is_reported(tmp_path, caplog):
+    s = Setup(tmp_path)
+    s.consumer.committed_offsets[(TOPIC, 0)] = 40  # committed by a writer of no metadata
+    s.consumer.committed_offsets[(TOPIC, 1)] = 0
+    s.recovery.on_assign([(TOPIC, 0), (TOPIC, 1)])
+    with caplog.at_level("ERROR", logger="streamcell.service.recovery"):
+        s.recovery.restore_pending()
+    assert "changelog cl partition 0 is empty when input offset 40 was committed" in caplog.text
+    assert "partition 1" not in caplog.text
+    assert s.recovery.metrics.changelog_behind._value.get() == 1
+
+
+def test_a_snapshot_claiming_an_offset_past_the_inputs_end_is_refused(tmp_path, caplog):
+    source = Predictor(load_checkpoint(make_model(tmp_path / "source")))
+    source.predict(
+        EventBatch.of(["hostile", "fine"], [[1.0, 2.0, 3.0]] * 2, partition=[0, 0],
+                      offset=[10**12, 49])
+    )  # fmt: skip
+    values = source.store.snapshot(["hostile", "fine"])
+    records = [Record("cl", 0, k, name.encode(), v, 0, ()) for k, (name, v) in
+               enumerate(zip(["hostile", "fine"], values, strict=True))]  # fmt: skip
+    s = Setup(tmp_path, records)
+    s.recovery.reader_of = lambda: FakeReader(records, input_ends={0: 50})
+    s.recovery.on_assign([(TOPIC, 0)])
+    with caplog.at_level("WARNING", logger="streamcell.service.changelog"):
+        s.recovery.restore_pending()
+    assert s.predictor.store.stream_ids() == ["fine"]
+    assert "claims input offset 1000000000000 of in partition 0, which ends at 50" in caplog.text
+    # Its events are applied, not skipped as already reflected.
+    result = s.predictor.predict(
+        EventBatch.of(["hostile"], [[1.0, 2.0, 3.0]], partition=[0], offset=[50])
+    )
+    assert result.outcome.tolist() == [PREDICTED]

@@ -23,7 +23,7 @@ class FakeAdmin:
 
     def ensure_topics(self, specs: list[TopicSpec]) -> list[str]:
         created = [s.name for s in specs if s.name not in self.topics]
-        self.topics.update({s.name: s.partitions for s in specs})
+        self.topics.update({s.name: s.partitions for s in specs if s.name in created})
         return created
 
     def partitions(self, topic: str) -> int | None:
@@ -66,3 +66,17 @@ def test_a_policy_the_broker_does_not_report_is_a_warning(monkeypatch, tmp_path,
     with caplog.at_level(logging.WARNING, logger="streamcell.service.changelog"):
         assert ensure(monkeypatch, tmp_path, configs) == 3
     assert "cannot tell the cleanup.policy of changelog topic state-cl" in caplog.text
+
+
+def test_a_changelog_with_another_partition_count_than_the_input_is_refused(monkeypatch, tmp_path):
+    settings = ServeSettings(
+        registry=tmp_path,
+        model="m",
+        kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9", broker_wait_s=0),
+        pipeline=PipelineSettings(changelog_topic="state-cl"),
+    )
+    admin = FakeAdmin("state-cl", {"cleanup.policy": "compact"})
+    admin.topics["state-cl"] = 5  # made by hand, before the input topic (3 partitions)
+    monkeypatch.setattr(kafka, "open_admin", lambda cfg: admin)
+    with pytest.raises(ConfigError, match=r"state-cl has 5 partitions but the input topic"):
+        App(settings)._ensure_topics(threading.Event())

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from streamcell.core.errors import CheckpointError
 from streamcell.core.model import StreamingLSTM
 from streamcell.core.normalization import SCALING_GLOBAL, SCALING_WINDOW, SCALINGS
+from streamcell.core.quantiles import check_levels
 from streamcell.core.recipe import Recipe, RecipeError
 
 WEIGHTS_FILE = "model.safetensors"
@@ -62,10 +63,16 @@ class ModelConfig:
     training: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     recipe: dict[str, Any] | None = None  # streamcell.core.recipe's config.json form
+    # A quantile head's levels (streamcell.core.quantiles); empty: a point head.
+    quantile_levels: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("features", "targets", "input_mean", "input_std", "target_mean", "target_std"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        try:
+            object.__setattr__(self, "quantile_levels", check_levels(self.quantile_levels))
+        except ValueError as exc:
+            raise CheckpointError(f"invalid model config: {exc}") from None
         self.validate()
 
     def validate(self) -> None:
@@ -165,6 +172,11 @@ class ModelConfig:
             return None
 
     @property
+    def head_width(self) -> int:
+        """Outputs of the linear head: a value per target and quantile level (one: a point)."""
+        return self.output_size * max(1, len(self.quantile_levels))
+
+    @property
     def autoregressive(self) -> bool:
         """Targets are exactly the features: predictions can be fed back (Forecast)."""
         return self.targets == self.features
@@ -180,12 +192,15 @@ class ModelConfig:
             self.features,
             self.targets,
             json.dumps(self.recipe, sort_keys=True),
+            self.quantile_levels,  # the state keeps each stream's last quantiles
         )
 
     def to_json(self) -> str:
         data = asdict(self)
         if data["recipe"] is None:
             del data["recipe"]  # a model without one writes the config it always has
+        if not data["quantile_levels"]:
+            del data["quantile_levels"]  # likewise a point head
         return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
@@ -214,6 +229,10 @@ class ModelConfig:
         for name in ("metrics", "training"):
             if name in data and not isinstance(data[name], dict):
                 raise CheckpointError(f"invalid model config: {name} must be an object")
+        if data.get("quantile_levels") is None:
+            data = {k: v for k, v in data.items() if k != "quantile_levels"}  # null: a point head
+        elif not isinstance(data["quantile_levels"], list):
+            raise CheckpointError("invalid model config: quantile_levels must be a list of numbers")
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -253,7 +272,7 @@ def save_checkpoint(
     check_name(name)
     version = check_name(version or new_version(), "version")
     arch = (model.input_size, model.hidden_size, model.num_layers, model.output_size)
-    expected = (config.lstm_input_size, config.hidden_size, config.num_layers, config.output_size)
+    expected = (config.lstm_input_size, config.hidden_size, config.num_layers, config.head_width)
     if arch != expected:
         raise CheckpointError(f"model shape {arch} does not match its config")
     if not config.created_at:
@@ -343,7 +362,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
         if not torch.isfinite(got).all():
             raise CheckpointError(f"{file}: tensor {key} holds NaN or infinite values")
     model = StreamingLSTM(
-        config.lstm_input_size, config.hidden_size, config.num_layers, config.output_size
+        config.lstm_input_size, config.hidden_size, config.num_layers, config.head_width
     )
     model.load_state_dict(tensors, strict=True)
     model.eval()
@@ -360,8 +379,8 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes[f"lstm.weight_hh_l{layer}"] = (gates, hidden)
         shapes[f"lstm.bias_ih_l{layer}"] = (gates,)
         shapes[f"lstm.bias_hh_l{layer}"] = (gates,)
-    shapes["head.weight"] = (config.output_size, hidden)
-    shapes["head.bias"] = (config.output_size,)
+    shapes["head.weight"] = (config.head_width, hidden)
+    shapes["head.bias"] = (config.head_width,)
     return shapes
 
 

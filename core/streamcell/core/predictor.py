@@ -15,6 +15,12 @@ is applied in consecutive parts, in order. With a cold tier
 hot first, with one batched read of the cold ones; the store then never
 evicts, and every admin call reaches cold streams too.
 
+A model with a quantile head (``quantile_levels`` in its config) predicts
+per level; the levels are de-normalised like the point and sorted, so that
+quantiles never cross, and the median is ``yhat``. Each stream's previous
+quantiles score the actual values that arrive next: per central interval,
+whether they fell inside it, and the pinball loss (:mod:`streamcell.core.quantiles`).
+
 The Predictor is the one owner of stream state, so it also reports what
 changed. Once a front end calls :meth:`Predictor.track_changes` (the Kafka
 pipeline does), every call that changes a stream (predict from Kafka or gRPC,
@@ -59,6 +65,7 @@ from streamcell.core.events import (
 from streamcell.core.journal import ChangeJournal, Placement
 from streamcell.core.model import Gates
 from streamcell.core.normalization import SCALING_GLOBAL, scale_from_sums
+from streamcell.core.quantiles import Scores, inside_counts, median_index, pinball_sums
 from streamcell.core.recipe import Recipe, advance
 from streamcell.core.state import StateStore, StreamInfo
 from streamcell.core.tiers import TieredStore
@@ -95,6 +102,11 @@ class BatchResult:
     evicted: list[str] = field(default_factory=list)  # streams evicted to make room
     # (row, reason, message) of each REFUSED row, in row order within a wave.
     refused: list[tuple[int, str, str]] = field(default_factory=list)
+    # A quantile head: [N, levels, output] float32 in target units, sorted along
+    # levels (zeros where not predicted), and what the batch's actuals scored.
+    quantiles: np.ndarray | None = None
+    scores: Scores | None = None
+    levels: tuple[float, ...] = ()  # the version's quantile levels (empty: a point head)
 
 
 @dataclass(frozen=True)
@@ -171,6 +183,8 @@ class Predictor:
             None if tidx is None else torch.as_tensor(tidx, dtype=torch.int64, device=dev)
         )
         self._recipe: Recipe | None = cfg.history
+        self._levels = cfg.quantile_levels
+        self._median = median_index(self._levels) if self._levels else 0
 
     def _new_store(self) -> StateStore:
         cfg = self.loaded.config
@@ -178,6 +192,7 @@ class Predictor:
         args: dict = {  # mixed value types: mypy would refuse a union
             **self._store_args,
             "buffer_size": 0 if history is None else history.buffer_size,
+            "quantile_levels": cfg.quantile_levels,
         }
         return StateStore(cfg.num_layers, cfg.hidden_size, cfg.output_size, cfg.input_size, **args)
 
@@ -312,6 +327,10 @@ class Predictor:
                 model=self.loaded.name,
                 version=self.loaded.version,
             )
+            if self._levels:
+                result.quantiles = np.zeros((n, len(self._levels), out_size), dtype=np.float32)
+                result.scores = Scores.empty(len(self._levels), len(self.store.intervals))
+                result.levels = self._levels
             if n:
                 newest = float(times.max())
                 if self._watermark is None or newest > self._watermark:
@@ -383,15 +402,21 @@ class Predictor:
 
         h, c = store.gather(slots)
         step = self.loaded.model.step(u, h, c, return_gates=store.gates is not None)
-        yhat = step.y * self._out_std + self._out_mean
-        if out_scale is not None:
-            yhat = yhat * out_scale
+        quantiles = self._quantiles(step.y, out_scale)
+        if quantiles is None:
+            yhat = step.y[:, : self._out_mean.shape[0]] * self._out_std + self._out_mean
+            if out_scale is not None:
+                yhat = yhat * out_scale
+            values = yhat
+        else:
+            yhat = quantiles[:, self._median]
+            values = quantiles.flatten(1)
         # An extreme but finite x can overflow the model. One reduction per
         # wave: a finite sum means every value is finite (NaN and infinities
         # propagate); only when it is not are the rows told apart.
         ok = None
-        if not math.isfinite(float(step.h.sum() + step.c.sum() + yhat.sum())):
-            ok = _finite_rows(step.h, step.c, yhat)
+        if not math.isfinite(float(step.h.sum() + step.c.sum() + values.sum())):
+            ok = _finite_rows(step.h, step.c, values)
         if ok is not None and not ok.all():
             bad = [
                 (k, s) for k, s, good in zip(rows.tolist(), streams, ok, strict=True) if not good
@@ -407,6 +432,7 @@ class Predictor:
             commit(ok)
             step_h, step_c = step.h[:, keep_t], step.c[:, keep_t]
             yhat = yhat[keep_t]
+            quantiles = None if quantiles is None else quantiles[keep_t]
             gates = None if step.gates is None else Gates(*(g[:, keep_t] for g in step.gates))
         else:
             commit(None)
@@ -421,10 +447,16 @@ class Predictor:
                 errors.append(err)
                 store.err_sum[slots[seen]] += err.mean(axis=1)
                 store.err_count[slots[seen]] += 1
+                if quantiles is not None:
+                    self._score(store, slots[seen], actual, result)
 
         store.scatter(slots, step_h, step_c)
         idx = store.index(slots)
         store.yhat.index_copy_(0, idx, yhat)
+        if quantiles is not None and store.quantiles is not None:
+            store.quantiles.index_copy_(0, idx, quantiles)
+            assert result.quantiles is not None
+            result.quantiles[rows] = quantiles.cpu().numpy()
         if store.gates is not None and gates is not None:
             # [L, B, H] x 4 -> [B, L, 4, H]
             store.gates.index_copy_(0, idx, torch.stack(gates, dim=2).permute(1, 0, 2, 3))
@@ -438,6 +470,32 @@ class Predictor:
         result.yhat[rows] = yhat.cpu().numpy()
         result.events[rows] = counts
         touched.update(zip(streams, part.tolist(), strict=True))
+
+    def _quantiles(self, y: torch.Tensor, out_scale: torch.Tensor | None) -> torch.Tensor | None:
+        """A quantile head's output ``[B, levels, output]`` in target units, sorted; None
+        for a point head. The head's first ``levels x output`` values are the next
+        step's quantiles, level-major (a wider head holds later steps after them).
+        """
+        if not self._levels:
+            return None
+        levels, out = len(self._levels), self._out_mean.shape[0]
+        q = y[:, : levels * out].reshape(-1, levels, out) * self._out_std + self._out_mean
+        if out_scale is not None:
+            q = q * out_scale[:, None, :]
+        return uncrossed(q)
+
+    def _score(
+        self, store: StateStore, slots: np.ndarray, actual: np.ndarray, result: BatchResult
+    ) -> None:
+        """The streams' previous quantiles against the actuals that just arrived."""
+        assert store.quantiles is not None and store.inside is not None
+        assert result.scores is not None
+        previous = store.quantiles[store.index(slots)].cpu().numpy()
+        inside = inside_counts(actual, previous, store.intervals)
+        store.inside[slots] += inside
+        result.scores.add(
+            actual.size, inside.sum(axis=0), pinball_sums(actual, previous, self._levels)
+        )
 
     def _event_inputs(
         self, store: StateStore, slots: np.ndarray, x: np.ndarray, counts: np.ndarray
@@ -510,6 +568,7 @@ class Predictor:
             # One version for the whole forecast, which runs outside the lock:
             # a swap meanwhile must not mix its weights with this state.
             loaded, recipe = self.loaded, self._recipe
+            levels, median = self._levels, self._median
             in_mean, in_std = self._in_mean, self._in_std
             out_mean, out_std = self._out_mean, self._out_std
             cfg = loaded.config
@@ -543,9 +602,15 @@ class Predictor:
                 scale = torch.from_numpy(fed).to(self.device)[:, None]
             step = model.step(u, h, c)
             h, c = step.h, step.c
-            prev = step.y * out_std + out_mean
-            if scale is not None:
-                prev = prev * scale
+            if levels:  # a quantile head feeds its median back
+                q = step.y[:, : len(levels) * out.shape[1]].reshape(1, len(levels), -1)
+                q = q * out_std + out_mean
+                q = q if scale is None else q * scale[:, None, :]
+                prev = uncrossed(q)[:, median]
+            else:
+                prev = step.y * out_std + out_mean
+                if scale is not None:
+                    prev = prev * scale
         return out
 
     def _cannot_forecast(self) -> str:
@@ -650,6 +715,36 @@ class Predictor:
             if self.tiers is not None:
                 gone += self.tiers.drop_tags(partitions)
             return gone
+
+
+def uncrossed(q: torch.Tensor) -> torch.Tensor:
+    """Quantiles ``[B, levels, targets]`` sorted along levels: crossing ones are never served.
+
+    Sorting keeps each row's set of values and makes each level's value at
+    least the one below. A trained head seldom crosses, so the rows are
+    checked first (a fraction of a sort's cost) and only rows that cross are
+    sorted, each on its own (a row's result never depends on its batch). The
+    sort is an odd-even transposition network of min/max over the level
+    columns: the same values as ``torch.sort``, several times faster for a
+    handful of levels.
+    """
+    if q.shape[1] < 2:
+        return q
+    crossed = (q[:, 1:] < q[:, :-1]).flatten(1).any(dim=1)
+    if not bool(crossed.any()):
+        return q
+    rows = crossed.nonzero().squeeze(1)
+    cols = list(q[rows].unbind(1))
+    levels = len(cols)
+    for r in range(levels):
+        for k in range(r % 2, levels - 1, 2):
+            cols[k], cols[k + 1] = (
+                torch.minimum(cols[k], cols[k + 1]),
+                torch.maximum(cols[k], cols[k + 1]),
+            )
+    out = q.clone()
+    out[rows] = torch.stack(cols, dim=1)
+    return out
 
 
 def _finite_rows(h: torch.Tensor, c: torch.Tensor, yhat: torch.Tensor) -> np.ndarray:

@@ -14,6 +14,17 @@ stream's history: a ring of its last ``buffer_size`` target values
 snapshots carry both, under a header of their own, so a record of either
 layout is refused by a store of the other.
 
+A store for a quantile head (streamcell.core.quantiles) also keeps each
+stream's last quantiles (``[capacity, levels, output]``, beside ``yhat``) and,
+per central interval, how many of its actual values fell inside the interval
+its previous prediction gave (beside the error sums: ``err_count`` events
+were scored, ``output`` values each).
+
+Snapshots are format 2 (header ``SCS2``: the shape, the ring's length, the
+number of quantile levels and their digest). A store reads format-1 records
+(``SCS1``, ``SCH1``, written before quantile heads) of its own shape when it
+has no quantile levels: their fields are the same, only the header differs.
+
 Slots are an implementation detail of this module and of the predictor; the
 pipeline and the gRPC servicer only ever name streams.
 """
@@ -32,12 +43,18 @@ from torch import Tensor
 
 from streamcell.core.errors import Overloaded, StateFormatError
 from streamcell.core.events import NO_POSITION, NO_SEQ
+from streamcell.core.quantiles import central_intervals, levels_digest
 
+# Format 1 (read only): magic, num_layers, hidden, output, input; with a
+# history, then the ring's length.
 SNAPSHOT_MAGIC = b"SCS1"
-_HEADER = struct.Struct("<4sHHHH")  # magic, num_layers, hidden, output, input
-# A store with a history: the same fields, then the ring's length.
+_HEADER = struct.Struct("<4sHHHH")
 HISTORY_MAGIC = b"SCH1"
 _HISTORY_HEADER = struct.Struct("<4sHHHHI")
+# Format 2: magic, num_layers, hidden, output, input, ring length (0: no
+# recipe), quantile levels (0: a point head), the levels' digest.
+SNAPSHOT_V2_MAGIC = b"SCS2"
+_V2_HEADER = struct.Struct("<4sHHHHIII")  # 24 bytes: rows stay 4-byte aligned
 FREE_LAST_SEEN = np.nan  # a free slot's last_seen
 
 
@@ -61,6 +78,12 @@ class StreamInfo:
     # without a recipe, or before the stream's first event).
     history: tuple[float, ...] = ()
     scale: float | None = None
+    # A quantile head: the last quantiles [levels][output], and per central
+    # interval (widest first) how many actual values fell inside it, out of
+    # ``scored`` (empty, and 0, for a point head).
+    last_quantiles: tuple[tuple[float, ...], ...] = ()
+    inside: tuple[int, ...] = ()
+    scored: int = 0
 
 
 class StateStore:
@@ -68,6 +91,7 @@ class StateStore:
 
     ``buffer_size`` > 0 adds each stream's history ring and scale (a model
     with a recipe); 0 keeps the store, and its snapshots, as without one.
+    ``quantile_levels`` adds each stream's last quantiles and interval counts.
     """
 
     # Per-slot slabs and arrays, (re)made by _allocate as capacity grows.
@@ -83,6 +107,8 @@ class StateStore:
     scale_sum: np.ndarray
     err_sum: np.ndarray
     err_count: np.ndarray
+    quantiles: Tensor | None  # [capacity, levels, output] with quantile_levels
+    inside: np.ndarray | None  # [capacity, intervals] int64 with quantile_levels
 
     def __init__(
         self,
@@ -97,6 +123,7 @@ class StateStore:
         keep_gates: bool = False,
         device: torch.device | str = "cpu",
         buffer_size: int = 0,
+        quantile_levels: Sequence[float] = (),
     ) -> None:
         if max_streams < 1:
             raise ValueError(f"max_streams must be at least 1, got {max_streams}")
@@ -105,6 +132,9 @@ class StateStore:
         if not 0 <= buffer_size < 1 << 32:
             raise ValueError(f"buffer_size must be in 0..2**32-1, got {buffer_size}")
         self.buffer_size = buffer_size
+        self.quantile_levels = tuple(quantile_levels)
+        self.intervals = central_intervals(self.quantile_levels)
+        levels, n_intervals = len(self.quantile_levels), len(self.intervals)
         self.num_layers = num_layers
         self.hidden_size = hidden_size
         self.output_size = output_size
@@ -125,7 +155,7 @@ class StateStore:
         # block of whole snapshots: no per-stream concatenation.
         self._record = np.dtype(
             [
-                ("header", "u1", (_HISTORY_HEADER.size if buffer_size else _HEADER.size,)),
+                ("header", "u1", (_V2_HEADER.size,)),
                 ("h", "<f4", (num_layers, hidden_size)),
                 ("c", "<f4", (num_layers, hidden_size)),
                 ("yhat", "<f4", (output_size,)),
@@ -139,14 +169,25 @@ class StateStore:
                 ("err_count", "<i8"),
             ]
             + ([("ring", "<f4", (buffer_size,)), ("scale", "<f4")] if buffer_size else [])
+            + (
+                [("quantiles", "<f4", (levels, output_size)), ("inside", "<i8", (n_intervals,))]
+                if levels
+                else []
+            )
         )
         shape = (num_layers, hidden_size, output_size, input_size)
-        self._header = (
-            _HISTORY_HEADER.pack(HISTORY_MAGIC, *shape, buffer_size)
+        self._header = _V2_HEADER.pack(
+            SNAPSHOT_V2_MAGIC, *shape, buffer_size, levels, levels_digest(self.quantile_levels)
+        )
+        self._header_row = np.frombuffer(self._header, dtype=np.uint8)
+        # The format-1 header of a record with the same fields (none with quantiles).
+        self._v1_header = (
+            None
+            if levels
+            else _HISTORY_HEADER.pack(HISTORY_MAGIC, *shape, buffer_size)
             if buffer_size
             else _HEADER.pack(SNAPSHOT_MAGIC, *shape)
         )
-        self._header_row = np.frombuffer(self._header, dtype=np.uint8)
 
     # ----------------------------------------------------------------- layout
     def _allocate(self, capacity: int) -> None:
@@ -192,6 +233,12 @@ class StateStore:
         if self.buffer_size:
             self.ring = grow_array(self.ring, (grow, self.buffer_size), np.float32)
             self.scale = grow_array(self.scale, (grow,), np.float32)
+        self.quantiles = None if first else self.quantiles
+        self.inside = None if first else self.inside
+        if self.quantile_levels:
+            shape = (grow, len(self.quantile_levels), self.output_size)
+            self.quantiles = grow_tensor(self.quantiles, shape, 0)
+            self.inside = grow_array(self.inside, (grow, len(self.intervals)), np.int64)
         self._ids: list[str | None] = (self._ids if not first else []) + [None] * grow
         # Free slots are handed out lowest first so that slabs stay dense.
         self._free: list[int] = (self._free if not first else []) + list(
@@ -218,6 +265,9 @@ class StateStore:
         if self.ring is not None and self.scale is not None:
             self.ring[slot] = 0.0
             self.scale[slot] = 0.0
+        if self.quantiles is not None and self.inside is not None:
+            self.quantiles[slot].zero_()
+            self.inside[slot] = 0
 
     # ------------------------------------------------------------ properties
     @property
@@ -234,7 +284,9 @@ class StateStore:
     @property
     def nbytes(self) -> int:
         """Bytes held by the slabs and per-slot arrays (what the state itself costs)."""
-        tensors = [self.h, self.c, self.yhat] + ([self.gates] if self.gates is not None else [])
+        tensors = [self.h, self.c, self.yhat] + [
+            t for t in (self.gates, self.quantiles) if t is not None
+        ]
         arrays = [
             self.events,
             self.partition,
@@ -244,7 +296,7 @@ class StateStore:
             self.scale_sum,
             self.err_sum,
             self.err_count,
-        ] + ([self.ring, self.scale] if self.ring is not None and self.scale is not None else [])
+        ] + [a for a in (self.ring, self.scale, self.inside) if a is not None]
         return sum(t.numel() * t.element_size() for t in tensors) + sum(a.nbytes for a in arrays)
 
     def stream_ids(self) -> list[str]:
@@ -330,6 +382,9 @@ class StateStore:
         self.yhat.index_fill_(0, idx, 0.0)
         if self.gates is not None:
             self.gates.index_fill_(0, idx, 0.0)
+        if self.quantiles is not None and self.inside is not None:
+            self.quantiles.index_fill_(0, idx, 0.0)
+            self.inside[slots] = 0
         for name, fill in (
             ("events", 0),
             ("partition", NO_POSITION),
@@ -439,6 +494,11 @@ class StateStore:
             gates=None if self.gates is None else self.gates[slot].to("cpu", copy=True),
             history=history,
             scale=scale,
+            last_quantiles=()
+            if self.quantiles is None
+            else tuple(map(tuple, self.quantiles[slot].tolist())),
+            inside=() if self.inside is None else tuple(self.inside[slot].tolist()),
+            scored=count * self.output_size if self.quantile_levels else 0,
         )
 
     def _history_of(self, slot: int) -> tuple[tuple[float, ...], float | None]:
@@ -452,7 +512,10 @@ class StateStore:
     # ------------------------------------------------------ snapshot/restore
     @property
     def _history_fields(self) -> tuple[str, ...]:
-        return ("ring", "scale") if self.buffer_size else ()
+        """The optional numpy fields of a record: a recipe's history, a quantile head's counts."""
+        return (("ring", "scale") if self.buffer_size else ()) + (
+            ("inside",) if self.quantile_levels else ()
+        )
 
     @property
     def snapshot_size(self) -> int:
@@ -493,6 +556,8 @@ class StateStore:
             for layer in range(self.num_layers):
                 field[:, layer].copy_(slab[layer].index_select(0, idx))
         torch.from_numpy(rec["yhat"]).copy_(self.yhat.index_select(0, idx))
+        if self.quantiles is not None:
+            torch.from_numpy(rec["quantiles"]).copy_(self.quantiles.index_select(0, idx))
         for name in (
             "events",
             "partition",
@@ -520,7 +585,10 @@ class StateStore:
             return 0
         payloads = []
         for stream, value in items:
-            value = bytes(value) if isinstance(value, bytearray | memoryview) else value
+            if isinstance(value, bytearray | memoryview):
+                value = bytes(value)
+            if isinstance(value, bytes):
+                value = self.as_current(value)  # format 1: the same fields
             why = self.refusal(stream, value)
             if why is not None:
                 raise StateFormatError(why)
@@ -543,6 +611,9 @@ class StateStore:
         self.h.index_copy_(1, idx, torch.from_numpy(rec["h"].transpose(1, 0, 2).copy()).to(dev))
         self.c.index_copy_(1, idx, torch.from_numpy(rec["c"].transpose(1, 0, 2).copy()).to(dev))
         self.yhat.index_copy_(0, idx, torch.from_numpy(rec["yhat"].copy()).to(dev))
+        if self.quantiles is not None:
+            q = torch.from_numpy(rec["quantiles"].copy()).to(dev)
+            self.quantiles.index_copy_(0, idx, q)
         if self.gates is not None:
             self.gates.index_fill_(0, idx, 0.0)
         for name in (
@@ -589,8 +660,17 @@ class StateStore:
                 skipped.append((stream, str(exc)))
         return loaded, skipped, left_out
 
+    def as_current(self, value: bytes) -> bytes:
+        """A format-1 record of this store's shape under the current header (same fields)."""
+        v1 = self._v1_header
+        if v1 is not None and value[: len(v1)] == v1:
+            return self._header + value[len(v1) :]
+        return value
+
     def refusal(self, stream: str, value: object) -> str | None:
-        """Why this store cannot load ``value`` as the snapshot of ``stream`` (None: it can)."""
+        """Why this store cannot load ``value`` as the snapshot of ``stream`` (None: it can).
+
+        ``value`` in the current format (see :meth:`as_current`)."""
         if not isinstance(value, bytes):
             return f"state of stream {stream!r} is not bytes"
         header, size = self._header, self._record.itemsize
@@ -604,22 +684,50 @@ class StateStore:
         """The ``last_seen`` of each snapshot in a block of whole snapshots of this store."""
         return np.frombuffer(block, dtype=self._record)["last_seen"].copy()
 
+    def positions(self, values: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """The (input partition, offset) each snapshot says it reflects, without loading
+        it (a restore checks them first); NO_POSITION where a value is not a snapshot
+        of this store's layout."""
+        n = len(values)
+        partition = np.full(n, NO_POSITION, np.int64)
+        offset = np.full(n, NO_POSITION, np.int64)
+        header, size = self._header, self._record.itemsize
+        good = [k for k, v in enumerate(values) if len(v) == size and v[: len(header)] == header]
+        if good:
+            rec = np.frombuffer(b"".join(values[k] for k in good), dtype=self._record)
+            partition[good] = rec["partition"]
+            offset[good] = rec["offset"]
+        return partition, offset
+
     def _explain_header(self, stream: str, value: bytes) -> str:
         magic = value[:4]
-        if magic not in (SNAPSHOT_MAGIC, HISTORY_MAGIC):
+        headers = {
+            SNAPSHOT_MAGIC: _HEADER,
+            HISTORY_MAGIC: _HISTORY_HEADER,
+            SNAPSHOT_V2_MAGIC: _V2_HEADER,
+        }
+        if magic not in headers:
             if len(value) < 4:
                 return f"state of stream {stream!r} is truncated ({len(value)} bytes)"
             return f"state of stream {stream!r} is not a streamcell snapshot (magic {magic!r})"
-        header = _HISTORY_HEADER if magic == HISTORY_MAGIC else _HEADER
+        header = headers[magic]
         if len(value) < header.size:
             return f"state of stream {stream!r} is truncated ({len(value)} bytes)"
-        _, layers, hidden, output, inputs, *ring = header.unpack_from(value)
-        buffer = ring[0] if ring else 0
+        _, layers, hidden, output, inputs, *rest = header.unpack_from(value)
+        buffer = rest[0] if rest else 0
+        levels = rest[1] if len(rest) > 1 else 0
+        mine = len(self.quantile_levels)
+        if levels or mine:  # a point head's records say nothing of levels
+            if levels == mine and rest[2] != levels_digest(self.quantile_levels):
+                levels = f"{levels} (other levels)"
+            theirs, ours = f" quantile_levels={levels}", f" quantile_levels={mine}"
+        else:
+            theirs = ours = ""
         return (
             f"state of stream {stream!r} was written for layers={layers} hidden={hidden} "
-            f"output={output} input={inputs} {_history_text(buffer)}; this store has "
+            f"output={output} input={inputs} {_history_text(buffer)}{theirs}; this store has "
             f"layers={self.num_layers} hidden={self.hidden_size} output={self.output_size} "
-            f"input={self.input_size} {_history_text(self.buffer_size)}"
+            f"input={self.input_size} {_history_text(self.buffer_size)}{ours}"
         )
 
 

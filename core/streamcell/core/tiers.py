@@ -208,6 +208,7 @@ class TieredStore:
                 max_streams=1,
                 buffer_size=hot.buffer_size,
                 device=hot.device,
+                quantile_levels=hot.quantile_levels,
             )
         scratch.clear()
         scratch.restore([(stream, value)])
@@ -260,6 +261,8 @@ class TieredStore:
         latest: dict[str, bytes] = {}  # the last record of a stream wins, in written order
         skipped: list[tuple[str, str]] = []
         for stream, value in items:
+            if isinstance(value, bytes):
+                value = hot.as_current(value)  # a format-1 record of the same fields
             why = hot.refusal(stream, value)
             if why is None:
                 latest.pop(stream, None)

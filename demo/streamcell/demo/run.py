@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from streamcell.demo.children import Child, ChildFailed
-from streamcell.demo.plot import plot_streams
+from streamcell.demo.plot import Fan, fan_of, plot_streams
 from streamcell.demo.scoring import EtsThread, Scores, score
 from streamcell.service import settings
 
@@ -258,6 +258,7 @@ def run_demo(s: DemoSettings, say: Callable[[str], None] = print) -> int:
             picks,
             collector.predictions,
             f"streamcell on {s.dataset}: one-step-ahead online predictions (shaded: held out)",
+            fans=_fans(grpc_port, [stream for stream, _, _ in picks], max(data.period, 6)),
         )
         say("[6/6] done")
         _summary(
@@ -343,6 +344,18 @@ def _grpc_tour(port: int, stream: str) -> list[str]:
         f"GetStream({stream!r}): {state.events} events applied, last offset {state.offset}",
         f"Forecast({stream!r}, 6): {steps}",
     ]
+
+
+def _fans(port: int, streams: list[str], horizon: int) -> dict[str, Fan]:
+    """Each stream's Forecast fan, when the model has quantiles (none otherwise)."""
+    from streamcell.service.client import Client
+
+    with Client(f"127.0.0.1:{port}", timeout=10) as client:
+        levels = list(client.model_info().quantile_levels)
+        if not levels:
+            return {}
+        fans = {stream: fan_of(client.forecast(stream, horizon), levels) for stream in streams}
+    return {stream: fan for stream, fan in fans.items() if fan is not None}
 
 
 def _metric(text: str, name: str, label: str) -> float:

@@ -21,8 +21,16 @@ class EventBatch(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[_event_pb2.Event]
     def __init__(self, events: _Optional[_Iterable[_Union[_event_pb2.Event, _Mapping]]] = ...) -> None: ...
 
+class Quantile(_message.Message):
+    __slots__ = ("level", "yhat")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    YHAT_FIELD_NUMBER: _ClassVar[int]
+    level: float
+    yhat: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, level: _Optional[float] = ..., yhat: _Optional[_Iterable[float]] = ...) -> None: ...
+
 class Prediction(_message.Message):
-    __slots__ = ("stream", "seq", "yhat", "model", "version", "events", "outcome")
+    __slots__ = ("stream", "seq", "yhat", "model", "version", "events", "outcome", "quantiles")
     STREAM_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     YHAT_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +38,7 @@ class Prediction(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    QUANTILES_FIELD_NUMBER: _ClassVar[int]
     stream: str
     seq: int
     yhat: _containers.RepeatedScalarFieldContainer[float]
@@ -37,7 +46,8 @@ class Prediction(_message.Message):
     version: str
     events: int
     outcome: Outcome
-    def __init__(self, stream: _Optional[str] = ..., seq: _Optional[int] = ..., yhat: _Optional[_Iterable[float]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., events: _Optional[int] = ..., outcome: _Optional[_Union[Outcome, str]] = ...) -> None: ...
+    quantiles: _containers.RepeatedCompositeFieldContainer[Quantile]
+    def __init__(self, stream: _Optional[str] = ..., seq: _Optional[int] = ..., yhat: _Optional[_Iterable[float]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., events: _Optional[int] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., quantiles: _Optional[_Iterable[_Union[Quantile, _Mapping]]] = ...) -> None: ...
 
 class PredictionBatch(_message.Message):
     __slots__ = ("predictions",)
@@ -54,10 +64,12 @@ class ForecastRequest(_message.Message):
     def __init__(self, stream: _Optional[str] = ..., horizon: _Optional[int] = ...) -> None: ...
 
 class ForecastStep(_message.Message):
-    __slots__ = ("yhat",)
+    __slots__ = ("yhat", "quantiles")
     YHAT_FIELD_NUMBER: _ClassVar[int]
+    QUANTILES_FIELD_NUMBER: _ClassVar[int]
     yhat: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, yhat: _Optional[_Iterable[float]] = ...) -> None: ...
+    quantiles: _containers.RepeatedCompositeFieldContainer[Quantile]
+    def __init__(self, yhat: _Optional[_Iterable[float]] = ..., quantiles: _Optional[_Iterable[_Union[Quantile, _Mapping]]] = ...) -> None: ...
 
 class Forecast(_message.Message):
     __slots__ = ("stream", "steps", "model", "version")
@@ -94,7 +106,7 @@ class LayerGates(_message.Message):
     def __init__(self, input: _Optional[_Iterable[float]] = ..., forget: _Optional[_Iterable[float]] = ..., cell: _Optional[_Iterable[float]] = ..., output: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class StreamState(_message.Message):
-    __slots__ = ("stream", "exists", "events", "seq", "partition", "offset", "last_seen", "last_prediction", "online_mae", "gates", "history", "scale")
+    __slots__ = ("stream", "exists", "events", "seq", "partition", "offset", "last_seen", "last_prediction", "online_mae", "gates", "history", "scale", "last_quantiles", "coverage")
     STREAM_FIELD_NUMBER: _ClassVar[int]
     EXISTS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +119,8 @@ class StreamState(_message.Message):
     GATES_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
+    LAST_QUANTILES_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_FIELD_NUMBER: _ClassVar[int]
     stream: str
     exists: bool
     events: int
@@ -119,7 +133,23 @@ class StreamState(_message.Message):
     gates: _containers.RepeatedCompositeFieldContainer[LayerGates]
     history: _containers.RepeatedScalarFieldContainer[float]
     scale: float
-    def __init__(self, stream: _Optional[str] = ..., exists: _Optional[bool] = ..., events: _Optional[int] = ..., seq: _Optional[int] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., last_seen: _Optional[float] = ..., last_prediction: _Optional[_Iterable[float]] = ..., online_mae: _Optional[float] = ..., gates: _Optional[_Iterable[_Union[LayerGates, _Mapping]]] = ..., history: _Optional[_Iterable[float]] = ..., scale: _Optional[float] = ...) -> None: ...
+    last_quantiles: _containers.RepeatedCompositeFieldContainer[Quantile]
+    coverage: _containers.RepeatedCompositeFieldContainer[IntervalCoverage]
+    def __init__(self, stream: _Optional[str] = ..., exists: _Optional[bool] = ..., events: _Optional[int] = ..., seq: _Optional[int] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., last_seen: _Optional[float] = ..., last_prediction: _Optional[_Iterable[float]] = ..., online_mae: _Optional[float] = ..., gates: _Optional[_Iterable[_Union[LayerGates, _Mapping]]] = ..., history: _Optional[_Iterable[float]] = ..., scale: _Optional[float] = ..., last_quantiles: _Optional[_Iterable[_Union[Quantile, _Mapping]]] = ..., coverage: _Optional[_Iterable[_Union[IntervalCoverage, _Mapping]]] = ...) -> None: ...
+
+class IntervalCoverage(_message.Message):
+    __slots__ = ("interval", "lower", "upper", "scored", "inside")
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    LOWER_FIELD_NUMBER: _ClassVar[int]
+    UPPER_FIELD_NUMBER: _ClassVar[int]
+    SCORED_FIELD_NUMBER: _ClassVar[int]
+    INSIDE_FIELD_NUMBER: _ClassVar[int]
+    interval: float
+    lower: float
+    upper: float
+    scored: int
+    inside: int
+    def __init__(self, interval: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., scored: _Optional[int] = ..., inside: _Optional[int] = ...) -> None: ...
 
 class StreamAck(_message.Message):
     __slots__ = ("stream",)
@@ -148,7 +178,7 @@ class ModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfoResponse(_message.Message):
-    __slots__ = ("name", "version", "input_size", "hidden_size", "num_layers", "output_size", "features", "targets", "autoregressive", "scaling", "streams", "max_streams")
+    __slots__ = ("name", "version", "input_size", "hidden_size", "num_layers", "output_size", "features", "targets", "autoregressive", "scaling", "streams", "max_streams", "quantile_levels")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +191,7 @@ class ModelInfoResponse(_message.Message):
     SCALING_FIELD_NUMBER: _ClassVar[int]
     STREAMS_FIELD_NUMBER: _ClassVar[int]
     MAX_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    QUANTILE_LEVELS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     input_size: int
@@ -173,4 +204,5 @@ class ModelInfoResponse(_message.Message):
     scaling: str
     streams: int
     max_streams: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., input_size: _Optional[int] = ..., hidden_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., output_size: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ..., targets: _Optional[_Iterable[str]] = ..., autoregressive: _Optional[bool] = ..., scaling: _Optional[str] = ..., streams: _Optional[int] = ..., max_streams: _Optional[int] = ...) -> None: ...
+    quantile_levels: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., input_size: _Optional[int] = ..., hidden_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., output_size: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ..., targets: _Optional[_Iterable[str]] = ..., autoregressive: _Optional[bool] = ..., scaling: _Optional[str] = ..., streams: _Optional[int] = ..., max_streams: _Optional[int] = ..., quantile_levels: _Optional[_Iterable[float]] = ...) -> None: ...

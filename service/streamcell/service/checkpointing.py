@@ -50,6 +50,7 @@ class InFlight:
     taken_at: float
     sending_since: float | None = None  # when its changelog records began to go out
     changelog_mark: int | None = None  # once all its records are sent: their mark
+    written: dict[int, int] | None = None  # once sent: changelog partition -> records
 
 
 class Checkpointer:
@@ -64,7 +65,12 @@ class Checkpointer:
         metrics: Metrics,
         assigned: set[int],
         clock: Callable[[], float] = time.monotonic,
+        generations: dict[int, int] | None = None,
+        fenced: Callable[[], bool] = lambda: False,
     ) -> None:
+        """``generations`` (shared, read only here): partition -> the group generation it
+        is held in, stamped on its changelog records; ``fenced()``: whether the consumer
+        knows it fell out of the group (then nothing more is sent for any partition)."""
         self.settings = settings
         self.consumer = consumer
         self.producer = producer
@@ -72,8 +78,13 @@ class Checkpointer:
         self.metrics = metrics
         self.clock = clock
         self._assigned = assigned  # the partitions held now (shared, read only here)
+        self.generations = {} if generations is None else generations
+        self._fenced = fenced
         self.positions: dict[int, int] = {}  # partition -> next offset to read
         self.committed: dict[int, int | None] = {}  # partition -> what this replica committed
+        # partition -> how far its changelog partition reached at least (the end read
+        # at restore plus every record acknowledged since); committed with its offset
+        self.changelog_end: dict[int, int] = {}
         self.in_flight: list[InFlight] = []
         self.last_at = 0.0  # when the last periodic checkpoint was taken
         self.next_at = 0.0  # when the next one is due
@@ -115,15 +126,22 @@ class Checkpointer:
         snapshots is sent first (they are older than the state now).
         """
         self.producer.flush()
+        written: list[dict[int, int]] = []
         for cp in self.in_flight:
             if cp.records is not None and cp.changelog_mark is None:
-                cp.records.send(self.producer)
+                cp.records.send(self.producer, held=self.holds)
+                written.append(cp.records.sent_to)
+            elif cp.written is not None:
+                written.append(cp.written)
         self.in_flight.clear()
         self._processed = False
         records = self._take_changelog()
         if records is not None:
-            records.send(self.producer)
+            records.send(self.producer, held=self.holds)
+            written.append(records.sent_to)
         self.producer.flush()
+        for counts in written:
+            self._wrote(counts)
         self._commit(self._offsets())
 
     # ------------------------------------------------------- non-blocking
@@ -162,10 +180,12 @@ class Checkpointer:
                 if not self.producer.acknowledged(cp.changelog_mark):
                     break
                 ready.update(cp.offsets)  # in order: newer offsets overwrite older
+                self._wrote(cp.written or {})
                 pending.pop(0)
             elif not self.producer.acknowledged(cp.predictions_mark):
                 break
             elif self._send_paced(cp, behind=idle or len(pending) > 1):
+                cp.written = {} if cp.records is None else cp.records.sent_to
                 cp.records, cp.changelog_mark = None, self.producer.mark()
             else:
                 break  # more of its records in the next steps
@@ -191,7 +211,7 @@ class Checkpointer:
         if records is None:
             return True
         if behind:
-            return records.send(self.producer)
+            return records.send(self.producer, held=self.holds)
         s = self.settings
         now = self.clock()
         if cp.sending_since is None:
@@ -200,9 +220,18 @@ class Checkpointer:
         share = 1.0 if span <= 0 else (now - cp.sending_since) / span
         until = int(len(records) * min(share, 1.0))
         deadline = time.perf_counter() + s.changelog_send_budget_ms / 1000
-        return records.send(self.producer, until=until, deadline=deadline)
+        return records.send(self.producer, until=until, deadline=deadline, held=self.holds)
 
     # ------------------------------------------------------------ helpers
+    def holds(self, partition: int, generation: int) -> bool:
+        """Asked before every changelog send: the partition is still this member's, in
+        the generation its records were taken in (a zombie's records are never sent)."""
+        return (
+            partition in self._assigned
+            and self.generations.get(partition, -1) == generation
+            and not self._fenced()
+        )
+
     def _take_changelog(self) -> changelog.Snapshots | None:
         """Snapshot the streams changed since the last checkpoint (None if none did)."""
         predictor = self.predictor
@@ -212,7 +241,7 @@ class Checkpointer:
                 return None
             # Both tiers: a stream spilled since it changed is snapshotted from the cold one.
             records = changelog.Snapshots(
-                self.settings.changelog_topic, predictor.snapshots, changed
+                self.settings.changelog_topic, predictor.snapshots, changed, self.generations
             )
         log.debug("changelog: %d snapshots, %d tombstones", records.snapshots, records.tombstones)
         return records
@@ -226,12 +255,20 @@ class Checkpointer:
             if p in self._assigned and self.committed.get(p) != pos
         }
 
+    def _wrote(self, counts: dict[int, int]) -> None:
+        """These changelog records are acknowledged: their partitions reach that much further."""
+        for p, n in counts.items():
+            if p in self.changelog_end:
+                self.changelog_end[p] += n
+
     def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         offsets = {tp: pos for tp, pos in offsets.items() if self.committed.get(tp[1]) != pos}
         if not offsets:
             return
+        ends = self.changelog_end
+        metadata = {tp: changelog.end_metadata(ends[tp[1]]) for tp in offsets if tp[1] in ends}
         try:
-            self.consumer.commit(offsets)
+            self.consumer.commit(offsets, metadata)
         except CommitFailed as exc:
             log.warning("offset commit refused (%s); it is retried at the next checkpoint", exc)
             return

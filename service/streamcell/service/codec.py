@@ -342,7 +342,13 @@ def _protobuf_parser():
 
 # ------------------------------------------------------------------ encode
 def encode_predictions(
-    batch: EventBatch, yhat: np.ndarray, rows: np.ndarray, model: str, version: str
+    batch: EventBatch,
+    yhat: np.ndarray,
+    rows: np.ndarray,
+    model: str,
+    version: str,
+    quantiles: np.ndarray | None = None,
+    levels: Sequence[float] = (),
 ) -> list[tuple[bytes, bytes]]:
     """(key, value) of the prediction of each of ``rows``; same input, same bytes.
 
@@ -351,13 +357,31 @@ def encode_predictions(
     whole poll is encoded by two C calls: orjson for the numbers, one
     ``bytes % args`` for the records, split on a newline no record can hold
     (stream ids are JSON-escaped; the template's own ``%`` are doubled).
+    ``quantiles`` ``[N, levels, targets]`` (a quantile head, whose ``yhat``
+    is its 0.5 level, as the Predictor makes it): each record also carries
+    ``"quantiles": [{"level": 0.1, "yhat": [...]}, ...]``.
     """
     n = len(rows)
     if n == 0:
         return []
-    numbers = orjson.dumps(
-        np.asarray(yhat[rows], dtype=np.float32), option=orjson.OPT_SERIALIZE_NUMPY
-    )[2:-2].split(b"],[")
+    # Each record's numbers: its yhat, then (a quantile head) each level's values.
+    columns = [_numbers(yhat[rows])]
+    value_field = b'"yhat":[%b]'
+    if quantiles is not None and levels:
+        # The median's numbers are yhat's (the same float32 values): written
+        # once. One orjson call for the other levels, row-major: level j of
+        # row k is piece k * (L - 1) + j.
+        median = list(levels).index(0.5)
+        others = [j for j in range(len(levels)) if j != median]
+        by_level = []
+        if others:
+            pieces = _numbers(quantiles[rows][:, others].reshape(n * len(others), -1))
+            by_level = [pieces[k :: len(others)] for k in range(len(others))]
+        by_level.insert(median, columns[0])
+        columns += by_level
+        value_field += b',"quantiles":[%b]' % b",".join(
+            b'{"level":%b,"yhat":[%%b]}' % json.dumps(level).encode() for level in levels
+        )
     names = batch.streams
     streams = [names[k] for k in rows.tolist()]
     keys = list(map(str.encode, streams))
@@ -370,24 +394,30 @@ def encode_predictions(
     else:
         stream_field, quoted = b'{"stream":%b', [json.dumps(s).encode() for s in streams]
     tail = f',"model":{json.dumps(model)},"version":{json.dumps(version)}}}'
-    end = b'"yhat":[%b]' + tail.encode().replace(b"%", b"%%") + b"\n"
+    end = value_field + tail.encode().replace(b"%", b"%%") + b"\n"
     with_seq = stream_field + b',"partition":%d,"offset":%d,"seq":%d,' + end
     without = stream_field + b',"partition":%d,"offset":%d,' + end
     if NO_SEQ not in seqs:
         template = with_seq * n
-        args = chain.from_iterable(zip(quoted, parts, offsets, seqs, numbers, strict=True))
+        args = chain.from_iterable(zip(quoted, parts, offsets, seqs, *columns, strict=True))
     elif seqs.count(NO_SEQ) == n:
         template = without * n
-        args = chain.from_iterable(zip(quoted, parts, offsets, numbers, strict=True))
+        args = chain.from_iterable(zip(quoted, parts, offsets, *columns, strict=True))
     else:  # some events carry a seq, some do not: a template per record
         template = b"".join(without if q == NO_SEQ else with_seq for q in seqs)
         args = chain.from_iterable(
-            (s, p, o, y) if q == NO_SEQ else (s, p, o, q, y)
-            for s, p, o, q, y in zip(quoted, parts, offsets, seqs, numbers, strict=True)
+            (s, p, o, *ys) if q == NO_SEQ else (s, p, o, q, *ys)
+            for s, p, o, q, *ys in zip(quoted, parts, offsets, seqs, *columns, strict=True)
         )
     values = (template % tuple(args)).split(b"\n")
     values.pop()  # after the last newline
     return list(zip(keys, values, strict=True))
+
+
+def _numbers(values: np.ndarray) -> list[bytes]:
+    """Each row of a 2-d array as its float32 numbers, comma separated (one orjson call)."""
+    dumped = orjson.dumps(np.asarray(values, dtype=np.float32), option=orjson.OPT_SERIALIZE_NUMPY)
+    return dumped[2:-2].split(b"],[")
 
 
 DEAD_LETTER_KEY_MAX = DEAD_LETTER_MIN_BYTES // 4

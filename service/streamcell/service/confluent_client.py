@@ -7,6 +7,7 @@ extra (``pip install 'streamcell[confluent]'``, ``--kafka-client confluent``).
 from __future__ import annotations
 
 import logging
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -104,6 +105,22 @@ def _records(messages: list) -> list[Record]:
     return out
 
 
+_CGMD_MAGIC = b"CGMDv2:"
+_CGMD_GENERATION = struct.Struct("=i")
+
+
+def _generation(metadata: bytes) -> int:
+    """The generation in librdkafka's serialized consumer-group metadata.
+
+    The Python client exposes it only as those bytes (for transactions):
+    rd_kafka_consumer_group_metadata_write puts a magic, then the generation id
+    as a native int32; librdkafka resets it to -1 when the member is fenced.
+    """
+    if not metadata.startswith(_CGMD_MAGIC) or len(metadata) < 11:
+        return -1
+    return _CGMD_GENERATION.unpack_from(metadata, len(_CGMD_MAGIC))[0]
+
+
 def _consumer_conf(cfg: KafkaClientConfig, group_id: str) -> dict:
     return {
         **_common(cfg),
@@ -140,6 +157,7 @@ class ConfluentConsumer:
         topics: list[str],
         on_assign: Callable[[list[TopicPartition]], None],
         on_revoke: Callable[[list[TopicPartition]], None],
+        on_lost: Callable[[list[TopicPartition]], None] | None = None,
     ) -> None:
         def assigned(consumer, partitions) -> None:
             # Seeks issued inside the callback become the assignment's start offsets:
@@ -156,15 +174,27 @@ class ConfluentConsumer:
                 p.offset = seeks.get((p.topic, p.partition), p.offset)
             consumer.assign(partitions)
 
-        def revoked(consumer, partitions) -> None:
-            try:
-                if self._error is None:
-                    on_revoke(sorted((p.topic, p.partition) for p in partitions))
-            except BaseException as exc:
-                self._error = exc
-            consumer.unassign()
+        def taken(callback: Callable[[list[TopicPartition]], None]) -> Callable:
+            def revoked(consumer, partitions) -> None:
+                try:
+                    if self._error is None:
+                        callback(sorted((p.topic, p.partition) for p in partitions))
+                except BaseException as exc:
+                    self._error = exc
+                consumer.unassign()
 
-        self._c.subscribe(topics, on_assign=assigned, on_revoke=revoked)
+            return revoked
+
+        # librdkafka tells a lost assignment (session timed out, fenced) apart.
+        self._c.subscribe(
+            topics,
+            on_assign=assigned,
+            on_revoke=taken(on_revoke),
+            on_lost=taken(on_lost or on_revoke),
+        )
+
+    def generation(self) -> int:
+        return _generation(self._c.consumer_group_metadata())
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
         try:
@@ -176,10 +206,15 @@ class ConfluentConsumer:
             raise error
         return _records(messages) if messages else []
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+    def commit(
+        self, offsets: dict[TopicPartition, int], metadata: dict[TopicPartition, str] | None = None
+    ) -> None:
         if not offsets:
             return
-        tps = [CTopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        meta = metadata or {}
+        tps = [
+            CTopicPartition(t, p, o, metadata=meta.get((t, p), "")) for (t, p), o in offsets.items()
+        ]
         try:
             result = self._c.commit(offsets=tps, asynchronous=False)
         except KafkaException as exc:
@@ -218,6 +253,11 @@ class ConfluentConsumer:
         return out
 
     def committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+        return {tp: offset for tp, (offset, _) in self.committed_with_metadata(tps).items()}
+
+    def committed_with_metadata(
+        self, tps: list[TopicPartition]
+    ) -> dict[TopicPartition, tuple[int | None, str]]:
         if not tps:
             return {}
         try:
@@ -226,7 +266,10 @@ class ConfluentConsumer:
             )
         except KafkaException as exc:
             raise unavailable(self.cfg, exc) from exc
-        return {(p.topic, p.partition): (p.offset if p.offset >= 0 else None) for p in result}
+        return {
+            (p.topic, p.partition): (p.offset if p.offset >= 0 else None, p.metadata or "")
+            for p in result
+        }
 
     def close(self) -> None:
         self._c.close()
@@ -246,9 +289,25 @@ class ConfluentReader:
     def read_to_end(
         self, tps: list[TopicPartition], timeout_s: float, on_progress: Progress | None = None
     ) -> Iterator[list[Record]]:
-        if not tps:
-            return
-        starts, ends = {}, {}
+        if tps:
+            yield from self._read(tps, timeout_s, on_progress, tail=False)
+
+    def ends(self, tps: list[TopicPartition], timeout_s: float) -> dict[TopicPartition, int]:
+        out: dict[TopicPartition, int] = {}
+        for _ in self._read(tps, timeout_s, None, tail=True, ends=out):
+            pass
+        return out
+
+    def _read(
+        self,
+        tps: list[TopicPartition],
+        timeout_s: float,
+        on_progress: Progress | None,
+        tail: bool,
+        ends: dict[TopicPartition, int] | None = None,
+    ) -> Iterator[list[Record]]:
+        """Read to the end from the beginning, or (``tail``) from the last listed record."""
+        starts, listed = {}, {}
         for tp in tps:
             try:
                 low, high = self._c.get_watermark_offsets(
@@ -256,8 +315,8 @@ class ConfluentReader:
                 )
             except KafkaException as exc:
                 raise unavailable(self.cfg, exc) from exc
-            starts[tp], ends[tp] = low, high
-        tracker = EndTracker(ends, starts, timeout_s, on_progress)
+            starts[tp], listed[tp] = (max(high - 1, low) if tail else low), high
+        tracker = EndTracker(listed, starts, timeout_s, on_progress)
         self._c.assign([CTopicPartition(t, p, starts[(t, p)]) for t, p in tps])
         while tracker.pending():
             stalled = tracker.check()
@@ -272,6 +331,8 @@ class ConfluentReader:
             if messages:
                 yield _records(messages)
         self._c.unassign()
+        if ends is not None:
+            ends.update(tracker.ends)
 
     def close(self) -> None:
         self._c.close()

@@ -9,7 +9,8 @@ are built with one ``add`` per event from plain Python lists.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from streamcell.core.events import (
     refusal,
 )
 from streamcell.core.predictor import DUPLICATE, BatchResult
+from streamcell.core.quantiles import central_intervals
 from streamcell.core.state import StreamInfo
 from streamcell.v1 import event_pb2
 from streamcell.v1 import predictor_pb2 as pb
@@ -69,12 +71,19 @@ def predictions_into(
             yhat[k] = []
     outcome = np.where(duplicate, pb.OUTCOME_DUPLICATE, pb.OUTCOME_PREDICTED).tolist()
     model, version = result.model, result.version
-    for stream, seq, y, events, oc in zip(
+    quantiles: Iterable[list[pb.Quantile]] = itertools.repeat([], len(yhat))
+    if result.quantiles is not None:
+        quantiles = [
+            [] if dup else quantiles_of(result.levels, q)
+            for dup, q in zip(duplicate.tolist(), result.quantiles.tolist(), strict=True)
+        ]
+    for stream, seq, y, events, oc, qs in zip(
         batch.streams,
         batch.seq.tolist(),
         yhat,
         result.events.tolist(),
         outcome,
+        quantiles,
         strict=True,
     ):
         add(
@@ -85,16 +94,25 @@ def predictions_into(
             version=version,
             events=events,
             outcome=oc,
+            quantiles=qs,
         )
     return out
 
 
+def quantiles_of(levels: Sequence[float], values: Any) -> list[pb.Quantile]:
+    """Quantile messages from the levels and ``[levels][targets]`` values (lists or numpy)."""
+    return [pb.Quantile(level=lv, yhat=v) for lv, v in zip(levels, values, strict=True)]
+
+
 def prediction_of(event: event_pb2.Event, result: BatchResult, row: int) -> pb.Prediction:
     """The Prediction for ``event``, row ``row`` of ``result``."""
+    quantiles: list[pb.Quantile] = []
     if result.outcome[row] == DUPLICATE:
         yhat, outcome = [], pb.OUTCOME_DUPLICATE
     else:
         yhat, outcome = result.yhat[row].tolist(), pb.OUTCOME_PREDICTED
+        if result.quantiles is not None:
+            quantiles = quantiles_of(result.levels, result.quantiles[row].tolist())
     return pb.Prediction(
         stream=event.stream,
         seq=event.seq if event.HasField("seq") else None,
@@ -103,10 +121,47 @@ def prediction_of(event: event_pb2.Event, result: BatchResult, row: int) -> pb.P
         version=result.version,
         events=int(result.events[row]),
         outcome=outcome,
+        quantiles=quantiles,
     )
 
 
-def stream_state(info: StreamInfo, include_gates: bool) -> pb.StreamState:
+def forecast_into(out: pb.Forecast, result: Any, levels: Sequence[float]) -> pb.Forecast:
+    """Append the steps of a Predictor forecast to ``out``, with quantiles where it has them.
+
+    ``result``: the steps' values ``[horizon, targets]``; or an object whose
+    ``yhat`` holds them and whose ``quantiles`` holds ``[horizon, levels,
+    targets]``; or steps (a sequence, or an object's ``steps``) each with its
+    ``yhat`` ``[targets]`` and ``quantiles`` ``[levels, targets]``. Quantiles
+    None or absent: none.
+    """
+    for yhat, quantiles in _forecast_steps(result):
+        if quantiles is None or not levels:
+            out.steps.add(yhat=yhat)
+        else:
+            out.steps.add(yhat=yhat, quantiles=quantiles_of(levels, quantiles))
+    return out
+
+
+def _forecast_steps(result: Any) -> list[tuple[list[float], list | None]]:
+    if isinstance(result, np.ndarray):
+        return [(row, None) for row in result.tolist()]
+    steps = getattr(result, "steps", None)
+    if steps is None and hasattr(result, "yhat"):
+        rows = np.asarray(result.yhat).tolist()
+        q = getattr(result, "quantiles", None)
+        return list(
+            zip(rows, [None] * len(rows) if q is None else np.asarray(q).tolist(), strict=True)
+        )
+    out = []
+    for step in result if steps is None else steps:
+        q = getattr(step, "quantiles", None)
+        out.append((np.asarray(step.yhat).tolist(), None if q is None else np.asarray(q).tolist()))
+    return out
+
+
+def stream_state(
+    info: StreamInfo, include_gates: bool, levels: Sequence[float] = ()
+) -> pb.StreamState:
     out = pb.StreamState(
         stream=info.stream,
         exists=True,
@@ -120,6 +175,16 @@ def stream_state(info: StreamInfo, include_gates: bool) -> pb.StreamState:
         history=info.history,
         scale=info.scale,
     )
+    if info.last_quantiles and len(levels) == len(info.last_quantiles):
+        out.last_quantiles.extend(quantiles_of(levels, info.last_quantiles))
+        for iv, inside in zip(central_intervals(levels), info.inside, strict=True):
+            out.coverage.add(
+                interval=iv.coverage,
+                lower=levels[iv.lower],
+                upper=levels[iv.upper],
+                scored=info.scored,
+                inside=inside,
+            )
     if include_gates and info.gates is not None:
         for layer in info.gates.tolist():  # [L, 4, H]: i, f, g, o
             out.gates.add(input=layer[0], forget=layer[1], cell=layer[2], output=layer[3])

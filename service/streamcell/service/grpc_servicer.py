@@ -38,6 +38,7 @@ from streamcell.service.grpc_coalesce import Coalescer, DeadlineExpired
 from streamcell.service.grpc_convert import (
     batch_of,
     event_times,
+    forecast_into,
     prediction_of,
     predictions_into,
     stream_state,
@@ -152,6 +153,8 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 result.abs_errors,
                 result.model,
                 result.version,
+                result.scores,
+                result.levels,
             )
             if result.evicted:
                 self._metrics.sync_store_counters(len(result.evicted), 0)
@@ -252,9 +255,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         loaded = predictor.loaded
         steps = predictor.forecast(stream, request.horizon)
         out = pb.Forecast(stream=stream, model=loaded.name, version=loaded.version)
-        for row in steps.tolist():
-            out.steps.add(yhat=row)
-        return out
+        return forecast_into(out, steps, loaded.config.quantile_levels)
 
     # ---------------------------------------------------------------- admin
     @_mapped
@@ -262,13 +263,15 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         predictor = self._predictor()
         stream = _stream_id(request.stream)
         self._check_owned([stream])
-        try:
-            info = predictor.info(stream)
-        except StreamNotFound:
-            if request.missing_ok:
-                return pb.StreamState(stream=stream, exists=False)
-            raise
-        return stream_state(info, request.include_gates)
+        with predictor.lock:  # the levels of the version whose state this is
+            levels = predictor.config.quantile_levels
+            try:
+                info = predictor.info(stream)
+            except StreamNotFound:
+                if request.missing_ok:
+                    return pb.StreamState(stream=stream, exists=False)
+                raise
+        return stream_state(info, request.include_gates, levels)
 
     @_mapped
     def ResetStream(self, request: pb.StreamRequest, context: grpc.ServicerContext) -> pb.StreamAck:
@@ -319,4 +322,5 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             scaling=cfg.scaling,
             streams=streams,
             max_streams=store.max_streams,
+            quantile_levels=cfg.quantile_levels,
         )

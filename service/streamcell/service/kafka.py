@@ -11,6 +11,9 @@ Conventions shared by both implementations:
 
 - offsets are "the next offset to read", as Kafka commits them;
 - consumers never auto-commit, and rebalance callbacks fire inside ``poll``;
+  partitions *lost* (the member was evicted or fenced) are told apart from
+  partitions *revoked* (``on_lost``), and ``Consumer.generation`` says the
+  group generation (-1 once fenced), which the changelog records carry;
 - a broker that cannot be reached when a client opens raises
   :class:`~streamcell.core.errors.BrokerUnavailable` naming the bootstrap servers;
 - producers are idempotent with acks=all, else one request in flight per
@@ -26,8 +29,8 @@ metric at every checkpoint), and asks the broker only for the others.
 Broker quirk handled here: Tansu (the embedded broker) answers ListOffsets
 "latest" with the base offset of the last record batch plus one, not the log
 end; fetch responses carry the true high watermark. So ``end_offsets`` is
-exact for fetched partitions, and ``Reader.read_to_end`` learns the true end
-from its first fetch.
+exact for fetched partitions, and ``Reader.read_to_end`` and ``Reader.ends``
+learn the true end from their first fetch.
 """
 
 from __future__ import annotations
@@ -155,14 +158,27 @@ class Consumer(Protocol):
         topics: list[str],
         on_assign: Callable[[list[TopicPartition]], None],
         on_revoke: Callable[[list[TopicPartition]], None],
-    ) -> None: ...
+        on_lost: Callable[[list[TopicPartition]], None] | None = None,
+    ) -> None:
+        """Join the group. ``on_lost``: partitions taken away while this member was
+        out of the group (evicted, fenced), where nothing may be written for them
+        any more; without it they go to ``on_revoke`` as the clients do."""
+        ...
+
+    def generation(self) -> int:
+        """The group generation of this member's assignment; -1 before the first join
+        and once the client learnt it was fenced (the group moved on without it)."""
+        ...
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
         """Records in partition order; rebalance callbacks fire inside."""
         ...
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        """Synchronous commit of the next offsets to read; raises CommitFailed."""
+    def commit(
+        self, offsets: dict[TopicPartition, int], metadata: dict[TopicPartition, str] | None = None
+    ) -> None:
+        """Synchronous commit of the next offsets to read (each with its metadata string,
+        "" where none is given); raises CommitFailed."""
         ...
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
@@ -174,6 +190,12 @@ class Consumer(Protocol):
         ...
 
     def committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]: ...
+
+    def committed_with_metadata(
+        self, tps: list[TopicPartition]
+    ) -> dict[TopicPartition, tuple[int | None, str]]:
+        """The committed offsets and the metadata committed with them ("" if none)."""
+        ...
 
     def close(self) -> None:
         """Leave the group (no commit) and release the connections."""
@@ -192,6 +214,11 @@ class Reader(Protocol):
         only when no partition advanced for ``timeout_s``. ``on_progress`` is
         called every few seconds of a long read.
         """
+        ...
+
+    def ends(self, tps: list[TopicPartition], timeout_s: float) -> dict[TopicPartition, int]:
+        """Each partition's true log end: its high watermark, read by fetching its last
+        record (ListOffsets alone can fall short on Tansu, see the module note)."""
         ...
 
     def close(self) -> None: ...

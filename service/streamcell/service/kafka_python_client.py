@@ -87,10 +87,11 @@ class _Listener(AsyncConsumerRebalanceListener):
     heartbeats included, keeps going, and ``poll`` returns only after it is done.
     """
 
-    def __init__(self, net, on_assign, on_revoke) -> None:
+    def __init__(self, net, on_assign, on_revoke, on_lost=None) -> None:
         self.net = net
         self.on_assign = on_assign
         self.on_revoke = on_revoke
+        self.on_lost = on_lost or on_revoke
         self.error: BaseException | None = None
 
     async def _call(self, fn, partitions) -> None:
@@ -116,6 +117,11 @@ class _Listener(AsyncConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned) -> None:
         await self._call(self.on_assign, assigned)
 
+    async def on_partitions_lost(self, lost) -> None:
+        # kafka-python calls it once it knows the member fell out of the group
+        # (its generation was reset: evicted, fenced); the default would revoke.
+        await self._call(self.on_lost, lost)
+
 
 class KafkaPythonConsumer:
     def __init__(self, cfg: KafkaClientConfig, group_id: str) -> None:
@@ -137,11 +143,20 @@ class KafkaPythonConsumer:
         topics: list[str],
         on_assign: Callable[[list[TopicPartition]], None],
         on_revoke: Callable[[list[TopicPartition]], None],
+        on_lost: Callable[[list[TopicPartition]], None] | None = None,
     ) -> None:
         # kafka-python 3 has no public way for a listener to wait on its IO loop
         # (the loop is not asyncio): the consumer's own selector is reached privately.
-        self._listener = _Listener(self._c._net, on_assign, on_revoke)
+        self._listener = _Listener(self._c._net, on_assign, on_revoke, on_lost)
         self._c.subscribe(topics, listener=self._listener)
+
+    def generation(self) -> int:
+        # Not public in kafka-python: the coordinator's generation, which its
+        # heartbeat and commit handlers reset (-1) when the broker fences the member.
+        generation = getattr(self._c._coordinator, "_generation", None)
+        if generation is None or generation.is_lost():
+            return -1
+        return int(generation.generation_id)
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
         batches = self._c.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
@@ -151,11 +166,16 @@ class KafkaPythonConsumer:
             raise error
         return _records(batches) if batches else []
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+    def commit(
+        self, offsets: dict[TopicPartition, int], metadata: dict[TopicPartition, str] | None = None
+    ) -> None:
         if not offsets:
             return
+        meta = metadata or {}
         try:
-            self._c.commit({_tp(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+            self._c.commit(
+                {_tp(tp): OffsetAndMetadata(o, meta.get(tp, ""), -1) for tp, o in offsets.items()}
+            )
         except kerrors.KafkaError as exc:
             raise CommitFailed(f"commit of {len(offsets)} partition(s) failed: {exc}") from exc
 
@@ -181,6 +201,15 @@ class KafkaPythonConsumer:
     def committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
         return {tp: self._c.committed(_tp(tp)) for tp in tps}
 
+    def committed_with_metadata(
+        self, tps: list[TopicPartition]
+    ) -> dict[TopicPartition, tuple[int | None, str]]:
+        out: dict[TopicPartition, tuple[int | None, str]] = {}
+        for tp in tps:
+            got = self._c.committed(_tp(tp), metadata=True)
+            out[tp] = (None, "") if got is None else (got.offset, got.metadata or "")
+        return out
+
     def close(self) -> None:
         self._c.close(autocommit=False)
 
@@ -196,16 +225,33 @@ class KafkaPythonReader:
     def read_to_end(
         self, tps: list[TopicPartition], timeout_s: float, on_progress: Progress | None = None
     ) -> Iterator[list[Record]]:
-        if not tps:
-            return
+        if tps:
+            yield from self._read(tps, timeout_s, on_progress, tail=False)
+
+    def ends(self, tps: list[TopicPartition], timeout_s: float) -> dict[TopicPartition, int]:
+        out: dict[TopicPartition, int] = {}
+        for _ in self._read(tps, timeout_s, None, tail=True, ends=out):
+            pass
+        return out
+
+    def _read(
+        self,
+        tps: list[TopicPartition],
+        timeout_s: float,
+        on_progress: Progress | None,
+        tail: bool,
+        ends: dict[TopicPartition, int] | None = None,
+    ) -> Iterator[list[Record]]:
+        """Read to the end from the beginning, or (``tail``) from the last listed record."""
         ktps = [_tp(tp) for tp in tps]
         self._c.assign(ktps)
-        starts = self._c.beginning_offsets(ktps)
-        ends = self._c.end_offsets(ktps)
+        begins = self._c.beginning_offsets(ktps)
+        listed = self._c.end_offsets(ktps)
+        starts = {k: max(listed[k] - 1, begins[k]) if tail else begins[k] for k in ktps}
         for ktp in ktps:
             self._c.seek(ktp, starts[ktp])
         tracker = EndTracker(
-            {(k.topic, k.partition): ends[k] for k in ktps},
+            {(k.topic, k.partition): listed[k] for k in ktps},
             {(k.topic, k.partition): starts[k] for k in ktps},
             timeout_s,
             on_progress,
@@ -221,6 +267,8 @@ class KafkaPythonReader:
             if batches:
                 yield _records(batches)
         self._c.assign([])
+        if ends is not None:
+            ends.update(tracker.ends)
 
     def close(self) -> None:
         self._c.close(autocommit=False)

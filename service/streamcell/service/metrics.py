@@ -30,8 +30,15 @@ from prometheus_client import (
     Histogram,
     Info,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
+
+from streamcell.core.quantiles import Scores, central_intervals, interval_label
 
 # Event time is the producer's word: a latency below zero (a clock ahead of
 # ours) or beyond a day (a ts that is more likely wrong than that late) is
@@ -207,6 +214,38 @@ class TierCollector(Collector):
         return []
 
 
+class SumCount(Collector):
+    """A running sum and count per label set, exported as a summary without quantiles
+    (``NAME_sum``, ``NAME_count``), so that PromQL can window the mean and add replicas."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._series: dict[tuple[str, ...], list] = {}  # labels -> [count, sum]
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def add(self, labels: tuple[str, ...], count: int, total: float) -> None:
+        with self._lock:
+            series = self._series.setdefault(labels, [0, 0.0])
+            series[0] += count
+            series[1] += total
+
+    def collect(self) -> Iterable[SummaryMetricFamily]:
+        family = SummaryMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        with self._lock:
+            snapshot = [(k, v[0], v[1]) for k, v in self._series.items()]
+        for labels, count, total in snapshot:
+            family.add_metric(list(labels), count, total)
+        yield family
+
+    def describe(self) -> Iterable[SummaryMetricFamily]:
+        yield SummaryMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+
 class Metrics:
     """Every metric the service exports, bound to one registry."""
 
@@ -274,6 +313,28 @@ class Metrics:
             ["model", "version"],
             registry=r,
         )
+        # A quantile head, per model version: coverage as two counters (PromQL
+        # windows their ratio and sums it over replicas) and the pinball loss.
+        self.interval_scored = Counter(
+            p + "interval_scored",
+            "Actual values scored against the quantiles of the prediction before them.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.interval_inside = Counter(
+            p + "interval_inside",
+            'Scored actual values inside each central interval (interval="0.8": the levels '
+            "0.1 to 0.9) of the prediction before them.",
+            ["model", "version", "interval"],
+            registry=r,
+        )
+        self.pinball_loss = SumCount(
+            p + "pinball_loss",
+            "Pinball (quantile) loss of each scored actual value, per quantile level, in target "
+            "units.",
+            ["model", "version", "level"],
+            r,
+        )
         self.validation_mae = Gauge(
             p + "model_validation_mae",
             "The version's validation MAE from training.",
@@ -323,6 +384,18 @@ class Metrics:
         )
         self.rebalances = Counter(
             p + "rebalances_total", "Consumer-group rebalances seen.", registry=r
+        )
+        self.partitions_lost = Counter(
+            p + "partitions_lost_total",
+            "Partitions taken away while this replica was out of the group (evicted, fenced): "
+            "dropped without writing anything.",
+            registry=r,
+        )
+        self.changelog_behind = Counter(
+            p + "changelog_behind_total",
+            "Restores that found a changelog partition behind the committed offsets (truncated "
+            "or recreated: the state of the streams whose records are gone is lost).",
+            registry=r,
         )
         self.restore_seconds = Histogram(
             p + "changelog_restore_seconds",
@@ -405,8 +478,11 @@ class Metrics:
         abs_errors: np.ndarray,
         model: str,
         version: str,
+        scores: Scores | None = None,
+        levels: Sequence[float] = (),
     ) -> None:
-        """One call per micro-batch: outcomes, predictions, online error."""
+        """One call per micro-batch: outcomes, predictions, online error, and for a quantile
+        head what its ``levels`` scored (``scores``)."""
         for outcome, n in outcome_counts.items():
             if n:
                 self.outcome[source, outcome].inc(n)
@@ -419,6 +495,17 @@ class Metrics:
             self.online_mae.labels(model, version).set(
                 self.online_abs_error.total(model, version) / count
             )
+        if scores is not None and scores.scored:
+            self.record_scores(scores, levels, model, version)
+
+    def record_scores(
+        self, scores: Scores, levels: Sequence[float], model: str, version: str
+    ) -> None:
+        self.interval_scored.labels(model, version).inc(scores.scored)
+        for iv, inside in zip(central_intervals(levels), scores.inside.tolist(), strict=True):
+            self.interval_inside.labels(model, version, iv.label).inc(inside)
+        for level, total in zip(levels, scores.pinball.tolist(), strict=True):
+            self.pinball_loss.add((model, version, interval_label(level)), scores.scored, total)
 
     @contextmanager
     def restoring(self, partitions: int) -> Iterator[None]:

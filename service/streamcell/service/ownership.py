@@ -68,6 +68,8 @@ class Ownership:
     def __init__(self, topic: str, partition_of_stream: Callable[[str], int | None]) -> None:
         self.topic = topic
         self.assigned: set[int] = set()  # input partitions held (and restored) now
+        # partition -> the group generation it was assigned in (stamped on its changelog)
+        self.generations: dict[int, int] = {}
         self.members: GroupMembers | None = None
         self._known = partition_of_stream  # a stream in the store -> its partition
         self._partition_count: int | None = None

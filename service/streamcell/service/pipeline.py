@@ -59,7 +59,15 @@ class Pipeline:
         self.watcher = watcher
         self.ownership = Ownership(settings.input_topic, predictor.partition_of)
         self.checkpointer = Checkpointer(
-            settings, consumer, producer, predictor, metrics, self.ownership.assigned, clock
+            settings,
+            consumer,
+            producer,
+            predictor,
+            metrics,
+            self.ownership.assigned,
+            clock,
+            generations=self.ownership.generations,
+            fenced=lambda: consumer.generation() == -1,
         )
         self.recovery = Recovery(
             settings, consumer, reader_of, predictor, self.checkpointer, self.ownership, metrics
@@ -73,6 +81,7 @@ class Pipeline:
             [self.settings.input_topic],
             on_assign=self.recovery.on_assign,
             on_revoke=self.recovery.on_revoke,
+            on_lost=self.recovery.on_lost,
         )
         self.checkpointer.start()
 
@@ -157,8 +166,9 @@ class Pipeline:
             counts["invalid"] += len(result.refused)
             rows = np.flatnonzero(result.outcome == PREDICTED)
             messages = codec.encode_predictions(
-                batch, result.yhat, rows, result.model, result.version
-            )
+                batch, result.yhat, rows, result.model, result.version,
+                result.quantiles, result.levels,
+            )  # fmt: skip
             if messages:
                 self.producer.send_many(s.output_topic, messages)
             self.metrics.event_latency.observe_many(time.time() - decoded.event_time[rows], "kafka")
@@ -166,8 +176,9 @@ class Pipeline:
             counts["duplicate"] = int((result.outcome == DUPLICATE).sum())
             counts["skipped_replay"] = int((result.outcome == REPLAYED).sum())
             self.metrics.record_batch(
-                "kafka", counts, len(rows), result.abs_errors, result.model, result.version
-            )
+                "kafka", counts, len(rows), result.abs_errors, result.model, result.version,
+                result.scores, result.levels,
+            )  # fmt: skip
             if result.evicted:
                 self.metrics.sync_store_counters(len(result.evicted), 0)
         else:

@@ -62,7 +62,12 @@ def _as_json(p: Any) -> str:
     out: dict[str, Any] = {"stream": p.stream}
     if p.HasField("seq"):
         out["seq"] = p.seq
-    out.update(yhat=list(p.yhat), model=p.model, version=p.version, events=p.events)
+    out["yhat"] = list(p.yhat)
+    if p.quantiles:  # as the Kafka predictions write them; a level is a float32 on the wire
+        out["quantiles"] = [
+            {"level": float(f"{q.level:.7g}"), "yhat": list(q.yhat)} for q in p.quantiles
+        ]
+    out.update(model=p.model, version=p.version, events=p.events)
     if p.outcome:
         out["duplicate"] = True
     return json.dumps(out)

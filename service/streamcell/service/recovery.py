@@ -10,6 +10,13 @@ decide and mark; the loop restores (:meth:`Recovery.restore_pending`) right
 after the poll and before the poll's records are processed, reading the
 changelog outside the Predictor's lock and applying it under it, so gRPC
 calls are not held up by the network read.
+
+Partitions *lost* (this member was evicted from the group, e.g. frozen past
+its session timeout, and another may already hold them) are not revoked:
+nothing is checkpointed or sent for them, their streams are dropped and
+restored from the changelog if they come back. Each partition remembers the
+generation it was assigned in; its changelog records carry it, and every send
+checks that the partition is still held in it (``Checkpointer.holds``).
 """
 
 from __future__ import annotations
@@ -55,10 +62,15 @@ class Recovery:
         self.recovering: list[int] = []  # assigned, not restored yet: not processed
         self.closing = False  # leaving the group revokes: nothing more to checkpoint
         self._parked: dict[int, int | None] = {}  # revoked, streams in memory -> committed
+        # recovering partition -> (committed offset, changelog end committed with it)
+        self._expected: dict[int, tuple[int | None, int | None]] = {}
 
     def on_revoke(self, tps: list[TopicPartition]) -> None:
         revoked = sorted(p for t, p in tps if t == self.settings.input_topic)
         if not revoked or self.closing:
+            return
+        if self.consumer.generation() == -1:  # fenced: the group moved on without us
+            self.on_lost(tps)
             return
         log.info("partitions revoked: %s; checkpointing", revoked)
         cp = self.checkpointer
@@ -73,14 +85,39 @@ class Recovery:
                 else:
                     self._parked[p] = cp.committed.get(p)
                 self.ownership.assigned.discard(p)
+                self.ownership.generations.pop(p, None)
                 cp.positions.pop(p, None)
+        self._count_assigned()
+
+    def on_lost(self, tps: list[TopicPartition]) -> None:
+        """Another member may hold these already: drop them, write nothing for them."""
+        lost = sorted(p for t, p in tps if t == self.settings.input_topic)
+        if not lost:
+            return
+        log.warning(
+            "partitions lost (this replica fell out of the group): %s; dropping their "
+            "streams without checkpointing",
+            lost,
+        )
+        self.metrics.partitions_lost.inc(len(lost))
+        cp = self.checkpointer
+        with cp.predictor.lock:  # gRPC checks ownership under it
+            for p in lost:
+                if p in self.recovering:
+                    self.recovering.remove(p)
+                self.ownership.assigned.discard(p)
+                self.ownership.generations.pop(p, None)
+                self._parked.pop(p, None)
+                cp.positions.pop(p, None)
+            self._drop(set(lost))
         self._count_assigned()
 
     def on_assign(self, tps: list[TopicPartition]) -> None:
         self.metrics.rebalances.inc()
         topic = self.settings.input_topic
         new = sorted(p for t, p in tps if t == topic)
-        committed = self.consumer.committed([(topic, p) for p in new]) if new else {}
+        marks = self.consumer.committed_with_metadata([(topic, p) for p in new]) if new else {}
+        committed = {tp: offset for tp, (offset, _) in marks.items()}
         keep = [p for p in new if p in self._parked and self._parked[p] == committed[(topic, p)]]
         restore = [p for p in new if p not in keep]
         drop = {p for p in self._parked if p not in keep} | set(restore)
@@ -92,9 +129,16 @@ class Recovery:
             if pos is not None:
                 cp.positions[p] = pos
                 cp.committed[p] = pos
+        generation = self.consumer.generation()
+        self.ownership.generations.update(dict.fromkeys(new, generation))
         self.ownership.assigned.update(keep)
         self.recovering.extend(p for p in restore if p not in self.recovering)
-        log.info("partitions assigned: %s (kept in memory: %s)", new, keep)
+        for p in restore:
+            offset, metadata = marks[(topic, p)]
+            self._expected[p] = (offset, changelog.end_of(metadata))
+        log.info(
+            "partitions assigned: %s (kept in memory: %s) in generation %d", new, keep, generation
+        )
         self._count_assigned()
 
     def restore_pending(self) -> None:
@@ -103,6 +147,7 @@ class Recovery:
         if not partitions:
             return
         s = self.settings
+        ends: dict[int, int] = {}
         with self.metrics.restoring(len(partitions)):
             start = time.perf_counter()
             items, where, tombstones = changelog.read(
@@ -111,12 +156,19 @@ class Recovery:
                 partitions,
                 s.restore_timeout_s,
                 self._progress,
+                # a record can outrank this member's own later ones only up to its generation
+                max(self.ownership.generations.get(p, -1) for p in partitions),
+                ends,
             )
+            items, refused = changelog.refuse_ahead(
+                self.reader_of, s.input_topic, items, where, self.predictor.store.positions,
+                s.restore_timeout_s,
+            )  # fmt: skip
             done = self.predictor.restore(items, where)  # under the Predictor's lock
             seconds = time.perf_counter() - start
-        changelog.log_skipped(
-            s.changelog_topic, partitions, len(items), done.skipped, done.left_out
-        )
+        skipped = refused + done.skipped
+        changelog.log_skipped(s.changelog_topic, partitions, len(items), skipped, done.left_out)
+        self._check_ends(partitions, ends)
         self.ownership.assigned.update(partitions)
         self.metrics.restored_streams.inc(len(done.streams))
         log.info(
@@ -127,7 +179,7 @@ class Recovery:
             len(done.streams),
             done.cold,
             tombstones,
-            len(done.skipped),
+            len(skipped),
             seconds,
         )
         self._count_assigned()
@@ -144,6 +196,18 @@ class Recovery:
             ),
         )
 
+    def _check_ends(self, partitions: list[int], ends: dict[int, int]) -> None:
+        """Say so when a changelog partition is behind the offset committed for it; from
+        here on its end is what this replica's commits record."""
+        for p in partitions:
+            committed, recorded = self._expected.pop(p, (None, None))
+            end = ends.get(p, 0)
+            why = changelog.behind(self.settings.changelog_topic, p, end, committed, recorded)
+            if why is not None:
+                log.error("%s", why)
+                self.metrics.changelog_behind.inc()
+            self.checkpointer.changelog_end[p] = end
+
     def _drop(self, partitions: set[int]) -> None:
         """Forget streams of partitions another replica may have moved on (no tombstones)."""
         if not partitions:
@@ -151,6 +215,8 @@ class Recovery:
         gone = self.predictor.drop_partitions(partitions)
         for p in partitions:
             self.checkpointer.committed.pop(p, None)
+            self.checkpointer.changelog_end.pop(p, None)
+            self._expected.pop(p, None)
         if gone:
             log.info("dropped %d streams of partitions %s", len(gone), sorted(partitions))
 
