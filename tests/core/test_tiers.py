@@ -37,7 +37,15 @@ def lag_model(tmp_path: Path):
     return load_checkpoint(make_recipe_model(tmp_path / "reg", LAGS, hidden=8))
 
 
-MODELS = pytest.mark.parametrize("make", [plain_model, lag_model], ids=["plain", "lag"])
+def quantile_model(tmp_path: Path):
+    from quantile_support import make_quantile_model
+
+    return load_checkpoint(make_quantile_model(tmp_path / "reg", hidden=8))
+
+
+MODELS = pytest.mark.parametrize(
+    "make", [plain_model, lag_model, quantile_model], ids=["plain", "lag", "quantiles"]
+)
 
 
 @pytest.fixture
@@ -77,6 +85,8 @@ def test_predictions_and_state_equal_an_unlimited_store(tmp_path, cold, make):
         got, want = tiered.predict(batch), unlimited.predict(batch)
         assert np.array_equal(got.outcome, want.outcome)
         assert got.yhat.tobytes() == want.yhat.tobytes()
+        if want.quantiles is not None:
+            assert got.quantiles.tobytes() == want.quantiles.tobytes()
         assert not got.evicted and len(tiered.store) <= 5
     ids = sorted(unlimited.store.stream_ids())
     assert tiered.stream_count() == len(ids) and len(tiered.store) == 5
@@ -89,6 +99,8 @@ def test_predictions_and_state_equal_an_unlimited_store(tmp_path, cold, make):
             b.events, b.offset, b.history, b.last_prediction,
         )  # fmt: skip
         assert torch.equal(a.h, b.h) and torch.equal(a.c, b.c)
+        # A quantile head's last quantiles and interval counts ride in the snapshot.
+        assert (a.last_quantiles, a.inside, a.scored) == (b.last_quantiles, b.inside, b.scored)
     if loaded.config.autoregressive:
         cold_one = next(s for s in ids if s not in tiered.store)
         assert np.array_equal(tiered.forecast(cold_one, 5), unlimited.forecast(cold_one, 5))
