@@ -113,8 +113,9 @@ def fill_hot(predictor, hot: int, rng) -> None:
 def fill_cold(predictor, cold: int) -> float:
     """Put ``cold`` streams into the cold tier directly: real snapshots under new ids."""
     store = predictor.store
-    template = store.snapshot_block(store.stream_ids()[:CHUNK])
     size = store.snapshot_size
+    some = bytes(store.snapshot_block(store.stream_ids()[:CHUNK]))
+    template = (some * (CHUNK * size // len(some) + 1))[: CHUNK * size]  # CHUNK whole records
     tier = predictor.tiers.cold
     start = time.perf_counter()
     for first in range(0, cold, CHUNK):
@@ -251,8 +252,9 @@ def _throughput(args, root: Path) -> dict:
     all_hot_p, mixed_p, uniform_p = tiered("all-hot"), tiered("mixed"), tiered("uniform")
     # The naive designs' own store, filled with the same streams.
     naive_cold = ColdStore(root / "naive")
-    block = plain.store.snapshot_block(plain.store.stream_ids()[:CHUNK])
     ssize = plain.store.snapshot_size
+    some = bytes(plain.store.snapshot_block(plain.store.stream_ids()[:CHUNK]))
+    block = (some * (CHUNK * ssize // len(some) + 1))[: CHUNK * ssize]
     for first in range(0, total, CHUNK):
         n = min(CHUNK, total - first)
         ids = [f"h{k}" if k < hot else f"c{k - hot}" for k in range(first, first + n)]

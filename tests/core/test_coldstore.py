@@ -132,3 +132,9 @@ def test_a_dir_deleted_while_in_use_is_detected(tmp_path):
             cold.check()
     finally:
         cold.close()
+
+
+def test_a_block_of_the_wrong_length_is_refused(cold):
+    with pytest.raises(ValueError, match="a block of 10 bytes for 2 values of 8"):
+        cold.put(["a", "b"], b"x" * 10, np.array([1.0, 2.0]), [0, 0], size=8)
+    assert len(cold) == 0

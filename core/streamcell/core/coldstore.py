@@ -233,7 +233,9 @@ class ColdStore:
         if isinstance(values, bytes | memoryview):
             if size is None:
                 raise ValueError("a block of values needs their size")
-            view = memoryview(values)
+            view = memoryview(values).cast("B")
+            if len(view) != size * len(keys):
+                raise ValueError(f"a block of {len(view)} bytes for {len(keys)} values of {size}")
             pieces = [bytes(view[j * size : (j + 1) * size]) for j in range(len(keys))]
         else:
             pieces = values
