@@ -295,6 +295,8 @@ class Serve:
     """`streamcell serve` as a subprocess, logging to a file; always stopped by the test."""
 
     def __init__(self, log_path: Path, args: list[str]) -> None:
+        if "--state-dir" not in args:  # one cold tier per log: a restart reuses it
+            args = [*args, "--state-dir", str(log_path.with_suffix(".state"))]
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 (closed in stop)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}

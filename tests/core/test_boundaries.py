@@ -17,6 +17,8 @@ CORE = [
     "streamcell.core.events",
     "streamcell.core.predictor",
     "streamcell.core.recipe",
+    "streamcell.core.coldstore",
+    "streamcell.core.tiers",
 ]
 FORBIDDEN_IN_CORE = ["ray", "kafka", "confluent_kafka", "grpc", "prometheus_client"]
 

@@ -356,6 +356,7 @@ def test_replica_health_check_follows_the_model(
     registry.mkdir()
     serve = ["serve", f"--registry={registry}", "--model=m", "--poll-registry-s=0.5"]
     local = ["--no-metrics", "--grpc-host=127.0.0.1", f"--grpc-port={port}"]
+    local.append(f"--state-dir={tmp_path / 'state'}")  # its own cold tier
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamcell.cli", *serve, *local], stdout=log, stderr=log

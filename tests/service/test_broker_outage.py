@@ -118,6 +118,7 @@ def test_a_short_broker_wait_fails_quickly_with_the_clear_error(tmp_path: Path) 
         "--registry", str(tmp_path), "--model", "m", "--bootstrap-servers", bootstrap,
         "--broker-wait-s", "1", "--metrics-port", "0", "--grpc-port", "0",
         "--grpc-host", "127.0.0.1", "--metrics-host", "127.0.0.1",
+        "--state-dir", str(tmp_path / "state"),
     ]  # fmt: skip
     started = time.monotonic()
     done = subprocess.run(

@@ -4,7 +4,8 @@ N streams x M events in -> exactly N x M predictions out, each byte-equal to
 the model run offline on the same events (which itself matches torch.nn.LSTM);
 bad events land in the dead-letter topic with their reasons while the good
 ones flow on; SIGTERM commits and exits 0; a model reload happens without a
-restart; the state store stays within --max-streams.
+restart; the state in memory stays within --max-streams, the rest in the
+cold tier, exact.
 """
 
 from __future__ import annotations
@@ -161,11 +162,11 @@ def test_model_reload_without_restart(kafka_bootstrap, tmp_path: Path):
     offline.check_predictions(out)
 
 
-def test_memory_stays_bounded_and_evictions_are_counted(kafka_bootstrap, tmp_path: Path):
+def test_memory_stays_bounded_and_streams_past_it_go_cold(kafka_bootstrap, tmp_path: Path):
     cfg = KafkaClientConfig(kafka_bootstrap, client=CLIENT)
     topics = Topics("memory")
     topics.create(cfg, 1)
-    make_model(tmp_path / "reg")
+    version = make_model(tmp_path / "reg")
     serve = Serve(
         tmp_path / "serve.log",
         serve_args(kafka_bootstrap, CLIENT, tmp_path / "reg", topics,
@@ -179,16 +180,22 @@ def test_memory_stays_bounded_and_evictions_are_counted(kafka_bootstrap, tmp_pat
         assert len(out) == 120
         assert metric(port, "streamcell_active_streams") <= 8
         assert metric(port, "streamcell_state_capacity_streams") <= 8
-        assert metric(port, "streamcell_streams_evicted_total") >= 32
+        assert metric(port, "streamcell_state_hot_streams") <= 8
+        assert metric(port, "streamcell_state_cold_streams") >= 32
+        assert metric(port, "streamcell_state_spills_total") >= 32
+        assert metric(port, "streamcell_state_loads_total") > 0
+        assert metric(port, "streamcell_state_cold_bytes") > 0
+        assert metric(port, "streamcell_streams_evicted_total") == 0
+        assert metric(port, 'streamcell_state_cold_rebuilds_total{found="empty"}') == 1
         assert serve.terminate() == 0
     finally:
         serve.stop()
-    # Evicted streams leave tombstones: the changelog holds at most 8 live streams.
-    latest: dict[bytes, bytes | None] = {}
-    for rec in sorted(read_all(cfg, topics.changelog, 1), key=lambda r: r.offset):
-        latest[rec.key] = rec.value
-    live = [k for k, v in latest.items() if v is not None]
-    assert 0 < len(live) <= 8
+    # Spilled streams are kept, not forgotten: no tombstones, all 40 exactly as offline.
+    records = read_all(cfg, topics.changelog, 1)
+    assert all(rec.value is not None for rec in records)
+    offline = Offline(load(version), read_all(cfg, topics.input, 1))
+    offline.check_predictions(out)
+    offline.check_changelog(records)
 
 
 def test_protobuf_events(kafka_bootstrap, tmp_path: Path):

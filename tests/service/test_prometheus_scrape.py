@@ -193,6 +193,7 @@ def metrics_target(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactor
     name = f"prom-{uuid.uuid4().hex[:10]}"
     topics = {t: f"{name}.{t}" for t in ("events", "predictions", "dead", "changelog")}
     serve = ["serve", "--registry", str(registry), "--model", "m", "--poll-registry-s", "1"]
+    serve += ["--state-dir", str(tmp_path / "state")]
     kafka = [
         *("--bootstrap-servers", kafka_bootstrap, "--group-id", name, "--partitions", "2"),
         *("--input-topic", topics["events"], "--output-topic", topics["predictions"]),

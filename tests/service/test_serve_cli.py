@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -96,11 +97,12 @@ def test_bad_settings_exit_2_with_a_message(flags, message, capsys):
 
 
 def run_serve(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "streamcell.cli", "serve", "--metrics-port", "0",
-         "--grpc-port", "0", "--grpc-host", "127.0.0.1", *argv],
-        capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as state:  # its own cold tier: tests run side by side
+        return subprocess.run(
+            [sys.executable, "-m", "streamcell.cli", "serve", "--metrics-port", "0",
+             "--grpc-port", "0", "--grpc-host", "127.0.0.1", "--state-dir", state, *argv],
+            capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
 
 
 def free_port() -> int:

@@ -49,3 +49,7 @@ class InvalidEvent(StreamcellError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class ColdTierError(StreamcellError):
+    """The cold tier on local disk failed, or its directory went away: restart to rebuild it."""

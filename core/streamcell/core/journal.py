@@ -73,6 +73,23 @@ class ChangeJournal:
             if part is not None:
                 changed[stream] = part
 
+    def spilled(self, streams: list[str], partitions: list[int]) -> list[int]:
+        """Streams leaving memory for the cold tier: their partitions (``partitions`` where
+        none is journaled, as the store recorded them), kept by the tier from now on."""
+        home = self.home
+        return [home.pop(s, p) for s, p in zip(streams, partitions, strict=True)]
+
+    def loaded(self, streams: list[str], partitions: list[int]) -> None:
+        """Streams back from the cold tier, with the partitions it kept for them."""
+        if self.place is not None:
+            self.home.update((s, p) for s, p in zip(streams, partitions, strict=True) if p >= 0)
+
+    def removed_cold(self, streams: list[str], partitions: list[int]) -> None:
+        """Streams the cold tier forgot (TTL, size bound): tombstones where partitions are known."""
+        if self.place is None:
+            return
+        self.changed.update((s, p) for s, p in zip(streams, partitions, strict=True) if p >= 0)
+
     def removed_all(self) -> None:
         """Every stream's state is gone (an incompatible model): tombstones for all."""
         self.changed.update(self.home)
@@ -89,5 +106,8 @@ class ChangeJournal:
         gone = [s for s, p in home.items() if p in partitions]
         for stream in gone:
             del home[stream]
-            changed.pop(stream, None)
+        # Also the changes of streams no longer in memory (in the cold tier, or
+        # removed): no record of a partition let go is written from here.
+        for stream in [s for s, p in changed.items() if p in partitions]:
+            del changed[stream]
         return gone

@@ -10,7 +10,10 @@ in wave 0, its second in wave 1, ...) so that each wave holds a stream at most
 once and the waves run in order: several events of one stream in a batch are
 applied in order, never merged or lost. Each wave is one gather, one batched
 LSTM step and one scatter. A batch touching more streams than the store holds
-is applied in consecutive parts, in order.
+is applied in consecutive parts, in order. With a cold tier
+(:class:`~streamcell.core.tiers.TieredStore`), each part's streams are made
+hot first, with one batched read of the cold ones; the store then never
+evicts, and every admin call reaches cold streams too.
 
 A model with a quantile head (``quantile_levels`` in its config) predicts
 per level; the levels are de-normalised like the point and sorted, so that
@@ -48,6 +51,7 @@ import numpy as np
 import torch
 
 from streamcell.core.checkpoint import LoadedModel
+from streamcell.core.coldstore import ColdStore
 from streamcell.core.errors import InvalidEvent, StreamNotFound
 from streamcell.core.events import (
     NO_POSITION,
@@ -64,6 +68,7 @@ from streamcell.core.normalization import SCALING_GLOBAL, scale_from_sums
 from streamcell.core.quantiles import Scores, inside_counts, median_index, pinball_sums
 from streamcell.core.recipe import Recipe, advance
 from streamcell.core.state import StateStore, StreamInfo
+from streamcell.core.tiers import TieredStore
 
 PREDICTED = 0
 DUPLICATE = 1  # seq at or below the stream's last applied seq
@@ -111,6 +116,7 @@ class Restored:
     streams: list[str]
     skipped: list[tuple[str, str]]
     left_out: int
+    cold: int = 0  # of ``streams``, those put in the cold tier (the rest are hot)
 
 
 class Predictor:
@@ -134,7 +140,11 @@ class Predictor:
         keep_gates: bool = False,
         clock: Callable[[], float] = time.time,
         device: torch.device | str = "cpu",
+        cold: ColdStore | None = None,
     ) -> None:
+        """``max_streams``: the streams held in memory. With a ``cold`` tier, streams
+        beyond it are spilled there and come back with their next event; without
+        one, the least recently used are evicted (forgotten)."""
         self._lock = threading.RLock()
         self._clock = clock
         # The newest event time seen (seconds); None until the first event.
@@ -155,6 +165,7 @@ class Predictor:
         self._install(loaded)
         self.store = self._new_store()
         self._journal = ChangeJournal()  # off until track_changes(); under the lock
+        self.tiers = None if cold is None else TieredStore(self.store, cold, self._journal)
 
     # ---------------------------------------------------------------- model
     def _install(self, loaded: LoadedModel) -> None:
@@ -208,6 +219,8 @@ class Predictor:
                 self.store = self._new_store()
                 # Every stream's old state is gone: its changelog record too.
                 self._journal.removed_all()
+                if self.tiers is not None:
+                    self.resets += self.tiers.replace_hot(self.store)
             return same
 
     # -------------------------------------------------------------- changes
@@ -224,6 +237,16 @@ class Predictor:
         """
         with self._lock:
             return self._journal.take()
+
+    @property
+    def snapshots(self) -> StateStore | TieredStore:
+        """What a checkpoint snapshots changed streams from: both tiers where there are two."""
+        return self.store if self.tiers is None else self.tiers
+
+    def stream_count(self) -> int:
+        """Streams held, in memory and in the cold tier."""
+        with self._lock:
+            return len(self.store) if self.tiers is None else len(self.tiers)
 
     def has_changes(self) -> bool:
         return bool(self._journal.changed)
@@ -319,10 +342,14 @@ class Predictor:
             for start in range(0, n, limit):
                 part: dict[str, int] = {}
                 if n <= limit:
-                    waves = _waves(batch.streams)
+                    names = batch.streams
+                    waves = _waves(names)
                 else:
                     rows = np.arange(start, min(start + limit, n))
-                    waves = [rows[w] for w in _waves([batch.streams[k] for k in rows.tolist()])]
+                    names = [batch.streams[k] for k in rows.tolist()]
+                    waves = [rows[w] for w in _waves(names)]
+                if self.tiers is not None:  # cold streams loaded, room made: nothing evicted
+                    self.tiers.admit(list(dict.fromkeys(names)) if len(waves) > 1 else names)
                 for rows in waves:
                     self._step_wave(batch, rows, times, result, errors, part)
                 self._journal.stepped(part, self._known_partition)
@@ -547,18 +574,16 @@ class Predictor:
             cfg = loaded.config
             if not cfg.autoregressive:
                 raise InvalidEvent("not_autoregressive", self._cannot_forecast())
-            slot = self.store.slot_of(stream)
-            if slot is None:
-                raise StreamNotFound(f"stream {stream!r} is not known to this replica")
+            store, slot = self._reading(stream)
             slots = np.array([slot], dtype=np.int64)
-            h, c = self.store.gather(slots)  # copies
-            prev = self.store.yhat[slot : slot + 1].clone()
-            count = int(self.store.events[slot])
-            ring = None if self.store.ring is None else self.store.ring[slots]  # a copy
+            h, c = store.gather(slots)  # copies
+            prev = store.yhat[slot : slot + 1].clone()
+            count = int(store.events[slot])
+            ring = None if store.ring is None else store.ring[slots]  # a copy
             scale = None
             if recipe is None and cfg.scaling != SCALING_GLOBAL and count > 0:
                 scale = torch.from_numpy(
-                    scale_from_sums(self.store.scale_sum[slots], np.array([count]), cfg.scale_floor)
+                    scale_from_sums(store.scale_sum[slots], np.array([count]), cfg.scale_floor)
                 ).to(self.device)
         if count == 0:
             raise StreamNotFound(f"stream {stream!r} has seen no events to forecast from")
@@ -603,15 +628,28 @@ class Predictor:
         )
 
     # ---------------------------------------------------------------- admin
+    def _reading(self, stream: str) -> tuple[StateStore, int]:
+        """A store and slot with the stream's state, hot or cold, to read (under the lock)."""
+        if self.tiers is None:
+            slot = self.store.slot_of(stream)
+            found = None if slot is None else (self.store, slot)
+        else:
+            found = self.tiers.reading(stream)
+        if found is None:
+            raise StreamNotFound(f"stream {stream!r} is not known to this replica")
+        return found
+
     def info(self, stream: str) -> StreamInfo:
         with self._lock:
-            info = self.store.info(stream)
-        if info is None:
-            raise StreamNotFound(f"stream {stream!r} is not known to this replica")
+            store, _ = self._reading(stream)
+            info = store.info(stream)
+        assert info is not None
         return info
 
     def reset(self, stream: str) -> None:
         with self._lock:
+            if self.tiers is not None:
+                self.tiers.make_hot(stream)
             if not self.store.reset(stream):
                 raise StreamNotFound(f"stream {stream!r} is not known to this replica")
             self._journal.edited(stream, self._known_partition(stream), present=True)
@@ -620,15 +658,19 @@ class Predictor:
         with self._lock:
             known = self._known_partition(stream)
             if not self.store.delete(stream):
-                raise StreamNotFound(f"stream {stream!r} is not known to this replica")
+                tag = None if self.tiers is None else self.tiers.delete_cold(stream)
+                if tag is None:
+                    raise StreamNotFound(f"stream {stream!r} is not known to this replica")
+                known = tag if tag >= 0 else None
             self._journal.edited(stream, known, present=False)
 
     def list_streams(self, after: str = "", limit: int = 100) -> list[str]:
-        """Stream ids in sorted order after ``after`` (for paging)."""
+        """Stream ids in sorted order after ``after`` (for paging), hot and cold."""
         with self._lock:
             ids = self.store.stream_ids()
+            cold = [] if self.tiers is None else self.tiers.streams_after(after, limit)
         # O(n log limit), not a full sort per page: replicas hold up to millions.
-        return heapq.nsmallest(limit, (s for s in ids if s > after))
+        return heapq.nsmallest(limit, [*(s for s in ids if s > after), *cold])
 
     def expire(self, now: float | None = None) -> list[str]:
         """Remove streams idle past the TTL; returns them (journaled as removed).
@@ -642,6 +684,9 @@ class Predictor:
                 return []
             gone = self.store.expire(now)
             self._journal.removed(gone)
+            ttl = self.store.ttl_seconds
+            if self.tiers is not None and ttl is not None:
+                gone += self.tiers.expire(now - ttl)
             return gone
 
     # -------------------------------------------------------------- recovery
@@ -652,6 +697,10 @@ class Predictor:
         read from). Records for another architecture are skipped, not fatal.
         """
         with self._lock:
+            if self.tiers is not None:  # the most recent hot up to capacity, the rest cold
+                hot, cold, skipped = self.tiers.restore(items, partitions)
+                self._journal.restored(hot, partitions)
+                return Restored(hot + cold, skipped, 0, cold=len(cold))
             loaded, skipped, left_out = self.store.restore_what_fits(items)
             self._journal.removed(self.store.take_evicted())
             self._journal.restored(loaded, partitions)
@@ -663,6 +712,8 @@ class Predictor:
             gone = self._journal.forget(partitions)
             for stream in gone:
                 self.store.delete(stream)
+            if self.tiers is not None:
+                gone += self.tiers.drop_tags(partitions)
             return gone
 
 

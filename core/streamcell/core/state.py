@@ -35,6 +35,7 @@ import struct
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 import torch
@@ -359,6 +360,47 @@ class StateStore:
         self._ids[slot] = stream
         return slot
 
+    def least_recent(self, n: int, sparing: Iterable[str] = ()) -> list[str]:
+        """The ``n`` least recently used streams outside ``sparing``, oldest first.
+
+        ``sparing`` must hold streams of the store: the first ``n`` plus their
+        count in LRU order then always hold ``n`` others.
+        """
+        spared = set(sparing)
+        front = islice(self._index, n + len(spared))
+        return list(islice((s for s in front if s not in spared), n))
+
+    def remove(self, streams: Sequence[str]) -> None:
+        """Drop streams the store holds, at once (their slots cleared in a few copies)."""
+        if not streams:
+            return
+        index, ids = self._index, self._ids
+        slots = np.fromiter(map(index.pop, streams), np.int64, len(streams))
+        idx = self.index(slots)
+        for t in (self.h, self.c):
+            t.index_fill_(1, idx, 0.0)
+        self.yhat.index_fill_(0, idx, 0.0)
+        if self.gates is not None:
+            self.gates.index_fill_(0, idx, 0.0)
+        if self.quantiles is not None and self.inside is not None:
+            self.quantiles.index_fill_(0, idx, 0.0)
+            self.inside[slots] = 0
+        for name, fill in (
+            ("events", 0),
+            ("partition", NO_POSITION),
+            ("offset", NO_POSITION),
+            ("seq", NO_SEQ),
+            ("last_seen", FREE_LAST_SEEN),
+            ("scale_sum", 0.0),
+            ("err_sum", 0.0),
+            ("err_count", 0),
+            *((name, 0.0) for name in self._history_fields),
+        ):
+            getattr(self, name)[slots] = fill
+        for slot in slots.tolist():
+            ids[slot] = None
+        self._free.extend(slots.tolist())
+
     def take_evicted(self) -> list[str]:
         """The streams evicted at capacity since the last call, oldest first."""
         evicted, self._evicted_ids = self._evicted_ids, []
@@ -541,21 +583,15 @@ class StateStore:
         items = list(items)
         if not items:
             return 0
-        header, size = self._header, self._record.itemsize
         payloads = []
         for stream, value in items:
-            if not isinstance(value, bytes | bytearray | memoryview):
-                raise StateFormatError(f"state of stream {stream!r} is not bytes")
-            value = bytes(value)
-            v1 = self._v1_header
-            if v1 is not None and value[: len(v1)] == v1:
-                value = header + value[len(v1) :]  # format 1: the same fields
-            if value[: len(header)] != header:
-                raise StateFormatError(self._explain_header(stream, value))
-            if len(value) != size:
-                raise StateFormatError(
-                    f"state of stream {stream!r} has {len(value)} bytes, expected {size}"
-                )
+            if isinstance(value, bytearray | memoryview):
+                value = bytes(value)
+            if isinstance(value, bytes):
+                value = self.as_current(value)  # format 1: the same fields
+            why = self.refusal(stream, value)
+            if why is not None:
+                raise StateFormatError(why)
             payloads.append(value)
         # Last record of a stream wins, as in a compacted topic.
         latest: dict[str, int] = {}
@@ -623,6 +659,30 @@ class StateStore:
             except StateFormatError as exc:
                 skipped.append((stream, str(exc)))
         return loaded, skipped, left_out
+
+    def as_current(self, value: bytes) -> bytes:
+        """A format-1 record of this store's shape under the current header (same fields)."""
+        v1 = self._v1_header
+        if v1 is not None and value[: len(v1)] == v1:
+            return self._header + value[len(v1) :]
+        return value
+
+    def refusal(self, stream: str, value: object) -> str | None:
+        """Why this store cannot load ``value`` as the snapshot of ``stream`` (None: it can).
+
+        ``value`` in the current format (see :meth:`as_current`)."""
+        if not isinstance(value, bytes):
+            return f"state of stream {stream!r} is not bytes"
+        header, size = self._header, self._record.itemsize
+        if value[: len(header)] != header:
+            return self._explain_header(stream, value)
+        if len(value) != size:
+            return f"state of stream {stream!r} has {len(value)} bytes, expected {size}"
+        return None
+
+    def last_seen_of(self, block: bytes | memoryview) -> np.ndarray:
+        """The ``last_seen`` of each snapshot in a block of whole snapshots of this store."""
+        return np.frombuffer(block, dtype=self._record)["last_seen"].copy()
 
     def positions(self, values: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
         """The (input partition, offset) each snapshot says it reflects, without loading

@@ -2,6 +2,9 @@
 
 Order of start-up, and why:
 
+0. the cold tier's directory (``--state-dir``), locked, so that a second
+   process given the same one fails at once; what an earlier process left
+   there is wiped (logged, counted): the tier is rebuilt from the changelog;
 1. metrics (and their HTTP endpoint), so that even a replica waiting for a
    model or a broker can be scraped;
 2. the gRPC server, answering UNAVAILABLE (health NOT_SERVING) until a model
@@ -30,12 +33,13 @@ import threading
 from typing import Any
 
 from streamcell.core.checkpoint import check_name
+from streamcell.core.coldstore import FOUND_CORRUPT, FOUND_EMPTY, ColdStore
 from streamcell.core.errors import ConfigError, ModelNotLoaded
 from streamcell.core.model import resolve_device
 from streamcell.core.predictor import Predictor
 from streamcell.service import broker_wait, changelog, gc_pauses, reload
 from streamcell.service.metrics import Metrics
-from streamcell.service.settings import ServeSettings
+from streamcell.service.settings import ServeSettings, default_state_dir
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,7 @@ class App:
         self.settings = settings
         self.metrics = Metrics()
         self.predictor: Predictor | None = None
+        self.cold: ColdStore | None = None
         self.pipeline: Any = None
         self.grpc: Any = None
         self.metrics_port: int | None = None
@@ -58,6 +63,25 @@ class App:
         self.device = resolve_device(settings.state.device)  # a bad --device fails before anything
 
     # ------------------------------------------------------------- parts
+    def _open_cold_tier(self) -> None:
+        s = self.settings
+        path = s.state.state_dir or default_state_dir(s.kafka.group_id, s.model)
+        self.cold = ColdStore(path, s.state.state_dir_max_bytes)
+        found = self.cold.found
+        self.metrics.cold_rebuilds.labels(found).inc()
+        if found == FOUND_CORRUPT:
+            log.warning(
+                "the cold tier in %s was corrupt: removed; it is rebuilt from the changelog", path
+            )
+        elif found == FOUND_EMPTY:
+            log.info("cold tier in %s (empty: a first start, or the directory was lost)", path)
+        else:
+            log.info(
+                "cold tier in %s: an earlier process's copy was wiped (it may be ahead of the "
+                "changelog); it is rebuilt from the changelog",
+                path,
+            )
+
     def _start_metrics(self) -> None:
         s = self.settings
         if s.metrics.port is None:
@@ -185,7 +209,9 @@ class App:
                     ttl_seconds=s.state.stream_ttl_s,
                     keep_gates=s.state.keep_gates,
                     device=self.device,
+                    cold=self.cold,
                 )
+                self.metrics.watch_tiers(lambda: self.predictor.tiers if self.predictor else None)
                 self.metrics.record_model(
                     loaded.name, loaded.version, reload.validation_mae(loaded)
                 )
@@ -229,6 +255,7 @@ class App:
         torch.set_num_threads(s.state.torch_threads)
         log.info("the LSTM step runs on %s", self.device)
         try:
+            self._open_cold_tier()
             self._start_metrics()
             self._start_grpc()
             partitions = None
@@ -308,7 +335,12 @@ class App:
             finally:
                 self._stop_grpc()
         finally:
-            if self._http is not None:
-                self._http.shutdown()
-                self._http.server_close()
-                self._http = None
+            try:
+                if self._http is not None:
+                    self._http.shutdown()
+                    self._http.server_close()
+                    self._http = None
+            finally:
+                if self.cold is not None:
+                    self.cold.close()
+                    self.cold = None

@@ -31,6 +31,7 @@ import numpy as np
 
 from streamcell.core.errors import ConfigError
 from streamcell.core.state import StateStore
+from streamcell.core.tiers import TieredStore
 
 if TYPE_CHECKING:
     from streamcell.service.kafka import Producer, Progress, Reader
@@ -132,7 +133,7 @@ class Snapshots:
     def __init__(
         self,
         topic: str,
-        store: StateStore,
+        store: StateStore | TieredStore,
         changed: dict[str, int],
         generations: Mapping[int, int] | None = None,
     ) -> None:

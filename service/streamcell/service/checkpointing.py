@@ -239,8 +239,9 @@ class Checkpointer:
             changed = predictor.take_changes()
             if not changed:
                 return None
+            # Both tiers: a stream spilled since it changed is snapshotted from the cold one.
             records = changelog.Snapshots(
-                self.settings.changelog_topic, predictor.store, changed, self.generations
+                self.settings.changelog_topic, predictor.snapshots, changed, self.generations
             )
         log.debug("changelog: %d snapshots, %d tombstones", records.snapshots, records.tombstones)
         return records

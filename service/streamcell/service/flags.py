@@ -138,7 +138,28 @@ FLAGS: tuple[Flag, ...] = (
         "how long one poll waits for events to fill a batch (default %(default)s)",
         group=KAFKA,
     ),
-    Flag("--max-streams", "state.max_streams", "streams held before LRU eviction", group=STATE),
+    Flag(
+        "--max-streams",
+        "state.max_streams",
+        "streams held in memory (the hot tier); the least recently used beyond it are "
+        "spilled to the cold tier on disk, and loaded back with their next event",
+        group=STATE,
+    ),
+    Flag(
+        "--state-dir",
+        "state.state_dir",
+        "the cold tier's directory, one per replica (default: under the system temp dir, "
+        "per group and model); rebuilt from the changelog at every start",
+        Path,
+        group=STATE,
+    ),
+    Flag(
+        "--state-dir-max-bytes",
+        "state.state_dir_max_bytes",
+        "bound on the cold tier's records; past it the streams idle the longest are "
+        "forgotten (changelog tombstones, counted; default %(default)s)",
+        group=STATE,
+    ),
     Flag("--stream-ttl-s", "state.stream_ttl_s", "expire idle streams", float, group=STATE),
     Flag(
         "--keep-gates", "state.keep_gates", "keep each stream's last gate activations", group=STATE

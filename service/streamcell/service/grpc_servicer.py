@@ -308,7 +308,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         predictor = self._predictor()
         with predictor.lock:
             loaded, cfg, store = predictor.loaded, predictor.config, predictor.store
-            streams = len(store)
+            streams = predictor.stream_count()  # in memory and in the cold tier
         return pb.ModelInfoResponse(
             name=loaded.name,
             version=loaded.version,

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 from prometheus_client import (
@@ -29,7 +30,12 @@ from prometheus_client import (
     Histogram,
     Info,
 )
-from prometheus_client.core import HistogramMetricFamily, SummaryMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from streamcell.core.quantiles import Scores, central_intervals, interval_label
@@ -62,6 +68,7 @@ ERROR_BUCKETS = (
     250,
     1000,
 )
+COLD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
 SOURCES = ("kafka", "grpc")
 OUTCOMES = ("predicted", "duplicate", "invalid", "skipped_replay")
 
@@ -144,6 +151,67 @@ class BatchHistogram(Collector):
 
     def describe(self) -> Iterable[HistogramMetricFamily]:
         yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+
+class TierCollector(Collector):
+    """The two tiers' gauges and counters, read from the live TieredStore at scrape time.
+
+    Its counts are running totals kept by the store (under the Predictor's
+    lock, read here without it: each is one int), so nothing is done per event.
+    """
+
+    def __init__(self, tiers_of: Callable[[], Any], registry: CollectorRegistry) -> None:
+        self._tiers_of = tiers_of
+        registry.register(self)
+
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
+        tiers = self._tiers_of()
+        if tiers is None:
+            return
+        p, c, cold = "streamcell_", tiers.counts, tiers.cold
+        yield GaugeMetricFamily(
+            p + "state_hot_streams", "Streams held in memory (the hot tier).", len(tiers.hot)
+        )
+        yield GaugeMetricFamily(
+            p + "state_cold_streams", "Streams held in the cold tier on disk.", len(cold)
+        )
+        yield GaugeMetricFamily(
+            p + "state_cold_bytes",
+            "Bytes of the cold tier's live records (what --state-dir-max-bytes bounds).",
+            cold.bytes,
+        )
+        yield GaugeMetricFamily(
+            p + "state_cold_max_bytes", "The cold tier's bound (--state-dir-max-bytes).",
+            cold.max_bytes or 0,
+        )  # fmt: skip
+        known = c.hits + c.loads
+        yield GaugeMetricFamily(
+            p + "state_hot_hit_ratio",
+            "Of a batch's streams held anywhere, the share found hot, since start.",
+            c.hits / known if known else 1.0,
+        )
+        lookups = CounterMetricFamily(
+            p + "state_lookups",
+            "A micro-batch's streams by where they were found: hot, cold (loaded) or new.",
+            labels=["tier"],
+        )
+        for tier, n in (("hot", c.hits), ("cold", c.loads), ("new", c.new)):
+            lookups.add_metric([tier], n)
+        yield lookups
+        for name, doc, value in (
+            ("state_spills", "Streams spilled from memory to the cold tier.", c.spills),
+            ("state_loads", "Streams loaded from the cold tier into memory.", c.loads),
+            (
+                "state_cold_forgotten",
+                "Streams the cold tier's size bound forgot, oldest first (changelog tombstones).",
+                c.forgotten,
+            ),
+            ("state_cold_expired", "Cold streams expired after their TTL.", c.expired),
+        ):
+            yield CounterMetricFamily(p + name, doc, value)
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []
 
 
 class SumCount(Collector):
@@ -291,6 +359,20 @@ class Metrics:
         self.expired = Counter(
             p + "streams_expired_total", "Streams expired after their TTL.", registry=r
         )
+        self.cold_batch_seconds = Histogram(
+            p + "state_cold_batch_seconds",
+            "Seconds of a micro-batch's cold-tier work (its batched reads and writes).",
+            buckets=COLD_BUCKETS,
+            registry=r,
+        )
+        self.cold_rebuilds = Counter(
+            p + "state_cold_rebuilds",
+            "Cold tiers built from the changelog at start, by what the state dir held: "
+            "empty (a first start, or it was deleted), previous (an earlier process's, "
+            "not trusted) or corrupt.",
+            ["found"],
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             p + "consumer_lag_messages",
             "Messages behind the end of each assigned input partition.",
@@ -375,6 +457,8 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self._tiers: TierCollector | None = None
+        self._tiers_source: Callable[[], Any] = lambda: None
         self._bind()
 
     def _bind(self) -> None:
@@ -458,6 +542,15 @@ class Metrics:
         self.state_capacity.set_function(read("capacity"))
         self.state_max_streams.set_function(read("max_streams"))
         self.state_bytes.set_function(read("nbytes"))
+
+    def watch_tiers(self, tiers_of: Callable[[], Any]) -> None:
+        """The cold tier's series, read from the Predictor's TieredStore at scrape time."""
+        if self._tiers is None:
+            self._tiers = TierCollector(lambda: self._tiers_source(), self.registry)
+        self._tiers_source = tiers_of
+        tiers = tiers_of()
+        if tiers is not None:
+            tiers.observe = self.cold_batch_seconds.observe
 
     def sync_store_counters(self, evicted_delta: int, expired_delta: int) -> None:
         if evicted_delta:

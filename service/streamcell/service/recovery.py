@@ -172,10 +172,12 @@ class Recovery:
         self.ownership.assigned.update(partitions)
         self.metrics.restored_streams.inc(len(done.streams))
         log.info(
-            "partitions %s restored from %s: %d streams (%d tombstones, %d skipped) in %.2fs",
+            "partitions %s restored from %s: %d streams (%d of them to the cold tier; "
+            "%d tombstones, %d skipped) in %.2fs",
             partitions,
             s.changelog_topic,
             len(done.streams),
+            done.cold,
             tombstones,
             len(skipped),
             seconds,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ FORMAT_JSON = "json"
 FORMAT_PROTOBUF = "protobuf"
 FORMATS = (FORMAT_JSON, FORMAT_PROTOBUF)  # how an event is written on the input topic
 GRPC_PORT = 50051
+STATE_DIR_MIN_BYTES = 1 << 20  # the smallest --state-dir-max-bytes
 
 
 def _at_least_1(pairs: Iterable[tuple[str, int]]) -> None:
@@ -123,18 +125,39 @@ class PipelineSettings:
 
 @dataclass(frozen=True)
 class StateSettings:
-    """The per-stream state and where the step runs."""
+    """The per-stream state and where the step runs.
+
+    ``max_streams`` streams are held in memory (hot); the rest are in the cold
+    tier on local disk under ``state_dir`` (None: :func:`default_state_dir`),
+    whose live records are bounded by ``state_dir_max_bytes``.
+    """
 
     max_streams: int = 100_000
     stream_ttl_s: float | None = None
     keep_gates: bool = False
     torch_threads: int = 1
     device: str = "cpu"  # auto, cpu, cuda or cuda:N (resolved when the service starts)
+    state_dir: Path | None = None
+    state_dir_max_bytes: int = 16 << 30
 
     def __post_init__(self) -> None:
         _at_least_1((("max_streams", self.max_streams), ("torch_threads", self.torch_threads)))
         if self.stream_ttl_s is not None and not self.stream_ttl_s > 0:
             raise ConfigError(f"--stream-ttl-s must be positive, got {self.stream_ttl_s}")
+        if self.state_dir_max_bytes < STATE_DIR_MIN_BYTES:
+            raise ConfigError(
+                f"--state-dir-max-bytes must be at least {STATE_DIR_MIN_BYTES}, "
+                f"got {self.state_dir_max_bytes}"
+            )
+
+
+def default_state_dir(group_id: str, model: str) -> Path:
+    """Where a replica keeps its cold tier without --state-dir: one per group and model.
+
+    Enough for one replica per host; a second process given the same directory
+    is refused at start (the cold tier's lock file).
+    """
+    return Path(tempfile.gettempdir()) / "streamcell-state" / f"{group_id}.{model}"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,400 @@
+"""The cold tier: streams' snapshot bytes on local disk, batched, with a size bound.
+
+One job: get, put and delete the snapshots of many streams at once in an
+embedded RocksDB (``rocksdict``; docs/ARCHITECTURE.md says why not LMDB),
+and forget the oldest when the live records pass a size bound. A value is a
+stream's changelog snapshot byte for byte (``StateStore.snapshot``) behind a
+small header of the store's own: whatever a snapshot carries, the cold tier
+carries, unread. It is a cache of the
+changelog, never its substitute: its write-ahead log is off, a store left by
+an earlier process is not trusted (it may be ahead of the changelog, or
+behind it) but wiped at open, and the service rebuilds it from the
+changelog on start. A lock file keeps a second process out of the directory.
+
+Keys, two prefixes in one database:
+
+- ``v`` + stream: a 12-byte header (the age key, 8 bytes, and the tag, an
+  int32), then the snapshot, byte for byte;
+- ``a`` + age key + stream: the tag and the snapshot's length. Iterating ``a``
+  is oldest first: the age is the stream's last-seen event time, so the size
+  bound and the TTL both read a prefix of it. The tag is the caller's (the
+  stream's partition).
+
+A load reads one key per stream (its header says which index key to delete).
+
+Pure of the service: rocksdict, numpy and the standard library.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from streamcell.core.errors import ColdTierError, ConfigError
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "streamcell.lock"
+DB_NAME = "cold"
+BLOCK_CACHE_BYTES = 32 << 20
+_HEAD = struct.Struct(">8si")  # a value's header: age key, tag
+_INDEX = struct.Struct(">iI")  # an index entry's value: tag, snapshot length
+_AGE_FLIP = np.uint64(1 << 63)
+# What open() found in the directory (the label of streamcell_cold_tier_rebuilds_total).
+FOUND_EMPTY, FOUND_PREVIOUS, FOUND_CORRUPT = "empty", "previous", "corrupt"
+
+
+def age_keys(ages: np.ndarray) -> list[bytes]:
+    """Float64 ages as 8-byte keys whose byte order is their numeric order."""
+    bits = np.asarray(ages, dtype=">f8").view(">u8").copy()
+    negative = (bits & _AGE_FLIP) != 0
+    bits[negative] = ~bits[negative]
+    bits[~negative] |= _AGE_FLIP
+    raw = bits.astype(">u8").tobytes()
+    return [raw[k : k + 8] for k in range(0, len(raw), 8)]
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """Streams the cold tier dropped (size bound, TTL), with their tags, oldest first."""
+
+    streams: list[str]
+    tags: list[int]
+
+
+class ColdStore:
+    """Snapshot bytes by stream id in RocksDB under ``path``, at most ``max_bytes`` of them.
+
+    ``max_bytes`` bounds the live records' bytes (keys, values and the index),
+    which the database's files approach after compaction. ``None``: no bound.
+    Every method takes and returns whole batches; a storage failure raises
+    :class:`ColdTierError` (the service stops, as after a crash, and rebuilds
+    the tier from the changelog on start).
+    """
+
+    def __init__(self, path: Path | str, max_bytes: int | None = None) -> None:
+        if max_bytes is not None and max_bytes < 1:
+            raise ConfigError(f"the cold tier's size bound must be positive, got {max_bytes}")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.count = 0  # live streams
+        self.bytes = 0  # live records' bytes, what max_bytes bounds
+        self._lock_fd = self._take_lock()
+        try:
+            self.found = self._clear_previous()
+            self._db = self._open()
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+    # ----------------------------------------------------------------- opening
+    def _take_lock(self) -> int:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(f"cannot use state dir {self.path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(
+                f"state dir {self.path} is in use by another process (pid {holder}); "
+                "give each replica its own --state-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_ino = os.fstat(fd).st_ino
+        return fd
+
+    def _clear_previous(self) -> str:
+        """Wipe what an earlier process left: its cold tier may disagree with the changelog."""
+        db = self.path / DB_NAME
+        if not db.exists():
+            return FOUND_EMPTY
+        found = FOUND_PREVIOUS if _opens(db) else FOUND_CORRUPT
+        shutil.rmtree(db)
+        return found
+
+    def _open(self):
+        from rocksdict import (
+            BlockBasedOptions,
+            Cache,
+            DBCompressionType,
+            Options,
+            Rdict,
+            WriteOptions,
+        )
+
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        # Snapshots are mostly float32 state, which barely compresses: save the CPU.
+        opts.set_compression_type(DBCompressionType.none())
+        # Bloom filters spare a load's gets the files that lack its keys; the block
+        # cache is bounded, so resident memory does not grow with the cold streams.
+        table = BlockBasedOptions()
+        table.set_bloom_filter(10, False)
+        table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
+        opts.set_block_based_table_factory(table)
+        opts.set_keep_log_file_num(2)
+        try:
+            db = Rdict(str(self.path / DB_NAME), opts)
+        except Exception as exc:
+            raise ColdTierError(f"cannot open the cold tier in {self.path}: {exc}") from exc
+        # The changelog is the durable copy; this store's own log would add a
+        # write per spill and still not be trusted after a crash.
+        self._write_opts = WriteOptions()
+        self._write_opts.disable_wal = True
+        return db
+
+    def close(self) -> None:
+        try:
+            self._db.close()
+        finally:
+            os.close(self._lock_fd)
+
+    def compact(self) -> None:
+        """Flush and compact everything now, rather than in the background (after a bulk fill)."""
+        try:
+            self._db.flush()
+            self._db.compact_range(None, None)
+        except Exception as exc:
+            raise ColdTierError(f"compacting the cold tier in {self.path} failed: {exc}") from exc
+
+    def check(self) -> None:
+        """Raise ColdTierError if the directory was deleted or replaced under this process."""
+        try:
+            same = os.stat(self.path / LOCK_NAME).st_ino == self._lock_ino
+        except OSError:
+            same = False
+        if not same or not (self.path / DB_NAME).is_dir():
+            raise ColdTierError(
+                f"the cold tier in {self.path} was deleted or replaced while in use; "
+                "restart to rebuild it from the changelog"
+            )
+
+    # -------------------------------------------------------------- batches
+    def __len__(self) -> int:
+        return self.count
+
+    def get(self, streams: Sequence[str]) -> list[bytes | None]:
+        """The snapshots of ``streams`` (None where absent), one batched read."""
+        head = _HEAD.size
+        return [
+            None if v is None else v[head:] for v in self._get([b"v" + s.encode() for s in streams])
+        ]
+
+    def take(self, streams: Sequence[str]) -> tuple[list[bytes | None], list[int]]:
+        """Get and remove: the snapshots (None where absent) and tags (-1 there).
+
+        One batched read and one batched write.
+        """
+        keys = [s.encode() for s in streams]
+        found = self._get([b"v" + k for k in keys])
+        values: list[bytes | None] = [None] * len(keys)
+        tags = [-1] * len(keys)
+        batch = self._batch()
+        head = _HEAD.size
+        for j, (key, stored) in enumerate(zip(keys, found, strict=True)):
+            if stored is not None:
+                tags[j] = self._delete(batch, key, stored)
+                values[j] = stored[head:]
+        if any(v is not None for v in values):
+            self._write(batch)
+        return values, tags
+
+    def put(
+        self,
+        streams: Sequence[str],
+        values: Sequence[bytes] | bytes | memoryview,
+        ages: np.ndarray,
+        tags: Sequence[int] | np.ndarray,
+        size: int | None = None,
+        known_absent: bool = False,
+    ) -> Forgotten:
+        """Store snapshots (replacing any) with their ages and tags; returns what the bound forgot.
+
+        ``values``: one bytes per stream, or one block of ``size`` bytes each.
+        ``known_absent``: the caller knows none of ``streams`` is here (spared a read).
+        """
+        keys = [s.encode() for s in streams]
+        if not keys:
+            return Forgotten([], [])
+        pieces: Sequence[bytes]
+        if isinstance(values, bytes | memoryview):
+            if size is None:
+                raise ValueError("a block of values needs their size")
+            view = memoryview(values).cast("B")
+            if len(view) != size * len(keys):
+                raise ValueError(f"a block of {len(view)} bytes for {len(keys)} values of {size}")
+            pieces = [bytes(view[j * size : (j + 1) * size]) for j in range(len(keys))]
+        else:
+            pieces = values
+        absent = known_absent or not self.count
+        old: list[bytes | None] = (
+            [None] * len(keys) if absent else self._get([b"v" + k for k in keys])
+        )
+        ages_k = age_keys(ages)
+        tag_list = np.asarray(tags, dtype=np.int64).tolist()
+        batch = self._batch()
+        pack_head, pack_index = _HEAD.pack, _INDEX.pack
+        for j, (key, stored, value) in enumerate(zip(keys, old, pieces, strict=True)):
+            if stored is not None:
+                self._delete(batch, key, stored)
+            age, tag = ages_k[j], tag_list[j]
+            batch.put(b"v" + key, pack_head(age, tag) + value)
+            batch.put(b"a" + age + key, pack_index(tag, len(value)))
+            self.count += 1
+            self.bytes += _record_bytes(len(key), len(value))
+        self._write(batch)
+        return self._enforce_bound()
+
+    def delete(self, streams: Sequence[str]) -> list[int | None]:
+        """Remove streams; each one's tag, or None where it was not here."""
+        keys = [s.encode() for s in streams]
+        found = self._get([b"v" + k for k in keys])
+        out: list[int | None] = [None] * len(keys)
+        batch = self._batch()
+        for j, (key, stored) in enumerate(zip(keys, found, strict=True)):
+            if stored is not None:
+                out[j] = self._delete(batch, key, stored)
+        self._write(batch)
+        return out
+
+    def contains(self, streams: Sequence[str]) -> np.ndarray:
+        found = self._get([b"v" + s.encode() for s in streams])
+        return np.fromiter((v is not None for v in found), np.bool_, len(found))
+
+    # ------------------------------------------------------------ ordered scans
+    def older_than(self, cutoff: float) -> Forgotten:
+        """Remove the streams whose age is at or before ``cutoff`` (the TTL), oldest first."""
+        (limit,) = age_keys(np.array([cutoff]))
+        return self._forget(lambda age, _: age <= limit)
+
+    def drop_tags(self, tags: set[int]) -> list[str]:
+        """Remove every stream with one of ``tags`` (a scan of all of them)."""
+        return self._forget(lambda _, tag: tag in tags, ordered=False).streams
+
+    def clear(self) -> Forgotten:
+        """Remove everything; what was there, oldest first."""
+        return self._forget(lambda _, __: True, ordered=False)
+
+    def streams_after(self, after: str, limit: int) -> list[str]:
+        """Up to ``limit`` stream ids greater than ``after``, in order (for paging)."""
+        out: list[str] = []
+        start = b"v" + after.encode()
+        for key in self._keys(start):
+            if key[:1] != b"v" or len(out) >= limit:
+                break
+            if key != start:
+                out.append(key[1:].decode())
+        return out
+
+    # ---------------------------------------------------------------- helpers
+    def _enforce_bound(self) -> Forgotten:
+        """Past the bound: forget the oldest streams until the live bytes are within it."""
+        if self.max_bytes is None or self.bytes <= self.max_bytes:
+            return Forgotten([], [])
+        return self._forget(lambda _, __: True, free=self.bytes - self.max_bytes)
+
+    def _forget(
+        self, pick: Callable[[bytes, int], bool], ordered: bool = True, free: int | None = None
+    ) -> Forgotten:
+        """Remove the streams of the age index, oldest first, that ``pick(age_key, tag)`` takes.
+
+        ``ordered``: stop at the first one not taken (an age prefix).
+        ``free``: stop once this many bytes are freed (the size bound).
+        """
+        gone = Forgotten([], [])
+        batch = self._batch()
+        freed = 0
+        for key, value in self._items(b"a"):
+            if key[:1] != b"a" or (free is not None and freed >= free):
+                break
+            age, stream = key[1:9], key[9:]
+            tag, length = _INDEX.unpack(value)
+            if not pick(age, tag):
+                if ordered:
+                    break
+                continue
+            batch.delete(b"v" + stream)
+            batch.delete(key)
+            self.count -= 1
+            size = _record_bytes(len(stream), length)
+            self.bytes -= size
+            freed += size
+            gone.streams.append(stream.decode())
+            gone.tags.append(tag)
+        if gone.streams:
+            self._write(batch)
+        return gone
+
+    def _delete(self, batch, key: bytes, stored: bytes) -> int:
+        """Delete a stream's two records (``stored``: its value); returns its tag."""
+        age, tag = _HEAD.unpack_from(stored)
+        batch.delete(b"v" + key)
+        batch.delete(b"a" + age + key)
+        self.count -= 1
+        self.bytes -= _record_bytes(len(key), len(stored) - _HEAD.size)
+        return tag
+
+    def _batch(self):
+        from rocksdict import WriteBatch
+
+        return WriteBatch(raw_mode=True)
+
+    def _get(self, keys: list[bytes]) -> list[bytes | None]:
+        if not keys:
+            return []
+        try:
+            return self._db.get(keys)
+        except Exception as exc:
+            raise ColdTierError(f"reading the cold tier in {self.path} failed: {exc}") from exc
+
+    def _write(self, batch) -> None:
+        try:
+            self._db.write(batch, self._write_opts)
+        except Exception as exc:
+            raise ColdTierError(f"writing the cold tier in {self.path} failed: {exc}") from exc
+
+    def _items(self, start: bytes) -> Iterator[tuple[bytes, bytes]]:
+        try:
+            it = self._db.iter()
+            it.seek(start)
+            while it.valid():
+                yield it.key(), it.value()
+                it.next()
+        except Exception as exc:
+            raise ColdTierError(f"scanning the cold tier in {self.path} failed: {exc}") from exc
+
+    def _keys(self, start: bytes) -> Iterator[bytes]:
+        for key, _ in self._items(start):
+            yield key
+
+
+def _record_bytes(key: int, value: int) -> int:
+    """The bytes one stream's three records hold (keys and values)."""
+    return (1 + key + _HEAD.size + value) + (1 + 8 + key + _INDEX.size)
+
+
+def _opens(db: Path) -> bool:
+    """Whether a RocksDB there opens (its manifest and files check out), else it is corrupt."""
+    from rocksdict import AccessType, Options, Rdict
+
+    try:
+        opts = Options(raw_mode=True)
+        opts.set_paranoid_checks(True)
+        Rdict(str(db), opts, access_type=AccessType.read_only()).close()
+        return True
+    except Exception as exc:
+        log.warning("the cold tier left in %s does not open: %s", db, exc)
+        return False

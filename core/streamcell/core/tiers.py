@@ -1,0 +1,302 @@
+"""Two tiers of stream state: the slab in memory (hot) and the cold tier on local disk.
+
+Kept by the :class:`~streamcell.core.predictor.Predictor`, under its lock. A
+stream is in one tier at a time. Before a micro-batch is applied its streams
+are made hot (:meth:`TieredStore.admit`): the cold ones are taken from the
+cold tier in one batched read, and if the slab has no room its least
+recently used streams, none of the batch, are spilled to the cold tier as
+their snapshot bytes, in one batched write. Spilling forgets nothing and
+writes no tombstone, and loading is byte-exact (the snapshot is the
+changelog's record), so a stream's state never depends on where it was.
+Only the TTL and the cold tier's size bound forget a stream (tombstones,
+through the change journal).
+
+Everything that reads or changes state reaches cold streams here too: the
+checkpoint's snapshots (:meth:`snapshot_block`), GetStream and Forecast
+(:meth:`reading`, without making the stream hot), reset (made hot first),
+delete, paging, TTL expiry, a restore (the most recent records hot up to
+capacity, the rest cold) and a partition let go.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamcell.core.coldstore import ColdStore, Forgotten
+from streamcell.core.journal import ChangeJournal
+from streamcell.core.state import StateStore
+
+log = logging.getLogger(__name__)
+
+RESTORE_CHUNK = 4096  # records per cold write during a restore
+BOUND_LOG_EVERY_S = 60.0
+
+
+@dataclass
+class TierCounts:
+    """Running totals since start (kept across model swaps), for the metrics."""
+
+    hits: int = 0  # a batch's streams found hot
+    loads: int = 0  # ... found in the cold tier, and loaded
+    new: int = 0  # ... in neither tier (a new stream)
+    spills: int = 0  # streams written to the cold tier to make room
+    forgotten: int = 0  # streams the cold tier's size bound forgot
+    expired: int = 0  # cold streams the TTL removed
+    cold_seconds: float = 0.0  # time in cold reads and writes
+
+
+class TieredStore:
+    """The hot :class:`StateStore` and a :class:`ColdStore` behind it, as one store."""
+
+    def __init__(
+        self,
+        hot: StateStore,
+        cold: ColdStore,
+        journal: ChangeJournal,
+        observe: Callable[[float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.hot = hot
+        self.cold = cold
+        self.journal = journal
+        # Seconds of one micro-batch's cold-tier work (a histogram, per batch not per event).
+        self.observe = observe
+        self.counts = TierCounts()
+        self._clock = clock
+        self._bound_logged_at = -float("inf")
+        self._bound_unlogged = 0
+        self._scratch: StateStore | None = None
+
+    # ----------------------------------------------------------------- batches
+    def admit(self, streams: Sequence[str]) -> None:
+        """Make distinct ``streams`` (at most the hot capacity) hot, or room for them."""
+        hot, counts = self.hot, self.counts
+        present = hot.contains(streams)
+        if present.all():
+            counts.hits += len(streams)
+            return
+        start = time.perf_counter()
+        flags = present.tolist()
+        missing = [s for s, p in zip(streams, flags, strict=True) if not p]
+        # Taken before the spill makes room, so the size bound never forgets one of them.
+        values, tags = self.cold.take(missing)
+        room = hot.max_streams - len(hot)
+        if len(missing) > room:
+            kept = [s for s, p in zip(streams, flags, strict=True) if p]
+            self._spill(hot.least_recent(len(missing) - room, sparing=kept))
+        found = [(s, v) for s, v in zip(missing, values, strict=True) if v is not None]
+        if found:
+            hot.restore(found)
+            self.journal.loaded(
+                [s for s, _ in found],
+                [t for t, v in zip(tags, values, strict=True) if v is not None],
+            )
+        counts.hits += len(streams) - len(missing)
+        counts.loads += len(found)
+        counts.new += len(missing) - len(found)
+        self._timed(start)
+
+    def _spill(self, victims: list[str]) -> None:
+        hot = self.hot
+        slots = np.fromiter(map(hot.slot_of, victims), np.int64, len(victims))  # type: ignore[arg-type]
+        block = hot.snapshot_block(victims)
+        tags = self.journal.spilled(victims, hot.partition[slots].tolist())
+        forgotten = self.cold.put(
+            victims, block, hot.last_seen[slots], tags, size=hot.snapshot_size, known_absent=True
+        )
+        hot.remove(victims)
+        self.counts.spills += len(victims)
+        self._forgot(forgotten)
+
+    def _forgot(self, gone: Forgotten) -> None:
+        """The size bound forgot streams: tombstones, counted, and said (once a minute)."""
+        if not gone.streams:
+            return
+        self.journal.removed_cold(gone.streams, gone.tags)
+        self.counts.forgotten += len(gone.streams)
+        self._bound_unlogged += len(gone.streams)
+        now = self._clock()
+        if now - self._bound_logged_at >= BOUND_LOG_EVERY_S:
+            log.warning(
+                "the cold tier in %s reached its bound of %d bytes (--state-dir-max-bytes): "
+                "forgot the %d streams idle the longest since the last such message (their "
+                "changelog records become tombstones); %d forgotten since start",
+                self.cold.path,
+                self.cold.max_bytes,
+                self._bound_unlogged,
+                self.counts.forgotten,
+            )
+            self._bound_logged_at, self._bound_unlogged = now, 0
+
+    def _timed(self, start: float) -> None:
+        seconds = time.perf_counter() - start
+        self.counts.cold_seconds += seconds
+        if self.observe is not None:
+            self.observe(seconds)
+
+    # ------------------------------------------------------- the changelog's view
+    def __len__(self) -> int:
+        return len(self.hot) + len(self.cold)
+
+    @property
+    def snapshot_size(self) -> int:
+        return self.hot.snapshot_size
+
+    def contains(self, streams: Sequence[str]) -> np.ndarray:
+        """Which of ``streams`` either tier holds."""
+        out = self.hot.contains(streams)
+        rest = np.flatnonzero(~out)
+        if len(rest) and len(self.cold):
+            out[rest] = self.cold.contains([streams[k] for k in rest.tolist()])
+        return out
+
+    def snapshot_block(self, streams: Sequence[str]) -> memoryview:
+        """The snapshots of ``streams``, back to back, wherever each one lives.
+
+        The cold tier is checked first: a checkpoint never takes records from a
+        directory that was deleted or replaced under this process.
+        """
+        self.cold.check()
+        hot = self.hot
+        present = hot.contains(streams)
+        if present.all():
+            return hot.snapshot_block(streams)
+        start = time.perf_counter()
+        size = hot.snapshot_size
+        out = np.empty((len(streams), size), dtype=np.uint8)
+        warm, cold = np.flatnonzero(present), np.flatnonzero(~present)
+        if len(warm):
+            block = hot.snapshot_block([streams[k] for k in warm.tolist()])
+            out[warm] = np.frombuffer(block, dtype=np.uint8).reshape(-1, size)
+        names = [streams[k] for k in cold.tolist()]
+        values = self.cold.get(names)
+        missing = [s for s, v in zip(names, values, strict=True) if v is None]
+        if missing:
+            raise KeyError(f"cannot snapshot unknown streams: {missing[:5]}")
+        out[cold] = np.frombuffer(b"".join(values), dtype=np.uint8).reshape(-1, size)  # type: ignore[arg-type]
+        self._timed(start)
+        out.flags.writeable = False
+        return out.data.cast("B")
+
+    # ---------------------------------------------------------- one stream
+    def reading(self, stream: str) -> tuple[StateStore, int] | None:
+        """A store and slot holding the stream's state, to read only; None if unknown.
+
+        A cold stream is decoded into a one-stream scratch store: reading it
+        makes it hot, spilling nothing.
+        """
+        slot = self.hot.slot_of(stream)
+        if slot is not None:
+            return self.hot, slot
+        (value,) = self.cold.get([stream])
+        if value is None:
+            return None
+        scratch = self._scratch
+        if scratch is None:
+            hot = self.hot
+            scratch = self._scratch = StateStore(
+                hot.num_layers,
+                hot.hidden_size,
+                hot.output_size,
+                hot.input_size,
+                initial_capacity=1,
+                max_streams=1,
+                buffer_size=hot.buffer_size,
+                device=hot.device,
+                quantile_levels=hot.quantile_levels,
+            )
+        scratch.clear()
+        scratch.restore([(stream, value)])
+        slot = scratch.slot_of(stream)
+        assert slot is not None
+        return scratch, slot
+
+    def make_hot(self, stream: str) -> bool:
+        """Bring a cold stream into the slab (to change it); False if neither tier has it."""
+        if stream in self.hot:
+            return True
+        if not self.cold.contains([stream])[0]:
+            return False
+        self.admit([stream])
+        return True
+
+    def delete_cold(self, stream: str) -> int | None:
+        """Remove a cold stream: its partition (-1 if unknown), None if it was not there."""
+        return self.cold.delete([stream])[0]
+
+    def streams_after(self, after: str, limit: int) -> list[str]:
+        """Cold stream ids after ``after``, sorted (the hot ones are the Predictor's)."""
+        return self.cold.streams_after(after, limit)
+
+    # ------------------------------------------------------------- lifecycle
+    def expire(self, cutoff: float) -> list[str]:
+        """Remove cold streams last seen at or before ``cutoff`` (tombstones); returns them."""
+        gone = self.cold.older_than(cutoff)
+        self.journal.removed_cold(gone.streams, gone.tags)
+        self.counts.expired += len(gone.streams)
+        return gone.streams
+
+    def drop_tags(self, partitions: set[int]) -> list[str]:
+        """Forget the cold streams of these partitions (no tombstones)."""
+        return self.cold.drop_tags(partitions)
+
+    def replace_hot(self, hot: StateStore) -> int:
+        """A model of another architecture: a new slab, every cold stream gone (tombstones)."""
+        gone = self.cold.clear()
+        self.journal.removed_cold(gone.streams, gone.tags)
+        self.hot, self._scratch = hot, None
+        return len(gone.streams)
+
+    def restore(
+        self, items: list[tuple[str, bytes]], partitions: dict[str, int]
+    ) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+        """Load changelog records (oldest first): the most recent hot up to capacity, the
+        rest cold. Returns the streams made hot, those put cold, and (stream, why) skipped."""
+        hot = self.hot
+        latest: dict[str, bytes] = {}  # the last record of a stream wins, in written order
+        skipped: list[tuple[str, str]] = []
+        for stream, value in items:
+            if isinstance(value, bytes):
+                value = hot.as_current(value)  # a format-1 record of the same fields
+            why = hot.refusal(stream, value)
+            if why is None:
+                latest.pop(stream, None)
+                latest[stream] = value
+            else:
+                skipped.append((stream, why))
+        good = list(latest.items())
+        room = max(hot.max_streams - len(hot), 0)
+        split = max(len(good) - room, 0)
+        to_cold, to_hot = good[:split], good[split:]
+        # A stream is in one tier at a time: an older copy in the other one goes.
+        if to_hot and len(self.cold):
+            self.cold.delete([s for s, _ in to_hot])
+        if to_hot:
+            hot.restore(to_hot)
+        if to_cold:
+            for stream, _ in to_cold:
+                if stream in hot:
+                    hot.delete(stream)
+                    self.journal.home.pop(stream, None)
+            if len(self.cold):
+                self.cold.delete([s for s, _ in to_cold])
+            for k in range(0, len(to_cold), RESTORE_CHUNK):
+                chunk = to_cold[k : k + RESTORE_CHUNK]
+                names = [s for s, _ in chunk]
+                block = b"".join(v for _, v in chunk)
+                self._forgot(
+                    self.cold.put(
+                        names,
+                        block,
+                        hot.last_seen_of(block),
+                        [partitions.get(s, -1) for s in names],
+                        size=hot.snapshot_size,
+                        known_absent=True,
+                    )
+                )
+        return [s for s, _ in to_hot], [s for s, _ in to_cold], skipped
