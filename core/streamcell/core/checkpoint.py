@@ -10,6 +10,7 @@ the one to serve. Loading goes through safetensors and json only: no pickle.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from streamcell.core.recipe import Recipe, RecipeError
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
+MAX_HORIZON = 1000  # steps a Forecast may ask for, and so the most a head may predict at once
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -62,10 +64,19 @@ class ModelConfig:
     training: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     recipe: dict[str, Any] | None = None  # streamcell.core.recipe's config.json form
+    # The head (docs: HEADS_CONTRACT): quantile levels (empty: a point head) and
+    # the steps ahead it predicts from one LSTM step (1: the next step only).
+    quantile_levels: tuple[float, ...] = ()
+    horizon: int = 1
 
     def __post_init__(self) -> None:
         for name in ("features", "targets", "input_mean", "input_std", "target_mean", "target_std"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        levels = self.quantile_levels
+        if levels is None:
+            levels = ()
+        if isinstance(levels, list | tuple):
+            object.__setattr__(self, "quantile_levels", tuple(levels))
         self.validate()
 
     def validate(self) -> None:
@@ -122,6 +133,10 @@ class ModelConfig:
             fail(f"scale_floor must be positive, got {self.scale_floor!r}")
         if self.format_version != FORMAT_VERSION:
             fail(f"format_version {self.format_version!r} is not supported (expected 1)")
+        problem = check_head(self.quantile_levels, self.horizon)
+        if problem:
+            fail(problem)
+        object.__setattr__(self, "quantile_levels", tuple(float(v) for v in self.quantile_levels))
 
     def _parse_recipe(self, fail: Any) -> Recipe | None:
         if self.recipe is None:
@@ -143,6 +158,22 @@ class ModelConfig:
     def history(self) -> Recipe | None:
         """The parsed recipe, or None for a model that sees the event's values as they are."""
         return getattr(self, "_history", None)
+
+    @property
+    def n_levels(self) -> int:
+        """Values per target and step in the head: its quantile levels, or 1 (a point)."""
+        return max(1, len(self.quantile_levels))
+
+    @property
+    def head_width(self) -> int:
+        """Outputs of the head, laid out row-major as ``[horizon, n_levels, output_size]``."""
+        return self.output_size * self.horizon * self.n_levels
+
+    @property
+    def point_columns(self) -> tuple[int, ...]:
+        """Head outputs of the point prediction: step 1 at the median (or the point)."""
+        level = self.quantile_levels.index(0.5) if self.quantile_levels else 0
+        return tuple(level * self.output_size + k for k in range(self.output_size))
 
     @property
     def lstm_input_size(self) -> int:
@@ -180,12 +211,21 @@ class ModelConfig:
             self.features,
             self.targets,
             json.dumps(self.recipe, sort_keys=True),
+            self.quantile_levels,
+            self.horizon,
         )
 
     def to_json(self) -> str:
         data = asdict(self)
         if data["recipe"] is None:
             del data["recipe"]  # a model without one writes the config it always has
+        # A point head of one step writes neither field: the config it always had.
+        if not data["quantile_levels"]:
+            del data["quantile_levels"]
+        else:
+            data["quantile_levels"] = list(data["quantile_levels"])
+        if data["horizon"] == 1:
+            del data["horizon"]
         return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
@@ -214,6 +254,9 @@ class ModelConfig:
         for name in ("metrics", "training"):
             if name in data and not isinstance(data[name], dict):
                 raise CheckpointError(f"invalid model config: {name} must be an object")
+        levels = data.get("quantile_levels")
+        if levels is not None and not isinstance(levels, list):
+            raise CheckpointError("invalid model config: quantile_levels must be a list or null")
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -253,7 +296,7 @@ def save_checkpoint(
     check_name(name)
     version = check_name(version or new_version(), "version")
     arch = (model.input_size, model.hidden_size, model.num_layers, model.output_size)
-    expected = (config.lstm_input_size, config.hidden_size, config.num_layers, config.output_size)
+    expected = (config.lstm_input_size, config.hidden_size, config.num_layers, config.head_width)
     if arch != expected:
         raise CheckpointError(f"model shape {arch} does not match its config")
     if not config.created_at:
@@ -343,7 +386,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
         if not torch.isfinite(got).all():
             raise CheckpointError(f"{file}: tensor {key} holds NaN or infinite values")
     model = StreamingLSTM(
-        config.lstm_input_size, config.hidden_size, config.num_layers, config.output_size
+        config.lstm_input_size, config.hidden_size, config.num_layers, config.head_width
     )
     model.load_state_dict(tensors, strict=True)
     model.eval()
@@ -360,9 +403,28 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes[f"lstm.weight_hh_l{layer}"] = (gates, hidden)
         shapes[f"lstm.bias_ih_l{layer}"] = (gates,)
         shapes[f"lstm.bias_hh_l{layer}"] = (gates,)
-    shapes["head.weight"] = (config.output_size, hidden)
-    shapes["head.bias"] = (config.output_size,)
+    shapes["head.weight"] = (config.head_width, hidden)
+    shapes["head.bias"] = (config.head_width,)
     return shapes
+
+
+def check_head(levels: object, horizon: object) -> str | None:
+    """What is wrong with a head's ``quantile_levels`` and ``horizon``, naming the field."""
+    if not isinstance(horizon, int) or isinstance(horizon, bool) or not 1 <= horizon <= MAX_HORIZON:
+        return f"horizon must be an integer in 1..{MAX_HORIZON}, got {horizon!r}"
+    if not isinstance(levels, tuple | list):
+        return f"quantile_levels must be a list of numbers, got {levels!r}"
+    if not levels:
+        return None
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in levels):
+        return f"quantile_levels must be numbers, got {list(levels)}"
+    if not all(0 < v < 1 for v in levels):
+        return f"quantile_levels must lie strictly between 0 and 1, got {list(levels)}"
+    if any(b <= a for a, b in itertools.pairwise(levels)):
+        return f"quantile_levels must be strictly increasing, got {list(levels)}"
+    if 0.5 not in levels:
+        return f"quantile_levels must contain 0.5 (the median is the point), got {list(levels)}"
+    return None
 
 
 def _check_header(file: Path, expected: dict[str, tuple[int, ...]]) -> None:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from streamcell.core.checkpoint import LoadedModel
+from streamcell.core.checkpoint import MAX_HORIZON, LoadedModel
 from streamcell.core.errors import InvalidEvent, StreamNotFound
 from streamcell.core.events import (
     NO_POSITION,
@@ -52,6 +52,8 @@ from streamcell.core.events import (
     non_finite_state,
     refusal,
 )
+from streamcell.core.forecast import ForecastResult, Normaliser, Origin, seed_of
+from streamcell.core.forecast import run as run_forecast
 from streamcell.core.journal import ChangeJournal, Placement
 from streamcell.core.model import Gates
 from streamcell.core.normalization import SCALING_GLOBAL, scale_from_sums
@@ -68,7 +70,6 @@ OUTCOMES = {
     REPLAYED: "skipped_replay",
     REFUSED: "refused",
 }
-MAX_HORIZON = 1000
 
 # Writes a wave's input step prepared, for the rows kept (None: all of them).
 Commit = Callable[[np.ndarray | None], None]
@@ -160,6 +161,12 @@ class Predictor:
             None if tidx is None else torch.as_tensor(tidx, dtype=torch.int64, device=dev)
         )
         self._recipe: Recipe | None = cfg.history
+        # The point prediction among the head's outputs (all of them for a point head).
+        self._point = (
+            None
+            if cfg.head_width == cfg.output_size
+            else torch.as_tensor(cfg.point_columns, dtype=torch.int64, device=dev)
+        )
 
     def _new_store(self) -> StateStore:
         cfg = self.loaded.config
@@ -356,7 +363,8 @@ class Predictor:
 
         h, c = store.gather(slots)
         step = self.loaded.model.step(u, h, c, return_gates=store.gates is not None)
-        yhat = step.y * self._out_std + self._out_mean
+        y = step.y if self._point is None else step.y.index_select(1, self._point)
+        yhat = y * self._out_std + self._out_mean
         if out_scale is not None:
             yhat = yhat * out_scale
         # An extreme but finite x can overflow the model. One reduction per
@@ -471,11 +479,15 @@ class Predictor:
 
     # ------------------------------------------------------------- forecast
     def forecast(self, stream: str, horizon: int) -> np.ndarray:
-        """The next ``horizon`` steps from the stream's state, feeding predictions back.
+        """The next ``horizon`` point predictions ``[horizon, targets]`` (see forecast_result)."""
+        return self.forecast_result(stream, horizon).yhat
+
+    def forecast_result(self, stream: str, horizon: int) -> ForecastResult:
+        """The next ``horizon`` steps from the stream's state, and their quantiles.
 
         Only for models whose targets are their features. The stream's state is
-        read, never written: a recipe model feeds each prediction, as the next
-        event's value, into a copy of the stream's history.
+        read, never written: predictions are fed back into a copy of it
+        (:mod:`streamcell.core.forecast`).
         """
         if not 1 <= horizon <= MAX_HORIZON:
             raise InvalidEvent("bad_horizon", f"horizon must be in 1..{MAX_HORIZON}, got {horizon}")
@@ -483,8 +495,7 @@ class Predictor:
             # One version for the whole forecast, which runs outside the lock:
             # a swap meanwhile must not mix its weights with this state.
             loaded, recipe = self.loaded, self._recipe
-            in_mean, in_std = self._in_mean, self._in_std
-            out_mean, out_std = self._out_mean, self._out_std
+            norm = Normaliser(self._in_mean, self._in_std, self._out_mean, self._out_std)
             cfg = loaded.config
             if not cfg.autoregressive:
                 raise InvalidEvent("not_autoregressive", self._cannot_forecast())
@@ -493,7 +504,7 @@ class Predictor:
                 raise StreamNotFound(f"stream {stream!r} is not known to this replica")
             slots = np.array([slot], dtype=np.int64)
             h, c = self.store.gather(slots)  # copies
-            prev = self.store.yhat[slot : slot + 1].clone()
+            last = self.store.yhat[slot : slot + 1].clone()
             count = int(self.store.events[slot])
             ring = None if self.store.ring is None else self.store.ring[slots]  # a copy
             scale = None
@@ -501,27 +512,12 @@ class Predictor:
                 scale = torch.from_numpy(
                     scale_from_sums(self.store.scale_sum[slots], np.array([count]), cfg.scale_floor)
                 ).to(self.device)
+            elif recipe is not None and self.store.scale is not None:
+                scale = torch.from_numpy(self.store.scale[slots].copy()).to(self.device)[:, None]
         if count == 0:
             raise StreamNotFound(f"stream {stream!r} has seen no events to forecast from")
-        out = np.empty((horizon, cfg.output_size), dtype=np.float32)
-        model = loaded.model
-        for k in range(horizon):
-            out[k] = prev[0].cpu().numpy()
-            if k + 1 == horizon:
-                break
-            if ring is None or recipe is None:
-                xt = prev if scale is None else prev / scale
-                u = (xt - in_mean) / in_std
-            else:
-                features, fed = advance(recipe, ring, np.array([count + k]), out[k : k + 1])
-                u = (torch.from_numpy(features).to(self.device) - in_mean) / in_std
-                scale = torch.from_numpy(fed).to(self.device)[:, None]
-            step = model.step(u, h, c)
-            h, c = step.h, step.c
-            prev = step.y * out_std + out_mean
-            if scale is not None:
-                prev = prev * scale
-        return out
+        origin = Origin(h, c, last, count, ring, scale)
+        return run_forecast(loaded, norm, origin, horizon, seed_of(stream, count, horizon))
 
     def _cannot_forecast(self) -> str:
         cfg = self.loaded.config

@@ -93,7 +93,7 @@ def _smoke_test(loaded: LoadedModel) -> None:
     cfg = loaded.config
     h, c = loaded.model.zero_state(1)
     y = loaded.model.step(torch.zeros(1, cfg.lstm_input_size), h, c).y
-    if y.shape != (1, cfg.output_size) or not bool(torch.isfinite(y).all()):
+    if y.shape != (1, cfg.head_width) or not bool(torch.isfinite(y).all()):
         raise CheckpointError("one step from zero state does not give finite predictions")
 
 
