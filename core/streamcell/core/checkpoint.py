@@ -172,8 +172,7 @@ class ModelConfig:
     @property
     def point_columns(self) -> tuple[int, ...]:
         """Head outputs of the point prediction: step 1 at the median (or the point)."""
-        level = self.quantile_levels.index(0.5) if self.quantile_levels else 0
-        return tuple(level * self.output_size + k for k in range(self.output_size))
+        return point_columns(self.quantile_levels, self.output_size)
 
     @property
     def lstm_input_size(self) -> int:
@@ -406,6 +405,12 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     shapes["head.weight"] = (config.head_width, hidden)
     shapes["head.bias"] = (config.head_width,)
     return shapes
+
+
+def point_columns(levels: tuple[float, ...], outputs: int) -> tuple[int, ...]:
+    """Where step 1 at the median (a point head: the point) lies in the head's outputs."""
+    level = levels.index(0.5) if levels else 0
+    return tuple(level * outputs + k for k in range(outputs))
 
 
 def check_head(levels: object, horizon: object) -> str | None:

@@ -76,20 +76,33 @@ def seed_of(stream: str, count: int, horizon: int) -> int:
 
 @torch.no_grad()
 def run(
-    loaded: LoadedModel, norm: Normaliser, origin: Origin, horizon: int, seed: int
+    loaded: LoadedModel,
+    norm: Normaliser,
+    origin: Origin,
+    horizon: int,
+    seed: int,
+    *,
+    future: np.ndarray | None = None,
+    quantiles: bool = True,
 ) -> ForecastResult:
-    """The forecast of ``horizon`` steps from ``origin`` (see the module doc)."""
+    """The forecast of ``horizon`` steps from ``origin`` (see the module doc).
+
+    ``future`` ``[horizon, width]``: the events to come, whose target column is
+    replaced by what is fed back; for a recipe model with covariates taken as
+    known (the trainer's validation, the benchmark). ``quantiles=False``: the
+    point path alone.
+    """
     cfg = loaded.config
     method = "direct" if cfg.horizon > 1 else "feedback"
-    if cfg.horizon == 1 and not cfg.quantile_levels:
+    if cfg.horizon == 1 and not cfg.quantile_levels and future is None:
         return ForecastResult(_point_feedback(loaded, norm, origin, horizon), None, method)
-    walk = _Walk(loaded, norm)
+    walk = _Walk(loaded, norm, future)
     first = walk.head(origin.h, origin.scale)  # [1, H, L, O]
     yhat = walk.median_path(origin, first, horizon)
-    quantiles = None
-    if cfg.quantile_levels:
-        quantiles = walk.quantile_paths(origin, first, horizon, np.random.default_rng(seed))
-    return ForecastResult(yhat, quantiles, method)
+    if cfg.quantile_levels and quantiles:
+        qs = walk.quantile_paths(origin, first, horizon, np.random.default_rng(seed))
+        return ForecastResult(yhat, qs, method)
+    return ForecastResult(yhat, None, method)
 
 
 @torch.no_grad()
@@ -121,8 +134,9 @@ def _point_feedback(loaded: LoadedModel, norm: Normaliser, o: Origin, horizon: i
 class _Walk:
     """Steps rows of one origin's state (one row, or the sample paths) through the model."""
 
-    def __init__(self, loaded: LoadedModel, norm: Normaliser) -> None:
+    def __init__(self, loaded: LoadedModel, norm: Normaliser, future: np.ndarray | None) -> None:
         cfg = loaded.config
+        self.future = None if future is None else np.asarray(future, dtype=np.float32)
         self.model, self.recipe, self.norm = loaded.model, cfg.history, norm
         self.steps, self.levels, self.outputs = cfg.horizon, cfg.n_levels, cfg.output_size
         self.level_values = np.asarray(cfg.quantile_levels, dtype=np.float64)
@@ -146,9 +160,15 @@ class _Walk:
         ring: np.ndarray | None,
         seen: np.ndarray,
         scale: Tensor | None,
+        ahead: int,
     ) -> tuple[tuple[Tensor, Tensor], Tensor | None, Tensor]:
-        """Feed ``values`` ``[B, O]`` as the next events: new state, scale and head outputs."""
+        """Feed ``values`` ``[B, O]`` as the events ``ahead`` steps past the origin:
+        new state, scale and head outputs."""
         norm, device = self.norm, state[0].device
+        if self.recipe is not None and self.future is not None:
+            event = np.repeat(self.future[min(ahead, len(self.future) - 1)][None], len(values), 0)
+            event[:, self.recipe.target] = values[:, 0]
+            values = event
         if ring is None or self.recipe is None:
             xt = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(device)
             if scale is not None:
@@ -175,8 +195,9 @@ class _Walk:
             if done == horizon:
                 return out
             for k in range(self.steps):
-                seen = np.array([o.count + done - take + k], dtype=np.int64)
-                state, scale, y = self.feed(chunk[k : k + 1], state, ring, seen, scale)
+                ahead = done - take + k
+                seen = np.array([o.count + ahead], dtype=np.int64)
+                state, scale, y = self.feed(chunk[k : k + 1], state, ring, seen, scale, ahead)
 
     def quantile_paths(
         self, o: Origin, first: Tensor, horizon: int, rng: np.random.Generator
@@ -203,8 +224,9 @@ class _Walk:
             if done == horizon:
                 return out
             for k in range(self.steps):
-                seen = np.full(n, o.count + done - take + k, dtype=np.int64)
-                state, scale, y = self.feed(draws[:, k], state, ring, seen, scale)
+                ahead = done - take + k
+                seen = np.full(n, o.count + ahead, dtype=np.int64)
+                state, scale, y = self.feed(draws[:, k], state, ring, seen, scale, ahead)
 
     def _draw(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One value per row, step and target from the quantile function, ``[N, H, O]``."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from streamcell.core.checkpoint import point_columns
 from streamcell.core.model import StreamingLSTM
 from streamcell.trainer.prepare import Prepared, StreamArrays
 
@@ -78,13 +79,15 @@ def predict_streams(
     was_training = model.training
     model.eval()
     device = model.head.weight.device
+    outputs = prepared.streams[0].z.shape[1] if prepared.streams else 1
+    point = list(point_columns(prepared.quantile_levels, outputs))
     out: list[np.ndarray] = []
     try:
         for start in range(0, len(indices), EVAL_BATCH):
             group = [prepared.streams[i] for i in indices[start : start + EVAL_BATCH]]
             z = _run(model, group, device, path)
             for k, s in enumerate(group):
-                p = z[k, : len(s.u)]
+                p = z[k, : len(s.u)][:, point]  # step 1 at the median (a point head: all)
                 out.append(
                     (p * prepared.norm.target_std + prepared.norm.target_mean) * s.target_scale
                 )

@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from streamcell.core.model import StreamingLSTM
 from streamcell.trainer.evaluate import EvalStats, evaluate
-from streamcell.trainer.prepare import Prepared
+from streamcell.trainer.prepare import Prepared, horizon_targets
 from streamcell.trainer.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -75,10 +75,12 @@ class LoopState:
 
 
 def new_model(prepared: Prepared, settings: TrainSettings) -> StreamingLSTM:
+    """A fresh model whose head has ``prepared``'s horizon and levels."""
     torch.manual_seed(settings.seed)
     f = prepared.streams[0].u.shape[1]
     o = prepared.streams[0].z.shape[1]
-    return StreamingLSTM(f, settings.hidden, settings.layers, o)
+    width = o * prepared.horizon * max(1, len(prepared.quantile_levels))
+    return StreamingLSTM(f, settings.hidden, settings.layers, width)
 
 
 def new_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
@@ -185,16 +187,24 @@ def _train_epoch(
     total_steps = sync.max_int(steps)
     loss_sum = torch.zeros((), dtype=torch.float64)
     points = 0.0
+    head = _HeadLoss(prepared, device)
     for batch, longest in zip(batches, lengths, strict=True):
-        u, z, mask = _padded(prepared, batch, longest, device)
+        if head.plain:
+            u, z, mask = _padded(prepared, batch, longest, device)
+        else:
+            u, z, mask = _padded_horizon(prepared, batch, longest, device)
         h, c = None, None
         for t in range(0, longest, window):
             hc: tuple[Tensor, Tensor] | None = None if h is None or c is None else (h, c)
             y, (h, c) = net(u[:, t : t + window], hc)
             m = mask[:, t : t + window]
-            diff = y - z[:, t : t + window]
-            per = diff.abs() if settings.loss == "mae" else diff**2
-            sq = per.mean(dim=2) * m
+            if head.plain:
+                diff = y - z[:, t : t + window]
+                per = diff.abs() if settings.loss == "mae" else diff**2
+                sq = per.mean(dim=2) * m
+            else:
+                sq = head(y, z[:, t : t + window], m)
+                m = m[:, :, 0]
             count = (m > 0).sum().clamp(min=1)
             loss = sq.sum() / count
             optimizer.zero_grad(set_to_none=True)
@@ -230,6 +240,64 @@ def _padded(
         n = s.n_train - 1
         u[k, :n], z[k, :n] = s.u[:n], s.z[:n]
         mask[k, :n] = 1.0 if s.weight is None else s.weight[:n]
+    return (
+        torch.from_numpy(u).to(device),
+        torch.from_numpy(z).to(device),
+        torch.from_numpy(mask).to(device),
+    )
+
+
+class _HeadLoss:
+    """The loss of a direct or quantile head, per step ``[B, W]``, weights applied.
+
+    Per horizon step and target: the pinball loss averaged over the levels
+    (times 2, so that at the median alone it is the absolute error), or the
+    absolute error of a point head. Over the horizon: half the first step
+    (what online serving scores) and half the mean over every step, so the
+    first step counts for at least half of the loss.
+    """
+
+    def __init__(self, prepared: Prepared, device: torch.device) -> None:
+        self.steps = prepared.horizon
+        self.levels = prepared.quantile_levels
+        self.plain = self.steps == 1 and not self.levels
+        self.outputs = prepared.streams[0].z.shape[1]
+        self.tau = torch.tensor(self.levels or (0.5,), dtype=torch.float32, device=device)
+        share = torch.full((self.steps,), 0.5 / self.steps, device=device)
+        share[0] += 0.5
+        self.share = share
+
+    def __call__(self, y: Tensor, z: Tensor, m: Tensor) -> Tensor:
+        """``y`` [B, W, head], ``z`` [B, W, H, O], ``m`` [B, W, H] -> [B, W]."""
+        b, w = y.shape[:2]
+        pred = y.reshape(b, w, self.steps, len(self.tau), self.outputs)
+        diff = z.unsqueeze(3) - pred
+        tau = self.tau.view(1, 1, 1, -1, 1)
+        per = (2 * torch.maximum(tau * diff, (tau - 1) * diff)).mean(dim=(3, 4))
+        return (per * m * self.share).sum(dim=2)
+
+
+def _padded_horizon(
+    prepared: Prepared, batch: list[int], longest: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Inputs ``[B, T, F]``, targets of every horizon step ``[B, T, H, O]``, weights
+    ``[B, T, H]`` (0 past the stream's training part)."""
+    first = prepared.streams[batch[0]]
+    steps = prepared.horizon
+    u = np.zeros((len(batch), longest, first.u.shape[1]), dtype=np.float32)
+    z = np.zeros((len(batch), longest, steps, first.z.shape[1]), dtype=np.float32)
+    mask = np.zeros((len(batch), longest, steps), dtype=np.float32)
+    for k, i in enumerate(batch):
+        s = prepared.streams[i]
+        n = s.n_train - 1
+        u[k, :n] = s.u[:n]
+        # Targets up to the end of the training part only: validation stays unseen.
+        trimmed = replace(s, y=s.y[: s.n_train], z=s.z[:n], target_scale=s.target_scale[:n])
+        zk = horizon_targets(trimmed, prepared.norm, steps)
+        known = np.isfinite(zk).all(axis=2)
+        z[k, :n] = np.where(np.isfinite(zk), zk, 0.0)
+        w = np.ones(n, np.float32) if s.weight is None else s.weight[:n]
+        mask[k, :n] = known * w[:, None]
     return (
         torch.from_numpy(u).to(device),
         torch.from_numpy(z).to(device),

@@ -35,6 +35,7 @@ from streamcell.core.errors import DataError
 from streamcell.core.normalization import SCALING_GLOBAL, SCALING_WINDOW, stream_scales
 from streamcell.core.recipe import Recipe, advance, new_buffers
 from streamcell.trainer.data import LongFrame, split_point
+from streamcell.trainer.periods import default_horizon
 
 MIN_STD = 1e-6
 WEIGHT_RANGE = 10.0  # loss weights are clipped to median / 10 .. median * 10
@@ -59,6 +60,7 @@ class StreamArrays:
     target_scale: np.ndarray  # [T-1, O] s_t at the target columns (ones under global)
     n_train: int  # rows 0..n_train-1 are training; predictions of rows n_train.. are scored
     weight: np.ndarray | None = None  # [T-1] loss weight of each step (None: all 1)
+    x: np.ndarray | None = None  # [T, width] the raw events (fixed-origin validation)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,12 @@ class Prepared:
     target_index: tuple[int, ...] | None
     recipe: Recipe | None = None
     season: int = 1  # the seasonal-naive baseline's lag in validation (1: none found)
+    # The head trained on these arrays (streamcell.trainer.select.resolve_head sets it):
+    # steps predicted at once and quantile levels; and the horizon a direct head gets
+    # when the settings leave it open, which fixed-origin validation also scores.
+    horizon: int = 1
+    quantile_levels: tuple[float, ...] = ()
+    default_horizon: int = 1
 
     def __len__(self) -> int:
         return len(self.streams)
@@ -123,14 +131,24 @@ def prepare(
         _std(ys_train),
     )
     streams = []
-    for name, xs, y, ts, n in zip(
-        frame.streams, scaled_x, frame.y, target_scales, splits, strict=True
+    for name, x, xs, y, ts, n in zip(
+        frame.streams, frame.x, scaled_x, frame.y, target_scales, splits, strict=True
     ):
         u = ((xs[:-1] - norm.input_mean) / norm.input_std).astype(np.float32)
         z = ((y[1:] / ts - norm.target_mean) / norm.target_std).astype(np.float32)
         w = _weights(y, ts, n) if weights else None
-        streams.append(StreamArrays(name, u, z, y, ts.astype(np.float32), n, w))
+        streams.append(StreamArrays(name, u, z, y, ts.astype(np.float32), n, w, x))
     return Prepared(_balanced(streams), norm, scaling, float(scale_floor), tidx)
+
+
+def horizon_targets(s: StreamArrays, norm: Normalisation, horizon: int) -> np.ndarray:
+    """``[T-1, horizon, O]``: row t, step k is (y_{t+1+k} / s_t - mean) / std (NaN past the end)."""
+    rows = len(s.z)
+    out = np.full((rows, horizon, s.z.shape[1]), np.nan, dtype=np.float32)
+    for k in range(min(horizon, rows)):
+        ratio = s.y[1 + k :] / s.target_scale[: rows - k]
+        out[: rows - k, k] = (ratio - norm.target_mean) / norm.target_std
+    return out
 
 
 def target_column(frame: LongFrame) -> int:
@@ -200,7 +218,9 @@ def _prepare_recipe(
         _std(t_all),
     )
     streams = []
-    for name, (f, s), y, n in zip(frame.streams, computed, frame.y, splits, strict=True):
+    for name, x, (f, s), y, n in zip(
+        frame.streams, frame.x, computed, frame.y, splits, strict=True
+    ):
         u = ((f[:-1] - norm.input_mean) / norm.input_std).astype(np.float32)
         ts = s[:-1, None].astype(np.float32)
         z = ((y[1:] / ts - norm.target_mean) / norm.target_std).astype(np.float32)
@@ -209,7 +229,8 @@ def _prepare_recipe(
             w = _weights(y, ts, n)
         valid = s[:-1] > floor
         w = np.where(valid, np.ones(len(u), dtype=np.float32) if w is None else w, 0.0)
-        streams.append(StreamArrays(name, u, z, y, ts, n, w.astype(np.float32)))
+        streams.append(StreamArrays(name, u, z, y, ts, n, w.astype(np.float32), x))
+    median = int(np.median(splits)) if splits else 0
     return Prepared(
         _balanced(streams),
         norm,
@@ -218,6 +239,7 @@ def _prepare_recipe(
         (target,),
         recipe,
         recipe.periods[0] if recipe.periods else 1,
+        default_horizon=default_horizon(recipe.periods, median),
     )
 
 

@@ -37,6 +37,7 @@ from streamcell.trainer.api import TrainResult, finish, prepare_frame
 from streamcell.trainer.data import LongFrame
 from streamcell.trainer.loop import LoopState, epoch_line, fit, new_model, new_optimizer
 from streamcell.trainer.prepare import Prepared
+from streamcell.trainer.select import resolve_head
 from streamcell.trainer.settings import GPU_MODES, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def train(
             f"--workers {workers} needs at least as many streams; the data has "
             f"{len(frame.streams)} (each worker trains on its own streams)"
         )
-    prepared = prepare_frame(frame, settings)
+    settings, prepared = resolve_head(settings, prepare_frame(frame, settings))
 
     import ray
 

@@ -10,14 +10,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from streamcell.core.checkpoint import check_head
 from streamcell.core.errors import ConfigError
 from streamcell.core.normalization import SCALING_WINDOW, SCALINGS
 
 GPU_MODES = ("auto", "on", "off")
 MONITORS = ("val_mae", "val_rmse", "val_mase")
 LOSSES = ("mae", "mse")
-# What `streamcell train` tries besides its settings (overrides), chosen on validation.
-DEFAULT_CANDIDATES: tuple[dict[str, Any], ...] = ({}, {"hidden": 32})
+# What `streamcell train` tries besides its settings (overrides), chosen on validation:
+# the direct multi-horizon head of the defaults, and the one-step head fed back.
+DEFAULT_CANDIDATES: tuple[dict[str, Any], ...] = ({}, {"horizon": 1})
+# Nine levels: the weighted quantile loss is scored over exactly these, and the
+# sample paths of a Forecast draw from a quantile function resolved in tenths.
+DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,10 @@ class TrainSettings:
     # Candidates tried on validation (overrides of these settings); the best is kept.
     candidates: tuple[dict[str, Any], ...] = ()
     final_fit: bool = False  # refit the chosen candidate on every training row (see select.py)
+    # The head: steps predicted at once (None: streamcell.trainer.periods.default_horizon;
+    # 1: the next step, fed back to forecast further) and quantile levels (empty: a point).
+    horizon: int | None = None
+    quantile_levels: tuple[float, ...] = DEFAULT_LEVELS
 
     def __post_init__(self) -> None:
         def positive_int(name: str) -> None:
@@ -98,6 +107,11 @@ class TrainSettings:
             raise ConfigError(f"scale_window must be a positive integer, got {self.scale_window!r}")
         if not (isinstance(self.time_budget, int | float) and self.time_budget >= 0):
             raise ConfigError(f"time_budget must be >= 0 seconds, got {self.time_budget!r}")
+        if isinstance(self.quantile_levels, list):
+            object.__setattr__(self, "quantile_levels", tuple(self.quantile_levels))
+        problem = check_head(self.quantile_levels, 1 if self.horizon is None else self.horizon)
+        if problem:
+            raise ConfigError(problem)
         object.__setattr__(self, "candidates", tuple(dict(c) for c in self.candidates))
         for candidate in self.candidates:
             unknown = set(candidate) - set(self.__dataclass_fields__) - {"candidates"}
