@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from streamcell.core.model import StreamingLSTM
+from streamcell.trainer.budget import Deadline, budget_clock
 from streamcell.trainer.evaluate import EvalStats, evaluate
 from streamcell.trainer.prepare import Prepared, horizon_targets
 from streamcell.trainer.settings import TrainSettings
@@ -98,7 +99,7 @@ def fit(
     state: LoopState | None = None,
     sync: Sync | None = None,
     on_epoch: Callable[[LoopState, torch.optim.Optimizer], None] | None = None,
-    deadline: float | None = None,
+    deadline: Deadline | None = None,
     validate: bool = True,
 ) -> LoopState:
     """Train ``model`` on the streams ``shard`` until the epochs run out or patience does.
@@ -106,9 +107,10 @@ def fit(
     ``net`` is what the forward pass goes through (a DDP wrapper of ``model``
     in Ray; ``model`` itself otherwise). ``state`` and the optimizer's state
     resume an interrupted run. ``on_epoch`` sees the state after each epoch.
-    ``deadline`` (time.monotonic()) stops after the epoch that passes it (or
-    one that would, at the pace so far); ``settings.time_budget`` sets one
-    from now where none is given. ``validate=False`` (the final fit on every
+    ``deadline`` (:mod:`streamcell.trainer.budget`: CPU time per thread, capped
+    on the wall clock) stops after the epoch that passes it (or one that
+    would, at the pace so far); ``settings.time_budget`` sets one from now
+    where none is given. ``validate=False`` (the final fit on every
     row) scores nothing and keeps the last epoch.
     """
     net = net or model
@@ -117,10 +119,11 @@ def fit(
     state = state or LoopState()
     device = model.head.weight.device
     if deadline is None and settings.time_budget > 0:
-        deadline = time.monotonic() + settings.time_budget
+        deadline = Deadline.after(settings.time_budget)
     while state.epoch < settings.epochs and not state.stopped_early:
         epoch = state.epoch + 1
         t0 = time.perf_counter()
+        c0 = budget_clock()
         loss_sum, points = _train_epoch(
             net, optimizer, prepared, settings, shard, epoch, device, sync
         )
@@ -153,8 +156,8 @@ def fit(
             **metrics,
         }
         if deadline is not None:
-            pace = (time.perf_counter() - t0) * 0.5  # the next epoch must fit half its time
-            late = int(time.monotonic() + pace > deadline)
+            pace = (budget_clock() - c0) * 0.5  # the next epoch must fit half its time
+            late = int(deadline.would_pass(pace))
             if sync.max_int(late) and state.epoch < settings.epochs:
                 state.stopped_early = True
                 record["out_of_time"] = True

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from streamcell.core.model import StreamingLSTM
+from streamcell.trainer.budget import Deadline
 from streamcell.trainer.data import LongFrame
 from streamcell.trainer.loop import LoopState, fit, new_model, restore_best
 from streamcell.trainer.model_config import as_loaded
@@ -78,9 +79,8 @@ def select_and_fit(
     one fed back are compared on the same forecasts; where the model cannot
     forecast (covariates without a recipe) the monitor decides.
     """
-    started = time.monotonic()
     budget = float(settings.time_budget)
-    deadline = started + budget if budget > 0 else None
+    deadline = Deadline.after(budget) if budget > 0 else None
     options = candidate_settings(settings)
     share = (1 - FINAL_SHARE) if settings.final_fit else 1.0
     tried: list[dict[str, Any]] = []
@@ -98,9 +98,8 @@ def select_and_fit(
         model = new_model(prepared, option).to(device)
         until = None
         if deadline is not None:
-            now = time.monotonic()
-            left = started + budget * share - now
-            until = now + max(left / (len(options) - k), 0.0)
+            left = deadline.left() - budget * (1 - share)  # the final fit's share kept
+            until = Deadline.after(left / (len(options) - k))
 
         def report(state: LoopState, _opt: torch.optim.Optimizer, k: int = k) -> None:
             if on_epoch is not None:
@@ -145,7 +144,7 @@ def select_and_fit(
         per_epoch = state.train_seconds / max(state.epoch, 1)
         rows = prepared.whole().train_pairs() / max(prepared.train_pairs(), 1)
         need = per_epoch * rows * state.best_epoch
-        left = float("inf") if deadline is None else deadline - time.monotonic()
+        left = float("inf") if deadline is None else deadline.left()
         if need <= left:
             final = _refit(prepared, option, state.best_epoch, device, on_epoch)
             record["final_fit"] = f"whole training part, {state.best_epoch} epochs"
