@@ -113,6 +113,9 @@ def test_cli_trains_a_direct_quantile_head_and_says_so(
 def test_bad_head_settings_name_their_field(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):
         TrainSettings(**{field: value})
+    with pytest.raises(ConfigError, match="quantile_levels"):
+        TrainSettings(loss="mse")  # a squared loss trains a point head only
+    TrainSettings(loss="mse", quantile_levels=())
 
 
 def test_the_cli_refuses_bad_levels_by_name(tmp_path: Path) -> None:

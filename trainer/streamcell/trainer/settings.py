@@ -46,7 +46,9 @@ class TrainSettings:
     carry_state: bool = True  # False resets (h, c) at every window (for comparison only)
     min_delta: float = 0.0  # relative improvement of `monitor` that counts as better
     monitor: str = "val_mase"  # picks the best epoch; val_mase weighs streams of any size alike
-    loss: str = "mae"  # mae: the absolute error MASE scores; mse: squared
+    # mae: the absolute error MASE scores (with quantile levels: the pinball loss,
+    # which is the absolute error at the median); mse: squared (a point head only)
+    loss: str = "mae"
     # MASE weighs series equally: each point's loss is weighed by its scale over
     # its stream's in-sample last-value MAE (what its error counts for in MASE).
     stream_weights: bool = True
@@ -112,6 +114,10 @@ class TrainSettings:
         problem = check_head(self.quantile_levels, 1 if self.horizon is None else self.horizon)
         if problem:
             raise ConfigError(problem)
+        if self.loss == "mse" and self.quantile_levels:
+            raise ConfigError(
+                "loss mse trains a point head; quantile_levels must be empty (--quantiles none)"
+            )
         object.__setattr__(self, "candidates", tuple(dict(c) for c in self.candidates))
         for candidate in self.candidates:
             unknown = set(candidate) - set(self.__dataclass_fields__) - {"candidates"}
