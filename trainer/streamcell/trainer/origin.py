@@ -43,11 +43,25 @@ def can_forecast(loaded: LoadedModel, prepared: Prepared) -> bool:
     return prepared.recipe is not None or cfg.autoregressive
 
 
-@torch.no_grad()
 def origin_mase(loaded: LoadedModel, prepared: Prepared, horizon: int) -> float:
-    """Mean over streams of the fixed-origin MASE (NaN where nothing can be scored)."""
+    """Mean over streams of the fixed-origin MASE (NaN where nothing can be scored).
+
+    One torch thread: the steps are one stream's, far too small to share out,
+    and two threads waiting on each other at every tiny product were slower by
+    a large factor on a busy machine.
+    """
     if not can_forecast(loaded, prepared):
         return float("nan")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _origin_mase(loaded, prepared, horizon)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@torch.no_grad()
+def _origin_mase(loaded: LoadedModel, prepared: Prepared, horizon: int) -> float:
     cfg, model = loaded.config, loaded.model.eval()
     device = model.head.weight.device
     norm = Normaliser(
