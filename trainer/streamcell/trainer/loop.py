@@ -253,8 +253,9 @@ def _padded(
 class _HeadLoss:
     """The loss of a direct or quantile head, per step ``[B, W]``, weights applied.
 
-    Per horizon step and target: the pinball loss averaged over the levels
-    (times 2, so that at the median alone it is the absolute error), or the
+    Per horizon step and target: half the absolute error of the median (the
+    point that is scored) and half the pinball loss averaged over the levels
+    (times 2, so that at the median alone it is the absolute error); the
     absolute error of a point head. Over the horizon: half the first step
     (what online serving scores) and half the mean over every step, so the
     first step counts for at least half of the loss.
@@ -266,6 +267,7 @@ class _HeadLoss:
         self.plain = self.steps == 1 and not self.levels
         self.outputs = prepared.streams[0].z.shape[1]
         self.tau = torch.tensor(self.levels or (0.5,), dtype=torch.float32, device=device)
+        self.mid = self.levels.index(0.5) if self.levels else 0
         share = torch.full((self.steps,), 0.5 / self.steps, device=device)
         share[0] += 0.5
         self.share = share
@@ -276,7 +278,8 @@ class _HeadLoss:
         pred = y.reshape(b, w, self.steps, len(self.tau), self.outputs)
         diff = z.unsqueeze(3) - pred
         tau = self.tau.view(1, 1, 1, -1, 1)
-        per = (2 * torch.maximum(tau * diff, (tau - 1) * diff)).mean(dim=(3, 4))
+        pinball = 2 * torch.maximum(tau * diff, (tau - 1) * diff)  # [B, W, H, L, O]
+        per = 0.5 * pinball[:, :, :, self.mid].mean(dim=3) + 0.5 * pinball.mean(dim=(3, 4))
         return (per * m * self.share).sum(dim=2)
 
 
