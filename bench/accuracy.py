@@ -231,8 +231,8 @@ def summarize(ds: Dataset, forecasts: dict[str, Forecasts]) -> dict[str, Any]:
         out["b_mase"] = mean_ignoring_nan(b_mase)
     for prefix, sums in (("a", a_q), ("b", b_q)):
         if sums is not None:
-            scores = interval_scores(sums)
-            out[f"{prefix}_coverage80"], out[f"{prefix}_wql"] = scores["coverage80"], scores["wql"]
+            band = interval_scores(sums)
+            out[f"{prefix}_coverage80"], out[f"{prefix}_wql"] = band["coverage80"], band["wql"]
     return out
 
 

@@ -23,6 +23,7 @@ import torch
 
 from streamcell.core.checkpoint import LoadedModel
 from streamcell.core.forecast import Normaliser, Origin, run
+from streamcell.core.normalization import SCALING_GLOBAL
 from streamcell.trainer.prepare import Prepared, StreamArrays
 
 MAX_ORIGINS = 16
@@ -149,6 +150,6 @@ def _origin(
         ring = np.zeros((1, size), dtype=np.float32)
         for k in range(max(0, at - size), at):
             ring[0, k % size] = s.x[k, recipe.target]
-    elif prepared.scaling == "global":
-        scale = None
-    return Origin(h.clone(), c.clone(), last[None], at, ring, scale)
+    # Global scaling multiplies by nothing (its target scale is all ones).
+    kept = None if recipe is None and prepared.scaling == SCALING_GLOBAL else scale
+    return Origin(h.clone(), c.clone(), last[None], at, ring, kept)
