@@ -35,7 +35,15 @@ import numpy as np
 
 from bench import cache
 from bench.baselines import CACHED, METHODS, Forecasts
-from bench.metrics import mase, mase_scale, mean_ignoring_nan, rmse
+from bench.metrics import (
+    LEVELS,
+    interval_scores,
+    mase,
+    mase_scale,
+    mean_ignoring_nan,
+    quantile_sums,
+    rmse,
+)
 from streamcell.trainer import datasets
 from streamcell.trainer.datasets import Dataset
 
@@ -68,9 +76,9 @@ DEFAULT_METHODS = (*METHODS, *RECIPE_METHODS)
 # What lstm_tuned tries (overrides of the defaults), chosen by validation MASE.
 TUNED_CANDIDATES: tuple[dict[str, Any], ...] = (
     {},
-    {"hidden": 32},
+    {"horizon": 1},
     {"hidden": 128, "layers": 1},
-    {"lr": 1e-3, "epochs": 40},
+    {"hidden": 128, "layers": 1, "horizon": 1},
 )
 TUNED_BUDGET = 180.0
 VIC_ORIGIN_EVERY = 48  # protocol B on vic_elec: from each midnight of the test year
@@ -98,21 +106,33 @@ def b_origins(ds: Dataset) -> tuple[dict[str, list[int]], int] | None:
     return {s: [n] for s, y, n in ds.series() if n + ds.horizon <= len(y)}, ds.horizon
 
 
-def naive_origins(ds: Dataset, method: str) -> dict[str, np.ndarray]:
-    """Last value / seasonal naive from every protocol-B origin (vic_elec's many)."""
+def naive_origins(
+    ds: Dataset, method: str
+) -> dict[str, tuple[np.ndarray | None, np.ndarray | None]]:
+    """Last value / seasonal naive from every protocol-B origin (vic_elec's many).
+
+    Seasonal naive also gets its empirical intervals (its errors over the training part).
+    """
+    from bench.baselines import _lag_error_quantiles
+
     spec = b_origins(ds)
     assert spec is not None
     starts, h = spec
-    out = {}
-    for stream, y, _ in ds.series():
-        paths = []
+    out: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = {}
+    for stream, y, n in ds.series():
+        paths, bands = [], []
+        m = ds.period
+        errs = np.stack([_lag_error_quantiles(y[:n], (1 + k // m) * m) for k in range(h)])
         for o in starts.get(stream, []):
             if method == "last_value":
                 paths.append(np.full(h, y[o - 1]))
             else:
-                m = ds.period
                 paths.append(np.array([y[o - m + (k % m)] for k in range(h)]))
-        out[stream] = np.concatenate(paths) if paths else None
+                bands.append(paths[-1][:, None] + errs)
+        out[stream] = (
+            np.concatenate(paths) if paths else None,
+            np.concatenate(bands) if bands else None,
+        )
     return out
 
 
@@ -143,7 +163,13 @@ def lags_for(method: str, name: str, **overrides: Any) -> int:
 def _run_series(args: tuple[str, np.ndarray, int, int, int | None]) -> Forecasts:
     method, y, n, m, horizon = args
     if n >= len(y):  # training-only series (aus_retail's discontinued ones): not scored
-        return Forecasts(np.empty(0), None if horizon is None else np.full(horizon, np.nan))
+        levels = len(LEVELS)
+        return Forecasts(
+            np.empty(0),
+            None if horizon is None else np.full(horizon, np.nan),
+            np.empty((0, levels)),
+            None if horizon is None else np.full((horizon, levels), np.nan),
+        )
     return METHODS[method](y, n, m, horizon)
 
 
@@ -168,9 +194,15 @@ def baseline(ds: Dataset, method: str, jobs: int, fp: str) -> dict[str, Forecast
 
 # --------------------------------------------------------------------- scoring
 def summarize(ds: Dataset, forecasts: dict[str, Forecasts]) -> dict[str, Any]:
-    """Protocol A mean MASE and pooled RMSE; protocol B mean MASE where there is one."""
+    """Protocol A mean MASE and pooled RMSE; protocol B mean MASE where there is one.
+
+    Where the method has quantiles: the 80% interval's coverage and the mean
+    weighted quantile loss (bench.metrics), pooled over series, both protocols.
+    """
     a_mase, b_mase, actual, predicted = [], [], [], []
+    a_q = b_q = None
     spec = b_origins(ds)
+    width = len(LEVELS) + 3
     for stream, y, n in ds.series():
         if n >= len(y):
             continue
@@ -179,11 +211,17 @@ def summarize(ds: Dataset, forecasts: dict[str, Forecasts]) -> dict[str, Any]:
         a_mase.append(mase(y[n:], f.one_step, scale))
         actual.append(y[n:])
         predicted.append(f.one_step)
+        if f.one_step_q is not None:
+            a_q = (np.zeros(width) if a_q is None else a_q) + quantile_sums(y[n:], f.one_step_q)
         if spec is not None and f.origin is not None and spec[0].get(stream):
             starts, h = spec[0][stream], spec[1]
             paths = np.asarray(f.origin, np.float64).reshape(len(starts), h)
             scores = [mase(y[o : o + h], p, scale) for o, p in zip(starts, paths, strict=True)]
             b_mase.append(float(np.mean(scores)))
+            if f.origin_q is not None:
+                truth = np.concatenate([y[o : o + h] for o in starts])
+                q = np.asarray(f.origin_q, np.float64).reshape(len(truth), len(LEVELS))
+                b_q = (np.zeros(width) if b_q is None else b_q) + quantile_sums(truth, q)
     out: dict[str, Any] = {
         "a_mase": mean_ignoring_nan(a_mase),
         "a_rmse": rmse(np.concatenate(actual), np.concatenate(predicted)),
@@ -191,6 +229,10 @@ def summarize(ds: Dataset, forecasts: dict[str, Forecasts]) -> dict[str, Any]:
     }
     if b_mase:
         out["b_mase"] = mean_ignoring_nan(b_mase)
+    for prefix, sums in (("a", a_q), ("b", b_q)):
+        if sums is not None:
+            band = interval_scores(sums)
+            out[f"{prefix}_coverage80"], out[f"{prefix}_wql"] = band["coverage80"], band["wql"]
     return out
 
 
@@ -211,16 +253,25 @@ def run(names: list[str], methods: list[str], jobs: int, save: Any = None) -> di
 
                 trained, info = lstm.train(ds, recipe_settings(method))
                 forecasts = lstm.score(ds, trained, f"bench-{name}", every_row=True)
-                if name == "vic_elec":  # B from every midnight, temperature known
-                    starts, h = b_origins(ds) or ({}, None)
-                    offline = lstm.score_recipe(ds, trained, starts, h)
-                    info["offline_a_max_diff"] = max(
-                        float(np.max(np.abs(offline[s].one_step - f.one_step)))
-                        for s, f in forecasts.items()
+                # The offline path (serving's functions): A's quantiles everywhere, and
+                # vic_elec's B from every midnight with the temperature known.
+                starts, h = b_origins(ds) or ({}, None)
+                if name != "vic_elec":
+                    starts = {}
+                offline = lstm.score_recipe(ds, trained, starts, h)
+                info["offline_a_max_diff"] = max(
+                    float(np.max(np.abs(offline[s].one_step - f.one_step), initial=0.0))
+                    for s, f in forecasts.items()
+                )
+                forecasts = {
+                    s: Forecasts(
+                        f.one_step,
+                        offline[s].origin if name == "vic_elec" else f.origin,
+                        offline[s].one_step_q,
+                        offline[s].origin_q if name == "vic_elec" else f.origin_q,
                     )
-                    forecasts = {
-                        s: Forecasts(f.one_step, offline[s].origin) for s, f in forecasts.items()
-                    }
+                    for s, f in forecasts.items()
+                }
             elif method in LSTM_SETTINGS:
                 if name not in LSTM_SETTINGS[method]:
                     continue
@@ -233,7 +284,10 @@ def run(names: list[str], methods: list[str], jobs: int, save: Any = None) -> di
                 forecasts = baseline(ds, method, jobs, fp)
                 if ds.name == "vic_elec" and method in ("last_value", "seasonal_naive"):
                     paths = naive_origins(ds, method)
-                    forecasts = {s: Forecasts(f.one_step, paths[s]) for s, f in forecasts.items()}
+                    forecasts = {
+                        s: Forecasts(f.one_step, paths[s][0], f.one_step_q, paths[s][1])
+                        for s, f in forecasts.items()
+                    }
             summary = summarize(ds, forecasts)
             summary["seconds"] = round(time.perf_counter() - started, 1)
             if info:
@@ -311,6 +365,22 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} | {method} | {s['a_mase']:.3f} | {s['a_rmse']:.1f} | {b} | {ref} |"
             )
+    lines += [
+        "",
+        "| data set | method | A: coverage 80% | A: wQL | B: coverage 80% | B: wQL |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name in names:
+        by_method = results[name]
+        for method in sorted(by_method, key=ALL_METHODS.index):
+            s = by_method[method]
+            if "a_wql" not in s and "b_wql" not in s:
+                continue
+            cells = [
+                f"{s[key]:.3f}" if key in s else "-"
+                for key in ("a_coverage80", "a_wql", "b_coverage80", "b_wql")
+            ]
+            lines.append(f"| {name} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -121,10 +121,12 @@ def river_snarimax(m: int) -> Online:
 
 @dataclass(frozen=True)
 class Forecasts:
-    """One method's answers for one series."""
+    """One method's answers for one series (quantiles at bench.metrics.LEVELS where it has them)."""
 
     one_step: np.ndarray  # protocol A: [len(y) - n_train]
     origin: np.ndarray | None  # protocol B: [horizon], or None
+    one_step_q: np.ndarray | None = None  # [len(y) - n_train, levels]
+    origin_q: np.ndarray | None = None  # [horizon, levels]
 
 
 Method = Callable[[np.ndarray, int, int, "int | None"], Forecasts]
@@ -158,8 +160,6 @@ def _conserve_flags() -> int:
         | kf.MEMORY_NO_PREDICTED_COV
         | kf.MEMORY_NO_SMOOTHING
         | kf.MEMORY_NO_GAIN
-        | kf.MEMORY_NO_STD_FORECAST
-        | kf.MEMORY_NO_FORECAST_COV
     )
 
 
@@ -172,17 +172,24 @@ def sarima(y: np.ndarray, n_train: int, m: int, horizon: int | None) -> Forecast
     """
     from statsmodels.tsa.statespace.sarimax import SARIMAX
 
+    from bench.metrics import gaussian_quantiles
+
     spec = dict(order=(0, 1, 1), seasonal_order=(0, 1, 1, m), simple_differencing=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fitted = SARIMAX(y[:n_train], **spec).fit(disp=False, low_memory=True)
         full = SARIMAX(y, **spec)
         full.ssm.set_conserve_memory(_conserve_flags())
-        w_hat = full.filter(fitted.params).forecasts[0]
+        filtered = full.filter(fitted.params)
+        w_hat = filtered.forecasts[0]
         k = m + 1  # the first y with a defined difference
         one = np.full(len(y), np.nan)
         one[k:] = w_hat + y[k - 1 : -1] + y[1 : len(y) - m] - y[: len(y) - m - 1]
-        origin = None
+        # The one-step error of y is that of w (the rest of y_t is known then).
+        var = np.full(len(y), np.nan)
+        var[k:] = filtered.forecasts_error_cov[0, 0]
+        one_q = gaussian_quantiles(one[n_train:], np.sqrt(var[n_train:]))
+        origin = origin_q = None
         if horizon is not None:
             origin = np.asarray(
                 SARIMAX(y[:n_train], **spec).filter(fitted.params).forecast(horizon),
@@ -190,7 +197,11 @@ def sarima(y: np.ndarray, n_train: int, m: int, horizon: int | None) -> Forecast
             )
             # forecast() of a simple-differenced model is in differences: integrate.
             origin = _undifference(y[:n_train], origin, m)
-    return Forecasts(one[n_train:], origin)
+            # Intervals of y itself: the same parameters, the differencing in the state.
+            inner = {**spec, "simple_differencing": False}
+            ahead = SARIMAX(y[:n_train], **inner).filter(fitted.params).get_forecast(horizon)
+            origin_q = gaussian_quantiles(origin, np.sqrt(np.asarray(ahead.var_pred_mean)))
+    return Forecasts(one[n_train:], origin, one_q, origin_q)
 
 
 def _undifference(train: np.ndarray, w: np.ndarray, m: int) -> np.ndarray:
@@ -199,6 +210,9 @@ def _undifference(train: np.ndarray, w: np.ndarray, m: int) -> np.ndarray:
     for value in w:
         hist.append(value + hist[-1] + hist[-m] - hist[-m - 1])
     return np.asarray(hist[len(train) :])
+
+
+ETS_PATHS = 1000
 
 
 def ets(y: np.ndarray, n_train: int, m: int, horizon: int | None) -> Forecasts:
@@ -219,17 +233,59 @@ def ets(y: np.ndarray, n_train: int, m: int, horizon: int | None) -> Forecasts:
         seasonal_periods=m,
         initialization_method="heuristic" if m > 24 else "estimated",
     )
+    from bench.metrics import LEVELS, gaussian_quantiles
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fitted = ETSModel(train, **spec).fit(disp=False)
         one = np.asarray(ETSModel(y, **spec).smooth(fitted.params).fittedvalues)[n_train:]
-        origin = None if horizon is None else np.asarray(fitted.forecast(horizon))
-    return Forecasts(np.asarray(one, dtype=np.float64), origin)
+        # Additive errors: every one-step forecast has the residuals' variance.
+        one = np.asarray(one, dtype=np.float64)
+        one_q = gaussian_quantiles(one, np.full(len(one), np.sqrt(fitted.mse)))
+        origin = origin_q = None
+        if horizon is not None:
+            origin = np.asarray(fitted.forecast(horizon))
+            # statsmodels' own simulation of the fitted model from the training part's end.
+            sims = np.asarray(
+                fitted.simulate(
+                    horizon, anchor="end", repetitions=ETS_PATHS, rng=np.random.default_rng(0)
+                )
+            ).reshape(horizon, -1)
+            origin_q = np.quantile(sims, LEVELS, axis=1).T
+            origin_q[:, LEVELS.index(0.5)] = origin
+    return Forecasts(one, origin, one_q, origin_q)
+
+
+def seasonal_naive(y: np.ndarray, n_train: int, m: int, horizon: int | None) -> Forecasts:
+    """Seasonal naive, with empirical intervals: the training part's own errors.
+
+    A forecast j seasons back (step k of a horizon: j = 1 + (k - 1) // m) gets
+    the quantiles of y_t - y_{t - j m} over the training part added to it.
+    """
+    base = online_method(lambda train, m: SeasonalNaive(m))(y, n_train, m, horizon)
+    one_q = base.one_step[:, None] + _lag_error_quantiles(y[:n_train], m)[None, :]
+    origin_q = None
+    if horizon is not None and base.origin is not None:
+        seasons = 1 + np.arange(horizon) // m
+        errs = np.stack([_lag_error_quantiles(y[:n_train], j * m) for j in seasons])
+        origin_q = base.origin[:, None] + errs
+    return Forecasts(base.one_step, base.origin, one_q, origin_q)
+
+
+def _lag_error_quantiles(train: np.ndarray, lag: int) -> np.ndarray:
+    from bench.metrics import LEVELS
+
+    if len(train) <= lag:
+        lag = max(1, len(train) - 1)
+    err = np.asarray(train[lag:], np.float64) - np.asarray(train[:-lag], np.float64)
+    if len(err) == 0:
+        return np.zeros(len(LEVELS))
+    return np.quantile(err, LEVELS)
 
 
 METHODS: dict[str, Method] = {
     "last_value": online_method(lambda train, m: LastValue()),
-    "seasonal_naive": online_method(lambda train, m: SeasonalNaive(m)),
+    "seasonal_naive": seasonal_naive,
     "sarima": sarima,
     "ets": ets,
     "river_holt_winters": online_method(_zscored(river_holt_winters)),

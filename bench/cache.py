@@ -21,6 +21,8 @@ from streamcell.trainer.datasets import Dataset
 
 CACHE_DIR = Path(__file__).with_name("accuracy_cache")
 CODE_VERSION = 1  # bump when a baseline's definition changes
+# Per method, where it changed since: SARIMA and ETS gained their intervals.
+CODE_VERSIONS = {"sarima": 2, "ets": 2}
 
 
 def fingerprint(ds: Dataset) -> str:
@@ -35,7 +37,12 @@ def fingerprint(ds: Dataset) -> str:
 def cache_key(ds_fingerprint: str, method: str) -> str:
     libs = {name: version(name) for name in ("numpy", "scipy", "statsmodels", "river")}
     return json.dumps(
-        {"data": ds_fingerprint, "method": method, "code": CODE_VERSION, "libs": libs},
+        {
+            "data": ds_fingerprint,
+            "method": method,
+            "code": CODE_VERSIONS.get(method, CODE_VERSION),
+            "libs": libs,
+        },
         sort_keys=True,
     )
 
@@ -51,8 +58,17 @@ def load(ds: Dataset, method: str, key: str) -> dict[str, Forecasts] | None:
         lengths = data["lengths"]
         one = np.split(data["one_step"], np.cumsum(lengths)[:-1])
         origin = data["origin"] if "origin" in data.files else None
+        one_q = None
+        if "one_step_q" in data.files:
+            one_q = np.split(data["one_step_q"], np.cumsum(lengths)[:-1])
+        origin_q = data["origin_q"] if "origin_q" in data.files else None
     return {
-        s: Forecasts(o, None if origin is None else origin[k])
+        s: Forecasts(
+            o,
+            None if origin is None else origin[k],
+            None if one_q is None else one_q[k],
+            None if origin_q is None else origin_q[k],
+        )
         for k, (s, o) in enumerate(zip(streams, one, strict=True))
     }
 
@@ -72,5 +88,9 @@ def save(ds: Dataset, method: str, key: str, forecasts: dict[str, Forecasts]) ->
         if any(o is None for o in origins):
             raise ValueError(f"{ds.name}/{method}: a series has no protocol-B forecast")
         arrays["origin"] = np.stack([np.asarray(o) for o in origins])
+    if all(forecasts[s].one_step_q is not None for s in streams):
+        arrays["one_step_q"] = np.concatenate([forecasts[s].one_step_q for s in streams])
+    if ds.horizon is not None and all(forecasts[s].origin_q is not None for s in streams):
+        arrays["origin_q"] = np.stack([np.asarray(forecasts[s].origin_q) for s in streams])
     np.savez_compressed(file, **arrays)
     return file

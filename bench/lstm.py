@@ -82,17 +82,32 @@ def score_recipe(
     """Protocols A and B of a recipe model, with serving's functions (see the module doc).
 
     ``origins``: per stream, the rows after which a ``horizon``-step forecast
-    starts (protocol B; forecasts of all of a stream's origins concatenated).
+    starts (protocol B; forecasts of all of a stream's origins concatenated),
+    made by ``streamcell.core.forecast.run``, the code of ``Predictor.forecast``.
     Covariates (vic_elec's temperature) are taken as known in the horizon.
+    Quantiles (a model with levels): protocol A's from the head's first step,
+    B's as a Forecast makes them (seeded as the Predictor seeds them).
     """
-    from streamcell.core.recipe import Recipe, advance
+    from streamcell.core.forecast import Normaliser, Origin, run, seed_of
+    from streamcell.core.recipe import Recipe
+    from streamcell.trainer.api import loaded_model
     from streamcell.trainer.prepare import featurize_all
 
     config, model = result.config, result.model.eval()
+    loaded = loaded_model(result)
     recipe: Recipe = config.history
     in_mean = np.asarray(config.input_mean, np.float32)
     in_std = np.asarray(config.input_std, np.float32)
+    norm = Normaliser(
+        torch.from_numpy(in_mean),
+        torch.from_numpy(in_std),
+        torch.tensor(config.target_mean, dtype=torch.float32),
+        torch.tensor(config.target_std, dtype=torch.float32),
+    )
     t_mean, t_std = float(config.target_mean[0]), float(config.target_std[0])
+    levels = config.quantile_levels
+    point = config.point_columns[0]
+    n_levels = config.n_levels
     series = list(ds.series())
     frame = ds.frame.sort_values(["stream", "seq"], kind="stable")
     xs = {
@@ -110,40 +125,40 @@ def score_recipe(
         for a, b in itertools.pairwise(bounds):
             if b > a:
                 z, (h, c) = model(u[:, a:b], (h, c))
-                parts.append(z[0, :, 0].numpy())
+                parts.append(z[0].numpy())
             states[b] = (h.clone(), c.clone())
-        z_all = np.concatenate(parts)
-        yhat = (z_all * t_std + t_mean) * scale  # row t: the forecast of y_{t+1}
+        z_all = np.concatenate(parts)  # [T, head]: row t forecasts from event t on
+        first = (z_all[:, :n_levels] * t_std + t_mean) * scale[:, None]  # step 1, every level
+        yhat = first[:, point]
         one = yhat[n - 1 : len(y) - 1].astype(np.float64)
-        origin = None
+        one_q = np.sort(first[n - 1 : len(y) - 1], axis=1).astype(np.float64) if levels else None
+        origin = origin_q = None
         if horizon is not None and cuts:
             x = xs[stream]
-            paths = []
+            paths, bands = [], []
             for o in cuts:
                 hh, cc = states[o]
                 ring = np.zeros((1, recipe.buffer_size), np.float32)
                 for k in range(max(0, o - recipe.buffer_size), o):
                     ring[0, k % recipe.buffer_size] = x[k, recipe.target]
-                seen = np.array([o - 1], np.int64)
-                # The state after event o-1 predicted y_o; its forecast is the next event.
-                z_last = z_all[o - 1]
-                s_last = scale[o - 1]
-                path = []
-                for k in range(horizon):
-                    pred = (z_last * t_std + t_mean) * s_last
-                    path.append(pred)
-                    if k == horizon - 1:
-                        break
-                    event = x[min(o + k, len(x) - 1)].copy()[None, :]
-                    event[0, recipe.target] = np.float32(pred)
-                    seen += 1
-                    f, sc = advance(recipe, ring, seen, event)
-                    step = model.step(torch.from_numpy((f - in_mean) / in_std), hh, cc)
-                    hh, cc = step.h, step.c
-                    z_last, s_last = float(step.y[0, 0]), float(sc[0])
-                paths.append(np.asarray(path, np.float64))
+                start = Origin(
+                    hh,
+                    cc,
+                    torch.tensor([[yhat[o - 1]]], dtype=torch.float32),
+                    o,
+                    ring,
+                    torch.tensor([[scale[o - 1]]], dtype=torch.float32),
+                )
+                future = x[o : o + horizon]
+                if len(future) < horizon:  # past the data's end: the last event repeated
+                    future = np.concatenate([future, np.repeat(x[-1:], horizon - len(future), 0)])
+                made = run(loaded, norm, start, horizon, seed_of(stream, o, horizon), future=future)
+                paths.append(made.yhat[:, 0].astype(np.float64))
+                if made.quantiles is not None:
+                    bands.append(made.quantiles[:, :, 0].astype(np.float64))
             origin = np.concatenate(paths)
-        out[stream] = Forecasts(one, origin)
+            origin_q = np.concatenate(bands) if bands else None
+        out[stream] = Forecasts(one, origin, one_q, origin_q)
     return out
 
 
@@ -173,7 +188,7 @@ def score(
     yhat = np.full(len(frame), np.nan, dtype=np.float64)
     bounds = np.flatnonzero(np.diff(ds.step[frame.index.to_numpy()])) + 1
     batches = np.split(np.arange(len(frame)), bounds)
-    origin: dict[str, np.ndarray] = {}
+    origin: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     train_done = False
     for rows in batches:
         if not train_done and is_test[rows].any():
@@ -191,7 +206,8 @@ def score(
         # A stream whose training part is all zeros has no prediction before its test part.
         before = [position.get((stream, q - 1)) for q in range(n, len(y))]
         one = np.array([0.0 if r is None else yhat[r] for r in before])
-        forecasts[stream] = Forecasts(one, origin.get(stream))
+        path, band = origin.get(stream, (None, None))
+        forecasts[stream] = Forecasts(one, path, None, band)
     return forecasts
 
 
@@ -220,7 +236,7 @@ def model_frame(ds: Dataset, frame: Any, lags: int) -> tuple[Any, list[str], lis
     return frame, features, features if autoregressive else [ds.target]
 
 
-def _forecast_all(predictor: Any, ds: Dataset) -> dict[str, np.ndarray]:
+def _forecast_all(predictor: Any, ds: Dataset) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     """Protocol B: ``horizon`` steps from each stream's state at the end of its training part.
 
     Every stream's test part starts at the same calendar step, so this runs
@@ -228,7 +244,9 @@ def _forecast_all(predictor: Any, ds: Dataset) -> dict[str, np.ndarray]:
     """
     if ds.horizon is None or not predictor.config.autoregressive:
         return {}
-    return {
-        stream: predictor.forecast(stream, ds.horizon)[:, 0].astype(np.float64)
-        for stream in ds.streams
-    }
+    out = {}
+    for stream in ds.streams:
+        made = predictor.forecast_result(stream, ds.horizon)
+        q = None if made.quantiles is None else made.quantiles[:, :, 0].astype(np.float64)
+        out[stream] = (made.yhat[:, 0].astype(np.float64), q)
+    return out

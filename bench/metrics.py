@@ -43,3 +43,44 @@ def rmse(actual: np.ndarray, forecast: np.ndarray) -> float:
     """Root mean squared error over all points given (pooled, in data units)."""
     actual, forecast = np.asarray(actual, np.float64), np.asarray(forecast, np.float64)
     return math.sqrt(float(np.mean((actual - forecast) ** 2)))
+
+
+# Levels of the weighted quantile loss, and the 80% interval's ends among them.
+LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+LOW, HIGH = 0, len(LEVELS) - 1
+
+
+def quantile_sums(actual: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Summable interval statistics of forecasts ``q`` ``[N, len(LEVELS)]`` of ``actual`` [N].
+
+    ``[pinball sum per level..., sum |actual|, points inside the 80% interval, points]``.
+    """
+    y = np.asarray(actual, np.float64)[:, None]
+    q = np.sort(np.asarray(q, np.float64), axis=1)
+    tau = np.asarray(LEVELS)[None, :]
+    diff = y - q
+    pinball = np.maximum(tau * diff, (tau - 1) * diff).sum(axis=0)
+    inside = float(((q[:, LOW] <= y[:, 0]) & (y[:, 0] <= q[:, HIGH])).sum())
+    return np.concatenate([pinball, [np.abs(y).sum(), inside, float(len(y))]])
+
+
+def interval_scores(sums: np.ndarray) -> dict[str, float]:
+    """Coverage of the 80% interval and the mean weighted quantile loss over LEVELS.
+
+    wQL_tau = 2 sum pinball_tau / sum |y|, pooled over every series and point
+    (GluonTS's weighted quantile loss), averaged over the nine levels.
+    """
+    k = len(LEVELS)
+    pinball, scale, inside, points = sums[:k], sums[k], sums[k + 1], sums[k + 2]
+    return {
+        "coverage80": float(inside / points) if points else float("nan"),
+        "wql": float((2 * pinball / scale).mean()) if scale > 0 else float("nan"),
+    }
+
+
+def gaussian_quantiles(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``[N, len(LEVELS)]`` quantiles of normal forecasts."""
+    from scipy.stats import norm
+
+    z = norm.ppf(np.asarray(LEVELS))[None, :]
+    return np.asarray(mean, np.float64)[:, None] + np.asarray(std, np.float64)[:, None] * z

@@ -20,14 +20,17 @@ def make_recipe_model(
     hidden: int = 16,
     version: str | None = None,
     features: tuple[str, ...] = ("a", "b", "c"),
+    horizon: int = 1,
     quantile_levels: tuple[float, ...] = (),
 ) -> Path:
-    """A small random model with a recipe, over events of ``len(features)`` values
-    (with a quantile head of ``quantile_levels``, if any)."""
+    """A small random model with a recipe, over events of ``len(features)`` values.
+
+    ``horizon`` and ``quantile_levels``: its head (a one-step point head by default).
+    """
     history = Recipe.from_json(recipe, width=len(features), scale_floor=1e-3)
     inputs = history.num_features
     torch.manual_seed(seed)
-    model = StreamingLSTM(inputs, hidden, 2, max(1, len(quantile_levels)))
+    model = StreamingLSTM(inputs, hidden, 2, horizon * max(1, len(quantile_levels)))
     gen = torch.Generator().manual_seed(seed)
     cfg = ModelConfig(
         len(features),
@@ -43,5 +46,6 @@ def make_recipe_model(
         scaling=SCALING_WINDOW if history.scale_window else SCALING_GLOBAL,
         recipe=recipe,
         quantile_levels=quantile_levels,
+        horizon=horizon,
     )
     return save_checkpoint(registry, name, model, cfg, version=version)

@@ -170,3 +170,19 @@ def test_mase_on_a_hand_computed_example() -> None:
     assert math.isnan(mase_scale(np.array([1.0, 2.0]), 2))
     assert rmse(np.array([0.0, 0.0]), np.array([3.0, 4.0])) == math.sqrt(12.5)
     assert mean_ignoring_nan([1.0, float("nan"), 3.0]) == 2.0
+
+
+def test_interval_scores_count_coverage_and_weighted_quantile_loss() -> None:
+    from bench.metrics import LEVELS, interval_scores, quantile_sums
+
+    actual = np.array([1.0, 2.0, 10.0, -3.0])
+    offsets = np.linspace(-1.0, 1.0, len(LEVELS))  # 0.1 at -1, 0.9 at +1
+    q = np.array([1.0, 2.0, 5.0, -3.0])[:, None] + offsets[None, :]
+    scores = interval_scores(quantile_sums(actual, q))
+    assert scores["coverage80"] == 0.75  # 10 lies above 5 + 1
+    # Pinball at level tau: tau * (y - q) above, (1 - tau) * (q - y) below.
+    want = []
+    for j, tau in enumerate(LEVELS):
+        diff = actual - q[:, j]
+        want.append(2 * np.maximum(tau * diff, (tau - 1) * diff).sum() / np.abs(actual).sum())
+    assert scores["wql"] == pytest.approx(float(np.mean(want)))

@@ -33,6 +33,7 @@ from streamcell.core.recipe import Recipe, RecipeError
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
+MAX_HORIZON = 1000  # steps a Forecast may ask for, and so the most a head may predict at once
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -63,8 +64,10 @@ class ModelConfig:
     training: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     recipe: dict[str, Any] | None = None  # streamcell.core.recipe's config.json form
-    # A quantile head's levels (streamcell.core.quantiles); empty: a point head.
+    # The head (docs: HEADS_CONTRACT): quantile levels (empty: a point head) and
+    # the steps ahead it predicts from one LSTM step (1: the next step only).
     quantile_levels: tuple[float, ...] = ()
+    horizon: int = 1
 
     def __post_init__(self) -> None:
         for name in ("features", "targets", "input_mean", "input_std", "target_mean", "target_std"):
@@ -129,6 +132,9 @@ class ModelConfig:
             fail(f"scale_floor must be positive, got {self.scale_floor!r}")
         if self.format_version != FORMAT_VERSION:
             fail(f"format_version {self.format_version!r} is not supported (expected 1)")
+        problem = check_head(self.horizon)
+        if problem:
+            fail(problem)
 
     def _parse_recipe(self, fail: Any) -> Recipe | None:
         if self.recipe is None:
@@ -152,6 +158,21 @@ class ModelConfig:
         return getattr(self, "_history", None)
 
     @property
+    def n_levels(self) -> int:
+        """Values per target and step in the head: its quantile levels, or 1 (a point)."""
+        return max(1, len(self.quantile_levels))
+
+    @property
+    def head_width(self) -> int:
+        """Outputs of the head, laid out row-major as ``[horizon, n_levels, output_size]``."""
+        return self.output_size * self.horizon * self.n_levels
+
+    @property
+    def point_columns(self) -> tuple[int, ...]:
+        """Head outputs of the point prediction: step 1 at the median (or the point)."""
+        return point_columns(self.quantile_levels, self.output_size)
+
+    @property
     def lstm_input_size(self) -> int:
         """Inputs of the LSTM per step: the event's values, or the recipe's features."""
         history = self.history
@@ -172,11 +193,6 @@ class ModelConfig:
             return None
 
     @property
-    def head_width(self) -> int:
-        """Outputs of the linear head: a value per target and quantile level (one: a point)."""
-        return self.output_size * max(1, len(self.quantile_levels))
-
-    @property
     def autoregressive(self) -> bool:
         """Targets are exactly the features: predictions can be fed back (Forecast)."""
         return self.targets == self.features
@@ -192,15 +208,21 @@ class ModelConfig:
             self.features,
             self.targets,
             json.dumps(self.recipe, sort_keys=True),
-            self.quantile_levels,  # the state keeps each stream's last quantiles
+            self.quantile_levels,
+            self.horizon,
         )
 
     def to_json(self) -> str:
         data = asdict(self)
         if data["recipe"] is None:
             del data["recipe"]  # a model without one writes the config it always has
+        # A point head of one step writes neither field: the config it always had.
         if not data["quantile_levels"]:
-            del data["quantile_levels"]  # likewise a point head
+            del data["quantile_levels"]
+        else:
+            data["quantile_levels"] = list(data["quantile_levels"])
+        if data["horizon"] == 1:
+            del data["horizon"]
         return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
@@ -229,10 +251,9 @@ class ModelConfig:
         for name in ("metrics", "training"):
             if name in data and not isinstance(data[name], dict):
                 raise CheckpointError(f"invalid model config: {name} must be an object")
-        if data.get("quantile_levels") is None:
-            data = {k: v for k, v in data.items() if k != "quantile_levels"}  # null: a point head
-        elif not isinstance(data["quantile_levels"], list):
-            raise CheckpointError("invalid model config: quantile_levels must be a list of numbers")
+        levels = data.get("quantile_levels")
+        if levels is not None and not isinstance(levels, list):
+            raise CheckpointError("invalid model config: quantile_levels must be a list or null")
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -382,6 +403,19 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     shapes["head.weight"] = (config.head_width, hidden)
     shapes["head.bias"] = (config.head_width,)
     return shapes
+
+
+def point_columns(levels: tuple[float, ...], outputs: int) -> tuple[int, ...]:
+    """Where step 1 at the median (a point head: the point) lies in the head's outputs."""
+    level = levels.index(0.5) if levels else 0
+    return tuple(level * outputs + k for k in range(outputs))
+
+
+def check_head(horizon: object) -> str | None:
+    """What is wrong with a head's ``horizon`` (its levels: quantiles.check_levels)."""
+    if not isinstance(horizon, int) or isinstance(horizon, bool) or not 1 <= horizon <= MAX_HORIZON:
+        return f"horizon must be an integer in 1..{MAX_HORIZON}, got {horizon!r}"
+    return None
 
 
 def _check_header(file: Path, expected: dict[str, tuple[int, ...]]) -> None:

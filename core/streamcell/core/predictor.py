@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from streamcell.core.checkpoint import LoadedModel
+from streamcell.core.checkpoint import MAX_HORIZON, LoadedModel
 from streamcell.core.coldstore import ColdStore
 from streamcell.core.errors import InvalidEvent, StreamNotFound
 from streamcell.core.events import (
@@ -62,6 +62,8 @@ from streamcell.core.events import (
     non_finite_state,
     refusal,
 )
+from streamcell.core.forecast import ForecastResult, Normaliser, Origin, seed_of
+from streamcell.core.forecast import run as run_forecast
 from streamcell.core.journal import ChangeJournal, Placement
 from streamcell.core.model import Gates
 from streamcell.core.normalization import SCALING_GLOBAL, scale_from_sums
@@ -80,7 +82,6 @@ OUTCOMES = {
     REPLAYED: "skipped_replay",
     REFUSED: "refused",
 }
-MAX_HORIZON = 1000
 
 # Writes a wave's input step prepared, for the rows kept (None: all of them).
 Commit = Callable[[np.ndarray | None], None]
@@ -556,11 +557,15 @@ class Predictor:
 
     # ------------------------------------------------------------- forecast
     def forecast(self, stream: str, horizon: int) -> np.ndarray:
-        """The next ``horizon`` steps from the stream's state, feeding predictions back.
+        """The next ``horizon`` point predictions ``[horizon, targets]`` (see forecast_result)."""
+        return self.forecast_result(stream, horizon).yhat
+
+    def forecast_result(self, stream: str, horizon: int) -> ForecastResult:
+        """The next ``horizon`` steps from the stream's state, and their quantiles.
 
         Only for models whose targets are their features. The stream's state is
-        read, never written: a recipe model feeds each prediction, as the next
-        event's value, into a copy of the stream's history.
+        read, never written: predictions are fed back into a copy of it
+        (:mod:`streamcell.core.forecast`).
         """
         if not 1 <= horizon <= MAX_HORIZON:
             raise InvalidEvent("bad_horizon", f"horizon must be in 1..{MAX_HORIZON}, got {horizon}")
@@ -568,16 +573,14 @@ class Predictor:
             # One version for the whole forecast, which runs outside the lock:
             # a swap meanwhile must not mix its weights with this state.
             loaded, recipe = self.loaded, self._recipe
-            levels, median = self._levels, self._median
-            in_mean, in_std = self._in_mean, self._in_std
-            out_mean, out_std = self._out_mean, self._out_std
+            norm = Normaliser(self._in_mean, self._in_std, self._out_mean, self._out_std)
             cfg = loaded.config
             if not cfg.autoregressive:
                 raise InvalidEvent("not_autoregressive", self._cannot_forecast())
             store, slot = self._reading(stream)
             slots = np.array([slot], dtype=np.int64)
             h, c = store.gather(slots)  # copies
-            prev = store.yhat[slot : slot + 1].clone()
+            last = store.yhat[slot : slot + 1].clone()
             count = int(store.events[slot])
             ring = None if store.ring is None else store.ring[slots]  # a copy
             scale = None
@@ -585,33 +588,12 @@ class Predictor:
                 scale = torch.from_numpy(
                     scale_from_sums(store.scale_sum[slots], np.array([count]), cfg.scale_floor)
                 ).to(self.device)
+            elif recipe is not None and store.scale is not None:
+                scale = torch.from_numpy(store.scale[slots].copy()).to(self.device)[:, None]
         if count == 0:
             raise StreamNotFound(f"stream {stream!r} has seen no events to forecast from")
-        out = np.empty((horizon, cfg.output_size), dtype=np.float32)
-        model = loaded.model
-        for k in range(horizon):
-            out[k] = prev[0].cpu().numpy()
-            if k + 1 == horizon:
-                break
-            if ring is None or recipe is None:
-                xt = prev if scale is None else prev / scale
-                u = (xt - in_mean) / in_std
-            else:
-                features, fed = advance(recipe, ring, np.array([count + k]), out[k : k + 1])
-                u = (torch.from_numpy(features).to(self.device) - in_mean) / in_std
-                scale = torch.from_numpy(fed).to(self.device)[:, None]
-            step = model.step(u, h, c)
-            h, c = step.h, step.c
-            if levels:  # a quantile head feeds its median back
-                q = step.y[:, : len(levels) * out.shape[1]].reshape(1, len(levels), -1)
-                q = q * out_std + out_mean
-                q = q if scale is None else q * scale[:, None, :]
-                prev = uncrossed(q)[:, median]
-            else:
-                prev = step.y * out_std + out_mean
-                if scale is not None:
-                    prev = prev * scale
-        return out
+        origin = Origin(h, c, last, count, ring, scale)
+        return run_forecast(loaded, norm, origin, horizon, seed_of(stream, count, horizon))
 
     def _cannot_forecast(self) -> str:
         cfg = self.loaded.config

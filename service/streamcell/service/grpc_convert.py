@@ -128,34 +128,20 @@ def prediction_of(event: event_pb2.Event, result: BatchResult, row: int) -> pb.P
 def forecast_into(out: pb.Forecast, result: Any, levels: Sequence[float]) -> pb.Forecast:
     """Append the steps of a Predictor forecast to ``out``, with quantiles where it has them.
 
-    ``result``: the steps' values ``[horizon, targets]``; or an object whose
-    ``yhat`` holds them and whose ``quantiles`` holds ``[horizon, levels,
-    targets]``; or steps (a sequence, or an object's ``steps``) each with its
-    ``yhat`` ``[targets]`` and ``quantiles`` ``[levels, targets]``. Quantiles
-    None or absent: none.
+    ``result``: the steps' values ``[horizon, targets]``, or a
+    ``streamcell.core.forecast.ForecastResult`` (``yhat`` and ``quantiles``
+    ``[horizon, levels, targets]`` or None).
     """
-    for yhat, quantiles in _forecast_steps(result):
+    if isinstance(result, np.ndarray):
+        rows, quantiles = result.tolist(), None
+    else:
+        rows = np.asarray(result.yhat).tolist()
+        quantiles = None if result.quantiles is None else np.asarray(result.quantiles).tolist()
+    for k, yhat in enumerate(rows):
         if quantiles is None or not levels:
             out.steps.add(yhat=yhat)
         else:
-            out.steps.add(yhat=yhat, quantiles=quantiles_of(levels, quantiles))
-    return out
-
-
-def _forecast_steps(result: Any) -> list[tuple[list[float], list | None]]:
-    if isinstance(result, np.ndarray):
-        return [(row, None) for row in result.tolist()]
-    steps = getattr(result, "steps", None)
-    if steps is None and hasattr(result, "yhat"):
-        rows = np.asarray(result.yhat).tolist()
-        q = getattr(result, "quantiles", None)
-        return list(
-            zip(rows, [None] * len(rows) if q is None else np.asarray(q).tolist(), strict=True)
-        )
-    out = []
-    for step in result if steps is None else steps:
-        q = getattr(step, "quantiles", None)
-        out.append((np.asarray(step.yhat).tolist(), None if q is None else np.asarray(q).tolist()))
+            out.steps.add(yhat=yhat, quantiles=quantiles_of(levels, quantiles[k]))
     return out
 
 

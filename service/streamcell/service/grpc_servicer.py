@@ -253,7 +253,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         stream = _stream_id(request.stream)
         self._check_owned([stream])
         loaded = predictor.loaded
-        steps = predictor.forecast(stream, request.horizon)
+        steps = predictor.forecast_result(stream, request.horizon)
         out = pb.Forecast(stream=stream, model=loaded.name, version=loaded.version)
         return forecast_into(out, steps, loaded.config.quantile_levels)
 

@@ -28,9 +28,11 @@ from streamcell.core.model import StreamingLSTM
 from streamcell.trainer.data import DataInfo, LongFrame, drop_short, load_long_frame
 from streamcell.trainer.evaluate import EvalStats, evaluate
 from streamcell.trainer.loop import LoopState, restore_best
+from streamcell.trainer.model_config import as_loaded, model_config
+from streamcell.trainer.origin import baseline_origin_mase, origin_mase
 from streamcell.trainer.periods import build_recipe
 from streamcell.trainer.prepare import Prepared, prepare, target_column
-from streamcell.trainer.select import select_and_fit
+from streamcell.trainer.select import forecast_kind, resolve_head, select_and_fit
 from streamcell.trainer.settings import TrainSettings
 
 if TYPE_CHECKING:
@@ -64,7 +66,7 @@ class TrainResult:
 
 
 def prepare_frame(frame: LongFrame, settings: TrainSettings) -> Prepared:
-    """Leave out streams too short to learn from, find the recipe, normalise.
+    """Leave out streams too short to learn from, find the recipe, normalise, settle the head.
 
     Raises DataError before any training starts.
     """
@@ -83,7 +85,7 @@ def prepare_frame(frame: LongFrame, settings: TrainSettings) -> Prepared:
             age=settings.age,
             scale_floor=settings.scale_floor,
         )
-    return prepare(
+    prepared = prepare(
         frame,
         settings.val_fraction,
         settings.scaling,
@@ -91,6 +93,7 @@ def prepare_frame(frame: LongFrame, settings: TrainSettings) -> Prepared:
         recipe=recipe,
         weights=settings.stream_weights,
     )
+    return resolve_head(settings, prepared)[1]
 
 
 def split(length: int, settings: TrainSettings) -> int:
@@ -245,6 +248,16 @@ def finish(
         season=prepared.season,
         final_fit=final is not None,
     )
+    metrics.update(horizon=prepared.horizon, forecast=forecast_kind(prepared.horizon))
+    if isinstance(frame, LongFrame):  # a Ray Dataset's driver holds no streams to forecast
+        eval_horizon = max(prepared.default_horizon, prepared.horizon)
+        metrics.update(
+            val_origin_mase=origin_mase(
+                as_loaded(frame, prepared, best, settings), prepared, eval_horizon
+            ),
+            **baseline_origin_mase(prepared, eval_horizon),
+            origin_horizon=eval_horizon,
+        )
     if final is not None:
         best = final
     training = {
@@ -269,24 +282,7 @@ def finish(
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
-    norm = prepared.norm
-    config = ModelConfig(
-        input_size=len(frame.features),
-        hidden_size=best.hidden_size,
-        num_layers=best.num_layers,
-        output_size=best.output_size,
-        features=frame.features,
-        targets=frame.targets,
-        input_mean=tuple(float(v) for v in norm.input_mean),
-        input_std=tuple(float(v) for v in norm.input_std),
-        target_mean=tuple(float(v) for v in norm.target_mean),
-        target_std=tuple(float(v) for v in norm.target_std),
-        scaling=settings.scaling,
-        scale_floor=float(settings.scale_floor),
-        metrics=metrics,
-        training=training,
-        recipe=None if prepared.recipe is None else prepared.recipe.to_json(),
-    )
+    config = model_config(frame, prepared, best, settings, metrics=metrics, training=training)
     return TrainResult(best, config, list(state.history))
 
 

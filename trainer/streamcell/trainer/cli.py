@@ -61,6 +61,16 @@ def _periods(text: str) -> tuple[int, ...]:
     return tuple(values)
 
 
+def _levels(text: str) -> tuple[float, ...]:
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        msg = f"expected levels like 0.1,0.5,0.9 (or none: a point head), got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument(
@@ -156,6 +166,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and export that, instead of the validated model",
     )
     model.add_argument(
+        "--horizon",
+        type=_positive,
+        help="steps the head predicts at once (default: two of the longest season found, at "
+        "most 96, tried against 1 with --no-ray; 1: one step, fed back to forecast further)",
+    )
+    model.add_argument(
+        "--quantiles",
+        type=_levels,
+        help="quantile levels of the head, strictly increasing, with 0.5 (default "
+        "0.1,0.2,...,0.9; none: a point head trained on the absolute error)",
+    )
+    model.add_argument(
         "--age", action="store_true", help="give the model the stream's age, log(1 + n)"
     )
     model.add_argument(
@@ -202,7 +224,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from streamcell.core.checkpoint import check_name
     from streamcell.core.errors import ConfigError
-    from streamcell.trainer.settings import DEFAULT_CANDIDATES, TrainSettings
+    from streamcell.trainer.settings import DEFAULT_CANDIDATES, DEFAULT_LEVELS, TrainSettings
 
     check_name(args.model)
     recipe = args.scaling == "window_mean_abs"
@@ -225,11 +247,16 @@ def run(args: argparse.Namespace) -> int:
         time_budget=args.time_budget,
         candidates=(
             DEFAULT_CANDIDATES
-            if recipe and (args.no_ray or dataset) and not args.no_candidates
+            if recipe
+            and (args.no_ray or dataset)
+            and not args.no_candidates
+            and args.horizon is None
             else ()
         ),
         final_fit=args.final_fit,
         age=args.age,
+        horizon=args.horizon,
+        quantile_levels=DEFAULT_LEVELS if args.quantiles is None else args.quantiles,
     )
     if args.no_ray and args.workers != 1:
         raise ConfigError("--no-ray trains in this process: it takes no --workers")
@@ -365,6 +392,17 @@ def _summary(path: Path, result, as_json: bool) -> None:
         f"(last value: MAE {m['last_value_mae']:.6g} MASE {m['last_value_mase']:.4f})"
     )
     print(skill_line(m))
+    if "val_origin_mase" in m and m["val_origin_mase"] == m["val_origin_mase"]:
+        print(
+            f"forecast: {m['forecast']}; fixed-origin validation MASE over {m['origin_horizon']} "
+            f"steps {m['val_origin_mase']:.4f} (last value {m['last_value_origin_mase']:.4f}, "
+            f"seasonal naive {m['seasonal_naive_origin_mase']:.4f})"
+        )
+    levels = result.config.quantile_levels
+    if levels:
+        print(
+            f"quantiles: {', '.join(f'{v:g}' for v in levels)} (pinball loss; the median is yhat)"
+        )
     recipe = result.config.recipe
     if recipe is not None:
         print(
@@ -374,9 +412,15 @@ def _summary(path: Path, result, as_json: bool) -> None:
     selection = t.get("selection") or {}
     if selection.get("candidates"):
         tried = ", ".join(
-            f"{c['overrides'] or 'base'}: {c['score']:.4f}" for c in selection["candidates"]
+            f"{c['overrides'] or 'base'} (horizon {c['horizon']}): {c['score']:.4f} / "
+            f"{c['origin_score']:.4f}"
+            for c in selection["candidates"]
         )
-        print(f"candidates ({selection['monitor']}): {tried}; final fit: {selection['final_fit']}")
+        print(
+            f"candidates ({selection['monitor']} / fixed-origin MASE): {tried}; chosen by "
+            f"{selection['chosen_by']}: {selection['forecast']}; "
+            f"final fit: {selection['final_fit']}"
+        )
     print(
         f"{t['rows']} rows, {t['streams']} streams ({t.get('streams_left_out', 0)} too short "
         f"to train on, served all the same), {t['workers']} worker(s) on {t['device']}, "

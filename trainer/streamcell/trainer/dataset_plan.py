@@ -33,6 +33,7 @@ from streamcell.trainer.periods import (
     acf_mean,
     acf_sums,
     acf_top,
+    default_horizon,
     periods_from_mean_acf,
     recipe_from,
 )
@@ -101,6 +102,7 @@ def plan_dataset(data: StreamDataset, settings: TrainSettings) -> Plan:
         recipe,
         settings.stream_weights,
         weight_scale,
+        default_horizon(recipe.periods, median) if recipe is not None else 1,
     )
 
 

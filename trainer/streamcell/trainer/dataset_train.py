@@ -47,7 +47,7 @@ from streamcell.trainer.ray_train import (
     _train_worker,
     _use_gpu,
 )
-from streamcell.trainer.select import candidate_settings
+from streamcell.trainer.select import candidate_settings, resolve_head
 from streamcell.trainer.settings import GPU_MODES, TrainSettings
 
 SHARD = "streams_rank_{}"
@@ -120,7 +120,7 @@ def train_dataset(
             if own_storage:
                 shutil.rmtree(storage, ignore_errors=True)
     option, plan, sample, state, stats, device, record = chosen
-    prepared = plan.prepared((sample,))
+    prepared = resolve_head(option, plan.prepared((sample,)))[1]
     return finish(
         streams.info,
         prepared,
@@ -134,6 +134,13 @@ def train_dataset(
         step_stats=stats,
         trained=(streams.streams, streams.train_pairs),
     )
+
+
+def _with_horizon(option: TrainSettings, plan: Plan) -> TrainSettings:
+    """The head's horizon settled as the in-memory path settles it (resolve_head)."""
+    if option.horizon is not None:
+        return option
+    return replace(option, horizon=plan.default_horizon if plan.recipe is not None else 1)
 
 
 def _select(
@@ -157,6 +164,7 @@ def _select(
             plan = plan_dataset(streams, option)
             plans[key] = (plan, example(streams, plan))
         plan, sample = plans[key]
+        option = _with_horizon(option, plan)
         share = 0.0
         if budget > 0:
             left = started + budget - time.monotonic()
@@ -215,4 +223,6 @@ def _dataset_worker(config: dict[str, Any]) -> None:
                 store.append(s)
         store.seal()
         # Never empty: there are at least as many streams as workers (checked).
-        _train_worker(config, plan.prepared(store), list(range(len(store))), step_stats=True)
+        settings = TrainSettings(**config["settings"])
+        prepared = resolve_head(settings, plan.prepared(store))[1]
+        _train_worker(config, prepared, list(range(len(store))), step_stats=True)

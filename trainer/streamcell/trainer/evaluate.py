@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from streamcell.core.model import StreamingLSTM
+from streamcell.core.quantiles import median_index
 from streamcell.trainer.prepare import Prepared, StreamArrays
 
 EVAL_BATCH = 256  # streams per evaluation batch
@@ -78,13 +79,19 @@ def predict_streams(
     was_training = model.training
     model.eval()
     device = model.head.weight.device
+    outputs = prepared.streams[0].z.shape[1] if prepared.streams else 1
+    levels = prepared.quantile_levels
+    median = median_index(levels) if levels else 0
     out: list[np.ndarray] = []
     try:
         for start in range(0, len(indices), EVAL_BATCH):
             group = [prepared.streams[i] for i in indices[start : start + EVAL_BATCH]]
             z = _run(model, group, device, path)
             for k, s in enumerate(group):
-                p = z[k, : len(s.u)]
+                # Step 1 at the median, its levels sorted first as the Predictor serves
+                # them (a positive scale and std keep the order); a point head: all.
+                step1 = z[k, : len(s.u), : max(1, len(levels)) * outputs]
+                p = np.sort(step1.reshape(len(step1), -1, outputs), axis=1)[:, median]
                 out.append(
                     (p * prepared.norm.target_std + prepared.norm.target_mean) * s.target_scale
                 )

@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -30,8 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from streamcell.core.model import StreamingLSTM
+from streamcell.trainer.budget import Deadline, budget_clock
 from streamcell.trainer.evaluate import EvalStats, evaluate
-from streamcell.trainer.prepare import Prepared
+from streamcell.trainer.prepare import Prepared, horizon_targets
 from streamcell.trainer.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -75,10 +76,12 @@ class LoopState:
 
 
 def new_model(prepared: Prepared, settings: TrainSettings) -> StreamingLSTM:
+    """A fresh model whose head has ``prepared``'s horizon and levels."""
     torch.manual_seed(settings.seed)
     f = prepared.streams[0].u.shape[1]
     o = prepared.streams[0].z.shape[1]
-    return StreamingLSTM(f, settings.hidden, settings.layers, o)
+    width = o * prepared.horizon * max(1, len(prepared.quantile_levels))
+    return StreamingLSTM(f, settings.hidden, settings.layers, width)
 
 
 def new_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
@@ -96,7 +99,7 @@ def fit(
     state: LoopState | None = None,
     sync: Sync | None = None,
     on_epoch: Callable[[LoopState, torch.optim.Optimizer], None] | None = None,
-    deadline: float | None = None,
+    deadline: Deadline | None = None,
     validate: bool = True,
 ) -> LoopState:
     """Train ``model`` on the streams ``shard`` until the epochs run out or patience does.
@@ -104,9 +107,10 @@ def fit(
     ``net`` is what the forward pass goes through (a DDP wrapper of ``model``
     in Ray; ``model`` itself otherwise). ``state`` and the optimizer's state
     resume an interrupted run. ``on_epoch`` sees the state after each epoch.
-    ``deadline`` (time.monotonic()) stops after the epoch that passes it (or
-    one that would, at the pace so far); ``settings.time_budget`` sets one
-    from now where none is given. ``validate=False`` (the final fit on every
+    ``deadline`` (:mod:`streamcell.trainer.budget`: CPU time per thread, capped
+    on the wall clock) stops after the epoch that passes it (or one that
+    would, at the pace so far); ``settings.time_budget`` sets one from now
+    where none is given. ``validate=False`` (the final fit on every
     row) scores nothing and keeps the last epoch.
     """
     net = net or model
@@ -115,10 +119,11 @@ def fit(
     state = state or LoopState()
     device = model.head.weight.device
     if deadline is None and settings.time_budget > 0:
-        deadline = time.monotonic() + settings.time_budget
+        deadline = Deadline.after(settings.time_budget)
     while state.epoch < settings.epochs and not state.stopped_early:
         epoch = state.epoch + 1
         t0 = time.perf_counter()
+        c0 = budget_clock()
         loss_sum, points = _train_epoch(
             net, optimizer, prepared, settings, shard, epoch, device, sync
         )
@@ -151,8 +156,8 @@ def fit(
             **metrics,
         }
         if deadline is not None:
-            pace = (time.perf_counter() - t0) * 0.5  # the next epoch must fit half its time
-            late = int(time.monotonic() + pace > deadline)
+            pace = (budget_clock() - c0) * 0.5  # the next epoch must fit half its time
+            late = int(deadline.would_pass(pace))
             if sync.max_int(late) and state.epoch < settings.epochs:
                 state.stopped_early = True
                 record["out_of_time"] = True
@@ -185,16 +190,24 @@ def _train_epoch(
     total_steps = sync.max_int(steps)
     loss_sum = torch.zeros((), dtype=torch.float64)
     points = 0.0
+    head = _HeadLoss(prepared, device)
     for batch, longest in zip(batches, lengths, strict=True):
-        u, z, mask = _padded(prepared, batch, longest, device)
+        if head.plain:
+            u, z, mask = _padded(prepared, batch, longest, device)
+        else:
+            u, z, mask = _padded_horizon(prepared, batch, longest, device)
         h, c = None, None
         for t in range(0, longest, window):
             hc: tuple[Tensor, Tensor] | None = None if h is None or c is None else (h, c)
             y, (h, c) = net(u[:, t : t + window], hc)
             m = mask[:, t : t + window]
-            diff = y - z[:, t : t + window]
-            per = diff.abs() if settings.loss == "mae" else diff**2
-            sq = per.mean(dim=2) * m
+            if head.plain:
+                diff = y - z[:, t : t + window]
+                per = diff.abs() if settings.loss == "mae" else diff**2
+                sq = per.mean(dim=2) * m
+            else:
+                sq = head(y, z[:, t : t + window], m)
+                m = m[:, :, 0]
             count = (m > 0).sum().clamp(min=1)
             loss = sq.sum() / count
             optimizer.zero_grad(set_to_none=True)
@@ -230,6 +243,67 @@ def _padded(
         n = s.n_train - 1
         u[k, :n], z[k, :n] = s.u[:n], s.z[:n]
         mask[k, :n] = 1.0 if s.weight is None else s.weight[:n]
+    return (
+        torch.from_numpy(u).to(device),
+        torch.from_numpy(z).to(device),
+        torch.from_numpy(mask).to(device),
+    )
+
+
+class _HeadLoss:
+    """The loss of a direct or quantile head, per step ``[B, W]``, weights applied.
+
+    Per horizon step and target: half the absolute error of the median (the
+    point that is scored) and half the pinball loss averaged over the levels
+    (times 2, so that at the median alone it is the absolute error); the
+    absolute error of a point head. Over the horizon: half the first step
+    (what online serving scores) and half the mean over every step, so the
+    first step counts for at least half of the loss.
+    """
+
+    def __init__(self, prepared: Prepared, device: torch.device) -> None:
+        self.steps = prepared.horizon
+        self.levels = prepared.quantile_levels
+        self.plain = self.steps == 1 and not self.levels
+        self.outputs = prepared.streams[0].z.shape[1]
+        self.tau = torch.tensor(self.levels or (0.5,), dtype=torch.float32, device=device)
+        self.mid = self.levels.index(0.5) if self.levels else 0
+        share = torch.full((self.steps,), 0.5 / self.steps, device=device)
+        share[0] += 0.5
+        self.share = share
+
+    def __call__(self, y: Tensor, z: Tensor, m: Tensor) -> Tensor:
+        """``y`` [B, W, head], ``z`` [B, W, H, O], ``m`` [B, W, H] -> [B, W]."""
+        b, w = y.shape[:2]
+        pred = y.reshape(b, w, self.steps, len(self.tau), self.outputs)
+        diff = z.unsqueeze(3) - pred
+        tau = self.tau.view(1, 1, 1, -1, 1)
+        pinball = 2 * torch.maximum(tau * diff, (tau - 1) * diff)  # [B, W, H, L, O]
+        per = 0.5 * pinball[:, :, :, self.mid].mean(dim=3) + 0.5 * pinball.mean(dim=(3, 4))
+        return (per * m * self.share).sum(dim=2)
+
+
+def _padded_horizon(
+    prepared: Prepared, batch: list[int], longest: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Inputs ``[B, T, F]``, targets of every horizon step ``[B, T, H, O]``, weights
+    ``[B, T, H]`` (0 past the stream's training part)."""
+    first = prepared.streams[batch[0]]
+    steps = prepared.horizon
+    u = np.zeros((len(batch), longest, first.u.shape[1]), dtype=np.float32)
+    z = np.zeros((len(batch), longest, steps, first.z.shape[1]), dtype=np.float32)
+    mask = np.zeros((len(batch), longest, steps), dtype=np.float32)
+    for k, i in enumerate(batch):
+        s = prepared.streams[i]
+        n = s.n_train - 1
+        u[k, :n] = s.u[:n]
+        # Targets up to the end of the training part only: validation stays unseen.
+        trimmed = replace(s, y=s.y[: s.n_train], z=s.z[:n], target_scale=s.target_scale[:n])
+        zk = horizon_targets(trimmed, prepared.norm, steps)
+        known = np.isfinite(zk).all(axis=2)
+        z[k, :n] = np.where(np.isfinite(zk), zk, 0.0)
+        w = np.ones(n, np.float32) if s.weight is None else s.weight[:n]
+        mask[k, :n] = known * w[:, None]
     return (
         torch.from_numpy(u).to(device),
         torch.from_numpy(z).to(device),

@@ -23,6 +23,11 @@ SHORT_LAGS = 7
 SEASONS_BACK = 3
 MIN_SCALE_WINDOW = 4
 NO_PERIOD_SCALE_WINDOW = 8
+# The direct head's default horizon: two of the longest season, at most this
+# many steps (a day of 15 minutes, two of half-hours), at most a quarter of a
+# typical training part (it needs targets that far ahead), this many without a season.
+MAX_DEFAULT_HORIZON = 96
+NO_PERIOD_HORIZON = 8
 ACF_THRESHOLD = 0.2  # mean autocorrelation (differenced) that counts as a season
 ACF_MAX_LAG = 800
 _DAY = 86_400.0
@@ -136,6 +141,12 @@ def default_lags(periods: Sequence[int], longest: int) -> tuple[int, ...]:
             lags.update((k * p - 1, k * p, k * p + 1))
     keep = sorted(lag for lag in lags if lag <= max(longest, SHORT_LAGS) and lag <= MAX_LAG)
     return tuple(keep)
+
+
+def default_horizon(periods: Sequence[int], median_length: int) -> int:
+    """Steps the direct head predicts when the settings leave it open (see the constants)."""
+    wanted = 2 * max(periods) if periods else NO_PERIOD_HORIZON
+    return max(1, min(wanted, MAX_DEFAULT_HORIZON, median_length // 4))
 
 
 def build_recipe(

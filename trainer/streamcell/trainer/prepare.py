@@ -35,6 +35,7 @@ from streamcell.core.errors import DataError
 from streamcell.core.normalization import SCALING_GLOBAL, SCALING_WINDOW, stream_scales
 from streamcell.core.recipe import Recipe, advance, new_buffers
 from streamcell.trainer.data import LongFrame, split_point
+from streamcell.trainer.periods import default_horizon
 
 MIN_STD = 1e-6
 WEIGHT_RANGE = 10.0  # loss weights are clipped to median / 10 .. median * 10
@@ -59,6 +60,7 @@ class StreamArrays:
     target_scale: np.ndarray  # [T-1, O] s_t at the target columns (ones under global)
     n_train: int  # rows 0..n_train-1 are training; predictions of rows n_train.. are scored
     weight: np.ndarray | None = None  # [T-1] loss weight of each step (None: all 1)
+    x: np.ndarray | None = None  # [T, width] the raw events (fixed-origin validation)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,12 @@ class Prepared:
     target_index: tuple[int, ...] | None
     recipe: Recipe | None = None
     season: int = 1  # the seasonal-naive baseline's lag in validation (1: none found)
+    # The head trained on these arrays (streamcell.trainer.select.resolve_head sets it):
+    # steps predicted at once and quantile levels; and the horizon a direct head gets
+    # when the settings leave it open, which fixed-origin validation also scores.
+    horizon: int = 1
+    quantile_levels: tuple[float, ...] = ()
+    default_horizon: int = 1
 
     def __len__(self) -> int:
         return len(self.streams)
@@ -95,6 +103,7 @@ class RawStream:
     n_train: int
     valid: np.ndarray | None  # [T-1] recipe scale above its floor (None: no recipe)
     weight: np.ndarray | None  # [T-1] loss weight before balancing (None: all 1)
+    x: np.ndarray | None = None  # [T, width] the raw events (fixed-origin validation)
 
     def train_inputs(self) -> np.ndarray:
         """Inputs of the training rows, the rows the input statistics come from."""
@@ -140,6 +149,7 @@ class Plan:
     recipe: Recipe | None
     weights: bool  # settings.stream_weights
     weight_scale: WeightScale | None  # None: no weights (global scalings without weights)
+    default_horizon: int = 1  # a direct head's horizon when the settings leave it open
 
     @property
     def season(self) -> int:
@@ -177,7 +187,7 @@ class Plan:
                 np.float32
             )
         ts = raw.target_scale.astype(np.float32)
-        return StreamArrays(raw.stream, u, z, raw.y, ts, raw.n_train, weight)
+        return StreamArrays(raw.stream, u, z, raw.y, ts, raw.n_train, weight, raw.x)
 
     def prepared(self, streams: Sequence[StreamArrays]) -> Prepared:
         return Prepared(
@@ -188,6 +198,7 @@ class Plan:
             self.target_index,
             self.recipe,
             self.season,
+            default_horizon=self.default_horizon,
         )
 
 
@@ -254,8 +265,15 @@ def prepare(
         recipe,
         weights,
         _weight_scale(raws),
+        _default_horizon(recipe, [r.n_train for r in raws]),
     )
     return plan.prepared(tuple(plan.stream_arrays(r) for r in raws))
+
+
+def _default_horizon(recipe: Recipe | None, train_lengths: Sequence[int]) -> int:
+    if recipe is None or not train_lengths:
+        return 1
+    return default_horizon(recipe.periods, int(np.median(train_lengths)))
 
 
 def raw_streams(
@@ -276,12 +294,14 @@ def raw_streams(
     if scaling == SCALING_WINDOW:
         assert recipe is not None
         floor = np.float32(recipe.scale_floor)
-        for name, (f, s), y, n in zip(streams, featurize_all(recipe, xs), ys, splits, strict=True):
+        for name, x, (f, s), y, n in zip(
+            streams, xs, featurize_all(recipe, xs), ys, splits, strict=True
+        ):
             ts = s[:-1, None].astype(np.float32)
             valid = s[:-1] > floor
             w = _weights(y, ts, n) if weights else None
             w = np.where(valid, np.ones(len(ts), dtype=np.float32) if w is None else w, 0.0)
-            out.append(RawStream(name, f, ts, y, n, valid, w.astype(np.float32)))
+            out.append(RawStream(name, f, ts, y, n, valid, w.astype(np.float32), x))
         return out
     for name, x, y, n in zip(streams, xs, ys, splits, strict=True):
         s = np.ones_like(x) if scaling == SCALING_GLOBAL else stream_scales(x, scale_floor)
@@ -291,7 +311,17 @@ def raw_streams(
             else np.ones((len(x) - 1, y.shape[1]), dtype=np.float32)
         )
         w = _weights(y, ts, n) if weights else None
-        out.append(RawStream(name, x / s, ts, y, n, None, w))
+        out.append(RawStream(name, x / s, ts, y, n, None, w, x))
+    return out
+
+
+def horizon_targets(s: StreamArrays, norm: Normalisation, horizon: int) -> np.ndarray:
+    """``[T-1, horizon, O]``: row t, step k is (y_{t+1+k} / s_t - mean) / std (NaN past the end)."""
+    rows = len(s.z)
+    out = np.full((rows, horizon, s.z.shape[1]), np.nan, dtype=np.float32)
+    for k in range(min(horizon, rows)):
+        ratio = s.y[1 + k :] / s.target_scale[: rows - k]
+        out[: rows - k, k] = (ratio - norm.target_mean) / norm.target_std
     return out
 
 

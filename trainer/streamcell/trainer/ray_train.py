@@ -45,6 +45,7 @@ from streamcell.trainer.loop import (
     restore_best,
 )
 from streamcell.trainer.prepare import Prepared
+from streamcell.trainer.select import resolve_head
 from streamcell.trainer.settings import GPU_MODES, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def train(
             f"--workers {workers} needs at least as many streams; the data has "
             f"{len(frame.streams)} (each worker trains on its own streams)"
         )
-    prepared = prepare_frame(frame, settings)
+    settings, prepared = resolve_head(settings, prepare_frame(frame, settings))
     started = time.perf_counter()
     with _ray_session(ray_address, num_cpus or workers * threads, log_to_driver) as (joined, ray):
         own_storage = storage_path is None

@@ -14,6 +14,7 @@ data than the validated model (docs/BENCHMARKS.md, "Accuracy").
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -22,8 +23,11 @@ from typing import Any
 import torch
 
 from streamcell.core.model import StreamingLSTM
+from streamcell.trainer.budget import Deadline
 from streamcell.trainer.data import LongFrame
 from streamcell.trainer.loop import LoopState, fit, new_model, restore_best
+from streamcell.trainer.model_config import as_loaded
+from streamcell.trainer.origin import origin_mase
 from streamcell.trainer.prepare import Prepared
 from streamcell.trainer.settings import TrainSettings
 
@@ -47,6 +51,17 @@ def candidate_settings(settings: TrainSettings) -> list[TrainSettings]:
     return [replace(settings, candidates=(), **o) for o in overrides]
 
 
+def resolve_head(settings: TrainSettings, prepared: Prepared) -> tuple[TrainSettings, Prepared]:
+    """The head's horizon settled (None: the data's default for a recipe model, else 1)."""
+    horizon = settings.horizon
+    if horizon is None:
+        horizon = prepared.default_horizon if prepared.recipe is not None else 1
+    return (
+        replace(settings, horizon=horizon),
+        replace(prepared, horizon=horizon, quantile_levels=tuple(settings.quantile_levels)),
+    )
+
+
 def select_and_fit(
     frame: LongFrame,
     settings: TrainSettings,
@@ -55,24 +70,36 @@ def select_and_fit(
     device: str | torch.device = "cpu",
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> Chosen:
-    started = time.monotonic()
+    """Train each candidate; keep the one with the best fixed-origin validation MASE.
+
+    Every candidate's best epoch is picked by ``settings.monitor`` (one step
+    ahead, online). Between candidates the fixed-origin validation MASE
+    (:mod:`streamcell.trainer.origin`, a Forecast's own code) decides, over
+    the horizon a direct head of the defaults would have, so a direct head and
+    one fed back are compared on the same forecasts; where the model cannot
+    forecast (covariates without a recipe) the monitor decides.
+    """
     budget = float(settings.time_budget)
-    deadline = started + budget if budget > 0 else None
+    deadline = Deadline.after(budget) if budget > 0 else None
     options = candidate_settings(settings)
     share = (1 - FINAL_SHARE) if settings.final_fit else 1.0
     tried: list[dict[str, Any]] = []
-    best: tuple[float, TrainSettings, Prepared, LoopState, StreamingLSTM] | None = None
+    trained: list[tuple[TrainSettings, Prepared, LoopState, StreamingLSTM]] = []
     cache: dict[str, Prepared] = {}
+    eval_horizon = 0
     for k, option in enumerate(options):
         key = repr((option.periods, option.lags, option.scale_window, option.age, option.scaling))
         prepared = cache.get(key) or prepare_frame(frame, option)
         cache[key] = prepared
+        option, prepared = resolve_head(option, prepared)
+        if not eval_horizon:
+            given = [o.horizon for o in options if o.horizon is not None]
+            eval_horizon = max([prepared.default_horizon, *given])
         model = new_model(prepared, option).to(device)
         until = None
         if deadline is not None:
-            now = time.monotonic()
-            left = started + budget * share - now
-            until = now + max(left / (len(options) - k), 0.0)
+            left = deadline.left() - budget * (1 - share)  # the final fit's share kept
+            until = Deadline.after(left / (len(options) - k))
 
         def report(state: LoopState, _opt: torch.optim.Optimizer, k: int = k) -> None:
             if on_epoch is not None:
@@ -87,27 +114,37 @@ def select_and_fit(
             on_epoch=report,
             deadline=until,
         )
-        score = state.best_score
+        best_model = restore_best(model, state)
+        origin = origin_mase(as_loaded(frame, prepared, best_model, option), prepared, eval_horizon)
         tried.append(
             {
                 "overrides": dict((settings.candidates or ({},))[k]),
-                "score": score,
+                "horizon": prepared.horizon,
+                "score": state.best_score,
+                "origin_score": origin,
                 "best_epoch": state.best_epoch,
                 "epochs_run": state.epoch,
                 "seconds": round(time.monotonic() - t0, 1),
             }
         )
-        if best is None or score < best[0]:
-            best = (score, option, prepared, state, model)
-    assert best is not None
-    _, option, prepared, state, model = best
-    record: dict[str, Any] = {"monitor": settings.monitor, "candidates": tried}
+        trained.append((option, prepared, state, model))
+    by = "origin_score" if all(math.isfinite(t["origin_score"]) for t in tried) else "score"
+    pick = min(range(len(tried)), key=lambda k: (not math.isfinite(tried[k][by]), tried[k][by]))
+    option, prepared, state, model = trained[pick]
+    record: dict[str, Any] = {
+        "monitor": settings.monitor,
+        "chosen_by": "val_origin_mase" if by == "origin_score" else settings.monitor,
+        "origin_horizon": eval_horizon,
+        "chosen": pick,
+        "forecast": forecast_kind(prepared.horizon),
+        "candidates": tried,
+    }
     final = None
     if settings.final_fit and state.best_epoch > 0:
         per_epoch = state.train_seconds / max(state.epoch, 1)
         rows = prepared.whole().train_pairs() / max(prepared.train_pairs(), 1)
         need = per_epoch * rows * state.best_epoch
-        left = float("inf") if deadline is None else deadline - time.monotonic()
+        left = float("inf") if deadline is None else deadline.left()
         if need <= left:
             final = _refit(prepared, option, state.best_epoch, device, on_epoch)
             record["final_fit"] = f"whole training part, {state.best_epoch} epochs"
@@ -118,6 +155,13 @@ def select_and_fit(
     else:
         record["final_fit"] = "off"
     return Chosen(option, prepared, state, model, final, record)
+
+
+def forecast_kind(horizon: int) -> str:
+    """How a Forecast of this head runs, in words."""
+    if horizon == 1:
+        return "feedback (one-step head, predictions fed back)"
+    return f"direct ({horizon} steps per LSTM step, fed back in chunks beyond)"
 
 
 def _refit(

@@ -10,14 +10,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from streamcell.core.checkpoint import check_head
 from streamcell.core.errors import ConfigError
 from streamcell.core.normalization import SCALING_WINDOW, SCALINGS
+from streamcell.core.quantiles import check_levels
 
 GPU_MODES = ("auto", "on", "off")
 MONITORS = ("val_mae", "val_rmse", "val_mase")
 LOSSES = ("mae", "mse")
-# What `streamcell train` tries besides its settings (overrides), chosen on validation.
-DEFAULT_CANDIDATES: tuple[dict[str, Any], ...] = ({}, {"hidden": 32})
+# What `streamcell train` tries besides its settings (overrides), chosen on validation:
+# the direct multi-horizon head of the defaults, and the one-step head fed back.
+DEFAULT_CANDIDATES: tuple[dict[str, Any], ...] = ({}, {"horizon": 1})
+# Nine levels: the weighted quantile loss is scored over exactly these, and the
+# sample paths of a Forecast draw from a quantile function resolved in tenths.
+DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,9 @@ class TrainSettings:
     carry_state: bool = True  # False resets (h, c) at every window (for comparison only)
     min_delta: float = 0.0  # relative improvement of `monitor` that counts as better
     monitor: str = "val_mase"  # picks the best epoch; val_mase weighs streams of any size alike
-    loss: str = "mae"  # mae: the absolute error MASE scores; mse: squared
+    # mae: the absolute error MASE scores (with quantile levels: the pinball loss,
+    # which is the absolute error at the median); mse: squared (a point head only)
+    loss: str = "mae"
     # MASE weighs series equally: each point's loss is weighed by its scale over
     # its stream's in-sample last-value MAE (what its error counts for in MASE).
     stream_weights: bool = True
@@ -54,6 +62,10 @@ class TrainSettings:
     # Candidates tried on validation (overrides of these settings); the best is kept.
     candidates: tuple[dict[str, Any], ...] = ()
     final_fit: bool = False  # refit the chosen candidate on every training row (see select.py)
+    # The head: steps predicted at once (None: streamcell.trainer.periods.default_horizon;
+    # 1: the next step, fed back to forecast further) and quantile levels (empty: a point).
+    horizon: int | None = None
+    quantile_levels: tuple[float, ...] = DEFAULT_LEVELS
 
     def __post_init__(self) -> None:
         def positive_int(name: str) -> None:
@@ -98,6 +110,17 @@ class TrainSettings:
             raise ConfigError(f"scale_window must be a positive integer, got {self.scale_window!r}")
         if not (isinstance(self.time_budget, int | float) and self.time_budget >= 0):
             raise ConfigError(f"time_budget must be >= 0 seconds, got {self.time_budget!r}")
+        try:
+            object.__setattr__(self, "quantile_levels", check_levels(self.quantile_levels))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        problem = check_head(1 if self.horizon is None else self.horizon)
+        if problem:
+            raise ConfigError(problem)
+        if self.loss == "mse" and self.quantile_levels:
+            raise ConfigError(
+                "loss mse trains a point head; quantile_levels must be empty (--quantiles none)"
+            )
         object.__setattr__(self, "candidates", tuple(dict(c) for c in self.candidates))
         for candidate in self.candidates:
             unknown = set(candidate) - set(self.__dataclass_fields__) - {"candidates"}

@@ -1,0 +1,245 @@
+"""Forecast: the next steps of one stream from a copy of its state, nothing written back.
+
+The point path is the median fed back: a one-step head (``horizon`` 1)
+predicts the next value, which is fed back through the recipe as the next
+event's value, step after step; a direct head predicts ``horizon`` steps
+from one LSTM step, and beyond them its predictions are fed back in chunks
+of ``horizon`` steps, after which the head predicts the next chunk. Either
+way every horizon up to :data:`MAX_HORIZON` is served.
+
+Quantiles (a model with ``quantile_levels``): the steps the head predicts at
+once from the stream's state (the first step, or the first ``horizon``) are
+the head's own quantiles; later steps come from :data:`PATHS` sample paths.
+Each path draws the values of a chunk from the head's quantile function
+(linear between the levels, extended linearly beyond the outer ones) at
+uniform random levels and feeds them back, so the intervals widen with the
+uncertainty of what was fed back. The generator is seeded from the stream id,
+its event count and the horizon asked for: a replayed request gives the same
+bytes. Every row of a step is computed alone (``StreamingLSTM.step`` is
+row-wise), so paths do not depend on how many run together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from streamcell.core.checkpoint import MAX_HORIZON, LoadedModel
+from streamcell.core.model import rowwise_linear
+from streamcell.core.recipe import advance
+
+PATHS = 128  # sample paths per forecast beyond the head's own steps
+
+__all__ = ["MAX_HORIZON", "PATHS", "ForecastResult", "Normaliser", "Origin", "run", "seed_of"]
+
+
+@dataclass(frozen=True)
+class ForecastResult:
+    """``yhat`` ``[horizon, targets]``; ``quantiles`` ``[horizon, levels, targets]`` or None."""
+
+    yhat: np.ndarray
+    quantiles: np.ndarray | None
+    method: str  # "feedback" (one-step head) or "direct" (multi-horizon head)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Copies of one stream's state: what a forecast starts from."""
+
+    h: Tensor  # [layers, 1, hidden]
+    c: Tensor
+    last: Tensor  # [1, targets]: the stream's last point prediction, in data units
+    count: int  # events the stream has seen
+    ring: np.ndarray | None  # [1, buffer] history of a recipe model
+    scale: Tensor | None  # [1, 1 or targets]: what the last prediction was multiplied by
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """The version's normalisation constants, as the Predictor holds them."""
+
+    in_mean: Tensor
+    in_std: Tensor
+    out_mean: Tensor
+    out_std: Tensor
+
+
+def seed_of(stream: str, count: int, horizon: int) -> int:
+    """The sample paths' seed: the same stream, state and request give the same paths."""
+    digest = hashlib.blake2b(f"{stream}\0{count}\0{horizon}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+@torch.no_grad()
+def run(
+    loaded: LoadedModel,
+    norm: Normaliser,
+    origin: Origin,
+    horizon: int,
+    seed: int,
+    *,
+    future: np.ndarray | None = None,
+    quantiles: bool = True,
+) -> ForecastResult:
+    """The forecast of ``horizon`` steps from ``origin`` (see the module doc).
+
+    ``future`` ``[horizon, width]``: the events to come, whose target column is
+    replaced by what is fed back; for a recipe model with covariates taken as
+    known (the trainer's validation, the benchmark). ``quantiles=False``: the
+    point path alone.
+    """
+    cfg = loaded.config
+    method = "direct" if cfg.horizon > 1 else "feedback"
+    if cfg.horizon == 1 and not cfg.quantile_levels and future is None:
+        return ForecastResult(_point_feedback(loaded, norm, origin, horizon), None, method)
+    walk = _Walk(loaded, norm, future)
+    first = walk.head(origin.h, origin.scale)  # [1, H, L, O]
+    yhat = walk.median_path(origin, first, horizon)
+    if cfg.quantile_levels and quantiles:
+        qs = walk.quantile_paths(origin, first, horizon, np.random.default_rng(seed))
+        return ForecastResult(yhat, qs, method)
+    return ForecastResult(yhat, None, method)
+
+
+@torch.no_grad()
+def _point_feedback(loaded: LoadedModel, norm: Normaliser, o: Origin, horizon: int) -> np.ndarray:
+    """A one-step point head: each prediction fed back (the forecast of every version so far)."""
+    cfg, recipe, model = loaded.config, loaded.config.history, loaded.model
+    device = o.h.device
+    h, c, prev, scale, ring = o.h, o.c, o.last, o.scale, o.ring
+    out = np.empty((horizon, cfg.output_size), dtype=np.float32)
+    for k in range(horizon):
+        out[k] = prev[0].cpu().numpy()
+        if k + 1 == horizon:
+            break
+        if ring is None or recipe is None:
+            xt = prev if scale is None else prev / scale
+            u = (xt - norm.in_mean) / norm.in_std
+        else:
+            features, fed = advance(recipe, ring, np.array([o.count + k]), out[k : k + 1])
+            u = (torch.from_numpy(features).to(device) - norm.in_mean) / norm.in_std
+            scale = torch.from_numpy(fed).to(device)[:, None]
+        step = model.step(u, h, c)
+        h, c = step.h, step.c
+        prev = step.y * norm.out_std + norm.out_mean
+        if scale is not None:
+            prev = prev * scale
+    return out
+
+
+class _Walk:
+    """Steps rows of one origin's state (one row, or the sample paths) through the model."""
+
+    def __init__(self, loaded: LoadedModel, norm: Normaliser, future: np.ndarray | None) -> None:
+        cfg = loaded.config
+        self.future = None if future is None else np.asarray(future, dtype=np.float32)
+        self.model, self.recipe, self.norm = loaded.model, cfg.history, norm
+        self.steps, self.levels, self.outputs = cfg.horizon, cfg.n_levels, cfg.output_size
+        self.level_values = np.asarray(cfg.quantile_levels, dtype=np.float64)
+        self.mid = cfg.quantile_levels.index(0.5) if cfg.quantile_levels else 0
+
+    def head(self, h: Tensor, scale: Tensor | None) -> Tensor:
+        """The head's outputs at state ``h`` in data units, ``[B, H, L, O]``."""
+        model = self.model
+        return self._denorm(rowwise_linear(h[-1], model.head.weight, model.head.bias), scale)
+
+    def _denorm(self, y: Tensor, scale: Tensor | None) -> Tensor:
+        y = y.reshape(len(y), self.steps, self.levels, self.outputs)
+        y = y * self.norm.out_std + self.norm.out_mean
+        return y if scale is None else y * scale[:, None, None, :]
+
+    @torch.no_grad()
+    def feed(
+        self,
+        values: np.ndarray,
+        state: tuple[Tensor, Tensor],
+        ring: np.ndarray | None,
+        seen: np.ndarray,
+        scale: Tensor | None,
+        ahead: int,
+    ) -> tuple[tuple[Tensor, Tensor], Tensor | None, Tensor]:
+        """Feed ``values`` ``[B, O]`` as the events ``ahead`` steps past the origin:
+        new state, scale and head outputs."""
+        norm, device = self.norm, state[0].device
+        if self.recipe is not None and self.future is not None:
+            event = np.repeat(self.future[min(ahead, len(self.future) - 1)][None], len(values), 0)
+            event[:, self.recipe.target] = values[:, 0]
+            values = event
+        if ring is None or self.recipe is None:
+            xt = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(device)
+            if scale is not None:
+                xt = xt / scale
+            u = (xt - norm.in_mean) / norm.in_std
+        else:
+            features, fed = advance(self.recipe, ring, seen, values.astype(np.float32))
+            u = (torch.from_numpy(features).to(device) - norm.in_mean) / norm.in_std
+            scale = torch.from_numpy(fed).to(device)[:, None]
+        step = self.model.step(u, *state)
+        return (step.h, step.c), scale, self._denorm(step.y, scale)
+
+    def median_path(self, o: Origin, first: Tensor, horizon: int) -> np.ndarray:
+        """The median fed back, in chunks of the head's steps."""
+        out = np.empty((horizon, self.outputs), dtype=np.float32)
+        ring = None if o.ring is None else o.ring.copy()
+        state, scale, y = (o.h, o.c), o.scale, first
+        done = 0
+        while True:
+            chunk = y[0, :, self.mid].cpu().numpy()  # [H, O]
+            take = min(self.steps, horizon - done)
+            out[done : done + take] = chunk[:take]
+            done += take
+            if done == horizon:
+                return out
+            for k in range(self.steps):
+                ahead = done - take + k
+                seen = np.array([o.count + ahead], dtype=np.int64)
+                state, scale, y = self.feed(chunk[k : k + 1], state, ring, seen, scale, ahead)
+
+    def quantile_paths(
+        self, o: Origin, first: Tensor, horizon: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        """``[horizon, L, O]``: the head's quantiles first, then those of the sample paths."""
+        out = np.empty((horizon, self.levels, self.outputs), dtype=np.float32)
+        direct = min(self.steps, horizon)
+        out[:direct] = np.sort(first[0, :direct].cpu().numpy(), axis=1)
+        if horizon == direct:
+            return out
+        n = PATHS
+        state = (o.h.repeat(1, n, 1), o.c.repeat(1, n, 1))
+        ring = None if o.ring is None else np.repeat(o.ring, n, axis=0)
+        scale = None if o.scale is None else o.scale.repeat(n, 1)
+        y = first.expand(n, -1, -1, -1).contiguous()
+        done = 0
+        while True:
+            draws = self._draw(y.cpu().numpy(), rng)  # [N, H, O]
+            take = min(self.steps, horizon - done)
+            if done >= direct:
+                qs = np.quantile(draws[:, :take], self.level_values, axis=0)  # [L, take, O]
+                out[done : done + take] = np.sort(qs.transpose(1, 0, 2), axis=1)
+            done += take
+            if done == horizon:
+                return out
+            for k in range(self.steps):
+                ahead = done - take + k
+                seen = np.full(n, o.count + ahead, dtype=np.int64)
+                state, scale, y = self.feed(draws[:, k], state, ring, seen, scale, ahead)
+
+    def _draw(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One value per row, step and target from the quantile function, ``[N, H, O]``."""
+        q = np.sort(y.astype(np.float64), axis=2)  # [N, H, L, O]
+        n, steps, levels, outputs = q.shape
+        if levels == 1:
+            return q[:, :, 0].astype(np.float32)
+        u = rng.random((n, steps, outputs))
+        hi = np.clip(np.searchsorted(self.level_values, u), 1, levels - 1)
+        lo = hi - 1
+        q_lo = np.take_along_axis(q, lo[:, :, None, :], axis=2)[:, :, 0]
+        q_hi = np.take_along_axis(q, hi[:, :, None, :], axis=2)[:, :, 0]
+        t_lo, t_hi = self.level_values[lo], self.level_values[hi]
+        # Outside the outer levels the weight leaves [0, 1]: the end segments extended.
+        w = (u - t_lo) / (t_hi - t_lo)
+        return (q_lo + w * (q_hi - q_lo)).astype(np.float32)

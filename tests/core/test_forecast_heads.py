@@ -1,0 +1,179 @@
+"""Forecast with a direct multi-horizon head and with a quantile head (HEADS_CONTRACT)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from recipe_support import make_recipe_model
+
+from streamcell.core.checkpoint import CONFIG_FILE, LoadedModel, load_checkpoint
+from streamcell.core.errors import CheckpointError
+from streamcell.core.events import EventBatch
+from streamcell.core.model import rowwise_linear
+from streamcell.core.predictor import Predictor
+from streamcell.core.recipe import advance
+
+RECIPE = {"target": 0, "lags": [1, 2, 12], "scale_window": 4, "log_scale": True, "periods": [12]}
+LEVELS = (0.1, 0.5, 0.9)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def series(length: int = 40) -> np.ndarray:
+    t = np.arange(length)
+    return (100 + 20 * np.sin(2 * np.pi * t / 12) + t).astype(np.float32)[:, None]
+
+
+def served(tmp_path: Path, x: np.ndarray, **head) -> Predictor:
+    loaded = load_checkpoint(make_recipe_model(tmp_path, RECIPE, features=("y",), **head))
+    predictor = Predictor(loaded)
+    for k in range(len(x)):
+        predictor.predict(EventBatch.of(["s"], x[k : k + 1], np.array([k])), now=0.0)
+    return predictor
+
+
+@torch.no_grad()
+def by_hand(loaded: LoadedModel, x: np.ndarray, horizon: int) -> np.ndarray:
+    """Replay the stream from zero, then read the head's steps and feed its medians back."""
+    cfg, net = loaded.config, loaded.model
+    recipe = cfg.history
+    assert recipe is not None
+    mean, std = torch.tensor(cfg.input_mean), torch.tensor(cfg.input_std)
+    ring = np.zeros((1, recipe.buffer_size), np.float32)
+    h, c = net.zero_state(1)
+    scale = np.ones(1, np.float32)
+    seen = 0
+    for value in x[:, 0]:
+        f, scale = advance(recipe, ring, np.array([seen]), np.array([[value]], np.float32))
+        out = net.step((torch.from_numpy(f) - mean) / std, h, c)
+        h, c, seen = out.h, out.c, seen + 1
+    mid = cfg.quantile_levels.index(0.5) if cfg.quantile_levels else 0
+    path: list[np.float32] = []
+    while True:
+        y = rowwise_linear(h[-1], net.head.weight, net.head.bias)
+        y = y.reshape(cfg.horizon, cfg.n_levels)[:, mid]
+        chunk = ((y * cfg.target_std[0] + cfg.target_mean[0]) * torch.from_numpy(scale)).numpy()
+        path.extend(chunk)
+        if len(path) >= horizon:
+            return np.asarray(path[:horizon], np.float32)
+        for value in chunk:
+            f, scale = advance(recipe, ring, np.array([seen]), np.array([[value]], np.float32))
+            out = net.step((torch.from_numpy(f) - mean) / std, h, c)
+            h, c, seen = out.h, out.c, seen + 1
+
+
+@pytest.mark.parametrize("levels", [(), LEVELS])
+def test_direct_head_forecast_is_the_heads_outputs_fed_back_in_chunks(
+    tmp_path: Path, levels: tuple[float, ...]
+) -> None:
+    x = series()
+    predictor = served(tmp_path, x, horizon=5, quantile_levels=levels)
+    # Within the head's horizon, beyond it (two chunks and a part), and one step.
+    for horizon in (3, 5, 13, 1):
+        got = predictor.forecast("s", horizon)
+        np.testing.assert_array_equal(got[:, 0], by_hand(predictor.loaded, x, horizon))
+
+
+def test_a_one_step_quantile_head_feeds_its_median_back(tmp_path: Path) -> None:
+    x = series()
+    predictor = served(tmp_path, x, quantile_levels=LEVELS)
+    np.testing.assert_array_equal(predictor.forecast("s", 9)[:, 0], by_hand(predictor.loaded, x, 9))
+
+
+@pytest.mark.parametrize("horizon", [1, 4])
+@torch.no_grad()
+def test_quantiles_are_ordered_finite_and_replay_byte_identical(
+    tmp_path: Path, horizon: int
+) -> None:
+    x = series()
+    predictor = served(tmp_path, x, horizon=horizon, quantile_levels=LEVELS)
+    first = predictor.forecast_result("s", 11)
+    again = predictor.forecast_result("s", 11)
+    assert first.quantiles is not None and again.quantiles is not None
+    assert first.quantiles.shape == (11, 3, 1) and first.quantiles.dtype == np.float32
+    assert np.isfinite(first.quantiles).all()
+    assert (np.diff(first.quantiles, axis=1) >= 0).all()
+    assert first.quantiles.tobytes() == again.quantiles.tobytes()
+    assert first.yhat.tobytes() == again.yhat.tobytes()
+    assert first.method == ("direct" if horizon > 1 else "feedback")
+    # A second Predictor fed the same events gives the same bytes (a replica, a replay).
+    other = served(tmp_path / "again", x, horizon=horizon, quantile_levels=LEVELS)
+    assert other.forecast_result("s", 11).quantiles.tobytes() == first.quantiles.tobytes()
+    # The head's own steps are its quantiles at the stream's state.
+    width = predictor.loaded.config.head_width
+    h = predictor.store.gather(np.array([predictor.store.slot_of("s")]))[0]
+    net = predictor.loaded.model
+    y = rowwise_linear(h[-1], net.head.weight, net.head.bias).reshape(horizon, 3)
+    cfg = predictor.loaded.config
+    scale = float(predictor.store.scale[predictor.store.slot_of("s")])
+    direct = ((y * cfg.target_std[0] + cfg.target_mean[0]) * scale).sort(dim=1).values
+    assert width == horizon * 3
+    np.testing.assert_array_equal(first.quantiles[:horizon, :, 0], direct.numpy())
+
+
+@torch.no_grad()
+def test_the_online_prediction_is_step_one_at_the_median(tmp_path: Path) -> None:
+    x = series(20)
+    predictor = served(tmp_path, x, horizon=3, quantile_levels=LEVELS)
+    slot = predictor.store.slot_of("s")
+    h = predictor.store.gather(np.array([slot]))[0]
+    net, cfg = predictor.loaded.model, predictor.loaded.config
+    y = rowwise_linear(h[-1], net.head.weight, net.head.bias)[0, :3]  # step 1, every level
+    q = (y * cfg.target_std[0] + cfg.target_mean[0]) * float(predictor.store.scale[slot])
+    want = q.sort().values[1]  # served sorted: the median is the middle of three
+    assert float(predictor.store.yhat[slot, 0]) == float(want)
+
+
+def test_a_point_checkpoint_writes_no_head_fields(tmp_path: Path) -> None:
+    path = make_recipe_model(tmp_path, RECIPE, features=("y",))
+    raw = json.loads((path / CONFIG_FILE).read_text())
+    assert "quantile_levels" not in raw and "horizon" not in raw
+    cfg = load_checkpoint(path).config
+    assert (cfg.quantile_levels, cfg.horizon, cfg.head_width) == ((), 1, 1)
+    x = series(10)
+    predictor = served(tmp_path / "p", x)
+    result = predictor.forecast_result("s", 4)
+    assert result.quantiles is None and result.method == "feedback"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("horizon", 0),
+        ("horizon", "3"),
+        ("horizon", 10_000),
+        ("quantile_levels", [0.1, 0.9]),
+        ("quantile_levels", [0.5, 0.1]),
+        ("quantile_levels", [0.0, 0.5]),
+        ("quantile_levels", [0.5, 1.0]),
+        ("quantile_levels", [0.5, 0.5]),
+        ("quantile_levels", ["0.5"]),
+        ("quantile_levels", 0.5),
+    ],
+)
+def test_a_bad_head_field_is_refused_by_name(tmp_path: Path, field: str, value: object) -> None:
+    path = make_recipe_model(tmp_path, RECIPE, features=("y",))
+    raw = json.loads((path / CONFIG_FILE).read_text())
+    raw[field] = value
+    (path / CONFIG_FILE).write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match=field):
+        load_checkpoint(path)
+
+
+def test_weights_of_another_head_width_are_refused(tmp_path: Path) -> None:
+    path = make_recipe_model(tmp_path, RECIPE, features=("y",))
+    raw = json.loads((path / CONFIG_FILE).read_text())
+    raw["horizon"] = 4
+    (path / CONFIG_FILE).write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match=r"head\.weight"):
+        load_checkpoint(path)

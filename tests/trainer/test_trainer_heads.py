@@ -1,0 +1,125 @@
+"""Training direct and quantile heads, and choosing a direct head or feedback on validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from streamcell.cli import main
+from streamcell.core.checkpoint import load_latest
+from streamcell.core.errors import ConfigError
+from streamcell.trainer.api import TrainSettings, load_long_frame, prepare_frame, train_local
+from streamcell.trainer.loop import _HeadLoss
+from streamcell.trainer.origin import origins_of
+from streamcell.trainer.periods import MAX_DEFAULT_HORIZON, default_horizon
+from streamcell.trainer.prepare import horizon_targets
+
+
+def seasonal(streams: int, length: int, period: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(streams):
+        t = np.arange(length)
+        y = 50.0 * (k + 1) * (1 + 0.3 * np.sin(2 * np.pi * t / period)) + rng.normal(0, 1, length)
+        rows.append(pd.DataFrame({"stream": f"s{k}", "seq": t, "value": y}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_default_horizon_is_two_of_the_longest_season_capped() -> None:
+    assert default_horizon((12,), 300) == 24
+    assert default_horizon((48, 336), 30_000) == MAX_DEFAULT_HORIZON
+    assert default_horizon((12,), 40) == 10  # a quarter of a typical training part
+    assert default_horizon((), 300) == 8
+
+
+def test_horizon_targets_are_the_next_steps_scaled_at_the_origin() -> None:
+    data = load_long_frame(seasonal(streams=2, length=60, period=12, seed=1))
+    prepared = prepare_frame(data, TrainSettings(horizon=5))
+    assert prepared.horizon == 5 and len(prepared.quantile_levels) == 9
+    s, norm = prepared.streams[0], prepared.norm
+    z = horizon_targets(s, norm, 5)
+    np.testing.assert_array_equal(z[:, 0], s.z)  # step 1 is the one-step target
+    t, k = 10, 3
+    want = (s.y[t + 1 + k] / s.target_scale[t] - norm.target_mean) / norm.target_std
+    np.testing.assert_allclose(z[t, k], want, rtol=1e-6)
+    assert np.isnan(z[-1, 1:]).all()  # past the end: no target
+
+
+def test_pinball_loss_at_the_median_alone_is_the_absolute_error() -> None:
+    data = load_long_frame(seasonal(streams=2, length=40, period=12, seed=2))
+    prepared = prepare_frame(data, TrainSettings(horizon=1, quantile_levels=(0.5,)))
+    loss = _HeadLoss(prepared, torch.device("cpu"))
+    y, z = torch.randn(2, 3, 1), torch.randn(2, 3, 1, 1)
+    m = torch.ones(2, 3, 1)
+    torch.testing.assert_close(loss(y, z, m), (z[:, :, 0, 0] - y[:, :, 0]).abs())
+
+
+def test_origins_spread_over_validation() -> None:
+    data = load_long_frame(seasonal(streams=1, length=1000, period=12, seed=3))
+    s = prepare_frame(data, TrainSettings()).streams[0]
+    assert origins_of(s, 24) == list(range(s.n_train, len(s.y), 24))  # 200 rows: 9 origins
+    starts = origins_of(s, 5)  # at most 16, spread over all 200 rows
+    assert starts[0] == s.n_train and len(starts) == 16 and starts[-1] > len(s.y) - 20
+
+
+def test_candidates_chosen_by_fixed_origin_validation_and_exported(tmp_path: Path) -> None:
+    data = load_long_frame(seasonal(streams=4, length=120, period=12, seed=5))
+    settings = TrainSettings(hidden=8, layers=1, epochs=2, candidates=({}, {"horizon": 1}))
+    result = train_local(data, settings, threads=1)
+    selection = result.config.training["selection"]
+    assert selection["chosen_by"] == "val_origin_mase" and selection["origin_horizon"] == 24
+    scores = [c["origin_score"] for c in selection["candidates"]]
+    assert [c["horizon"] for c in selection["candidates"]] == [24, 1]
+    assert selection["chosen"] == int(np.argmin(scores))
+    assert result.config.horizon == (24, 1)[selection["chosen"]]
+    m = result.metrics
+    assert m["val_origin_mase"] == pytest.approx(min(scores), rel=1e-4)
+    assert np.isfinite(m["last_value_origin_mase"]) and np.isfinite(m["seasonal_naive_origin_mase"])
+    assert result.config.quantile_levels == settings.quantile_levels
+
+
+def test_cli_trains_a_direct_quantile_head_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = tmp_path / "s.csv"
+    seasonal(streams=3, length=100, period=12, seed=6).to_csv(csv, index=False)
+    args = ["train", "--data", str(csv), "--registry", str(tmp_path / "reg"), "--model", "s"]
+    tiny = ["--no-ray", "--threads", "1", "--epochs", "1", "--hidden", "4", "--allow-worse"]
+    assert main([*args, *tiny, "--horizon", "6", "--quantiles", "0.1,0.5,0.9"]) == 0
+    out = capsys.readouterr().out
+    assert "forecast: direct (6 steps" in out and "quantiles: 0.1, 0.5, 0.9" in out
+    raw = json.loads((load_latest(tmp_path / "reg", "s").path / "config.json").read_text())
+    assert raw["horizon"] == 6 and raw["quantile_levels"] == [0.1, 0.5, 0.9]
+    assert main([*args, *tiny, "--horizon", "1", "--quantiles", "none"]) == 0
+    raw = json.loads((load_latest(tmp_path / "reg", "s").path / "config.json").read_text())
+    assert "horizon" not in raw and "quantile_levels" not in raw  # a point checkpoint
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("horizon", 0),
+        ("horizon", 2.5),
+        ("quantile_levels", (0.1, 0.9)),
+        ("quantile_levels", (0.9, 0.5)),
+        ("quantile_levels", (0.5, 1.5)),
+    ],
+)
+def test_bad_head_settings_name_their_field(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=field):
+        TrainSettings(**{field: value})
+    with pytest.raises(ConfigError, match="quantile_levels"):
+        TrainSettings(loss="mse")  # a squared loss trains a point head only
+    TrainSettings(loss="mse", quantile_levels=())
+
+
+def test_the_cli_refuses_bad_levels_by_name(tmp_path: Path) -> None:
+    csv = tmp_path / "s.csv"
+    seasonal(streams=2, length=40, period=12, seed=7).to_csv(csv, index=False)
+    args = ["train", "--data", str(csv), "--registry", str(tmp_path / "reg"), "--model", "s"]
+    assert main([*args, "--no-ray", "--quantiles", "0.2,0.8"]) != 0
