@@ -1,13 +1,15 @@
 """End to end over Kafka: streamcell serve against the transport's limit and the naive design.
 
-    python bench/kafka_e2e.py [--events 500000] [--streams 10000] [--clients kafka-python,confluent]
+    python bench/kafka_e2e.py [--events 500000] [--streams 10000] [--clients confluent,kafka-python]
+        [--latency] [--replicas 2]
 
 One run, one broker (the embedded one, started here), one preloaded input
 topic of E JSON events over S streams (8 features, seq per stream). For each
 Kafka client:
 
 (a) raw consume: the client library reads the E events, no processing (the
-    transport's limit on this machine);
+    transport's limit on this machine), measured two ways: counting each
+    poll's records, and touching each value (its bytes taken into Python);
 (b) ``streamcell serve`` (a subprocess, gRPC off, metrics on) in a fresh
     group with fresh output and changelog topics: events/s from its first
     prediction (the Kafka timestamp of the earliest prediction record, so
@@ -17,7 +19,10 @@ Kafka client:
 (d) the echo worker (bench/echo_worker.py: the same client and poll loop,
     consume and re-produce, no work) on the same events: events/s to its last
     output, the transport's limit for a service that produces a record per
-    event;
+    event; serve is also compared with the fastest client's echo;
+(r) with ``--replicas N``: N serves started together in one group (one
+    changelog) on the same preloaded topic, each its own output topic: events/s
+    to the group's commit of all E, against (b), and the partitions each served;
 (c) once per run: the naive design on the same events: per event json.loads,
     one torch.nn.LSTM call with (h, c) kept in a dict, the head, json.dumps.
     It gets the records already in memory (no Kafka cost), so (b)/(c) is
@@ -459,6 +464,8 @@ def main() -> None:
             row = {
                 "echo_to_last_output": d,
                 "b_over_d": serve["serve_to_last_prediction"] / d,
+                "echo_cpu": echo["serve_cpu"],
+                "cpu_b_over_d": b_cpu / max(echo["serve_cpu"], 1e-9),
                 "raw_consume": raw,
                 "raw_consume_cpu": raw_cpu,
                 "raw_consume_touched": touched,
@@ -487,7 +494,8 @@ def main() -> None:
             )
             print(
                 f"{'':>13}  (d) echo, consume + produce, no work: {d:,.0f}/s to its last output; "
-                f"serve to its last prediction / (d) = {row['b_over_d']:.2f}"
+                f"serve to its last prediction / (d) = {row['b_over_d']:.2f}; per CPU second "
+                f"(d) {echo['serve_cpu']:,.0f}, (b)/(d) = {row['cpu_b_over_d']:.2f}"
             )
             if args.replicas > 1:
                 rep = bench_replicas(bootstrap, registry, client, topic, args, args.replicas)
