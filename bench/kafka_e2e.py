@@ -166,6 +166,13 @@ class Echo(Serve):
         self.group = f"echo-{client}-{tag}"
         self.output = f"{input_topic}.echo-{tag}"
         self.log = open(Path(tempfile.gettempdir()) / f"kafka_e2e_echo_{tag}.log", "w")  # noqa: SIM115
+        # Created here with the input's partition count, as serve creates its
+        # own: an auto-created topic gets the broker's default count, and
+        # read_topic reads only the input's (a quarter of the echo's outputs
+        # went unread before).
+        admin = open_admin(KafkaClientConfig(bootstrap, client=_fast_client()))
+        admin.ensure_topics([TopicSpec(self.output, args.partitions)])
+        admin.close()
         worker = Path(__file__).with_name("echo_worker.py")
         cmd = [
             sys.executable, str(worker), bootstrap, client, self.group, input_topic,
