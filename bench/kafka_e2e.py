@@ -40,7 +40,6 @@ shape, no work): the floor that the transport itself puts under the latency.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import subprocess
@@ -345,11 +344,6 @@ def bench_latency(bootstrap, registry, client, rate: float, args, worker=Serve) 
     total = int(rate * args.latency_seconds)
     messages = make_messages(total + 100, args.streams, seed=1)
     warmup, paced = messages[:100], messages[100:]
-    # The paced input is ~10^6 tuples: without this, the collector's full passes
-    # over them stall this producer for 100-400 ms at a time, and the burst that
-    # catches up afterwards would be counted as the workers' latency.
-    gc.collect()
-    gc.freeze()
     serve = worker(bootstrap, registry, client, topic, args)
     producer = open_producer(cfg)
     try:
@@ -374,7 +368,6 @@ def bench_latency(bootstrap, registry, client, rate: float, args, worker=Serve) 
     finally:
         producer.close()
         serve.stop()
-        gc.unfreeze()
     events = {
         (r.partition, r.offset): r.timestamp_ms
         for r in read_topic(bootstrap, topic, args.partitions)
