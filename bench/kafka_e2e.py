@@ -270,9 +270,8 @@ def bench_replicas(bootstrap, registry, client, topic, args, replicas: int) -> d
     costs a restore from the changelog and the events redone.
     """
     tag = uuid.uuid4().hex[:8]
-    serves = [Serve(bootstrap, registry, client, topic, args, group_tag=tag)]
-    serves += [
-        Serve(bootstrap, registry, client, topic, args, group_tag=tag) for _ in range(replicas - 1)
+    serves = [
+        Serve(bootstrap, registry, client, topic, args, group_tag=tag) for _ in range(replicas)
     ]
     samples: list[tuple[float, int, float]] = []
     try:
