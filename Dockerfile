@@ -10,7 +10,7 @@ FROM python:${PYTHON_VERSION}-slim
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_VARIANT=cpu
 # The service needs none of the extras; the image also trains (Ray) and replays data sets.
-ARG EXTRAS=train,confluent,broker,bench
+ARG EXTRAS=train,broker,bench
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

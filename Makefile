@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch. GPU users: make setup TORCH="torch==2.13.0 --index-url <your CUDA wheel index>"
 TORCH ?= torch==2.13.0
-EXTRAS ?= train,confluent,broker,bench,dev
+EXTRAS ?= train,broker,bench,dev
 PYTEST_ARGS ?=
 
 .PHONY: setup system-deps demo test test-fast lint format bench protos clean

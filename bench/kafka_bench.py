@@ -70,9 +70,14 @@ def bench_produce(cfg: KafkaClientConfig, topic: str, messages, chunk: int = 10_
 
 
 def bench_raw(
-    cfg: KafkaClientConfig, topic: str, partitions: int, total: int, batch: int
+    cfg: KafkaClientConfig, topic: str, partitions: int, total: int, batch: int, touch: bool = False
 ) -> tuple[float, float]:
-    """(events per second, events per CPU second of this process) reading ``total`` events."""
+    """(events per second, events per CPU second of this process) reading ``total`` events.
+
+    ``touch``: also take each record's value into Python (and its length), the
+    least any consumer does with a record; else each poll's records are only
+    counted, which for confluent never builds the values' Python objects.
+    """
     if cfg.client == "confluent":
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
@@ -86,11 +91,14 @@ def bench_raw(
         )
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
         got, start, cpu = 0, None, 0.0
+        size = 0
         while got < total:
             messages = c.consume(batch, 1.0)
             if messages and start is None:
                 start, cpu = time.perf_counter(), time.process_time()
             got += len(messages)
+            if touch:
+                size += sum([len(m.value()) for m in messages])
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         c.close()
         return rate(got, seconds), rate(got, cpu)
@@ -107,11 +115,14 @@ def bench_raw(
     c.assign(tps)
     c.seek_to_beginning(*tps)
     got, start, cpu = 0, None, 0.0
+    size = 0
     while got < total:
         polled = c.poll(timeout_ms=1000, max_records=batch)
         if polled and start is None:
             start, cpu = time.perf_counter(), time.process_time()
         got += sum(len(v) for v in polled.values())
+        if touch:
+            size += sum([len(r.value) for v in polled.values() for r in v])
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     c.close()
     return rate(got, seconds), rate(got, cpu)

@@ -1,13 +1,15 @@
 """End to end over Kafka: streamcell serve against the transport's limit and the naive design.
 
-    python bench/kafka_e2e.py [--events 500000] [--streams 10000] [--clients kafka-python,confluent]
+    python bench/kafka_e2e.py [--events 500000] [--streams 10000] [--clients confluent,kafka-python]
+        [--latency] [--replicas 2]
 
 One run, one broker (the embedded one, started here), one preloaded input
 topic of E JSON events over S streams (8 features, seq per stream). For each
 Kafka client:
 
 (a) raw consume: the client library reads the E events, no processing (the
-    transport's limit on this machine);
+    transport's limit on this machine), measured two ways: counting each
+    poll's records, and touching each value (its bytes taken into Python);
 (b) ``streamcell serve`` (a subprocess, gRPC off, metrics on) in a fresh
     group with fresh output and changelog topics: events/s from its first
     prediction (the Kafka timestamp of the earliest prediction record, so
@@ -17,7 +19,10 @@ Kafka client:
 (d) the echo worker (bench/echo_worker.py: the same client and poll loop,
     consume and re-produce, no work) on the same events: events/s to its last
     output, the transport's limit for a service that produces a record per
-    event;
+    event; serve is also compared with the fastest client's echo;
+(r) with ``--replicas N``: N serves started together in one group (one
+    changelog) on the same preloaded topic, each its own output topic: events/s
+    to the group's commit of all E, against (b), and the partitions each served;
 (c) once per run: the naive design on the same events: per event json.loads,
     one torch.nn.LSTM call with (h, c) kept in a dict, the head, json.dumps.
     It gets the records already in memory (no Kafka cost), so (b)/(c) is
@@ -106,21 +111,34 @@ def read_topic(bootstrap: str, topic: str, partitions: int):
 
 
 class Serve:
-    """``streamcell serve`` as a subprocess with its own group and output topics."""
+    """``streamcell serve`` as a subprocess with its own output topic.
 
-    def __init__(self, bootstrap: str, registry: Path, client: str, input_topic: str, args) -> None:
+    Its own group, changelog and dead-letter topics too, unless ``group_tag``
+    names those of a group it joins as one more replica.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        registry: Path,
+        client: str,
+        input_topic: str,
+        args,
+        group_tag: str | None = None,
+    ) -> None:
         tag = uuid.uuid4().hex[:8]
-        self.group = f"e2e-{client}-{tag}"
+        shared = group_tag or tag
+        self.group = f"e2e-{client}-{shared}"
         self.output = f"{input_topic}.pred-{tag}"
         self.log = open(Path(tempfile.gettempdir()) / f"kafka_e2e_serve_{tag}.log", "w")  # noqa: SIM115
         cmd = [
             sys.executable, "-m", "streamcell.cli", "--log-level", "WARNING", "serve",
             "--registry", str(registry), "--model", MODEL,
             "--bootstrap-servers", bootstrap, "--kafka-client", client,
-            "--group-id", self.group, "--client-id", self.group,
+            "--group-id", self.group, "--client-id", f"{self.group}-{tag}",
             "--input-topic", input_topic, "--output-topic", self.output,
-            "--dead-letter-topic", f"{input_topic}.dlq-{tag}",
-            "--changelog-topic", f"{input_topic}.changelog-{tag}",
+            "--dead-letter-topic", f"{input_topic}.dlq-{shared}",
+            "--changelog-topic", f"{input_topic}.changelog-{shared}",
             "--max-streams", str(max(args.streams * 2, 1000)),
             "--max-batch", str(args.max_batch),
             "--poll-registry-s", "0", "--metrics-port", "0", "--no-grpc",
@@ -147,6 +165,13 @@ class Echo(Serve):
         self.group = f"echo-{client}-{tag}"
         self.output = f"{input_topic}.echo-{tag}"
         self.log = open(Path(tempfile.gettempdir()) / f"kafka_e2e_echo_{tag}.log", "w")  # noqa: SIM115
+        # Created here with the input's partition count, as serve creates its
+        # own: an auto-created topic gets the broker's default count, and
+        # read_topic reads only the input's (a quarter of the echo's outputs
+        # went unread before).
+        admin = open_admin(KafkaClientConfig(bootstrap, client=_fast_client()))
+        admin.ensure_topics([TopicSpec(self.output, args.partitions)])
+        admin.close()
         worker = Path(__file__).with_name("echo_worker.py")
         cmd = [
             sys.executable, str(worker), bootstrap, client, self.group, input_topic,
@@ -163,13 +188,14 @@ def wait_committed(
     partitions: int,
     total: int,
     timeout_s: float,
-    serve: Serve,
+    serve: Serve | list[Serve],
     samples: list[tuple[float, int, float]] | None = None,
 ) -> float:
     """time.time() when the group's committed offsets first cover ``total`` events.
 
-    ``samples`` collects (time, events committed, CPU seconds of serve) per check.
+    ``samples`` collects (time, events committed, CPU seconds of the workers) per check.
     """
+    workers = serve if isinstance(serve, list) else [serve]
     probe = open_consumer(KafkaClientConfig(bootstrap, client=client, client_id="e2e-probe"), group)
     tps = [(topic, p) for p in range(partitions)]
     deadline = time.monotonic() + timeout_s
@@ -177,19 +203,18 @@ def wait_committed(
         while time.monotonic() < deadline:
             done = sum(o or 0 for o in probe.committed(tps).values())
             if samples is not None:
-                samples.append((time.time(), done, cpu_seconds(serve.proc.pid)))
+                cpu = sum(cpu_seconds(w.proc.pid) for w in workers)
+                samples.append((time.time(), done, cpu))
             if done >= total:
                 return time.time()
-            if serve.proc.poll() is not None:
-                raise RuntimeError(
-                    f"serve exited with {serve.proc.returncode}; see {serve.log.name}"
-                )
+            for w in workers:
+                if w.proc.poll() is not None:
+                    raise RuntimeError(f"serve exited with {w.proc.returncode}; see {w.log.name}")
             time.sleep(0.02)
     finally:
         probe.close()
-    raise RuntimeError(
-        f"serve did not commit {total} events within {timeout_s} s; see {serve.log.name}"
-    )
+    logs = ", ".join(w.log.name for w in workers)
+    raise RuntimeError(f"serve did not commit {total} events within {timeout_s} s; see {logs}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -232,6 +257,55 @@ def bench_serve(bootstrap, registry, client, topic, args, worker=Serve) -> dict:
         "serve_to_last_prediction": args.events / (last - first),
         "seconds_to_commit": committed_at - first,
         "serve_cpu": (done1 - done0) / max(cpu1 - cpu0, 1e-9),
+    }
+
+
+def bench_replicas(bootstrap, registry, client, topic, args, replicas: int) -> dict:
+    """``replicas`` serves started together in one group on the preloaded topic.
+
+    Events/s from the first prediction of any replica until the group's
+    commits cover all E; per replica, the input partitions it predicted for.
+    A partition predicted by two replicas means a rebalance moved it during
+    the run (the replicas did not join in one generation): reported, as it
+    costs a restore from the changelog and the events redone.
+    """
+    tag = uuid.uuid4().hex[:8]
+    serves = [
+        Serve(bootstrap, registry, client, topic, args, group_tag=tag) for _ in range(replicas)
+    ]
+    samples: list[tuple[float, int, float]] = []
+    try:
+        committed_at = wait_committed(
+            bootstrap,
+            client,
+            serves[0].group,
+            topic,
+            args.partitions,
+            args.events,
+            args.timeout,
+            serves,
+            samples,
+        )
+    finally:
+        for serve in serves:
+            serve.stop()
+    _, done0, cpu0 = next(s for s in samples if s[1] > 0)
+    _, done1, cpu1 = samples[-1]
+    firsts, owned, predictions = [], [], 0
+    for serve in serves:
+        records = read_topic(bootstrap, serve.output, args.partitions)
+        predictions += len(records)
+        if records:
+            firsts.append(min(r.timestamp_ms for r in records) / 1000)
+        owned.append(sorted({json.loads(r.value)["partition"] for r in records}))
+    seen = [p for parts in owned for p in parts]
+    return {
+        "replicas": replicas,
+        "serve_to_commit": args.events / (committed_at - min(firsts)),
+        "serve_cpu": (done1 - done0) / max(cpu1 - cpu0, 1e-9),
+        "predictions": predictions,
+        "partitions_per_replica": owned,
+        "rebalanced": len(seen) != len(set(seen)),
     }
 
 
@@ -322,6 +396,13 @@ def main() -> None:
     p.add_argument("--max-batch", type=int, default=1024)
     p.add_argument("--clients", type=lambda s: s.split(","), default=installed_clients())
     p.add_argument("--naive-seconds", type=float, default=10.0)
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="also run this many serve replicas in one group on the same input (needs "
+        "--partitions at least as many)",
+    )
     p.add_argument("--latency", action="store_true", help="also run the latency test")
     p.add_argument("--latency-fraction", type=float, default=0.5)
     p.add_argument(
@@ -337,6 +418,8 @@ def main() -> None:
     )
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args()
+    if args.replicas > args.partitions:
+        p.error(f"--replicas {args.replicas} needs at least as many --partitions")
     torch.set_num_threads(1)
 
     results: dict = {"events": args.events, "streams": args.streams, "clients": {}}
@@ -364,20 +447,28 @@ def main() -> None:
             f"({naive_cpu:,.0f} per CPU second)"
         )
 
+        echoes: dict[str, float] = {}
         for client in args.clients:
             cfg = KafkaClientConfig(bootstrap, client=client)
             raw, raw_cpu = bench_raw(cfg, topic, args.partitions, args.events, 10_000)
+            touched, touched_cpu = bench_raw(
+                cfg, topic, args.partitions, args.events, 10_000, touch=True
+            )
             serve = bench_serve(bootstrap, registry, client, topic, args)
             b, b_cpu = serve["serve_to_commit"], serve["serve_cpu"]
             # (d): the echo worker, consume and produce with no work, to its last output
             # (it commits once a second, so its commit time says little)
             echo = bench_serve(bootstrap, registry, client, topic, args, Echo)
-            d = echo["serve_to_last_prediction"]
+            d = echoes[client] = echo["serve_to_last_prediction"]
             row = {
                 "echo_to_last_output": d,
                 "b_over_d": serve["serve_to_last_prediction"] / d,
+                "echo_cpu": echo["serve_cpu"],
+                "cpu_b_over_d": b_cpu / max(echo["serve_cpu"], 1e-9),
                 "raw_consume": raw,
                 "raw_consume_cpu": raw_cpu,
+                "raw_consume_touched": touched,
+                "raw_consume_touched_cpu": touched_cpu,
                 **serve,
                 "b_over_a": b / raw,
                 "b_over_c": b / naive,
@@ -385,7 +476,12 @@ def main() -> None:
                 "cpu_b_over_c": b_cpu / naive_cpu,
             }
             print(
-                f"{client:>13}: (a) raw consume {raw:>10,.0f}/s  (b) serve {b:>9,.0f}/s "
+                f"{client:>13}: (a) raw consume, counting records {raw:,.0f}/s "
+                f"({raw_cpu:,.0f} per CPU s); touching each value {touched:,.0f}/s "
+                f"({touched_cpu:,.0f} per CPU s)"
+            )
+            print(
+                f"{'':>13}  (a) raw consume {raw:>10,.0f}/s  (b) serve {b:>9,.0f}/s "
                 f"(to last prediction {serve['serve_to_last_prediction']:,.0f}/s; "
                 f"{serve['predictions']:,} predictions, {serve['unique_predictions']:,} distinct)  "
                 f"(b)/(a) = {b / raw:.2f}  (b)/(c) = {b / naive:.1f}"
@@ -397,8 +493,20 @@ def main() -> None:
             )
             print(
                 f"{'':>13}  (d) echo, consume + produce, no work: {d:,.0f}/s to its last output; "
-                f"serve to its last prediction / (d) = {row['b_over_d']:.2f}"
+                f"serve to its last prediction / (d) = {row['b_over_d']:.2f}; per CPU second "
+                f"(d) {echo['serve_cpu']:,.0f}, (b)/(d) = {row['cpu_b_over_d']:.2f}"
             )
+            if args.replicas > 1:
+                rep = bench_replicas(bootstrap, registry, client, topic, args, args.replicas)
+                row["replicas"] = rep
+                print(
+                    f"{'':>13}  (r) {rep['replicas']} replicas in one group: "
+                    f"{rep['serve_to_commit']:,.0f}/s to commit = "
+                    f"{rep['serve_to_commit'] / b:.2f} x one replica (b); per CPU second "
+                    f"{rep['serve_cpu']:,.0f} = {rep['serve_cpu'] / max(b_cpu, 1e-9):.2f} x (b); "
+                    f"partitions per replica {rep['partitions_per_replica']}"
+                    + ("; A REBALANCE MOVED PARTITIONS DURING THE RUN" if rep["rebalanced"] else "")
+                )
             if args.latency:
                 rate = args.latency_rate or b * args.latency_fraction
                 for name, worker in (("echo", Echo), ("serve", Serve)):
@@ -410,6 +518,15 @@ def main() -> None:
                         f"max {lat['max_ms']:.0f} ms"
                     )
             results["clients"][client] = row
+        # The floor for a service that writes a record per event: the fastest client's echo.
+        fastest = max(echoes, key=echoes.__getitem__)
+        results["fastest_echo"] = {"client": fastest, "rate": echoes[fastest]}
+        for client, row in results["clients"].items():
+            row["b_over_fastest_echo"] = row["serve_to_last_prediction"] / echoes[fastest]
+            print(
+                f"{client:>13}: serve to its last prediction / the fastest echo "
+                f"({fastest}, {echoes[fastest]:,.0f}/s) = {row['b_over_fastest_echo']:.2f}"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

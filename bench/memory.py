@@ -12,7 +12,9 @@ growth of the resident set over the base, and their ratio.
 Restore: N streams are written to a 3-partition changelog topic on the
 embedded broker (``changelog.Snapshots``, as the checkpointer sends them), then each
 Kafka client restores all of them into an empty store with
-``changelog.restore`` (read to the end, keep the last value per key, load).
+``changelog.restore`` (read to the end, keep the last value per key, load),
+then each of the 3 partitions alone into an empty store (what a replica
+does for a partition newly assigned to it: the time per partition).
 """
 
 from __future__ import annotations
@@ -126,11 +128,20 @@ def bench_restore(streams: int, clients: list[str]) -> list[dict]:
             assert len(restored.streams) == streams and len(target.store) == streams
             sample = ids[:: max(1, streams // 100)]
             assert source.store.snapshot(sample) == target.store.snapshot(sample)
+            # One partition alone, as a replica restores a partition newly assigned to it.
+            per_partition = []
+            for part in range(3):
+                alone = make_predictor(streams)
+                one = changelog.restore(
+                    lambda ccfg=ccfg: open_reader(ccfg), topic, [part], alone.store, 300
+                )
+                per_partition.append((len(one.streams), one.seconds))
             results.append(
                 {
                     "client": client,
                     "streams": streams,
                     "restore_seconds": restored.seconds,
+                    "partition_restores": per_partition,
                     "write_seconds": write_s,
                     "writer": writer,
                 }
@@ -176,6 +187,10 @@ def main() -> None:
                 f"restore {row['streams']:,} streams from the changelog with {row['client']}: "
                 f"{row['restore_seconds']:.2f} s (written with {row['writer']} in "
                 f"{row['write_seconds']:.2f} s)"
+            )
+            print(
+                "  one partition alone: "
+                + ", ".join(f"{n:,} streams {sec:.2f} s" for n, sec in row["partition_restores"])
             )
     if args.json:
         with open(args.json, "w") as fh:

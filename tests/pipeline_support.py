@@ -31,6 +31,7 @@ from streamcell.core.predictor import PREDICTED, Predictor
 from streamcell.core.state import StateStore
 from streamcell.service import changelog, codec
 from streamcell.service.kafka import (
+    DEFAULT_CLIENT,
     KafkaClientConfig,
     Producer,
     Record,
@@ -49,7 +50,7 @@ LAG_RECIPE = {
 }  # fmt: skip
 SESSION_MS = 3000
 # The client of the single-client tests (the e2e test runs every installed one).
-CLIENT = "kafka-python"
+CLIENT = DEFAULT_CLIENT
 
 
 def write_changelog(

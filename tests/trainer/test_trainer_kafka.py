@@ -44,9 +44,13 @@ def events_topic(kafka_bootstrap: str, unique_name) -> tuple[str, np.ndarray]:
     return topic, frame
 
 
-def test_replay_reads_every_valid_event_in_order(kafka_bootstrap: str, events_topic) -> None:
+def test_replay_reads_every_valid_event_in_order(
+    kafka_bootstrap: str, events_topic, kafka_client: str
+) -> None:
     topic, frame = events_topic
-    replay = replay_topic(f"kafka://{topic}", kafka_bootstrap, ["value"], timeout_s=60)
+    replay = replay_topic(
+        f"kafka://{topic}", kafka_bootstrap, ["value"], timeout_s=60, client=kafka_client
+    )
     assert replay.events == 180 and replay.skipped == 3
     got = replay.frame.sort_values(["stream", "seq"]).reset_index(drop=True)
     want = frame.sort_values(["stream", "seq"]).reset_index(drop=True)

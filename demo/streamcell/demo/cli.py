@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from streamcell.service import flags
+
 HELP = "run the whole pipeline on a real data set: broker, Ray training, service, replay, metrics"
 
 
@@ -29,9 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bootstrap-servers",
         help="use this Kafka cluster, not the embedded broker (topics get a unique suffix)",
     )
-    parser.add_argument(
-        "--kafka-client", choices=("kafka-python", "confluent"), default="kafka-python"
-    )
+    flags.add_arguments(parser, ("--kafka-client",))  # serve's choices and default
     parser.add_argument("--grpc-port", type=int, default=0, help="gRPC port (default: a free one)")
     parser.add_argument(
         "--metrics-port", type=int, default=0, help="/metrics port (default: a free one)"

@@ -1,7 +1,7 @@
 """The confluent-kafka (librdkafka) implementation of the interfaces in ``kafka.py``.
 
-Several times faster than kafka-python on the measured machine; an optional
-extra (``pip install 'streamcell[confluent]'``, ``--kafka-client confluent``).
+The default client (``--kafka-client confluent``): several times faster than
+kafka-python on the measured machine (docs/BENCHMARKS.md, "Kafka").
 """
 
 from __future__ import annotations

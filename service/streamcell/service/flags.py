@@ -83,7 +83,14 @@ FLAGS: tuple[Flag, ...] = (
         f"HOST:PORT[,...] (default ${ENV_BOOTSTRAP}; serve without any: gRPC only)",
         group=KAFKA,
     ),
-    Flag("--kafka-client", "kafka.client", choices=tuple(CLIENTS), group=KAFKA),
+    Flag(
+        "--kafka-client",
+        "kafka.client",
+        "Kafka client library: confluent (librdkafka) or kafka-python (pure Python, "
+        "several times slower; default %(default)s)",
+        choices=tuple(CLIENTS),
+        group=KAFKA,
+    ),
     Flag("--group-id", "kafka.group_id", "consumer group (default %(default)s)", group=KAFKA),
     Flag("--client-id", "kafka.client_id", "Kafka client id", group=KAFKA),
     Flag("--input-topic", "pipeline.input_topic", group=KAFKA),

@@ -1,4 +1,5 @@
-"""The kafka-python implementation of the interfaces in ``kafka.py`` (the default client)."""
+"""The kafka-python implementation of the interfaces in ``kafka.py`` (``--kafka-client
+kafka-python``: pure Python, the slower of the two; confluent is the default)."""
 
 from __future__ import annotations
 

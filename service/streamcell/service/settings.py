@@ -80,7 +80,11 @@ class PipelineSettings:
     changelog_topic: str = CHANGELOG_TOPIC
     event_format: str = FORMAT_JSON
     max_batch: int = 1024
-    max_batch_delay_ms: int = 5
+    # How long a poll waits to fill a batch. Serve's cost per event roughly
+    # doubles in small polls (the step's fixed cost per wave), so at a few
+    # ms, under half its capacity, a busy machine tipped it into a backlog;
+    # a longer wait keeps polls large at the price of that wait in latency.
+    max_batch_delay_ms: int = 15
     commit_interval_ms: int = 1000
     # Once a poll finds nothing (the input went quiet), checkpoint what was done
     # as soon as this long has passed since the last checkpoint, not at the next

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from streamcell.core.errors import StreamcellError
+from streamcell.service.kafka import CLIENTS, DEFAULT_CLIENT
 
 HELP = "train the LSTM (locally or with Ray Train) and export a version to a registry"
 DEFAULT_TIME_BUDGET = 120.0
@@ -98,6 +99,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--targets", type=_names, help="comma-separated targets (default: features)")
     data.add_argument(
         "--bootstrap-servers", help="Kafka for kafka:// data (or KAFKA_BOOTSTRAP_SERVERS)"
+    )
+    data.add_argument(
+        "--kafka-client",
+        choices=tuple(CLIENTS),
+        default=DEFAULT_CLIENT,
+        help="Kafka client for kafka:// data (default %(default)s, as serve)",
     )
     data.add_argument(
         "--val-fraction", type=_fraction, default=0.2, help="validated tail (default 0.2)"
@@ -344,7 +351,7 @@ def _load(args: argparse.Namespace):
 
     if is_kafka_uri(args.data):
         bootstrap = args.bootstrap_servers or os.environ.get(ENV_BOOTSTRAP, "")
-        replay = replay_topic(args.data, bootstrap, args.features or [])
+        replay = replay_topic(args.data, bootstrap, args.features or [], client=args.kafka_client)
         print(
             f"replayed {replay.events} events of {args.data} ({replay.skipped} invalid skipped)",
             file=sys.stderr,

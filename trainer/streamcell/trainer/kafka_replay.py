@@ -1,8 +1,8 @@
 """``--data kafka://TOPIC``: replay an events topic, from the start up to its end offsets.
 
-Reading goes through the service's Kafka layer (kafka-python client; its
-reader learns each partition's true end even on brokers that report it
-loosely) and decoding through the service's codec, so the trainer accepts
+Reading goes through the service's Kafka layer (serve's default client
+unless told otherwise; its reader learns each partition's true end even on
+brokers that report it loosely) and decoding through the service's codec, so the trainer accepts
 exactly the events the service would apply: undecodable, keyless,
 wrong-length or non-finite events are skipped and counted, as serving
 dead-letters them. Events produced after the replay starts are not waited
@@ -43,13 +43,25 @@ def is_kafka_uri(data: str) -> bool:
 
 
 def replay_topic(
-    uri: str, bootstrap_servers: str, features: Sequence[str], timeout_s: float = 120.0
+    uri: str,
+    bootstrap_servers: str,
+    features: Sequence[str],
+    timeout_s: float = 120.0,
+    client: str | None = None,
 ) -> Replay:
-    """Read every event of the topic in ``uri`` that exists now into a long frame."""
+    """Read every event of the topic in ``uri`` that exists now into a long frame.
+
+    ``client``: the Kafka client (``kafka.CLIENTS``); None: serve's default.
+    """
     import pandas as pd
 
     from streamcell.service.codec import decode
-    from streamcell.service.kafka import KafkaClientConfig, open_admin, open_reader
+    from streamcell.service.kafka import (
+        DEFAULT_CLIENT,
+        KafkaClientConfig,
+        open_admin,
+        open_reader,
+    )
 
     topic = uri[len(SCHEME) :]
     if not topic:
@@ -60,7 +72,7 @@ def replay_topic(
         raise DataError("kafka:// data needs --bootstrap-servers (or KAFKA_BOOTSTRAP_SERVERS)")
     cfg = KafkaClientConfig(
         bootstrap_servers,
-        client="kafka-python",
+        client=client or DEFAULT_CLIENT,
         client_id=f"streamcell-train-{uuid.uuid4().hex[:8]}",
     )
     admin = open_admin(cfg)
