@@ -106,7 +106,7 @@ def score_recipe(
     )
     t_mean, t_std = float(config.target_mean[0]), float(config.target_std[0])
     levels = config.quantile_levels
-    point = config.point_columns[0]
+    mid = levels.index(0.5) if levels else 0
     n_levels = config.n_levels
     series = list(ds.series())
     frame = ds.frame.sort_values(["stream", "seq"], kind="stable")
@@ -129,7 +129,7 @@ def score_recipe(
             states[b] = (h.clone(), c.clone())
         z_all = np.concatenate(parts)  # [T, head]: row t forecasts from event t on
         first = (z_all[:, :n_levels] * t_std + t_mean) * scale[:, None]  # step 1, every level
-        yhat = first[:, point]
+        yhat = np.sort(first, axis=1)[:, mid]  # the median of sorted levels, as served
         one = yhat[n - 1 : len(y) - 1].astype(np.float64)
         one_q = np.sort(first[n - 1 : len(y) - 1], axis=1).astype(np.float64) if levels else None
         origin = origin_q = None

@@ -1,4 +1,4 @@
-"""Forecast with a direct multi-horizon head and with a quantile head (HEADS_CONTRACT)."""
+"""Forecast with a direct multi-horizon head and a quantile head (ARCHITECTURE: the head)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def served(tmp_path: Path, x: np.ndarray, **head) -> Predictor:
 
 @torch.no_grad()
 def by_hand(loaded: LoadedModel, x: np.ndarray, horizon: int) -> np.ndarray:
-    """Replay the stream from zero, then read the head's steps and feed its medians back."""
+    """Replay the stream from zero, then read the head's steps and feed its medians back
+    (the median of each step's levels sorted, as the Predictor serves them)."""
     cfg, net = loaded.config, loaded.model
     recipe = cfg.history
     assert recipe is not None
@@ -61,7 +62,7 @@ def by_hand(loaded: LoadedModel, x: np.ndarray, horizon: int) -> np.ndarray:
     path: list[np.float32] = []
     while True:
         y = rowwise_linear(h[-1], net.head.weight, net.head.bias)
-        y = y.reshape(cfg.horizon, cfg.n_levels)[:, mid]
+        y = y.reshape(cfg.horizon, cfg.n_levels).sort(dim=1).values[:, mid]  # sorted, as served
         chunk = ((y * cfg.target_std[0] + cfg.target_mean[0]) * torch.from_numpy(scale)).numpy()
         path.extend(chunk)
         if len(path) >= horizon:

@@ -78,7 +78,10 @@ def test_a_random_lag_model_is_reproduced_from_the_readme(tmp_path, seed):
     recipe = random_recipe(rng)
     width = 1 if seed % 2 == 0 else 3  # odd seeds: with covariates (no Forecast)
     features = ("y", "temp", "promo")[:width]
-    version = make_recipe_model(tmp_path, recipe, seed=seed, features=features)
+    levels = (0.1, 0.5, 0.9) if seed >= 5 else ()  # the last three: a quantile head
+    version = make_recipe_model(
+        tmp_path, recipe, seed=seed, features=features, quantile_levels=levels
+    )
     x = random_series(rng, int(rng.integers(20, 70)), width)
     horizon = 24 if width == 1 else 1
     got, forecast = served(version, x, horizon)

@@ -64,7 +64,7 @@ class ModelConfig:
     training: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     recipe: dict[str, Any] | None = None  # streamcell.core.recipe's config.json form
-    # The head (docs: HEADS_CONTRACT): quantile levels (empty: a point head) and
+    # The head (docs/ARCHITECTURE.md): quantile levels (empty: a point head) and
     # the steps ahead it predicts from one LSTM step (1: the next step only).
     quantile_levels: tuple[float, ...] = ()
     horizon: int = 1
@@ -166,11 +166,6 @@ class ModelConfig:
     def head_width(self) -> int:
         """Outputs of the head, laid out row-major as ``[horizon, n_levels, output_size]``."""
         return self.output_size * self.horizon * self.n_levels
-
-    @property
-    def point_columns(self) -> tuple[int, ...]:
-        """Head outputs of the point prediction: step 1 at the median (or the point)."""
-        return point_columns(self.quantile_levels, self.output_size)
 
     @property
     def lstm_input_size(self) -> int:
@@ -403,12 +398,6 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     shapes["head.weight"] = (config.head_width, hidden)
     shapes["head.bias"] = (config.head_width,)
     return shapes
-
-
-def point_columns(levels: tuple[float, ...], outputs: int) -> tuple[int, ...]:
-    """Where step 1 at the median (a point head: the point) lies in the head's outputs."""
-    level = levels.index(0.5) if levels else 0
-    return tuple(level * outputs + k for k in range(outputs))
 
 
 def check_head(horizon: object) -> str | None:

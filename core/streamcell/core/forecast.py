@@ -188,7 +188,8 @@ class _Walk:
         state, scale, y = (o.h, o.c), o.scale, first
         done = 0
         while True:
-            chunk = y[0, :, self.mid].cpu().numpy()  # [H, O]
+            # The levels sorted first, as the Predictor serves them: its median.
+            chunk = y[0].sort(dim=1).values[:, self.mid].cpu().numpy()  # [H, O]
             take = min(self.steps, horizon - done)
             out[done : done + take] = chunk[:take]
             done += take
