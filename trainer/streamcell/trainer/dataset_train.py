@@ -16,12 +16,15 @@ example stream (the model's shape) and the summaries; nothing grows with the
 data.
 
 Candidates (``settings.candidates``) are each trained in a run of their own
-and the best on validation is kept, as in select.py; the final fit on every
-row is not offered here.
+and the best on online (one-step) validation is kept; select.py's
+fixed-origin choice needs the streams in the driver, so a direct head and
+one fed back are compared here on step 1 only. The final fit on every row is
+not offered here.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -47,7 +50,7 @@ from streamcell.trainer.ray_train import (
     _train_worker,
     _use_gpu,
 )
-from streamcell.trainer.select import candidate_settings, resolve_head
+from streamcell.trainer.select import candidate_settings, forecast_kind, resolve_head
 from streamcell.trainer.settings import GPU_MODES, TrainSettings
 
 SHARD = "streams_rank_{}"
@@ -188,7 +191,9 @@ def _select(
         tried.append(
             {
                 "overrides": dict((settings.candidates or ({},))[k]),
+                "horizon": option.horizon,
                 "score": state.best_score,
+                "origin_score": math.nan,  # no driver-side streams to forecast from
                 "best_epoch": state.best_epoch,
                 "epochs_run": state.epoch,
                 "seconds": round(time.monotonic() - t0, 1),
@@ -197,7 +202,13 @@ def _select(
         if best is None or state.best_score < best[0]:
             best = (state.best_score, (option, plan, sample, state, stats, device))
     assert best is not None
-    record = {"monitor": settings.monitor, "candidates": tried, "final_fit": "off"}
+    record = {
+        "monitor": settings.monitor,
+        "candidates": tried,
+        "chosen_by": settings.monitor,  # online validation: see the module's text
+        "forecast": forecast_kind(best[1][0].horizon or 1),
+        "final_fit": "off",
+    }
     return (*best[1], record)
 
 
