@@ -33,6 +33,7 @@ from streamcell.service.kafka import (
     Progress,
     Record,
     RecordTooLarge,
+    TailReader,
     TopicPartition,
     TopicSpec,
     idempotent,
@@ -275,7 +276,7 @@ class ConfluentConsumer:
         self._c.close()
 
 
-class ConfluentReader:
+class ConfluentReader(TailReader):
     def __init__(self, cfg: KafkaClientConfig) -> None:
         self.cfg = cfg
         # A group id is required by the client, but assign() never joins the group.
@@ -285,18 +286,6 @@ class ConfluentReader:
         except Exception:
             self._c.close()
             raise
-
-    def read_to_end(
-        self, tps: list[TopicPartition], timeout_s: float, on_progress: Progress | None = None
-    ) -> Iterator[list[Record]]:
-        if tps:
-            yield from self._read(tps, timeout_s, on_progress, tail=False)
-
-    def ends(self, tps: list[TopicPartition], timeout_s: float) -> dict[TopicPartition, int]:
-        out: dict[TopicPartition, int] = {}
-        for _ in self._read(tps, timeout_s, None, tail=True, ends=out):
-            pass
-        return out
 
     def _read(
         self,

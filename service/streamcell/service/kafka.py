@@ -346,6 +346,37 @@ Progress = Callable[[dict[TopicPartition, tuple[int, int]]], None]
 """Called during a long ``read_to_end``: per partition (offsets read, offsets to read)."""
 
 
+class TailReader:
+    """``read_to_end`` and ``ends`` of the Reader protocol over one client's ``_read``.
+
+    A client implements ``_read``: read ``tps`` from the beginning to the end
+    they had at the call or, with ``tail``, from the last listed record only,
+    filling ``ends`` with each partition's true end.
+    """
+
+    def read_to_end(
+        self, tps: list[TopicPartition], timeout_s: float, on_progress: Progress | None = None
+    ) -> Iterator[list[Record]]:
+        if tps:
+            yield from self._read(tps, timeout_s, on_progress, tail=False)
+
+    def ends(self, tps: list[TopicPartition], timeout_s: float) -> dict[TopicPartition, int]:
+        out: dict[TopicPartition, int] = {}
+        for _ in self._read(tps, timeout_s, None, tail=True, ends=out):
+            pass
+        return out
+
+    def _read(
+        self,
+        tps: list[TopicPartition],
+        timeout_s: float,
+        on_progress: Progress | None,
+        tail: bool,
+        ends: dict[TopicPartition, int] | None = None,
+    ) -> Iterator[list[Record]]:
+        raise NotImplementedError
+
+
 class EndTracker:
     """Follows each partition's end while reading it to the end (Reader helper).
 

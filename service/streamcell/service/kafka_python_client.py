@@ -29,6 +29,7 @@ from streamcell.service.kafka import (
     Progress,
     Record,
     RecordTooLarge,
+    TailReader,
     TopicPartition,
     TopicSpec,
     idempotent,
@@ -215,25 +216,13 @@ class KafkaPythonConsumer:
         self._c.close(autocommit=False)
 
 
-class KafkaPythonReader:
+class KafkaPythonReader(TailReader):
     def __init__(self, cfg: KafkaClientConfig) -> None:
         self.cfg = cfg
         try:
             self._c = KafkaConsumer(**_consumer_kwargs(cfg), group_id=None)
         except kerrors.KafkaError as exc:
             raise unavailable(cfg, exc) from exc
-
-    def read_to_end(
-        self, tps: list[TopicPartition], timeout_s: float, on_progress: Progress | None = None
-    ) -> Iterator[list[Record]]:
-        if tps:
-            yield from self._read(tps, timeout_s, on_progress, tail=False)
-
-    def ends(self, tps: list[TopicPartition], timeout_s: float) -> dict[TopicPartition, int]:
-        out: dict[TopicPartition, int] = {}
-        for _ in self._read(tps, timeout_s, None, tail=True, ends=out):
-            pass
-        return out
 
     def _read(
         self,
