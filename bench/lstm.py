@@ -71,6 +71,10 @@ def train(ds: Dataset, settings: Any, lags: int = 1):
         "val_last_value_mase": m.get("last_value_mase"),
         "val_seasonal_naive_mase": m.get("seasonal_naive_mase"),
         "val_mae": m.get("val_mae"),
+        # Fixed-origin validation (the score that chose the head) and the baselines' on it.
+        "val_origin_mase": m.get("val_origin_mase"),
+        "val_last_value_origin_mase": m.get("last_value_origin_mase"),
+        "val_seasonal_naive_origin_mase": m.get("seasonal_naive_origin_mase"),
     }
     return result, info
 

@@ -54,6 +54,7 @@ def test_cli_trains_with_two_workers_and_the_service_beats_last_value(
             *("--workers", "2", "--gpu", "auto", "--epochs", "12", "--hidden", "16"),
             *("--layers", "1", "--window", "16", "--lr", "0.01", "--batch-size", "8"),
             *("--scaling", "global"),  # the raw values in: the Predictor below serves them
+            *("--final-fit", "blend"),
         ]
     )
     captured = capsys.readouterr()
@@ -65,6 +66,9 @@ def test_cli_trains_with_two_workers_and_the_service_beats_last_value(
     training = loaded.config.training
     assert training["workers"] == 2 and training["device"] == "cpu" and training["streams"] == 8
     assert loaded.config.metrics["val_mae"] < loaded.config.metrics["last_value_mae"]
+    # The validated model and its refit on every row, served as one of twice the units.
+    assert "final fit: whole training part" in out and "averaged with the validated" in out
+    assert loaded.config.hidden_size == 32
 
     predictor = Predictor(loaded)
     rows = interleaved(full)

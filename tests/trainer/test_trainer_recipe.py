@@ -11,6 +11,7 @@ import pytest
 
 from streamcell.cli import main
 from streamcell.core.checkpoint import load_latest
+from streamcell.core.errors import ConfigError
 from streamcell.core.recipe import Recipe, featurize
 from streamcell.trainer.api import (
     TrainSettings,
@@ -125,9 +126,18 @@ def test_default_training_exports_a_recipe_model_with_its_skill(tmp_path: Path) 
 def test_final_fit_and_time_budget() -> None:
     data = load_long_frame(seasonal(streams=3, length=60, period=12, seed=6))
     result = train_local(
-        data, TrainSettings(hidden=4, layers=1, epochs=3, final_fit=True), threads=1
+        data, TrainSettings(hidden=4, layers=1, epochs=3, final_fit="refit"), threads=1
     )
     assert result.config.training["selection"]["final_fit"].startswith("whole training part")
+    assert result.model.hidden_size == 4
+    blend = train_local(
+        data, TrainSettings(hidden=4, layers=1, epochs=3, final_fit="blend"), threads=1
+    )
+    assert blend.config.training["selection"]["final_fit"].endswith("with the validated model")
+    assert blend.model.hidden_size == 8  # the validated model and the refit, side by side
+    assert TrainSettings(final_fit=True).final_fit == "refit"  # the flag of earlier versions
+    with pytest.raises(ConfigError, match="final_fit must be one of off, refit, blend"):
+        TrainSettings(final_fit="sometimes")
     # A budget that any epoch outlasts (0.01 s fitted two warm epochs): one epoch, then stop.
     quick = train_local(
         data, TrainSettings(hidden=4, layers=1, epochs=50, time_budget=1e-6), threads=1

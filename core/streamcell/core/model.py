@@ -111,11 +111,23 @@ class StreamingLSTM(nn.Module):
         return torch.zeros(shape, device=dev), torch.zeros(shape, device=dev)
 
     def forward(
-        self, x: Tensor, state: tuple[Tensor, Tensor] | None = None
+        self, x: Tensor, state: tuple[Tensor, Tensor] | None = None, members: int = 1
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Whole sequences: x ``[B, T, input]`` -> (y ``[B, T, output]``, (h, c))."""
+        """Whole sequences: x ``[B, T, input]`` -> (y ``[B, T, output]``, (h, c)).
+
+        ``members`` > 1: the hidden units are that many independent members in
+        equal blocks (streamcell.trainer.ensemble), and y is each member's own
+        output ``[B, T, members, output]``, whose mean over members is the
+        plain head's (the head holds each member's weights divided by members).
+        """
         out, (h, c) = self.lstm(x, state)
-        return self.head(out), (h, c)
+        if members == 1:
+            return self.head(out), (h, c)
+        b, t, units = out.shape
+        blocks = out.view(b, t, members, units // members)
+        weight = self.head.weight.view(self.output_size, members, units // members)
+        per = torch.einsum("btkh,okh->btko", blocks, weight)
+        return per * members + self.head.bias, (h, c)
 
     @torch.no_grad()
     def step(self, x: Tensor, h: Tensor, c: Tensor, return_gates: bool = False) -> StepResult:

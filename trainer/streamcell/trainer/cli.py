@@ -128,6 +128,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model and optimisation")
     model.add_argument("--hidden", type=_positive, default=64, help="LSTM hidden size (default 64)")
     model.add_argument("--layers", type=_positive, default=2, help="LSTM layers (default 2)")
+    model.add_argument(
+        "--members",
+        type=_positive,
+        default=1,
+        help="LSTMs of --hidden units trained side by side and served as one that averages "
+        "them (default 1)",
+    )
     model.add_argument("--epochs", type=_positive, default=20, help="most epochs (default 20)")
     model.add_argument(
         "--window", "--tbptt", type=_positive, default=32, help="TBPTT window in steps (default 32)"
@@ -168,9 +175,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     model.add_argument(
         "--final-fit",
-        action="store_true",
-        help="refit the chosen settings on every training row (validation rows included) "
-        "and export that, instead of the validated model",
+        choices=["off", "refit", "blend"],
+        default="off",
+        help="after choosing on validation: off exports the validated model; refit exports "
+        "the chosen settings refitted on every training row (validation rows included); "
+        "blend exports both as one model that averages them (default: %(default)s)",
     )
     model.add_argument(
         "--horizon",
@@ -239,6 +248,7 @@ def run(args: argparse.Namespace) -> int:
     settings = TrainSettings(
         hidden=args.hidden,
         layers=args.layers,
+        members=args.members,
         epochs=args.epochs,
         window=args.window,
         batch_size=args.batch_size,
@@ -425,9 +435,10 @@ def _summary(path: Path, result, as_json: bool) -> None:
         )
         print(
             f"candidates ({selection['monitor']} / fixed-origin MASE): {tried}; chosen by "
-            f"{selection['chosen_by']}: {selection['forecast']}; "
-            f"final fit: {selection['final_fit']}"
+            f"{selection['chosen_by']}: {selection['forecast']}"
         )
+    if selection.get("final_fit", "off") != "off":
+        print(f"final fit: {selection['final_fit']}")
     print(
         f"{t['rows']} rows, {t['streams']} streams ({t.get('streams_left_out', 0)} too short "
         f"to train on, served all the same), {t['workers']} worker(s) on {t['device']}, "

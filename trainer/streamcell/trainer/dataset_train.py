@@ -83,7 +83,7 @@ def train_dataset(
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
     if not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"threads must be a positive integer, got {threads!r}")
-    if settings.final_fit:
+    if settings.final_fit != "off":
         raise ConfigError("--final-fit is not offered with a Ray Dataset (train in memory)")
     started = time.perf_counter()
     with _ray_session(ray_address, num_cpus or workers * threads, log_to_driver) as (joined, ray):

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from streamcell.core.model import StreamingLSTM
 from streamcell.trainer.budget import Deadline, budget_clock
+from streamcell.trainer.ensemble import block_masks, init_members, keep_blocks
 from streamcell.trainer.evaluate import EvalStats, evaluate
 from streamcell.trainer.prepare import Prepared, horizon_targets
 from streamcell.trainer.settings import TrainSettings
@@ -76,12 +77,19 @@ class LoopState:
 
 
 def new_model(prepared: Prepared, settings: TrainSettings) -> StreamingLSTM:
-    """A fresh model whose head has ``prepared``'s horizon and levels."""
+    """A fresh model whose head has ``prepared``'s horizon and levels.
+
+    With ``settings.members`` > 1 it holds that many members of
+    ``settings.hidden`` units each (streamcell.trainer.ensemble).
+    """
     torch.manual_seed(settings.seed)
     f = prepared.streams[0].u.shape[1]
     o = prepared.streams[0].z.shape[1]
     width = o * prepared.horizon * max(1, len(prepared.quantile_levels))
-    return StreamingLSTM(f, settings.hidden, settings.layers, width)
+    model = StreamingLSTM(f, settings.hidden * settings.members, settings.layers, width)
+    if settings.members > 1:
+        init_members(model, settings.members)
+    return model
 
 
 def new_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
@@ -191,6 +199,8 @@ def _train_epoch(
     loss_sum = torch.zeros((), dtype=torch.float64)
     points = 0.0
     head = _HeadLoss(prepared, device)
+    members = settings.members
+    masks = block_masks(net, members)
     for batch, longest in zip(batches, lengths, strict=True):
         if head.plain:
             u, z, mask = _padded(prepared, batch, longest, device)
@@ -199,14 +209,15 @@ def _train_epoch(
         h, c = None, None
         for t in range(0, longest, window):
             hc: tuple[Tensor, Tensor] | None = None if h is None or c is None else (h, c)
-            y, (h, c) = net(u[:, t : t + window], hc)
+            y, (h, c) = net(u[:, t : t + window], hc, members)
             m = mask[:, t : t + window]
             if head.plain:
-                diff = y - z[:, t : t + window]
+                target = z[:, t : t + window]
+                diff = y - (target if members == 1 else target.unsqueeze(2))
                 per = diff.abs() if settings.loss == "mae" else diff**2
-                sq = per.mean(dim=2) * m
+                sq = per.mean(dim=tuple(range(2, per.dim()))) * m
             else:
-                sq = head(y, z[:, t : t + window], m)
+                sq = head(y, z[:, t : t + window], m, members)
                 m = m[:, :, 0]
             count = (m > 0).sum().clamp(min=1)
             loss = sq.sum() / count
@@ -214,6 +225,7 @@ def _train_epoch(
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), settings.grad_clip)
             optimizer.step()
+            keep_blocks(masks)
             loss_sum += sq.sum().detach().double().cpu()
             points += float(count)
             if settings.carry_state:
@@ -227,6 +239,7 @@ def _train_epoch(
         (y.sum() * 0.0).backward()
         nn.utils.clip_grad_norm_(net.parameters(), settings.grad_clip)
         optimizer.step()
+        keep_blocks(masks)
     both = sync.sum(np.array([float(loss_sum), points]))
     return float(both[0]), float(both[1])
 
@@ -272,15 +285,16 @@ class _HeadLoss:
         share[0] += 0.5
         self.share = share
 
-    def __call__(self, y: Tensor, z: Tensor, m: Tensor) -> Tensor:
-        """``y`` [B, W, head], ``z`` [B, W, H, O], ``m`` [B, W, H] -> [B, W]."""
+    def __call__(self, y: Tensor, z: Tensor, m: Tensor, members: int = 1) -> Tensor:
+        """``y`` [B, W, head] (or [B, W, K, head], K members), ``z`` [B, W, H, O],
+        ``m`` [B, W, H] -> [B, W], the members' losses averaged."""
         b, w = y.shape[:2]
-        pred = y.reshape(b, w, self.steps, len(self.tau), self.outputs)
-        diff = z.unsqueeze(3) - pred
-        tau = self.tau.view(1, 1, 1, -1, 1)
-        pinball = 2 * torch.maximum(tau * diff, (tau - 1) * diff)  # [B, W, H, L, O]
-        per = 0.5 * pinball[:, :, :, self.mid].mean(dim=3) + 0.5 * pinball.mean(dim=(3, 4))
-        return (per * m * self.share).sum(dim=2)
+        pred = y.reshape(b, w, members, self.steps, len(self.tau), self.outputs)
+        diff = z.view(b, w, 1, self.steps, 1, self.outputs) - pred
+        tau = self.tau.view(1, 1, 1, 1, -1, 1)
+        pinball = 2 * torch.maximum(tau * diff, (tau - 1) * diff)  # [B, W, K, H, L, O]
+        per = 0.5 * pinball[:, :, :, :, self.mid].mean(dim=4) + 0.5 * pinball.mean(dim=(4, 5))
+        return (per.mean(dim=2) * m * self.share).sum(dim=2)
 
 
 def _padded_horizon(

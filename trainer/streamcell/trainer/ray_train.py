@@ -24,7 +24,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from streamcell.core.errors import ConfigError, DataError, StreamcellError
+from streamcell.core.model import StreamingLSTM
 from streamcell.trainer import ray_cluster
 from streamcell.trainer.api import TrainResult, finish, prepare_frame
 from streamcell.trainer.data import LongFrame
@@ -45,7 +47,13 @@ from streamcell.trainer.loop import (
     restore_best,
 )
 from streamcell.trainer.prepare import Prepared
-from streamcell.trainer.select import resolve_head
+from streamcell.trainer.select import (
+    FINAL_SHARE,
+    final_model,
+    final_note,
+    refit_seconds,
+    resolve_head,
+)
 from streamcell.trainer.settings import GPU_MODES, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -113,11 +121,9 @@ def train(
             if joined:  # rank 0 writes checkpoints on its node; this driver reads them
                 ray_cluster.check_storage(storage)
             use_gpu = _use_gpu(gpu, workers, ray.cluster_resources())
-            state, device, _ = _fit(
+            run = partial(
+                _fit,
                 _worker,
-                {"data": ray.put(prepared)},
-                None,
-                settings,
                 workers=workers,
                 use_gpu=use_gpu,
                 threads=threads,
@@ -126,6 +132,13 @@ def train(
                 after_epoch=after_epoch,
                 on_epoch=on_epoch,
             )
+            refitting = settings.final_fit != "off"
+            budget = settings.time_budget * ((1 - FINAL_SHARE) if refitting else 1.0)
+            first = replace(settings, time_budget=budget)
+            state, device, _ = run({"data": ray.put(prepared)}, None, first)
+            final, note = None, "off"
+            if refitting and state.best_epoch > 0:
+                final, note = _final_fit(run, prepared, settings, state, budget)
         finally:
             if own_storage:
                 shutil.rmtree(storage, ignore_errors=True)
@@ -139,6 +152,32 @@ def train(
         workers=workers,
         device=device,
         seconds=time.perf_counter() - started,
+        final=final,
+        selection={"final_fit": note},
+    )
+
+
+def _final_fit(
+    run: Callable[..., tuple[LoopState, str, dict[str, Any]]],
+    prepared: Prepared,
+    settings: TrainSettings,
+    state: LoopState,
+    spent: float,
+) -> tuple[StreamingLSTM | None, str]:
+    """The refit on every row (a second Ray run) where the budget left allows it, and a note."""
+    need = refit_seconds(state, prepared)
+    left = settings.time_budget - spent if settings.time_budget > 0 else need
+    if need > left:
+        return None, f"skipped: {need:.0f} s needed, {max(left, 0):.0f} s of the budget left"
+    import ray
+
+    whole = prepared.whole()
+    again = replace(settings, epochs=state.best_epoch, time_budget=0.0)
+    refit_state, _, _ = run({"data": ray.put(whole), "validate": False}, None, again)
+    refit = restore_best(new_model(whole, settings), refit_state)
+    validated = restore_best(new_model(prepared, settings), state)
+    return final_model(settings.final_fit, validated, refit), final_note(
+        settings.final_fit, state.best_epoch
     )
 
 
@@ -332,6 +371,7 @@ def _train_worker(
         state=state,
         sync=sync,
         on_epoch=report,
+        validate=config.get("validate", True),  # False: the final fit on every row
     )
     if step_stats:
         best = restore_best(model, state)

@@ -25,6 +25,7 @@ import torch
 from streamcell.core.model import StreamingLSTM
 from streamcell.trainer.budget import Deadline
 from streamcell.trainer.data import LongFrame
+from streamcell.trainer.ensemble import merge_members
 from streamcell.trainer.loop import LoopState, fit, new_model, restore_best
 from streamcell.trainer.model_config import as_loaded
 from streamcell.trainer.origin import origin_mase
@@ -82,7 +83,7 @@ def select_and_fit(
     budget = float(settings.time_budget)
     deadline = Deadline.after(budget) if budget > 0 else None
     options = candidate_settings(settings)
-    share = (1 - FINAL_SHARE) if settings.final_fit else 1.0
+    share = (1 - FINAL_SHARE) if settings.final_fit != "off" else 1.0
     tried: list[dict[str, Any]] = []
     trained: list[tuple[TrainSettings, Prepared, LoopState, StreamingLSTM]] = []
     cache: dict[str, Prepared] = {}
@@ -140,14 +141,13 @@ def select_and_fit(
         "candidates": tried,
     }
     final = None
-    if settings.final_fit and state.best_epoch > 0:
-        per_epoch = state.train_seconds / max(state.epoch, 1)
-        rows = prepared.whole().train_pairs() / max(prepared.train_pairs(), 1)
-        need = per_epoch * rows * state.best_epoch
+    if settings.final_fit != "off" and state.best_epoch > 0:
+        need = refit_seconds(state, prepared)
         left = float("inf") if deadline is None else deadline.left()
         if need <= left:
-            final = _refit(prepared, option, state.best_epoch, device, on_epoch)
-            record["final_fit"] = f"whole training part, {state.best_epoch} epochs"
+            refit = _refit(prepared, option, state.best_epoch, device, on_epoch)
+            final = final_model(settings.final_fit, restore_best(model, state), refit)
+            record["final_fit"] = final_note(settings.final_fit, state.best_epoch)
         else:
             record["final_fit"] = (
                 f"skipped: {need:.0f} s needed, {max(left, 0):.0f} s of the budget left"
@@ -155,6 +155,28 @@ def select_and_fit(
     else:
         record["final_fit"] = "off"
     return Chosen(option, prepared, state, model, final, record)
+
+
+def refit_seconds(state: LoopState, prepared: Prepared) -> float:
+    """What a refit for the best epoch count on every training row takes at the pace so far."""
+    per_epoch = state.train_seconds / max(state.epoch, 1)
+    rows = prepared.whole().train_pairs() / max(prepared.train_pairs(), 1)
+    return per_epoch * rows * state.best_epoch
+
+
+def final_model(mode: str, validated: StreamingLSTM, refit: StreamingLSTM) -> StreamingLSTM:
+    """What is exported after a refit: the refit alone, or both averaged (``blend``).
+
+    The blend keeps the validated model's selection on held-out rows and adds
+    what the refit learnt from the most recent ones, the validation rows; as
+    two members of one model (streamcell.trainer.ensemble) it is served as one.
+    """
+    return merge_members([validated, refit]) if mode == "blend" else refit
+
+
+def final_note(mode: str, epochs: int) -> str:
+    note = f"whole training part, {epochs} epochs"
+    return f"{note}, averaged with the validated model" if mode == "blend" else note
 
 
 def forecast_kind(horizon: int) -> str:

@@ -18,6 +18,9 @@ from streamcell.core.quantiles import check_levels
 GPU_MODES = ("auto", "on", "off")
 MONITORS = ("val_mae", "val_rmse", "val_mase")
 LOSSES = ("mae", "mse")
+# off: export the validated model; refit: a refit on every training row instead;
+# blend: both, served as one model that averages them (streamcell.trainer.select).
+FINAL_FITS = ("off", "refit", "blend")
 # What `streamcell train` tries besides its settings (overrides), chosen on validation:
 # the direct multi-horizon head of the defaults, and the one-step head fed back.
 DEFAULT_CANDIDATES: tuple[dict[str, Any], ...] = ({}, {"horizon": 1})
@@ -30,8 +33,11 @@ DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 class TrainSettings:
     """Model shape, optimisation and validation settings (no data, no I/O)."""
 
-    hidden: int = 64
+    hidden: int = 64  # units per ensemble member and layer
     layers: int = 2
+    # Independent LSTMs trained side by side and served as one of members x hidden
+    # units whose head averages them (streamcell.trainer.ensemble).
+    members: int = 1
     epochs: int = 20
     window: int = 32  # TBPTT length: gradients flow this many steps back
     batch_size: int = 32  # streams side by side in one batch
@@ -61,7 +67,7 @@ class TrainSettings:
     time_budget: float = 0.0  # seconds for the whole run; 0: no limit (epochs and patience)
     # Candidates tried on validation (overrides of these settings); the best is kept.
     candidates: tuple[dict[str, Any], ...] = ()
-    final_fit: bool = False  # refit the chosen candidate on every training row (see select.py)
+    final_fit: str = "off"  # one of FINAL_FITS (see streamcell.trainer.select)
     # The head: steps predicted at once (None: streamcell.trainer.periods.default_horizon;
     # 1: the next step, fed back to forecast further) and quantile levels (empty: a point).
     horizon: int | None = None
@@ -73,7 +79,7 @@ class TrainSettings:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
-        for name in ("hidden", "layers", "epochs", "window", "batch_size", "patience"):
+        for name in ("hidden", "layers", "members", "epochs", "window", "batch_size", "patience"):
             positive_int(name)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
@@ -91,6 +97,12 @@ class TrainSettings:
             raise ConfigError(f"monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
         if not (isinstance(self.min_delta, int | float) and 0 <= self.min_delta < 1):
             raise ConfigError(f"min_delta must be in [0, 1), got {self.min_delta!r}")
+        if isinstance(self.final_fit, bool):  # the flag of earlier versions
+            object.__setattr__(self, "final_fit", "refit" if self.final_fit else "off")
+        if self.final_fit not in FINAL_FITS:
+            raise ConfigError(
+                f"final_fit must be one of {', '.join(FINAL_FITS)}, got {self.final_fit!r}"
+            )
         if self.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         for name in ("periods", "lags"):
