@@ -176,7 +176,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--final-fit",
         choices=["off", "refit", "blend"],
-        default="off",
+        default="blend",
         help="after choosing on validation: off exports the validated model; refit exports "
         "the chosen settings refitted on every training row (validation rows included); "
         "blend exports both as one model that averages them (default: %(default)s)",

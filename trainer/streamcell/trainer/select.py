@@ -7,9 +7,12 @@ and the final fit. The best one is then refitted from scratch on every row of
 the training part (validation rows included: the most recent data) for its
 best epoch count where ``settings.final_fit`` asks for it and the budget left
 allows it at the pace measured; otherwise the validated model itself is the
-one exported. The record says which happened. The final fit is off by
-default: without a validation split to stop it, it was worse on held-out
-data than the validated model (docs/BENCHMARKS.md, "Accuracy").
+one exported. The record says which happened. By default (``blend``) the
+export is the validated model and the refit averaged, as the two members of
+one model: the refit alone, with no validation split to stop it, was worse
+on held-out data than the validated model on some sets and better on others;
+the two together were ahead of the validated model on held-out data on most
+(docs/BENCHMARKS.md, "Accuracy").
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ class TrainSettings:
     time_budget: float = 0.0  # seconds for the whole run; 0: no limit (epochs and patience)
     # Candidates tried on validation (overrides of these settings); the best is kept.
     candidates: tuple[dict[str, Any], ...] = ()
-    final_fit: str = "off"  # one of FINAL_FITS (see streamcell.trainer.select)
+    final_fit: str = "blend"  # one of FINAL_FITS (see streamcell.trainer.select)
     # The head: steps predicted at once (None: streamcell.trainer.periods.default_horizon;
     # 1: the next step, fed back to forecast further) and quantile levels (empty: a point).
     horizon: int | None = None
