@@ -136,6 +136,20 @@ def test_files_that_disagree_fail_before_any_ray_task(tmp_path: Path) -> None:
         read_streams(where / "a.parquet", order_column="time", val_fraction=0.2)
 
 
+def test_a_final_fit_asked_of_a_ray_dataset_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = write_parts(noisy_sines(streams=2, length=30), tmp_path / "parts")
+    code = main(
+        [
+            *("train", "--data", str(where), "--registry", str(tmp_path / "r")),
+            *("--model", "m", "--final-fit", "blend"),
+        ]
+    )
+    assert code == 2
+    assert "--final-fit blend is not offered with a Ray Dataset" in capsys.readouterr().err
+
+
 # -- one local Ray for the rest -------------------------------------------------------
 
 

@@ -176,10 +176,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--final-fit",
         choices=["off", "refit", "blend"],
-        default="blend",
         help="after choosing on validation: off exports the validated model; refit exports "
         "the chosen settings refitted on every training row (validation rows included); "
-        "blend exports both as one model that averages them (default: %(default)s)",
+        "blend (default; off on a Ray Dataset) exports both as one model that averages them",
     )
     model.add_argument(
         "--horizon",
@@ -245,6 +244,11 @@ def run(args: argparse.Namespace) -> int:
     check_name(args.model)
     recipe = args.scaling == "window_mean_abs"
     dataset = _as_dataset(args)
+    if dataset and args.final_fit not in (None, "off"):
+        raise ConfigError(
+            f"--final-fit {args.final_fit} is not offered with a Ray Dataset (a refit needs "
+            "every row of a stream at once: train in memory, or --final-fit off)"
+        )
     settings = TrainSettings(
         hidden=args.hidden,
         layers=args.layers,
@@ -270,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
             and args.horizon is None
             else ()
         ),
-        final_fit=args.final_fit,
+        final_fit=args.final_fit or ("off" if dataset else "blend"),
         age=args.age,
         horizon=args.horizon,
         quantile_levels=DEFAULT_LEVELS if args.quantiles is None else args.quantiles,

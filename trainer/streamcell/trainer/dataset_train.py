@@ -83,8 +83,6 @@ def train_dataset(
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
     if not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"threads must be a positive integer, got {threads!r}")
-    if settings.final_fit != "off":
-        raise ConfigError("--final-fit is not offered with a Ray Dataset (train in memory)")
     started = time.perf_counter()
     with _ray_session(ray_address, num_cpus or workers * threads, log_to_driver) as (joined, ray):
         streams = read_streams(
@@ -207,7 +205,8 @@ def _select(
         "candidates": tried,
         "chosen_by": settings.monitor,  # online validation: see the module's text
         "forecast": forecast_kind(best[1][0].horizon or 1),
-        "final_fit": "off",
+        # The refit needs every row of a stream at once on one worker: in memory only.
+        "final_fit": "off" if settings.final_fit == "off" else "off: in memory only",
     }
     return (*best[1], record)
 
