@@ -77,8 +77,8 @@ DEFAULT_METHODS = (*METHODS, *RECIPE_METHODS)
 TUNED_CANDIDATES: tuple[dict[str, Any], ...] = (
     {},
     {"horizon": 1},
-    {"hidden": 128, "layers": 1},
-    {"hidden": 128, "layers": 1, "horizon": 1},
+    {"hidden": 64},
+    {"hidden": 64, "horizon": 1},
 )
 TUNED_BUDGET = 180.0
 VIC_ORIGIN_EVERY = 48  # protocol B on vic_elec: from each midnight of the test year

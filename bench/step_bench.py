@@ -1,6 +1,6 @@
 """Batched streaming step vs one torch.nn.LSTM call per event, side by side.
 
-    python bench/step_bench.py [--streams 100000] [--threads 1] [--device cuda]
+    python bench/step_bench.py [--streams 100000] [--threads 1] [--device cuda] [--wide 128]
 
 For each batch size B: pick B random streams of a slab store holding
 ``--streams`` streams, gather their (h, c), run one batched step, scatter back;
@@ -99,7 +99,7 @@ def full_predictor(model: StreamingLSTM, streams: int, batch: int, device: str =
     names = [f"f{k}" for k in range(INPUT)]
     cfg = ModelConfig(
         INPUT,
-        HIDDEN,
+        model.hidden_size,
         LAYERS,
         INPUT,
         names,
@@ -131,6 +131,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=0.5, help="time per measurement")
     parser.add_argument("--rounds", type=int, default=5, help="round-robin rounds (best kept)")
     parser.add_argument("--device", default=None, help="also measure on this device (cuda)")
+    parser.add_argument(
+        "--wide",
+        type=int,
+        default=0,
+        help="also the full Predictor with a model of this many units (e.g. 128: the "
+        "default blend of two 64-unit models, streamcell.trainer.ensemble)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -146,6 +153,11 @@ def main() -> None:
         model, store, 1024
     )
     designs["Predictor.predict, B=1024 (full path)"] = full_predictor(model, args.streams, 1024)
+    if args.wide:
+        wide = StreamingLSTM(INPUT, args.wide, LAYERS, INPUT).eval()
+        designs[f"Predictor.predict, B=1024, hidden {args.wide}"] = full_predictor(
+            wide, args.streams, 1024
+        )
     if args.device:
         on = copy.deepcopy(model).to(args.device)
         slab = StateStore(

@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
     parser.add_argument("--epochs", type=int, default=20, help="most training epochs (default 20)")
-    parser.add_argument("--hidden", type=int, default=64, help="LSTM hidden size (default 64)")
+    parser.add_argument(
+        "--hidden", type=int, default=32, help="LSTM hidden size (default 32, the trainer's)"
+    )
     parser.add_argument("--layers", type=int, default=2, help="LSTM layers (default 2)")
     parser.add_argument(
         "--bootstrap-servers",

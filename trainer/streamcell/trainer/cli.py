@@ -126,7 +126,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     model = parser.add_argument_group("model and optimisation")
-    model.add_argument("--hidden", type=_positive, default=64, help="LSTM hidden size (default 64)")
+    model.add_argument(
+        "--hidden",
+        type=_positive,
+        default=32,
+        help="LSTM hidden size of each model (default 32; the default --final-fit blend "
+        "serves two side by side: 64 units)",
+    )
     model.add_argument("--layers", type=_positive, default=2, help="LSTM layers (default 2)")
     model.add_argument(
         "--members",

@@ -33,7 +33,8 @@ DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 class TrainSettings:
     """Model shape, optimisation and validation settings (no data, no I/O)."""
 
-    hidden: int = 64  # units per ensemble member and layer
+    # Units per layer of each model (the default blend serves two: 64 in all).
+    hidden: int = 32
     layers: int = 2
     # Independent LSTMs trained side by side and served as one of members x hidden
     # units whose head averages them (streamcell.trainer.ensemble).
