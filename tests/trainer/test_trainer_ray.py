@@ -68,6 +68,7 @@ def test_cli_trains_with_two_workers_and_the_service_beats_last_value(
     assert loaded.config.metrics["val_mae"] < loaded.config.metrics["last_value_mae"]
     # The validated model and its refit on every row, served as one of twice the units.
     assert "final fit: whole training part" in out and "averaged with the validated" in out
+    assert "final fit epoch 1/" in captured.err  # the refit's progress, its own epoch count
     assert loaded.config.hidden_size == 32
 
     predictor = Predictor(loaded)

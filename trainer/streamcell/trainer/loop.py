@@ -163,6 +163,8 @@ def fit(
             "best": better,
             **metrics,
         }
+        if not validate:  # the final fit: its own epoch count, no validation
+            record.update(final_fit=True, epochs=settings.epochs)
         if deadline is not None:
             pace = (budget_clock() - c0) * 0.5  # the next epoch must fit half its time
             late = int(deadline.would_pass(pace))
@@ -341,7 +343,8 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
         tag = f"candidate {record['candidate'] + 1}/{record['candidates']} "
     else:
         tag = ""
-    head = f"{tag}epoch {record['epoch']}/{epochs}: loss {record['train_loss']:.4f}"
+    of = record.get("epochs", epochs)
+    head = f"{tag}epoch {record['epoch']}/{of}: loss {record['train_loss']:.4f}"
     if "val_mae" not in record:
         return f"{head} {record['samples_per_s']:.0f} samples/s"
     return (

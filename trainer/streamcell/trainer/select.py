@@ -201,7 +201,7 @@ def _refit(
 
     def report(state: LoopState, _opt: torch.optim.Optimizer) -> None:
         if on_epoch is not None:
-            on_epoch({**state.history[-1], "final_fit": True})
+            on_epoch(state.history[-1])
 
     state = fit(
         model,
