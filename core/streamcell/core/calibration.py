@@ -36,7 +36,7 @@ MAX_FACTOR = 1e3  # beyond this a factor is a symptom of a broken fit, not a wid
 
 @dataclass(frozen=True)
 class Calibration:
-    """The factors of one model version: ``online`` ``[levels]``, ``forecast`` ``[steps, levels]``."""
+    """One version's factors: ``online`` ``[levels]``, ``forecast`` ``[steps, levels]``."""
 
     online: tuple[float, ...]
     forecast: tuple[tuple[float, ...], ...]
@@ -95,7 +95,7 @@ def widen(q: torch.Tensor, factors: torch.Tensor, median: int) -> torch.Tensor:
 
 
 def widen_steps(q: np.ndarray, factors: np.ndarray | None, median: int) -> np.ndarray:
-    """A Forecast's quantiles ``[steps, levels, targets]`` with per-step factors ``[steps, levels]``."""
+    """A Forecast's quantiles ``[steps, levels, targets]``, factors ``[steps, levels]``."""
     if factors is None:
         return q
     out = widen(torch.from_numpy(q), torch.from_numpy(factors[:, :, None]), median)
