@@ -1,4 +1,4 @@
-"""Calibrated quantiles as served: the Predictor's and a Forecast's (streamcell.core.calibration)."""
+"""Calibrated quantiles as served, the Predictor's and a Forecast's (core.calibration)."""
 
 from __future__ import annotations
 
