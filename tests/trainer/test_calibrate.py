@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -11,8 +12,15 @@ import torch
 
 from streamcell.core.calibration import widen
 from streamcell.core.checkpoint import ModelConfig
-from streamcell.trainer.api import TrainSettings, load_long_frame, train_local
-from streamcell.trainer.calibrate import MIN_CELL, MIN_POINTS, Counts, factors, pooled
+from streamcell.trainer.api import TrainSettings, load_long_frame, prepare_frame, train_local
+from streamcell.trainer.calibrate import (
+    MIN_CELL,
+    MIN_POINTS,
+    Counts,
+    factors,
+    pooled,
+    spread_origins,
+)
 
 LEVELS = (0.1, 0.25, 0.5, 0.75, 0.9)
 Z = np.array([-1.2816, -0.6745, 0.0, 0.6745, 1.2816])  # standard normal quantiles
@@ -117,3 +125,12 @@ def test_a_point_head_has_no_calibration() -> None:
     data = load_long_frame(seasonal(streams=3, length=80, seed=6))
     result = train_local(data, TrainSettings(hidden=8, layers=1, epochs=1, quantile_levels=()))
     assert result.config.calibration is None and result.metrics["calibration"] == {}
+
+
+def test_calibration_origins_start_at_every_phase_of_the_season() -> None:
+    data = load_long_frame(seasonal(streams=1, length=1200, seed=7))
+    s = prepare_frame(data, TrainSettings()).streams[0]
+    starts = spread_origins(s, 24, limit=64, season=12)
+    assert starts[0] == s.n_train and all(b - a >= 24 for a, b in itertools.pairwise(starts))
+    # 25 apart, not 24: the origins do not all fall on one phase of the 12-step season.
+    assert len(starts) == 10 and len({b % 12 for b in starts}) == 10  # 240 rows: 10 phases

@@ -11,9 +11,9 @@ off them by linear interpolation, never from one stream's values.
 - ``forecast``: per Forecast step k, the quantiles of the fixed-origin
   validation Forecasts (:func:`streamcell.trainer.origin.stream_forecasts`,
   a Forecast's own code: direct head or sample paths) from origins at least
-  the horizon apart. A step with fewer than :data:`MIN_CELL` points pools
-  the steps around it until it has them (vic_elec-like data, one long
-  stream, has a few dozen origins).
+  the horizon apart, at varied phases of the season (:func:`spread_origins`).
+  A step with fewer than :data:`MIN_CELL` points pools the steps around it
+  until it has them (one long stream has a few dozen origins).
 
 A table with fewer than :data:`MIN_POINTS` points keeps the factors at 1.
 The record says, for each central interval, the validation coverage before
@@ -22,6 +22,7 @@ and after (online, and the forecast's averaged over its steps).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +33,8 @@ from streamcell.core.calibration import Calibration, widen
 from streamcell.core.checkpoint import LoadedModel
 from streamcell.core.quantiles import MEDIAN, central_intervals, median_index
 from streamcell.trainer.evaluate import predict_levels
-from streamcell.trainer.origin import can_forecast, origins_of, stream_forecasts
-from streamcell.trainer.prepare import Prepared
+from streamcell.trainer.origin import MAX_ORIGINS, can_forecast, stream_forecasts
+from streamcell.trainer.prepare import Prepared, StreamArrays
 
 # Factors counted: 0, then 1% apart from 0.02 to 50 (1 itself among them).
 GRID = np.concatenate([[0.0], np.exp(np.arange(np.log(0.02), np.log(50.0) + 1e-9, np.log(1.01)))])
@@ -173,7 +174,7 @@ def _forecast(
     per_step: list[tuple[list[np.ndarray], list[np.ndarray]]] = [([], []) for _ in range(horizon)]
     origins = 0
     for s in prepared.streams:
-        starts = origins_of(s, horizon, limit=max(limit, 16))
+        starts = spread_origins(s, horizon, max(limit, MAX_ORIGINS), prepared.season)
         if not starts or s.x is None:
             continue
         for b, result in stream_forecasts(loaded, prepared, s, starts, horizon, quantiles=True):
@@ -207,6 +208,20 @@ def _forecast(
         "coverage_after": coverage(_widened(q_all, a_all, median), y_all, levels),
     }
     return table, record
+
+
+def spread_origins(s: StreamArrays, horizon: int, limit: int, season: int) -> list[int]:
+    """Origins over the stream's validation rows, at least ``horizon`` apart and at most
+    ``limit``, their spacing prime to the season: origins a whole number of seasons apart
+    would all start at one phase (one time of day), and a step's factors would learn that
+    phase's spread instead of the step's."""
+    first, length = s.n_train, len(s.y)
+    if length <= first:
+        return []
+    every = max(horizon, -(-(length - first) // limit))
+    while season > 1 and math.gcd(every, season) != 1:
+        every += 1
+    return list(range(first, length, every))[:limit]
 
 
 def _widened(q: np.ndarray, a: np.ndarray, median: int) -> np.ndarray:
