@@ -272,6 +272,8 @@ def run(names: list[str], methods: list[str], jobs: int, save: Any = None) -> di
                     )
                     for s, f in forecasts.items()
                 }
+                if trained.config.calibration is not None:
+                    info["uncalibrated"] = uncalibrated_intervals(ds, trained, forecasts)
             elif method in LSTM_SETTINGS:
                 if name not in LSTM_SETTINGS[method]:
                     continue
@@ -295,6 +297,26 @@ def run(names: list[str], methods: list[str], jobs: int, save: Any = None) -> di
             results[name][method] = summary
             print(f"{name:18s} {method:20s} {_fmt(summary)}", file=sys.stderr, flush=True)
     return results
+
+
+def uncalibrated_intervals(
+    ds: Dataset, trained: Any, forecasts: dict[str, Forecasts]
+) -> dict[str, Any]:
+    """Coverage and wQL of the same model with its calibration left out (both protocols,
+    through the offline scorer: the functions serving calls, seeded as it seeds)."""
+    from bench import lstm
+
+    starts, h = b_origins(ds) or ({}, None)
+    raw = lstm.score_recipe(ds, lstm.uncalibrated(trained), starts, h)
+    summary = summarize(
+        ds,
+        {
+            s: Forecasts(f.one_step, f.origin, raw[s].one_step_q, raw[s].origin_q)
+            for s, f in forecasts.items()
+        },
+    )
+    keys = ("a_coverage80", "a_wql", "b_coverage80", "b_wql")
+    return {k: summary[k] for k in keys if k in summary}
 
 
 def tune(names: list[str], grid: list[dict[str, Any]]) -> list[dict[str, Any]]:

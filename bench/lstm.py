@@ -75,8 +75,18 @@ def train(ds: Dataset, settings: Any, lags: int = 1):
         "val_origin_mase": m.get("val_origin_mase"),
         "val_last_value_origin_mase": m.get("last_value_origin_mase"),
         "val_seasonal_naive_origin_mase": m.get("seasonal_naive_origin_mase"),
+        "calibration": m.get("calibration"),
     }
     return result, info
+
+
+def uncalibrated(result: Any) -> Any:
+    """The same TrainResult with its quantiles served as the head gives them."""
+    from dataclasses import replace
+
+    from streamcell.trainer.api import TrainResult
+
+    return TrainResult(result.model, replace(result.config, calibration=None), result.history)
 
 
 @torch.no_grad()
@@ -135,7 +145,9 @@ def score_recipe(
         first = (z_all[:, :n_levels] * t_std + t_mean) * scale[:, None]  # step 1, every level
         yhat = np.sort(first, axis=1)[:, mid]  # the median of sorted levels, as served
         one = yhat[n - 1 : len(y) - 1].astype(np.float64)
-        one_q = np.sort(first[n - 1 : len(y) - 1], axis=1).astype(np.float64) if levels else None
+        one_q = None
+        if levels:  # sorted, then calibrated as the Predictor serves them
+            one_q = _served_levels(np.sort(first[n - 1 : len(y) - 1], axis=1), config, mid)
         origin = origin_q = None
         if horizon is not None and cuts:
             x = xs[stream]
@@ -164,6 +176,18 @@ def score_recipe(
             origin_q = np.concatenate(bands) if bands else None
         out[stream] = Forecasts(one, origin, one_q, origin_q)
     return out
+
+
+def _served_levels(q: np.ndarray, config: Any, mid: int) -> np.ndarray:
+    """One-step quantiles ``[N, levels]`` with the version's online calibration, if any."""
+    from streamcell.core.calibration import widen
+
+    table = config.calibration_table
+    if table is None:
+        return q.astype(np.float64)
+    qt = torch.from_numpy(np.ascontiguousarray(q, np.float32))[:, :, None]
+    factors = torch.tensor(table.online, dtype=torch.float32)[:, None]
+    return widen(qt, factors, mid)[:, :, 0].numpy().astype(np.float64)
 
 
 def score(

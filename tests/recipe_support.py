@@ -22,10 +22,12 @@ def make_recipe_model(
     features: tuple[str, ...] = ("a", "b", "c"),
     horizon: int = 1,
     quantile_levels: tuple[float, ...] = (),
+    calibration: dict | None = None,
 ) -> Path:
     """A small random model with a recipe, over events of ``len(features)`` values.
 
-    ``horizon`` and ``quantile_levels``: its head (a one-step point head by default).
+    ``horizon`` and ``quantile_levels``: its head (a one-step point head by default);
+    ``calibration``: its config.json field (streamcell.core.calibration).
     """
     history = Recipe.from_json(recipe, width=len(features), scale_floor=1e-3)
     inputs = history.num_features
@@ -47,5 +49,6 @@ def make_recipe_model(
         recipe=recipe,
         quantile_levels=quantile_levels,
         horizon=horizon,
+        calibration=calibration,
     )
     return save_checkpoint(registry, name, model, cfg, version=version)

@@ -33,10 +33,11 @@ def readme_code(version: Path) -> dict:
     start = text.index(SECTION)
     end = text.index("\n#", start + len(SECTION))
     blocks = re.findall(r"```python\n(.*?)```", text[start:end], flags=re.S)
-    assert len(blocks) == 2 and PATH_LINE in blocks[0]
+    assert len(blocks) == 3 and PATH_LINE in blocks[0]
     namespace: dict = {}
     exec(blocks[0].replace(PATH_LINE, f"path = {str(version)!r}"), namespace)
     exec(blocks[1], namespace)
+    exec(blocks[2], namespace)
     assert not any(k.startswith("streamcell") for k in namespace)
     return namespace
 
@@ -79,8 +80,15 @@ def test_a_random_lag_model_is_reproduced_from_the_readme(tmp_path, seed):
     width = 1 if seed % 2 == 0 else 3  # odd seeds: with covariates (no Forecast)
     features = ("y", "temp", "promo")[:width]
     levels = (0.1, 0.5, 0.9) if seed >= 5 else ()  # the last three: a quantile head
+    # Two of them calibrated (streamcell.core.calibration), one served raw.
+    calibration = random_calibration(rng, len(levels)) if seed >= 6 else None
     version = make_recipe_model(
-        tmp_path, recipe, seed=seed, features=features, quantile_levels=levels
+        tmp_path,
+        recipe,
+        seed=seed,
+        features=features,
+        quantile_levels=levels,
+        calibration=calibration,
     )
     x = random_series(rng, int(rng.integers(20, 70)), width)
     horizon = 24 if width == 1 else 1
@@ -92,6 +100,43 @@ def test_a_random_lag_model_is_reproduced_from_the_readme(tmp_path, seed):
     if width == 1:
         assert forecast is not None
         np.testing.assert_allclose(forecast, want[len(x) - 1 :], **tol)
+    if levels:
+        p = Predictor(load_checkpoint(version))
+        quantiles = p.predict(EventBatch.of(["s"] * len(x), x)).quantiles
+        online, _ = doc["served_quantiles"](x, doc["cfg"], doc["lstm"], doc["head"])
+        np.testing.assert_allclose(quantiles, online, **tol)
+
+
+def random_calibration(rng: np.random.Generator, levels: int) -> dict:
+    """Factors about the median: online, and a forecast table shorter than the horizons asked."""
+    rows = rng.uniform(0.3, 3.0, size=(3, levels)).round(4)
+    rows[:, levels // 2] = 1.0
+    return {"online": rows[0].tolist(), "forecast": rows[1:].tolist()}
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_a_direct_heads_calibrated_quantiles_are_reproduced_from_the_readme(tmp_path, calibrated):
+    rng = np.random.default_rng(11)
+    levels = (0.1, 0.25, 0.5, 0.75, 0.9)
+    recipe = {"target": 0, "lags": [1, 2, 12], "scale_window": 6, "log_scale": True}
+    version = make_recipe_model(
+        tmp_path,
+        {**recipe, "periods": [12], "age": True},
+        seed=4,
+        features=("y",),
+        horizon=4,
+        quantile_levels=levels,
+        calibration=random_calibration(rng, len(levels)) if calibrated else None,
+    )
+    x = random_series(rng, 50, 1)
+    p = Predictor(load_checkpoint(version))
+    quantiles = p.predict(EventBatch.of(["s"] * len(x), x)).quantiles
+    forecast = p.forecast_result("s", 4).quantiles
+    doc = readme_code(version)
+    online, steps = doc["served_quantiles"](x, doc["cfg"], doc["lstm"], doc["head"])
+    tol = dict(rtol=1e-5, atol=1e-5 * float(np.abs(x[:, 0]).mean()))
+    np.testing.assert_allclose(quantiles, online, **tol)
+    np.testing.assert_allclose(forecast, steps, **tol)
 
 
 @pytest.mark.parametrize("scaling", ["global", "stream_mean_abs"])

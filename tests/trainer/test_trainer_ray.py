@@ -122,6 +122,11 @@ def test_a_worker_failure_resumes_from_the_last_checkpoint(
     assert result.metrics["val_mae"] == pytest.approx(local.metrics["val_mae"], rel=1e-3)
     for a, b in zip(result.history, local.history, strict=True):
         assert a["val_mae"] == pytest.approx(b["val_mae"], rel=1e-3)
+    # Ray Train's result is calibrated by the driver as the local one is (trainer.calibrate).
+    ours, theirs = result.config.calibration_table, local.config.calibration_table
+    assert ours is not None and theirs is not None
+    assert len(ours.forecast) == len(theirs.forecast) > 0
+    assert "coverage_after" in result.metrics["calibration"]["online"]
 
 
 def test_shards_are_disjoint_and_cover_every_stream() -> None:

@@ -205,6 +205,9 @@ def test_the_ray_data_path_scores_as_the_in_memory_path(ray_cluster: None, tmp_p
     np.testing.assert_allclose(picked, want, atol=1e-4)
     assert abs(a.metrics["val_mase"] - b.metrics["val_mase"]) <= 1e-4
     assert a.metrics["val_points"] == b.metrics["val_points"]
+    # No validation data in the driver: left uncalibrated, and the record says why.
+    assert a.calibration is None and "driver holds no" in a.metrics["calibration"]["skipped"]
+    assert b.calibration is not None
 
 
 @pytest.mark.ray

@@ -24,6 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from streamcell.core.calibration import Calibration
 from streamcell.core.errors import CheckpointError
 from streamcell.core.model import StreamingLSTM
 from streamcell.core.normalization import SCALING_GLOBAL, SCALING_WINDOW, SCALINGS
@@ -68,6 +69,9 @@ class ModelConfig:
     # the steps ahead it predicts from one LSTM step (1: the next step only).
     quantile_levels: tuple[float, ...] = ()
     horizon: int = 1
+    # Factors fitted on validation that widen or narrow the quantiles about the
+    # median (streamcell.core.calibration's config.json form); None: served raw.
+    calibration: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name in ("features", "targets", "input_mean", "input_std", "target_mean", "target_std"):
@@ -135,6 +139,14 @@ class ModelConfig:
         problem = check_head(self.horizon)
         if problem:
             fail(problem)
+        if self.calibration is not None:
+            try:
+                table = Calibration.from_json(self.calibration, self.quantile_levels)
+            except ValueError as exc:
+                fail(str(exc))
+                raise  # fail() raises; this keeps type checkers informed
+            object.__setattr__(self, "_calibration", table)
+            object.__setattr__(self, "calibration", table.to_json())  # canonical floats
 
     def _parse_recipe(self, fail: Any) -> Recipe | None:
         if self.recipe is None:
@@ -156,6 +168,11 @@ class ModelConfig:
     def history(self) -> Recipe | None:
         """The parsed recipe, or None for a model that sees the event's values as they are."""
         return getattr(self, "_history", None)
+
+    @property
+    def calibration_table(self) -> Calibration | None:
+        """The parsed calibration, or None for quantiles served as the head gives them."""
+        return getattr(self, "_calibration", None)
 
     @property
     def n_levels(self) -> int:
@@ -218,6 +235,8 @@ class ModelConfig:
             data["quantile_levels"] = list(data["quantile_levels"])
         if data["horizon"] == 1:
             del data["horizon"]
+        if data["calibration"] is None:
+            del data["calibration"]
         return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod

@@ -16,7 +16,9 @@ uniform random levels and feeds them back, so the intervals widen with the
 uncertainty of what was fed back. The generator is seeded from the stream id,
 its event count and the horizon asked for: a replayed request gives the same
 bytes. Every row of a step is computed alone (``StreamingLSTM.step`` is
-row-wise), so paths do not depend on how many run together.
+row-wise), so paths do not depend on how many run together. A version with a
+``calibration`` then scales each step's levels about their median by that
+step's row of its forecast table (:mod:`streamcell.core.calibration`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from streamcell.core.calibration import widen_steps
 from streamcell.core.checkpoint import MAX_HORIZON, LoadedModel
 from streamcell.core.model import rowwise_linear
 from streamcell.core.recipe import advance
@@ -101,6 +104,9 @@ def run(
     yhat = walk.median_path(origin, first, horizon)
     if cfg.quantile_levels and quantiles:
         qs = walk.quantile_paths(origin, first, horizon, np.random.default_rng(seed))
+        table = cfg.calibration_table
+        if table is not None:  # the version's per-step factors (streamcell.core.calibration)
+            qs = widen_steps(qs, table.step_factors(horizon), walk.mid)
         return ForecastResult(yhat, qs, method)
     return ForecastResult(yhat, None, method)
 

@@ -17,7 +17,9 @@ evicts, and every admin call reaches cold streams too.
 
 A model with a quantile head (``quantile_levels`` in its config) predicts
 per level; the levels are de-normalised like the point and sorted, so that
-quantiles never cross, and the median is ``yhat``. Each stream's previous
+quantiles never cross, and the median is ``yhat``; a version with a
+``calibration`` then widens or narrows them about the median
+(:mod:`streamcell.core.calibration`). Each stream's previous
 quantiles score the actual values that arrive next: per central interval,
 whether they fell inside it, and the pinball loss (:mod:`streamcell.core.quantiles`).
 
@@ -50,6 +52,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from streamcell.core.calibration import uncrossed, widen
 from streamcell.core.checkpoint import MAX_HORIZON, LoadedModel
 from streamcell.core.coldstore import ColdStore
 from streamcell.core.errors import InvalidEvent, StreamNotFound
@@ -186,6 +189,12 @@ class Predictor:
         self._recipe: Recipe | None = cfg.history
         self._levels = cfg.quantile_levels
         self._median = median_index(self._levels) if self._levels else 0
+        cal = cfg.calibration_table
+        self._widen = (
+            None
+            if cal is None
+            else torch.tensor(cal.online, dtype=torch.float32, device=dev)[:, None]
+        )
 
     def _new_store(self) -> StateStore:
         cfg = self.loaded.config
@@ -483,7 +492,9 @@ class Predictor:
         q = y[:, : levels * out].reshape(-1, levels, out) * self._out_std + self._out_mean
         if out_scale is not None:
             q = q * out_scale[:, None, :]
-        return uncrossed(q)
+        q = uncrossed(q)
+        # The version's calibration (streamcell.core.calibration), fitted on validation.
+        return q if self._widen is None else widen(q, self._widen, self._median)
 
     def _score(
         self, store: StateStore, slots: np.ndarray, actual: np.ndarray, result: BatchResult
@@ -697,36 +708,6 @@ class Predictor:
             if self.tiers is not None:
                 gone += self.tiers.drop_tags(partitions)
             return gone
-
-
-def uncrossed(q: torch.Tensor) -> torch.Tensor:
-    """Quantiles ``[B, levels, targets]`` sorted along levels: crossing ones are never served.
-
-    Sorting keeps each row's set of values and makes each level's value at
-    least the one below. A trained head seldom crosses, so the rows are
-    checked first (a fraction of a sort's cost) and only rows that cross are
-    sorted, each on its own (a row's result never depends on its batch). The
-    sort is an odd-even transposition network of min/max over the level
-    columns: the same values as ``torch.sort``, several times faster for a
-    handful of levels.
-    """
-    if q.shape[1] < 2:
-        return q
-    crossed = (q[:, 1:] < q[:, :-1]).flatten(1).any(dim=1)
-    if not bool(crossed.any()):
-        return q
-    rows = crossed.nonzero().squeeze(1)
-    cols = list(q[rows].unbind(1))
-    levels = len(cols)
-    for r in range(levels):
-        for k in range(r % 2, levels - 1, 2):
-            cols[k], cols[k + 1] = (
-                torch.minimum(cols[k], cols[k + 1]),
-                torch.maximum(cols[k], cols[k + 1]),
-            )
-    out = q.clone()
-    out[rows] = torch.stack(cols, dim=1)
-    return out
 
 
 def _finite_rows(h: torch.Tensor, c: torch.Tensor, yhat: torch.Tensor) -> np.ndarray:

@@ -25,6 +25,7 @@ import torch
 
 from streamcell.core.checkpoint import LoadedModel, ModelConfig, save_checkpoint
 from streamcell.core.model import StreamingLSTM
+from streamcell.trainer.calibrate import calibrate
 from streamcell.trainer.data import DataInfo, LongFrame, drop_short, load_long_frame
 from streamcell.trainer.evaluate import EvalStats, evaluate
 from streamcell.trainer.loop import LoopState, restore_best
@@ -258,8 +259,11 @@ def finish(
             **baseline_origin_mase(prepared, eval_horizon),
             origin_horizon=eval_horizon,
         )
+    calibration, metrics["calibration"] = quantile_calibration(frame, prepared, best, settings)
     if final is not None:
         best = final
+        if calibration is not None:
+            metrics["calibration"]["fitted_on"] = "the validated model (the final fit: no holdout)"
     training = {
         "args": {
             **settings.to_dict(),
@@ -282,8 +286,31 @@ def finish(
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
-    config = model_config(frame, prepared, best, settings, metrics=metrics, training=training)
+    config = model_config(
+        frame,
+        prepared,
+        best,
+        settings,
+        metrics=metrics,
+        training=training,
+        calibration=calibration,
+    )
     return TrainResult(best, config, list(state.history))
+
+
+def quantile_calibration(
+    frame: LongFrame | DataInfo, prepared: Prepared, best: StreamingLSTM, settings: TrainSettings
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The chosen model's ``calibration`` (None: none) and its record (see calibrate.py)."""
+    if not prepared.quantile_levels:
+        return None, {}
+    if not isinstance(frame, LongFrame):
+        return None, {
+            "skipped": "a Ray Dataset run: its driver holds no validation data to fit on, so "
+            "the quantiles are served as the head gives them (train in memory to calibrate)"
+        }
+    horizon = max(prepared.default_horizon, prepared.horizon)
+    return calibrate(as_loaded(frame, prepared, best, settings), prepared, horizon)
 
 
 @contextmanager

@@ -100,6 +100,32 @@ def predict_streams(
     return out
 
 
+@torch.no_grad()
+def predict_levels(
+    model: StreamingLSTM, prepared: Prepared, indices: Sequence[int]
+) -> list[np.ndarray]:
+    """A quantile head's step-1 quantiles in target units, per stream ``[T-1, levels, O]``,
+    sorted along levels as the Predictor serves them (row t forecasts y_{t+1})."""
+    was_training = model.training
+    model.eval()
+    device = model.head.weight.device
+    outputs = prepared.streams[0].z.shape[1] if prepared.streams else 1
+    levels = max(1, len(prepared.quantile_levels))
+    norm = prepared.norm
+    out: list[np.ndarray] = []
+    try:
+        for start in range(0, len(indices), EVAL_BATCH):
+            group = [prepared.streams[i] for i in indices[start : start + EVAL_BATCH]]
+            z = _run(model, group, device, "forward")
+            for k, s in enumerate(group):
+                step1 = z[k, : len(s.u), : levels * outputs].reshape(len(s.u), levels, outputs)
+                q = step1 * norm.target_std + norm.target_mean
+                out.append(np.sort(q * s.target_scale[:, None, :], axis=1))
+    finally:
+        model.train(was_training)
+    return out
+
+
 def _run(model: StreamingLSTM, group: list[StreamArrays], device, path: str) -> np.ndarray:
     longest = max(len(s.u) for s in group)
     u = np.zeros((len(group), longest, group[0].u.shape[1]), dtype=np.float32)

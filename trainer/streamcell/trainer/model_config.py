@@ -20,6 +20,7 @@ def model_config(
     *,
     metrics: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> ModelConfig:
     norm = prepared.norm
     return ModelConfig(
@@ -40,6 +41,7 @@ def model_config(
         recipe=None if prepared.recipe is None else prepared.recipe.to_json(),
         quantile_levels=prepared.quantile_levels,
         horizon=prepared.horizon,
+        calibration=calibration,
     )
 
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 from streamcell.core.checkpoint import LoadedModel
-from streamcell.core.forecast import Normaliser, Origin, run
+from streamcell.core.forecast import ForecastResult, Normaliser, Origin, run, seed_of
 from streamcell.core.normalization import SCALING_GLOBAL
 from streamcell.core.quantiles import median_index
 from streamcell.trainer.prepare import Prepared, StreamArrays
@@ -30,13 +31,14 @@ from streamcell.trainer.prepare import Prepared, StreamArrays
 MAX_ORIGINS = 16
 
 
-def origins_of(s: StreamArrays, horizon: int) -> list[int]:
-    """Rows a forecast starts at (its first value is that row's), within validation."""
+def origins_of(s: StreamArrays, horizon: int, limit: int = MAX_ORIGINS) -> list[int]:
+    """Rows a forecast starts at (its first value is that row's), within validation:
+    at most ``limit``, ``horizon`` steps apart or more."""
     first, length = s.n_train, len(s.y)
     if length <= first:
         return []
-    every = max(horizon, -(-(length - first) // MAX_ORIGINS))
-    return list(range(first, length, every))[:MAX_ORIGINS]
+    every = max(horizon, -(-(length - first) // limit))
+    return list(range(first, length, every))[:limit]
 
 
 def can_forecast(loaded: LoadedModel, prepared: Prepared) -> bool:
@@ -64,16 +66,6 @@ def origin_mase(loaded: LoadedModel, prepared: Prepared, horizon: int) -> float:
 
 @torch.no_grad()
 def _origin_mase(loaded: LoadedModel, prepared: Prepared, horizon: int) -> float:
-    cfg, model = loaded.config, loaded.model.eval()
-    device = model.head.weight.device
-    norm = Normaliser(
-        *(
-            torch.tensor(v, dtype=torch.float32, device=device)
-            for v in (cfg.input_mean, cfg.input_std, cfg.target_mean, cfg.target_std)
-        )
-    )
-    levels, outputs = cfg.quantile_levels, cfg.output_size
-    median = median_index(levels) if levels else 0
     total, streams = 0.0, 0
     for s in prepared.streams:
         starts = origins_of(s, horizon)
@@ -81,26 +73,64 @@ def _origin_mase(loaded: LoadedModel, prepared: Prepared, horizon: int) -> float
         in_sample = np.abs(np.diff(y[: s.n_train], axis=0)).mean(axis=0)
         if not starts or not (in_sample > 0).any() or s.x is None:
             continue
-        u = torch.from_numpy(s.u).to(device).unsqueeze(0)
-        h, c = model.zero_state(1, device)
         err = np.zeros_like(in_sample)
         count = 0
-        for a, b in itertools.pairwise([0, *starts]):
-            if b > a:
-                z, (h, c) = model(u[:, a:b], (h, c))
-                # Step 1 at the median, its levels sorted as the Predictor serves them.
-                step1 = z[0, -1, : max(1, len(levels)) * outputs].reshape(-1, outputs)
-                z_last = step1.sort(dim=0).values[median]
-            origin = _origin(loaded, prepared, s, b, h, c, z_last, norm)
-            steps = min(horizon, len(y) - b)
-            future = None if prepared.recipe is None else s.x[b : b + steps]
-            result = run(loaded, norm, origin, steps, 0, future=future, quantiles=False)
+        for b, result in stream_forecasts(loaded, prepared, s, starts, horizon):
+            steps = len(result.yhat)
             err += np.abs(result.yhat.astype(np.float64) - y[b : b + steps]).sum(axis=0)
             count += steps
         ok = in_sample > 0
         total += float((err[ok] / count / in_sample[ok]).mean())
         streams += 1
     return total / streams if streams else math.nan
+
+
+def normaliser(loaded: LoadedModel) -> Normaliser:
+    """The version's normalisation as the Predictor holds it, on the model's device."""
+    cfg = loaded.config
+    device = loaded.model.head.weight.device
+    return Normaliser(
+        *(
+            torch.tensor(v, dtype=torch.float32, device=device)
+            for v in (cfg.input_mean, cfg.input_std, cfg.target_mean, cfg.target_std)
+        )
+    )
+
+
+@torch.no_grad()
+def stream_forecasts(
+    loaded: LoadedModel,
+    prepared: Prepared,
+    s: StreamArrays,
+    starts: list[int],
+    horizon: int,
+    *,
+    quantiles: bool = False,
+) -> Iterator[tuple[int, ForecastResult]]:
+    """Each origin of one stream and the Forecast made there (``horizon`` steps or fewer).
+
+    With ``quantiles`` the Forecast's quantiles too, seeded as the Predictor
+    seeds them (the stream, the events seen, the steps).
+    """
+    cfg, model = loaded.config, loaded.model.eval()
+    norm = normaliser(loaded)
+    device = model.head.weight.device
+    levels, outputs = cfg.quantile_levels, cfg.output_size
+    median = median_index(levels) if levels else 0
+    assert s.x is not None
+    u = torch.from_numpy(s.u).to(device).unsqueeze(0)
+    h, c = model.zero_state(1, device)
+    for a, b in itertools.pairwise([0, *starts]):
+        if b > a:
+            z, (h, c) = model(u[:, a:b], (h, c))
+            # Step 1 at the median, its levels sorted as the Predictor serves them.
+            step1 = z[0, -1, : max(1, len(levels)) * outputs].reshape(-1, outputs)
+            z_last = step1.sort(dim=0).values[median]
+        origin = _origin(loaded, prepared, s, b, h, c, z_last, norm)
+        steps = min(horizon, len(s.y) - b)
+        future = None if prepared.recipe is None else s.x[b : b + steps]
+        seed = seed_of(s.stream, b, steps) if quantiles else 0
+        yield b, run(loaded, norm, origin, steps, seed, future=future, quantiles=quantiles)
 
 
 def baseline_origin_mase(prepared: Prepared, horizon: int) -> dict[str, float]:

@@ -1,0 +1,240 @@
+"""Calibrating a chosen model's quantiles on the validation split (split-conformal style).
+
+For each level tau the factor ``a`` of :mod:`streamcell.core.calibration`
+(``q' = m + a (q - m)``) is the one at which the share of validation actuals
+at or below ``q'`` is tau. The share is counted at every factor of a fixed
+grid (:data:`GRID`), so counts of disjoint data add up and the factor is read
+off them by linear interpolation, never from one stream's values.
+
+- ``online``: the one-step quantiles after each validation event, as the
+  Predictor serves them (every stream's validation rows pooled).
+- ``forecast``: per Forecast step k, the quantiles of the fixed-origin
+  validation Forecasts (:func:`streamcell.trainer.origin.stream_forecasts`,
+  a Forecast's own code: direct head or sample paths) from origins at least
+  the horizon apart, at varied phases of the season (:func:`spread_origins`).
+  A step with fewer than :data:`MIN_CELL` points pools the steps around it
+  until it has them (one long stream has a few dozen origins).
+
+A table with fewer than :data:`MIN_POINTS` points keeps the factors at 1.
+The record says, for each central interval, the validation coverage before
+and after (online, and the forecast's averaged over its steps).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamcell.core.calibration import Calibration, widen
+from streamcell.core.checkpoint import LoadedModel
+from streamcell.core.quantiles import MEDIAN, central_intervals, median_index
+from streamcell.trainer.evaluate import predict_levels
+from streamcell.trainer.origin import MAX_ORIGINS, can_forecast, stream_forecasts
+from streamcell.trainer.prepare import Prepared, StreamArrays
+
+# Factors counted: 0, then 1% apart from 0.02 to 50 (1 itself among them).
+GRID = np.concatenate([[0.0], np.exp(np.arange(np.log(0.02), np.log(50.0) + 1e-9, np.log(1.01)))])
+GRID[np.argmin(np.abs(GRID - 1.0))] = 1.0
+MIN_CELL = 200  # points a forecast step's factors are fitted on, neighbouring steps pooled
+MIN_POINTS = 30  # fewer in a whole table: its factors stay 1
+ORIGINS = 1024  # fixed origins over all streams (at least origin.MAX_ORIGINS per stream)
+
+
+@dataclass
+class Counts:
+    """Per cell (a forecast step, or the one online cell) and level: actuals at or below
+    ``m + a (q - m)`` for each factor ``a`` of :data:`GRID`, and the points counted."""
+
+    below: np.ndarray  # [cells, levels, grid] int64
+    points: np.ndarray  # [cells] int64
+
+    @classmethod
+    def zero(cls, cells: int, levels: int) -> Counts:
+        return cls(np.zeros((cells, levels, len(GRID)), np.int64), np.zeros(cells, np.int64))
+
+    def add(self, cell: int, q: np.ndarray, y: np.ndarray, median: int) -> None:
+        """Points with sorted quantiles ``q`` ``[N, levels]`` and actuals ``y`` ``[N]``."""
+        q, y = q.astype(np.float64), y.astype(np.float64)
+        m = q[:, median]
+        e = y - m
+        for level in range(q.shape[1]):
+            d = q[:, level] - m
+            up, down = d > 0, d < 0
+            # e <= a d: with d > 0 it is e / d <= a, with d < 0 it is e / d >= a.
+            r_up = np.sort(e[up] / d[up])
+            r_down = np.sort(e[down] / d[down])
+            self.below[cell, level] += (
+                np.searchsorted(r_up, GRID, side="right")
+                + (len(r_down) - np.searchsorted(r_down, GRID, side="left"))
+                + int((e[~(up | down)] <= 0).sum())
+            )
+        self.points[cell] += len(y)
+
+
+def factors(below: np.ndarray, points: int, levels: tuple[float, ...]) -> list[float]:
+    """One factor per level from one cell's counts ``[levels, grid]``."""
+    if points < MIN_POINTS:
+        return [1.0] * len(levels)
+    out = []
+    for level, tau in enumerate(levels):
+        if tau == MEDIAN:
+            out.append(1.0)
+            continue
+        share = below[level] / points
+        # A lower level's share falls as its factor grows, an upper one's rises: one rising curve.
+        sign = 1.0 if tau > MEDIAN else -1.0
+        rising, want = sign * share, sign * tau
+        j = int(np.searchsorted(rising, want, side="left"))
+        if j == 0:
+            out.append(float(GRID[0]))
+        elif j == len(GRID):
+            out.append(float(GRID[-1]))
+        else:
+            lo, hi = rising[j - 1], rising[j]
+            w = 0.0 if hi == lo else (want - lo) / (hi - lo)
+            out.append(round(float(GRID[j - 1] + w * (GRID[j] - GRID[j - 1])), 6))
+    return out
+
+
+def pooled(counts: Counts) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's counts summed with its neighbours' until it has :data:`MIN_CELL` points."""
+    cells = len(counts.points)
+    below = np.zeros_like(counts.below)
+    points = np.zeros_like(counts.points)
+    total = int(counts.points.sum())
+    for k in range(cells):
+        lo, hi = k, k + 1
+        while counts.points[lo:hi].sum() < min(MIN_CELL, total) and (lo > 0 or hi < cells):
+            lo, hi = max(lo - 1, 0), min(hi + 1, cells)
+        below[k] = counts.below[lo:hi].sum(axis=0)
+        points[k] = counts.points[lo:hi].sum()
+    return below, points
+
+
+def calibrate(
+    loaded: LoadedModel, prepared: Prepared, horizon: int
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The ``calibration`` field of the model's config.json (None: no quantiles), and the
+    record of validation coverage before and after."""
+    levels = loaded.config.quantile_levels
+    if not levels:
+        return None, {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one stream at a time: far too small to share out
+    try:
+        online, online_record = _online(loaded, prepared)
+        table, forecast_record = _forecast(loaded, prepared, horizon)
+    finally:
+        torch.set_num_threads(threads)
+    field = Calibration(tuple(online), tuple(tuple(r) for r in table)).to_json()
+    record: dict[str, Any] = {"method": "scale about the median, fitted on validation"}
+    record.update(online=online_record, forecast=forecast_record)
+    return field, record
+
+
+def _online(loaded: LoadedModel, prepared: Prepared) -> tuple[list[float], dict[str, Any]]:
+    levels = loaded.config.quantile_levels
+    median = median_index(levels)
+    qs, ys = [], []
+    indices = list(range(len(prepared)))
+    for i, q in zip(indices, predict_levels(loaded.model, prepared, indices), strict=True):
+        s = prepared.streams[i]
+        n = s.n_train
+        if len(s.y) > n:
+            qs.append(q[n - 1 :].transpose(0, 2, 1).reshape(-1, len(levels)))  # [points, L]
+            ys.append(s.y[n:].reshape(-1))
+    if not ys:
+        return [1.0] * len(levels), {"points": 0}
+    q, y = np.concatenate(qs), np.concatenate(ys)
+    counts = Counts.zero(1, len(levels))
+    counts.add(0, q, y, median)
+    fitted = factors(counts.below[0], int(counts.points[0]), levels)
+    after = _widened(q, np.asarray(fitted, np.float32)[None], median)
+    record = {
+        "points": len(y),
+        "factors": fitted,
+        "coverage_before": coverage(q, y, levels),
+        "coverage_after": coverage(after, y, levels),
+    }
+    return fitted, record
+
+
+def _forecast(
+    loaded: LoadedModel, prepared: Prepared, horizon: int
+) -> tuple[list[list[float]], dict[str, Any]]:
+    levels = loaded.config.quantile_levels
+    median = median_index(levels)
+    if not can_forecast(loaded, prepared) or horizon < 1:
+        return [], {"points": 0, "why": "the model cannot forecast"}
+    limit = max(1, ORIGINS // max(len(prepared), 1))
+    per_step: list[tuple[list[np.ndarray], list[np.ndarray]]] = [([], []) for _ in range(horizon)]
+    origins = 0
+    for s in prepared.streams:
+        starts = spread_origins(s, horizon, max(limit, MAX_ORIGINS), prepared.season)
+        if not starts or s.x is None:
+            continue
+        for b, result in stream_forecasts(loaded, prepared, s, starts, horizon, quantiles=True):
+            assert result.quantiles is not None
+            origins += 1
+            for k in range(len(result.quantiles)):
+                per_step[k][0].append(result.quantiles[k].T)  # [O, L]
+                per_step[k][1].append(s.y[b + k])
+    counts = Counts.zero(horizon, len(levels))
+    steps = [
+        (np.concatenate(q), np.concatenate(y)) if y else (np.zeros((0, len(levels))), np.zeros(0))
+        for q, y in per_step
+    ]
+    for k, (q, y) in enumerate(steps):
+        counts.add(k, q, y, median)
+    if int(counts.points.sum()) < MIN_POINTS:
+        return [[1.0] * len(levels)], {"points": int(counts.points.sum()), "origins": origins}
+    below, points = pooled(counts)
+    table = [factors(below[k], int(points[k]), levels) for k in range(horizon)]
+    q_all = np.concatenate([q for q, _ in steps])
+    y_all = np.concatenate([y for _, y in steps])
+    a_all = np.concatenate(
+        [np.repeat(np.array([table[k]], np.float32), len(y), 0) for k, (_, y) in enumerate(steps)]
+    )
+    record = {
+        "points": len(y_all),
+        "origins": origins,
+        "steps": horizon,
+        "points_per_step_min": int(counts.points.min()),
+        "coverage_before": coverage(q_all, y_all, levels),
+        "coverage_after": coverage(_widened(q_all, a_all, median), y_all, levels),
+    }
+    return table, record
+
+
+def spread_origins(s: StreamArrays, horizon: int, limit: int, season: int) -> list[int]:
+    """Origins over the stream's validation rows, at least ``horizon`` apart and at most
+    ``limit``, their spacing prime to the season: origins a whole number of seasons apart
+    would all start at one phase (one time of day), and a step's factors would learn that
+    phase's spread instead of the step's."""
+    first, length = s.n_train, len(s.y)
+    if length <= first:
+        return []
+    every = max(horizon, -(-(length - first) // limit))
+    while season > 1 and math.gcd(every, season) != 1:
+        every += 1
+    return list(range(first, length, every))[:limit]
+
+
+def _widened(q: np.ndarray, a: np.ndarray, median: int) -> np.ndarray:
+    """Points ``[N, L]`` calibrated with factors ``[N or 1, L]``, as serving does (float32)."""
+    qt = torch.from_numpy(np.ascontiguousarray(q, np.float32))[:, :, None]
+    at = torch.from_numpy(np.ascontiguousarray(a, np.float32))[:, :, None]
+    return widen(qt, at, median)[:, :, 0].numpy()
+
+
+def coverage(q: np.ndarray, y: np.ndarray, levels: tuple[float, ...]) -> dict[str, float]:
+    """Each central interval's share of actuals inside it (a value on a bound is inside)."""
+    out = {}
+    for iv in central_intervals(levels):
+        inside = (q[:, iv.lower] <= y) & (y <= q[:, iv.upper])
+        out[iv.label] = round(float(inside.mean()), 4) if len(y) else float("nan")
+    return out
