@@ -116,6 +116,7 @@ def test_training_stores_the_calibration_and_records_coverage_before_and_after()
     # Fitted on these very points: the validation coverage is the level's up to ties.
     assert abs(online["coverage_after"]["0.8"] - 0.8) < 0.02
     assert abs(record["forecast"]["coverage_after"]["0.8"] - 0.8) < 0.05
+    assert record["seconds"] >= 0
     # It travels through config.json.
     again = ModelConfig.from_dict(json.loads(cfg.to_json()))
     assert again.calibration_table == table

@@ -23,6 +23,7 @@ and after (online, and the forecast's averaged over its steps).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +124,7 @@ def calibrate(
     levels = loaded.config.quantile_levels
     if not levels:
         return None, {}
+    started = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one stream at a time: far too small to share out
     try:
@@ -133,6 +135,7 @@ def calibrate(
     field = Calibration(tuple(online), tuple(tuple(r) for r in table)).to_json()
     record: dict[str, Any] = {"method": "scale about the median, fitted on validation"}
     record.update(online=online_record, forecast=forecast_record)
+    record["seconds"] = round(time.perf_counter() - started, 1)
     return field, record
 
 
