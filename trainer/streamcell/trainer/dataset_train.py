@@ -11,7 +11,9 @@ its local disk
 the in-memory path (ray_train.py: DDP, a checkpoint per epoch, restarts).
 At the end each worker scores the best epoch through the serving step on its
 streams and the sums come back, so the exported metrics are those the
-in-memory path computes in the driver. The driver holds the plan, one
+in-memory path computes in the driver; with them, the counts that fit the
+online quantile calibration (streamcell.trainer.calibrate; no Forecast table
+here: its origins' Forecasts would need each stream in one place). The driver holds the plan, one
 example stream (the model's shape) and the summaries; nothing grows with the
 data.
 
