@@ -7,14 +7,15 @@ features, hidden 64, 2 layers, JSON events with a seq, keys ``stream-N``), in
 polls of ``--batch`` records, through ``Pipeline.process`` as serve runs it
 (decode, predict, score, encode, metrics) with a producer that drops what it
 is sent (bench/process_bench.py): no Kafka client cost, so the ratio is of
-serve's own work, the part a quantile head changes. Three heads with the same
-LSTM weights: point-only, levels 0.1/0.5/0.9 (the default), 0.1..0.9 (nine
-levels), and the default levels left crossing (the worst case: see
-make_model). Each round gives every head fresh events (later seqs, so every
-event is stepped and, after the warm-up, scored), poll by poll in a rotating
-order, so that the heads share the machine's load alike; wall and CPU time
-(the thread's own, which time spent waiting for a core on a loaded machine
-leaves out), best per poll and median round.
+serve's own work, the part a quantile head changes. Heads with the same
+LSTM weights: point-only, levels 0.1/0.5/0.9, 0.1..0.9 (nine levels), the
+three levels left crossing (the worst case: see make_model), and nine
+levels with a calibration (what ``streamcell train`` now exports). Each
+round gives every head fresh events (later seqs, so every event is stepped
+and, after the warm-up, scored), poll by poll in a rotating order, so that
+the heads share the machine's load alike; wall and CPU time (the thread's
+own, which time spent waiting for a core on a loaded machine leaves out),
+best per poll and median round.
 """
 
 from __future__ import annotations
@@ -37,27 +38,30 @@ from streamcell.service.pipeline import Pipeline
 from streamcell.service.settings import PipelineSettings
 
 NINE = tuple(round(0.1 * k, 1) for k in range(1, 10))
-# name -> (levels, whether the levels' biases are spread apart)
+# name -> (levels, whether the levels' biases are spread apart, calibrated)
 HEADS = {
-    "point-only": ((), False),
-    "3 levels": ((0.1, 0.5, 0.9), True),
-    "9 levels": (NINE, True),
-    "3, crossing": ((0.1, 0.5, 0.9), False),
+    "point-only": ((), False, False),
+    "3 levels": ((0.1, 0.5, 0.9), True, False),
+    "9 levels": (NINE, True, False),
+    "3, crossing": ((0.1, 0.5, 0.9), False, False),
+    "9, calibrated": (NINE, True, True),
 }
 
 
-def make_model(root: Path, levels: tuple[float, ...], spread: bool):
+def make_model(root: Path, levels: tuple[float, ...], spread: bool, calibrated: bool = False):
     """kafka_e2e's model (seed 0), with a head as wide as the levels ask.
 
     ``spread``: the levels' biases moved apart, as a trained head's are, so
     that its quantiles seldom cross; without, a random head's levels cross in
-    most rows and every wave pays the sort that uncrosses them.
+    most rows and every wave pays the sort that uncrosses them. ``calibrated``:
+    config.json's ``calibration`` widening every level by 1.2 (streamcell.core.calibration).
     """
     names = tuple(f"f{k}" for k in range(INPUT))
     zeros, ones = (0.0,) * INPUT, (1.0,) * INPUT
     cfg = ModelConfig(
         INPUT, HIDDEN, LAYERS, INPUT, names, names, zeros, ones, zeros, ones,
         quantile_levels=levels,
+        calibration={"online": [1.2] * len(levels)} if calibrated else None,
     )  # fmt: skip
     torch.manual_seed(0)
     model = StreamingLSTM(INPUT, HIDDEN, LAYERS, cfg.head_width)
@@ -66,7 +70,7 @@ def make_model(root: Path, levels: tuple[float, ...], spread: bool):
             bias = model.head.bias.view(len(levels), INPUT)
             for k, level in enumerate(levels):
                 bias[k] += 4.0 * (level - 0.5)
-    version = f"v{len(levels)}{'s' if spread else ''}"
+    version = f"v{len(levels)}{'s' if spread else ''}{'c' if calibrated else ''}"
     return load_checkpoint(save_checkpoint(root, "bench", model, cfg, version=version))
 
 
@@ -81,8 +85,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pipelines, works = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (levels, spread) in HEADS.items():
-            model = make_model(Path(tmp), levels, spread)
+        for name, (levels, spread, calibrated) in HEADS.items():
+            model = make_model(Path(tmp), levels, spread, calibrated)
             predictor = Predictor(model, max_streams=args.streams * 2)
             pipelines[name] = Pipeline(
                 PipelineSettings(input_topic=TOPIC),
@@ -118,7 +122,7 @@ def main() -> None:
         "each poll's best round, summed; CPU: the thread's CPU time"
     )
     print(
-        f"  {'head':<12} {'CPU best poll':>13} {'CPU median':>10} {'wall best poll':>14} "
+        f"  {'head':<13} {'CPU best poll':>13} {'CPU median':>10} {'wall best poll':>14} "
         f"{'wall median':>11}  vs point-only (same four)"
     )
     base = None
@@ -131,7 +135,7 @@ def main() -> None:
         base = base or figures
         ratios = " ".join(f"{f / b:5.3f}x" for f, b in zip(figures, base, strict=True))
         print(
-            f"  {name:<12} {figures[0]:13.2f} {figures[1]:10.2f} {figures[2]:14.2f} "
+            f"  {name:<13} {figures[0]:13.2f} {figures[1]:10.2f} {figures[2]:14.2f} "
             f"{figures[3]:11.2f}  {ratios}"
         )
 

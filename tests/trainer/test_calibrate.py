@@ -18,6 +18,7 @@ from streamcell.trainer.calibrate import (
     MIN_POINTS,
     Counts,
     factors,
+    from_counts,
     pooled,
     spread_origins,
 )
@@ -116,6 +117,7 @@ def test_training_stores_the_calibration_and_records_coverage_before_and_after()
     # Fitted on these very points: the validation coverage is the level's up to ties.
     assert abs(online["coverage_after"]["0.8"] - 0.8) < 0.02
     assert abs(record["forecast"]["coverage_after"]["0.8"] - 0.8) < 0.05
+    assert record["seconds"] >= 0
     # It travels through config.json.
     again = ModelConfig.from_dict(json.loads(cfg.to_json()))
     assert again.calibration_table == table
@@ -134,3 +136,15 @@ def test_calibration_origins_start_at_every_phase_of_the_season() -> None:
     assert starts[0] == s.n_train and all(b - a >= 24 for a, b in itertools.pairwise(starts))
     # 25 apart, not 24: the origins do not all fall on one phase of the 12-step season.
     assert len(starts) == 10 and len({b % 12 for b in starts}) == 10  # 240 rows: 10 phases
+
+
+def test_the_record_from_counts_alone_matches_the_points() -> None:
+    q, y = head(3000, 0.6, seed=8)
+    counts = Counts.zero(1, len(LEVELS))
+    counts.add(0, q, y, 2)
+    field, record = from_counts(counts.below[0].astype(np.float64), 3000, LEVELS)
+    assert field["forecast"] == [] and len(field["online"]) == 5
+    inside = (q[:, 0] <= y) & (y <= q[:, 4])
+    online = record["online"]
+    assert abs(online["coverage_before"]["0.8"] - inside.mean()) < 0.002
+    assert abs(online["coverage_after"]["0.8"] - 0.8) < 0.005

@@ -95,9 +95,14 @@ def test_cli_trains_a_direct_quantile_head_and_says_so(
     assert "forecast: direct (6 steps" in out and "quantiles: 0.1, 0.5, 0.9" in out
     raw = json.loads((load_latest(tmp_path / "reg", "s").path / "config.json").read_text())
     assert raw["horizon"] == 6 and raw["quantile_levels"] == [0.1, 0.5, 0.9]
+    # Calibrated on validation: the factors in config.json, the coverage in the summary.
+    cal = raw["calibration"]
+    assert len(cal["online"]) == 3 and len(cal["forecast"]) == raw["metrics"]["origin_horizon"]
+    assert "calibrated on validation, 80% interval coverage: online " in out
     assert main([*args, *tiny, "--horizon", "1", "--quantiles", "none"]) == 0
     raw = json.loads((load_latest(tmp_path / "reg", "s").path / "config.json").read_text())
     assert "horizon" not in raw and "quantile_levels" not in raw  # a point checkpoint
+    assert "calibration" not in raw
 
 
 @pytest.mark.parametrize(

@@ -205,9 +205,13 @@ def test_the_ray_data_path_scores_as_the_in_memory_path(ray_cluster: None, tmp_p
     np.testing.assert_allclose(picked, want, atol=1e-4)
     assert abs(a.metrics["val_mase"] - b.metrics["val_mase"]) <= 1e-4
     assert a.metrics["val_points"] == b.metrics["val_points"]
-    # No validation data in the driver: left uncalibrated, and the record says why.
-    assert a.calibration is None and "driver holds no" in a.metrics["calibration"]["skipped"]
-    assert b.calibration is not None
+    # The online factors from counts the worker summed, as in memory; no Forecast table.
+    ours, theirs = a.calibration_table, b.calibration_table
+    assert ours is not None and theirs is not None and ours.forecast == ()
+    np.testing.assert_allclose(ours.online, theirs.online, atol=0.02)
+    assert "why" in a.metrics["calibration"]["forecast"]
+    got = a.metrics["calibration"]["online"]["coverage_after"]["0.8"]
+    assert abs(got - b.metrics["calibration"]["online"]["coverage_after"]["0.8"]) < 0.02
 
 
 @pytest.mark.ray

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from streamcell.core.checkpoint import LoadedModel, ModelConfig, save_checkpoint
 from streamcell.core.model import StreamingLSTM
-from streamcell.trainer.calibrate import calibrate
+from streamcell.trainer.calibrate import calibrate, from_counts
 from streamcell.trainer.data import DataInfo, LongFrame, drop_short, load_long_frame
 from streamcell.trainer.evaluate import EvalStats, evaluate
 from streamcell.trainer.loop import LoopState, restore_best
@@ -226,6 +227,7 @@ def finish(
     selection: dict[str, Any] | None = None,
     step_stats: EvalStats | None = None,
     trained: tuple[int, int] | None = None,
+    calibration_counts: tuple[np.ndarray, int] | None = None,
 ) -> TrainResult:
     """The best epoch's model, re-scored through the serving step, and its config.
 
@@ -259,7 +261,9 @@ def finish(
             **baseline_origin_mase(prepared, eval_horizon),
             origin_horizon=eval_horizon,
         )
-    calibration, metrics["calibration"] = quantile_calibration(frame, prepared, best, settings)
+    calibration, metrics["calibration"] = quantile_calibration(
+        frame, prepared, best, settings, calibration_counts
+    )
     if final is not None:
         best = final
         if calibration is not None:
@@ -299,15 +303,24 @@ def finish(
 
 
 def quantile_calibration(
-    frame: LongFrame | DataInfo, prepared: Prepared, best: StreamingLSTM, settings: TrainSettings
+    frame: LongFrame | DataInfo,
+    prepared: Prepared,
+    best: StreamingLSTM,
+    settings: TrainSettings,
+    counts: tuple[np.ndarray, int] | None = None,
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """The chosen model's ``calibration`` (None: none) and its record (see calibrate.py)."""
+    """The chosen model's ``calibration`` (None: none) and its record (see calibrate.py).
+
+    A Ray Dataset run passes the online counts its workers summed (``counts``).
+    """
     if not prepared.quantile_levels:
         return None, {}
     if not isinstance(frame, LongFrame):
+        if counts is not None:
+            return from_counts(counts[0], counts[1], prepared.quantile_levels)
         return None, {
-            "skipped": "a Ray Dataset run: its driver holds no validation data to fit on, so "
-            "the quantiles are served as the head gives them (train in memory to calibrate)"
+            "skipped": "a Ray Dataset run without its workers' counts: its driver holds no "
+            "validation data to fit on, so the quantiles are served as the head gives them"
         }
     horizon = max(prepared.default_horizon, prepared.horizon)
     return calibrate(as_loaded(frame, prepared, best, settings), prepared, horizon)

@@ -16,6 +16,10 @@ off them by linear interpolation, never from one stream's values.
   until it has them (one long stream has a few dozen origins).
 
 A table with fewer than :data:`MIN_POINTS` points keeps the factors at 1.
+A Ray Dataset run fits the online table alone, from counts its workers sum
+(:func:`online_counts`, :func:`from_counts`): the fixed-origin Forecasts
+would need each stream's origins in one process, so its Forecasts are
+served as the head gives them.
 The record says, for each central interval, the validation coverage before
 and after (online, and the forecast's averaged over its steps).
 """
@@ -23,6 +27,7 @@ and after (online, and the forecast's averaged over its steps).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +36,7 @@ import torch
 
 from streamcell.core.calibration import Calibration, widen
 from streamcell.core.checkpoint import LoadedModel
+from streamcell.core.model import StreamingLSTM
 from streamcell.core.quantiles import MEDIAN, central_intervals, median_index
 from streamcell.trainer.evaluate import predict_levels
 from streamcell.trainer.origin import MAX_ORIGINS, can_forecast, stream_forecasts
@@ -123,6 +129,7 @@ def calibrate(
     levels = loaded.config.quantile_levels
     if not levels:
         return None, {}
+    started = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one stream at a time: far too small to share out
     try:
@@ -133,6 +140,56 @@ def calibrate(
     field = Calibration(tuple(online), tuple(tuple(r) for r in table)).to_json()
     record: dict[str, Any] = {"method": "scale about the median, fitted on validation"}
     record.update(online=online_record, forecast=forecast_record)
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    return field, record
+
+
+def online_counts(model: StreamingLSTM, prepared: Prepared, indices: list[int]) -> Counts:
+    """The online cell's counts over some streams (a Ray worker's shard: they add up)."""
+    levels = prepared.quantile_levels
+    counts = Counts.zero(1, len(levels))
+    for i, q in zip(indices, predict_levels(model, prepared, indices), strict=True):
+        s = prepared.streams[i]
+        n = s.n_train
+        if len(s.y) > n:
+            points = q[n - 1 :].transpose(0, 2, 1).reshape(-1, len(levels))
+            counts.add(0, points, s.y[n:].reshape(-1), median_index(levels))
+    return counts
+
+
+def from_counts(
+    below: np.ndarray, points: int, levels: tuple[float, ...]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``calibration`` field and record from the online cell's summed counts alone
+    (a Ray Dataset run: no Forecast table, whose origins need the streams in one place).
+
+    Coverage read off the counts: the share at or below the upper level less the
+    share at or below the lower one, at factor 1 and at the fitted factors.
+    """
+    fitted = factors(below, points, levels)
+    one = int(np.argmin(np.abs(GRID - 1.0)))
+
+    def share(level: int, a: float) -> float:
+        return float(np.interp(a, GRID, below[level])) / max(points, 1)
+
+    before, after = {}, {}
+    for iv in central_intervals(levels):
+        before[iv.label] = round(share(iv.upper, GRID[one]) - share(iv.lower, GRID[one]), 4)
+        after[iv.label] = round(
+            share(iv.upper, fitted[iv.upper]) - share(iv.lower, fitted[iv.lower]), 4
+        )
+    field = Calibration(tuple(fitted), ()).to_json()
+    record = {
+        "method": "scale about the median, fitted on validation",
+        "online": {
+            "points": points,
+            "factors": fitted,
+            "coverage_before": before,
+            "coverage_after": after,
+            "from": "counts summed over the Ray workers",
+        },
+        "forecast": {"why": "a Ray Dataset run: Forecasts are served as the head gives them"},
+    }
     return field, record
 
 

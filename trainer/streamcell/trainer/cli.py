@@ -407,6 +407,21 @@ def _print_epoch(record: dict, settings) -> None:
     print(epoch_line(record, settings.epochs), file=sys.stderr, flush=True)
 
 
+def calibration_line(record: dict) -> str | None:
+    """The 80% interval's validation coverage before and after calibration, in words."""
+    if "skipped" in record:
+        return f"calibration: none ({record['skipped']})"
+    parts = []
+    for name in ("online", "forecast"):
+        part = record.get(name) or {}
+        before, after = part.get("coverage_before", {}), part.get("coverage_after", {})
+        if "0.8" in before and "0.8" in after:
+            parts.append(f"{name} {before['0.8']:.3f} -> {after['0.8']:.3f}")
+    if not parts:
+        return None
+    return "calibrated on validation, 80% interval coverage: " + ", ".join(parts)
+
+
 def _summary(path: Path, result, as_json: bool) -> None:
     m, t = result.config.metrics, result.config.training
     if as_json:
@@ -430,6 +445,9 @@ def _summary(path: Path, result, as_json: bool) -> None:
         print(
             f"quantiles: {', '.join(f'{v:g}' for v in levels)} (pinball loss; the median is yhat)"
         )
+        line = calibration_line(m.get("calibration") or {})
+        if line:
+            print(line)
     recipe = result.config.recipe
     if recipe is not None:
         print(

@@ -11,7 +11,9 @@ its local disk
 the in-memory path (ray_train.py: DDP, a checkpoint per epoch, restarts).
 At the end each worker scores the best epoch through the serving step on its
 streams and the sums come back, so the exported metrics are those the
-in-memory path computes in the driver. The driver holds the plan, one
+in-memory path computes in the driver; with them, the counts that fit the
+online quantile calibration (streamcell.trainer.calibrate; no Forecast table
+here: its origins' Forecasts would need each stream in one place). The driver holds the plan, one
 example stream (the model's shape) and the summaries; nothing grows with the
 data.
 
@@ -38,6 +40,7 @@ import numpy as np
 from streamcell.core.errors import ConfigError, DataError
 from streamcell.trainer import ray_cluster
 from streamcell.trainer.api import TrainResult, finish
+from streamcell.trainer.calibrate import GRID
 from streamcell.trainer.dataset_plan import example, plan_dataset
 from streamcell.trainer.evaluate import EvalStats
 from streamcell.trainer.loop import LoopState, new_model
@@ -120,7 +123,7 @@ def train_dataset(
         finally:
             if own_storage:
                 shutil.rmtree(storage, ignore_errors=True)
-    option, plan, sample, state, stats, device, record = chosen
+    option, plan, sample, state, stats, device, counts, record = chosen
     prepared = resolve_head(option, plan.prepared((sample,)))[1]
     return finish(
         streams.info,
@@ -134,6 +137,7 @@ def train_dataset(
         selection=record,
         step_stats=stats,
         trained=(streams.streams, streams.train_pairs),
+        calibration_counts=counts,
     )
 
 
@@ -149,7 +153,16 @@ def _select(
     settings: TrainSettings,
     datasets: dict[str, Any],
     **run: Any,
-) -> tuple[TrainSettings, Plan, StreamArrays, LoopState, EvalStats, str, dict[str, Any]]:
+) -> tuple[
+    TrainSettings,
+    Plan,
+    StreamArrays,
+    LoopState,
+    EvalStats,
+    str,
+    tuple[np.ndarray, int] | None,
+    dict[str, Any],
+]:
     """Each candidate trained and validated in a run of its own; the best one."""
     options = candidate_settings(settings)
     started = time.monotonic()
@@ -186,6 +199,10 @@ def _select(
             **run,
         )
         stats = EvalStats(_array(metrics["step_stats"]))
+        counts = None
+        if "calibration_counts" in metrics:  # summed over the workers (trainer.calibrate)
+            below = np.asarray(metrics["calibration_counts"], np.float64).reshape(-1, len(GRID))
+            counts = (below, int(metrics["calibration_points"]))
         tried.append(
             {
                 "overrides": dict((settings.candidates or ({},))[k]),
@@ -198,7 +215,7 @@ def _select(
             }
         )
         if best is None or state.best_score < best[0]:
-            best = (state.best_score, (option, plan, sample, state, stats, device))
+            best = (state.best_score, (option, plan, sample, state, stats, device, counts))
     assert best is not None
     record = {
         "monitor": settings.monitor,

@@ -36,6 +36,7 @@ from streamcell.core.errors import ConfigError, DataError, StreamcellError
 from streamcell.core.model import StreamingLSTM
 from streamcell.trainer import ray_cluster
 from streamcell.trainer.api import TrainResult, finish, prepare_frame
+from streamcell.trainer.calibrate import online_counts
 from streamcell.trainer.data import LongFrame
 from streamcell.trainer.evaluate import evaluate
 from streamcell.trainer.loop import (
@@ -376,7 +377,12 @@ def _train_worker(
     if step_stats:
         best = restore_best(model, state)
         stats = sync.sum(evaluate(best, prepared, shard, path="step").values)
-        save(state, optimizer, {"step_stats": stats.tolist()})
+        record: dict[str, Any] = {"step_stats": stats.tolist()}
+        if prepared.quantile_levels:  # the online calibration's counts (trainer.calibrate)
+            counts = online_counts(best, prepared, shard)
+            record["calibration_counts"] = sync.sum(counts.below[0].ravel()).tolist()
+            record["calibration_points"] = int(sync.sum(counts.points.astype(np.float64))[0])
+        save(state, optimizer, record)
 
 
 @contextmanager
