@@ -11,16 +11,21 @@ an earlier process is not trusted (it may be ahead of the changelog, or
 behind it) but wiped at open, and the service rebuilds it from the
 changelog on start. A lock file keeps a second process out of the directory.
 
-Keys, two prefixes in one database:
+Keys, three prefixes in one database (layout 2), and a marker:
 
 - ``v`` + stream: a 12-byte header (the age key, 8 bytes, and the tag, an
   int32), then the snapshot, byte for byte;
 - ``a`` + age key + stream: the tag and the snapshot's length. Iterating ``a``
   is oldest first: the age is the stream's last-seen event time, so the size
   bound and the TTL both read a prefix of it. The tag is the caller's (the
-  stream's partition).
+  stream's partition);
+- ``p`` + tag + stream: the age key and the snapshot's length. A tag's streams
+  are a prefix of it, so letting a partition go reads that partition's own
+  streams, not the whole tier;
+- ``m``: the layout's name. A directory an earlier version left (layout 1 had
+  no ``p`` keys and no marker) is told apart and said so before it is wiped.
 
-A load reads one key per stream (its header says which index key to delete).
+A load reads one key per stream (its header says which index keys to delete).
 
 Pure of the service: rocksdict, numpy and the standard library.
 """
@@ -46,10 +51,16 @@ LOCK_NAME = "streamcell.lock"
 DB_NAME = "cold"
 BLOCK_CACHE_BYTES = 32 << 20
 _HEAD = struct.Struct(">8si")  # a value's header: age key, tag
-_INDEX = struct.Struct(">iI")  # an index entry's value: tag, snapshot length
+_INDEX = struct.Struct(">iI")  # an age index entry's value: tag, snapshot length
+_TAG = struct.Struct(">i")  # the tag in a partition index key
+_BY_TAG = struct.Struct(">8sI")  # a partition index entry's value: age key, snapshot length
+LAYOUT_KEY = b"m"
+LAYOUT = b"streamcell cold tier layout 2"
 _AGE_FLIP = np.uint64(1 << 63)
-# What open() found in the directory (the label of streamcell_cold_tier_rebuilds_total).
+# What open() found in the directory (the label of streamcell_cold_tier_rebuilds_total);
+# "layout": an earlier version's store, of another key layout.
 FOUND_EMPTY, FOUND_PREVIOUS, FOUND_CORRUPT = "empty", "previous", "corrupt"
+FOUND_OLD_LAYOUT = "layout"
 
 
 def age_keys(ages: np.ndarray) -> list[bytes]:
@@ -121,7 +132,20 @@ class ColdStore:
         db = self.path / DB_NAME
         if not db.exists():
             return FOUND_EMPTY
-        found = FOUND_PREVIOUS if _opens(db) else FOUND_CORRUPT
+        layout = _layout(db)
+        if layout is None:
+            found = FOUND_CORRUPT
+        elif layout == LAYOUT:
+            found = FOUND_PREVIOUS
+        else:
+            found = FOUND_OLD_LAYOUT
+            log.warning(
+                "the cold tier left in %s has another layout (%r, this version writes %r): "
+                "removed; it is rebuilt from the changelog",
+                db,
+                layout.decode(errors="replace") or "layout 1, unmarked",
+                LAYOUT.decode(),
+            )
         shutil.rmtree(db)
         return found
 
@@ -154,11 +178,20 @@ class ColdStore:
         # write per spill and still not be trusted after a crash.
         self._write_opts = WriteOptions()
         self._write_opts.disable_wal = True
+        try:
+            db.put(LAYOUT_KEY, LAYOUT, self._write_opts)
+        except Exception as exc:
+            raise ColdTierError(f"cannot write the cold tier in {self.path}: {exc}") from exc
         return db
 
     def close(self) -> None:
+        """Close; a store that cannot flush (its directory gone) is left as it is: a cache."""
         try:
             self._db.close()
+        except Exception as exc:
+            log.warning(
+                "closing the cold tier in %s failed (%s); nothing of it is kept", self.path, exc
+            )
         finally:
             os.close(self._lock_fd)
 
@@ -246,13 +279,19 @@ class ColdStore:
         ages_k = age_keys(ages)
         tag_list = np.asarray(tags, dtype=np.int64).tolist()
         batch = self._batch()
-        pack_head, pack_index = _HEAD.pack, _INDEX.pack
+        pack_head, pack_index, pack_tag, pack_by_tag = (
+            _HEAD.pack,
+            _INDEX.pack,
+            _TAG.pack,
+            _BY_TAG.pack,
+        )
         for j, (key, stored, value) in enumerate(zip(keys, old, pieces, strict=True)):
             if stored is not None:
                 self._delete(batch, key, stored)
             age, tag = ages_k[j], tag_list[j]
             batch.put(b"v" + key, pack_head(age, tag) + value)
             batch.put(b"a" + age + key, pack_index(tag, len(value)))
+            batch.put(b"p" + pack_tag(tag) + key, pack_by_tag(age, len(value)))
             self.count += 1
             self.bytes += _record_bytes(len(key), len(value))
         self._write(batch)
@@ -281,8 +320,25 @@ class ColdStore:
         return self._forget(lambda age, _: age <= limit)
 
     def drop_tags(self, tags: set[int]) -> list[str]:
-        """Remove every stream with one of ``tags`` (a scan of all of them)."""
-        return self._forget(lambda _, tag: tag in tags, ordered=False).streams
+        """Remove every stream with one of ``tags``: a scan of those tags' own streams."""
+        gone: list[str] = []
+        batch = self._batch()
+        for tag in sorted(tags):
+            prefix = b"p" + _TAG.pack(tag)
+            for key, value in self._items(prefix):
+                if not key.startswith(prefix):
+                    break
+                stream = key[len(prefix) :]
+                age, length = _BY_TAG.unpack(value)
+                batch.delete(key)
+                batch.delete(b"v" + stream)
+                batch.delete(b"a" + age + stream)
+                self.count -= 1
+                self.bytes -= _record_bytes(len(stream), length)
+                gone.append(stream.decode())
+        if gone:
+            self._write(batch)
+        return gone
 
     def clear(self) -> Forgotten:
         """Remove everything; what was there, oldest first."""
@@ -328,6 +384,7 @@ class ColdStore:
                 continue
             batch.delete(b"v" + stream)
             batch.delete(key)
+            batch.delete(b"p" + _TAG.pack(tag) + stream)
             self.count -= 1
             size = _record_bytes(len(stream), length)
             self.bytes -= size
@@ -343,6 +400,7 @@ class ColdStore:
         age, tag = _HEAD.unpack_from(stored)
         batch.delete(b"v" + key)
         batch.delete(b"a" + age + key)
+        batch.delete(b"p" + _TAG.pack(tag) + key)
         self.count -= 1
         self.bytes -= _record_bytes(len(key), len(stored) - _HEAD.size)
         return tag
@@ -383,18 +441,27 @@ class ColdStore:
 
 def _record_bytes(key: int, value: int) -> int:
     """The bytes one stream's three records hold (keys and values)."""
-    return (1 + key + _HEAD.size + value) + (1 + 8 + key + _INDEX.size)
+    return (
+        (1 + key + _HEAD.size + value)
+        + (1 + 8 + key + _INDEX.size)
+        + (1 + _TAG.size + key + _BY_TAG.size)
+    )
 
 
-def _opens(db: Path) -> bool:
-    """Whether a RocksDB there opens (its manifest and files check out), else it is corrupt."""
+def _layout(db: Path) -> bytes | None:
+    """The layout marker of a RocksDB there (b"" if unmarked: layout 1); None if it does not
+    open (its manifest and files do not check out: corrupt)."""
     from rocksdict import AccessType, Options, Rdict
 
     try:
         opts = Options(raw_mode=True)
         opts.set_paranoid_checks(True)
-        Rdict(str(db), opts, access_type=AccessType.read_only()).close()
-        return True
+        old = Rdict(str(db), opts, access_type=AccessType.read_only())
+        try:
+            marker = old.get(LAYOUT_KEY)
+        finally:
+            old.close()
     except Exception as exc:
         log.warning("the cold tier left in %s does not open: %s", db, exc)
-        return False
+        return None
+    return b"" if marker is None else bytes(marker)

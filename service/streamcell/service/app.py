@@ -33,7 +33,7 @@ import threading
 from typing import Any
 
 from streamcell.core.checkpoint import check_name
-from streamcell.core.coldstore import FOUND_CORRUPT, FOUND_EMPTY, ColdStore
+from streamcell.core.coldstore import FOUND_CORRUPT, FOUND_EMPTY, FOUND_OLD_LAYOUT, ColdStore
 from streamcell.core.errors import ConfigError, ModelNotLoaded
 from streamcell.core.model import resolve_device
 from streamcell.core.predictor import Predictor
@@ -75,6 +75,12 @@ class App:
             )
         elif found == FOUND_EMPTY:
             log.info("cold tier in %s (empty: a first start, or the directory was lost)", path)
+        elif found == FOUND_OLD_LAYOUT:
+            log.warning(
+                "the cold tier in %s was an earlier version's (another key layout): removed; "
+                "it is rebuilt from the changelog",
+                path,
+            )
         else:
             log.info(
                 "cold tier in %s: an earlier process's copy was wiped (it may be ahead of the "

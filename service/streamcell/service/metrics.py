@@ -369,7 +369,7 @@ class Metrics:
             p + "state_cold_rebuilds",
             "Cold tiers built from the changelog at start, by what the state dir held: "
             "empty (a first start, or it was deleted), previous (an earlier process's, "
-            "not trusted) or corrupt.",
+            "not trusted), corrupt, or layout (an earlier version's, of another key layout).",
             ["found"],
             registry=r,
         )
