@@ -231,19 +231,31 @@ class ColdStore:
 
         One batched read and one batched write.
         """
-        keys = [s.encode() for s in streams]
-        found = self._get([b"v" + k for k in keys])
-        values: list[bytes | None] = [None] * len(keys)
-        tags = [-1] * len(keys)
         batch = self._batch()
-        head = _HEAD.size
-        for j, (key, stored) in enumerate(zip(keys, found, strict=True)):
-            if stored is not None:
-                tags[j] = self._delete(batch, key, stored)
-                values[j] = stored[head:]
+        values, tags = self._take(batch, streams)
         if any(v is not None for v in values):
             self._write(batch)
         return values, tags
+
+    def exchange(
+        self,
+        taken: Sequence[str],
+        spilled: Sequence[str],
+        block: bytes | memoryview,
+        ages: np.ndarray,
+        tags: Sequence[int] | np.ndarray,
+        size: int,
+    ) -> tuple[list[bytes | None], list[int], Forgotten]:
+        """:meth:`take` ``taken`` and :meth:`put` ``spilled`` (none of them here) at once:
+        one batched read and one batched write for a micro-batch's loads and spills.
+
+        The bound is enforced after both, so it never forgets one of ``taken``.
+        """
+        batch = self._batch()
+        values, found_tags = self._take(batch, taken)
+        self._add(batch, spilled, self._pieces(block, size, len(spilled)), ages, tags)
+        self._write(batch)
+        return values, found_tags, self._enforce_bound()
 
     def put(
         self,
@@ -259,41 +271,22 @@ class ColdStore:
         ``values``: one bytes per stream, or one block of ``size`` bytes each.
         ``known_absent``: the caller knows none of ``streams`` is here (spared a read).
         """
-        keys = [s.encode() for s in streams]
-        if not keys:
+        if not streams:
             return Forgotten([], [])
-        pieces: Sequence[bytes]
+        pieces: Sequence[bytes | memoryview]
         if isinstance(values, bytes | memoryview):
             if size is None:
                 raise ValueError("a block of values needs their size")
-            view = memoryview(values).cast("B")
-            if len(view) != size * len(keys):
-                raise ValueError(f"a block of {len(view)} bytes for {len(keys)} values of {size}")
-            pieces = [bytes(view[j * size : (j + 1) * size]) for j in range(len(keys))]
+            pieces = self._pieces(values, size, len(streams))
         else:
             pieces = values
-        absent = known_absent or not self.count
-        old: list[bytes | None] = (
-            [None] * len(keys) if absent else self._get([b"v" + k for k in keys])
-        )
-        ages_k = age_keys(ages)
-        tag_list = np.asarray(tags, dtype=np.int64).tolist()
         batch = self._batch()
-        pack_head, pack_index, pack_tag, pack_by_tag = (
-            _HEAD.pack,
-            _INDEX.pack,
-            _TAG.pack,
-            _BY_TAG.pack,
-        )
-        for j, (key, stored, value) in enumerate(zip(keys, old, pieces, strict=True)):
-            if stored is not None:
-                self._delete(batch, key, stored)
-            age, tag = ages_k[j], tag_list[j]
-            batch.put(b"v" + key, pack_head(age, tag) + value)
-            batch.put(b"a" + age + key, pack_index(tag, len(value)))
-            batch.put(b"p" + pack_tag(tag) + key, pack_by_tag(age, len(value)))
-            self.count += 1
-            self.bytes += _record_bytes(len(key), len(value))
+        if not (known_absent or not self.count):
+            keys = [s.encode() for s in streams]
+            for key, stored in zip(keys, self._get([b"v" + k for k in keys]), strict=True):
+                if stored is not None:
+                    self._delete(batch, key, stored)
+        self._add(batch, streams, pieces, ages, tags)
         self._write(batch)
         return self._enforce_bound()
 
@@ -394,6 +387,54 @@ class ColdStore:
         if gone.streams:
             self._write(batch)
         return gone
+
+    def _take(self, batch, streams: Sequence[str]) -> tuple[list[bytes | None], list[int]]:
+        """Read streams' records and add their deletion to ``batch``: values and tags."""
+        keys = [s.encode() for s in streams]
+        found = self._get([b"v" + k for k in keys])
+        values: list[bytes | None] = [None] * len(keys)
+        tags = [-1] * len(keys)
+        head = _HEAD.size
+        for j, (key, stored) in enumerate(zip(keys, found, strict=True)):
+            if stored is not None:
+                tags[j] = self._delete(batch, key, stored)
+                values[j] = stored[head:]
+        return values, tags
+
+    @staticmethod
+    def _pieces(block: bytes | memoryview, size: int, n: int) -> list[memoryview]:
+        """A block of ``n`` values of ``size`` bytes, cut without copying."""
+        view = memoryview(block).cast("B")
+        if len(view) != size * n:
+            raise ValueError(f"a block of {len(view)} bytes for {n} values of {size}")
+        return [view[j * size : (j + 1) * size] for j in range(n)]
+
+    def _add(
+        self,
+        batch,
+        streams: Sequence[str],
+        pieces: Sequence[bytes | memoryview],
+        ages: np.ndarray,
+        tags: Sequence[int] | np.ndarray,
+    ) -> None:
+        """Add streams' three records to ``batch`` (none of them is in the store)."""
+        ages_k = age_keys(ages)
+        tag_list = np.asarray(tags, dtype=np.int64).tolist()
+        pack_head, pack_index, pack_tag, pack_by_tag = (
+            _HEAD.pack,
+            _INDEX.pack,
+            _TAG.pack,
+            _BY_TAG.pack,
+        )
+        put = batch.put
+        for stream, value, age, tag in zip(streams, pieces, ages_k, tag_list, strict=True):
+            key = stream.encode()
+            length = len(value)
+            put(b"v" + key, pack_head(age, tag) + value)
+            put(b"a" + age + key, pack_index(tag, length))
+            put(b"p" + pack_tag(tag) + key, pack_by_tag(age, length))
+            self.bytes += _record_bytes(len(key), length)
+        self.count += len(streams)
 
     def _delete(self, batch, key: bytes, stored: bytes) -> int:
         """Delete a stream's two records (``stored``: its value); returns its tag."""
