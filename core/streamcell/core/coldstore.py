@@ -61,6 +61,7 @@ _AGE_FLIP = np.uint64(1 << 63)
 # "layout": an earlier version's store, of another key layout.
 FOUND_EMPTY, FOUND_PREVIOUS, FOUND_CORRUPT = "empty", "previous", "corrupt"
 FOUND_OLD_LAYOUT = "layout"
+FOUND_LOST = "lost"  # failed while in use (deleted, replaced, a storage error): rebuilt
 
 
 def age_keys(ages: np.ndarray) -> list[bytes]:
@@ -87,8 +88,8 @@ class ColdStore:
     ``max_bytes`` bounds the live records' bytes (keys, values and the index),
     which the database's files approach after compaction. ``None``: no bound.
     Every method takes and returns whole batches; a storage failure raises
-    :class:`ColdTierError` (the service stops, as after a crash, and rebuilds
-    the tier from the changelog on start).
+    :class:`ColdTierError` (the service rebuilds the tier from the changelog,
+    as a restart would, in the running process).
     """
 
     def __init__(self, path: Path | str, max_bytes: int | None = None) -> None:
@@ -212,7 +213,7 @@ class ColdStore:
         if not same or not (self.path / DB_NAME).is_dir():
             raise ColdTierError(
                 f"the cold tier in {self.path} was deleted or replaced while in use; "
-                "restart to rebuild it from the changelog"
+                "it must be rebuilt from the changelog"
             )
 
     # -------------------------------------------------------------- batches
