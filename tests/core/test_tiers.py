@@ -259,3 +259,13 @@ def test_a_tail_of_streams_seen_once_spills_before_the_hot_set(tmp_path, cold):
     # Room for four: t0 made room by spilling the oldest stream on probation, t10, not h1
     assert sorted(p.store.stream_ids()) == ["h0", "h1", "t0", "t11"]
     assert p.tiers.counts.loads == 1 and p.tiers.counts.spills == 11  # 10 by the tail, 1 for t0
+
+
+def test_a_stream_back_soon_after_its_spill_from_probation_is_kept(tmp_path, cold):
+    p = Predictor(plain_model(tmp_path), max_streams=4, cold=cold, clock=lambda: 5e9)
+    x = np.zeros((2, F), np.float32)
+    for names in (["h0", "h1"], ["h0", "h1"], ["t0", "t1"], ["t2", "t3"]):  # t0, t1 spill
+        p.predict(EventBatch.of(names, x))
+    p.predict(EventBatch.of(["t0"], x[:1]))  # back while remembered: seen twice, kept
+    p.predict(EventBatch.of(["t4", "t5"], x))  # room: t3 from probation, then the LRU h0
+    assert sorted(p.store.stream_ids()) == ["h1", "t0", "t4", "t5"]

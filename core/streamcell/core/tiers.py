@@ -7,7 +7,10 @@ cold tier in one batched read, and if the slab has no room streams outside
 the batch are spilled to the cold tier as their snapshot bytes, the loads'
 deletions and the spills in one batched write. The first to spill are the
 streams on probation, seen in one batch only since they came in (loaded or
-new), oldest first; then the least recently used. Spilling forgets nothing and
+new), oldest first; then the least recently used. A stream spilled from
+probation is remembered (its id only, a bounded number of them): if it comes
+back while remembered, it was seen twice and is not put on probation again
+(2Q's two queues and its ghost list). Spilling forgets nothing and
 writes no tombstone, and loading is byte-exact (the snapshot is the
 changelog's record), so a stream's state never depends on where it was.
 Only the TTL and the cold tier's size bound forget a stream (tombstones,
@@ -39,6 +42,8 @@ log = logging.getLogger(__name__)
 
 RESTORE_CHUNK = 4096  # records per cold write during a restore
 BOUND_LOG_EVERY_S = 60.0
+_ABSENT = object()
+GHOSTS_SHARE = 0.5  # ids spilled from probation remembered, per stream of hot capacity (2Q's)
 
 
 @dataclass
@@ -77,6 +82,8 @@ class TieredStore:
         self._scratch: StateStore | None = None
         # Hot streams seen in one batch only since they came in (loaded or new), oldest first.
         self._probation: OrderedDict[str, None] = OrderedDict()
+        # Ids spilled from probation, the newest GHOSTS_SHARE x capacity of them.
+        self._ghosts: OrderedDict[str, None] = OrderedDict()
 
     # ----------------------------------------------------------------- batches
     def admit(self, streams: Sequence[str]) -> None:
@@ -91,6 +98,8 @@ class TieredStore:
             return
         start = time.perf_counter()
         missing = [streams[k] for k in np.flatnonzero(~present).tolist()]
+        ghosts = self._ghosts  # before this batch's spills join them
+        back = [ghosts.pop(s, _ABSENT) is not _ABSENT for s in missing]
         room = hot.max_streams - len(hot)
         victims = self._victims(len(missing) - room, streams, present)
         slots = np.fromiter(map(hot.slot_of, victims), np.int64, len(victims))  # type: ignore[arg-type]
@@ -111,8 +120,9 @@ class TieredStore:
                 [s for s, _ in found],
                 [t for t, v in zip(tags, values, strict=True) if v is not None],
             )
-        # Seen once (loaded or new): on probation, the first to spill unless seen again.
-        probation.update(dict.fromkeys(missing))
+        # Seen once (loaded or new): on probation, the first to spill unless seen again;
+        # one spilled from probation not long ago is seen again now: not on probation.
+        probation.update((s, None) for s, b in zip(missing, back, strict=True) if not b)
         while len(probation) > hot.max_streams:  # stale entries of streams gone otherwise
             probation.popitem(last=False)
         counts.hits += len(streams) - len(missing)
@@ -136,6 +146,10 @@ class TieredStore:
             stream, _ = probation.popitem(last=False)
             if stream in hot:  # not one of the batch's: those left probation above
                 victims.append(stream)
+        ghosts = self._ghosts
+        ghosts.update(dict.fromkeys(victims))
+        for _ in range(len(ghosts) - max(int(hot.max_streams * GHOSTS_SHARE), 1)):
+            ghosts.popitem(last=False)
         if len(victims) < n:
             kept = [*compress(streams, present.tolist()), *victims]
             victims += hot.least_recent(n - len(victims), sparing=kept)
@@ -279,6 +293,7 @@ class TieredStore:
         self.journal.removed_cold(gone.streams, gone.tags)
         self.hot, self._scratch = hot, None
         self._probation.clear()
+        self._ghosts.clear()
         return len(gone.streams)
 
     def restore(
