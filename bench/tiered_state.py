@@ -4,6 +4,7 @@
     nice -n 5 .venv/bin/python bench/tiered_state.py throughput --hot 100000 --streams 1000000
     nice -n 5 .venv/bin/python bench/tiered_state.py restore --streams 1000000
     nice -n 5 .venv/bin/python bench/tiered_state.py kafka --hot 10000 --cold 20000
+    nice -n 5 .venv/bin/python bench/tiered_state.py drop --cold 1000000 --partitions 100
 
 memory: for each cold count C, a fresh process builds a Predictor (hidden 64,
 2 layers, 8 inputs and outputs) with ``--hot`` streams of room in memory and a
@@ -43,6 +44,11 @@ kafka: the Kafka path, ``streamcell serve`` as bench/kafka_e2e.py runs it
 (hidden 64, 2 layers): every event on the ``--hot`` streams, and 95 % on them
 with 5 % on ``--cold`` other streams (first seen in the run, so the early ones
 are created and spilled, the later ones loaded too).
+
+drop: a partition let go (a rebalance): ``--cold`` streams of 1,196-byte
+snapshots put in a cold tier over ``--partitions`` partitions (round robin),
+compacted, then ``ColdStore.drop_tags`` of one partition, then of another
+``--rounds`` times; the seconds of each.
 """
 
 from __future__ import annotations
@@ -316,12 +322,13 @@ def _throughput(args, root: Path) -> dict:
         ),
     }  # fmt: skip
     t = 1.5e9
-    for _ in range(args.warmup):  # toward the steady state of which streams are hot
-        t += 1
-        mixed_p.predict(mixed_batch(rng, size, hot, cold_n, 0.95, t))
-    for make, run, _ in modes.values():
-        t += 1
-        run(make(t))
+    # Toward each Predictor's steady state of which streams are hot (and which of them
+    # the tier has on probation), each on its own traffic.
+    for k in range(max(args.warmup, 1)):
+        for name, (make, run, _) in modes.items():
+            if k == 0 or not name.startswith("naive"):  # the naive designs keep no hot set
+                t += 1
+                run(make(t))
     # Timing starts on settled stores: the fills' and the warm-up's flushes and
     # compactions done, not running in background threads beside the timed batches.
     stores = [p.tiers.cold for p in (all_hot_p, mixed_p, uniform_p)] + [naive_cold]
@@ -506,6 +513,39 @@ def kafka(args) -> dict:
         shutil.rmtree(root, ignore_errors=True)
 
 
+# ----------------------------------------------------------------------- drop
+def drop(args) -> dict:
+    from streamcell.core.coldstore import ColdStore
+
+    root = Path(tempfile.mkdtemp(prefix="tiers-drop-"))
+    try:
+        cold = ColdStore(root / "state")
+        size = 1196
+        block = np.random.default_rng(4).integers(0, 256, CHUNK * size, np.uint8).tobytes()
+        for first in range(0, args.cold, CHUNK):
+            n = min(CHUNK, args.cold - first)
+            ids = [f"c{k}" for k in range(first, first + n)]
+            tags = np.arange(first, first + n) % args.partitions
+            cold.put(ids, block[: n * size], np.full(n, 1e9), tags, size=size, known_absent=True)
+        cold.compact()
+        seconds = []
+        for p in range(min(args.rounds, args.partitions)):
+            start = time.perf_counter()
+            gone = cold.drop_tags({p})
+            seconds.append(time.perf_counter() - start)
+            assert len(gone) == len(range(p, args.cold, args.partitions))
+        cold.close()
+        print(
+            f"drop one of {args.partitions} partitions ({args.cold // args.partitions:,} of "
+            f"{args.cold:,} cold streams): median {np.median(seconds) * 1e3:.1f} ms "
+            f"(range {min(seconds) * 1e3:.1f} to {max(seconds) * 1e3:.1f}, {len(seconds)} drops)",
+            flush=True,
+        )
+        return {"seconds": seconds, "cold": args.cold, "partitions": args.partitions}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "memory-child":
         print(json.dumps(memory_child(int(sys.argv[2]), int(sys.argv[3]))))
@@ -520,7 +560,7 @@ def main() -> None:
     t.add_argument("--streams", type=int, default=1_000_000)
     t.add_argument("--batch", type=int, default=1024)
     t.add_argument("--rounds", type=int, default=40)
-    t.add_argument("--warmup", type=int, default=100, help="95 %% hot batches before timing")
+    t.add_argument("--warmup", type=int, default=100, help="batches of each mode before timing")
     t.add_argument("--fixed-order", action="store_true", help="the same order of modes each round")
     r = sub.add_parser("restore")
     r.add_argument("--streams", type=int, default=1_000_000)
@@ -534,10 +574,17 @@ def main() -> None:
     k.add_argument("--events", type=int, default=300_000)
     k.add_argument("--partitions", type=int, default=3)
     k.add_argument("--client", default="confluent")
+    d = sub.add_parser("drop")
+    d.add_argument("--cold", type=int, default=1_000_000)
+    d.add_argument("--partitions", type=int, default=100)
+    d.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args()
     print(f"load average {os.getloadavg()}", flush=True)
-    jobs = {"memory": memory, "throughput": throughput, "restore": restore, "kafka": kafka}
+    jobs = {
+        "memory": memory, "throughput": throughput, "restore": restore, "kafka": kafka,
+        "drop": drop,
+    }  # fmt: skip
     out = jobs[args.what](args)
     print(f"load average {os.getloadavg()}", flush=True)
     if args.json:
