@@ -189,3 +189,21 @@ def test_a_block_of_the_wrong_length_is_refused(cold):
     with pytest.raises(ValueError, match="a block of 10 bytes for 2 values of 8"):
         cold.put(["a", "b"], b"x" * 10, np.array([1.0, 2.0]), [0, 0], size=8)
     assert len(cold) == 0
+
+
+def test_a_killed_process_leaves_its_layout_recognisable(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "state"
+    code = (
+        "import os, signal, sys\n"
+        "from streamcell.core.coldstore import ColdStore\n"
+        "ColdStore(sys.argv[1])\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(path)], timeout=60)
+    assert done.returncode == -9
+    again = ColdStore(path)
+    again.close()
+    assert again.found == FOUND_PREVIOUS  # not taken for an earlier layout

@@ -180,7 +180,10 @@ class ColdStore:
         self._write_opts = WriteOptions()
         self._write_opts.disable_wal = True
         try:
-            db.put(LAYOUT_KEY, LAYOUT, self._write_opts)
+            # On disk at once: the records go without a log, so a killed process would
+            # leave the marker only in memory, and the next start would see layout 1.
+            db.put(LAYOUT_KEY, LAYOUT)
+            db.flush()
         except Exception as exc:
             raise ColdTierError(f"cannot write the cold tier in {self.path}: {exc}") from exc
         return db
