@@ -4,6 +4,7 @@
     nice -n 5 .venv/bin/python bench/tiered_state.py throughput --hot 100000 --streams 1000000
     nice -n 5 .venv/bin/python bench/tiered_state.py restore --streams 1000000
     nice -n 5 .venv/bin/python bench/tiered_state.py kafka --hot 10000 --cold 20000
+    nice -n 5 .venv/bin/python bench/tiered_state.py drop --cold 1000000 --partitions 100
 
 memory: for each cold count C, a fresh process builds a Predictor (hidden 64,
 2 layers, 8 inputs and outputs) with ``--hot`` streams of room in memory and a
@@ -43,6 +44,11 @@ kafka: the Kafka path, ``streamcell serve`` as bench/kafka_e2e.py runs it
 (hidden 64, 2 layers): every event on the ``--hot`` streams, and 95 % on them
 with 5 % on ``--cold`` other streams (first seen in the run, so the early ones
 are created and spilled, the later ones loaded too).
+
+drop: a partition let go (a rebalance): ``--cold`` streams of 1,196-byte
+snapshots put in a cold tier over ``--partitions`` partitions (round robin),
+compacted, then ``ColdStore.drop_tags`` of one partition, then of another
+``--rounds`` times; the seconds of each.
 """
 
 from __future__ import annotations
@@ -229,7 +235,36 @@ def throughput(args) -> dict:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def settle_store(cold) -> float:
+    """Flush, compact, and wait until RocksDB's background threads are idle; the seconds."""
+    start = time.perf_counter()
+    cold.compact()
+    while busy(cold):
+        time.sleep(0.05)
+    return time.perf_counter() - start
+
+
+def busy(cold) -> bool:
+    """Whether a flush or compaction runs (or waits) in RocksDB's background threads."""
+    db = cold._db
+    return any(
+        db.property_int_value(name)
+        for name in (
+            "rocksdb.num-running-compactions",
+            "rocksdb.num-running-flushes",
+            "rocksdb.compaction-pending",
+        )
+    )
+
+
+def spread(values: list[float]) -> str:
+    q = np.percentile(values, [0, 25, 50, 75, 100])
+    return f"median {q[2]:.2f} (quartiles {q[1]:.2f} to {q[3]:.2f}, range {q[0]:.2f} to {q[4]:.2f})"
+
+
 def _throughput(args, root: Path) -> dict:
+    import gc
+
     from streamcell.core.coldstore import ColdStore
 
     rng = np.random.default_rng(1)
@@ -259,7 +294,6 @@ def _throughput(args, root: Path) -> dict:
         n = min(CHUNK, total - first)
         ids = [f"h{k}" if k < hot else f"c{k - hot}" for k in range(first, first + n)]
         naive_cold.put(ids, block[: n * ssize], np.full(n, 1e9), np.zeros(n), size=ssize)
-    naive_cold.compact()
     one = make_predictor(1, None)
     many = make_predictor(size, None)
 
@@ -268,61 +302,103 @@ def _throughput(args, root: Path) -> dict:
         names = [f"h{k}" if k < hot else f"c{k - hot}" for k in ids]
         return batch_of(names, rng, t)
 
+    # name: (make a batch, apply it, every how many rounds)
     modes = {
         "all hot, no cold tier": (
-            lambda t: plain.predict(mixed_batch(rng, size, hot, 0, 1.0, t)),
-            1,
+            lambda t: mixed_batch(rng, size, hot, 0, 1.0, t), plain.predict, 1,
         ),
         "all hot, with the cold tier": (
-            lambda t: all_hot_p.predict(mixed_batch(rng, size, hot, 0, 1.0, t)),
-            1,
+            lambda t: mixed_batch(rng, size, hot, 0, 1.0, t), all_hot_p.predict, 1,
         ),
         "95 % hot": (
-            lambda t: mixed_p.predict(mixed_batch(rng, size, hot, cold_n, 0.95, t)),
-            1,
+            lambda t: mixed_batch(rng, size, hot, cold_n, 0.95, t), mixed_p.predict, 1,
         ),
-        "uniform over all streams": (lambda t: uniform_p.predict(uniform(t)), 1),
+        "uniform over all streams": (uniform, uniform_p.predict, 1),
         "naive: get, step, put per event": (
-            lambda t: naive_per_event(one, naive_cold, uniform(t)),
-            max(1, args.rounds // 10),
+            uniform, lambda b: naive_per_event(one, naive_cold, b), max(1, args.rounds // 10),
         ),
         "naive: get and put per event, step batched": (
-            lambda t: naive_batched_step(many, naive_cold, uniform(t)),
-            1,
+            uniform, lambda b: naive_batched_step(many, naive_cold, b), 1,
         ),
-    }
+    }  # fmt: skip
     t = 1.5e9
-    for _ in range(args.warmup):  # toward the steady state of which streams are hot
-        t += 1
-        mixed_p.predict(mixed_batch(rng, size, hot, cold_n, 0.95, t))
-    for _, (run, _) in modes.items():
-        t += 1
-        run(t)
+    # Toward each Predictor's steady state of which streams are hot (and which of them
+    # the tier has on probation), each on its own traffic.
+    for k in range(max(args.warmup, 1)):
+        for name, (make, run, _) in modes.items():
+            if k == 0 or not name.startswith("naive"):  # the naive designs keep no hot set
+                t += 1
+                run(make(t))
+    # Timing starts on settled stores: the fills' and the warm-up's flushes and
+    # compactions done, not running in background threads beside the timed batches.
+    stores = [p.tiers.cold for p in (all_hot_p, mixed_p, uniform_p)] + [naive_cold]
+    print(f"stores settled in {sum(settle_store(c) for c in stores):.1f} s", flush=True)
+    names = list(modes)
     seconds: dict[str, list[float]] = {name: [] for name in modes}
+    per_round: dict[str, list[float]] = {name: [] for name in modes}  # rate, rounds with all
+    # The loop thread's own CPU time: leaves out the waits for a core on a loaded machine.
+    cpu_seconds: dict[str, list[float]] = {name: [] for name in modes}
     counts = mixed_p.tiers.counts
     before = (counts.hits, counts.loads)
+    background = 0  # 95 % hot batches that left RocksDB with background work
+    gc_before = [g["collections"] for g in gc.get_stats()]
     for r in range(args.rounds):
-        for name, (run, every) in modes.items():
+        # The order turns each round: no mode always runs right after the naive ones
+        # (which evict the caches) or first in a round.
+        order = names if args.fixed_order else names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            make, run, every = modes[name]
             if r % every:
                 continue
             t += 1
-            start = time.perf_counter()
-            run(t)
+            batch = make(t)  # made outside the timing: only the Predictor's work is timed
+            start, cpu = time.perf_counter(), time.thread_time()
+            run(batch)
             seconds[name].append(time.perf_counter() - start)
+            cpu_seconds[name].append(time.thread_time() - cpu)
+            per_round[name].append(size / seconds[name][-1])
+            if name == "95 % hot" and busy(mixed_p.tiers.cold):
+                background += 1
+    gc_after = [g["collections"] for g in gc.get_stats()]
     # The median batch: a round that another helper's burst slowed counts once, not in full.
     rates = {name: size / float(np.median(seconds[name])) for name in modes}
     base = rates["all hot, no cold tier"]
     for name, rate in rates.items():
-        print(f"{name:45s} {rate:>10,.0f} events/s  {rate / base:5.2f} x all hot", flush=True)
+        q = np.percentile(per_round[name], [25, 75])
+        print(
+            f"{name:45s} {rate:>10,.0f} events/s  {rate / base:5.2f} x all hot  "
+            f"(quartiles {q[0]:,.0f} to {q[1]:,.0f}, {len(seconds[name])} batches)",
+            flush=True,
+        )
+    cpu_rates = {name: size / float(np.median(cpu_seconds[name])) for name in modes}
+    cpu_base = cpu_rates["all hot, no cold tier"]
+    for name, rate in cpu_rates.items():
+        print(f"{name:45s} {rate:>10,.0f} events per CPU second  {rate / cpu_base:5.2f} x all hot")
+    mixed = np.array(per_round["95 % hot"])
+    ratios = {}
+    for twin in ("all hot, no cold tier", "all hot, with the cold tier"):
+        ratio = mixed / np.array(per_round[twin])
+        ratios[twin] = float(np.median(ratio))
+        print(f"95 % hot / {twin}, per round: {spread(ratio.tolist())}")
+    twins = np.array(per_round["all hot, with the cold tier"]) / np.array(
+        per_round["all hot, no cold tier"]
+    )
+    print(f"all hot with / without the cold tier, per round: {spread(twins.tolist())}")
     hits, loads = counts.hits - before[0], counts.loads - before[1]
     ratio = hits / max(hits + loads, 1)
     print(f"95 % hot: the share of a batch's streams found in memory: {ratio:.3f}")
+    print(f"95 % hot batches after which RocksDB had background work: {background}")
+    print(f"garbage collections while timing, by generation: "
+          f"{[a - b for a, b in zip(gc_after, gc_before, strict=True)]}")  # fmt: skip
     for name in ("naive: get, step, put per event", "naive: get and put per event, step batched"):
         print(f"uniform / {name}: {rates['uniform over all streams'] / rates[name]:.1f} x")
     naive_cold.close()
     for p in (all_hot_p, mixed_p, uniform_p):
         p.tiers.cold.close()
-    return {"rates": rates, "hot": hot, "streams": total, "batch": size, "hit_ratio": ratio}
+    return {
+        "rates": rates, "hot": hot, "streams": total, "batch": size, "hit_ratio": ratio,
+        "per_round_ratio": ratios, "twins": float(np.median(twins)), "cpu_rates": cpu_rates,
+    }  # fmt: skip
 
 
 # -------------------------------------------------------------------- restore
@@ -437,6 +513,39 @@ def kafka(args) -> dict:
         shutil.rmtree(root, ignore_errors=True)
 
 
+# ----------------------------------------------------------------------- drop
+def drop(args) -> dict:
+    from streamcell.core.coldstore import ColdStore
+
+    root = Path(tempfile.mkdtemp(prefix="tiers-drop-"))
+    try:
+        cold = ColdStore(root / "state")
+        size = 1196
+        block = np.random.default_rng(4).integers(0, 256, CHUNK * size, np.uint8).tobytes()
+        for first in range(0, args.cold, CHUNK):
+            n = min(CHUNK, args.cold - first)
+            ids = [f"c{k}" for k in range(first, first + n)]
+            tags = np.arange(first, first + n) % args.partitions
+            cold.put(ids, block[: n * size], np.full(n, 1e9), tags, size=size, known_absent=True)
+        cold.compact()
+        seconds = []
+        for p in range(min(args.rounds, args.partitions)):
+            start = time.perf_counter()
+            gone = cold.drop_tags({p})
+            seconds.append(time.perf_counter() - start)
+            assert len(gone) == len(range(p, args.cold, args.partitions))
+        cold.close()
+        print(
+            f"drop one of {args.partitions} partitions ({args.cold // args.partitions:,} of "
+            f"{args.cold:,} cold streams): median {np.median(seconds) * 1e3:.1f} ms "
+            f"(range {min(seconds) * 1e3:.1f} to {max(seconds) * 1e3:.1f}, {len(seconds)} drops)",
+            flush=True,
+        )
+        return {"seconds": seconds, "cold": args.cold, "partitions": args.partitions}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "memory-child":
         print(json.dumps(memory_child(int(sys.argv[2]), int(sys.argv[3]))))
@@ -451,7 +560,8 @@ def main() -> None:
     t.add_argument("--streams", type=int, default=1_000_000)
     t.add_argument("--batch", type=int, default=1024)
     t.add_argument("--rounds", type=int, default=40)
-    t.add_argument("--warmup", type=int, default=100, help="95 %% hot batches before timing")
+    t.add_argument("--warmup", type=int, default=100, help="batches of each mode before timing")
+    t.add_argument("--fixed-order", action="store_true", help="the same order of modes each round")
     r = sub.add_parser("restore")
     r.add_argument("--streams", type=int, default=1_000_000)
     r.add_argument("--hot", type=int, default=100_000)
@@ -464,10 +574,17 @@ def main() -> None:
     k.add_argument("--events", type=int, default=300_000)
     k.add_argument("--partitions", type=int, default=3)
     k.add_argument("--client", default="confluent")
+    d = sub.add_parser("drop")
+    d.add_argument("--cold", type=int, default=1_000_000)
+    d.add_argument("--partitions", type=int, default=100)
+    d.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args()
     print(f"load average {os.getloadavg()}", flush=True)
-    jobs = {"memory": memory, "throughput": throughput, "restore": restore, "kafka": kafka}
+    jobs = {
+        "memory": memory, "throughput": throughput, "restore": restore, "kafka": kafka,
+        "drop": drop,
+    }  # fmt: skip
     out = jobs[args.what](args)
     print(f"load average {os.getloadavg()}", flush=True)
     if args.json:

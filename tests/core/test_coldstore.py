@@ -9,7 +9,9 @@ from streamcell.core.coldstore import (
     DB_NAME,
     FOUND_CORRUPT,
     FOUND_EMPTY,
+    FOUND_OLD_LAYOUT,
     FOUND_PREVIOUS,
+    LAYOUT_KEY,
     ColdStore,
     age_keys,
 )
@@ -87,6 +89,37 @@ def test_paging_and_dropping_by_tag(cold):
     assert cold.clear().streams and len(cold) == 0 and cold.bytes == 0
 
 
+def test_dropping_a_tag_reads_only_that_tags_streams(cold):
+    many, few = [f"m{k:04d}" for k in range(1000)], ["f1", "f2", "f3"]
+    cold.put(many, [b"x"] * 1000, np.arange(1000.0), [0] * 1000)
+    cold.put(few, [b"y"] * 3, np.array([5.5, 0.5, 2000.0]), [7] * 3)
+    read = 0
+    items = cold._items
+
+    def counting(start):
+        nonlocal read
+        for item in items(start):
+            read += 1
+            yield item
+
+    cold._items = counting
+    assert sorted(cold.drop_tags({7})) == few
+    assert read <= len(few) + 1  # the tag's streams and the first key past them
+    assert len(cold) == 1000 and cold.get(few) == [None] * 3
+    # the age index lost them too: the TTL finds exactly the 1000 left
+    assert cold.older_than(1e9).streams == many and cold.bytes == 0
+
+
+def test_streams_forgotten_or_moved_leave_no_tag_behind(cold):
+    cold.put(["a", "b", "c"], [b"1", b"2", b"3"], np.array([1.0, 2.0, 3.0]), [1, 1, 2])
+    assert cold.older_than(1.0).streams == ["a"]  # the TTL
+    cold.put(["b"], [b"2'"], np.array([4.0]), [2])  # b now has tag 2
+    values, tags = cold.take(["c"])  # a load
+    assert values == [b"3"] and tags == [2]
+    assert cold.drop_tags({1}) == []
+    assert cold.drop_tags({2}) == ["b"] and len(cold) == 0 and cold.bytes == 0
+
+
 def test_a_second_process_on_the_same_dir_gets_a_clear_error(cold, tmp_path):
     with pytest.raises(ConfigError, match=r"in use by another process.*own --state-dir"):
         ColdStore(tmp_path / "state")
@@ -104,6 +137,24 @@ def test_what_an_earlier_process_left_is_never_trusted(tmp_path):
         assert len(again) == 0 and again.get(["a"]) == [None]
     finally:
         again.close()
+
+
+def test_an_earlier_layout_is_detected_said_and_rebuilt(tmp_path, caplog):
+    path = tmp_path / "state"
+    first = ColdStore(path)
+    first.put(["a"], [b"state"], np.array([1.0]), [0])
+    first._db.delete(LAYOUT_KEY)  # as layout 1 left it: no marker, no partition index
+    first.close()
+    again = ColdStore(path)
+    try:
+        assert again.found == FOUND_OLD_LAYOUT
+        assert "has another layout" in caplog.text and "rebuilt from the changelog" in caplog.text
+        assert len(again) == 0 and again.get(["a"]) == [None]
+    finally:
+        again.close()
+    third = ColdStore(path)
+    third.close()
+    assert third.found == FOUND_PREVIOUS  # what this version wrote is recognised
 
 
 def test_a_corrupt_dir_is_detected_and_rebuilt(tmp_path):
@@ -138,3 +189,21 @@ def test_a_block_of_the_wrong_length_is_refused(cold):
     with pytest.raises(ValueError, match="a block of 10 bytes for 2 values of 8"):
         cold.put(["a", "b"], b"x" * 10, np.array([1.0, 2.0]), [0, 0], size=8)
     assert len(cold) == 0
+
+
+def test_a_killed_process_leaves_its_layout_recognisable(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "state"
+    code = (
+        "import os, signal, sys\n"
+        "from streamcell.core.coldstore import ColdStore\n"
+        "ColdStore(sys.argv[1])\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(path)], timeout=60)
+    assert done.returncode == -9
+    again = ColdStore(path)
+    again.close()
+    assert again.found == FOUND_PREVIOUS  # not taken for an earlier layout

@@ -245,3 +245,27 @@ def test_a_restore_keeps_the_last_record_of_a_stream(tmp_path, cold):
     done = restored.restore(old + new, {s: 0 for s in ids})
     assert sorted(done.streams) == sorted(ids) and len(cold) == len(ids) - 2
     assert all_state(restored, ids) == all_state(source, ids)
+
+
+def test_a_tail_of_streams_seen_once_spills_before_the_hot_set(tmp_path, cold):
+    p = Predictor(plain_model(tmp_path), max_streams=4, cold=cold, clock=lambda: 5e9)
+    x = np.zeros((2, F), np.float32)
+    p.predict(EventBatch.of(["h0", "h1"], x))
+    p.predict(EventBatch.of(["h0", "h1"], x))  # seen again: out of probation
+    for k in range(0, 12, 2):  # a tail, each stream once; LRU would spill h0 and h1 first
+        p.predict(EventBatch.of([f"t{k}", f"t{k + 1}"], x))
+        assert {"h0", "h1"} <= set(p.store.stream_ids()) and len(p.store) <= 4
+    assert p.predict(EventBatch.of(["t0", "h0"], x)).events.tolist() == [2, 3]  # t0 loaded
+    # Room for four: t0 made room by spilling the oldest stream on probation, t10, not h1
+    assert sorted(p.store.stream_ids()) == ["h0", "h1", "t0", "t11"]
+    assert p.tiers.counts.loads == 1 and p.tiers.counts.spills == 11  # 10 by the tail, 1 for t0
+
+
+def test_a_stream_back_soon_after_its_spill_from_probation_is_kept(tmp_path, cold):
+    p = Predictor(plain_model(tmp_path), max_streams=4, cold=cold, clock=lambda: 5e9)
+    x = np.zeros((2, F), np.float32)
+    for names in (["h0", "h1"], ["h0", "h1"], ["t0", "t1"], ["t2", "t3"]):  # t0, t1 spill
+        p.predict(EventBatch.of(names, x))
+    p.predict(EventBatch.of(["t0"], x[:1]))  # back while remembered: seen twice, kept
+    p.predict(EventBatch.of(["t4", "t5"], x))  # room: t3 from probation, then the LRU h0
+    assert sorted(p.store.stream_ids()) == ["h1", "t0", "t4", "t5"]

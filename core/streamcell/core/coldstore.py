@@ -11,16 +11,21 @@ an earlier process is not trusted (it may be ahead of the changelog, or
 behind it) but wiped at open, and the service rebuilds it from the
 changelog on start. A lock file keeps a second process out of the directory.
 
-Keys, two prefixes in one database:
+Keys, three prefixes in one database (layout 2), and a marker:
 
 - ``v`` + stream: a 12-byte header (the age key, 8 bytes, and the tag, an
   int32), then the snapshot, byte for byte;
 - ``a`` + age key + stream: the tag and the snapshot's length. Iterating ``a``
   is oldest first: the age is the stream's last-seen event time, so the size
   bound and the TTL both read a prefix of it. The tag is the caller's (the
-  stream's partition).
+  stream's partition);
+- ``p`` + tag + stream: the age key and the snapshot's length. A tag's streams
+  are a prefix of it, so letting a partition go reads that partition's own
+  streams, not the whole tier;
+- ``m``: the layout's name. A directory an earlier version left (layout 1 had
+  no ``p`` keys and no marker) is told apart and said so before it is wiped.
 
-A load reads one key per stream (its header says which index key to delete).
+A load reads one key per stream (its header says which index keys to delete).
 
 Pure of the service: rocksdict, numpy and the standard library.
 """
@@ -46,10 +51,17 @@ LOCK_NAME = "streamcell.lock"
 DB_NAME = "cold"
 BLOCK_CACHE_BYTES = 32 << 20
 _HEAD = struct.Struct(">8si")  # a value's header: age key, tag
-_INDEX = struct.Struct(">iI")  # an index entry's value: tag, snapshot length
+_INDEX = struct.Struct(">iI")  # an age index entry's value: tag, snapshot length
+_TAG = struct.Struct(">i")  # the tag in a partition index key
+_BY_TAG = struct.Struct(">8sI")  # a partition index entry's value: age key, snapshot length
+LAYOUT_KEY = b"m"
+LAYOUT = b"streamcell cold tier layout 2"
 _AGE_FLIP = np.uint64(1 << 63)
-# What open() found in the directory (the label of streamcell_cold_tier_rebuilds_total).
+# What open() found in the directory (the label of streamcell_cold_tier_rebuilds_total);
+# "layout": an earlier version's store, of another key layout.
 FOUND_EMPTY, FOUND_PREVIOUS, FOUND_CORRUPT = "empty", "previous", "corrupt"
+FOUND_OLD_LAYOUT = "layout"
+FOUND_LOST = "lost"  # failed while in use (deleted, replaced, a storage error): rebuilt
 
 
 def age_keys(ages: np.ndarray) -> list[bytes]:
@@ -76,8 +88,8 @@ class ColdStore:
     ``max_bytes`` bounds the live records' bytes (keys, values and the index),
     which the database's files approach after compaction. ``None``: no bound.
     Every method takes and returns whole batches; a storage failure raises
-    :class:`ColdTierError` (the service stops, as after a crash, and rebuilds
-    the tier from the changelog on start).
+    :class:`ColdTierError` (the service rebuilds the tier from the changelog,
+    as a restart would, in the running process).
     """
 
     def __init__(self, path: Path | str, max_bytes: int | None = None) -> None:
@@ -121,7 +133,20 @@ class ColdStore:
         db = self.path / DB_NAME
         if not db.exists():
             return FOUND_EMPTY
-        found = FOUND_PREVIOUS if _opens(db) else FOUND_CORRUPT
+        layout = _layout(db)
+        if layout is None:
+            found = FOUND_CORRUPT
+        elif layout == LAYOUT:
+            found = FOUND_PREVIOUS
+        else:
+            found = FOUND_OLD_LAYOUT
+            log.warning(
+                "the cold tier left in %s has another layout (%r, this version writes %r): "
+                "removed; it is rebuilt from the changelog",
+                db,
+                layout.decode(errors="replace") or "layout 1, unmarked",
+                LAYOUT.decode(),
+            )
         shutil.rmtree(db)
         return found
 
@@ -154,11 +179,23 @@ class ColdStore:
         # write per spill and still not be trusted after a crash.
         self._write_opts = WriteOptions()
         self._write_opts.disable_wal = True
+        try:
+            # On disk at once: the records go without a log, so a killed process would
+            # leave the marker only in memory, and the next start would see layout 1.
+            db.put(LAYOUT_KEY, LAYOUT)
+            db.flush()
+        except Exception as exc:
+            raise ColdTierError(f"cannot write the cold tier in {self.path}: {exc}") from exc
         return db
 
     def close(self) -> None:
+        """Close; a store that cannot flush (its directory gone) is left as it is: a cache."""
         try:
             self._db.close()
+        except Exception as exc:
+            log.warning(
+                "closing the cold tier in %s failed (%s); nothing of it is kept", self.path, exc
+            )
         finally:
             os.close(self._lock_fd)
 
@@ -179,7 +216,7 @@ class ColdStore:
         if not same or not (self.path / DB_NAME).is_dir():
             raise ColdTierError(
                 f"the cold tier in {self.path} was deleted or replaced while in use; "
-                "restart to rebuild it from the changelog"
+                "it must be rebuilt from the changelog"
             )
 
     # -------------------------------------------------------------- batches
@@ -198,19 +235,31 @@ class ColdStore:
 
         One batched read and one batched write.
         """
-        keys = [s.encode() for s in streams]
-        found = self._get([b"v" + k for k in keys])
-        values: list[bytes | None] = [None] * len(keys)
-        tags = [-1] * len(keys)
         batch = self._batch()
-        head = _HEAD.size
-        for j, (key, stored) in enumerate(zip(keys, found, strict=True)):
-            if stored is not None:
-                tags[j] = self._delete(batch, key, stored)
-                values[j] = stored[head:]
+        values, tags = self._take(batch, streams)
         if any(v is not None for v in values):
             self._write(batch)
         return values, tags
+
+    def exchange(
+        self,
+        taken: Sequence[str],
+        spilled: Sequence[str],
+        block: bytes | memoryview,
+        ages: np.ndarray,
+        tags: Sequence[int] | np.ndarray,
+        size: int,
+    ) -> tuple[list[bytes | None], list[int], Forgotten]:
+        """:meth:`take` ``taken`` and :meth:`put` ``spilled`` (none of them here) at once:
+        one batched read and one batched write for a micro-batch's loads and spills.
+
+        The bound is enforced after both, so it never forgets one of ``taken``.
+        """
+        batch = self._batch()
+        values, found_tags = self._take(batch, taken)
+        self._add(batch, spilled, self._pieces(block, size, len(spilled)), ages, tags)
+        self._write(batch)
+        return values, found_tags, self._enforce_bound()
 
     def put(
         self,
@@ -226,35 +275,22 @@ class ColdStore:
         ``values``: one bytes per stream, or one block of ``size`` bytes each.
         ``known_absent``: the caller knows none of ``streams`` is here (spared a read).
         """
-        keys = [s.encode() for s in streams]
-        if not keys:
+        if not streams:
             return Forgotten([], [])
-        pieces: Sequence[bytes]
+        pieces: Sequence[bytes | memoryview]
         if isinstance(values, bytes | memoryview):
             if size is None:
                 raise ValueError("a block of values needs their size")
-            view = memoryview(values).cast("B")
-            if len(view) != size * len(keys):
-                raise ValueError(f"a block of {len(view)} bytes for {len(keys)} values of {size}")
-            pieces = [bytes(view[j * size : (j + 1) * size]) for j in range(len(keys))]
+            pieces = self._pieces(values, size, len(streams))
         else:
             pieces = values
-        absent = known_absent or not self.count
-        old: list[bytes | None] = (
-            [None] * len(keys) if absent else self._get([b"v" + k for k in keys])
-        )
-        ages_k = age_keys(ages)
-        tag_list = np.asarray(tags, dtype=np.int64).tolist()
         batch = self._batch()
-        pack_head, pack_index = _HEAD.pack, _INDEX.pack
-        for j, (key, stored, value) in enumerate(zip(keys, old, pieces, strict=True)):
-            if stored is not None:
-                self._delete(batch, key, stored)
-            age, tag = ages_k[j], tag_list[j]
-            batch.put(b"v" + key, pack_head(age, tag) + value)
-            batch.put(b"a" + age + key, pack_index(tag, len(value)))
-            self.count += 1
-            self.bytes += _record_bytes(len(key), len(value))
+        if not (known_absent or not self.count):
+            keys = [s.encode() for s in streams]
+            for key, stored in zip(keys, self._get([b"v" + k for k in keys]), strict=True):
+                if stored is not None:
+                    self._delete(batch, key, stored)
+        self._add(batch, streams, pieces, ages, tags)
         self._write(batch)
         return self._enforce_bound()
 
@@ -281,8 +317,25 @@ class ColdStore:
         return self._forget(lambda age, _: age <= limit)
 
     def drop_tags(self, tags: set[int]) -> list[str]:
-        """Remove every stream with one of ``tags`` (a scan of all of them)."""
-        return self._forget(lambda _, tag: tag in tags, ordered=False).streams
+        """Remove every stream with one of ``tags``: a scan of those tags' own streams."""
+        gone: list[str] = []
+        batch = self._batch()
+        for tag in sorted(tags):
+            prefix = b"p" + _TAG.pack(tag)
+            for key, value in self._items(prefix):
+                if not key.startswith(prefix):
+                    break
+                stream = key[len(prefix) :]
+                age, length = _BY_TAG.unpack(value)
+                batch.delete(key)
+                batch.delete(b"v" + stream)
+                batch.delete(b"a" + age + stream)
+                self.count -= 1
+                self.bytes -= _record_bytes(len(stream), length)
+                gone.append(stream.decode())
+        if gone:
+            self._write(batch)
+        return gone
 
     def clear(self) -> Forgotten:
         """Remove everything; what was there, oldest first."""
@@ -328,6 +381,7 @@ class ColdStore:
                 continue
             batch.delete(b"v" + stream)
             batch.delete(key)
+            batch.delete(b"p" + _TAG.pack(tag) + stream)
             self.count -= 1
             size = _record_bytes(len(stream), length)
             self.bytes -= size
@@ -338,11 +392,60 @@ class ColdStore:
             self._write(batch)
         return gone
 
+    def _take(self, batch, streams: Sequence[str]) -> tuple[list[bytes | None], list[int]]:
+        """Read streams' records and add their deletion to ``batch``: values and tags."""
+        keys = [s.encode() for s in streams]
+        found = self._get([b"v" + k for k in keys])
+        values: list[bytes | None] = [None] * len(keys)
+        tags = [-1] * len(keys)
+        head = _HEAD.size
+        for j, (key, stored) in enumerate(zip(keys, found, strict=True)):
+            if stored is not None:
+                tags[j] = self._delete(batch, key, stored)
+                values[j] = stored[head:]
+        return values, tags
+
+    @staticmethod
+    def _pieces(block: bytes | memoryview, size: int, n: int) -> list[memoryview]:
+        """A block of ``n`` values of ``size`` bytes, cut without copying."""
+        view = memoryview(block).cast("B")
+        if len(view) != size * n:
+            raise ValueError(f"a block of {len(view)} bytes for {n} values of {size}")
+        return [view[j * size : (j + 1) * size] for j in range(n)]
+
+    def _add(
+        self,
+        batch,
+        streams: Sequence[str],
+        pieces: Sequence[bytes | memoryview],
+        ages: np.ndarray,
+        tags: Sequence[int] | np.ndarray,
+    ) -> None:
+        """Add streams' three records to ``batch`` (none of them is in the store)."""
+        ages_k = age_keys(ages)
+        tag_list = np.asarray(tags, dtype=np.int64).tolist()
+        pack_head, pack_index, pack_tag, pack_by_tag = (
+            _HEAD.pack,
+            _INDEX.pack,
+            _TAG.pack,
+            _BY_TAG.pack,
+        )
+        put = batch.put
+        for stream, value, age, tag in zip(streams, pieces, ages_k, tag_list, strict=True):
+            key = stream.encode()
+            length = len(value)
+            put(b"v" + key, pack_head(age, tag) + value)
+            put(b"a" + age + key, pack_index(tag, length))
+            put(b"p" + pack_tag(tag) + key, pack_by_tag(age, length))
+            self.bytes += _record_bytes(len(key), length)
+        self.count += len(streams)
+
     def _delete(self, batch, key: bytes, stored: bytes) -> int:
         """Delete a stream's two records (``stored``: its value); returns its tag."""
         age, tag = _HEAD.unpack_from(stored)
         batch.delete(b"v" + key)
         batch.delete(b"a" + age + key)
+        batch.delete(b"p" + _TAG.pack(tag) + key)
         self.count -= 1
         self.bytes -= _record_bytes(len(key), len(stored) - _HEAD.size)
         return tag
@@ -383,18 +486,27 @@ class ColdStore:
 
 def _record_bytes(key: int, value: int) -> int:
     """The bytes one stream's three records hold (keys and values)."""
-    return (1 + key + _HEAD.size + value) + (1 + 8 + key + _INDEX.size)
+    return (
+        (1 + key + _HEAD.size + value)
+        + (1 + 8 + key + _INDEX.size)
+        + (1 + _TAG.size + key + _BY_TAG.size)
+    )
 
 
-def _opens(db: Path) -> bool:
-    """Whether a RocksDB there opens (its manifest and files check out), else it is corrupt."""
+def _layout(db: Path) -> bytes | None:
+    """The layout marker of a RocksDB there (b"" if unmarked: layout 1); None if it does not
+    open (its manifest and files do not check out: corrupt)."""
     from rocksdict import AccessType, Options, Rdict
 
     try:
         opts = Options(raw_mode=True)
         opts.set_paranoid_checks(True)
-        Rdict(str(db), opts, access_type=AccessType.read_only()).close()
-        return True
+        old = Rdict(str(db), opts, access_type=AccessType.read_only())
+        try:
+            marker = old.get(LAYOUT_KEY)
+        finally:
+            old.close()
     except Exception as exc:
         log.warning("the cold tier left in %s does not open: %s", db, exc)
-        return False
+        return None
+    return b"" if marker is None else bytes(marker)

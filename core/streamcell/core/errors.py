@@ -52,4 +52,5 @@ class InvalidEvent(StreamcellError):
 
 
 class ColdTierError(StreamcellError):
-    """The cold tier on local disk failed, or its directory went away: restart to rebuild it."""
+    """The cold tier on local disk failed, or its directory went away: rebuild it from the
+    changelog (the Kafka loop does, in the running process)."""

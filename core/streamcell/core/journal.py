@@ -100,6 +100,11 @@ class ChangeJournal:
         if self.place is not None:
             self.home.update((s, partitions[s]) for s in streams)
 
+    def drop_all(self) -> None:
+        """Every stream's state is dropped here and comes back from the changelog: no records."""
+        self.home.clear()
+        self.changed.clear()
+
     def forget(self, partitions: set[int]) -> list[str]:
         """The streams of these partitions, forgotten here (no tombstones); the caller deletes."""
         home, changed = self.home, self.changed

@@ -699,6 +699,23 @@ class Predictor:
             self._journal.restored(loaded, partitions)
         return Restored(loaded, skipped, left_out)
 
+    def rebuild_cold(self, cold: ColdStore) -> int:
+        """A new, empty cold tier in place of one that failed; returns the hot streams dropped.
+
+        Every stream goes, the hot ones too, unjournaled: the changelog restores them all,
+        with the cold ones lost, to one consistent point (the committed offsets).
+        """
+        with self._lock:
+            dropped = self.store.clear()
+            self._journal.drop_all()
+            old = self.tiers
+            self.tiers = TieredStore(
+                self.store, cold, self._journal, None if old is None else old.observe
+            )
+            if old is not None:
+                self.tiers.counts = old.counts  # running totals, for the metrics
+            return dropped
+
     def drop_partitions(self, partitions: set[int]) -> list[str]:
         """Forget the streams of these partitions (another replica owns them): no tombstones."""
         with self._lock:

@@ -3,9 +3,14 @@
 Kept by the :class:`~streamcell.core.predictor.Predictor`, under its lock. A
 stream is in one tier at a time. Before a micro-batch is applied its streams
 are made hot (:meth:`TieredStore.admit`): the cold ones are taken from the
-cold tier in one batched read, and if the slab has no room its least
-recently used streams, none of the batch, are spilled to the cold tier as
-their snapshot bytes, in one batched write. Spilling forgets nothing and
+cold tier in one batched read, and if the slab has no room streams outside
+the batch are spilled to the cold tier as their snapshot bytes, the loads'
+deletions and the spills in one batched write. The first to spill are the
+streams on probation, seen in one batch only since they came in (loaded or
+new), oldest first; then the least recently used. A stream spilled from
+probation is remembered (its id only, a bounded number of them): if it comes
+back while remembered, it was seen twice and is not put on probation again
+(2Q's two queues and its ghost list). Spilling forgets nothing and
 writes no tombstone, and loading is byte-exact (the snapshot is the
 changelog's record), so a stream's state never depends on where it was.
 Only the TTL and the cold tier's size bound forget a stream (tombstones,
@@ -22,8 +27,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import compress, repeat
 
 import numpy as np
 
@@ -35,6 +42,8 @@ log = logging.getLogger(__name__)
 
 RESTORE_CHUNK = 4096  # records per cold write during a restore
 BOUND_LOG_EVERY_S = 60.0
+_ABSENT = object()
+GHOSTS_SHARE = 0.5  # ids spilled from probation remembered, per stream of hot capacity (2Q's)
 
 
 @dataclass
@@ -71,24 +80,39 @@ class TieredStore:
         self._bound_logged_at = -float("inf")
         self._bound_unlogged = 0
         self._scratch: StateStore | None = None
+        # Hot streams seen in one batch only since they came in (loaded or new), oldest first.
+        self._probation: OrderedDict[str, None] = OrderedDict()
+        # Ids spilled from probation, the newest GHOSTS_SHARE x capacity of them.
+        self._ghosts: OrderedDict[str, None] = OrderedDict()
 
     # ----------------------------------------------------------------- batches
     def admit(self, streams: Sequence[str]) -> None:
         """Make distinct ``streams`` (at most the hot capacity) hot, or room for them."""
-        hot, counts = self.hot, self.counts
+        hot, counts, probation = self.hot, self.counts, self._probation
         present = hot.contains(streams)
+        if probation:  # seen again: out of probation, spilled after it from now on
+            hits = streams if present.all() else compress(streams, present.tolist())
+            deque(map(probation.pop, hits, repeat(None)), maxlen=0)
         if present.all():
             counts.hits += len(streams)
             return
         start = time.perf_counter()
-        flags = present.tolist()
-        missing = [s for s, p in zip(streams, flags, strict=True) if not p]
-        # Taken before the spill makes room, so the size bound never forgets one of them.
-        values, tags = self.cold.take(missing)
+        missing = [streams[k] for k in np.flatnonzero(~present).tolist()]
+        ghosts = self._ghosts  # before this batch's spills join them
+        back = [ghosts.pop(s, _ABSENT) is not _ABSENT for s in missing]
         room = hot.max_streams - len(hot)
-        if len(missing) > room:
-            kept = [s for s, p in zip(streams, flags, strict=True) if p]
-            self._spill(hot.least_recent(len(missing) - room, sparing=kept))
+        victims = self._victims(len(missing) - room, streams, present)
+        slots = np.fromiter(map(hot.slot_of, victims), np.int64, len(victims))  # type: ignore[arg-type]
+        block = hot.snapshot_block(victims)
+        spilled_tags = self.journal.spilled(victims, hot.partition[slots].tolist())
+        # One read and one write for the loads and the spills; the bound is enforced
+        # after both, so it never forgets one of the streams being loaded.
+        values, tags, forgotten = self.cold.exchange(
+            missing, victims, block, hot.last_seen[slots], spilled_tags, hot.snapshot_size
+        )
+        hot.remove(victims)
+        self.counts.spills += len(victims)
+        self._forgot(forgotten)
         found = [(s, v) for s, v in zip(missing, values, strict=True) if v is not None]
         if found:
             hot.restore(found)
@@ -96,22 +120,40 @@ class TieredStore:
                 [s for s, _ in found],
                 [t for t, v in zip(tags, values, strict=True) if v is not None],
             )
+        # Seen once (loaded or new): on probation, the first to spill unless seen again;
+        # one spilled from probation not long ago is seen again now: not on probation.
+        probation.update((s, None) for s, b in zip(missing, back, strict=True) if not b)
+        while len(probation) > hot.max_streams:  # stale entries of streams gone otherwise
+            probation.popitem(last=False)
         counts.hits += len(streams) - len(missing)
         counts.loads += len(found)
         counts.new += len(missing) - len(found)
         self._timed(start)
 
-    def _spill(self, victims: list[str]) -> None:
-        hot = self.hot
-        slots = np.fromiter(map(hot.slot_of, victims), np.int64, len(victims))  # type: ignore[arg-type]
-        block = hot.snapshot_block(victims)
-        tags = self.journal.spilled(victims, hot.partition[slots].tolist())
-        forgotten = self.cold.put(
-            victims, block, hot.last_seen[slots], tags, size=hot.snapshot_size, known_absent=True
-        )
-        hot.remove(victims)
-        self.counts.spills += len(victims)
-        self._forgot(forgotten)
+    def _victims(self, n: int, streams: Sequence[str], present: np.ndarray) -> list[str]:
+        """``n`` hot streams outside ``streams`` to spill: those on probation first (oldest
+        first), then the least recently used.
+
+        A stream seen once (a cold stream's one event, a new stream) leaves before one
+        seen again since it came in: a tail of streams each seen once does not push
+        the hot set out of the slab (LRU alone would; 2Q does the same).
+        """
+        if n <= 0:
+            return []
+        hot, probation = self.hot, self._probation
+        victims: list[str] = []
+        while probation and len(victims) < n:
+            stream, _ = probation.popitem(last=False)
+            if stream in hot:  # not one of the batch's: those left probation above
+                victims.append(stream)
+        ghosts = self._ghosts
+        ghosts.update(dict.fromkeys(victims))
+        for _ in range(len(ghosts) - max(int(hot.max_streams * GHOSTS_SHARE), 1)):
+            ghosts.popitem(last=False)
+        if len(victims) < n:
+            kept = [*compress(streams, present.tolist()), *victims]
+            victims += hot.least_recent(n - len(victims), sparing=kept)
+        return victims
 
     def _forgot(self, gone: Forgotten) -> None:
         """The size bound forgot streams: tombstones, counted, and said (once a minute)."""
@@ -250,6 +292,8 @@ class TieredStore:
         gone = self.cold.clear()
         self.journal.removed_cold(gone.streams, gone.tags)
         self.hot, self._scratch = hot, None
+        self._probation.clear()
+        self._ghosts.clear()
         return len(gone.streams)
 
     def restore(

@@ -33,7 +33,7 @@ import threading
 from typing import Any
 
 from streamcell.core.checkpoint import check_name
-from streamcell.core.coldstore import FOUND_CORRUPT, FOUND_EMPTY, ColdStore
+from streamcell.core.coldstore import FOUND_CORRUPT, FOUND_EMPTY, FOUND_OLD_LAYOUT, ColdStore
 from streamcell.core.errors import ConfigError, ModelNotLoaded
 from streamcell.core.model import resolve_device
 from streamcell.core.predictor import Predictor
@@ -63,24 +63,41 @@ class App:
         self.device = resolve_device(settings.state.device)  # a bad --device fails before anything
 
     # ------------------------------------------------------------- parts
-    def _open_cold_tier(self) -> None:
+    def _open_cold_tier(self, counted: bool = True) -> None:
+        """``counted``: a rebuild at start (one while serving is counted as lost)."""
         s = self.settings
         path = s.state.state_dir or default_state_dir(s.kafka.group_id, s.model)
         self.cold = ColdStore(path, s.state.state_dir_max_bytes)
         found = self.cold.found
-        self.metrics.cold_rebuilds.labels(found).inc()
+        if counted:
+            self.metrics.cold_rebuilds.labels(found).inc()
         if found == FOUND_CORRUPT:
             log.warning(
                 "the cold tier in %s was corrupt: removed; it is rebuilt from the changelog", path
             )
         elif found == FOUND_EMPTY:
             log.info("cold tier in %s (empty: a first start, or the directory was lost)", path)
+        elif found == FOUND_OLD_LAYOUT:
+            log.warning(
+                "the cold tier in %s was an earlier version's (another key layout): removed; "
+                "it is rebuilt from the changelog",
+                path,
+            )
         else:
             log.info(
                 "cold tier in %s: an earlier process's copy was wiped (it may be ahead of the "
                 "changelog); it is rebuilt from the changelog",
                 path,
             )
+
+    def _reopen_cold_tier(self) -> ColdStore:
+        """The cold tier in use failed: close it and open an empty one in its directory."""
+        if self.cold is not None:
+            self.cold.close()
+            self.cold = None
+        self._open_cold_tier(counted=False)
+        assert self.cold is not None
+        return self.cold
 
     def _start_metrics(self) -> None:
         s = self.settings
@@ -302,6 +319,7 @@ class App:
             self.predictor,
             self.metrics,
             watcher,
+            reopen_cold=self._reopen_cold_tier,
         )
         if partitions is not None:
             pipeline.ownership.set_partition_count(partitions)

@@ -367,9 +367,10 @@ class Metrics:
         )
         self.cold_rebuilds = Counter(
             p + "state_cold_rebuilds",
-            "Cold tiers built from the changelog at start, by what the state dir held: "
+            "Cold tiers built from the changelog: at start, by what the state dir held: "
             "empty (a first start, or it was deleted), previous (an earlier process's, "
-            "not trusted) or corrupt.",
+            "not trusted), corrupt, or layout (an earlier version's, of another key "
+            "layout); lost: one that failed while serving, rebuilt in the running process.",
             ["found"],
             registry=r,
         )

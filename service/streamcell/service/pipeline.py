@@ -23,6 +23,8 @@ from operator import attrgetter
 
 import numpy as np
 
+from streamcell.core.coldstore import ColdStore
+from streamcell.core.errors import ColdTierError
 from streamcell.core.predictor import DUPLICATE, PREDICTED, REPLAYED, Predictor
 from streamcell.service import codec, reload
 from streamcell.service.checkpointing import Checkpointer
@@ -50,7 +52,11 @@ class Pipeline:
         metrics: Metrics,
         watcher: reload.ModelWatcher | None = None,
         clock: Callable[[], float] = time.monotonic,
+        reopen_cold: Callable[[], ColdStore] | None = None,
     ) -> None:
+        """``reopen_cold``: an empty cold tier in place of the one in use, which failed
+        (the loop then restores every partition it holds again, see Recovery.rebuild_cold);
+        None: a failed cold tier stops the loop."""
         self.settings = settings
         self.consumer = consumer
         self.producer = producer
@@ -70,8 +76,9 @@ class Pipeline:
             fenced=lambda: consumer.generation() == -1,
         )
         self.recovery = Recovery(
-            settings, consumer, reader_of, predictor, self.checkpointer, self.ownership, metrics
-        )
+            settings, consumer, reader_of, predictor, self.checkpointer, self.ownership, metrics,
+            reopen_cold,
+        )  # fmt: skip
         predictor.track_changes(self.ownership.place)
 
     # ------------------------------------------------------------- running
@@ -107,7 +114,18 @@ class Pipeline:
             self.close()
 
     def step(self) -> int:
-        """One poll and its micro-batch, then whatever timers are due; returns records seen."""
+        """One poll and its micro-batch, then whatever timers are due; returns records seen.
+
+        A cold tier that fails (its directory deleted or replaced under the process, a
+        storage error) is rebuilt from the changelog, and the loop goes on.
+        """
+        try:
+            return self._step()
+        except ColdTierError as exc:
+            self.recovery.rebuild_cold(exc)
+            return 0
+
+    def _step(self) -> int:
         s = self.settings
         busy = self.ownership.assigned or self.recovery.recovering
         delay = s.max_batch_delay_ms if busy else s.idle_poll_ms

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from streamcell.core.coldstore import FOUND_LOST, ColdStore
 from streamcell.core.predictor import Predictor
 from streamcell.service import changelog
 from streamcell.service.checkpointing import Checkpointer
@@ -51,8 +52,11 @@ class Recovery:
         checkpointer: Checkpointer,
         ownership: Ownership,
         metrics: Metrics,
+        reopen_cold: Callable[[], ColdStore] | None = None,
     ) -> None:
+        """``reopen_cold``: close the cold tier and open an empty one in its directory."""
         self.settings = settings
+        self.reopen_cold = reopen_cold
         self.consumer = consumer
         self.reader_of = reader_of
         self.predictor = predictor
@@ -182,6 +186,44 @@ class Recovery:
             len(skipped),
             seconds,
         )
+        self._count_assigned()
+
+    def rebuild_cold(self, why: Exception) -> None:
+        """The cold tier failed under the loop (its directory deleted or replaced, a storage
+        error): recover as a restart would, in this process. Nothing more is committed
+        from the state in memory; every stream is dropped, an empty tier opened, and every
+        partition held is restored from the changelog and read again from its committed
+        offset (predictions since then are sent again, byte-identical)."""
+        if self.reopen_cold is None:
+            raise why
+        s, cp = self.settings, self.checkpointer
+        topic = s.input_topic
+        partitions = sorted(self.ownership.assigned | set(self.recovering))
+        log.error(
+            "the cold tier failed while serving (%s): it is rebuilt from the changelog; "
+            "partitions %s are restored again and read again from their committed offsets",
+            why,
+            partitions,
+        )
+        self.metrics.cold_rebuilds.labels(FOUND_LOST).inc()
+        cp.producer.flush()  # what was sent lands before the changelog is read again
+        marks = self.consumer.committed_with_metadata([(topic, p) for p in partitions])
+        with self.predictor.lock:  # gRPC checks ownership under it
+            cp.in_flight.clear()  # their offsets are never committed
+            dropped = self.predictor.rebuild_cold(self.reopen_cold())
+            for p in partitions:
+                offset, metadata = marks[(topic, p)]
+                self.ownership.assigned.discard(p)
+                cp.positions.pop(p, None)
+                cp.committed.pop(p, None)
+                cp.changelog_end.pop(p, None)
+                if offset is not None:
+                    cp.positions[p] = cp.committed[p] = offset
+                self._expected[p] = (offset, changelog.end_of(metadata))
+                # Nothing committed yet: from the start (the reset policy finds it).
+                self.consumer.seek((topic, p), 0 if offset is None else offset)
+            self.recovering = partitions
+        log.info("dropped %d streams in memory; restoring partitions %s", dropped, partitions)
         self._count_assigned()
 
     def _progress(self, done: dict[TopicPartition, tuple[int, int]]) -> None:
