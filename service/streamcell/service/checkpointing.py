@@ -100,6 +100,16 @@ class Checkpointer:
         self.positions.update((part, offset + 1) for part, offset in last_offsets.items())
         self._processed = True
 
+    def read_up_to(self, read_to: dict[int, int]) -> None:
+        """Every record below these offsets (partition -> offset) is processed now."""
+        for p, pos in read_to.items():
+            self.positions[p] = max(self.positions.get(p, pos), pos)
+
+    def held_back(self, first_offsets: dict[int, int]) -> None:
+        """Records from these offsets on (partition -> offset) were read but not processed
+        yet (carried over): no commit may pass them, whatever was processed after them."""
+        self.positions.update(first_offsets)
+
     def due(self, now: float, idle: bool) -> bool:
         """The interval passed; or the input is quiet (``idle``), with work since the last.
 
