@@ -161,3 +161,12 @@ def test_a_periodic_commit_is_not_waited_for_and_a_late_refusal_is_retried(tmp_p
     assert s.cp.committed == {0: 1} and s.log[-1] == ("commit", {(TOPIC, 0): 1})
     on_refused({(TOPIC, 0): 0}, "late answer about an older commit")
     assert s.cp.committed == {0: 1}, "only the refused offset itself is taken back"
+
+
+def test_a_periodic_commit_refused_at_once_is_retried(tmp_path):
+    s = Setup(tmp_path)
+    s.consumer.commit_async = lambda offsets, metadata, on_refused: on_refused(offsets, "no")
+    s.process(["a"], 0, 0)
+    s.cp.begin(s.clock(), idle=True)
+    s.cp.advance()
+    assert s.cp.committed == {}

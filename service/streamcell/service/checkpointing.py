@@ -286,17 +286,17 @@ class Checkpointer:
             return
         ends = self.changelog_end
         metadata = {tp: changelog.end_metadata(ends[tp[1]]) for tp in offsets if tp[1] in ends}
-        try:
-            if wait:
+        if wait:
+            try:
                 self.consumer.commit(offsets, metadata)
-            else:
-                self.consumer.commit_async(offsets, metadata, self._refused)
-        except CommitFailed as exc:
-            log.warning("offset commit refused (%s); it is retried at the next checkpoint", exc)
-            return
+            except CommitFailed as exc:
+                log.warning("offset commit refused (%s); it is retried at the next checkpoint", exc)
+                return
         for (_, p), pos in offsets.items():
             self.committed[p] = pos
         self.metrics.commits.inc()
+        if not wait:  # marked first: a refusal, even one answered at once, takes it back
+            self.consumer.commit_async(offsets, metadata, self._refused)
 
     def _refused(self, offsets: dict[TopicPartition, int], why: str) -> None:
         """A commit not waited for was refused: those partitions count as uncommitted."""
