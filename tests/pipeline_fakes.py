@@ -65,6 +65,9 @@ class FakeConsumer:
         self.committed_offsets.update(offsets)
         self.committed_metadata.update({tp: (metadata or {}).get(tp, "") for tp in offsets})
 
+    def commit_async(self, offsets, metadata, on_refused) -> None:
+        self.commit(offsets, metadata)
+
     def committed(self, tps):
         return {tp: self.committed_offsets.get(tp) for tp in tps}
 

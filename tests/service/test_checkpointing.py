@@ -141,3 +141,32 @@ def test_a_refused_commit_is_retried_at_the_next_checkpoint(tmp_path):
     s.consumer.commit = commit
     s.cp.checkpoint()
     assert s.cp.committed == {0: 1} and s.log[-1] == ("commit", {(TOPIC, 0): 1})
+
+
+def test_a_periodic_commit_is_not_waited_for_and_a_late_refusal_is_retried(tmp_path):
+    s = Setup(tmp_path)
+    sent = []
+    s.consumer.commit_async = lambda offsets, metadata, on_refused: sent.append(
+        (dict(offsets), on_refused)
+    )
+    s.process(["a"], 0, 0)
+    s.cp.begin(s.clock(), idle=True)
+    s.cp.advance()
+    ((offsets, on_refused),) = sent
+    assert offsets == {(TOPIC, 0): 1} and s.cp.committed == {0: 1}
+    assert not [e for e in s.log if e[0] == "commit"], "the loop did not wait on the broker"
+    on_refused(offsets, "rebalancing")  # the broker's answer, in a later poll
+    assert s.cp.committed == {}
+    s.cp.checkpoint()  # blocking: waits for the broker's answer
+    assert s.cp.committed == {0: 1} and s.log[-1] == ("commit", {(TOPIC, 0): 1})
+    on_refused({(TOPIC, 0): 0}, "late answer about an older commit")
+    assert s.cp.committed == {0: 1}, "only the refused offset itself is taken back"
+
+
+def test_a_periodic_commit_refused_at_once_is_retried(tmp_path):
+    s = Setup(tmp_path)
+    s.consumer.commit_async = lambda offsets, metadata, on_refused: on_refused(offsets, "no")
+    s.process(["a"], 0, 0)
+    s.cp.begin(s.clock(), idle=True)
+    s.cp.advance()
+    assert s.cp.committed == {}

@@ -167,6 +167,24 @@ def test_group_callbacks_commit_seek_and_resume(kafka_config, unique_name):
         second.close()
 
 
+def test_a_commit_not_waited_for_lands_in_order(kafka_config, unique_name):
+    topic = make_topic(kafka_config, unique_name("async"), partitions=1)
+    produce(kafka_config, topic, [(b"k", b"%d" % i) for i in range(10)])
+    tp = (topic, 0)
+    refused: list = []
+    consumer = open_consumer(kafka_config, unique_name("async"))
+    try:
+        consumer.subscribe([topic], lambda tps: None, lambda tps: None)
+        poll_until(consumer, 10)
+        for offset in (4, 7, 10):  # the last sent is the one that stays
+            consumer.commit_async({tp: offset}, None, lambda o, why: refused.append((o, why)))
+        consumer.poll(10, 0.5)  # the answers are served inside a poll
+        assert consumer.committed([tp]) == {tp: 10}
+        assert refused == []
+    finally:
+        consumer.close()
+
+
 def test_a_failing_assign_callback_surfaces_from_poll(kafka_config, unique_name):
     topic = make_topic(kafka_config, unique_name("cb"), partitions=1)
 

@@ -100,6 +100,16 @@ class Checkpointer:
         self.positions.update((part, offset + 1) for part, offset in last_offsets.items())
         self._processed = True
 
+    def read_up_to(self, read_to: dict[int, int]) -> None:
+        """Every record below these offsets (partition -> offset) is processed now."""
+        for p, pos in read_to.items():
+            self.positions[p] = max(self.positions.get(p, pos), pos)
+
+    def held_back(self, first_offsets: dict[int, int]) -> None:
+        """Records from these offsets on (partition -> offset) were read but not processed
+        yet (carried over): no commit may pass them, whatever was processed after them."""
+        self.positions.update(first_offsets)
+
     def due(self, now: float, idle: bool) -> bool:
         """The interval passed; or the input is quiet (``idle``), with work since the last.
 
@@ -194,8 +204,8 @@ class Checkpointer:
                 f"a checkpoint's records were not acknowledged within "
                 f"{self.settings.ack_timeout_s} s; nothing after it is committed"
             )
-        if ready:
-            self._commit({tp: pos for tp, pos in ready.items() if tp[1] in self._assigned})
+        if ready:  # not waited for: the loop goes on while the broker answers
+            self._commit({tp: pos for tp, pos in ready.items() if tp[1] in self._assigned}, False)
 
     def _send_paced(self, cp: InFlight, behind: bool) -> bool:
         """Send a share of the checkpoint's changelog; True once all of it is sent.
@@ -261,20 +271,43 @@ class Checkpointer:
             if p in self.changelog_end:
                 self.changelog_end[p] += n
 
-    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+    def _commit(self, offsets: dict[TopicPartition, int], wait: bool = True) -> None:
+        """Commit; ``wait=False`` (a periodic checkpoint) sends it and goes on.
+
+        Either way it is sent only once its changelog is acknowledged, so the
+        order above holds. A commit not waited for counts as committed here at
+        once; a refusal, answered in a later poll, takes that back
+        (:meth:`_refused`) and the next checkpoint commits again. A blocking
+        checkpoint (revocation, reload, stop) waits for its answer: librdkafka
+        sends a member's commits in order, so it lands after those before it.
+        """
         offsets = {tp: pos for tp, pos in offsets.items() if self.committed.get(tp[1]) != pos}
         if not offsets:
             return
         ends = self.changelog_end
         metadata = {tp: changelog.end_metadata(ends[tp[1]]) for tp in offsets if tp[1] in ends}
-        try:
-            self.consumer.commit(offsets, metadata)
-        except CommitFailed as exc:
-            log.warning("offset commit refused (%s); it is retried at the next checkpoint", exc)
-            return
+        if wait:
+            try:
+                self.consumer.commit(offsets, metadata)
+            except CommitFailed as exc:
+                log.warning("offset commit refused (%s); it is retried at the next checkpoint", exc)
+                return
         for (_, p), pos in offsets.items():
             self.committed[p] = pos
         self.metrics.commits.inc()
+        if not wait:  # marked first: a refusal, even one answered at once, takes it back
+            self.consumer.commit_async(offsets, metadata, self._refused)
+
+    def _refused(self, offsets: dict[TopicPartition, int], why: str) -> None:
+        """A commit not waited for was refused: those partitions count as uncommitted."""
+        undone = [p for (_, p), pos in offsets.items() if self.committed.get(p) == pos]
+        for p in undone:
+            self.committed.pop(p, None)
+        if undone:
+            log.warning(
+                "offset commit of partitions %s refused (%s); it is retried at the next "
+                "checkpoint", sorted(undone), why,
+            )  # fmt: skip
 
     def committed_text(self) -> str:
         return ", ".join(f"{p}:{o}" for p, o in sorted(self.committed.items())) or "none"

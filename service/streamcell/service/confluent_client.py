@@ -143,8 +143,10 @@ class ConfluentConsumer:
                 "heartbeat.interval.ms": cfg.heartbeat_interval_ms,
                 "max.poll.interval.ms": cfg.max_poll_interval_ms,
                 "partition.assignment.strategy": "range,roundrobin",
+                "on_commit": self._committed_cb,
             }
         )
+        self._on_refused: Callable[[dict[TopicPartition, int], str], None] | None = None
         try:
             _probe(cfg, self._c)
         except Exception:
@@ -223,6 +225,34 @@ class ConfluentConsumer:
         failed = [p for p in result or [] if p.error is not None]
         if failed:
             raise CommitFailed(f"commit failed for {failed[0].topic}[{failed[0].partition}]")
+
+    def commit_async(
+        self,
+        offsets: dict[TopicPartition, int],
+        metadata: dict[TopicPartition, str] | None,
+        on_refused: Callable[[dict[TopicPartition, int], str], None],
+    ) -> None:
+        if not offsets:
+            return
+        meta = metadata or {}
+        tps = [
+            CTopicPartition(t, p, o, metadata=meta.get((t, p), "")) for (t, p), o in offsets.items()
+        ]
+        self._on_refused = on_refused
+        try:
+            self._c.commit(offsets=tps, asynchronous=True)
+        except KafkaException as exc:
+            on_refused(dict(offsets), str(exc))
+
+    def _committed_cb(self, err: KafkaError | None, partitions: list) -> None:
+        """librdkafka's answer to a commit, served inside a poll (the loop's thread)."""
+        failed = {(p.topic, p.partition): p.offset for p in partitions if p.error is not None}
+        if err is None and not failed:
+            return
+        if not failed:
+            failed = {(p.topic, p.partition): p.offset for p in partitions}
+        if self._on_refused is not None:
+            self._on_refused(failed, str(err or next(p.error for p in partitions if p.error)))
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         if self._pending_seeks is not None:

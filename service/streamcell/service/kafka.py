@@ -182,6 +182,16 @@ class Consumer(Protocol):
         "" where none is given); raises CommitFailed."""
         ...
 
+    def commit_async(
+        self,
+        offsets: dict[TopicPartition, int],
+        metadata: dict[TopicPartition, str] | None,
+        on_refused: Callable[[dict[TopicPartition, int], str], None],
+    ) -> None:
+        """The same commit, sent without waiting for the broker's answer; a refusal
+        reaches ``on_refused(offsets, why)`` in a later poll (or at once)."""
+        ...
+
     def seek(self, tp: TopicPartition, offset: int) -> None:
         """Read ``tp`` from ``offset`` at the next poll (recovery and replays)."""
         ...

@@ -181,6 +181,19 @@ class KafkaPythonConsumer:
         except kerrors.KafkaError as exc:
             raise CommitFailed(f"commit of {len(offsets)} partition(s) failed: {exc}") from exc
 
+    def commit_async(
+        self,
+        offsets: dict[TopicPartition, int],
+        metadata: dict[TopicPartition, str] | None,
+        on_refused: Callable[[dict[TopicPartition, int], str], None],
+    ) -> None:
+        # kafka-python's commit_async answers through its own poll loop; this
+        # client's commits stay synchronous (its sends dominate its costs anyway).
+        try:
+            self.commit(offsets, metadata)
+        except CommitFailed as exc:
+            on_refused(dict(offsets), str(exc))
+
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self._c.seek(_tp(tp), offset)
 

@@ -4,6 +4,7 @@ One thread runs :meth:`Pipeline.run`. Per poll: restore partitions that were
 just assigned (``recovery``), decode the records (``codec``), send the bad
 ones to the dead-letter topic, step the valid ones through the shared
 :class:`Predictor` in one micro-batch, send one prediction per applied event.
+A full poll's repeated streams wait for the next poll (``carry``).
 Then the timers: checkpoints (``checkpointing``: predictions acknowledged ->
 changelog -> offsets), TTL expiry, lag (``lag``) and model reload (``reload``,
 right after a checkpoint, so the committed offsets mark exactly where the new
@@ -26,7 +27,7 @@ import numpy as np
 from streamcell.core.coldstore import ColdStore
 from streamcell.core.errors import ColdTierError
 from streamcell.core.predictor import DUPLICATE, PREDICTED, REPLAYED, Predictor
-from streamcell.service import codec, reload
+from streamcell.service import carry, codec, reload
 from streamcell.service.checkpointing import Checkpointer
 from streamcell.service.kafka import Consumer, Producer, Reader, Record
 from streamcell.service.lag import record_lag
@@ -80,6 +81,7 @@ class Pipeline:
             reopen_cold,
         )  # fmt: skip
         predictor.track_changes(self.ownership.place)
+        self.carry = carry.Carry()
 
     # ------------------------------------------------------------- running
     def start(self) -> None:
@@ -129,13 +131,23 @@ class Pipeline:
         s = self.settings
         busy = self.ownership.assigned or self.recovery.recovering
         delay = s.max_batch_delay_ms if busy else s.idle_poll_ms
-        records = self.consumer.poll(s.max_batch, max(delay, 1) / 1000)
+        records = self.consumer.poll(s.max_batch - len(self.carry), max(delay, 1) / 1000)
         if self.recovery.recovering:  # assigned in this poll: restored before their events
             self.recovery.restore_pending()
-        if records:
-            self.process(records)
+        held, read_to = self._take_carry()
+        batch = held + records if held else records
+        later: list[Record] = []
+        if len(batch) >= s.max_batch:  # behind the input: fewer waves, more events a second
+            batch, later = carry.split(batch, s.max_batch // 4)
+        if batch:
+            self.process(batch)
         cp = self.checkpointer
-        idle = not records
+        if read_to:  # the carried records are processed: back to where their partitions read
+            cp.read_up_to(read_to)
+        if later:
+            self.carry.hold(later, cp.positions, self.ownership.generations)
+            cp.held_back(carry.first_offsets(later))
+        idle = not batch
         if cp.in_flight:
             cp.advance(idle=idle)
         now = cp.clock()
@@ -146,16 +158,28 @@ class Pipeline:
                 self.consumer, self.metrics, s.input_topic, self.ownership.assigned, cp.positions
             )
         if self.watcher is not None:
-            reload.reload_if_newer(self.watcher, self.predictor, self.metrics, cp.checkpoint)
+            reload.reload_if_newer(self.watcher, self.predictor, self.metrics, self._checkpoint)
         return len(records)
 
     def close(self) -> None:
         """Graceful stop: make everything durable, then leave the group."""
         try:
-            self.checkpointer.checkpoint()
+            self._checkpoint()
         finally:
             self._close_clients()
         log.info("pipeline stopped; offsets committed: %s", self.checkpointer.committed_text())
+
+    def _checkpoint(self) -> None:
+        """A blocking checkpoint of everything read: the carried records are processed first
+        (a model swap then starts exactly at the committed offsets)."""
+        held, read_to = self._take_carry()
+        if held:
+            self.process(held)
+        self.checkpointer.read_up_to(read_to)
+        self.checkpointer.checkpoint()
+
+    def _take_carry(self) -> tuple[list[Record], dict[int, int]]:
+        return self.carry.take(self.ownership.assigned, self.ownership.generations)
 
     def _close_clients(self) -> None:
         self.recovery.closing = True  # leaving the group revokes: nothing more to checkpoint
