@@ -214,10 +214,7 @@ class ConfluentConsumer:
     ) -> None:
         if not offsets:
             return
-        meta = metadata or {}
-        tps = [
-            CTopicPartition(t, p, o, metadata=meta.get((t, p), "")) for (t, p), o in offsets.items()
-        ]
+        tps = _with_metadata(offsets, metadata)
         try:
             result = self._c.commit(offsets=tps, asynchronous=False)
         except KafkaException as exc:
@@ -234,10 +231,7 @@ class ConfluentConsumer:
     ) -> None:
         if not offsets:
             return
-        meta = metadata or {}
-        tps = [
-            CTopicPartition(t, p, o, metadata=meta.get((t, p), "")) for (t, p), o in offsets.items()
-        ]
+        tps = _with_metadata(offsets, metadata)
         self._on_refused = on_refused
         try:
             self._c.commit(offsets=tps, asynchronous=True)
@@ -624,3 +618,13 @@ class ConfluentAdmin:
 IMPLEMENTATION = Implementation(
     ConfluentConsumer, ConfluentReader, ConfluentProducer, ConfluentAdmin
 )
+
+
+def _with_metadata(
+    offsets: dict[TopicPartition, int], metadata: dict[TopicPartition, str] | None
+) -> list[CTopicPartition]:
+    """The commit's partitions, each with its metadata string ("" where none is given)."""
+    meta = metadata or {}
+    return [
+        CTopicPartition(t, p, o, metadata=meta.get((t, p), "")) for (t, p), o in offsets.items()
+    ]
