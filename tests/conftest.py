@@ -128,3 +128,14 @@ def registry_with_model(tmp_path: Path) -> RegistryWithModel:
     )
     path = save_checkpoint(tmp_path / "registry", "test-model", model, cfg)
     return RegistryWithModel(tmp_path / "registry", "test-model", path.name)
+
+
+@pytest.fixture(name="one_torch_thread")
+def fixture_one_torch_thread() -> Iterator[None]:
+    """One torch thread for the test, as the service runs (batch invariance holds there)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from streamcell.core.checkpoint import ModelConfig, save_checkpoint
@@ -52,3 +53,9 @@ def make_recipe_model(
         calibration=calibration,
     )
     return save_checkpoint(registry, name, model, cfg, version=version)
+
+
+def seasonal_series(length: int = 40) -> np.ndarray:
+    """One stream's values ``[length, 1]``: a season of 12 on a trend."""
+    t = np.arange(length)
+    return (100 + 20 * np.sin(2 * np.pi * t / 12) + t).astype(np.float32)[:, None]

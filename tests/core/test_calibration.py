@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from recipe_support import make_recipe_model
+from recipe_support import make_recipe_model, seasonal_series
 
 from streamcell.core.calibration import Calibration, widen
 from streamcell.core.checkpoint import CONFIG_FILE, load_checkpoint
@@ -23,17 +23,7 @@ ONLINE = [1.7, 1.0, 0.6]  # the lower level widened, the upper narrowed
 TABLE = [[0.5, 1.0, 0.5], [2.0, 1.0, 3.0], [1.5, 1.0, 1.2]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def series(length: int = 40) -> np.ndarray:
-    t = np.arange(length)
-    return (100 + 20 * np.sin(2 * np.pi * t / 12) + t).astype(np.float32)[:, None]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def predictor(tmp_path: Path, calibration: dict | None, horizon: int = 1) -> Predictor:
@@ -64,7 +54,7 @@ def by_hand(raw: np.ndarray, factors: np.ndarray) -> np.ndarray:
 
 
 def test_the_predictor_serves_the_online_factors_about_an_unmoved_median(tmp_path):
-    x = series()
+    x = seasonal_series()
     raw = replay(predictor(tmp_path / "raw", None), x)
     cal = predictor(tmp_path / "cal", {"online": ONLINE, "forecast": TABLE})
     got = replay(cal, x)
@@ -81,7 +71,7 @@ def test_a_config_without_calibration_serves_exactly_as_before(tmp_path):
     assert "calibration" not in json.loads((path / CONFIG_FILE).read_text())
     p = Predictor(load_checkpoint(path))
     assert p.config.calibration_table is None
-    got = replay(p, series(20))
+    got = replay(p, seasonal_series(20))
     # The head's step 1 at the stream's state, de-normalised and sorted: nothing more.
     slot = p.store.slot_of("s")
     h = p.store.gather(np.array([slot]))[0]
@@ -93,7 +83,7 @@ def test_a_config_without_calibration_serves_exactly_as_before(tmp_path):
 
 @pytest.mark.parametrize("horizon", [1, 4])
 def test_a_forecast_applies_its_table_row_by_step_and_the_last_beyond(tmp_path, horizon):
-    x = series()
+    x = seasonal_series()
     raw_p = predictor(tmp_path / "raw", None, horizon)
     cal_p = predictor(tmp_path / "cal", {"online": ONLINE, "forecast": TABLE}, horizon)
     for p in (raw_p, cal_p):
@@ -112,7 +102,7 @@ def test_a_forecast_applies_its_table_row_by_step_and_the_last_beyond(tmp_path, 
 
 
 def test_an_empty_forecast_table_leaves_a_forecast_as_the_head_gives_it(tmp_path):
-    x = series(20)
+    x = seasonal_series(20)
     raw_p = predictor(tmp_path / "raw", None)
     cal_p = predictor(tmp_path / "cal", {"online": ONLINE, "forecast": []})
     online = [replay(p, x) for p in (raw_p, cal_p)]
@@ -122,7 +112,7 @@ def test_an_empty_forecast_table_leaves_a_forecast_as_the_head_gives_it(tmp_path
 
 
 def test_replayed_events_serve_byte_identical_calibrated_quantiles(tmp_path):
-    x = series(30)
+    x = seasonal_series(30)
     cal = {"online": ONLINE, "forecast": TABLE}
     first = replay(predictor(tmp_path / "a", cal), x)
     second = replay(predictor(tmp_path / "b", cal), x)

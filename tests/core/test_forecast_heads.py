@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from recipe_support import make_recipe_model
+from recipe_support import make_recipe_model, seasonal_series
 
 from streamcell.core.checkpoint import CONFIG_FILE, LoadedModel, load_checkpoint
 from streamcell.core.errors import CheckpointError
@@ -21,17 +21,7 @@ RECIPE = {"target": 0, "lags": [1, 2, 12], "scale_window": 4, "log_scale": True,
 LEVELS = (0.1, 0.5, 0.9)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def series(length: int = 40) -> np.ndarray:
-    t = np.arange(length)
-    return (100 + 20 * np.sin(2 * np.pi * t / 12) + t).astype(np.float32)[:, None]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def served(tmp_path: Path, x: np.ndarray, **head) -> Predictor:
@@ -77,7 +67,7 @@ def by_hand(loaded: LoadedModel, x: np.ndarray, horizon: int) -> np.ndarray:
 def test_direct_head_forecast_is_the_heads_outputs_fed_back_in_chunks(
     tmp_path: Path, levels: tuple[float, ...]
 ) -> None:
-    x = series()
+    x = seasonal_series()
     predictor = served(tmp_path, x, horizon=5, quantile_levels=levels)
     # Within the head's horizon, beyond it (two chunks and a part), and one step.
     for horizon in (3, 5, 13, 1):
@@ -86,7 +76,7 @@ def test_direct_head_forecast_is_the_heads_outputs_fed_back_in_chunks(
 
 
 def test_a_one_step_quantile_head_feeds_its_median_back(tmp_path: Path) -> None:
-    x = series()
+    x = seasonal_series()
     predictor = served(tmp_path, x, quantile_levels=LEVELS)
     np.testing.assert_array_equal(predictor.forecast("s", 9)[:, 0], by_hand(predictor.loaded, x, 9))
 
@@ -96,7 +86,7 @@ def test_a_one_step_quantile_head_feeds_its_median_back(tmp_path: Path) -> None:
 def test_quantiles_are_ordered_finite_and_replay_byte_identical(
     tmp_path: Path, horizon: int
 ) -> None:
-    x = series()
+    x = seasonal_series()
     predictor = served(tmp_path, x, horizon=horizon, quantile_levels=LEVELS)
     first = predictor.forecast_result("s", 11)
     again = predictor.forecast_result("s", 11)
@@ -124,7 +114,7 @@ def test_quantiles_are_ordered_finite_and_replay_byte_identical(
 
 @torch.no_grad()
 def test_the_online_prediction_is_step_one_at_the_median(tmp_path: Path) -> None:
-    x = series(20)
+    x = seasonal_series(20)
     predictor = served(tmp_path, x, horizon=3, quantile_levels=LEVELS)
     slot = predictor.store.slot_of("s")
     h = predictor.store.gather(np.array([slot]))[0]
@@ -141,7 +131,7 @@ def test_a_point_checkpoint_writes_no_head_fields(tmp_path: Path) -> None:
     assert "quantile_levels" not in raw and "horizon" not in raw
     cfg = load_checkpoint(path).config
     assert (cfg.quantile_levels, cfg.horizon, cfg.head_width) == ((), 1, 1)
-    x = series(10)
+    x = seasonal_series(10)
     predictor = served(tmp_path / "p", x)
     result = predictor.forecast_result("s", 4)
     assert result.quantiles is None and result.method == "feedback"

@@ -39,13 +39,7 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Batch invariance holds with one torch thread (the service's default)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # batch invariance
 
 
 def model(tmp_path: Path, case: str, seed: int = 0, version: str | None = None) -> LoadedModel:
