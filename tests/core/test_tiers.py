@@ -269,3 +269,15 @@ def test_a_stream_back_soon_after_its_spill_from_probation_is_kept(tmp_path, col
     p.predict(EventBatch.of(["t0"], x[:1]))  # back while remembered: seen twice, kept
     p.predict(EventBatch.of(["t4", "t5"], x))  # room: t3 from probation, then the LRU h0
     assert sorted(p.store.stream_ids()) == ["h1", "t0", "t4", "t5"]
+
+
+def test_a_stream_back_after_its_spill_by_the_lru_is_kept(tmp_path, cold):
+    p = Predictor(plain_model(tmp_path), max_streams=4, cold=cold, clock=lambda: 5e9)
+    x = np.zeros((2, F), np.float32)
+    for names in (["h0", "h1"], ["h0", "h1"], ["h2", "h3"], ["h2", "h3"]):  # all seen twice
+        p.predict(EventBatch.of(names, x))
+    p.predict(EventBatch.of(["t0"], x[:1]))  # nothing on probation: the LRU spills h0
+    p.predict(EventBatch.of(["h0"], x[:1]))  # back: t0 spills; h0 was seen twice, kept
+    p.predict(EventBatch.of(["t1", "t2"], x))  # room from the LRU: h1, h2, not h0
+    assert sorted(p.store.stream_ids()) == ["h0", "h3", "t1", "t2"]
+    assert p.tiers.counts.loads == 1

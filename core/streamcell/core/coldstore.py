@@ -157,6 +157,7 @@ class ColdStore:
             DBCompressionType,
             Options,
             Rdict,
+            ReadOptions,
             WriteOptions,
         )
 
@@ -179,6 +180,10 @@ class ColdStore:
         # write per spill and still not be trusted after a crash.
         self._write_opts = WriteOptions()
         self._write_opts.disable_wal = True
+        # A load reads a stream's block once and deletes the stream: caching the block
+        # would only push out others. (Checksums stay on: a bad block is an error.)
+        self._read_opts = ReadOptions()
+        self._read_opts.fill_cache(False)
         try:
             # On disk at once: the records go without a log, so a killed process would
             # leave the marker only in memory, and the next start would see layout 1.
@@ -459,7 +464,7 @@ class ColdStore:
         if not keys:
             return []
         try:
-            return self._db.get(keys)
+            return self._db.get(keys, read_opt=self._read_opts)
         except Exception as exc:
             raise ColdTierError(f"reading the cold tier in {self.path} failed: {exc}") from exc
 

@@ -358,10 +358,14 @@ class Predictor:
                     rows = np.arange(start, min(start + limit, n))
                     names = [batch.streams[k] for k in rows.tolist()]
                     waves = [rows[w] for w in _waves(names)]
+                found = None
                 if self.tiers is not None:  # cold streams loaded, room made: nothing evicted
-                    self.tiers.admit(list(dict.fromkeys(names)) if len(waves) > 1 else names)
+                    if len(waves) > 1:
+                        self.tiers.admit(list(dict.fromkeys(names)))
+                    else:  # the one wave's slots, looked up once
+                        found = self.tiers.admit(names)
                 for rows in waves:
-                    self._step_wave(batch, rows, times, result, errors, part)
+                    self._step_wave(batch, rows, times, result, errors, part, found)
                 self._journal.stepped(part, self._known_partition)
                 evicted = self.store.take_evicted()
                 if evicted:
@@ -381,11 +385,13 @@ class Predictor:
         result: BatchResult,
         errors: list[np.ndarray],
         touched: dict[str, int],
+        found: list[int | None] | None = None,
     ) -> None:
+        """``found``: the tiers' slots of the wave's streams, when it is the whole batch."""
         store = self.store
         names = batch.streams
         streams = names if len(rows) == len(names) else [names[k] for k in rows.tolist()]
-        slots = store.slots(streams, times[rows])
+        slots = store.slots(streams, times[rows], found)
         seq, part, off = batch.seq[rows], batch.partition[rows], batch.offset[rows]
         duplicate = (seq != NO_SEQ) & (store.seq[slots] >= seq)
         replayed = (

@@ -308,14 +308,25 @@ class StateStore:
         return self._index.get(stream)
 
     # --------------------------------------------------------------- lookups
-    def slots(self, streams: Sequence[str], now: float | np.ndarray) -> np.ndarray:
+    def lookup(self, streams: Sequence[str]) -> list[int | None]:
+        """The slot of each stream, None where the store lacks it (recency untouched)."""
+        return list(map(self._index.get, streams))
+
+    def slots(
+        self,
+        streams: Sequence[str],
+        now: float | np.ndarray,
+        found: list[int | None] | None = None,
+    ) -> np.ndarray:
         """Slots for distinct stream ids, creating missing streams with zero state.
 
         Marks them most recently used. ``now`` is the event time of their
         events (one for all, or one per stream): a stream's ``last_seen`` is
         the newest event time it has had, so that a late event never makes it
         look idle. When the store is full, the least recently used streams
-        outside ``streams`` are evicted (counted).
+        outside ``streams`` are evicted (counted). ``found``: :meth:`lookup`'s
+        answer for ``streams`` since which no stream was added or removed, so
+        the ids are not looked up twice.
         """
         if len(streams) > self.max_streams:
             raise Overloaded(
@@ -323,7 +334,8 @@ class StateStore:
                 f"capacity of {self.max_streams}"
             )
         index = self._index
-        found = list(map(index.get, streams))
+        if found is None:
+            found = list(map(index.get, streams))
         if None not in found:  # the usual case, every stream known: no Python loop per stream
             deque(map(index.move_to_end, streams), maxlen=0)
             out = np.array(found, dtype=np.int64)
@@ -331,8 +343,7 @@ class StateStore:
             return out
         out = np.empty(len(streams), dtype=np.int64)
         missing: list[int] = []
-        for k, stream in enumerate(streams):
-            slot = index.get(stream)
+        for k, (stream, slot) in enumerate(zip(streams, found, strict=True)):
             if slot is None:
                 missing.append(k)
             else:

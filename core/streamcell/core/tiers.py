@@ -7,10 +7,10 @@ cold tier in one batched read, and if the slab has no room streams outside
 the batch are spilled to the cold tier as their snapshot bytes, the loads'
 deletions and the spills in one batched write. The first to spill are the
 streams on probation, seen in one batch only since they came in (loaded or
-new), oldest first; then the least recently used. A stream spilled from
-probation is remembered (its id only, a bounded number of them): if it comes
-back while remembered, it was seen twice and is not put on probation again
-(2Q's two queues and its ghost list). Spilling forgets nothing and
+new), oldest first; then the least recently used. A spilled stream is
+remembered (its id only, a bounded number of them): if it comes back while
+remembered, it was seen twice and is not put on probation again (2Q's two
+queues and its ghost list, which 2Q keeps for probation's spills only). Spilling forgets nothing and
 writes no tombstone, and loading is byte-exact (the snapshot is the
 changelog's record), so a stream's state never depends on where it was.
 Only the TTL and the cold tier's size bound forget a stream (tombstones,
@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import compress, repeat
+from itertools import repeat
 
 import numpy as np
 
@@ -86,22 +86,28 @@ class TieredStore:
         self._ghosts: OrderedDict[str, None] = OrderedDict()
 
     # ----------------------------------------------------------------- batches
-    def admit(self, streams: Sequence[str]) -> None:
-        """Make distinct ``streams`` (at most the hot capacity) hot, or room for them."""
+    def admit(self, streams: Sequence[str]) -> list[int | None]:
+        """Make distinct ``streams`` (at most the hot capacity) hot, or room for them.
+
+        Returns each stream's slot in the slab, None for a stream in neither tier
+        (new: room is made, the step creates it), for ``StateStore.slots``.
+        """
         hot, counts, probation = self.hot, self.counts, self._probation
-        present = hot.contains(streams)
-        if probation:  # seen again: out of probation, spilled after it from now on
-            hits = streams if present.all() else compress(streams, present.tolist())
-            deque(map(probation.pop, hits, repeat(None)), maxlen=0)
-        if present.all():
+        found = hot.lookup(streams)
+        if None not in found:
+            if probation:  # seen again: out of probation, spilled after it from now on
+                deque(map(probation.pop, streams, repeat(None)), maxlen=0)
             counts.hits += len(streams)
-            return
+            return found
         start = time.perf_counter()
-        missing = [streams[k] for k in np.flatnonzero(~present).tolist()]
+        where = [k for k, slot in enumerate(found) if slot is None]
+        missing = [streams[k] for k in where]
+        if probation:
+            deque(map(probation.pop, streams, repeat(None)), maxlen=0)  # missing: never there
         ghosts = self._ghosts  # before this batch's spills join them
         back = [ghosts.pop(s, _ABSENT) is not _ABSENT for s in missing]
         room = hot.max_streams - len(hot)
-        victims = self._victims(len(missing) - room, streams, present)
+        victims = self._victims(len(missing) - room, streams, found)
         slots = np.fromiter(map(hot.slot_of, victims), np.int64, len(victims))  # type: ignore[arg-type]
         block = hot.snapshot_block(victims)
         spilled_tags = self.journal.spilled(victims, hot.partition[slots].tolist())
@@ -113,24 +119,24 @@ class TieredStore:
         hot.remove(victims)
         self.counts.spills += len(victims)
         self._forgot(forgotten)
-        found = [(s, v) for s, v in zip(missing, values, strict=True) if v is not None]
-        if found:
-            hot.restore(found)
-            self.journal.loaded(
-                [s for s, _ in found],
-                [t for t, v in zip(tags, values, strict=True) if v is not None],
-            )
+        loaded = [j for j, v in enumerate(values) if v is not None]
+        if loaded:
+            hot.restore([(missing[j], values[j]) for j in loaded])  # type: ignore[misc]
+            self.journal.loaded([missing[j] for j in loaded], [tags[j] for j in loaded])
+            for j in loaded:
+                found[where[j]] = hot.slot_of(missing[j])
         # Seen once (loaded or new): on probation, the first to spill unless seen again;
         # one spilled from probation not long ago is seen again now: not on probation.
         probation.update((s, None) for s, b in zip(missing, back, strict=True) if not b)
         while len(probation) > hot.max_streams:  # stale entries of streams gone otherwise
             probation.popitem(last=False)
         counts.hits += len(streams) - len(missing)
-        counts.loads += len(found)
-        counts.new += len(missing) - len(found)
+        counts.loads += len(loaded)
+        counts.new += len(missing) - len(loaded)
         self._timed(start)
+        return found
 
-    def _victims(self, n: int, streams: Sequence[str], present: np.ndarray) -> list[str]:
+    def _victims(self, n: int, streams: Sequence[str], found: list[int | None]) -> list[str]:
         """``n`` hot streams outside ``streams`` to spill: those on probation first (oldest
         first), then the least recently used.
 
@@ -146,13 +152,17 @@ class TieredStore:
             stream, _ = probation.popitem(last=False)
             if stream in hot:  # not one of the batch's: those left probation above
                 victims.append(stream)
+        if len(victims) < n:
+            kept = [s for s, slot in zip(streams, found, strict=True) if slot is not None]
+            kept += victims
+            victims += hot.least_recent(n - len(victims), sparing=kept)
+        # All remembered: one from probation that comes back was seen twice; one the
+        # LRU spilled had left probation, and put on probation again when it came
+        # back it would be the next to spill, and to come back once more.
         ghosts = self._ghosts
         ghosts.update(dict.fromkeys(victims))
         for _ in range(len(ghosts) - max(int(hot.max_streams * GHOSTS_SHARE), 1)):
             ghosts.popitem(last=False)
-        if len(victims) < n:
-            kept = [*compress(streams, present.tolist()), *victims]
-            victims += hot.least_recent(n - len(victims), sparing=kept)
         return victims
 
     def _forgot(self, gone: Forgotten) -> None:
