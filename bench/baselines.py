@@ -218,8 +218,9 @@ ETS_PATHS = 1000
 def ets(y: np.ndarray, n_train: int, m: int, horizon: int | None) -> Forecasts:
     """Damped additive-trend ETS fitted on the training part, then smoothed with frozen params.
 
-    Additive errors; seasonality multiplicative where the training part is
-    positive, additive otherwise; initial states estimated (heuristic for
+    Additive errors; seasonality multiplicative where the series is positive,
+    additive otherwise (the test part counts too: a multiplicative model cannot
+    be run over a zero); initial states estimated (heuristic for
     m > 24, where estimating 48 seasonal states is slow and unstable).
     """
     from statsmodels.tsa.exponential_smoothing.ets import ETSModel
@@ -229,7 +230,7 @@ def ets(y: np.ndarray, n_train: int, m: int, horizon: int | None) -> Forecasts:
         error="add",
         trend="add",
         damped_trend=True,
-        seasonal="mul" if train.min() > 0 else "add",
+        seasonal="mul" if y.min() > 0 else "add",
         seasonal_periods=m,
         initialization_method="heuristic" if m > 24 else "estimated",
     )

@@ -22,6 +22,7 @@ from streamcell.trainer.api import (
     train_local,
 )
 from streamcell.trainer.evaluate import evaluate, predict_streams
+from streamcell.trainer.loop import fit, new_model
 from streamcell.trainer.synthetic import interleaved, noisy_sines, square_waves
 
 # One torch thread: small models train many times faster so on a busy 2-core machine.
@@ -149,3 +150,17 @@ def test_export_writes_a_servable_version(tmp_path: Path) -> None:
     assert training["samples_per_s"] > 0
     for name, tensor in result.model.state_dict().items():
         np.testing.assert_array_equal(tensor.numpy(), loaded.model.state_dict()[name].numpy())
+
+
+@pytest.mark.parametrize(("streams", "passes"), [(4, 50), (200, 1)])
+def test_an_epoch_passes_over_a_small_data_set_until_it_has_enough_updates(
+    streams: int, passes: int
+) -> None:
+    """One update per batch of whole streams (window longer than each): a few streams
+    take 50 passes for one epoch of 50 updates (the default); enough for 50 batches, one."""
+    data = load_long_frame(noisy_sines(streams=streams, length=30, seed=1))
+    settings = TrainSettings(hidden=4, layers=1, epochs=1, window=32, batch_size=4)
+    prepared = prepare_frame(data, settings)
+    state = fit(new_model(prepared, settings), prepared, settings, shard=list(range(streams)))
+    one_pass = sum(s.n_train - 1 for s in prepared.streams)
+    assert state.history[0]["samples"] == passes * one_pass

@@ -148,6 +148,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--batch-size", type=_positive, default=32, help="streams per batch (default 32)"
     )
+    model.add_argument(
+        "--epoch-steps",
+        type=_positive,
+        default=50,
+        help="at least this many updates an epoch: a small data set is passed over again "
+        "(default 50)",
+    )
     model.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
     model.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     model.add_argument(
@@ -262,6 +269,7 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         window=args.window,
         batch_size=args.batch_size,
+        epoch_steps=args.epoch_steps,
         lr=args.lr,
         seed=args.seed,
         val_fraction=args.val_fraction,

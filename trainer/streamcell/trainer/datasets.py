@@ -73,11 +73,14 @@ class Dataset:
 
 
 def load(name: str) -> Dataset:
-    """Load a data set by name (see :data:`LOADERS`)."""
-    try:
-        loader = LOADERS[name]
-    except KeyError:
-        raise DataError(f"unknown data set {name!r}; known: {', '.join(LOADERS)}") from None
+    """Load a data set by name: one of :data:`LOADERS`, or a held-out one
+    (:mod:`streamcell.trainer.heldout_datasets`)."""
+    from streamcell.trainer import heldout_datasets
+
+    loader = LOADERS.get(name) or heldout_datasets.LOADERS.get(name)
+    if loader is None:
+        known = [*LOADERS, *heldout_datasets.LOADERS]
+        raise DataError(f"unknown data set {name!r}; known: {', '.join(known)}")
     return loader()
 
 

@@ -7,7 +7,10 @@ numbers across workers (identity when alone).
 
 Per epoch the owned streams are shuffled (seed + epoch, so a resumed run
 repeats the same order) and grouped ``batch_size`` at a time, side by side,
-padded at the end, the loss masked. Each group's training part is cut into
+padded at the end, the loss masked; an epoch makes at least
+``settings.epoch_steps`` updates (as GluonTS's epochs of 50 batches do),
+passing over a small data set again, each time in a new order, rather than
+stopping early after a handful of updates. Each group's training part is cut into
 consecutive windows of ``window`` steps; (h, c) leave one window detached and
 enter the next (truncated BPTT), so the model learns from the long state that
 serving keeps. Workers may own different amounts of data; every worker runs
@@ -187,16 +190,27 @@ def _train_epoch(
     device: torch.device,
     sync: Sync,
 ) -> tuple[float, float]:
-    """One pass over the shard; returns (sum of weighted losses, target points), all workers."""
+    """One epoch: passes over the shard, each in its own order, until it has made at
+    least ``settings.epoch_steps`` updates; returns (sum of weighted losses, target points),
+    all workers."""
     net.train()
     rng = np.random.default_rng([settings.seed, epoch])
-    order = [shard[k] for k in rng.permutation(len(shard))]
-    batches = [
-        order[k : k + settings.batch_size] for k in range(0, len(order), settings.batch_size)
-    ]
     window = settings.window
-    lengths = [max(prepared.streams[i].n_train - 1 for i in b) for b in batches]
-    steps = sum(-(-n // window) for n in lengths)
+    batches: list[list[int]] = []
+    lengths: list[int] = []
+    steps = 0
+    while steps < settings.epoch_steps:
+        order = [shard[k] for k in rng.permutation(len(shard))]
+        more = [
+            order[k : k + settings.batch_size] for k in range(0, len(order), settings.batch_size)
+        ]
+        widest = [max(prepared.streams[i].n_train - 1 for i in b) for b in more]
+        added = sum(-(-n // window) for n in widest)
+        if not added:  # nothing to train on here (an empty shard)
+            break
+        batches += more
+        lengths += widest
+        steps += added
     total_steps = sync.max_int(steps)
     loss_sum = torch.zeros((), dtype=torch.float64)
     points = 0.0

@@ -42,6 +42,9 @@ class TrainSettings:
     epochs: int = 20
     window: int = 32  # TBPTT length: gradients flow this many steps back
     batch_size: int = 32  # streams side by side in one batch
+    # An epoch makes at least this many updates, passing over a small data set again
+    # (as GluonTS's epochs of 50 batches do): a few short streams make few batches.
+    epoch_steps: int = 50
     lr: float = 3e-3
     seed: int = 0
     val_fraction: float = 0.2  # last fraction of every stream, predicted online
@@ -80,7 +83,16 @@ class TrainSettings:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
-        for name in ("hidden", "layers", "members", "epochs", "window", "batch_size", "patience"):
+        for name in (
+            "hidden",
+            "layers",
+            "members",
+            "epochs",
+            "window",
+            "batch_size",
+            "epoch_steps",
+            "patience",
+        ):
             positive_int(name)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")

