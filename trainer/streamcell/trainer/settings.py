@@ -69,6 +69,13 @@ class TrainSettings:
     # Candidates tried on validation (overrides of these settings); the best is kept.
     candidates: tuple[dict[str, Any], ...] = ()
     final_fit: str = "blend"  # one of FINAL_FITS (see streamcell.trainer.select)
+    # Where the chosen candidate has a direct head and another is better one step
+    # ahead on validation: serve that one's first step (online) beside the chosen
+    # one's later steps (Forecast), as one model (streamcell.trainer.select).
+    online_first_step: bool = True
+    # Up to this many candidates of the chosen one's head and features, the best at
+    # fixed origin, averaged as one model where the average validates better there.
+    average_top: int = 1
     # The head: steps predicted at once (None: streamcell.trainer.periods.default_horizon;
     # 1: the next step, fed back to forecast further) and quantile levels (empty: a point).
     horizon: int | None = None
@@ -80,7 +87,16 @@ class TrainSettings:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
-        for name in ("hidden", "layers", "members", "epochs", "window", "batch_size", "patience"):
+        for name in (
+            "hidden",
+            "layers",
+            "members",
+            "epochs",
+            "window",
+            "batch_size",
+            "patience",
+            "average_top",
+        ):
             positive_int(name)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
