@@ -187,3 +187,27 @@ def test_the_best_candidates_averaged_where_the_average_validates_better() -> No
     assert result.metrics["val_origin_mase"] == pytest.approx(
         average["origin_score"] if average["kept"] else min(scores), rel=1e-4
     )
+
+
+def test_one_set_of_candidates_chosen_once_per_protocol() -> None:
+    from streamcell.trainer.api import train_local_per_protocol
+
+    data = load_long_frame(seasonal(streams=4, length=120, period=12, seed=5))
+    candidates = ({"horizon": 6, "hidden": 2, "lr": 1e-4}, {"horizon": 1, "lr": 1e-2}, {})
+    settings = TrainSettings(
+        hidden=8, layers=1, epochs=3, candidates=candidates, online_first_step=False
+    )
+    results = train_local_per_protocol(data, settings, threads=1)
+    online, origin = results["online"].config, results["origin"].config
+    tried = origin.training["selection"]["candidates"]
+    assert online.training["selection"]["candidates"] == tried  # trained once
+    assert origin.training["selection"]["chosen"] == int(
+        np.argmin([c["origin_score"] for c in tried])
+    )
+    assert online.training["selection"]["chosen"] == int(np.argmin([c["score"] for c in tried]))
+    assert online.training["selection"]["chosen_by"] == "val_mase"
+    assert results["online"].metrics["val_mase"] == pytest.approx(
+        min(c["score"] for c in tried), rel=1e-4
+    )
+    same = online.training["selection"]["chosen"] == origin.training["selection"]["chosen"]
+    assert (results["online"] is results["origin"]) == same

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -46,6 +46,7 @@ from streamcell.trainer.origin import origin_mase
 from streamcell.trainer.prepare import Prepared
 from streamcell.trainer.settings import TrainSettings
 
+Trained = tuple[TrainSettings, Prepared, LoopState, StreamingLSTM]
 # Share of the budget kept for the final fit (it sees 1 / (1 - val_fraction) more rows).
 FINAL_SHARE = 0.3
 
@@ -94,12 +95,40 @@ def select_and_fit(
     one fed back are compared on the same forecasts; where the model cannot
     forecast (covariates without a recipe) the monitor decides.
     """
+    trials = train_candidates(frame, settings, prepare_frame, device=device, on_epoch=on_epoch)
+    return choose(trials, "origin", device=device, on_epoch=on_epoch)
+
+
+@dataclass(frozen=True)
+class Trials:
+    """The candidates trained and validated, before one is chosen."""
+
+    frame: LongFrame
+    settings: TrainSettings
+    tried: list[dict[str, Any]]  # each candidate's record (validation scores)
+    trained: list[Trained]
+    keys: list[str]  # each candidate's features (candidates of one key share them)
+    eval_horizon: int
+    deadline: Deadline | None
+    # Each candidate's final fit once made (a second choice reuses it).
+    finals: dict[int, tuple[StreamingLSTM | None, str]] = field(default_factory=dict)
+
+
+def train_candidates(
+    frame: LongFrame,
+    settings: TrainSettings,
+    prepare_frame: Callable[[LongFrame, TrainSettings], Prepared],
+    *,
+    device: str | torch.device = "cpu",
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> Trials:
+    """Each candidate trained with early stopping and scored both ways on validation."""
     budget = float(settings.time_budget)
     deadline = Deadline.after(budget) if budget > 0 else None
     options = candidate_settings(settings)
     share = (1 - FINAL_SHARE) if settings.final_fit != "off" else 1.0
     tried: list[dict[str, Any]] = []
-    trained: list[tuple[TrainSettings, Prepared, LoopState, StreamingLSTM]] = []
+    trained: list[Trained] = []
     cache: dict[str, Prepared] = {}
     keys: list[str] = []  # each candidate's features (candidates of one key share them)
     eval_horizon = 0
@@ -145,7 +174,26 @@ def select_and_fit(
             }
         )
         trained.append((option, prepared, state, model))
-    by = "origin_score" if all(math.isfinite(t["origin_score"]) for t in tried) else "score"
+    return Trials(frame, settings, tried, trained, keys, eval_horizon, deadline)
+
+
+def choose(
+    trials: Trials,
+    protocol: str,
+    *,
+    device: str | torch.device = "cpu",
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> Chosen:
+    """The candidate best on validation for ``protocol``, then its final fit.
+
+    ``origin``: the fixed-origin validation MASE (the monitor where a model
+    cannot forecast), a Forecast's score; ``online``: the monitor, one step
+    ahead, the online predictions' score.
+    """
+    frame, settings, tried, trained = trials.frame, trials.settings, trials.tried, trials.trained
+    keys, eval_horizon, deadline = trials.keys, trials.eval_horizon, trials.deadline
+    finite = all(math.isfinite(t["origin_score"]) for t in tried)
+    by = "origin_score" if protocol == "origin" and finite else "score"
     pick = min(range(len(tried)), key=lambda k: (not math.isfinite(tried[k][by]), tried[k][by]))
     option, prepared, state, model = trained[pick]
     record: dict[str, Any] = {
@@ -159,6 +207,14 @@ def select_and_fit(
 
     def budget_left() -> float:
         return float("inf") if deadline is None else deadline.left()
+
+    def final_of(k: int) -> tuple[StreamingLSTM | None, str]:
+        if k not in trials.finals:
+            validated = _validated(trained, [k])
+            trials.finals[k] = _final(
+                settings, trained[k], validated, budget_left, device, on_epoch
+            )
+        return trials.finals[k]
 
     group = average_group(tried, keys, pick, by, settings.average_top)
     validated = _validated(trained, group)
@@ -176,10 +232,7 @@ def select_and_fit(
         if not avg["kept"]:
             group = [pick]
             validated = _validated(trained, group)
-    finals = [
-        _final(settings, trained[k], _validated(trained, [k]), budget_left, device, on_epoch)
-        for k in group
-    ]
+    finals = [final_of(k) for k in group]
     record["final_fit"] = "; ".join(note for _, note in finals)
     final = _combined(trained, group, [f for f, _ in finals])
     if len(group) > 1:
@@ -191,7 +244,7 @@ def select_and_fit(
     )
     if first is not None:
         f_validated = _validated(trained, [first])
-        f_final, note = _final(settings, trained[first], f_validated, budget_left, device, on_epoch)
+        f_final, note = final_of(first)
         width = prepared.streams[0].z.shape[1] * max(1, len(prepared.quantile_levels))
         model = splice_first_step(f_validated, validated, width)
         state = replace(state, best_state=model.state_dict())
@@ -199,9 +252,6 @@ def select_and_fit(
             final = splice_first_step(f_final or f_validated, final or validated, width)
         record["first_step"] = {"candidate": first, "final_fit": note}
     return Chosen(option, prepared, state, model, final, record)
-
-
-Trained = tuple[TrainSettings, Prepared, LoopState, StreamingLSTM]
 
 
 def _validated(trained: list[Trained], group: list[int]) -> StreamingLSTM:
