@@ -47,24 +47,45 @@ class LstmRun:
 
 def train(ds: Dataset, settings: Any, lags: int = 1):
     """Train one global model on the training part; returns (TrainResult, info)."""
-    from streamcell.trainer.api import load_long_frame, train_local
+    from streamcell.trainer.api import train_local
+
+    long = _long_frame(ds, settings, lags)
+    started = time.perf_counter()
+    result = train_local(long, settings)
+    return result, _info(result, settings, long, lags, time.perf_counter() - started)
+
+
+def train_per_protocol(ds: Dataset, settings: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """One set of candidates chosen per protocol: {"online": (result, info), "origin": ...}."""
+    from streamcell.trainer.api import train_local_per_protocol
+
+    long = _long_frame(ds, settings, 1)
+    started = time.perf_counter()
+    results = train_local_per_protocol(long, settings)
+    seconds = time.perf_counter() - started
+    return {p: (r, _info(r, settings, long, 1, seconds)) for p, r in results.items()}
+
+
+def _long_frame(ds: Dataset, settings: Any, lags: int) -> Any:
+    from streamcell.trainer.api import load_long_frame
 
     if settings.recipe:
         frame, features, targets = ds.part("train"), list(ds.features), [ds.target]
     else:
         frame, features, targets = model_frame(ds, ds.part("train"), lags)
-    long = load_long_frame(frame, features=features, targets=targets)
-    started = time.perf_counter()
-    result = train_local(long, settings)
+    return load_long_frame(frame, features=features, targets=targets)
+
+
+def _info(result: Any, settings: Any, long: Any, lags: int, seconds: float) -> dict[str, Any]:
     m, t = result.metrics, result.config.training
-    info = {
+    info: dict[str, Any] = {
         "settings": {**settings.to_dict(), "lags": lags},
         "recipe": result.config.recipe,
         "train_rows": long.rows,
         "streams_trained": len(long.streams) - t.get("streams_left_out", 0),
         "streams_too_short": t.get("streams_left_out", 0),
         "selection": t.get("selection"),
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(seconds, 1),
         "best_epoch": m.get("epoch"),
         "epochs_run": m.get("epochs_run"),
         "val_mase_last_value_scale": m.get("val_mase"),
@@ -77,7 +98,7 @@ def train(ds: Dataset, settings: Any, lags: int = 1):
         "val_seasonal_naive_origin_mase": m.get("seasonal_naive_origin_mase"),
         "calibration": m.get("calibration"),
     }
-    return result, info
+    return info
 
 
 def uncalibrated(result: Any) -> Any:

@@ -10,7 +10,13 @@ import torch
 from streamcell.core.errors import ConfigError
 from streamcell.core.model import StreamingLSTM
 from streamcell.trainer.api import TrainSettings, load_long_frame, train_local
-from streamcell.trainer.ensemble import block_masks, init_members, merge_members
+from streamcell.trainer.ensemble import (
+    average_models,
+    block_masks,
+    init_members,
+    merge_members,
+    splice_first_step,
+)
 from streamcell.trainer.loop import _HeadLoss
 
 
@@ -53,6 +59,36 @@ def test_merged_models_serve_their_mean_step_by_step() -> None:
         torch.testing.assert_close(step.y, want[:, t], atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="share one shape"):
         merge_members([models[0], StreamingLSTM(4, 7, 2, 3)])
+
+
+def test_models_of_any_widths_average_as_one() -> None:
+    torch.manual_seed(5)
+    models = [StreamingLSTM(4, w, 2, 3).eval() for w in (6, 3, 8)]
+    merged = average_models(models)
+    assert merged.hidden_size == 17
+    x = torch.randn(2, 5, 4)
+    want = torch.stack([m(x)[0] for m in models]).mean(dim=0)
+    torch.testing.assert_close(merged(x)[0], want, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="one head"):
+        average_models([models[0], StreamingLSTM(4, 6, 2, 6)])
+
+
+def test_a_spliced_model_serves_one_first_step_and_the_others_later_steps() -> None:
+    torch.manual_seed(4)
+    first, rest = StreamingLSTM(4, 6, 2, 3).eval(), StreamingLSTM(4, 5, 2, 12).eval()
+    spliced = splice_first_step(first, rest, 3)  # 3 outputs a step: [4 steps, 3]
+    assert (spliced.hidden_size, spliced.output_size) == (11, 12)
+    x = torch.randn(2, 7, 4)
+    want = torch.cat([first(x)[0], rest(x)[0][..., 3:]], dim=-1)
+    h, c = spliced.zero_state(2)
+    for t in range(7):
+        step = spliced.step(x[:, t], h, c)
+        h, c = step.h, step.c
+        torch.testing.assert_close(step.y, want[:, t], atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="share inputs and layers"):
+        splice_first_step(StreamingLSTM(4, 6, 1, 3), rest, 3)
+    with pytest.raises(ValueError, match="outputs"):
+        splice_first_step(first, StreamingLSTM(4, 5, 2, 3), 3)
 
 
 def test_masks_cover_the_recurrent_and_upper_input_weights_only() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,85 @@ def test_the_cli_refuses_bad_levels_by_name(tmp_path: Path) -> None:
     seasonal(streams=2, length=40, period=12, seed=7).to_csv(csv, index=False)
     args = ["train", "--data", str(csv), "--registry", str(tmp_path / "reg"), "--model", "s"]
     assert main([*args, "--no-ray", "--quantiles", "0.2,0.8"]) != 0
+
+
+def test_first_step_from_the_candidate_best_online_beside_a_direct_head(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streamcell.trainer import select
+
+    # The direct head wins at fixed origin whatever it learns; online, the scores decide.
+    monkeypatch.setattr(select, "origin_mase", lambda loaded, _p, _h: 1 / loaded.config.horizon)
+    data = load_long_frame(seasonal(streams=4, length=120, period=12, seed=5))
+    # A small, slow direct head and a faster one-step head (scores 1.97 and 1.75).
+    candidates = ({"horizon": 6, "hidden": 2, "lr": 1e-4}, {"horizon": 1, "lr": 1e-2})
+    base = TrainSettings(hidden=8, layers=1, epochs=3, candidates=candidates)
+    result = train_local(data, base, threads=1)
+    selection = result.config.training["selection"]
+    direct, one_step = selection["candidates"]
+    assert selection["chosen"] == 0 and one_step["score"] < direct["score"]
+    assert selection["first_step"]["candidate"] == 1
+    # One model: 2 x 8 units the one-step head's (validated and refit), 2 x 2 the direct's.
+    assert result.config.horizon == 6 and result.model.hidden_size == 2 * 8 + 2 * 2
+    assert result.metrics["val_mase"] == pytest.approx(one_step["score"], rel=1e-4)
+    alone = train_local(data, replace(base, online_first_step=False), threads=1)
+    assert "first_step" not in alone.config.training["selection"]
+    assert alone.model.hidden_size == 2 * 2
+    assert alone.metrics["val_mase"] == pytest.approx(direct["score"], rel=1e-4)
+
+
+def test_no_first_step_pick_for_a_fed_back_head_or_a_better_direct_one() -> None:
+    from streamcell.trainer.select import first_step_pick
+
+    tried = [
+        {"horizon": 24, "score": 0.5},
+        {"horizon": 1, "score": 0.4},
+        {"horizon": 1, "score": 0.3},
+    ]
+    assert first_step_pick(tried, ["a", "a", "b"], 0) == 1  # "b" has other features
+    assert first_step_pick(tried, ["a", "a", "a"], 0) == 2
+    assert first_step_pick(tried, ["a", "a", "a"], 1) is None  # feedback: its first step is all
+    assert first_step_pick([tried[0], {"horizon": 1, "score": 0.6}], ["a", "a"], 0) is None
+
+
+def test_the_best_candidates_averaged_where_the_average_validates_better() -> None:
+    data = load_long_frame(seasonal(streams=4, length=120, period=12, seed=5))
+    candidates = ({"horizon": 1}, {"horizon": 1, "seed": 1}, {"horizon": 1, "hidden": 4})
+    settings = TrainSettings(
+        hidden=8, layers=1, epochs=2, final_fit="off", average_top=2, candidates=candidates
+    )
+    result = train_local(data, settings, threads=1)
+    selection = result.config.training["selection"]
+    scores = [c["origin_score"] for c in selection["candidates"]]
+    average = selection["average"]
+    assert average["candidates"] == list(np.argsort(scores)[:2])
+    assert average["kept"] == (average["origin_score"] < min(scores))
+    widths = [(8, 8, 4)[k] for k in average["candidates"]]
+    assert result.model.hidden_size == (sum(widths) if average["kept"] else widths[0])
+    assert result.metrics["val_origin_mase"] == pytest.approx(
+        average["origin_score"] if average["kept"] else min(scores), rel=1e-4
+    )
+
+
+def test_one_set_of_candidates_chosen_once_per_protocol() -> None:
+    from streamcell.trainer.api import train_local_per_protocol
+
+    data = load_long_frame(seasonal(streams=4, length=120, period=12, seed=5))
+    candidates = ({"horizon": 6, "hidden": 2, "lr": 1e-4}, {"horizon": 1, "lr": 1e-2}, {})
+    settings = TrainSettings(
+        hidden=8, layers=1, epochs=3, candidates=candidates, online_first_step=False
+    )
+    results = train_local_per_protocol(data, settings, threads=1)
+    online, origin = results["online"].config, results["origin"].config
+    tried = origin.training["selection"]["candidates"]
+    assert online.training["selection"]["candidates"] == tried  # trained once
+    assert origin.training["selection"]["chosen"] == int(
+        np.argmin([c["origin_score"] for c in tried])
+    )
+    assert online.training["selection"]["chosen"] == int(np.argmin([c["score"] for c in tried]))
+    assert online.training["selection"]["chosen_by"] == "val_mase"
+    assert results["online"].metrics["val_mase"] == pytest.approx(
+        min(c["score"] for c in tried), rel=1e-4
+    )
+    same = online.training["selection"]["chosen"] == origin.training["selection"]["chosen"]
+    assert (results["online"] is results["origin"]) == same

@@ -34,7 +34,13 @@ from streamcell.trainer.model_config import as_loaded, model_config
 from streamcell.trainer.origin import baseline_origin_mase, origin_mase
 from streamcell.trainer.periods import build_recipe
 from streamcell.trainer.prepare import Prepared, prepare, target_column
-from streamcell.trainer.select import forecast_kind, resolve_head, select_and_fit
+from streamcell.trainer.select import (
+    choose,
+    forecast_kind,
+    resolve_head,
+    select_and_fit,
+    train_candidates,
+)
 from streamcell.trainer.settings import TrainSettings
 
 if TYPE_CHECKING:
@@ -135,6 +141,59 @@ def train_local(
         final=chosen.final,
         selection=chosen.record,
     )
+
+
+def train_local_per_protocol(
+    frame: LongFrame,
+    settings: TrainSettings,
+    *,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, TrainResult]:
+    """Like :func:`train_local`, choosing once per protocol from one set of candidates.
+
+    ``online``: the candidate best one step ahead on validation (for online
+    predictions); ``origin``: the best at fixed origin (for Forecast, what
+    :func:`train_local` exports). Two models where the choices differ (each
+    with its own final fit, as the budget left allows), one where they agree.
+    """
+    started = time.perf_counter()
+    out: dict[str, TrainResult] = {}
+    with torch_threads(threads):
+        trials = train_candidates(frame, settings, prepare_frame, device=device, on_epoch=on_epoch)
+        for protocol in ("origin", "online"):
+            chosen = choose(trials, protocol, device=device, on_epoch=on_epoch)
+            same = [r for r in out.values() if _same_choice(r, chosen.record)]
+            out[protocol] = (
+                same[0]
+                if same
+                else finish(
+                    frame,
+                    chosen.prepared,
+                    chosen.settings,
+                    chosen.state,
+                    chosen.model,
+                    workers=1,
+                    device=str(device),
+                    seconds=time.perf_counter() - started,
+                    final=chosen.final,
+                    selection=chosen.record,
+                )
+            )
+    return out
+
+
+def _same_choice(result: TrainResult, record: dict[str, Any]) -> bool:
+    """Whether a result holds the model ``record`` chose (the same candidate(s), kept alike)."""
+
+    def picked(r: dict[str, Any]) -> tuple[Any, ...]:
+        avg = r.get("average") or {}
+        first = r.get("first_step") or {}
+        group = tuple(sorted(avg["candidates"])) if avg.get("kept") else (r["chosen"],)
+        return group, first.get("candidate")
+
+    return picked(result.config.training["selection"]) == picked(record)
 
 
 def train_with_ray(

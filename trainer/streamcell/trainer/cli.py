@@ -475,6 +475,14 @@ def _summary(path: Path, result, as_json: bool) -> None:
         )
     if selection.get("final_fit", "off") != "off":
         print(f"final fit: {selection['final_fit']}")
+    first = selection.get("first_step")
+    if first:
+        c = selection["candidates"][first["candidate"]]
+        print(
+            f"online (the first step) from candidate {c['overrides'] or 'base'} (horizon "
+            f"{c['horizon']}), better one step ahead on validation; its final fit: "
+            f"{first['final_fit']}"
+        )
     print(
         f"{t['rows']} rows, {t['streams']} streams ({t.get('streams_left_out', 0)} too short "
         f"to train on, served all the same), {t['workers']} worker(s) on {t['device']}, "

@@ -107,3 +107,72 @@ def merge_members(models: list[StreamingLSTM]) -> StreamingLSTM:
         merged.head.weight.copy_(torch.cat([m.head.weight.detach() for m in models], dim=1) / k)
         merged.head.bias.copy_(torch.stack([m.head.bias.detach() for m in models]).mean(dim=0))
     return merged.to(first.head.weight.device).eval()
+
+
+def side_by_side(models: list[StreamingLSTM], output_size: int) -> StreamingLSTM:
+    """The models' LSTMs as blocks of one (any widths; each reads only its own state).
+
+    Their inputs are the same; the head is left zero for the caller to fill
+    (block j of its columns reads model j's units).
+    """
+    shapes = {(m.input_size, m.num_layers) for m in models}
+    if len(shapes) != 1:
+        raise ValueError(f"models side by side must share inputs and layers, got {sorted(shapes)}")
+    widths = [m.hidden_size for m in models]
+    total = sum(widths)
+    merged = StreamingLSTM(models[0].input_size, total, models[0].num_layers, output_size)
+    with torch.no_grad():
+        for name, p in merged.lstm.named_parameters():
+            p.zero_()
+            view = p.view(4, total, -1)
+            at = 0
+            for m, w in zip(models, widths, strict=True):
+                part = getattr(m.lstm, name).detach().view(4, w, -1)
+                if name.startswith("bias") or name == "weight_ih_l0":  # the same inputs, or none
+                    view[:, at : at + w] = part
+                else:  # the state (or the layer below) of its own block only
+                    view[:, at : at + w, at : at + w] = part
+                at += w
+        merged.head.weight.zero_()
+        merged.head.bias.zero_()
+    return merged.to(models[0].head.weight.device)
+
+
+def average_models(models: list[StreamingLSTM]) -> StreamingLSTM:
+    """Models of one head (any widths) -> one model whose output is their mean."""
+    if len({m.output_size for m in models}) != 1:
+        raise ValueError(
+            f"averaged models must share one head, got {[m.output_size for m in models]}"
+        )
+    merged = side_by_side(models, models[0].output_size)
+    with torch.no_grad():
+        merged.head.weight.copy_(
+            torch.cat([m.head.weight.detach() for m in models], 1) / len(models)
+        )
+        merged.head.bias.copy_(torch.stack([m.head.bias.detach() for m in models]).mean(dim=0))
+    return merged.eval()
+
+
+def splice_first_step(first: StreamingLSTM, rest: StreamingLSTM, width: int) -> StreamingLSTM:
+    """One model whose head's first step is ``first``'s and whose later steps are ``rest``'s.
+
+    ``width``: the head's outputs per step (levels x targets; the head is laid
+    out ``[horizon, levels, targets]``). The two LSTMs sit side by side
+    (:func:`side_by_side`), so online predictions (the first step) come from
+    one model and a Forecast's later steps from the other, served as an
+    ordinary checkpoint of ``first.hidden_size + rest.hidden_size`` units
+    with ``rest``'s horizon.
+    """
+    if first.output_size < width or rest.output_size <= width:
+        raise ValueError(
+            f"the first model needs a step of {width} outputs and the second more, "
+            f"got {first.output_size} and {rest.output_size}"
+        )
+    a = first.hidden_size
+    merged = side_by_side([first, rest], rest.output_size)
+    with torch.no_grad():
+        merged.head.weight[:width, :a] = first.head.weight.detach()[:width]
+        merged.head.weight[width:, a:] = rest.head.weight.detach()[width:]
+        merged.head.bias.copy_(rest.head.bias.detach())
+        merged.head.bias[:width] = first.head.bias.detach()[:width]
+    return merged.eval()

@@ -13,6 +13,16 @@ one model: the refit alone, with no validation split to stop it, was worse
 on held-out data than the validated model on some sets and better on others;
 the two together were ahead of the validated model on held-out data on most
 (docs/BENCHMARKS.md, "Accuracy").
+
+Two refinements, each taken only on validation's word: with
+``settings.average_top`` > 1 the best few candidates of the chosen one's head
+are averaged as one model where the average scores better at fixed origin;
+and where the chosen model has a direct head but another candidate predicts
+one step ahead better (``settings.online_first_step``), the served model is
+both side by side: that one's first step online, the chosen one's later
+steps for a Forecast (``ensemble.splice_first_step``). A direct head's first
+step is a by-product of its horizon's loss; it was well behind the one-step
+head online where the direct head won at fixed origin (vic_elec).
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -28,13 +38,15 @@ import torch
 from streamcell.core.model import StreamingLSTM
 from streamcell.trainer.budget import Deadline
 from streamcell.trainer.data import LongFrame
-from streamcell.trainer.ensemble import merge_members
+from streamcell.trainer.ensemble import average_models, merge_members, splice_first_step
+from streamcell.trainer.evaluate import evaluate
 from streamcell.trainer.loop import LoopState, fit, new_model, restore_best
 from streamcell.trainer.model_config import as_loaded
 from streamcell.trainer.origin import origin_mase
 from streamcell.trainer.prepare import Prepared
 from streamcell.trainer.settings import TrainSettings
 
+Trained = tuple[TrainSettings, Prepared, LoopState, StreamingLSTM]
 # Share of the budget kept for the final fit (it sees 1 / (1 - val_fraction) more rows).
 FINAL_SHARE = 0.3
 
@@ -83,18 +95,48 @@ def select_and_fit(
     one fed back are compared on the same forecasts; where the model cannot
     forecast (covariates without a recipe) the monitor decides.
     """
+    trials = train_candidates(frame, settings, prepare_frame, device=device, on_epoch=on_epoch)
+    return choose(trials, "origin", device=device, on_epoch=on_epoch)
+
+
+@dataclass(frozen=True)
+class Trials:
+    """The candidates trained and validated, before one is chosen."""
+
+    frame: LongFrame
+    settings: TrainSettings
+    tried: list[dict[str, Any]]  # each candidate's record (validation scores)
+    trained: list[Trained]
+    keys: list[str]  # each candidate's features (candidates of one key share them)
+    eval_horizon: int
+    deadline: Deadline | None
+    # Each candidate's final fit once made (a second choice reuses it).
+    finals: dict[int, tuple[StreamingLSTM | None, str]] = field(default_factory=dict)
+
+
+def train_candidates(
+    frame: LongFrame,
+    settings: TrainSettings,
+    prepare_frame: Callable[[LongFrame, TrainSettings], Prepared],
+    *,
+    device: str | torch.device = "cpu",
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> Trials:
+    """Each candidate trained with early stopping and scored both ways on validation."""
     budget = float(settings.time_budget)
     deadline = Deadline.after(budget) if budget > 0 else None
     options = candidate_settings(settings)
     share = (1 - FINAL_SHARE) if settings.final_fit != "off" else 1.0
     tried: list[dict[str, Any]] = []
-    trained: list[tuple[TrainSettings, Prepared, LoopState, StreamingLSTM]] = []
+    trained: list[Trained] = []
     cache: dict[str, Prepared] = {}
+    keys: list[str] = []  # each candidate's features (candidates of one key share them)
     eval_horizon = 0
     for k, option in enumerate(options):
         key = repr((option.periods, option.lags, option.scale_window, option.age, option.scaling))
         prepared = cache.get(key) or prepare_frame(frame, option)
         cache[key] = prepared
+        keys.append(key)
         option, prepared = resolve_head(option, prepared)
         if not eval_horizon:
             given = [o.horizon for o in options if o.horizon is not None]
@@ -132,7 +174,26 @@ def select_and_fit(
             }
         )
         trained.append((option, prepared, state, model))
-    by = "origin_score" if all(math.isfinite(t["origin_score"]) for t in tried) else "score"
+    return Trials(frame, settings, tried, trained, keys, eval_horizon, deadline)
+
+
+def choose(
+    trials: Trials,
+    protocol: str,
+    *,
+    device: str | torch.device = "cpu",
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> Chosen:
+    """The candidate best on validation for ``protocol``, then its final fit.
+
+    ``origin``: the fixed-origin validation MASE (the monitor where a model
+    cannot forecast), a Forecast's score; ``online``: the monitor, one step
+    ahead, the online predictions' score.
+    """
+    frame, settings, tried, trained = trials.frame, trials.settings, trials.tried, trials.trained
+    keys, eval_horizon, deadline = trials.keys, trials.eval_horizon, trials.deadline
+    finite = all(math.isfinite(t["origin_score"]) for t in tried)
+    by = "origin_score" if protocol == "origin" and finite else "score"
     pick = min(range(len(tried)), key=lambda k: (not math.isfinite(tried[k][by]), tried[k][by]))
     option, prepared, state, model = trained[pick]
     record: dict[str, Any] = {
@@ -143,21 +204,124 @@ def select_and_fit(
         "forecast": forecast_kind(prepared.horizon),
         "candidates": tried,
     }
-    final = None
-    if settings.final_fit != "off" and state.best_epoch > 0:
-        need = refit_seconds(state, prepared)
-        left = float("inf") if deadline is None else deadline.left()
-        if need <= left:
-            refit = _refit(prepared, option, state.best_epoch, device, on_epoch)
-            final = final_model(settings.final_fit, restore_best(model, state), refit)
-            record["final_fit"] = final_note(settings.final_fit, state.best_epoch)
-        else:
-            record["final_fit"] = (
-                f"skipped: {need:.0f} s needed, {max(left, 0):.0f} s of the budget left"
+
+    def budget_left() -> float:
+        return float("inf") if deadline is None else deadline.left()
+
+    def final_of(k: int) -> tuple[StreamingLSTM | None, str]:
+        if k not in trials.finals:
+            validated = _validated(trained, [k])
+            trials.finals[k] = _final(
+                settings, trained[k], validated, budget_left, device, on_epoch
             )
-    else:
-        record["final_fit"] = "off"
+        return trials.finals[k]
+
+    group = average_group(tried, keys, pick, by, settings.average_top)
+    validated = _validated(trained, group)
+    if len(group) > 1:
+        avg_loaded = as_loaded(frame, prepared, validated, option)
+        avg = {
+            "candidates": group,
+            "score": evaluate(validated, prepared, list(range(len(prepared))))
+            .metrics()
+            .get(settings.monitor, math.nan),
+            "origin_score": origin_mase(avg_loaded, prepared, eval_horizon),
+        }
+        avg["kept"] = bool(avg[by] < tried[pick][by])
+        record["average"] = avg
+        if not avg["kept"]:
+            group = [pick]
+            validated = _validated(trained, group)
+    finals = [final_of(k) for k in group]
+    record["final_fit"] = "; ".join(note for _, note in finals)
+    final = _combined(trained, group, [f for f, _ in finals])
+    if len(group) > 1:
+        score = record["average"]["score"]
+        state = replace(state, best_state=validated.state_dict(), best_score=score)
+        model = validated
+    first = (
+        first_step_pick(tried, keys, pick, state.best_score) if settings.online_first_step else None
+    )
+    if first is not None:
+        f_validated = _validated(trained, [first])
+        f_final, note = final_of(first)
+        width = prepared.streams[0].z.shape[1] * max(1, len(prepared.quantile_levels))
+        model = splice_first_step(f_validated, validated, width)
+        state = replace(state, best_state=model.state_dict())
+        if final is not None or f_final is not None:
+            final = splice_first_step(f_final or f_validated, final or validated, width)
+        record["first_step"] = {"candidate": first, "final_fit": note}
     return Chosen(option, prepared, state, model, final, record)
+
+
+def _validated(trained: list[Trained], group: list[int]) -> StreamingLSTM:
+    """The best epoch of one candidate, or of several averaged as one model."""
+    models = [restore_best(trained[k][3], trained[k][2]) for k in group]
+    return models[0] if len(models) == 1 else average_models(models)
+
+
+def _combined(
+    trained: list[Trained], group: list[int], finals: list[StreamingLSTM | None]
+) -> StreamingLSTM | None:
+    """The group's final fits averaged (a member without one: its validated model)."""
+    if all(f is None for f in finals):
+        return None
+    if len(group) == 1:
+        return finals[0]
+    parts = [f or _validated(trained, [k]) for k, f in zip(group, finals, strict=True)]
+    return average_models(parts)
+
+
+def average_group(
+    tried: list[dict[str, Any]], keys: list[str], pick: int, by: str, top: int
+) -> list[int]:
+    """``pick`` and the next best candidates by ``by`` of its head and features (``top`` in all)."""
+    same = [
+        k
+        for k in range(len(tried))
+        if keys[k] == keys[pick]
+        and tried[k]["horizon"] == tried[pick]["horizon"]
+        and math.isfinite(tried[k][by])
+    ]
+    return sorted(same, key=lambda k: (k != pick, tried[k][by]))[:top]
+
+
+def first_step_pick(
+    tried: list[dict[str, Any]], keys: list[str], pick: int, score: float | None = None
+) -> int | None:
+    """The candidate whose first step to serve beside ``pick``'s later steps, if any.
+
+    Only where ``pick`` has a direct head (a fed-back head's Forecast is its
+    first step) and another candidate of the same features scored better one
+    step ahead on validation: then online predictions come from that one.
+    """
+    if tried[pick]["horizon"] == 1:
+        return None
+    same = [k for k in range(len(tried)) if keys[k] == keys[pick]]
+    best = min(same, key=lambda k: (not math.isfinite(tried[k]["score"]), tried[k]["score"]))
+    chosen = tried[pick]["score"] if score is None else score  # the chosen model's own
+    return best if tried[best]["score"] < chosen else None
+
+
+def _final(
+    settings: TrainSettings,
+    trained: tuple[TrainSettings, Prepared, LoopState, StreamingLSTM],
+    validated: StreamingLSTM,
+    left: Callable[[], float],
+    device: str | torch.device,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+) -> tuple[StreamingLSTM | None, str]:
+    """The final fit of one trained candidate (None: none) and what the record says of it."""
+    option, prepared, state, _model = trained
+    if settings.final_fit == "off" or state.best_epoch == 0:
+        return None, "off"
+    need = refit_seconds(state, prepared)
+    if need > left():
+        return None, f"skipped: {need:.0f} s needed, {max(left(), 0):.0f} s of the budget left"
+    refit = _refit(prepared, option, state.best_epoch, device, on_epoch)
+    return final_model(settings.final_fit, validated, refit), final_note(
+        settings.final_fit, state.best_epoch
+    )
 
 
 def refit_seconds(state: LoopState, prepared: Prepared) -> float:

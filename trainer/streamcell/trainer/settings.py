@@ -72,6 +72,13 @@ class TrainSettings:
     # Candidates tried on validation (overrides of these settings); the best is kept.
     candidates: tuple[dict[str, Any], ...] = ()
     final_fit: str = "blend"  # one of FINAL_FITS (see streamcell.trainer.select)
+    # Where the chosen candidate has a direct head and another is better one step
+    # ahead on validation: serve that one's first step (online) beside the chosen
+    # one's later steps (Forecast), as one model (streamcell.trainer.select).
+    online_first_step: bool = True
+    # Up to this many candidates of the chosen one's head and features, the best at
+    # fixed origin, averaged as one model where the average validates better there.
+    average_top: int = 1
     # The head: steps predicted at once (None: streamcell.trainer.periods.default_horizon;
     # 1: the next step, fed back to forecast further) and quantile levels (empty: a point).
     horizon: int | None = None
@@ -92,6 +99,7 @@ class TrainSettings:
             "batch_size",
             "epoch_steps",
             "patience",
+            "average_top",
         ):
             positive_int(name)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
