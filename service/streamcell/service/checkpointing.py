@@ -240,8 +240,8 @@ class Checkpointer:
                 cp.sending_since = now
             span = s.changelog_pace * s.commit_interval_ms / 1000
             share = 1.0 if span <= 0 else (now - cp.sending_since) / span
-            shares.take(self.predictor, math.ceil(len(shares) * min(share, 1.0)), mark)
             deadline = time.perf_counter() + s.changelog_send_budget_ms / 1000
+            shares.take(self.predictor, math.ceil(len(shares) * min(share, 1.0)), mark)
             while not shares.all_taken and time.perf_counter() < deadline:
                 shares.take(self.predictor, shares.taken + shares.CHUNK, mark)
         return shares.send(self.producer, self.holds)
