@@ -45,6 +45,7 @@ def build(
     consumer, producer = FakeConsumer(log), FakeProducer(log)
     restored_from = changelog if changelog is not None else []
     fields = {"input_topic": TOPIC, "changelog_topic": "cl", "commit_interval_ms": 10**6}
+    fields["min_batch"] = 10**6  # one fake poll a step (batching.py has its own tests)
     pipeline = Pipeline(
         PipelineSettings(**(fields | (settings or {}))),
         consumer,
