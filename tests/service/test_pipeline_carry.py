@@ -34,7 +34,6 @@ def build(loaded, max_batch: int):
             changelog_topic="cl",
             commit_interval_ms=10**6,
             max_batch=max_batch,
-            min_batch=10**6,  # one fake poll a step (batching.py has its own tests)
         ),
         consumer,
         producer,

@@ -45,7 +45,6 @@ def build(
     consumer, producer = FakeConsumer(log), FakeProducer(log)
     restored_from = changelog if changelog is not None else []
     fields = {"input_topic": TOPIC, "changelog_topic": "cl", "commit_interval_ms": 10**6}
-    fields["min_batch"] = 10**6  # one fake poll a step (batching.py has its own tests)
     pipeline = Pipeline(
         PipelineSettings(**(fields | (settings or {}))),
         consumer,
@@ -569,3 +568,13 @@ def test_an_event_that_overflows_the_model_is_dead_lettered_and_the_rest_predict
     info = pipeline.predictor.info("z")
     assert info.events == 1 and info.offset == 0
     assert np.isfinite(info.h.numpy()).all() and np.isfinite(info.c.numpy()).all()
+
+
+def test_with_min_batch_a_busy_step_polls_until_it_holds_that_many(loaded):
+    pipeline, consumer, producer, _ = build(loaded, settings={"min_batch": 3})
+    consumer.on_assign([(TOPIC, 0)])
+    pipeline.recovery.restore_pending()
+    consumer.queue += [[record("a", 0)], [record("b", 1), record("c", 2)], [record("d", 3)]]
+    assert pipeline.step() == 3  # three records from two polls, in one micro-batch
+    assert len(consumer.queue) == 1
+    assert [k for t, k, _, _ in producer.sent if t.endswith("ions")] == [b"a", b"b", b"c"]

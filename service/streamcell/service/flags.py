@@ -149,7 +149,7 @@ FLAGS: tuple[Flag, ...] = (
         "--min-batch",
         "pipeline.min_batch",
         "a poll holding this many events returns without waiting out --max-batch-delay-ms "
-        "(default %(default)s; --max-batch or more: every poll waits it out)",
+        "(in 2 ms slices; default %(default)s: off, a poll not full waits it out)",
         group=KAFKA,
     ),
     Flag(

@@ -4,7 +4,7 @@ One thread runs :meth:`Pipeline.run`. Per poll: restore partitions that were
 just assigned (``recovery``), decode the records (``codec``), send the bad
 ones to the dead-letter topic, step the valid ones through the shared
 :class:`Predictor` in one micro-batch, send one prediction per applied event.
-A busy loop's poll returns once it holds ``--min-batch`` records (``batching``);
+A busy loop's poll can return once it holds ``--min-batch`` records (``batching``);
 a full poll's repeated streams wait for the next poll (``carry``).
 Then the timers: checkpoints (``checkpointing``: predictions acknowledged ->
 changelog -> offsets), TTL expiry, lag (``lag``) and model reload (``reload``,
@@ -131,13 +131,14 @@ class Pipeline:
     def _step(self) -> int:
         s = self.settings
         room = s.max_batch - len(self.carry)
-        if self.ownership.assigned and not self.recovery.recovering:
+        if s.min_batch and self.ownership.assigned and not self.recovery.recovering:
             records = batching.poll(
                 self.consumer, room, s.min_batch - len(self.carry), s.max_batch_delay_ms / 1000,
                 self.ownership.generations,
             )  # fmt: skip
         else:
-            delay = s.max_batch_delay_ms if self.recovery.recovering else s.idle_poll_ms
+            busy = self.ownership.assigned or self.recovery.recovering
+            delay = s.max_batch_delay_ms if busy else s.idle_poll_ms
             records = self.consumer.poll(room, max(delay, 1) / 1000)
         if self.recovery.recovering:  # assigned in this poll: restored before their events
             self.recovery.restore_pending()

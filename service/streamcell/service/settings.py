@@ -84,10 +84,10 @@ class PipelineSettings:
     # event roughly doubles in small polls (the step's fixed cost per wave), so
     # at a few ms, under half its capacity, a busy machine tipped it into a
     # backlog; a longer wait keeps polls large at the price of that wait in
-    # latency. A poll holding min_batch events returns at once (batching.py):
-    # at a high input rate only small polls wait the whole delay.
+    # latency. With min_batch, a poll holding that many events returns at once
+    # (batching.py); 0: off, every poll not full waits the whole delay.
     max_batch_delay_ms: int = 15
-    min_batch: int = 256
+    min_batch: int = 0
     commit_interval_ms: int = 1000
     # Once a poll finds nothing (the input went quiet), checkpoint what was done
     # as soon as this long has passed since the last checkpoint, not at the next
@@ -110,9 +110,10 @@ class PipelineSettings:
             (
                 ("commit_interval_ms", self.commit_interval_ms),
                 ("max_batch", self.max_batch),
-                ("min_batch", self.min_batch),
             )
         )
+        if self.min_batch < 0:
+            raise ConfigError(f"--min-batch must be >= 0 (0: off), got {self.min_batch}")
         # "not x > 0" (rather than "x <= 0") also refuses nan, which argparse's float accepts
         if not self.restore_timeout_s > 0:
             raise ConfigError(f"--restore-timeout-s must be positive, got {self.restore_timeout_s}")
