@@ -30,7 +30,10 @@ def build(loaded, max_batch: int):
     consumer, producer = FakeConsumer(log), FakeProducer(log)
     pipeline = Pipeline(
         PipelineSettings(
-            input_topic=TOPIC, changelog_topic="cl", commit_interval_ms=10**6, max_batch=max_batch
+            input_topic=TOPIC,
+            changelog_topic="cl",
+            commit_interval_ms=10**6,
+            max_batch=max_batch,
         ),
         consumer,
         producer,

@@ -9,20 +9,22 @@ prediction could still be lost. :class:`Checkpointer` keeps it two ways:
   commit.
 - :meth:`Checkpointer.begin` does not (every ``commit_interval_ms``, and once
   the input goes quiet, ``idle_commit_ms`` after the last checkpoint): the
-  changed streams are snapshotted at once and held with the offsets and the
-  producer's mark of every prediction sent so far. Later loop steps
-  (:meth:`Checkpointer.advance`) send the held snapshots once that mark is
-  acknowledged, a share per step, take a second mark, and commit the offsets
-  once that one is acknowledged.
+  changed streams are taken from the Predictor's journal and held with the
+  offsets and the producer's mark of every prediction sent so far. Once that
+  mark is acknowledged, later loop steps (:meth:`Checkpointer.advance`)
+  snapshot the streams a share per step and send each share once the mark
+  taken after it is acknowledged (:mod:`~streamcell.service.snapshot_shares`),
+  take a last mark, and commit the offsets once that one is acknowledged.
 
 The changed streams come from the Predictor's journal
 (:meth:`~streamcell.core.predictor.Predictor.take_changes`), drained under the
-Predictor's lock in the same hold as the snapshot copy.
+Predictor's lock.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from streamcell.core.predictor import Predictor
 from streamcell.service import changelog
 from streamcell.service.kafka import CommitFailed, Consumer, Producer, TopicPartition
 from streamcell.service.metrics import Metrics
+from streamcell.service.snapshot_shares import Shares
 
 if TYPE_CHECKING:
     from streamcell.service.settings import PipelineSettings
@@ -45,10 +48,10 @@ class InFlight:
     """A periodic checkpoint on its way, oldest first in :attr:`Checkpointer.in_flight`."""
 
     offsets: dict[TopicPartition, int]  # committed once it is through
-    records: changelog.Snapshots | None  # its changelog records (None: nothing changed)
+    records: Shares | None  # its changed streams (None: nothing changed)
     predictions_mark: int  # every prediction sent before it was taken
     taken_at: float
-    sending_since: float | None = None  # when its changelog records began to go out
+    sending_since: float | None = None  # when its snapshots began to be taken
     changelog_mark: int | None = None  # once all its records are sent: their mark
     written: dict[int, int] | None = None  # once sent: changelog partition -> records
 
@@ -139,7 +142,7 @@ class Checkpointer:
         written: list[dict[int, int]] = []
         for cp in self.in_flight:
             if cp.records is not None and cp.changelog_mark is None:
-                cp.records.send(self.producer, held=self.holds)
+                cp.records.finish(self.predictor, self.producer, self.holds)
                 written.append(cp.records.sent_to)
             elif cp.written is not None:
                 written.append(cp.written)
@@ -147,7 +150,7 @@ class Checkpointer:
         self._processed = False
         records = self._take_changelog()
         if records is not None:
-            records.send(self.producer, held=self.holds)
+            records.finish(self.predictor, self.producer, self.holds)
             written.append(records.sent_to)
         self.producer.flush()
         for counts in written:
@@ -156,15 +159,20 @@ class Checkpointer:
 
     # ------------------------------------------------------- non-blocking
     def begin(self, now: float, idle: bool = False) -> None:
-        """Snapshot the changed streams now; later steps send them, then commit.
+        """Take the changed streams and the offsets now; later steps snapshot and send
+        the streams, then commit.
 
-        The snapshots and offsets reflect exactly the events processed so far,
-        whose predictions were all sent before the mark taken here. ``idle``:
-        no event waits, so the changelog goes out at once (no pacing).
+        The offsets reflect exactly the events processed so far, whose
+        predictions were all sent before the mark taken here; the snapshots,
+        taken later, reflect those events at least. ``idle``: no event waits,
+        so the snapshots are taken and sent at once (no pacing).
         """
         self.last_at = now
         self.next_at = now + self.settings.commit_interval_ms / 1000
         self._processed = False
+        for cp in self.in_flight:  # older snapshots first: a stream's newest record last
+            if cp.records is not None and not cp.records.all_taken:
+                cp.records.take(self.predictor, len(cp.records), self.producer.mark)
         records = self._take_changelog()
         offsets = self._offsets()
         if offsets or records is not None:
@@ -174,8 +182,8 @@ class Checkpointer:
     def advance(self, idle: bool = False) -> None:
         """Move checkpoints in flight on, oldest first, as far as acknowledgements allow.
 
-        Predictions acknowledged -> send the held changelog records (paced over
-        several steps, see :meth:`_send_paced`), take their mark; that one
+        Predictions acknowledged -> snapshot the changed streams and send them
+        (paced over several steps, see :meth:`_send_paced`), take their mark; that one
         acknowledged -> commit (the newest such checkpoint's offsets win). A
         send that failed raises BrokerUnavailable here (from the producer), as
         does a checkpoint not through after ``ack_timeout_s``: the loop stops,
@@ -208,29 +216,35 @@ class Checkpointer:
             self._commit({tp: pos for tp, pos in ready.items() if tp[1] in self._assigned}, False)
 
     def _send_paced(self, cp: InFlight, behind: bool) -> bool:
-        """Send a share of the checkpoint's changelog; True once all of it is sent.
+        """Snapshot a share of the checkpoint's streams and send the shares whose marks
+        are acknowledged; True once all of them are sent.
 
-        The share grows linearly so that everything is out after
-        ``changelog_pace`` of the commit interval: many snapshots cost the loop
-        a little each step instead of a stall at once, which the p99 of
-        event-to-prediction latency saw. ``behind`` (a newer checkpoint already
-        waiting: the pace fell behind; or an idle loop, where nothing waits)
-        sends the rest at once.
+        The streams taken grow linearly so that all are taken after
+        ``changelog_pace`` of the commit interval, plus shares ahead of that
+        pace within ``changelog_send_budget_ms`` of the step: many snapshots
+        cost the loop a little each step instead of a stall at once, which the
+        p99 of event-to-prediction latency saw. ``behind`` (a newer checkpoint
+        already waiting: the pace fell behind; or an idle loop, where nothing
+        waits) takes the rest at once.
         """
-        records = cp.records
-        if records is None:
+        shares = cp.records
+        if shares is None:
             return True
+        mark = self.producer.mark
         if behind:
-            return records.send(self.producer, held=self.holds)
-        s = self.settings
-        now = self.clock()
-        if cp.sending_since is None:
-            cp.sending_since = now
-        span = s.changelog_pace * s.commit_interval_ms / 1000
-        share = 1.0 if span <= 0 else (now - cp.sending_since) / span
-        until = int(len(records) * min(share, 1.0))
-        deadline = time.perf_counter() + s.changelog_send_budget_ms / 1000
-        return records.send(self.producer, until=until, deadline=deadline, held=self.holds)
+            shares.take(self.predictor, len(shares), mark)
+        elif not shares.all_taken:
+            s = self.settings
+            now = self.clock()
+            if cp.sending_since is None:
+                cp.sending_since = now
+            span = s.changelog_pace * s.commit_interval_ms / 1000
+            share = 1.0 if span <= 0 else (now - cp.sending_since) / span
+            deadline = time.perf_counter() + s.changelog_send_budget_ms / 1000
+            shares.take(self.predictor, math.ceil(len(shares) * min(share, 1.0)), mark)
+            while not shares.all_taken and time.perf_counter() < deadline:
+                shares.take(self.predictor, shares.taken + shares.CHUNK, mark)
+        return shares.send(self.producer, self.holds)
 
     # ------------------------------------------------------------ helpers
     def holds(self, partition: int, generation: int) -> bool:
@@ -242,19 +256,14 @@ class Checkpointer:
             and not self._fenced()
         )
 
-    def _take_changelog(self) -> changelog.Snapshots | None:
-        """Snapshot the streams changed since the last checkpoint (None if none did)."""
-        predictor = self.predictor
-        with predictor.lock:
-            changed = predictor.take_changes()
-            if not changed:
-                return None
-            # Both tiers: a stream spilled since it changed is snapshotted from the cold one.
-            records = changelog.Snapshots(
-                self.settings.changelog_topic, predictor.snapshots, changed, self.generations
-            )
-        log.debug("changelog: %d snapshots, %d tombstones", records.snapshots, records.tombstones)
-        return records
+    def _take_changelog(self) -> Shares | None:
+        """The streams changed since the last checkpoint, to snapshot (None if none did)."""
+        with self.predictor.lock:
+            changed = self.predictor.take_changes()
+        if not changed:
+            return None
+        log.debug("changelog: %d streams changed", len(changed))
+        return Shares(self.settings.changelog_topic, changed, self.generations)
 
     def _offsets(self) -> dict[TopicPartition, int]:
         """The next offsets to read of the assigned partitions, where not committed yet."""

@@ -142,7 +142,14 @@ FLAGS: tuple[Flag, ...] = (
     Flag(
         "--max-batch-delay-ms",
         "pipeline.max_batch_delay_ms",
-        "how long one poll waits for events to fill a batch (default %(default)s)",
+        "how long one poll waits for --min-batch events at most (default %(default)s)",
+        group=KAFKA,
+    ),
+    Flag(
+        "--min-batch",
+        "pipeline.min_batch",
+        "a poll holding this many events returns without waiting out --max-batch-delay-ms "
+        "(in 2 ms slices; default %(default)s: off, a poll not full waits it out)",
         group=KAFKA,
     ),
     Flag(

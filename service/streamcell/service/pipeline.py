@@ -4,7 +4,8 @@ One thread runs :meth:`Pipeline.run`. Per poll: restore partitions that were
 just assigned (``recovery``), decode the records (``codec``), send the bad
 ones to the dead-letter topic, step the valid ones through the shared
 :class:`Predictor` in one micro-batch, send one prediction per applied event.
-A full poll's repeated streams wait for the next poll (``carry``).
+A busy loop's poll can return once it holds ``--min-batch`` records (``batching``);
+a full poll's repeated streams wait for the next poll (``carry``).
 Then the timers: checkpoints (``checkpointing``: predictions acknowledged ->
 changelog -> offsets), TTL expiry, lag (``lag``) and model reload (``reload``,
 right after a checkpoint, so the committed offsets mark exactly where the new
@@ -27,7 +28,7 @@ import numpy as np
 from streamcell.core.coldstore import ColdStore
 from streamcell.core.errors import ColdTierError
 from streamcell.core.predictor import DUPLICATE, PREDICTED, REPLAYED, Predictor
-from streamcell.service import carry, codec, reload
+from streamcell.service import batching, carry, codec, reload
 from streamcell.service.checkpointing import Checkpointer
 from streamcell.service.kafka import Consumer, Producer, Reader, Record
 from streamcell.service.lag import record_lag
@@ -129,9 +130,16 @@ class Pipeline:
 
     def _step(self) -> int:
         s = self.settings
-        busy = self.ownership.assigned or self.recovery.recovering
-        delay = s.max_batch_delay_ms if busy else s.idle_poll_ms
-        records = self.consumer.poll(s.max_batch - len(self.carry), max(delay, 1) / 1000)
+        room = s.max_batch - len(self.carry)
+        if s.min_batch and self.ownership.assigned and not self.recovery.recovering:
+            records = batching.poll(
+                self.consumer, room, s.min_batch - len(self.carry), s.max_batch_delay_ms / 1000,
+                self.ownership.generations,
+            )  # fmt: skip
+        else:
+            busy = self.ownership.assigned or self.recovery.recovering
+            delay = s.max_batch_delay_ms if busy else s.idle_poll_ms
+            records = self.consumer.poll(room, max(delay, 1) / 1000)
         if self.recovery.recovering:  # assigned in this poll: restored before their events
             self.recovery.restore_pending()
         held, read_to = self._take_carry()

@@ -80,11 +80,14 @@ class PipelineSettings:
     changelog_topic: str = CHANGELOG_TOPIC
     event_format: str = FORMAT_JSON
     max_batch: int = 1024
-    # How long a poll waits to fill a batch. Serve's cost per event roughly
-    # doubles in small polls (the step's fixed cost per wave), so at a few
-    # ms, under half its capacity, a busy machine tipped it into a backlog;
-    # a longer wait keeps polls large at the price of that wait in latency.
+    # How long a poll waits for min_batch events at most. Serve's cost per
+    # event roughly doubles in small polls (the step's fixed cost per wave), so
+    # at a few ms, under half its capacity, a busy machine tipped it into a
+    # backlog; a longer wait keeps polls large at the price of that wait in
+    # latency. With min_batch, a poll holding that many events returns at once
+    # (batching.py); 0: off, every poll not full waits the whole delay.
     max_batch_delay_ms: int = 15
+    min_batch: int = 0
     commit_interval_ms: int = 1000
     # Once a poll finds nothing (the input went quiet), checkpoint what was done
     # as soon as this long has passed since the last checkpoint, not at the next
@@ -104,8 +107,13 @@ class PipelineSettings:
 
     def __post_init__(self) -> None:
         _at_least_1(
-            (("commit_interval_ms", self.commit_interval_ms), ("max_batch", self.max_batch))
+            (
+                ("commit_interval_ms", self.commit_interval_ms),
+                ("max_batch", self.max_batch),
+            )
         )
+        if self.min_batch < 0:
+            raise ConfigError(f"--min-batch must be >= 0 (0: off), got {self.min_batch}")
         # "not x > 0" (rather than "x <= 0") also refuses nan, which argparse's float accepts
         if not self.restore_timeout_s > 0:
             raise ConfigError(f"--restore-timeout-s must be positive, got {self.restore_timeout_s}")
