@@ -35,6 +35,7 @@ from streamcell.trainer.origin import baseline_origin_mase, origin_mase
 from streamcell.trainer.periods import build_recipe
 from streamcell.trainer.prepare import Prepared, prepare, target_column
 from streamcell.trainer.select import (
+    Chosen,
     choose,
     forecast_kind,
     resolve_head,
@@ -129,6 +130,13 @@ def train_local(
     started = time.perf_counter()
     with torch_threads(threads):
         chosen = select_and_fit(frame, settings, prepare_frame, device=device, on_epoch=on_epoch)
+    return _finish_local(frame, chosen, device, started)
+
+
+def _finish_local(
+    frame: LongFrame, chosen: Chosen, device: str | torch.device, started: float
+) -> TrainResult:
+    """The result of one process's chosen model, exported as trained."""
     return finish(
         frame,
         chosen.prepared,
@@ -165,22 +173,7 @@ def train_local_per_protocol(
         for protocol in ("origin", "online"):
             chosen = choose(trials, protocol, device=device, on_epoch=on_epoch)
             same = [r for r in out.values() if _same_choice(r, chosen.record)]
-            out[protocol] = (
-                same[0]
-                if same
-                else finish(
-                    frame,
-                    chosen.prepared,
-                    chosen.settings,
-                    chosen.state,
-                    chosen.model,
-                    workers=1,
-                    device=str(device),
-                    seconds=time.perf_counter() - started,
-                    final=chosen.final,
-                    selection=chosen.record,
-                )
-            )
+            out[protocol] = same[0] if same else _finish_local(frame, chosen, device, started)
     return out
 
 
