@@ -232,22 +232,24 @@ def score(
     ids = frame["stream"].astype(str).to_numpy()
     seq = frame["seq"].to_numpy(np.int64)
     n_train = frame["stream"].map(ds.n_train).to_numpy(np.int64)
-    is_test = seq >= n_train
     # yhat[r]: the prediction emitted for row r's event, i.e. the forecast of seq + 1.
     yhat = np.full(len(frame), np.nan, dtype=np.float64)
     bounds = np.flatnonzero(np.diff(ds.step[frame.index.to_numpy()])) + 1
     batches = np.split(np.arange(len(frame)), bounds)
     origin: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
-    train_done = False
     for rows in batches:
-        if not train_done and is_test[rows].any():
-            origin = _forecast_all(predictor, ds)
-            train_done = True
+        # A stream's Forecast starts from its state at the end of its own
+        # training part: just before its first test event, whenever that is
+        # (panels whose series end at different months start testing apart).
+        first_test = [ids[r] for r in rows[seq[rows] == n_train[rows]]]
+        if first_test:
+            origin.update(_forecast_all(predictor, ds, first_test))
         batch = EventBatch.of([ids[r] for r in rows], x[rows], seq[rows])
         out = predictor.predict(batch, now=0.0)
         yhat[rows] = out.yhat[:, 0]
-    if not train_done:
-        origin = _forecast_all(predictor, ds)
+    untested = [s for s in streams if s not in origin]
+    if untested:
+        origin.update(_forecast_all(predictor, ds, untested))
 
     position = {(s, q): r for r, (s, q) in enumerate(zip(ids, seq, strict=True))}
     forecasts: dict[str, Forecasts] = {}
@@ -285,16 +287,15 @@ def model_frame(ds: Dataset, frame: Any, lags: int) -> tuple[Any, list[str], lis
     return frame, features, features if autoregressive else [ds.target]
 
 
-def _forecast_all(predictor: Any, ds: Dataset) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-    """Protocol B: ``horizon`` steps from each stream's state at the end of its training part.
-
-    Every stream's test part starts at the same calendar step, so this runs
-    once, just before the first test event is applied.
-    """
+def _forecast_all(
+    predictor: Any, ds: Dataset, streams: list[str]
+) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """Protocol B: ``horizon`` steps from each of ``streams``' current state (the
+    caller calls it at the end of their training parts)."""
     if ds.horizon is None or not predictor.config.autoregressive:
         return {}
     out = {}
-    for stream in ds.streams:
+    for stream in streams:
         made = predictor.forecast_result(stream, ds.horizon)
         q = None if made.quantiles is None else made.quantiles[:, :, 0].astype(np.float64)
         out[stream] = (made.yhat[:, 0].astype(np.float64), q)
