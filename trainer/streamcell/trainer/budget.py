@@ -11,7 +11,8 @@ run slower, not different. The wall clock still caps it at
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,20 +28,22 @@ def budget_clock() -> float:
 class Deadline:
     """When a run (or one candidate's share of it) must stop, on both clocks."""
 
-    budget: float  # budget_clock() value
+    budget: float  # a value of ``clock``
     wall: float  # time.monotonic() value
+    # budget_clock, or one that also counts work done in other processes (Ray workers).
+    clock: Callable[[], float] = field(default=budget_clock, compare=False)
 
     @classmethod
-    def after(cls, seconds: float) -> Deadline:
+    def after(cls, seconds: float, clock: Callable[[], float] = budget_clock) -> Deadline:
         seconds = max(seconds, 0.0)
-        return cls(budget_clock() + seconds, time.monotonic() + WALL_FACTOR * seconds)
+        return cls(clock() + seconds, time.monotonic() + WALL_FACTOR * seconds, clock)
 
     def left(self) -> float:
         """Budget seconds left (0 once either clock has passed its end)."""
         if time.monotonic() >= self.wall:
             return 0.0
-        return max(self.budget - budget_clock(), 0.0)
+        return max(self.budget - self.clock(), 0.0)
 
     def would_pass(self, pace: float) -> bool:
         """Whether work taking ``pace`` budget seconds would end past the deadline."""
-        return budget_clock() + pace > self.budget or time.monotonic() + pace > self.wall
+        return self.clock() + pace > self.budget or time.monotonic() + pace > self.wall

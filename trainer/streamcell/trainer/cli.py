@@ -182,9 +182,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--no-candidates",
         action="store_true",
-        help="train the settings given only (default with a recipe, in memory with --no-ray or "
-        "on a Ray Dataset: also try the candidates of "
-        "streamcell.trainer.settings.DEFAULT_CANDIDATES)",
+        help="train the settings given only (default with a recipe: also try the candidates "
+        "of streamcell.trainer.settings.DEFAULT_CANDIDATES, each a run of its own)",
     )
     model.add_argument(
         "--final-fit",
@@ -281,12 +280,7 @@ def run(args: argparse.Namespace) -> int:
         periods=args.period,
         time_budget=args.time_budget,
         candidates=(
-            DEFAULT_CANDIDATES
-            if recipe
-            and (args.no_ray or dataset)
-            and not args.no_candidates
-            and args.horizon is None
-            else ()
+            DEFAULT_CANDIDATES if recipe and not args.no_candidates and args.horizon is None else ()
         ),
         final_fit=args.final_fit or ("off" if dataset else "blend"),
         age=args.age,

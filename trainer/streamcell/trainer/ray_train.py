@@ -36,6 +36,7 @@ from streamcell.core.errors import ConfigError, DataError, StreamcellError
 from streamcell.core.model import StreamingLSTM
 from streamcell.trainer import ray_cluster
 from streamcell.trainer.api import TrainResult, finish, prepare_frame
+from streamcell.trainer.budget import Deadline, budget_clock
 from streamcell.trainer.calibrate import online_counts
 from streamcell.trainer.data import LongFrame
 from streamcell.trainer.evaluate import evaluate
@@ -50,10 +51,13 @@ from streamcell.trainer.loop import (
 from streamcell.trainer.prepare import Prepared
 from streamcell.trainer.select import (
     FINAL_SHARE,
+    Fitter,
+    choose,
     final_model,
     final_note,
     refit_seconds,
     resolve_head,
+    train_candidates,
 )
 from streamcell.trainer.settings import GPU_MODES, TrainSettings
 
@@ -113,8 +117,10 @@ def train(
             f"--workers {workers} needs at least as many streams; the data has "
             f"{len(frame.streams)} (each worker trains on its own streams)"
         )
-    settings, prepared = resolve_head(settings, prepare_frame(frame, settings))
     started = time.perf_counter()
+    # Bad data fails here, before Ray starts (candidates prepare theirs again inside).
+    given = settings
+    settings, prepared = resolve_head(settings, prepare_frame(frame, settings))
     with _ray_session(ray_address, num_cpus or workers * threads, log_to_driver) as (joined, ray):
         own_storage = storage_path is None
         storage = storage_path or tempfile.mkdtemp(prefix="streamcell-ray-")
@@ -133,6 +139,24 @@ def train(
                 after_epoch=after_epoch,
                 on_epoch=on_epoch,
             )
+            if settings.candidates:
+                fitter = RayFitter(run)
+                trials = train_candidates(
+                    frame, given, prepare_frame, on_epoch=on_epoch, fitter=fitter
+                )
+                chosen = choose(trials, "origin", on_epoch=on_epoch)
+                return finish(
+                    frame,
+                    chosen.prepared,
+                    chosen.settings,
+                    chosen.state,
+                    chosen.model,
+                    workers=workers,
+                    device=fitter.device,
+                    seconds=time.perf_counter() - started,
+                    final=chosen.final,
+                    selection=chosen.record,
+                )
             refitting = settings.final_fit != "off"
             budget = settings.time_budget * ((1 - FINAL_SHARE) if refitting else 1.0)
             first = replace(settings, time_budget=budget)
@@ -156,6 +180,47 @@ def train(
         final=final,
         selection={"final_fit": note},
     )
+
+
+class RayFitter(Fitter):
+    """Each model of a selection (candidates, final fits) trained as a Ray Train run.
+
+    The budget's clock is the driver's own plus what each run was given and
+    used: a run stops on its workers' clock (loop.py), so the driver charges
+    it the wall time it took, at most its share.
+    """
+
+    def __init__(self, run: Callable[..., tuple[LoopState, str, dict[str, Any]]]) -> None:
+        self._run = run
+        self._spent = 0.0
+        self.device = "cpu"
+
+    def clock(self) -> float:
+        return budget_clock() + self._spent
+
+    def fit(
+        self,
+        model: StreamingLSTM,
+        prepared: Prepared,
+        settings: TrainSettings,
+        *,
+        deadline: Deadline | None,
+        validate: bool,
+        on_record: Callable[[dict[str, Any]], None] | None,
+    ) -> LoopState:
+        import ray
+
+        share = 0.0 if deadline is None else max(deadline.left(), 1e-3)
+        t0 = time.monotonic()
+        state, self.device, _ = self._run(
+            {"data": ray.put(prepared), "validate": validate},
+            None,
+            replace(settings, time_budget=share),
+            on_epoch=on_record,
+        )
+        if share:
+            self._spent += min(time.monotonic() - t0, share)
+        return state
 
 
 def _final_fit(

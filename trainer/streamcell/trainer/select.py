@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from streamcell.core.model import StreamingLSTM
-from streamcell.trainer.budget import Deadline
+from streamcell.trainer.budget import Deadline, budget_clock
 from streamcell.trainer.data import LongFrame
 from streamcell.trainer.ensemble import average_models, merge_members, splice_first_step
 from streamcell.trainer.evaluate import evaluate
@@ -49,6 +49,45 @@ from streamcell.trainer.settings import TrainSettings
 Trained = tuple[TrainSettings, Prepared, LoopState, StreamingLSTM]
 # Share of the budget kept for the final fit (it sees 1 / (1 - val_fraction) more rows).
 FINAL_SHARE = 0.3
+
+
+class Fitter:
+    """Trains one model, here in this process; ray_train's trains it as a Ray Train run.
+
+    Selection (which candidates, their budget shares, the choice, the final
+    fits) is the same wherever the training runs; only this differs.
+    """
+
+    def clock(self) -> float:
+        """The time budget's clock for the work this fitter does (streamcell.trainer.budget)."""
+        return budget_clock()
+
+    def fit(
+        self,
+        model: StreamingLSTM,
+        prepared: Prepared,
+        settings: TrainSettings,
+        *,
+        deadline: Deadline | None,
+        validate: bool,
+        on_record: Callable[[dict[str, Any]], None] | None,
+    ) -> LoopState:
+        """Train ``model`` (its best epoch in the state returned) on every stream of
+        ``prepared``; ``on_record`` sees each epoch's record."""
+
+        def report(state: LoopState, _opt: torch.optim.Optimizer) -> None:
+            if on_record is not None:
+                on_record(state.history[-1])
+
+        return fit(
+            model,
+            prepared,
+            replace(settings, time_budget=0.0),
+            shard=list(range(len(prepared))),
+            on_epoch=report,
+            deadline=deadline,
+            validate=validate,
+        )
 
 
 @dataclass(frozen=True)
@@ -112,6 +151,7 @@ class Trials:
     deadline: Deadline | None
     # Each candidate's final fit once made (a second choice reuses it).
     finals: dict[int, tuple[StreamingLSTM | None, str]] = field(default_factory=dict)
+    fitter: Fitter = field(default_factory=Fitter)
 
 
 def train_candidates(
@@ -121,10 +161,15 @@ def train_candidates(
     *,
     device: str | torch.device = "cpu",
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    fitter: Fitter | None = None,
 ) -> Trials:
-    """Each candidate trained with early stopping and scored both ways on validation."""
+    """Each candidate trained with early stopping and scored both ways on validation.
+
+    ``fitter``: where each candidate trains (default: in this process).
+    """
+    fitter = fitter or Fitter()
     budget = float(settings.time_budget)
-    deadline = Deadline.after(budget) if budget > 0 else None
+    deadline = Deadline.after(budget, fitter.clock) if budget > 0 else None
     options = candidate_settings(settings)
     share = (1 - FINAL_SHARE) if settings.final_fit != "off" else 1.0
     tried: list[dict[str, Any]] = []
@@ -145,21 +190,14 @@ def train_candidates(
         until = None
         if deadline is not None:
             left = deadline.left() - budget * (1 - share)  # the final fit's share kept
-            until = Deadline.after(left / (len(options) - k))
+            until = Deadline.after(left / (len(options) - k), fitter.clock)
 
-        def report(state: LoopState, _opt: torch.optim.Optimizer, k: int = k) -> None:
+        def report(record: dict[str, Any], k: int = k) -> None:
             if on_epoch is not None:
-                on_epoch({**state.history[-1], "candidate": k, "candidates": len(options)})
+                on_epoch({**record, "candidate": k, "candidates": len(options)})
 
         t0 = time.monotonic()
-        state = fit(
-            model,
-            prepared,
-            replace(option, time_budget=0.0),
-            shard=list(range(len(prepared))),
-            on_epoch=report,
-            deadline=until,
-        )
+        state = fitter.fit(model, prepared, option, deadline=until, validate=True, on_record=report)
         best_model = restore_best(model, state)
         origin = origin_mase(as_loaded(frame, prepared, best_model, option), prepared, eval_horizon)
         tried.append(
@@ -174,7 +212,7 @@ def train_candidates(
             }
         )
         trained.append((option, prepared, state, model))
-    return Trials(frame, settings, tried, trained, keys, eval_horizon, deadline)
+    return Trials(frame, settings, tried, trained, keys, eval_horizon, deadline, fitter=fitter)
 
 
 def choose(
@@ -212,7 +250,7 @@ def choose(
         if k not in trials.finals:
             validated = _validated(trained, [k])
             trials.finals[k] = _final(
-                settings, trained[k], validated, budget_left, device, on_epoch
+                settings, trained[k], validated, budget_left, device, on_epoch, trials.fitter
             )
         return trials.finals[k]
 
@@ -310,6 +348,7 @@ def _final(
     left: Callable[[], float],
     device: str | torch.device,
     on_epoch: Callable[[dict[str, Any]], None] | None,
+    fitter: Fitter,
 ) -> tuple[StreamingLSTM | None, str]:
     """The final fit of one trained candidate (None: none) and what the record says of it."""
     option, prepared, state, _model = trained
@@ -318,7 +357,7 @@ def _final(
     need = refit_seconds(state, prepared)
     if need > left():
         return None, f"skipped: {need:.0f} s needed, {max(left(), 0):.0f} s of the budget left"
-    refit = _refit(prepared, option, state.best_epoch, device, on_epoch)
+    refit = _refit(prepared, option, state.best_epoch, device, on_epoch, fitter)
     return final_model(settings.final_fit, validated, refit), final_note(
         settings.final_fit, state.best_epoch
     )
@@ -359,20 +398,10 @@ def _refit(
     epochs: int,
     device: str | torch.device,
     on_epoch: Callable[[dict[str, Any]], None] | None,
+    fitter: Fitter,
 ) -> StreamingLSTM:
     whole = prepared.whole()
     model = new_model(whole, settings).to(device)
-
-    def report(state: LoopState, _opt: torch.optim.Optimizer) -> None:
-        if on_epoch is not None:
-            on_epoch(state.history[-1])
-
-    state = fit(
-        model,
-        whole,
-        replace(settings, epochs=epochs, time_budget=0.0),
-        shard=list(range(len(whole))),
-        on_epoch=report,
-        validate=False,
-    )
+    again = replace(settings, epochs=epochs)
+    state = fitter.fit(model, whole, again, deadline=None, validate=False, on_record=on_epoch)
     return restore_best(model, state)
