@@ -53,6 +53,7 @@ def train(csv: Path, registry: Path, extra: list[str]) -> float:
 def serve(registry: Path, port: int) -> subprocess.Popen[bytes]:
     command = [*CLI, "serve", "--registry", str(registry), "--model", "m"]
     command += ["--grpc-host", "127.0.0.1", "--grpc-port", str(port), "--no-metrics"]
+    command += ["--state-dir", str(registry.parent / "state")]  # not the shared default
     return subprocess.Popen(command, cwd=ROOT)
 
 

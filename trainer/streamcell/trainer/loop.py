@@ -71,6 +71,8 @@ class LoopState:
     stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
+    # The epochs' time on the budget's clock (streamcell.trainer.budget), this process's.
+    budget_seconds: float = 0.0
     samples: int = 0  # target points trained on, all workers, all epochs
     resumed_at: list[int] = field(default_factory=list)  # epochs a restarted run went on from
 
@@ -168,6 +170,7 @@ def fit(
         }
         if not validate:  # the final fit: its own epoch count, no validation
             record.update(final_fit=True, epochs=settings.epochs)
+        state.budget_seconds += budget_clock() - c0
         if deadline is not None:
             pace = (budget_clock() - c0) * 0.5  # the next epoch must fit half its time
             late = int(deadline.would_pass(pace))

@@ -185,9 +185,10 @@ def train(
 class RayFitter(Fitter):
     """Each model of a selection (candidates, final fits) trained as a Ray Train run.
 
-    The budget's clock is the driver's own plus what each run was given and
-    used: a run stops on its workers' clock (loop.py), so the driver charges
-    it the wall time it took, at most its share.
+    The budget's clock is the driver's own plus what each run used on its
+    workers' clock (rank 0's ``LoopState.budget_seconds``, at most its share),
+    so a busy machine makes the selection slower, not different, as in one
+    process.
     """
 
     def __init__(self, run: Callable[..., tuple[LoopState, str, dict[str, Any]]]) -> None:
@@ -211,7 +212,6 @@ class RayFitter(Fitter):
         import ray
 
         share = 0.0 if deadline is None else max(deadline.left(), 1e-3)
-        t0 = time.monotonic()
         state, self.device, _ = self._run(
             {"data": ray.put(prepared), "validate": validate},
             None,
@@ -219,7 +219,7 @@ class RayFitter(Fitter):
             on_epoch=on_record,
         )
         if share:
-            self._spent += min(time.monotonic() - t0, share)
+            self._spent += min(state.budget_seconds, share)
         return state
 
 
