@@ -162,6 +162,7 @@ def _raw(ds: Any, result: Any, origins: dict[str, list[tuple[int, int]]]) -> dic
             if len(future) < steps:
                 future = np.concatenate([future, np.repeat(x[-1:], steps - len(future), 0)])
             made = run(loaded, norm, start, steps, seed_of(stream, o, steps), future=future)
+            assert made.quantiles is not None
             fc[o] = made.quantiles[:, :, 0].astype(np.float64)
         out[stream] = {"first": first.astype(np.float64), "fc": fc}
     return out
