@@ -61,7 +61,7 @@ MIN_CELL = 200  # points a forecast step's factors are fitted on, neighbouring s
 MIN_POINTS = 30  # fewer in a whole table: its factors stay 1
 ORIGINS = 1024  # fixed origins over all streams (at least origin.MAX_ORIGINS per stream)
 # The adaptive width's step on its log: ten misses in a row (at 0.8 each) double the
-# width, and forty-odd hits in a row halve it.
+# width, and thirty-five hits in a row halve it.
 ADAPTIVE_GAMMA = 0.1
 
 
