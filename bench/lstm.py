@@ -168,7 +168,7 @@ def score_recipe(
         one = yhat[n - 1 : len(y) - 1].astype(np.float64)
         one_q = None
         if levels:  # sorted, then calibrated as the Predictor serves them
-            one_q = _served_levels(np.sort(first[n - 1 : len(y) - 1], axis=1), config, mid)
+            one_q = _served_levels(np.sort(first, axis=1), y, config, mid)[n - 1 : len(y) - 1]
         origin = origin_q = None
         if horizon is not None and cuts:
             x = xs[stream]
@@ -199,16 +199,31 @@ def score_recipe(
     return out
 
 
-def _served_levels(q: np.ndarray, config: Any, mid: int) -> np.ndarray:
-    """One-step quantiles ``[N, levels]`` with the version's online calibration, if any."""
+def _served_levels(q: np.ndarray, y: np.ndarray, config: Any, mid: int) -> np.ndarray:
+    """A stream's one-step quantiles ``[T, levels]`` (row t: after event t) with the
+    version's online calibration, if any, and its adaptive width as the Predictor
+    moves it: each actual ``y[t]`` scores row t - 1, then row t is scaled."""
+    from streamcell.core.adaptive import scaled, updated
     from streamcell.core.calibration import widen
+    from streamcell.core.quantiles import central_intervals
 
     table = config.calibration_table
     if table is None:
         return q.astype(np.float64)
     qt = torch.from_numpy(np.ascontiguousarray(q, np.float32))[:, :, None]
     factors = torch.tensor(table.online, dtype=torch.float32)[:, None]
-    return widen(qt, factors, mid)[:, :, 0].numpy().astype(np.float64)
+    static = widen(qt, factors, mid)
+    if table.adaptive is None:
+        return static[:, :, 0].numpy().astype(np.float64)
+    outer = central_intervals(config.quantile_levels)[0]
+    actual = y.astype(np.float32)[:, None, None]  # [T, 1 row, 1 target]
+    log_w = np.zeros((1, 1), np.float32)
+    out = np.empty(static.shape, np.float32)
+    out[0] = static[0].numpy()
+    for t in range(1, len(static)):
+        log_w = updated(log_w, out[t - 1 : t], actual[t], outer, table.adaptive.gamma)
+        out[t] = scaled(static[t : t + 1], torch.from_numpy(log_w), mid)[0].numpy()
+    return out[:, :, 0].astype(np.float64)
 
 
 def score(

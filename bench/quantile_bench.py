@@ -10,7 +10,8 @@ is sent (bench/process_bench.py): no Kafka client cost, so the ratio is of
 serve's own work, the part a quantile head changes. Heads with the same
 LSTM weights: point-only, levels 0.1/0.5/0.9, 0.1..0.9 (nine levels), the
 three levels left crossing (the worst case: see make_model), and nine
-levels with a calibration (what ``streamcell train`` now exports). Each
+levels with a calibration, and with each stream's adaptive width too (what
+``streamcell train`` now exports). Each
 round gives every head fresh events (later seqs, so every event is stepped
 and, after the warm-up, scored), poll by poll in a rotating order, so that
 the heads share the machine's load alike; wall and CPU time (the thread's
@@ -45,23 +46,28 @@ HEADS = {
     "9 levels": (NINE, True, False),
     "3, crossing": ((0.1, 0.5, 0.9), False, False),
     "9, calibrated": (NINE, True, True),
+    "9, adaptive": (NINE, True, "adaptive"),
 }
 
 
-def make_model(root: Path, levels: tuple[float, ...], spread: bool, calibrated: bool = False):
+def make_model(root: Path, levels: tuple[float, ...], spread: bool, calibrated: bool | str = False):
     """kafka_e2e's model (seed 0), with a head as wide as the levels ask.
 
     ``spread``: the levels' biases moved apart, as a trained head's are, so
     that its quantiles seldom cross; without, a random head's levels cross in
     most rows and every wave pays the sort that uncrosses them. ``calibrated``:
-    config.json's ``calibration`` widening every level by 1.2 (streamcell.core.calibration).
+    config.json's ``calibration`` widening every level by 1.2 (streamcell.core.calibration);
+    ``"adaptive"``: that and each stream's adaptive width (streamcell.core.adaptive).
     """
+    calibration = {"online": [1.2] * len(levels)} if calibrated else None
+    if calibrated == "adaptive":
+        calibration = {**calibration, "adaptive": {"gamma": 0.1}}
     names = tuple(f"f{k}" for k in range(INPUT))
     zeros, ones = (0.0,) * INPUT, (1.0,) * INPUT
     cfg = ModelConfig(
         INPUT, HIDDEN, LAYERS, INPUT, names, names, zeros, ones, zeros, ones,
         quantile_levels=levels,
-        calibration={"online": [1.2] * len(levels)} if calibrated else None,
+        calibration=calibration,
     )  # fmt: skip
     torch.manual_seed(0)
     model = StreamingLSTM(INPUT, HIDDEN, LAYERS, cfg.head_width)
@@ -70,7 +76,8 @@ def make_model(root: Path, levels: tuple[float, ...], spread: bool, calibrated: 
             bias = model.head.bias.view(len(levels), INPUT)
             for k, level in enumerate(levels):
                 bias[k] += 4.0 * (level - 0.5)
-    version = f"v{len(levels)}{'s' if spread else ''}{'c' if calibrated else ''}"
+    tag = {False: "", True: "c", "adaptive": "a"}[calibrated]
+    version = f"v{len(levels)}{'s' if spread else ''}{tag}"
     return load_checkpoint(save_checkpoint(root, "bench", model, cfg, version=version))
 
 

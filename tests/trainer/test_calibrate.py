@@ -14,6 +14,7 @@ from streamcell.core.calibration import widen
 from streamcell.core.checkpoint import ModelConfig
 from streamcell.trainer.api import TrainSettings, load_long_frame, prepare_frame, train_local
 from streamcell.trainer.calibrate import (
+    ADAPTIVE_GAMMA,
     MIN_CELL,
     MIN_POINTS,
     Counts,
@@ -60,6 +61,22 @@ def test_calibration_hits_each_level_on_unseen_points(spread: float) -> None:
     np.testing.assert_allclose(after, LEVELS, atol=0.015)
     inside = (served(fresh_q, a)[:, 0] <= fresh_y) & (fresh_y <= served(fresh_q, a)[:, 4])
     assert 0.78 <= inside.mean() <= 0.82
+
+
+def test_an_interval_keeps_its_centre_when_the_median_is_biased() -> None:
+    # Actuals a whole spread below the head's median: one factor per interval widens
+    # both sides alike until the interval holds its share, and does not shift it.
+    q, y = head(6000, 1.0, seed=7)
+    y = y - 1.0 * np.abs(q[:, 4] - q[:, 2]) / 1.2816
+    counts = Counts.zero(1, len(LEVELS))
+    counts.add(0, q, y, median=2)
+    a = factors(counts.below[0], int(counts.points[0]), LEVELS)
+    assert a[0] == a[4] and a[1] == a[3] and a[0] > 1.2
+    fresh_q, fresh_y = head(20_000, 1.0, seed=8)
+    fresh_y = fresh_y - np.abs(fresh_q[:, 4] - fresh_q[:, 2]) / 1.2816
+    s = served(fresh_q, a)
+    assert abs(((s[:, 0] <= fresh_y) & (fresh_y <= s[:, 4])).mean() - 0.8) < 0.015
+    assert abs(((s[:, 1] <= fresh_y) & (fresh_y <= s[:, 3])).mean() - 0.5) < 0.015
 
 
 def test_counts_of_disjoint_parts_add_up_to_the_whole() -> None:
@@ -109,6 +126,8 @@ def test_training_stores_the_calibration_and_records_coverage_before_and_after()
     cfg = result.config
     table = cfg.calibration_table
     assert table is not None and len(table.online) == 3 and table.online[1] == 1.0
+    assert table.online[0] == table.online[2]  # one factor for the interval's two levels
+    assert table.adaptive is not None and table.adaptive.gamma == ADAPTIVE_GAMMA
     assert len(table.forecast) == result.metrics["origin_horizon"]
     record = result.metrics["calibration"]
     online = record["online"]
@@ -118,6 +137,7 @@ def test_training_stores_the_calibration_and_records_coverage_before_and_after()
     assert abs(online["coverage_after"]["0.8"] - 0.8) < 0.02
     assert abs(record["forecast"]["coverage_after"]["0.8"] - 0.8) < 0.05
     assert record["seconds"] >= 0
+    assert record["fitted_on"].startswith("the served model")  # the blend, by default
     # It travels through config.json.
     again = ModelConfig.from_dict(json.loads(cfg.to_json()))
     assert again.calibration_table == table

@@ -18,6 +18,10 @@ Predictor serves after each event; ``forecast``, one row of factors per
 Forecast step (step 1 first), for a Forecast's quantiles; steps beyond the
 table use its last row, and an empty table leaves a Forecast as the head
 gives it. A config without ``calibration`` serves its quantiles unchanged.
+
+``adaptive`` (optional, :mod:`streamcell.core.adaptive`): each stream's own
+width factor on top of these, updated from its scored actuals; without it a
+version serves the fitted factors alone, and its streams keep no such state.
 """
 
 from __future__ import annotations
@@ -30,16 +34,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamcell.core.adaptive import FIELD as ADAPTIVE
+from streamcell.core.adaptive import Adaptive
+from streamcell.core.quantiles import central_intervals
+
 FIELD = "calibration"
 MAX_FACTOR = 1e3  # beyond this a factor is a symptom of a broken fit, not a width
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """One version's factors: ``online`` ``[levels]``, ``forecast`` ``[steps, levels]``."""
+    """One version's factors: ``online`` ``[levels]``, ``forecast`` ``[steps, levels]``,
+    and each stream's adaptive width (None: none)."""
 
     online: tuple[float, ...]
     forecast: tuple[tuple[float, ...], ...]
+    adaptive: Adaptive | None = None
 
     @classmethod
     def from_json(cls, data: Any, levels: Sequence[float]) -> Calibration:
@@ -48,7 +58,7 @@ class Calibration:
             raise ValueError(f"{FIELD} must be an object, got {data!r}")
         if not levels:
             raise ValueError(f"{FIELD} needs quantile_levels (a point head has nothing to widen)")
-        unknown = sorted(set(data) - {"online", "forecast"})
+        unknown = sorted(set(data) - {"online", "forecast", ADAPTIVE})
         if unknown:
             raise ValueError(f"{FIELD} has unknown fields {unknown}")
         online = _factors(data.get("online"), len(levels), f"{FIELD}.online")
@@ -58,10 +68,21 @@ class Calibration:
         rows = tuple(
             _factors(row, len(levels), f"{FIELD}.forecast[{k}]") for k, row in enumerate(table)
         )
-        return cls(online, rows)
+        adaptive = data.get(ADAPTIVE)
+        if adaptive is not None:
+            adaptive = Adaptive.from_json(adaptive, f"{FIELD}.{ADAPTIVE}")
+            if not central_intervals(levels):
+                raise ValueError(f"{FIELD}.{ADAPTIVE} needs a central interval to cover")
+        return cls(online, rows, adaptive)
 
     def to_json(self) -> dict[str, Any]:
-        return {"online": list(self.online), "forecast": [list(r) for r in self.forecast]}
+        out: dict[str, Any] = {
+            "online": list(self.online),
+            "forecast": [list(r) for r in self.forecast],
+        }
+        if self.adaptive is not None:
+            out[ADAPTIVE] = self.adaptive.to_json()
+        return out
 
     def step_factors(self, steps: int) -> np.ndarray | None:
         """``[steps, levels]`` float32 factors for a Forecast of ``steps`` steps; None: none."""

@@ -24,6 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from streamcell.core.adaptive import Adaptive
 from streamcell.core.calibration import Calibration
 from streamcell.core.errors import CheckpointError
 from streamcell.core.model import StreamingLSTM
@@ -175,6 +176,12 @@ class ModelConfig:
         return getattr(self, "_calibration", None)
 
     @property
+    def adaptive(self) -> Adaptive | None:
+        """Each stream's adaptive width (streamcell.core.adaptive), or None: none kept."""
+        table = self.calibration_table
+        return None if table is None else table.adaptive
+
+    @property
     def n_levels(self) -> int:
         """Values per target and step in the head: its quantile levels, or 1 (a point)."""
         return max(1, len(self.quantile_levels))
@@ -222,6 +229,7 @@ class ModelConfig:
             json.dumps(self.recipe, sort_keys=True),
             self.quantile_levels,
             self.horizon,
+            self.adaptive is not None,  # a stream's adaptive width is state too
         )
 
     def to_json(self) -> str:

@@ -22,6 +22,10 @@ quantiles never cross, and the median is ``yhat``; a version with a
 (:mod:`streamcell.core.calibration`). Each stream's previous
 quantiles score the actual values that arrive next: per central interval,
 whether they fell inside it, and the pinball loss (:mod:`streamcell.core.quantiles`).
+A version with an adaptive width (:mod:`streamcell.core.adaptive`) then moves
+the stream's width factor by whether the actual fell inside the widest
+interval, and serves the new one-step quantiles scaled by it (a Forecast keeps
+the version's forecast table alone: see that module).
 
 The Predictor is the one owner of stream state, so it also reports what
 changed. Once a front end calls :meth:`Predictor.track_changes` (the Kafka
@@ -52,6 +56,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from streamcell.core import adaptive
 from streamcell.core.calibration import uncrossed, widen
 from streamcell.core.checkpoint import MAX_HORIZON, LoadedModel
 from streamcell.core.coldstore import ColdStore
@@ -190,6 +195,7 @@ class Predictor:
         self._levels = cfg.quantile_levels
         self._median = median_index(self._levels) if self._levels else 0
         cal = cfg.calibration_table
+        self._gamma = 0.0 if cfg.adaptive is None else cfg.adaptive.gamma
         self._widen = (
             None
             if cal is None
@@ -203,6 +209,7 @@ class Predictor:
             **self._store_args,
             "buffer_size": 0 if history is None else history.buffer_size,
             "quantile_levels": cfg.quantile_levels,
+            "adaptive": cfg.adaptive is not None,
         }
         return StateStore(cfg.num_layers, cfg.hidden_size, cfg.output_size, cfg.input_size, **args)
 
@@ -465,6 +472,10 @@ class Predictor:
                 store.err_count[slots[seen]] += 1
                 if quantiles is not None:
                     self._score(store, slots[seen], actual, result)
+        if quantiles is not None and store.width is not None:
+            # The width as the actual just scored left it (the median, yhat, never moves).
+            log_w = torch.from_numpy(store.width[slots]).to(self.device)
+            quantiles = adaptive.scaled(quantiles, log_w, self._median)
 
         store.scatter(slots, step_h, step_c)
         idx = store.index(slots)
@@ -511,6 +522,10 @@ class Predictor:
         previous = store.quantiles[store.index(slots)].cpu().numpy()
         inside = inside_counts(actual, previous, store.intervals)
         store.inside[slots] += inside
+        if store.width is not None:
+            store.width[slots] = adaptive.updated(
+                store.width[slots], previous, actual, store.intervals[0], self._gamma
+            )
         result.scores.add(
             actual.size, inside.sum(axis=0), pinball_sums(actual, previous, self._levels)
         )

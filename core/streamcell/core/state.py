@@ -20,8 +20,15 @@ per central interval, how many of its actual values fell inside the interval
 its previous prediction gave (beside the error sums: ``err_count`` events
 were scored, ``output`` values each).
 
+A store for a version with an adaptive width (streamcell.core.adaptive)
+also keeps each stream's ``log w`` per target (``width``, float32, 0 at the
+start: the version's calibration as fitted).
+
 Snapshots are format 2 (header ``SCS2``: the shape, the ring's length, the
-number of quantile levels and their digest). A store reads format-1 records
+number of quantile levels and their digest), or, for a store with an adaptive
+width, format 3 (``SCS3``: the same header and fields, then ``width``). Such a
+store reads a format-2 record of its own shape as a stream whose width has
+not moved yet, so state kept before the version had one carries over. A store reads format-1 records
 (``SCS1``, ``SCH1``, written before quantile heads) of its own shape when it
 has no quantile levels: their fields are the same, only the header differs.
 
@@ -55,6 +62,8 @@ _HISTORY_HEADER = struct.Struct("<4sHHHHI")
 # recipe), quantile levels (0: a point head), the levels' digest.
 SNAPSHOT_V2_MAGIC = b"SCS2"
 _V2_HEADER = struct.Struct("<4sHHHHIII")  # 24 bytes: rows stay 4-byte aligned
+# Format 3: format 2's header under its own magic; the record ends with the width.
+SNAPSHOT_V3_MAGIC = b"SCS3"
 FREE_LAST_SEEN = np.nan  # a free slot's last_seen
 
 
@@ -84,6 +93,8 @@ class StreamInfo:
     last_quantiles: tuple[tuple[float, ...], ...] = ()
     inside: tuple[int, ...] = ()
     scored: int = 0
+    # An adaptive width: the factor w per target (empty without one).
+    width: tuple[float, ...] = ()
 
 
 class StateStore:
@@ -91,7 +102,8 @@ class StateStore:
 
     ``buffer_size`` > 0 adds each stream's history ring and scale (a model
     with a recipe); 0 keeps the store, and its snapshots, as without one.
-    ``quantile_levels`` adds each stream's last quantiles and interval counts.
+    ``quantile_levels`` adds each stream's last quantiles and interval counts;
+    ``adaptive`` (with them) each stream's ``log w`` per target.
     """
 
     # Per-slot slabs and arrays, (re)made by _allocate as capacity grows.
@@ -109,6 +121,7 @@ class StateStore:
     err_count: np.ndarray
     quantiles: Tensor | None  # [capacity, levels, output] with quantile_levels
     inside: np.ndarray | None  # [capacity, intervals] int64 with quantile_levels
+    width: np.ndarray | None  # [capacity, output] float32 log w with adaptive
 
     def __init__(
         self,
@@ -124,6 +137,7 @@ class StateStore:
         device: torch.device | str = "cpu",
         buffer_size: int = 0,
         quantile_levels: Sequence[float] = (),
+        adaptive: bool = False,
     ) -> None:
         if max_streams < 1:
             raise ValueError(f"max_streams must be at least 1, got {max_streams}")
@@ -131,8 +145,11 @@ class StateStore:
             raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds}")
         if not 0 <= buffer_size < 1 << 32:
             raise ValueError(f"buffer_size must be in 0..2**32-1, got {buffer_size}")
+        if adaptive and not quantile_levels:
+            raise ValueError("an adaptive width needs quantile_levels (a point has no width)")
         self.buffer_size = buffer_size
         self.quantile_levels = tuple(quantile_levels)
+        self.adaptive = adaptive
         self.intervals = central_intervals(self.quantile_levels)
         levels, n_intervals = len(self.quantile_levels), len(self.intervals)
         self.num_layers = num_layers
@@ -174,10 +191,15 @@ class StateStore:
                 if levels
                 else []
             )
+            + ([("width", "<f4", (output_size,))] if adaptive else [])
         )
         shape = (num_layers, hidden_size, output_size, input_size)
-        self._header = _V2_HEADER.pack(
-            SNAPSHOT_V2_MAGIC, *shape, buffer_size, levels, levels_digest(self.quantile_levels)
+        digest = levels_digest(self.quantile_levels)
+        self._v2_header = _V2_HEADER.pack(SNAPSHOT_V2_MAGIC, *shape, buffer_size, levels, digest)
+        self._header = (
+            _V2_HEADER.pack(SNAPSHOT_V3_MAGIC, *shape, buffer_size, levels, digest)
+            if adaptive
+            else self._v2_header
         )
         self._header_row = np.frombuffer(self._header, dtype=np.uint8)
         # The format-1 header of a record with the same fields (none with quantiles).
@@ -239,6 +261,9 @@ class StateStore:
             shape = (grow, len(self.quantile_levels), self.output_size)
             self.quantiles = grow_tensor(self.quantiles, shape, 0)
             self.inside = grow_array(self.inside, (grow, len(self.intervals)), np.int64)
+        self.width = None if first else self.width
+        if self.adaptive:
+            self.width = grow_array(self.width, (grow, self.output_size), np.float32)
         self._ids: list[str | None] = (self._ids if not first else []) + [None] * grow
         # Free slots are handed out lowest first so that slabs stay dense.
         self._free: list[int] = (self._free if not first else []) + list(
@@ -268,6 +293,8 @@ class StateStore:
         if self.quantiles is not None and self.inside is not None:
             self.quantiles[slot].zero_()
             self.inside[slot] = 0
+        if self.width is not None:
+            self.width[slot] = 0.0
 
     # ------------------------------------------------------------ properties
     @property
@@ -510,6 +537,7 @@ class StateStore:
             else tuple(map(tuple, self.quantiles[slot].tolist())),
             inside=() if self.inside is None else tuple(self.inside[slot].tolist()),
             scored=count * self.output_size if self.quantile_levels else 0,
+            width=() if self.width is None else tuple(np.exp(self.width[slot]).tolist()),
         )
 
     def _history_of(self, slot: int) -> tuple[tuple[float, ...], float | None]:
@@ -524,8 +552,10 @@ class StateStore:
     @property
     def _history_fields(self) -> tuple[str, ...]:
         """The optional numpy fields of a record: a recipe's history, a quantile head's counts."""
-        return (("ring", "scale") if self.buffer_size else ()) + (
-            ("inside",) if self.quantile_levels else ()
+        return (
+            (("ring", "scale") if self.buffer_size else ())
+            + (("inside",) if self.quantile_levels else ())
+            + (("width",) if self.adaptive else ())
         )
 
     @property
@@ -672,10 +702,15 @@ class StateStore:
         return loaded, skipped, left_out
 
     def as_current(self, value: bytes) -> bytes:
-        """A format-1 record of this store's shape under the current header (same fields)."""
+        """A format-1 record of this store's shape under the current header (same fields);
+        for a store with an adaptive width, a format-2 one of its shape with ``log w`` 0."""
         v1 = self._v1_header
         if v1 is not None and value[: len(v1)] == v1:
-            return self._header + value[len(v1) :]
+            value = self._v2_header + value[len(v1) :]
+        if self.adaptive and value[: len(self._v2_header)] == self._v2_header:
+            unmoved = bytes(4 * self.output_size)  # float32 zeros: log w = 0
+            if len(value) + len(unmoved) == self._record.itemsize:
+                return self._header + value[len(self._v2_header) :] + unmoved
         return value
 
     def refusal(self, stream: str, value: object) -> str | None:
@@ -716,6 +751,7 @@ class StateStore:
             SNAPSHOT_MAGIC: _HEADER,
             HISTORY_MAGIC: _HISTORY_HEADER,
             SNAPSHOT_V2_MAGIC: _V2_HEADER,
+            SNAPSHOT_V3_MAGIC: _V2_HEADER,
         }
         if magic not in headers:
             if len(value) < 4:
@@ -734,6 +770,9 @@ class StateStore:
             theirs, ours = f" quantile_levels={levels}", f" quantile_levels={mine}"
         else:
             theirs = ours = ""
+        if magic == SNAPSHOT_V3_MAGIC or self.adaptive:
+            theirs += " adaptive width" if magic == SNAPSHOT_V3_MAGIC else " no adaptive width"
+            ours += " adaptive width" if self.adaptive else " no adaptive width"
         return (
             f"state of stream {stream!r} was written for layers={layers} hidden={hidden} "
             f"output={output} input={inputs} {_history_text(buffer)}{theirs}; this store has "

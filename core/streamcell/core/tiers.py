@@ -261,6 +261,7 @@ class TieredStore:
                 buffer_size=hot.buffer_size,
                 device=hot.device,
                 quantile_levels=hot.quantile_levels,
+                adaptive=hot.adaptive,
             )
         scratch.clear()
         scratch.restore([(stream, value)])

@@ -1,8 +1,9 @@
 """Calibrating a chosen model's quantiles on the validation split (split-conformal style).
 
-For each level tau the factor ``a`` of :mod:`streamcell.core.calibration`
-(``q' = m + a (q - m)``) is the one at which the share of validation actuals
-at or below ``q'`` is tau. The share is counted at every factor of a fixed
+For each central interval the factor ``a`` of :mod:`streamcell.core.calibration`
+(``q' = m + a (q - m)``, both of its levels) is the one at which the interval
+holds its nominal share of the validation actuals (a level in no interval:
+the share at or below ``q'`` is its level). The share is counted at every factor of a fixed
 grid (:data:`GRID`), so counts of disjoint data add up and the factor is read
 off them by linear interpolation, never from one stream's values.
 
@@ -22,6 +23,16 @@ would need each stream's origins in one process, so its Forecasts are
 served as the head gives them.
 The record says, for each central interval, the validation coverage before
 and after (online, and the forecast's averaged over its steps).
+
+The field also turns on each stream's adaptive width
+(:mod:`streamcell.core.adaptive`, step :data:`ADAPTIVE_GAMMA`) for the
+one-step quantiles: validation fits one set of factors for every stream,
+on rows before those served, and each stream's spread drifts from what they
+saw in its own way (docs/BENCHMARKS.md, "Calibrated intervals, adaptive").
+
+The model calibrated is the one served (``loaded``): with a final fit, the
+blend of the validated model and the refit, although the refit saw the
+validation rows (see streamcell.trainer.api.finish).
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamcell.core.adaptive import Adaptive
 from streamcell.core.calibration import Calibration, widen
 from streamcell.core.checkpoint import LoadedModel
 from streamcell.core.model import StreamingLSTM
@@ -48,6 +60,9 @@ GRID[np.argmin(np.abs(GRID - 1.0))] = 1.0
 MIN_CELL = 200  # points a forecast step's factors are fitted on, neighbouring steps pooled
 MIN_POINTS = 30  # fewer in a whole table: its factors stay 1
 ORIGINS = 1024  # fixed origins over all streams (at least origin.MAX_ORIGINS per stream)
+# The adaptive width's step on its log: ten misses in a row (at 0.8 each) double the
+# width, and thirty-five hits in a row halve it.
+ADAPTIVE_GAMMA = 0.1
 
 
 @dataclass
@@ -82,28 +97,45 @@ class Counts:
 
 
 def factors(below: np.ndarray, points: int, levels: tuple[float, ...]) -> list[float]:
-    """One factor per level from one cell's counts ``[levels, grid]``."""
+    """One factor per level from one cell's counts ``[levels, grid]``.
+
+    The two levels of a central interval share one factor, the one at which
+    the interval holds its nominal share of the actuals: the calibration
+    scales the head's spread and keeps its own skew. A factor per level
+    would also move the interval off centre to undo the validated model's
+    bias over the validation rows, which the served model (a blend with a
+    refit that saw those rows) and the rows to come do not share
+    (docs/BENCHMARKS.md, "Calibrated intervals, adaptive"). A level in no
+    interval gets a factor of its own.
+    """
     if points < MIN_POINTS:
         return [1.0] * len(levels)
-    out = []
+    out = [1.0] * len(levels)
+    paired: set[int] = set()
+    for iv in central_intervals(levels):
+        # The share inside rises with the factor: at or below the upper bound, less below the lower.
+        inside = (below[iv.upper] - below[iv.lower]) / points
+        out[iv.lower] = out[iv.upper] = _crossing(inside, iv.coverage)
+        paired.update((iv.lower, iv.upper))
     for level, tau in enumerate(levels):
-        if tau == MEDIAN:
-            out.append(1.0)
+        if tau == MEDIAN or level in paired:
             continue
-        share = below[level] / points
         # A lower level's share falls as its factor grows, an upper one's rises: one rising curve.
         sign = 1.0 if tau > MEDIAN else -1.0
-        rising, want = sign * share, sign * tau
-        j = int(np.searchsorted(rising, want, side="left"))
-        if j == 0:
-            out.append(float(GRID[0]))
-        elif j == len(GRID):
-            out.append(float(GRID[-1]))
-        else:
-            lo, hi = rising[j - 1], rising[j]
-            w = 0.0 if hi == lo else (want - lo) / (hi - lo)
-            out.append(round(float(GRID[j - 1] + w * (GRID[j] - GRID[j - 1])), 6))
+        out[level] = _crossing(sign * below[level] / points, sign * tau)
     return out
+
+
+def _crossing(rising: np.ndarray, want: float) -> float:
+    """The factor of :data:`GRID` at which the rising curve reaches ``want`` (interpolated)."""
+    j = int(np.searchsorted(rising, want, side="left"))
+    if j == 0:
+        return float(GRID[0])
+    if j == len(GRID):
+        return float(GRID[-1])
+    lo, hi = rising[j - 1], rising[j]
+    w = 0.0 if hi == lo else (want - lo) / (hi - lo)
+    return round(float(GRID[j - 1] + w * (GRID[j] - GRID[j - 1])), 6)
 
 
 def pooled(counts: Counts) -> tuple[np.ndarray, np.ndarray]:
@@ -137,11 +169,21 @@ def calibrate(
         table, forecast_record = _forecast(loaded, prepared, horizon)
     finally:
         torch.set_num_threads(threads)
-    field = Calibration(tuple(online), tuple(tuple(r) for r in table)).to_json()
-    record: dict[str, Any] = {"method": "scale about the median, fitted on validation"}
+    field = Calibration(
+        tuple(online), tuple(tuple(r) for r in table), adaptive_width(levels)
+    ).to_json()
+    record: dict[str, Any] = {"method": METHOD}
     record.update(online=online_record, forecast=forecast_record)
     record["seconds"] = round(time.perf_counter() - started, 1)
     return field, record
+
+
+METHOD = "scale about the median, one factor per interval, fitted on validation"
+
+
+def adaptive_width(levels: tuple[float, ...]) -> Adaptive | None:
+    """Each stream's adaptive width where the levels bound an interval to cover."""
+    return Adaptive(ADAPTIVE_GAMMA) if central_intervals(levels) else None
 
 
 def online_counts(model: StreamingLSTM, prepared: Prepared, indices: list[int]) -> Counts:
@@ -178,9 +220,9 @@ def from_counts(
         after[iv.label] = round(
             share(iv.upper, fitted[iv.upper]) - share(iv.lower, fitted[iv.lower]), 4
         )
-    field = Calibration(tuple(fitted), ()).to_json()
+    field = Calibration(tuple(fitted), (), adaptive_width(levels)).to_json()
     record = {
-        "method": "scale about the median, fitted on validation",
+        "method": METHOD,
         "online": {
             "points": points,
             "factors": fitted,

@@ -1,0 +1,335 @@
+"""Interval calibration studied offline: train ``lstm_default`` once, compare calibrations.
+
+    python -m bench.calibration_study train tourism_quarterly    # /tmp/calibration_study/NAME.pkl
+    python -m bench.calibration_study report tourism_quarterly vic_elec ...
+
+``train`` trains a data set's defaults as ``bench.accuracy`` does, keeps the
+validated model beside the served one (with a final fit, the blend of it and
+the refit) and saves both models' raw quantiles: one step ahead after every
+row, and the Forecasts from the validation origins the trainer calibrates on
+(``calibrate.spread_origins``) and from protocol B's test origins, made by
+``streamcell.core.forecast.run`` as ``bench.lstm.score_recipe`` makes them.
+
+``report`` then serves the blend's test part under each calibration with
+numpy and the trainer's and core's own functions, no retraining:
+main's (one factor per level, fitted on the validated model, static), the
+per-interval factors fitted on the validated or the served model, with or
+without the adaptive width (``streamcell.core.adaptive``) moved over every
+row as the Predictor moves it. Besides: raw coverage of the validated model
+on validation and test, and of the blend. The 80% interval's coverage and
+the mean weighted quantile loss over the nine levels, pooled over series.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import pickle
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+OUT = Path("/tmp/calibration_study")
+LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+MID = 4
+
+
+# ------------------------------------------------------------------ train
+def train(name: str) -> None:
+    from bench import accuracy, lstm
+    from streamcell.trainer import datasets, select
+    from streamcell.trainer.calibrate import MAX_ORIGINS, ORIGINS, spread_origins
+    from streamcell.trainer.data import split_point
+    from streamcell.trainer.loop import restore_best
+
+    torch.set_num_threads(1)
+    ds = datasets.load(name)
+    chosen: dict[str, Any] = {}
+    choose = select.choose
+
+    def keep(*args: Any, **kwargs: Any) -> Any:
+        chosen["it"] = choose(*args, **kwargs)
+        return chosen["it"]
+
+    select.choose = keep  # to keep the validated model beside the served one
+    settings = accuracy.recipe_settings("lstm_default")
+    started = time.time()
+    trained, info = lstm.train(ds, settings)
+    ch = chosen["it"]
+    validated = restore_best(ch.model, ch.state)
+    horizon = max(ch.prepared.default_horizon, ch.prepared.horizon)
+    starts, test_h = accuracy.b_origins(ds) or ({}, None)
+    limit = max(1, ORIGINS // max(len(ch.prepared), 1))
+    prepared = {s.stream: s for s in ch.prepared.streams}
+    origins: dict[str, list[tuple[int, int]]] = {}
+    meta: dict[str, dict[str, Any]] = {}
+    for stream, y, n in ds.series():
+        s = prepared.get(stream)
+        val = []
+        if s is not None:
+            spread = spread_origins(s, horizon, max(limit, MAX_ORIGINS), ch.prepared.season)
+            val = [(b, min(horizon, len(s.y) - b)) for b in spread]
+        test = [(o, test_h) for o in starts.get(stream, [])]
+        origins[stream] = val + test
+        meta[stream] = {
+            "y": np.asarray(y, np.float64),
+            "n": n,
+            "nv": split_point(n, settings.val_fraction),
+            "val_origins": [o for o, _ in val],
+            "test_origins": [o for o, _ in test],
+            "trained": s is not None,
+        }
+    from streamcell.trainer.api import TrainResult
+
+    raw = replace(trained.config, calibration=None)
+    preds = {
+        key: _raw(ds, TrainResult(model, raw, []), origins)
+        for key, model in (("blend", trained.model), ("validated", validated))
+    }
+    OUT.mkdir(exist_ok=True)
+    with open(OUT / f"{name}.pkl", "wb") as f:
+        pickle.dump(
+            {
+                "meta": meta,
+                "preds": preds,
+                "calibration": trained.config.calibration,
+                "final_fit": ch.final is not None,
+                "record": info.get("calibration"),
+            },
+            f,
+        )
+    print(f"{name}: {time.time() - started:.0f} s", file=sys.stderr)
+
+
+@torch.no_grad()
+def _raw(ds: Any, result: Any, origins: dict[str, list[tuple[int, int]]]) -> dict[str, Any]:
+    """Per stream: the head's step-1 levels after every row ``[T, L]`` (row t: for y[t + 1])
+    and ``{origin: quantiles [steps, L]}``, uncalibrated (bench.lstm.score_recipe's code)."""
+    from streamcell.core.forecast import Normaliser, Origin, run, seed_of
+    from streamcell.trainer.api import loaded_model
+    from streamcell.trainer.prepare import featurize_all
+
+    config, model = result.config, result.model.eval()
+    loaded, recipe = loaded_model(result), config.history
+    in_mean = np.asarray(config.input_mean, np.float32)
+    in_std = np.asarray(config.input_std, np.float32)
+    norm = Normaliser(
+        torch.from_numpy(in_mean),
+        torch.from_numpy(in_std),
+        torch.tensor(config.target_mean, dtype=torch.float32),
+        torch.tensor(config.target_std, dtype=torch.float32),
+    )
+    t_mean, t_std = float(config.target_mean[0]), float(config.target_std[0])
+    series = list(ds.series())
+    frame = ds.frame.sort_values(["stream", "seq"], kind="stable")
+    xs = {
+        str(s): g[list(ds.features)].to_numpy(np.float32)
+        for s, g in frame.groupby("stream", sort=False)
+    }
+    out = {}
+    computed = featurize_all(recipe, [xs[s] for s, _, _ in series])
+    for (stream, y, _n), (feats, scale) in zip(series, computed, strict=True):
+        u = torch.from_numpy((feats - in_mean) / in_std).unsqueeze(0)
+        cuts = sorted({o for o, _ in origins.get(stream, [])})
+        h, c = model.zero_state(1, torch.device("cpu"))
+        parts, states = [], {}
+        for a, b in itertools.pairwise([0, *cuts, len(y)]):
+            if b > a:
+                z, (h, c) = model(u[:, a:b], (h, c))
+                parts.append(z[0].numpy())
+            states[b] = (h.clone(), c.clone())
+        first = (np.concatenate(parts)[:, : config.n_levels] * t_std + t_mean) * scale[:, None]
+        yhat = np.sort(first, axis=1)[:, MID]
+        x, fc = xs[stream], {}
+        for o, steps in origins.get(stream, []):
+            ring = np.zeros((1, recipe.buffer_size), np.float32)
+            for k in range(max(0, o - recipe.buffer_size), o):
+                ring[0, k % recipe.buffer_size] = x[k, recipe.target]
+            start = Origin(
+                *states[o],
+                torch.tensor([[yhat[o - 1]]], dtype=torch.float32),
+                o,
+                ring,
+                torch.tensor([[scale[o - 1]]], dtype=torch.float32),
+            )
+            future = x[o : o + steps]
+            if len(future) < steps:
+                future = np.concatenate([future, np.repeat(x[-1:], steps - len(future), 0)])
+            made = run(loaded, norm, start, steps, seed_of(stream, o, steps), future=future)
+            assert made.quantiles is not None
+            fc[o] = made.quantiles[:, :, 0].astype(np.float64)
+        out[stream] = {"first": first.astype(np.float64), "fc": fc}
+    return out
+
+
+# ----------------------------------------------------------------- report
+def _online(d: dict[str, Any], key: str, part: str) -> tuple[np.ndarray, np.ndarray]:
+    qs, ys = [], []
+    for s, m in d["meta"].items():
+        lo, hi = (m["nv"], m["n"]) if part == "val" else (m["n"], len(m["y"]))
+        if m["trained"] and hi > lo:
+            qs.append(np.sort(d["preds"][key][s]["first"][lo - 1 : hi - 1], axis=1))
+            ys.append(m["y"][lo:hi])
+    return np.concatenate(qs), np.concatenate(ys)
+
+
+def _served_online(d: dict[str, Any], a: np.ndarray, gamma: float) -> tuple[np.ndarray, ...]:
+    """The blend's one-step test quantiles with static factors ``a`` and, for gamma > 0,
+    each stream's adaptive width moved over every row (bench.lstm._served_levels)."""
+    from bench.lstm import _served_levels
+    from streamcell.core.adaptive import Adaptive
+    from streamcell.core.calibration import Calibration
+
+    adaptive = Adaptive(gamma) if gamma else None
+
+    class Config:  # what _served_levels reads of a ModelConfig
+        quantile_levels = LEVELS
+        calibration_table = Calibration(tuple(a), (), adaptive)
+
+    qs, ys = [], []
+    for s, m in d["meta"].items():
+        y, n = m["y"], m["n"]
+        if m["trained"] and len(y) > n:
+            q = _served_levels(np.sort(d["preds"]["blend"][s]["first"], axis=1), y, Config, MID)
+            qs.append(q[n - 1 : len(y) - 1])
+            ys.append(y[n:])
+    return np.concatenate(qs), np.concatenate(ys)
+
+
+def _forecasts(d: dict[str, Any], key: str, part: str, table: np.ndarray) -> tuple[np.ndarray, ...]:
+    from streamcell.core.calibration import widen_steps
+
+    qs, ys = [], []
+    for s, m in d["meta"].items():
+        if not m["trained"]:
+            continue
+        for o in m["val_origins" if part == "val" else "test_origins"]:
+            q = d["preds"][key][s]["fc"][o]
+            steps = min(len(q), len(m["y"]) - o)
+            q = np.sort(q[:steps], axis=1)
+            rows = table[np.minimum(np.arange(steps), len(table) - 1)].astype(np.float32)
+            qs.append(widen_steps(q[:, :, None].astype(np.float32), rows, MID)[:, :, 0])
+            ys.append(m["y"][o : o + steps])
+    return np.concatenate(qs).astype(np.float64), np.concatenate(ys)
+
+
+def _fit_online(d: dict[str, Any], key: str) -> np.ndarray:
+    from streamcell.trainer.calibrate import Counts, factors
+
+    q, y = _online(d, key, "val")
+    counts = Counts.zero(1, len(LEVELS))
+    counts.add(0, q, y, MID)
+    return np.array(factors(counts.below[0], int(counts.points[0]), LEVELS))
+
+
+def _fit_table(d: dict[str, Any], key: str, steps: int) -> np.ndarray:
+    from streamcell.trainer.calibrate import MIN_POINTS, Counts, factors, pooled
+
+    counts = Counts.zero(steps, len(LEVELS))
+    one = np.ones((1, len(LEVELS)))
+    q, y = _forecasts(d, key, "val", one)
+    k = np.concatenate(
+        [
+            np.arange(min(len(d["preds"][key][s]["fc"][o]), len(m["y"]) - o))
+            for s, m in d["meta"].items()
+            if m["trained"]
+            for o in m["val_origins"]
+        ]
+    )
+    for step in range(steps):
+        if (k == step).any():
+            counts.add(step, q[k == step], y[k == step], MID)
+    if int(counts.points.sum()) < MIN_POINTS:
+        return one
+    below, points = pooled(counts)
+    return np.array([factors(below[j], int(points[j]), LEVELS) for j in range(steps)])
+
+
+def _scores(q: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    inside = float(((q[:, 0] <= y) & (y <= q[:, -1])).mean())
+    loss = sum(
+        np.sum(np.maximum(tau * (y - q[:, j]), (tau - 1) * (y - q[:, j])))
+        for j, tau in enumerate(LEVELS)
+    )
+    return round(inside, 3), round(float(2 * loss / len(LEVELS) / np.sum(np.abs(y))), 4)
+
+
+def report(name: str) -> dict[str, Any]:
+    from streamcell.trainer.calibrate import ADAPTIVE_GAMMA
+
+    with open(OUT / f"{name}.pkl", "rb") as f:
+        d = pickle.load(f)
+    steps = max(1, len(d["calibration"]["forecast"]))
+    per_level = _per_level(d, "validated")
+    rows: dict[str, Any] = {"final fit": d["final_fit"]}
+    v_val, v_test = _online(d, "validated", "val"), _online(d, "validated", "test")
+    rows["raw validated A: val, test"] = (_scores(*v_val)[0], _scores(*v_test)[0])
+    rows["raw blend A: val (refit in-sample), test"] = (
+        _scores(*_online(d, "blend", "val"))[0],
+        _scores(*_online(d, "blend", "test"))[0],
+    )
+    rows["A main (per level, validated, static)"] = _scores(*_served_online(d, per_level[0], 0))
+    a_v, a_b = _fit_online(d, "validated"), _fit_online(d, "blend")
+    rows["A per interval, validated, static"] = _scores(*_served_online(d, a_v, 0))
+    rows["A per interval, served, static"] = _scores(*_served_online(d, a_b, 0))
+    rows["A per level, validated, adaptive"] = _scores(
+        *_served_online(d, per_level[0], ADAPTIVE_GAMMA)
+    )
+    rows["A branch (per interval, served, adaptive)"] = _scores(
+        *_served_online(d, a_b, ADAPTIVE_GAMMA)
+    )
+    rows["B main (per level, validated)"] = _scores(*_forecasts(d, "blend", "test", per_level[1]))
+    rows["B per interval, validated"] = _scores(
+        *_forecasts(d, "blend", "test", _fit_table(d, "validated", steps))
+    )
+    rows["B branch (per interval, served)"] = _scores(
+        *_forecasts(d, "blend", "test", _fit_table(d, "blend", steps))
+    )
+    return rows
+
+
+def _per_level(d: dict[str, Any], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Main's factors: one per level (the trainer's rule before this branch)."""
+    from streamcell.trainer import calibrate
+
+    def per_level(below: np.ndarray, points: int, levels: tuple[float, ...]) -> list[float]:
+        if points < calibrate.MIN_POINTS:
+            return [1.0] * len(levels)
+        out = []
+        for j, tau in enumerate(levels):
+            sign = 1.0 if tau > 0.5 else -1.0
+            out.append(
+                1.0 if tau == 0.5 else calibrate._crossing(sign * below[j] / points, sign * tau)
+            )
+        return out
+
+    saved = calibrate.factors
+    calibrate.factors = per_level  # type: ignore[assignment]
+    try:
+        steps = max(1, len(d["calibration"]["forecast"]))
+        return _fit_online(d, key), _fit_table(d, key, steps)
+    finally:
+        calibrate.factors = saved  # type: ignore[assignment]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=["train", "report"])
+    parser.add_argument("names", nargs="+")
+    args = parser.parse_args(argv)
+    for name in args.names:
+        if args.what == "train":
+            train(name)
+        else:
+            print(json.dumps({"data set": name, **report(name)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
