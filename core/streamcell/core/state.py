@@ -337,9 +337,8 @@ class StateStore:
         if found is None:
             found = list(map(index.get, streams))
         if None not in found:  # the usual case, every stream known: no Python loop per stream
-            deque(map(index.move_to_end, streams), maxlen=0)
             out = np.array(found, dtype=np.int64)
-            self.last_seen[out] = np.fmax(self.last_seen[out], now)
+            self.touch(streams, out, now)
             return out
         out = np.empty(len(streams), dtype=np.int64)
         missing: list[int] = []
@@ -354,6 +353,11 @@ class StateStore:
             out[k] = self._create(streams[k]) if slot is None else slot
         self.last_seen[out] = np.fmax(self.last_seen[out], now)  # a new one's NaN gives way
         return out
+
+    def touch(self, streams: Sequence[str], slots: np.ndarray, now: float | np.ndarray) -> None:
+        """:meth:`slots` for distinct streams the store holds, at their ``slots``."""
+        deque(map(self._index.move_to_end, streams), maxlen=0)
+        self.last_seen[slots] = np.fmax(self.last_seen[slots], now)
 
     def _create(self, stream: str) -> int:
         if not self._free:
