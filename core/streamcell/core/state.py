@@ -207,6 +207,14 @@ class StateStore:
         first = old == 0
         self.h = grow_tensor(None if first else self.h, (L, grow, H), 1)
         self.c = grow_tensor(None if first else self.c, (L, grow, H), 1)
+        # In host memory, the slabs' rows as numpy views ``[L * capacity, H]``: numpy's
+        # row gather and scatter move whole rows, where index_select and index_copy_
+        # on dimension 1 step element by element.
+        self._rows = (
+            (self.h.numpy().reshape(-1, H), self.c.numpy().reshape(-1, H))
+            if self.device.type == "cpu"
+            else None
+        )
         self.yhat = grow_tensor(None if first else self.yhat, (grow, self.output_size), 0)
         if self.keep_gates:
             self.gates = grow_tensor(None if first else self.gates, (grow, L, 4, H), 0)
@@ -432,13 +440,31 @@ class StateStore:
         """Slots as an index tensor on the store's device."""
         return torch.from_numpy(slots).to(self.device)
 
+    def _row_index(self, slots: np.ndarray) -> np.ndarray:
+        """The slots' rows in the ``[L * capacity, H]`` views, layer by layer."""
+        layers = np.arange(self.num_layers, dtype=np.int64)[:, None] * self._capacity
+        return (layers + slots).ravel()
+
     def gather(self, slots: np.ndarray) -> tuple[Tensor, Tensor]:
         """Copies of (h, c) for the slots, each ``[num_layers, B, hidden]``."""
+        if self._rows is not None:
+            at, shape = self._row_index(slots), (self.num_layers, len(slots), self.hidden_size)
+            h_rows, c_rows = self._rows
+            return (
+                torch.from_numpy(h_rows.take(at, axis=0).reshape(shape)),
+                torch.from_numpy(c_rows.take(at, axis=0).reshape(shape)),
+            )
         idx = self.index(slots)
         return self.h.index_select(1, idx), self.c.index_select(1, idx)
 
     def scatter(self, slots: np.ndarray, h: Tensor, c: Tensor) -> None:
         """Write (h, c) ``[num_layers, B, hidden]`` back to distinct slots."""
+        if self._rows is not None:
+            at, width = self._row_index(slots), self.hidden_size
+            h_rows, c_rows = self._rows
+            h_rows[at] = h.numpy().reshape(-1, width)
+            c_rows[at] = c.numpy().reshape(-1, width)
+            return
         idx = self.index(slots)
         self.h.index_copy_(1, idx, h)
         self.c.index_copy_(1, idx, c)
