@@ -407,7 +407,7 @@ class Predictor:
             slots = store.slots(streams, times[rows], found)
         else:
             slots = known
-            store.touch(streams, slots, times[rows])
+            store.touch(slots, times[rows])
         seq, part, off = batch.seq[rows], batch.partition[rows], batch.offset[rows]
         duplicate = (seq != NO_SEQ) & (store.seq[slots] >= seq)
         replayed = (
