@@ -57,7 +57,7 @@ _HISTORY_HEADER = struct.Struct("<4sHHHHI")
 SNAPSHOT_V2_MAGIC = b"SCS2"
 _V2_HEADER = struct.Struct("<4sHHHHIII")  # 24 bytes: rows stay 4-byte aligned
 FREE_LAST_SEEN = np.nan  # a free slot's last_seen
-_FREE_USE = np.iinfo(np.int64).max  # a free slot's last use: after every stream's
+_FREE_USE = np.iinfo(np.int64).max  # a free slot's last use: never the least recent
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,7 @@ class StateStore:
     scale_sum: np.ndarray
     err_sum: np.ndarray
     err_count: np.ndarray
+    _used: np.ndarray  # each slot's last use (a running count); free slots: _FREE_USE
     quantiles: Tensor | None  # [capacity, levels, output] with quantile_levels
     inside: np.ndarray | None  # [capacity, intervals] int64 with quantile_levels
 
