@@ -2,7 +2,8 @@
 
 Pure (torch, numpy, stdlib). h and c live in two tensors of shape
 ``[num_layers, capacity, hidden]``, a row per stream slot, so a micro-batch is
-one ``index_select`` in and one ``index_copy_`` out. Per-stream bookkeeping
+one gather in and one scatter out (numpy row copies in host memory,
+``index_select`` and ``index_copy_`` on a device). Per-stream bookkeeping
 (events applied, last position, last-seen time, running scale and error sums)
 lives in numpy arrays indexed by the same slot. A dict maps stream ids to
 slots; each slot's last use (a running count) gives the least-recently-used
