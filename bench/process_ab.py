@@ -57,6 +57,8 @@ def main() -> None:
         pipeline = importlib.import_module("streamcell.service.pipeline")
         settings = importlib.import_module("streamcell.service.settings")
         bench = importlib.import_module("process_bench")
+        if not Path(checkpoint.__file__).resolve().is_relative_to(Path(root).resolve()):
+            raise SystemExit(f"{label}: streamcell came from {checkpoint.__file__}, not {root}")
         loaded = checkpoint.load_latest(registry, kafka_e2e.MODEL)
         pipelines[label] = pipeline.Pipeline(
             settings.PipelineSettings(input_topic="events"), None, bench.DropProducer(),
