@@ -10,6 +10,7 @@ torch work per event, no Kafka client in them. The phases are also timed
 alone: decode, the LSTM step (``Predictor.predict``), encode. Every timed
 call gets events the state has not seen (later seqs and offsets), so every
 event is stepped; rounds alternate the phases, best round of each.
+The garbage collector is set as serve sets it once started (``gc_pauses.settle``).
 "process, carried" runs the same records as serve's loop takes them when it
 is behind its input: polls topped up to ``--batch`` after the records that
 ``carry.split`` held back from the poll before (their streams' second events).
@@ -30,6 +31,7 @@ from kafka_e2e import MODEL, make_registry
 from streamcell.core.checkpoint import load_latest
 from streamcell.core.predictor import PREDICTED, Predictor
 from streamcell.service import carry, codec
+from streamcell.service.gc_pauses import settle
 from streamcell.service.kafka import Record
 from streamcell.service.metrics import Metrics
 from streamcell.service.pipeline import Pipeline
@@ -135,6 +137,7 @@ def main() -> None:
             codec.encode_predictions(d.batch, r.yhat, rows, r.model, r.version)
 
     process(work.polls())  # warm up: every stream exists from here on
+    settle()  # as serve after start-up: what exists now is out of the collector's scans
     names = ("process (all)", "decode", "predict", "encode", "process, carried")
     best = dict.fromkeys(names, float("inf"))
     for _ in range(args.rounds):

@@ -226,6 +226,40 @@ def test_eviction_keeps_the_most_recent_and_their_values(ops):
         assert torch.all(s.h[:, slot] == value)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.lists(st.sampled_from("abcdefg"), min_size=1, max_size=4, unique=True),
+            st.sampled_from("abcdefg").map(lambda s: ("delete", s)),
+        ),
+        max_size=40,
+    )
+)
+def test_batches_evict_and_order_streams_as_one_lru_list(ops):
+    """Batches of several streams and deletes, against a reference LRU list: the
+    evicted (oldest first), the order of stream_ids and of least_recent."""
+    s = store(initial_capacity=1, max_streams=4)
+    order: list[str] = []
+    for op in ops:
+        if isinstance(op, tuple):
+            assert s.delete(op[1]) == (op[1] in order)
+            if op[1] in order:
+                order.remove(op[1])
+            continue
+        held = [x for x in op if x in order]
+        new = [x for x in op if x not in order]
+        for x in held:
+            order.remove(x)
+        order += held
+        evicted = [x for x in order if x not in op][: max(len(order) + len(new) - 4, 0)]
+        order = [x for x in order if x not in evicted] + new
+        s.slots(op, now=0.0)
+        assert s.take_evicted() == evicted
+        assert s.stream_ids() == order
+        assert s.least_recent(2, sparing=order[:1]) == order[1:3]
+
+
 # ------------------------------------------------------------- history (recipe)
 def history_store(**kw) -> StateStore:
     args = dict(initial_capacity=2, max_streams=8, buffer_size=3)

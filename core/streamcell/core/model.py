@@ -84,7 +84,9 @@ class StreamingLSTM(nn.Module):
         self._fused: tuple[tuple, list[tuple[Tensor, Tensor]]] | None = None
 
     def fused_weights(self) -> list[tuple[Tensor, Tensor]]:
-        """Per layer ``[W_ih | W_hh]`` and ``b_ih + b_hh``, as :meth:`step` uses them.
+        """Per layer ``[W_ih | W_hh]`` and ``b_ih + b_hh``, as :meth:`step` uses them:
+        the g gate's rows doubled, so that the product holds ``2 (W x + U h + b)`` for g,
+        the argument of ``tanh(z) = 2 sigmoid(2z) - 1`` (a power of two: exactly).
 
         Built once and kept (building them was two copies per layer on every
         step); built again when a parameter was changed or moved since (its
@@ -101,7 +103,12 @@ class StreamingLSTM(nn.Module):
                 b_hh = getattr(self.lstm, f"bias_hh_l{layer}")
                 # torch.nn.LSTM stacks the gate rows as (i, f, g, o); one product
                 # over [x, h] computes W x + U h for all four gates at once.
-                fused.append((torch.cat([w_ih, w_hh], dim=1).detach(), (b_ih + b_hh).detach()))
+                weight = torch.cat([w_ih, w_hh], dim=1).detach()
+                bias = (b_ih + b_hh).detach()
+                g_rows = slice(2 * self.hidden_size, 3 * self.hidden_size)
+                weight[g_rows] *= 2.0
+                bias[g_rows] *= 2.0
+                fused.append((weight, bias))
             self._fused = (key, fused)
         return self._fused[1]
 
@@ -139,20 +146,29 @@ class StreamingLSTM(nn.Module):
         other streams shared its micro-batch: replays are bit-identical.
         """
         hidden = self.hidden_size
+        whole = hidden % WHOLE_ROWS == 0
         layer_input = x
-        new_h, new_c = [], []
+        new_h = torch.empty(h.shape, dtype=h.dtype, device=h.device)
+        new_c = torch.empty(c.shape, dtype=c.dtype, device=c.device)
         gates: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
         for layer, (weight, bias) in enumerate(self.fused_weights()):
             z = rowwise_linear(torch.cat([layer_input, h[layer]], dim=1), weight, bias)
-            i = torch.sigmoid(z[:, :hidden])
-            f = torch.sigmoid(z[:, hidden : 2 * hidden])
-            o = torch.sigmoid(z[:, 3 * hidden :])
-            scratch = z[:, 2 * hidden : 3 * hidden]
-            g = _tanh_rows(scratch, scratch)
-            c_t = f * c[layer] + i * g
-            h_t = o * _tanh_rows(c_t, scratch)
-            new_h.append(h_t)
-            new_c.append(c_t)
+            if whole:  # one sigmoid over the four gates (g's rows hold 2z: see fused_weights)
+                z.sigmoid_()
+                i, f, o = z[:, :hidden], z[:, hidden : 2 * hidden], z[:, 3 * hidden :]
+                g = z[:, 2 * hidden : 3 * hidden].mul_(2.0).sub_(1.0)
+            else:
+                i = torch.sigmoid(z[:, :hidden])
+                f = torch.sigmoid(z[:, hidden : 2 * hidden])
+                o = torch.sigmoid(z[:, 3 * hidden :])
+                scratch = z[:, 2 * hidden : 3 * hidden]
+                g = torch.sigmoid(scratch).mul_(2.0).sub_(1.0)
+            c_t = torch.add(f * c[layer], i * g, out=new_c[layer])
+            if whole:
+                tanh_c = torch.mul(c_t, 2.0).sigmoid_().mul_(2.0).sub_(1.0)
+            else:  # the g rows are free now (g itself is a copy)
+                tanh_c = _tanh_rows(c_t, scratch)
+            h_t = torch.mul(o, tanh_c, out=new_h[layer])
             if return_gates:
                 gates.append((i, f, g, o))
             layer_input = h_t
@@ -160,7 +176,7 @@ class StreamingLSTM(nn.Module):
         gate_out = None
         if return_gates:
             gate_out = Gates(*(torch.stack(parts) for parts in zip(*gates, strict=True)))
-        return StepResult(y, torch.stack(new_h), torch.stack(new_c), gate_out)
+        return StepResult(y, new_h, new_c, gate_out)
 
 
 def _tanh_rows(x: Tensor, scratch: Tensor) -> Tensor:
@@ -176,6 +192,12 @@ def _tanh_rows(x: Tensor, scratch: Tensor) -> Tensor:
     torch.mul(x, 2.0, out=scratch)
     return torch.sigmoid(scratch).mul_(2.0).sub_(1.0)
 
+
+# A hidden size that is a multiple of this lets elementwise kernels walk the gates, and
+# a [B, hidden] tensor, as one flat array with no scalar tail whatever B is (32 floats:
+# two AVX-512 vectors), so one call serves all four gates and every row gets the same
+# vector code: the step stays batch-invariant. Other sizes go gate by gate, row by row.
+WHOLE_ROWS = 32
 
 MIN_GEMM_ROWS = 64
 MIN_GEMM_COLUMNS = 16

@@ -360,19 +360,29 @@ class Predictor:
                 part: dict[str, int] = {}
                 if n <= limit:
                     names = batch.streams
-                    waves = _waves(names)
                 else:
                     rows = np.arange(start, min(start + limit, n))
                     names = [batch.streams[k] for k in rows.tolist()]
-                    waves = [rows[w] for w in _waves(names)]
                 found = None
+                known = None
                 if self.tiers is not None:  # cold streams loaded, room made: nothing evicted
+                    waves = _waves(names)
                     if len(waves) > 1:
                         self.tiers.admit(list(dict.fromkeys(names)))
                     else:  # the one wave's slots, looked up once
                         found = self.tiers.admit(names)
-                for rows in waves:
-                    self._step_wave(batch, rows, times, result, errors, part, found)
+                else:
+                    looked = self.store.lookup(names)
+                    if None in looked:
+                        waves = _waves(names)
+                    else:  # every stream held: nothing is created or evicted, slots stay put
+                        known = np.array(looked, dtype=np.int64)
+                        waves = _waves_of(known)  # a stream's rows share its slot
+                if n > limit:
+                    waves = [rows[w] for w in waves]
+                for wave in waves:
+                    slots = None if known is None else known[wave - start]
+                    self._step_wave(batch, wave, times, result, errors, part, found, slots)
                 self._journal.stepped(part, self._known_partition)
                 evicted = self.store.take_evicted()
                 if evicted:
@@ -393,12 +403,18 @@ class Predictor:
         errors: list[np.ndarray],
         touched: dict[str, int],
         found: list[int | None] | None = None,
+        known: np.ndarray | None = None,
     ) -> None:
-        """``found``: the tiers' slots of the wave's streams, when it is the whole batch."""
+        """``found``: the tiers' slots of the wave's streams, when it is the whole batch;
+        ``known``: the wave's slots, when every stream of the batch is in the store."""
         store = self.store
         names = batch.streams
         streams = names if len(rows) == len(names) else [names[k] for k in rows.tolist()]
-        slots = store.slots(streams, times[rows], found)
+        if known is None:
+            slots = store.slots(streams, times[rows], found)
+        else:
+            slots = known
+            store.touch(slots, times[rows])
         seq, part, off = batch.seq[rows], batch.partition[rows], batch.offset[rows]
         duplicate = (seq != NO_SEQ) & (store.seq[slots] >= seq)
         replayed = (
@@ -463,15 +479,21 @@ class Predictor:
 
         # Score the previous prediction of each stream against what just arrived.
         if self._target_index is not None:
-            seen = store.events[slots] > 0
-            if seen.any():
-                actual = x[seen][:, self._target_index]
-                err = np.abs(actual - store.yhat[store.index(slots[seen])].cpu().numpy())
+            seen = counts > 1
+            if seen.all():  # the usual case: no row copies to pick the seen ones
+                scored, actual = slots, x[:, self._target_index]
+            elif seen.any():
+                scored, actual = slots[seen], x[seen][:, self._target_index]
+            else:
+                scored = None
+            if scored is not None:
+                previous = store.yhat.index_select(0, store.index(scored)).cpu().numpy()
+                err = np.abs(actual - previous)
                 errors.append(err)
-                store.err_sum[slots[seen]] += err.mean(axis=1)
-                store.err_count[slots[seen]] += 1
+                store.err_sum[scored] += err.mean(axis=1)
+                store.err_count[scored] += 1
                 if quantiles is not None:
-                    self._score(store, slots[seen], actual, result)
+                    self._score(store, scored, actual, result)
         if quantiles is not None and store.width is not None:
             # The width as the actual just scored left it (the median, yhat, never moves).
             log_w = torch.from_numpy(store.width[slots]).to(self.device)
@@ -772,9 +794,23 @@ def _waves(streams: list[str]) -> list[np.ndarray]:
     group = np.fromiter(map(first.setdefault, streams, range(n)), np.int64, n)
     if len(first) == n:  # every stream once: one wave
         return [np.arange(n)]
+    return _waves_of(group)
+
+
+def _waves_of(group: np.ndarray) -> list[np.ndarray]:
+    """:func:`_waves` of rows given as one integer per row that is equal for the rows of
+    one stream (its first row, or its slot in the store): sorting, no dict."""
+    n = len(group)
+    if n == 0:
+        return []
     order = np.argsort(group, kind="stable")  # rows by stream, in batch order within it
     sorted_group = group[order]
-    starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
+    new = np.empty(n, dtype=bool)
+    new[0] = True
+    np.not_equal(sorted_group[1:], sorted_group[:-1], out=new[1:])
+    if new.all():  # every stream once: one wave
+        return [np.arange(n)]
+    starts = np.flatnonzero(new)
     sizes = np.diff(np.r_[starts, n])
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n) - np.repeat(starts, sizes)

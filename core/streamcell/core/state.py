@@ -2,10 +2,13 @@
 
 Pure (torch, numpy, stdlib). h and c live in two tensors of shape
 ``[num_layers, capacity, hidden]``, a row per stream slot, so a micro-batch is
-one ``index_select`` in and one ``index_copy_`` out. Per-stream bookkeeping
+one gather in and one scatter out (numpy row copies in host memory,
+``index_select`` and ``index_copy_`` on a device). Per-stream bookkeeping
 (events applied, last position, last-seen time, running scale and error sums)
-lives in numpy arrays indexed by the same slot. An ``OrderedDict`` from stream
-id to slot keeps least-recently-used order for capacity eviction and TTL expiry.
+lives in numpy arrays indexed by the same slot. A dict maps stream ids to
+slots; each slot's last use (a running count) gives the least-recently-used
+order for capacity eviction, found by numpy when it is needed, so that a
+batch only writes its slots' counts (no per-stream reordering).
 
 A store for a model with a recipe (streamcell.core.recipe) also keeps each
 stream's history: a ring of its last ``buffer_size`` target values
@@ -39,7 +42,6 @@ pipeline and the gRPC servicer only ever name streams.
 from __future__ import annotations
 
 import struct
-from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -65,6 +67,7 @@ _V2_HEADER = struct.Struct("<4sHHHHIII")  # 24 bytes: rows stay 4-byte aligned
 # Format 3: format 2's header under its own magic; the record ends with the width.
 SNAPSHOT_V3_MAGIC = b"SCS3"
 FREE_LAST_SEEN = np.nan  # a free slot's last_seen
+_FREE_USE = np.iinfo(np.int64).max  # a free slot's last use: never the least recent
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class StateStore:
     scale_sum: np.ndarray
     err_sum: np.ndarray
     err_count: np.ndarray
+    _used: np.ndarray  # each slot's last use (a running count); free slots: _FREE_USE
     quantiles: Tensor | None  # [capacity, levels, output] with quantile_levels
     inside: np.ndarray | None  # [capacity, intervals] int64 with quantile_levels
     width: np.ndarray | None  # [capacity, output] float32 log w with adaptive
@@ -165,7 +169,8 @@ class StateStore:
         self.evicted = 0
         self.expired = 0
         self._evicted_ids: list[str] = []  # evicted since the last take_evicted()
-        self._index: OrderedDict[str, int] = OrderedDict()
+        self._index: dict[str, int] = {}
+        self._uses = 0  # uses counted so far: the next use's number
         self._capacity = 0
         self._allocate(min(max(initial_capacity, 1), max_streams))
         # The header is the record's first field, so a block of records is a
@@ -229,6 +234,14 @@ class StateStore:
         first = old == 0
         self.h = grow_tensor(None if first else self.h, (L, grow, H), 1)
         self.c = grow_tensor(None if first else self.c, (L, grow, H), 1)
+        # In host memory, the slabs' rows as numpy views ``[L * capacity, H]``: numpy's
+        # row gather and scatter move whole rows, where index_select and index_copy_
+        # on dimension 1 step element by element.
+        self._rows = (
+            (self.h.numpy().reshape(-1, H), self.c.numpy().reshape(-1, H))
+            if self.device.type == "cpu"
+            else None
+        )
         self.yhat = grow_tensor(None if first else self.yhat, (grow, self.output_size), 0)
         if self.keep_gates:
             self.gates = grow_tensor(None if first else self.gates, (grow, L, 4, H), 0)
@@ -249,6 +262,7 @@ class StateStore:
         )
         self.err_sum = grow_array(None if first else self.err_sum, (grow,), np.float64)
         self.err_count = grow_array(None if first else self.err_count, (grow,), np.int64)
+        self._used = grow_array(None if first else self._used, (grow,), np.int64, _FREE_USE)
         # Host memory, numpy: the recipe's features are computed there.
         self.ring: np.ndarray | None = None if first else self.ring
         self.scale: np.ndarray | None = None if first else self.scale
@@ -328,7 +342,7 @@ class StateStore:
 
     def stream_ids(self) -> list[str]:
         """Stream ids in least- to most-recently-used order."""
-        return list(self._index)
+        return self._by_use(len(self._index))
 
     def slot_of(self, stream: str) -> int | None:
         """The slot of a stream, without touching its recency."""
@@ -364,38 +378,65 @@ class StateStore:
         if found is None:
             found = list(map(index.get, streams))
         if None not in found:  # the usual case, every stream known: no Python loop per stream
-            deque(map(index.move_to_end, streams), maxlen=0)
             out = np.array(found, dtype=np.int64)
-            self.last_seen[out] = np.fmax(self.last_seen[out], now)
+            self.touch(out, now)
             return out
         out = np.empty(len(streams), dtype=np.int64)
         missing: list[int] = []
-        for k, (stream, slot) in enumerate(zip(streams, found, strict=True)):
+        held: list[int] = []
+        for k, slot in enumerate(found):
             if slot is None:
                 missing.append(k)
             else:
-                index.move_to_end(stream)
+                held.append(k)
                 out[k] = slot
+        self._use(out[held])  # the held first, in order, then the new as they are made
+        new = len(dict.fromkeys(streams[k] for k in missing))
+        # Evicted: the least recently used outside this call (its streams were just used).
+        room = len(self._free) + self.max_streams - self._capacity
+        victims = iter(self._by_use(max(new - room, 0)))
         for k in missing:
             slot = index.get(streams[k])  # a repeated id was created a moment ago
-            out[k] = self._create(streams[k]) if slot is None else slot
+            out[k] = self._create(streams[k], victims) if slot is None else slot
         self.last_seen[out] = np.fmax(self.last_seen[out], now)  # a new one's NaN gives way
         return out
 
-    def _create(self, stream: str) -> int:
+    def touch(self, slots: np.ndarray, now: float | np.ndarray) -> None:
+        """:meth:`slots` for distinct streams the store holds, at their ``slots``."""
+        self._use(slots)
+        self.last_seen[slots] = np.fmax(self.last_seen[slots], now)
+
+    def _use(self, slots: np.ndarray) -> None:
+        """The slots are used now, in their order (the last is the most recent)."""
+        n = len(slots)
+        self._used[slots] = np.arange(self._uses, self._uses + n, dtype=np.int64)
+        self._uses += n
+
+    def _by_use(self, n: int) -> list[str]:
+        """The ``n`` least recently used streams (at most all), oldest first."""
+        n = min(n, len(self._index))
+        if n == 0:
+            return []
+        used = self._used  # free slots sort last
+        first = np.argpartition(used, n - 1)[:n] if n < len(used) else np.arange(len(used))
+        first = first[np.argsort(used[first])]
+        return list(map(self._ids.__getitem__, first.tolist()))  # type: ignore[arg-type]
+
+    def _create(self, stream: str, victims: Iterable[str] = ()) -> int:
+        """A slot for a new stream; at capacity, the next of ``victims`` is evicted."""
         if not self._free:
             if self._capacity < self.max_streams:
                 self._allocate(min(self._capacity * 2, self.max_streams))
             else:
-                # Streams of the current batch were just moved to the end, so the
-                # front of the LRU order is never one of them.
-                victim, _ = next(iter(self._index.items()))
+                victim = next(iter(victims))
                 self._remove(victim)
                 self.evicted += 1
                 self._evicted_ids.append(victim)
         slot = self._free.pop()
         self._index[stream] = slot
         self._ids[slot] = stream
+        self._used[slot] = self._uses
+        self._uses += 1
         return slot
 
     def least_recent(self, n: int, sparing: Iterable[str] = ()) -> list[str]:
@@ -405,7 +446,7 @@ class StateStore:
         count in LRU order then always hold ``n`` others.
         """
         spared = set(sparing)
-        front = islice(self._index, n + len(spared))
+        front = self._by_use(n + len(spared))
         return list(islice((s for s in front if s not in spared), n))
 
     def remove(self, streams: Sequence[str]) -> None:
@@ -437,6 +478,7 @@ class StateStore:
             getattr(self, name)[slots] = fill
         for slot in slots.tolist():
             ids[slot] = None
+        self._used[slots] = _FREE_USE
         self._free.extend(slots.tolist())
 
     def take_evicted(self) -> list[str]:
@@ -448,6 +490,7 @@ class StateStore:
         slot = self._index.pop(stream)
         self._clear_slot(slot)
         self._ids[slot] = None
+        self._used[slot] = _FREE_USE
         self._free.append(slot)
 
     # -------------------------------------------------------- gather/scatter
@@ -455,13 +498,31 @@ class StateStore:
         """Slots as an index tensor on the store's device."""
         return torch.from_numpy(slots).to(self.device)
 
+    def _row_index(self, slots: np.ndarray) -> np.ndarray:
+        """The slots' rows in the ``[L * capacity, H]`` views, layer by layer."""
+        layers = np.arange(self.num_layers, dtype=np.int64)[:, None] * self._capacity
+        return (layers + slots).ravel()
+
     def gather(self, slots: np.ndarray) -> tuple[Tensor, Tensor]:
         """Copies of (h, c) for the slots, each ``[num_layers, B, hidden]``."""
+        if self._rows is not None:
+            at, shape = self._row_index(slots), (self.num_layers, len(slots), self.hidden_size)
+            h_rows, c_rows = self._rows
+            return (
+                torch.from_numpy(h_rows.take(at, axis=0).reshape(shape)),
+                torch.from_numpy(c_rows.take(at, axis=0).reshape(shape)),
+            )
         idx = self.index(slots)
         return self.h.index_select(1, idx), self.c.index_select(1, idx)
 
     def scatter(self, slots: np.ndarray, h: Tensor, c: Tensor) -> None:
         """Write (h, c) ``[num_layers, B, hidden]`` back to distinct slots."""
+        if self._rows is not None:
+            at, width = self._row_index(slots), self.hidden_size
+            h_rows, c_rows = self._rows
+            h_rows[at] = h.numpy().reshape(-1, width)
+            c_rows[at] = c.numpy().reshape(-1, width)
+            return
         idx = self.index(slots)
         self.h.index_copy_(1, idx, h)
         self.c.index_copy_(1, idx, c)

@@ -233,9 +233,7 @@ class Pipeline:
                 self.metrics.sync_store_counters(len(result.evicted), 0)
         else:
             self.metrics.record_batch("kafka", counts, 0, np.zeros((0, 1)), "", "")
-        # In order per partition: each partition's last record wins.
-        last = dict(zip(map(_PARTITION, records), map(_OFFSET, records), strict=True))
-        self.checkpointer.processed(last)
+        self.checkpointer.processed(_last_offsets(records, decoded))
 
     def _dead_letter(self, bad: codec.Invalid) -> None:
         """Send a record that cannot be applied to the dead-letter topic, and count it."""
@@ -257,3 +255,14 @@ class Pipeline:
         if gone:
             self.metrics.sync_store_counters(0, len(gone))
             log.info("expired %d idle streams", len(gone))
+
+
+def _last_offsets(records: list[Record], decoded: codec.Decoded) -> dict[int, int]:
+    """Partition -> the offset of its last record in ``records`` (in order per partition)."""
+    batch = decoded.batch
+    if decoded.invalid or len(batch) != len(records):
+        return dict(zip(map(_PARTITION, records), map(_OFFSET, records), strict=True))
+    # Every record is a row: the columns hold the positions; each partition's last row
+    # is its first in reverse.
+    partitions, at = np.unique(batch.partition[::-1], return_index=True)
+    return dict(zip(partitions.tolist(), batch.offset[::-1][at].tolist(), strict=True))
