@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import chain, islice, repeat
 
 import numpy as np
 
@@ -107,7 +107,7 @@ class TieredStore:
         ghosts = self._ghosts  # before this batch's spills join them
         back = [ghosts.pop(s, _ABSENT) is not _ABSENT for s in missing]
         room = hot.max_streams - len(hot)
-        victims = self._victims(len(missing) - room, streams, found)
+        victims = self._victims(len(missing) - room, streams)
         slots = np.fromiter(map(hot.slot_of, victims), np.int64, len(victims))  # type: ignore[arg-type]
         block = hot.snapshot_block(victims)
         spilled_tags = self.journal.spilled(victims, hot.partition[slots].tolist())
@@ -116,15 +116,24 @@ class TieredStore:
         values, tags, forgotten = self.cold.exchange(
             missing, victims, block, hot.last_seen[slots], spilled_tags, hot.snapshot_size
         )
-        hot.remove(victims)
-        self.counts.spills += len(victims)
-        self._forgot(forgotten)
+        counts.spills += len(victims)
         loaded = [j for j, v in enumerate(values) if v is not None]
+        # A loaded stream takes a spilled one's slot as it is: its record rewrites every field.
+        swapped = min(len(loaded), len(victims))
+        hot.remove(victims[swapped:])
         if loaded:
-            hot.restore([(missing[j], values[j]) for j in loaded])  # type: ignore[misc]
+            try:
+                hot.restore(
+                    [(missing[j], values[j]) for j in loaded],  # type: ignore[misc]
+                    replacing=victims[:swapped],
+                )
+            except BaseException:  # the spilled streams are cold now, whatever happens here
+                hot.remove([s for s in victims[:swapped] if s in hot])
+                raise
             self.journal.loaded([missing[j] for j in loaded], [tags[j] for j in loaded])
             for j in loaded:
                 found[where[j]] = hot.slot_of(missing[j])
+        self._forgot(forgotten)
         # Seen once (loaded or new): on probation, the first to spill unless seen again;
         # one spilled from probation not long ago is seen again now: not on probation.
         probation.update((s, None) for s, b in zip(missing, back, strict=True) if not b)
@@ -136,7 +145,7 @@ class TieredStore:
         self._timed(start)
         return found
 
-    def _victims(self, n: int, streams: Sequence[str], found: list[int | None]) -> list[str]:
+    def _victims(self, n: int, streams: Sequence[str]) -> list[str]:
         """``n`` hot streams outside ``streams`` to spill: those on probation first (oldest
         first), then the least recently used.
 
@@ -152,17 +161,16 @@ class TieredStore:
             stream, _ = probation.popitem(last=False)
             if stream in hot:  # not one of the batch's: those left probation above
                 victims.append(stream)
-        if len(victims) < n:
-            kept = [s for s, slot in zip(streams, found, strict=True) if slot is not None]
-            kept += victims
-            victims += hot.least_recent(n - len(victims), sparing=kept)
+        if len(victims) < n:  # the batch's streams and those picked stay (the missing: no matter)
+            victims += hot.least_recent(n - len(victims), sparing=chain(streams, victims))
         # All remembered: one from probation that comes back was seen twice; one the
         # LRU spilled had left probation, and put on probation again when it came
         # back it would be the next to spill, and to come back once more.
         ghosts = self._ghosts
-        ghosts.update(dict.fromkeys(victims))
-        for _ in range(len(ghosts) - max(int(hot.max_streams * GHOSTS_SHARE), 1)):
-            ghosts.popitem(last=False)
+        ghosts.update(zip(victims, repeat(None)))
+        over = len(ghosts) - max(int(hot.max_streams * GHOSTS_SHARE), 1)
+        if over > 0:
+            deque(map(ghosts.pop, list(islice(ghosts, over))), maxlen=0)
         return victims
 
     def _forgot(self, gone: Forgotten) -> None:
