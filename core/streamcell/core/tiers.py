@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 RESTORE_CHUNK = 4096  # records per cold write during a restore
 BOUND_LOG_EVERY_S = 60.0
 _ABSENT = object()
+PROBATION_REBUILD_AT = 4096  # entries held once, below which its table is never rebuilt
 GHOSTS_SHARE = 0.5  # ids spilled from probation remembered, per stream of hot capacity (2Q's)
 
 
@@ -82,6 +83,7 @@ class TieredStore:
         self._scratch: StateStore | None = None
         # Hot streams seen in one batch only since they came in (loaded or new), oldest first.
         self._probation: OrderedDict[str, None] = OrderedDict()
+        self._probation_peak = 0  # the most it held since its table was last built
         # Ids spilled from probation, the newest GHOSTS_SHARE x capacity of them.
         self._ghosts: OrderedDict[str, None] = OrderedDict()
 
@@ -96,14 +98,15 @@ class TieredStore:
         found = hot.lookup(streams)
         if None not in found:
             if probation:  # seen again: out of probation, spilled after it from now on
-                deque(map(probation.pop, streams, repeat(None)), maxlen=0)
+                self._seen_again(streams)
             counts.hits += len(streams)
             return found
         start = time.perf_counter()
         where = [k for k, slot in enumerate(found) if slot is None]
         missing = [streams[k] for k in where]
         if probation:
-            deque(map(probation.pop, streams, repeat(None)), maxlen=0)  # missing: never there
+            self._seen_again(streams)  # the missing: never there
+            probation = self._probation
         ghosts = self._ghosts  # before this batch's spills join them
         back = [ghosts.pop(s, _ABSENT) is not _ABSENT for s in missing]
         room = hot.max_streams - len(hot)
@@ -139,11 +142,28 @@ class TieredStore:
         probation.update((s, None) for s, b in zip(missing, back, strict=True) if not b)
         while len(probation) > hot.max_streams:  # stale entries of streams gone otherwise
             probation.popitem(last=False)
+        self._probation_peak = max(self._probation_peak, len(probation))
         counts.hits += len(streams) - len(missing)
         counts.loads += len(loaded)
         counts.new += len(missing) - len(loaded)
         self._timed(start)
         return found
+
+    def _seen_again(self, streams: Sequence[str]) -> None:
+        """Hot streams seen again leave probation.
+
+        Its table is built anew once it holds far fewer streams than it held (a
+        fill's or a restore's newcomers): a dict's table never shrinks, and every
+        one of a batch's lookups would miss the CPU's caches across the big one.
+        """
+        probation = self._probation
+        deque(map(probation.pop, streams, repeat(None)), maxlen=0)
+        if (
+            self._probation_peak > PROBATION_REBUILD_AT
+            and len(probation) * 8 < self._probation_peak
+        ):
+            self._probation = OrderedDict(probation)
+            self._probation_peak = len(probation)
 
     def _victims(self, n: int, streams: Sequence[str]) -> list[str]:
         """``n`` hot streams outside ``streams`` to spill: those on probation first (oldest
@@ -311,6 +331,7 @@ class TieredStore:
         self.journal.removed_cold(gone.streams, gone.tags)
         self.hot, self._scratch = hot, None
         self._probation.clear()
+        self._probation_peak = 0
         self._ghosts.clear()
         return len(gone.streams)
 
