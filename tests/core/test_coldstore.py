@@ -157,6 +157,20 @@ def test_an_earlier_layout_is_detected_said_and_rebuilt(tmp_path, caplog):
     assert third.found == FOUND_PREVIOUS  # what this version wrote is recognised
 
 
+def test_a_store_of_layout_2_is_told_apart_and_rebuilt(tmp_path):
+    path = tmp_path / "state"
+    first = ColdStore(path)
+    first.put(["a"], [b"state"], np.array([1.0]), [0])
+    first._db.put(LAYOUT_KEY, b"streamcell cold tier layout 2")  # its third record per stream
+    first._db.flush()
+    first.close()
+    again = ColdStore(path)
+    try:
+        assert again.found == FOUND_OLD_LAYOUT and again.get(["a"]) == [None]
+    finally:
+        again.close()
+
+
 def test_a_corrupt_dir_is_detected_and_rebuilt(tmp_path):
     path = tmp_path / "state"
     ColdStore(path).close()
