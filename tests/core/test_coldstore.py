@@ -157,6 +157,20 @@ def test_an_earlier_layout_is_detected_said_and_rebuilt(tmp_path, caplog):
     assert third.found == FOUND_PREVIOUS  # what this version wrote is recognised
 
 
+def test_a_store_of_layout_2_is_told_apart_and_rebuilt(tmp_path):
+    path = tmp_path / "state"
+    first = ColdStore(path)
+    first.put(["a"], [b"state"], np.array([1.0]), [0])
+    first._db.put(LAYOUT_KEY, b"streamcell cold tier layout 2")  # its third record per stream
+    first._db.flush()
+    first.close()
+    again = ColdStore(path)
+    try:
+        assert again.found == FOUND_OLD_LAYOUT and again.get(["a"]) == [None]
+    finally:
+        again.close()
+
+
 def test_a_corrupt_dir_is_detected_and_rebuilt(tmp_path):
     path = tmp_path / "state"
     ColdStore(path).close()
@@ -207,3 +221,46 @@ def test_a_killed_process_leaves_its_layout_recognisable(tmp_path):
     again = ColdStore(path)
     again.close()
     assert again.found == FOUND_PREVIOUS  # not taken for an earlier layout
+
+
+def test_the_index_agrees_with_a_model_of_the_store(cold):
+    """Puts, loads, deletes, TTL and partition drops at random over a few tags: what the
+    store holds, and what its index gives back oldest first, equal a dict's answers."""
+    rng = np.random.default_rng(5)
+    model: dict[str, tuple[float, int, bytes]] = {}  # stream -> age, tag, value
+    names = [f"s{k}" for k in range(60)]
+
+    def oldest_first(streams):
+        return sorted(streams, key=lambda s: model[s][0])
+
+    for _ in range(200):
+        op = rng.integers(5)
+        some = [names[k] for k in rng.choice(len(names), 6, replace=False)]
+        if op == 0:  # spills (a stream there is replaced)
+            ages, tags = rng.random(6) * 100, rng.integers(-1, 4, 6).tolist()
+            values = [bytes(rng.integers(0, 256, 9, np.uint8)) for _ in some]
+            cold.put(some, values, ages, tags)
+            model.update(zip(some, zip(ages.tolist(), tags, values, strict=True), strict=True))
+        elif op == 1:  # loads
+            values, tags = cold.take(some)
+            want = [model.pop(s, None) for s in some]
+            assert values == [None if w is None else w[2] for w in want]
+            assert tags == [-1 if w is None else w[1] for w in want]
+        elif op == 2:
+            assert cold.delete(some) == [None if s not in model else model.pop(s)[1] for s in some]
+        elif op == 3:  # the TTL
+            cutoff = rng.random() * 40
+            gone = oldest_first([s for s, (age, _, _) in model.items() if age <= cutoff])
+            assert cold.older_than(cutoff).streams == gone
+            for s in gone:
+                del model[s]
+        else:  # a partition let go
+            tag = int(rng.integers(-1, 4))
+            gone = sorted(cold.drop_tags({tag}))
+            assert gone == sorted(s for s, (_, t, _) in model.items() if t == tag)
+            for s in gone:
+                del model[s]
+        assert len(cold) == len(model)
+        assert cold.get(names) == [model[s][2] if s in model else None for s in names]
+    everything = oldest_first(model)
+    assert cold.clear().streams == everything and len(cold) == 0 and cold.bytes == 0

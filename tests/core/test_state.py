@@ -346,3 +346,47 @@ def test_a_record_of_the_other_layout_is_refused_with_a_clear_message():
         history_store().restore([("z", ringed[:14])])
     with pytest.raises(StateFormatError, match="has 35 bytes"):
         history_store().restore([("z", ringed[:35])])
+
+
+@pytest.mark.parametrize("kw", [{}, {"keep_gates": True}, {"buffer_size": 3}])
+def test_records_that_take_the_slots_of_leaving_streams_equal_a_remove_then_restore(kw):
+    """A load swapped for a spill: the slots are reused without clearing them first."""
+    source = store(**kw)
+    write(source, ["x", "y"], 0.0, now=9.0)
+    source.events[source.slots(["x", "y"], 9.0)] = [3, 4]
+    items = list(zip(["x", "y"], source.snapshot(["x", "y"]), strict=True))
+    stores = []
+    for swap in (False, True):
+        s = store(max_streams=4, **kw)
+        slots = write(s, ["a", "b", "c", "d"], 5.0, now=1.0)
+        s.events[slots] = [1, 2, 3, 4]
+        s.offset[slots] = [10, 11, 12, 13]
+        if s.gates is not None:
+            s.gates.fill_(7.0)
+        if s.ring is not None:
+            s.ring[slots] = 2.5
+        if swap:
+            s.restore(items, replacing=["b", "d"])
+        else:
+            s.remove(["b", "d"])
+            s.restore(items)
+        stores.append(s)
+    removed, swapped = stores
+    assert swapped.stream_ids() == removed.stream_ids() == ["a", "c", "x", "y"]
+    assert swapped.snapshot(["a", "c", "x", "y"]) == removed.snapshot(["a", "c", "x", "y"])
+    assert swapped.snapshot(["x", "y"]) == [v for _, v in items]
+    if swapped.gates is not None:  # a loaded stream's gates read zero, as after a remove
+        slots = swapped.slots(["x", "y"], 9.0)
+        assert not swapped.gates[slots].any() and not removed.gates[slots].any()
+
+
+def test_records_cannot_take_the_slots_of_streams_already_in_the_store():
+    s = store(max_streams=4)
+    write(s, ["a", "b"], 1.0)
+    before = s.snapshot(["a", "b"])
+    record = s.snapshot(["a"])[0]
+    with pytest.raises(ValueError, match="in the store already"):
+        s.restore([("a", record)], replacing=["b"])
+    with pytest.raises(ValueError, match="2 streams to replace by 1 records"):
+        s.restore([("z", record)], replacing=["a", "b"])
+    assert s.stream_ids() == ["a", "b"] and s.snapshot(["a", "b"]) == before

@@ -281,3 +281,18 @@ def test_a_stream_back_after_its_spill_by_the_lru_is_kept(tmp_path, cold):
     p.predict(EventBatch.of(["t1", "t2"], x))  # room from the LRU: h1, h2, not h0
     assert sorted(p.store.stream_ids()) == ["h0", "h3", "t1", "t2"]
     assert p.tiers.counts.loads == 1
+
+
+def test_probation_keeps_its_order_when_its_table_is_built_anew(tmp_path, cold):
+    from streamcell.core.tiers import PROBATION_REBUILD_AT
+
+    n = PROBATION_REBUILD_AT + 4
+    p = Predictor(plain_model(tmp_path), max_streams=n, cold=cold, clock=lambda: 5e9)
+    names = [f"n{k:05d}" for k in range(n)]
+    p.predict(EventBatch.of(names, np.zeros((n, F), np.float32)))  # all on probation
+    again = names[: n - 3]  # seen again: off probation, which then holds 3 of n (rebuilt)
+    p.predict(EventBatch.of(again, np.zeros((len(again), F), np.float32)))
+    assert list(p.tiers._probation) == names[n - 3 :] and p.tiers._probation_peak == 3
+    p.predict(EventBatch.of(["t0", "t1"], np.zeros((2, F), np.float32)))
+    # room: the two oldest on probation spill, in order, none of the streams seen twice
+    assert cold.streams_after("", 5) == names[n - 3 : n - 1]

@@ -11,21 +11,22 @@ an earlier process is not trusted (it may be ahead of the changelog, or
 behind it) but wiped at open, and the service rebuilds it from the
 changelog on start. A lock file keeps a second process out of the directory.
 
-Keys, three prefixes in one database (layout 2), and a marker:
+Keys, two prefixes in one database (layout 3), and a marker:
 
 - ``v`` + stream: a 12-byte header (the age key, 8 bytes, and the tag, an
   int32), then the snapshot, byte for byte;
-- ``a`` + age key + stream: the tag and the snapshot's length. Iterating ``a``
-  is oldest first: the age is the stream's last-seen event time, so the size
-  bound and the TTL both read a prefix of it. The tag is the caller's (the
-  stream's partition);
-- ``p`` + tag + stream: the age key and the snapshot's length. A tag's streams
-  are a prefix of it, so letting a partition go reads that partition's own
-  streams, not the whole tier;
-- ``m``: the layout's name. A directory an earlier version left (layout 1 had
-  no ``p`` keys and no marker) is told apart and said so before it is wiped.
+- ``i`` + tag + age key + stream: the snapshot's length. The tag is the
+  caller's (the stream's partition). A tag's streams are a prefix, oldest
+  first: the TTL and the size bound read the front of each tag's prefix
+  (merged over the tags, which the store counts in memory), and letting a
+  partition go reads that partition's own streams, not the whole tier. One
+  index record per stream, not one per order: a spill writes two records
+  and a load deletes two;
+- ``m``: the layout's name. A directory an earlier version left (layout 1
+  had no marker, layout 2 a third record per stream) is told apart and said
+  so before it is wiped.
 
-A load reads one key per stream (its header says which index keys to delete).
+A load reads one key per stream (its header says which index key to delete).
 
 Pure of the service: rocksdict, numpy and the standard library.
 """
@@ -33,10 +34,12 @@ Pure of the service: rocksdict, numpy and the standard library.
 from __future__ import annotations
 
 import fcntl
+import heapq
 import logging
 import os
 import shutil
 import struct
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,11 +54,11 @@ LOCK_NAME = "streamcell.lock"
 DB_NAME = "cold"
 BLOCK_CACHE_BYTES = 32 << 20
 _HEAD = struct.Struct(">8si")  # a value's header: age key, tag
-_INDEX = struct.Struct(">iI")  # an age index entry's value: tag, snapshot length
-_TAG = struct.Struct(">i")  # the tag in a partition index key
-_BY_TAG = struct.Struct(">8sI")  # a partition index entry's value: age key, snapshot length
+_TAG = struct.Struct(">i")  # the tag in an index key
+_LENGTH = struct.Struct(">I")  # an index entry's value: the snapshot's length
+_INDEX_HEAD = 1 + _TAG.size + 8  # an index key before its stream: "i", tag, age key
 LAYOUT_KEY = b"m"
-LAYOUT = b"streamcell cold tier layout 2"
+LAYOUT = b"streamcell cold tier layout 3"
 _AGE_FLIP = np.uint64(1 << 63)
 # What open() found in the directory (the label of streamcell_cold_tier_rebuilds_total);
 # "layout": an earlier version's store, of another key layout.
@@ -99,6 +102,9 @@ class ColdStore:
         self.max_bytes = max_bytes
         self.count = 0  # live streams
         self.bytes = 0  # live records' bytes, what max_bytes bounds
+        # Live streams by tag: which index prefixes the TTL and the bound merge.
+        # Exact because the store starts empty (an earlier process's is wiped).
+        self._tags: Counter[int] = Counter()
         self._lock_fd = self._take_lock()
         try:
             self.found = self._clear_previous()
@@ -171,6 +177,10 @@ class ColdStore:
         table.set_bloom_filter(10, False)
         table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
         opts.set_block_based_table_factory(table)
+        # A load's keys are mostly in the files, not among the recent writes: a bloom
+        # filter on the memtable spares each get its search of the memtable.
+        opts.set_memtable_prefix_bloom_ratio(0.1)
+        opts.set_memtable_whole_key_filtering(True)
         opts.set_keep_log_file_num(2)
         try:
             db = Rdict(str(self.path / DB_NAME), opts)
@@ -326,19 +336,14 @@ class ColdStore:
         gone: list[str] = []
         batch = self._batch()
         for tag in sorted(tags):
-            prefix = b"p" + _TAG.pack(tag)
-            for key, value in self._items(prefix):
-                if not key.startswith(prefix):
-                    break
-                stream = key[len(prefix) :]
-                age, length = _BY_TAG.unpack(value)
+            for _, _, key, stream, length in self._of_tag(tag):
                 batch.delete(key)
                 batch.delete(b"v" + stream)
-                batch.delete(b"a" + age + stream)
-                self.count -= 1
                 self.bytes -= _record_bytes(len(stream), length)
                 gone.append(stream.decode())
+            self._tags.pop(tag, None)
         if gone:
+            self.count -= len(gone)
             self._write(batch)
         return gone
 
@@ -367,7 +372,7 @@ class ColdStore:
     def _forget(
         self, pick: Callable[[bytes, int], bool], ordered: bool = True, free: int | None = None
     ) -> Forgotten:
-        """Remove the streams of the age index, oldest first, that ``pick(age_key, tag)`` takes.
+        """Remove the streams of the index, oldest first, that ``pick(age_key, tag)`` takes.
 
         ``ordered``: stop at the first one not taken (an age prefix).
         ``free``: stop once this many bytes are freed (the size bound).
@@ -375,27 +380,45 @@ class ColdStore:
         gone = Forgotten([], [])
         batch = self._batch()
         freed = 0
-        for key, value in self._items(b"a"):
-            if key[:1] != b"a" or (free is not None and freed >= free):
+        # Each tag's streams are oldest first; merged, all of them are.
+        merged = heapq.merge(*(self._of_tag(tag) for tag in sorted(self._tags)))
+        for age, tag, key, stream, length in merged:
+            if free is not None and freed >= free:
                 break
-            age, stream = key[1:9], key[9:]
-            tag, length = _INDEX.unpack(value)
             if not pick(age, tag):
                 if ordered:
                     break
                 continue
             batch.delete(b"v" + stream)
             batch.delete(key)
-            batch.delete(b"p" + _TAG.pack(tag) + stream)
-            self.count -= 1
+            self._untag(tag)
             size = _record_bytes(len(stream), length)
             self.bytes -= size
             freed += size
             gone.streams.append(stream.decode())
             gone.tags.append(tag)
         if gone.streams:
+            self.count -= len(gone.streams)
             self._write(batch)
         return gone
+
+    def _of_tag(self, tag: int) -> Iterator[tuple[bytes, int, bytes, bytes, int]]:
+        """A tag's index entries, oldest first, as (age key, tag, key, stream, length):
+        tuples that sort oldest first across tags too."""
+        prefix = b"i" + _TAG.pack(tag)
+        unpack = _LENGTH.unpack
+        for key, value in self._items(prefix):
+            if not key.startswith(prefix):
+                return
+            yield key[1 + _TAG.size : _INDEX_HEAD], tag, key, key[_INDEX_HEAD:], unpack(value)[0]
+
+    def _untag(self, tag: int) -> None:
+        """One stream of ``tag`` fewer: a tag with none left is not merged any more."""
+        tags = self._tags
+        if tags[tag] > 1:
+            tags[tag] -= 1
+        else:
+            del tags[tag]
 
     def _take(self, batch, streams: Sequence[str]) -> tuple[list[bytes | None], list[int]]:
         """Read streams' records and add their deletion to ``batch``: values and tags."""
@@ -403,11 +426,26 @@ class ColdStore:
         found = self._get([b"v" + k for k in keys])
         values: list[bytes | None] = [None] * len(keys)
         tags = [-1] * len(keys)
-        head = _HEAD.size
-        for j, (key, stored) in enumerate(zip(keys, found, strict=True)):
+        head, unpack, pack_tag, delete, untag = (
+            _HEAD.size,
+            _HEAD.unpack_from,
+            _TAG.pack,
+            batch.delete,
+            self._untag,
+        )
+        taken = freed = 0
+        for j, stored in enumerate(found):  # _delete's work, for a batch of them
             if stored is not None:
-                tags[j] = self._delete(batch, key, stored)
-                values[j] = stored[head:]
+                key = keys[j]
+                age, tag = unpack(stored)
+                delete(b"v" + key)
+                delete(b"i" + pack_tag(tag) + age + key)
+                untag(tag)
+                taken += 1
+                freed += _record_bytes(len(key), len(stored) - head)
+                tags[j], values[j] = tag, stored[head:]
+        self.count -= taken
+        self.bytes -= freed
         return values, tags
 
     @staticmethod
@@ -426,33 +464,32 @@ class ColdStore:
         ages: np.ndarray,
         tags: Sequence[int] | np.ndarray,
     ) -> None:
-        """Add streams' three records to ``batch`` (none of them is in the store)."""
+        """Add streams' two records to ``batch`` (none of them is in the store)."""
+        if not streams:
+            return
         ages_k = age_keys(ages)
         tag_list = np.asarray(tags, dtype=np.int64).tolist()
-        pack_head, pack_index, pack_tag, pack_by_tag = (
-            _HEAD.pack,
-            _INDEX.pack,
-            _TAG.pack,
-            _BY_TAG.pack,
-        )
+        pack_head, pack_tag, pack_length = _HEAD.pack, _TAG.pack, _LENGTH.pack
         put = batch.put
+        added = 0
         for stream, value, age, tag in zip(streams, pieces, ages_k, tag_list, strict=True):
             key = stream.encode()
             length = len(value)
             put(b"v" + key, pack_head(age, tag) + value)
-            put(b"a" + age + key, pack_index(tag, length))
-            put(b"p" + pack_tag(tag) + key, pack_by_tag(age, length))
-            self.bytes += _record_bytes(len(key), length)
+            put(b"i" + pack_tag(tag) + age + key, pack_length(length))
+            added += _record_bytes(len(key), length)
+        self.bytes += added
         self.count += len(streams)
+        self._tags.update(tag_list)
 
     def _delete(self, batch, key: bytes, stored: bytes) -> int:
         """Delete a stream's two records (``stored``: its value); returns its tag."""
         age, tag = _HEAD.unpack_from(stored)
         batch.delete(b"v" + key)
-        batch.delete(b"a" + age + key)
-        batch.delete(b"p" + _TAG.pack(tag) + key)
+        batch.delete(b"i" + _TAG.pack(tag) + age + key)
         self.count -= 1
         self.bytes -= _record_bytes(len(key), len(stored) - _HEAD.size)
+        self._untag(tag)
         return tag
 
     def _batch(self):
@@ -490,12 +527,8 @@ class ColdStore:
 
 
 def _record_bytes(key: int, value: int) -> int:
-    """The bytes one stream's three records hold (keys and values)."""
-    return (
-        (1 + key + _HEAD.size + value)
-        + (1 + 8 + key + _INDEX.size)
-        + (1 + _TAG.size + key + _BY_TAG.size)
-    )
+    """The bytes one stream's two records hold (keys and values)."""
+    return (1 + key + _HEAD.size + value) + (_INDEX_HEAD + key + _LENGTH.size)
 
 
 def _layout(db: Path) -> bytes | None:

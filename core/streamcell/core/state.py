@@ -442,8 +442,8 @@ class StateStore:
     def least_recent(self, n: int, sparing: Iterable[str] = ()) -> list[str]:
         """The ``n`` least recently used streams outside ``sparing``, oldest first.
 
-        ``sparing`` must hold streams of the store: the first ``n`` plus their
-        count in LRU order then always hold ``n`` others.
+        ``sparing`` may hold streams the store lacks: the first ``n`` plus its
+        count in LRU order always hold ``n`` others (if the store holds them).
         """
         spared = set(sparing)
         front = self._by_use(n + len(spared))
@@ -675,39 +675,36 @@ class StateStore:
         rec.flags.writeable = False
         return rec.data.cast("B")
 
-    def restore(self, items: Iterable[tuple[str, bytes]], now: float | None = None) -> int:
+    def restore(
+        self,
+        items: Iterable[tuple[str, bytes]],
+        now: float | None = None,
+        replacing: Sequence[str] = (),
+    ) -> int:
         """Load snapshot records, replacing any state those streams had.
 
         Validates every record before touching the store, so a bad one changes
         nothing. ``now`` refreshes last-seen (so restored streams do not expire
-        at once); None keeps the recorded time.
+        at once); None keeps the recorded time. ``replacing``: streams of the
+        store, none of them among ``items``, that leave it, their slots taken
+        by the first records' streams (which must be new to the store): the
+        swap of a load for a spill, without clearing slots that every field of
+        a record overwrites.
         """
         items = list(items)
         if not items:
             return 0
-        payloads = []
-        for stream, value in items:
-            if isinstance(value, bytearray | memoryview):
-                value = bytes(value)
-            if isinstance(value, bytes):
-                value = self.as_current(value)  # format 1: the same fields
-            why = self.refusal(stream, value)
-            if why is not None:
-                raise StateFormatError(why)
-            payloads.append(value)
-        # Last record of a stream wins, as in a compacted topic.
-        latest: dict[str, int] = {}
-        for k, (stream, _) in enumerate(items):
-            latest.pop(stream, None)
-            latest[stream] = k
-        order = list(latest.values())
-        if len(order) > self.max_streams:
+        rec, streams = self._decode_whole(items)
+        if rec is None:
+            rec, streams = self._decode(items)
+        if len(streams) > self.max_streams:
             raise Overloaded(
-                f"restoring {len(order)} streams exceeds the store's capacity of {self.max_streams}"
+                f"restoring {len(streams)} streams exceeds the store's capacity of "
+                f"{self.max_streams}"
             )
-        rec = np.frombuffer(b"".join(payloads[k] for k in order), dtype=self._record)
-        streams = [items[k][0] for k in order]
-        slots = self.slots(streams, now if now is not None else 0.0)
+        if len(replacing) > len(streams):
+            raise ValueError(f"{len(replacing)} streams to replace by {len(streams)} records")
+        slots = self._place(streams, now if now is not None else 0.0, replacing)
         idx = self.index(slots)
         dev = self.device
         self.h.index_copy_(1, idx, torch.from_numpy(rec["h"].transpose(1, 0, 2).copy()).to(dev))
@@ -731,7 +728,61 @@ class StateStore:
             getattr(self, name)[slots] = rec[name]
         if now is None:
             self.last_seen[slots] = rec["last_seen"]
-        return len(order)
+        return len(streams)
+
+    def _decode_whole(self, items: list[tuple[str, bytes]]) -> tuple[np.ndarray | None, list[str]]:
+        """Records of distinct streams, each current and whole (a load from the cold
+        tier), checked and decoded in a few passes over all of them at once; None if
+        any is not (then :meth:`_decode` tells which, and why)."""
+        streams = [s for s, _ in items]
+        values = [v for _, v in items]
+        if len(set(streams)) != len(streams) or set(map(type, values)) != {bytes}:
+            return None, streams
+        if set(map(len, values)) != {self._record.itemsize}:
+            return None, streams
+        rec = np.frombuffer(b"".join(values), dtype=self._record)
+        if not (rec["header"] == self._header_row).all():
+            return None, streams
+        return rec, streams
+
+    def _decode(self, items: list[tuple[str, bytes]]) -> tuple[np.ndarray, list[str]]:
+        """Records checked one by one (a bad one raises StateFormatError, naming it),
+        format 1 read as the current format, the last record of a stream winning."""
+        payloads = []
+        for stream, value in items:
+            if isinstance(value, bytearray | memoryview):
+                value = bytes(value)
+            if isinstance(value, bytes):
+                value = self.as_current(value)  # format 1: the same fields
+            why = self.refusal(stream, value)
+            if why is not None:
+                raise StateFormatError(why)
+            payloads.append(value)
+        # Last record of a stream wins, as in a compacted topic.
+        latest: dict[str, int] = {}
+        for k, (stream, _) in enumerate(items):
+            latest.pop(stream, None)
+            latest[stream] = k
+        order = list(latest.values())
+        rec = np.frombuffer(b"".join(payloads[k] for k in order), dtype=self._record)
+        return rec, [items[k][0] for k in order]
+
+    def _place(self, streams: list[str], now: float, replacing: Sequence[str]) -> np.ndarray:
+        """Slots for restored streams (marked most recently used, in order): the first
+        ``len(replacing)`` take those streams' slots, the rest are :meth:`slots`'."""
+        if not replacing:
+            return self.slots(streams, now)
+        index, ids, k = self._index, self._ids, len(replacing)
+        if any(map(index.__contains__, streams[:k])):
+            raise ValueError("a stream that replaces another is in the store already")
+        taken = np.fromiter(map(index.pop, replacing), np.int64, k)
+        for stream, slot in zip(streams[:k], taken.tolist(), strict=True):
+            index[stream] = slot
+            ids[slot] = stream
+        self.last_seen[taken] = now  # as slots() sets a new stream's
+        if len(streams) == k:
+            return taken
+        return np.concatenate([taken, self.slots(streams[k:], now)])
 
     def restore_what_fits(
         self, items: list[tuple[str, bytes]]

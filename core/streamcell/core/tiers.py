@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import chain, islice, repeat
 
 import numpy as np
 
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 RESTORE_CHUNK = 4096  # records per cold write during a restore
 BOUND_LOG_EVERY_S = 60.0
 _ABSENT = object()
+PROBATION_REBUILD_AT = 4096  # entries held once, below which its table is never rebuilt
 GHOSTS_SHARE = 0.5  # ids spilled from probation remembered, per stream of hot capacity (2Q's)
 
 
@@ -82,6 +83,7 @@ class TieredStore:
         self._scratch: StateStore | None = None
         # Hot streams seen in one batch only since they came in (loaded or new), oldest first.
         self._probation: OrderedDict[str, None] = OrderedDict()
+        self._probation_peak = 0  # the most it held since its table was last built
         # Ids spilled from probation, the newest GHOSTS_SHARE x capacity of them.
         self._ghosts: OrderedDict[str, None] = OrderedDict()
 
@@ -96,18 +98,19 @@ class TieredStore:
         found = hot.lookup(streams)
         if None not in found:
             if probation:  # seen again: out of probation, spilled after it from now on
-                deque(map(probation.pop, streams, repeat(None)), maxlen=0)
+                self._seen_again(streams)
             counts.hits += len(streams)
             return found
         start = time.perf_counter()
         where = [k for k, slot in enumerate(found) if slot is None]
         missing = [streams[k] for k in where]
         if probation:
-            deque(map(probation.pop, streams, repeat(None)), maxlen=0)  # missing: never there
+            self._seen_again(streams)  # the missing: never there
+            probation = self._probation
         ghosts = self._ghosts  # before this batch's spills join them
         back = [ghosts.pop(s, _ABSENT) is not _ABSENT for s in missing]
         room = hot.max_streams - len(hot)
-        victims = self._victims(len(missing) - room, streams, found)
+        victims = self._victims(len(missing) - room, streams)
         slots = np.fromiter(map(hot.slot_of, victims), np.int64, len(victims))  # type: ignore[arg-type]
         block = hot.snapshot_block(victims)
         spilled_tags = self.journal.spilled(victims, hot.partition[slots].tolist())
@@ -116,27 +119,53 @@ class TieredStore:
         values, tags, forgotten = self.cold.exchange(
             missing, victims, block, hot.last_seen[slots], spilled_tags, hot.snapshot_size
         )
-        hot.remove(victims)
-        self.counts.spills += len(victims)
-        self._forgot(forgotten)
+        counts.spills += len(victims)
         loaded = [j for j, v in enumerate(values) if v is not None]
+        # A loaded stream takes a spilled one's slot as it is: its record rewrites every field.
+        swapped = min(len(loaded), len(victims))
+        hot.remove(victims[swapped:])
         if loaded:
-            hot.restore([(missing[j], values[j]) for j in loaded])  # type: ignore[misc]
+            try:
+                hot.restore(
+                    [(missing[j], values[j]) for j in loaded],  # type: ignore[misc]
+                    replacing=victims[:swapped],
+                )
+            except BaseException:  # the spilled streams are cold now, whatever happens here
+                hot.remove([s for s in victims[:swapped] if s in hot])
+                raise
             self.journal.loaded([missing[j] for j in loaded], [tags[j] for j in loaded])
             for j in loaded:
                 found[where[j]] = hot.slot_of(missing[j])
+        self._forgot(forgotten)
         # Seen once (loaded or new): on probation, the first to spill unless seen again;
         # one spilled from probation not long ago is seen again now: not on probation.
         probation.update((s, None) for s, b in zip(missing, back, strict=True) if not b)
         while len(probation) > hot.max_streams:  # stale entries of streams gone otherwise
             probation.popitem(last=False)
+        self._probation_peak = max(self._probation_peak, len(probation))
         counts.hits += len(streams) - len(missing)
         counts.loads += len(loaded)
         counts.new += len(missing) - len(loaded)
         self._timed(start)
         return found
 
-    def _victims(self, n: int, streams: Sequence[str], found: list[int | None]) -> list[str]:
+    def _seen_again(self, streams: Sequence[str]) -> None:
+        """Hot streams seen again leave probation.
+
+        Its table is built anew once it holds far fewer streams than it held (a
+        fill's or a restore's newcomers): a dict's table never shrinks, and every
+        one of a batch's lookups would miss the CPU's caches across the big one.
+        """
+        probation = self._probation
+        deque(map(probation.pop, streams, repeat(None)), maxlen=0)
+        if (
+            self._probation_peak > PROBATION_REBUILD_AT
+            and len(probation) * 8 < self._probation_peak
+        ):
+            self._probation = OrderedDict(probation)
+            self._probation_peak = len(probation)
+
+    def _victims(self, n: int, streams: Sequence[str]) -> list[str]:
         """``n`` hot streams outside ``streams`` to spill: those on probation first (oldest
         first), then the least recently used.
 
@@ -152,17 +181,16 @@ class TieredStore:
             stream, _ = probation.popitem(last=False)
             if stream in hot:  # not one of the batch's: those left probation above
                 victims.append(stream)
-        if len(victims) < n:
-            kept = [s for s, slot in zip(streams, found, strict=True) if slot is not None]
-            kept += victims
-            victims += hot.least_recent(n - len(victims), sparing=kept)
+        if len(victims) < n:  # the batch's streams and those picked stay (the missing: no matter)
+            victims += hot.least_recent(n - len(victims), sparing=chain(streams, victims))
         # All remembered: one from probation that comes back was seen twice; one the
         # LRU spilled had left probation, and put on probation again when it came
         # back it would be the next to spill, and to come back once more.
         ghosts = self._ghosts
-        ghosts.update(dict.fromkeys(victims))
-        for _ in range(len(ghosts) - max(int(hot.max_streams * GHOSTS_SHARE), 1)):
-            ghosts.popitem(last=False)
+        ghosts.update(zip(victims, repeat(None)))
+        over = len(ghosts) - max(int(hot.max_streams * GHOSTS_SHARE), 1)
+        if over > 0:
+            deque(map(ghosts.pop, list(islice(ghosts, over))), maxlen=0)
         return victims
 
     def _forgot(self, gone: Forgotten) -> None:
@@ -304,6 +332,7 @@ class TieredStore:
         self.journal.removed_cold(gone.streams, gone.tags)
         self.hot, self._scratch = hot, None
         self._probation.clear()
+        self._probation_peak = 0
         self._ghosts.clear()
         return len(gone.streams)
 
