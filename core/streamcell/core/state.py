@@ -779,6 +779,7 @@ class StateStore:
         for stream, slot in zip(streams[:k], taken.tolist(), strict=True):
             index[stream] = slot
             ids[slot] = stream
+        self._use(taken)  # most recently used, as a new stream is
         self.last_seen[taken] = now  # as slots() sets a new stream's
         if len(streams) == k:
             return taken
