@@ -130,20 +130,24 @@ def train_local(
     started = time.perf_counter()
     with torch_threads(threads):
         chosen = select_and_fit(frame, settings, prepare_frame, device=device, on_epoch=on_epoch)
-    return _finish_local(frame, chosen, device, started)
+    return finish_chosen(frame, chosen, device, started)
 
 
-def _finish_local(
-    frame: LongFrame, chosen: Chosen, device: str | torch.device, started: float
+def finish_chosen(
+    frame: LongFrame,
+    chosen: Chosen,
+    device: str | torch.device,
+    started: float,
+    workers: int = 1,
 ) -> TrainResult:
-    """The result of one process's chosen model, exported as trained."""
+    """The result of a selection's chosen model (select.py), exported as trained."""
     return finish(
         frame,
         chosen.prepared,
         chosen.settings,
         chosen.state,
         chosen.model,
-        workers=1,
+        workers=workers,
         device=str(device),
         seconds=time.perf_counter() - started,
         final=chosen.final,
@@ -173,7 +177,7 @@ def train_local_per_protocol(
         for protocol in ("origin", "online"):
             chosen = choose(trials, protocol, device=device, on_epoch=on_epoch)
             same = [r for r in out.values() if _same_choice(r, chosen.record)]
-            out[protocol] = same[0] if same else _finish_local(frame, chosen, device, started)
+            out[protocol] = same[0] if same else finish_chosen(frame, chosen, device, started)
     return out
 
 

@@ -35,7 +35,7 @@ import torch
 from streamcell.core.errors import ConfigError, DataError, StreamcellError
 from streamcell.core.model import StreamingLSTM
 from streamcell.trainer import ray_cluster
-from streamcell.trainer.api import TrainResult, finish, prepare_frame
+from streamcell.trainer.api import TrainResult, finish, finish_chosen, prepare_frame
 from streamcell.trainer.budget import Deadline, budget_clock
 from streamcell.trainer.calibrate import online_counts
 from streamcell.trainer.data import LongFrame
@@ -145,18 +145,7 @@ def train(
                     frame, given, prepare_frame, on_epoch=on_epoch, fitter=fitter
                 )
                 chosen = choose(trials, "origin", on_epoch=on_epoch)
-                return finish(
-                    frame,
-                    chosen.prepared,
-                    chosen.settings,
-                    chosen.state,
-                    chosen.model,
-                    workers=workers,
-                    device=fitter.device,
-                    seconds=time.perf_counter() - started,
-                    final=chosen.final,
-                    selection=chosen.record,
-                )
+                return finish_chosen(frame, chosen, fitter.device, started, workers)
             refitting = settings.final_fit != "off"
             budget = settings.time_budget * ((1 - FINAL_SHARE) if refitting else 1.0)
             first = replace(settings, time_budget=budget)
