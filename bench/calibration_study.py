@@ -1,6 +1,6 @@
 """Interval calibration studied offline: train ``lstm_default`` once, compare calibrations.
 
-    python -m bench.calibration_study train tourism_quarterly    # /tmp/calibration_study/NAME.pkl
+    python -m bench.calibration_study train tourism_quarterly    # /tmp/calibration_study/NAME.json and .npz
     python -m bench.calibration_study report tourism_quarterly vic_elec ...
 
 ``train`` trains a data set's defaults as ``bench.accuracy`` does, keeps the
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import pickle
 import sys
 import time
 from dataclasses import replace
@@ -38,6 +37,42 @@ import torch
 OUT = Path("/tmp/calibration_study")
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MID = 4
+
+
+# ------------------------------------------------- saved predictions (no pickle)
+def _save(path: Path, data: Any) -> None:
+    """``data`` (dicts with any keys, lists, numbers, arrays) as JSON plus an .npz of its arrays."""
+    arrays: list[np.ndarray] = []
+
+    def encode(obj: Any) -> Any:
+        if isinstance(obj, np.ndarray):
+            arrays.append(obj)
+            return {"array": len(arrays) - 1}
+        if isinstance(obj, dict):
+            return {"items": [[encode(k), encode(v)] for k, v in obj.items()]}
+        if isinstance(obj, (list, tuple)):
+            return {"list": [encode(v) for v in obj]}
+        return {"value": obj.item() if isinstance(obj, np.generic) else obj}
+
+    tree = encode(data)
+    np.savez(path.with_suffix(".npz"), *arrays)
+    path.with_suffix(".json").write_text(json.dumps(tree))
+
+
+def _load(path: Path) -> Any:
+    with np.load(path.with_suffix(".npz"), allow_pickle=False) as npz:
+        arrays = [npz[f"arr_{k}"] for k in range(len(npz.files))]
+
+    def decode(node: dict[str, Any]) -> Any:
+        if "array" in node:
+            return arrays[node["array"]]
+        if "items" in node:
+            return {decode(k): decode(v) for k, v in node["items"]}
+        if "list" in node:
+            return [decode(v) for v in node["list"]]
+        return node["value"]
+
+    return decode(json.loads(path.with_suffix(".json").read_text()))
 
 
 # ------------------------------------------------------------------ train
@@ -93,17 +128,16 @@ def train(name: str) -> None:
         for key, model in (("blend", trained.model), ("validated", validated))
     }
     OUT.mkdir(exist_ok=True)
-    with open(OUT / f"{name}.pkl", "wb") as f:
-        pickle.dump(
-            {
-                "meta": meta,
-                "preds": preds,
-                "calibration": trained.config.calibration,
-                "final_fit": ch.final is not None,
-                "record": info.get("calibration"),
-            },
-            f,
-        )
+    _save(
+        OUT / name,
+        {
+            "meta": meta,
+            "preds": preds,
+            "calibration": trained.config.calibration,
+            "final_fit": ch.final is not None,
+            "record": info.get("calibration"),
+        },
+    )
     print(f"{name}: {time.time() - started:.0f} s", file=sys.stderr)
 
 
@@ -263,8 +297,7 @@ def _scores(q: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 def report(name: str) -> dict[str, Any]:
     from streamcell.trainer.calibrate import ADAPTIVE_GAMMA
 
-    with open(OUT / f"{name}.pkl", "rb") as f:
-        d = pickle.load(f)
+    d = _load(OUT / name)
     steps = max(1, len(d["calibration"]["forecast"]))
     per_level = _per_level(d, "validated")
     rows: dict[str, Any] = {"final fit": d["final_fit"]}
