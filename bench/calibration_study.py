@@ -1,6 +1,6 @@
 """Interval calibration studied offline: train ``lstm_default`` once, compare calibrations.
 
-    python -m bench.calibration_study train tourism_quarterly    # /tmp/calibration_study/NAME.json and .npz
+    python -m bench.calibration_study train tourism_quarterly  # /tmp/calibration_study/NAME.*
     python -m bench.calibration_study report tourism_quarterly vic_elec ...
 
 ``train`` trains a data set's defaults as ``bench.accuracy`` does, keeps the
