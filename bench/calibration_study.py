@@ -18,6 +18,13 @@ without the adaptive width (``streamcell.core.adaptive``) moved over every
 row as the Predictor moves it. Besides: raw coverage of the validated model
 on validation and test, and of the blend. The 80% interval's coverage and
 the mean weighted quantile loss over the nine levels, pooled over series.
+
+``variants`` probes two more (docs/BENCHMARKS.md, "Forecast intervals per
+step, and gamma on validation"): the Forecast's per-step table times the
+stream's one-step adaptive width at the origin to a power (0.5, 1), on
+validation and test; and the width's step gamma chosen on validation (factors
+fitted on its first half, the width scored on its second), beside each
+gamma's test coverage.
 """
 
 from __future__ import annotations
@@ -351,14 +358,136 @@ def _per_level(d: dict[str, Any], key: str) -> tuple[np.ndarray, np.ndarray]:
         calibrate.factors = saved  # type: ignore[assignment]
 
 
+# --------------------------------------------------------------- variants
+GAMMAS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+def _log_widths(d: dict[str, Any], a: np.ndarray, gamma: float, s: str) -> np.ndarray:
+    """The blend's one-step width (log) for stream ``s``, row t: once y[t - 1] is scored
+    (row 0: 0), as ``bench.lstm._served_levels`` moves it."""
+    from streamcell.core.adaptive import updated
+    from streamcell.core.calibration import widen
+    from streamcell.core.quantiles import central_intervals
+
+    key = (s, gamma, tuple(a))
+    if key in _WIDTHS:
+        return _WIDTHS[key]
+    y = d["meta"][s]["y"]
+    q = np.sort(d["preds"]["blend"][s]["first"], axis=1)
+    qt = torch.from_numpy(np.ascontiguousarray(q, np.float32))[:, :, None]
+    static = widen(qt, torch.tensor(a, dtype=torch.float32)[:, None], MID)[:, :, 0].numpy()
+    outer = central_intervals(LEVELS)[0]
+    out = np.zeros(len(y) + 1, np.float32)
+    log_w = np.zeros((1, 1), np.float32)
+    for t in range(1, len(y)):
+        row = static[t - 1]
+        row = row[MID] + np.exp(log_w[0, 0]) * (row - row[MID])
+        actual = np.array([[y[t]]], np.float32)
+        log_w = updated(log_w, row[None, :, None].astype(np.float32), actual, outer, gamma)
+        out[t + 1] = log_w[0, 0]
+    _WIDTHS[key] = out
+    return out
+
+
+_WIDTHS: dict[tuple[Any, ...], np.ndarray] = {}
+
+
+def _widened_forecasts(
+    d: dict[str, Any], part: str, table: np.ndarray, power: float, a: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """The blend's Forecasts with the table, each times the stream's width to ``power``."""
+    from streamcell.core.calibration import widen_steps
+    from streamcell.trainer.calibrate import ADAPTIVE_GAMMA
+
+    qs, ys = [], []
+    for s, m in d["meta"].items():
+        if not m["trained"]:
+            continue
+        for o in m["val_origins" if part == "val" else "test_origins"]:
+            q = d["preds"]["blend"][s]["fc"][o]
+            steps = min(len(q), len(m["y"]) - o)
+            q = np.sort(q[:steps], axis=1)
+            rows = table[np.minimum(np.arange(steps), len(table) - 1)].astype(np.float32)
+            if power:
+                w = np.exp(power * _log_widths(d, a, ADAPTIVE_GAMMA, s)[o])
+                rows = rows * np.float32(w)
+            qs.append(widen_steps(q[:, :, None].astype(np.float32), rows, MID)[:, :, 0])
+            ys.append(m["y"][o : o + steps])
+    return np.concatenate(qs).astype(np.float64), np.concatenate(ys)
+
+
+def _online_between(
+    d: dict[str, Any], a: np.ndarray | None, gamma: float, lo: Any, hi: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """The blend's one-step quantiles on rows [lo(m), hi(m)) of each stream; ``a`` None:
+    raw (for fitting), else served with factors ``a`` and the width at ``gamma``."""
+    from bench.lstm import _served_levels
+    from streamcell.core.adaptive import Adaptive
+    from streamcell.core.calibration import Calibration
+
+    class Config:  # what _served_levels reads of a ModelConfig
+        quantile_levels = LEVELS
+        calibration_table = (
+            None if a is None else Calibration(tuple(a), (), Adaptive(gamma) if gamma else None)
+        )
+
+    qs, ys = [], []
+    for s, m in d["meta"].items():
+        y, a_, b_ = m["y"], lo(m), hi(m)
+        if m["trained"] and b_ > a_:
+            q = _served_levels(np.sort(d["preds"]["blend"][s]["first"], axis=1), y, Config, MID)
+            qs.append(q[a_ - 1 : b_ - 1])
+            ys.append(y[a_:b_])
+    return np.concatenate(qs), np.concatenate(ys)
+
+
+def _fit_between(d: dict[str, Any], lo: Any, hi: Any) -> np.ndarray:
+    from streamcell.trainer.calibrate import Counts, factors
+
+    q, y = _online_between(d, None, 0.0, lo, hi)
+    counts = Counts.zero(1, len(LEVELS))
+    counts.add(0, q, y, MID)
+    return np.array(factors(counts.below[0], int(counts.points[0]), LEVELS))
+
+
+def variants(name: str) -> dict[str, Any]:
+    d = _load(OUT / name)
+    steps = max(1, len(d["calibration"]["forecast"]))
+    table, a = _fit_table(d, "blend", steps), _fit_online(d, "blend")
+    rows: dict[str, Any] = {}
+    for power in (0.0, 0.5, 1.0):
+        rows[f"B table x width^{power}: val, test"] = [
+            _scores(*_widened_forecasts(d, part, table, power, a)) for part in ("val", "test")
+        ]
+
+    def half(m: dict[str, Any]) -> int:
+        return int((m["nv"] + m["n"]) // 2)
+
+    a_first = _fit_between(d, lambda m: m["nv"], half)
+    second = {
+        g: _scores(*_online_between(d, a_first, g, half, lambda m: m["n"]))[0] for g in GAMMAS
+    }
+    test = {
+        g: _scores(*_online_between(d, a, g, lambda m: m["n"], lambda m: len(m["y"])))
+        for g in GAMMAS
+    }
+    pick = min(GAMMAS, key=lambda g: (abs(second[g] - 0.8), g))
+    rows["A by gamma: validation's second half"] = second
+    rows["A by gamma: test"] = test
+    rows["A gamma chosen on validation"] = (pick, test[pick])
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["train", "report"])
+    parser.add_argument("what", choices=["train", "report", "variants"])
     parser.add_argument("names", nargs="+")
     args = parser.parse_args(argv)
     for name in args.names:
         if args.what == "train":
             train(name)
+        elif args.what == "variants":
+            print(json.dumps({"data set": name, **variants(name)}), flush=True)
         else:
             print(json.dumps({"data set": name, **report(name)}), flush=True)
     return 0
