@@ -5,7 +5,8 @@ starts before its broker: meanwhile gRPC health is NOT_SERVING and
 ``streamcell_kafka_connected`` is 0; once the broker is up every event is
 predicted as the offline reference predicts it. With a short
 ``--broker-wait-s`` the replica still fails, quickly, with the clear error.
-A broker frozen (SIGSTOP) for 70 s mid-stream is survived, exactly.
+A broker frozen (SIGSTOP) mid-stream, past the replica's request and
+acknowledgement timeouts, is survived, exactly.
 Each test starts its own broker (on a port chosen before serve starts) and
 stops it, and every serve, by pid.
 """
@@ -202,13 +203,15 @@ def test_stop_while_waiting_returns_none() -> None:
     assert broker_wait.until_reachable(down, "h:1", 5.0, 60.0, fake, fake.clock) is None
 
 
-FREEZE_S = 70.0  # past the 30 s acknowledgement timeout and every client's request timeout
+# Shorter than their defaults, so that a freeze past both stays short.
+REQUEST_TIMEOUT_MS, ACK_TIMEOUT_S = 4000, 5.0
+FREEZE_S = 12.0  # past the acknowledgement, request and session timeouts
 
 
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_a_broker_frozen_mid_stream_is_survived_exactly(kafka_client: str, tmp_path: Path) -> None:
-    """SIGSTOP the broker 0.3 s after half the events were produced, SIGCONT 70 s later.
+    """SIGSTOP the broker 0.3 s after half the events were produced, SIGCONT 12 s later.
 
     The freeze lands while that half's predictions, changelog records and
     commits are under way or just done (which of them is not asserted); the
@@ -221,7 +224,10 @@ def test_a_broker_frozen_mid_stream_is_survived_exactly(kafka_client: str, tmp_p
     broker = start_broker(port)
     serve: Serve | None = None
     try:
-        args = serve_args(bootstrap, kafka_client, tmp_path / "reg", topics, "--partitions", "2")
+        args = serve_args(
+            bootstrap, kafka_client, tmp_path / "reg", topics, "--partitions", "2",
+            "--request-timeout-ms", str(REQUEST_TIMEOUT_MS), "--ack-timeout-s", str(ACK_TIMEOUT_S),
+        )  # fmt: skip
         serve = Serve(tmp_path / "serve.log", args)
         serve.wait_assigned()
         cfg = KafkaClientConfig(bootstrap, client=kafka_client)

@@ -82,6 +82,8 @@ def test_every_flag_default_is_its_fields_default():
         (["--stream-ttl-s", "-1"], "--stream-ttl-s must be positive"),
         (["--stream-ttl-s", "nan"], "--stream-ttl-s must be positive, got nan"),
         (["--restore-timeout-s", "nan"], "--restore-timeout-s must be positive"),
+        (["--ack-timeout-s", "0"], "--ack-timeout-s must be positive, got 0.0"),
+        (["--request-timeout-ms", "10"], "--request-timeout-ms must be at least 1000, got 10"),
         (["--poll-registry-s", "nan"], "--poll-registry-s must be a number"),
         (["--device", "gpu"], "device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
         pytest.param(

@@ -105,6 +105,19 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--partitions", "kafka.partitions", "partitions of an input topic to create", group=KAFKA),
     Flag("--session-timeout-ms", "kafka.session_timeout_ms", group=KAFKA),
     Flag(
+        "--request-timeout-ms",
+        "kafka.request_timeout_ms",
+        "a request or a produce not answered by then fails (default %(default)s)",
+        group=KAFKA,
+    ),
+    Flag(
+        "--ack-timeout-s",
+        "pipeline.ack_timeout_s",
+        "a checkpoint whose records are not acknowledged by then stops the replica, "
+        "nothing after it committed (default %(default)s)",
+        group=KAFKA,
+    ),
+    Flag(
         "--broker-wait-s",
         "kafka.broker_wait_s",
         "at start-up, wait this long for brokers that cannot be reached yet, retrying with "

@@ -52,6 +52,9 @@ class KafkaSettings:
     client_id: str = KafkaClientConfig.client_id
     partitions: int = 3  # for an input topic that has to be created
     session_timeout_ms: int = KafkaClientConfig.session_timeout_ms
+    # How long a request (a produce's delivery included) may take before the client
+    # gives up on it and the replica treats the broker as gone.
+    request_timeout_ms: int = KafkaClientConfig.request_timeout_ms
     # At start-up, how long to wait for brokers that cannot be reached yet
     # (0: fail at once). Generous: replicas often start before their brokers.
     broker_wait_s: float = 600.0
@@ -67,6 +70,10 @@ class KafkaSettings:
         if self.session_timeout_ms < 3:  # the heartbeat interval is a third of it
             raise ConfigError(
                 f"--session-timeout-ms must be at least 3, got {self.session_timeout_ms}"
+            )
+        if self.request_timeout_ms < 1000:  # under the fetch wait and a busy broker's replies
+            raise ConfigError(
+                f"--request-timeout-ms must be at least 1000, got {self.request_timeout_ms}"
             )
 
 
@@ -117,6 +124,8 @@ class PipelineSettings:
         # "not x > 0" (rather than "x <= 0") also refuses nan, which argparse's float accepts
         if not self.restore_timeout_s > 0:
             raise ConfigError(f"--restore-timeout-s must be positive, got {self.restore_timeout_s}")
+        if not self.ack_timeout_s > 0:
+            raise ConfigError(f"--ack-timeout-s must be positive, got {self.ack_timeout_s}")
         if self.max_batch_delay_ms < 0:
             raise ConfigError("--max-batch-delay-ms must be >= 0")
         if self.idle_commit_ms < 0:
