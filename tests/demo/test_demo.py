@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from streamcell.demo.scoring import score
+from streamcell.demo.scoring import EtsThread, score
 
 
 def test_scores_are_one_step_ahead_with_the_seasonal_naive_scale():
@@ -41,11 +41,14 @@ def test_demo_runs_to_the_end_and_leaves_no_process(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
     run = subprocess.run(
         [sys.executable, "-m", "streamcell.cli", "demo", "--out", str(out), "--epochs", "2",
-         "--step-seconds", "0", "--workers", "2"],
+         "--step-seconds", "0", "--workers", "2", "--no-ets"],  # ETS: the test below
         capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    for needle in ("[6/6] done", "online error on", "seasonal naive", "Forecast(", "metrics"):
+    for needle in (
+        "[6/6] done", "online error on", "seasonal naive", "Forecast(", "metrics",
+        "(no ETS beside it: --no-ets)",
+    ):  # fmt: skip
         assert needle in run.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["predictions"] == summary["events"] > 60_000
@@ -61,3 +64,16 @@ def test_other_methods_are_scored_on_the_same_streams_only():
     got = score([("s", values, 4), ("t", values, 4)], ours, period=2, others={"ETS": ets})
     assert got.streams == 1 and got.mase["ETS"] == pytest.approx(0.0)
     assert got.mase["streamcell"] == pytest.approx((1.0 + 0.5) / 2 / 2)
+
+
+def test_ets_forecasts_every_held_out_step_one_ahead():
+    pytest.importorskip("statsmodels")
+    t = np.arange(48, dtype=float)
+    seasonal = 10.0 + np.sin(2 * np.pi * t / 4)  # period 4, positive: multiplicative
+    short = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])  # under two seasons: left out
+    ets = EtsThread([("s", seasonal, 40), ("short", short, 4)], period=4)
+    ets.run()
+    assert ets.why == ""
+    assert sorted(ets.forecasts) == [("s", k) for k in range(39, 47)]
+    errors = [abs(ets.forecasts[("s", k - 1)] - seasonal[k]) for k in range(40, 48)]
+    assert max(errors) < 0.1  # a clean season is learnt

@@ -113,9 +113,11 @@ def test_a_worker_failure_resumes_from_the_last_checkpoint(
     data = load_long_frame(noisy_sines(streams=4, length=120, seed=9))
     # One pass an epoch (epoch_steps=1): the check below is one of float sums, whose
     # rounding differences grow with the steps taken.
+    # No final fit: the resumed run is what is compared (a refit is one more Ray run).
     settings = TrainSettings(
-        hidden=8, layers=1, epochs=4, window=16, lr=0.01, patience=10, epoch_steps=1
-    )
+        hidden=8, layers=1, epochs=4, window=16, lr=0.01, patience=10, epoch_steps=1,
+        final_fit="off",
+    )  # fmt: skip
     fail = fail_once_after(2, tmp_path / "failed-once")
     result = ray_train.train(data, settings, workers=2, max_failures=1, after_epoch=fail)
     assert result.config.training["resumed_at_epochs"] == [2]
@@ -149,7 +151,9 @@ def test_workers_with_unequal_data_stay_in_step(ray_cluster: None) -> None:
         ]
     )
     data = load_long_frame(frame)
-    settings = TrainSettings(hidden=8, layers=1, epochs=2, window=8, batch_size=1, epoch_steps=1)
+    settings = TrainSettings(
+        hidden=8, layers=1, epochs=2, window=8, batch_size=1, epoch_steps=1, final_fit="off"
+    )
     result = train_with_ray(data, settings, workers=2)
     assert [r["epoch"] for r in result.history] == [1, 2]
     # Every stream's training points were trained on, once per epoch, across both workers.

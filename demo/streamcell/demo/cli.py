@@ -45,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="replay pace of the held-out part: seconds per calendar step (default 0.4)",
     )
     parser.add_argument(
+        "--no-ets",
+        dest="ets",
+        action="store_false",
+        help="leave out the ETS baseline beside the scorecard (it costs about a minute of CPU)",
+    )
+    parser.add_argument(
         "--keep-running",
         action="store_true",
         help="leave the broker and the service running at the end",
@@ -73,5 +79,6 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         step_seconds=args.step_seconds,
         keep_running=args.keep_running,
+        ets=args.ets,
     )
     return run_demo(settings, say=lambda line: print(line, flush=True))

@@ -49,6 +49,7 @@ class DemoSettings:
     step_seconds: float  # replay pace of the held-out part, per calendar step
     keep_running: bool
     train_timeout_s: float = 600.0
+    ets: bool = True  # fit ETS beside it (about a minute of CPU on aus_retail)
 
 
 class PredictionCollector(threading.Thread):
@@ -146,7 +147,10 @@ def run_demo(s: DemoSettings, say: Callable[[str], None] = print) -> int:
             f"({n_held:,} held out), period {data.period}; training part -> {train_csv}"
         )
         ets = EtsThread(series, data.period)  # a classical baseline, fitted meanwhile
-        ets.start()
+        if s.ets:
+            ets.start()
+        else:
+            ets.why = "--no-ets"
 
         # 3. Training with Ray.
         say(f"[3/6] training a small LSTM with Ray Train ({s.workers} workers) ...")
@@ -247,7 +251,8 @@ def run_demo(s: DemoSettings, say: Callable[[str], None] = print) -> int:
         producer.close()
         _wait_for(collector, n_events, 120, say, "predictions")
         replay_seconds = (collector.last_at or time.monotonic()) - replay_start
-        ets.join(timeout=120)
+        if s.ets:
+            ets.join(timeout=120)
         others = {"ETS": ets.forecasts} if ets.forecasts else {}
         scores = score(series, collector.predictions, data.period, others=others)
         if not ets.forecasts:
