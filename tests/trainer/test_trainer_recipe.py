@@ -21,6 +21,7 @@ from streamcell.trainer.api import (
     train_local,
 )
 from streamcell.trainer.evaluate import worse_than_baselines
+from streamcell.trainer.loop import LoopState
 from streamcell.trainer.periods import (
     build_recipe,
     default_lags,
@@ -28,6 +29,7 @@ from streamcell.trainer.periods import (
     periods_from_spacing,
 )
 from streamcell.trainer.prepare import featurize_all
+from streamcell.trainer.select import refit_seconds
 
 
 def seasonal(streams: int, length: int, period: int, seed: int) -> pd.DataFrame:
@@ -174,3 +176,23 @@ def test_cli_refuses_a_model_worse_than_the_baselines(
     assert main([*common, *tiny, "--no-candidates", "--allow-worse"]) == 0
     assert "seasonal naive" in capsys.readouterr().out
     assert load_latest(tmp_path / "reg", "w").config.recipe is not None
+
+
+class _Rows:
+    """A prepared data set reduced to what refit_seconds reads: its training pairs."""
+
+    def __init__(self, pairs: int, whole: int) -> None:
+        self.pairs, self.whole_pairs = pairs, whole
+
+    def train_pairs(self) -> int:
+        return self.pairs
+
+    def whole(self) -> _Rows:
+        return _Rows(self.whole_pairs, self.whole_pairs)
+
+
+def test_a_refit_is_costed_on_the_budgets_clock_not_the_wall() -> None:
+    # Four epochs that took 40 s of the budget's clock but 400 s of wall (a busy machine).
+    state = LoopState(epoch=4, best_epoch=3, train_seconds=400.0, fit_budget_seconds=40.0)
+    # Per epoch 10 s, on 1.25 times the rows, for the best epoch count (3).
+    assert refit_seconds(state, _Rows(800, 1000)) == pytest.approx(37.5)  # type: ignore[arg-type]

@@ -71,8 +71,10 @@ class LoopState:
     stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
-    # The epochs' time on the budget's clock (streamcell.trainer.budget), this process's.
+    # The epochs' time on the budget's clock (streamcell.trainer.budget), this process's;
+    # ``fit_budget_seconds`` the share of it in training steps (validation left out).
     budget_seconds: float = 0.0
+    fit_budget_seconds: float = 0.0
     samples: int = 0  # target points trained on, all workers, all epochs
     resumed_at: list[int] = field(default_factory=list)  # epochs a restarted run went on from
 
@@ -141,6 +143,7 @@ def fit(
             net, optimizer, prepared, settings, shard, epoch, device, sync
         )
         seconds = time.perf_counter() - t0
+        state.fit_budget_seconds += budget_clock() - c0
         if validate:
             metrics = EvalStats(sync.sum(evaluate(model, prepared, shard).values)).metrics()
         else:

@@ -364,8 +364,12 @@ def _final(
 
 
 def refit_seconds(state: LoopState, prepared: Prepared) -> float:
-    """What a refit for the best epoch count on every training row takes at the pace so far."""
-    per_epoch = state.train_seconds / max(state.epoch, 1)
+    """What a refit for the best epoch count on every training row takes at the pace so far.
+
+    On the budget's clock, as the budget left it is compared with: on the wall clock a
+    busy machine skipped refits that a quiet one made, so the model depended on the load.
+    """
+    per_epoch = state.fit_budget_seconds / max(state.epoch, 1)
     rows = prepared.whole().train_pairs() / max(prepared.train_pairs(), 1)
     return per_epoch * rows * state.best_epoch
 
