@@ -132,6 +132,7 @@ class App:
             client_id=k.client_id,
             session_timeout_ms=k.session_timeout_ms,
             heartbeat_interval_ms=min(1000, k.session_timeout_ms // 3),
+            compression=k.producer_compression,
         )
         self.metrics.kafka_connected.set(0)
         found = broker_wait.until_reachable(

@@ -290,6 +290,7 @@ def _producer_kwargs(cfg: KafkaClientConfig) -> dict:
         "acks": "all" if idempotent(cfg) else int(cfg.acks),
         "linger_ms": cfg.linger_ms,
         "batch_size": cfg.batch_size,
+        "compression_type": None if cfg.compression == "none" else cfg.compression,
         "max_request_size": cfg.max_request_bytes,
         **ordering,
     }

@@ -217,7 +217,7 @@ class Pipeline:
             rows = np.flatnonzero(result.outcome == PREDICTED)
             messages = codec.encode_predictions(
                 batch, result.yhat, rows, result.model, result.version,
-                result.quantiles, result.levels,
+                result.quantiles, result.levels, s.prediction_format,
             )  # fmt: skip
             if messages:
                 self.producer.send_many(s.output_topic, messages)
