@@ -61,3 +61,29 @@ def test_other_methods_are_scored_on_the_same_streams_only():
     got = score([("s", values, 4), ("t", values, 4)], ours, period=2, others={"ETS": ets})
     assert got.streams == 1 and got.mase["ETS"] == pytest.approx(0.0)
     assert got.mase["streamcell"] == pytest.approx((1.0 + 0.5) / 2 / 2)
+
+
+@pytest.mark.parametrize("fmt", ["json", "protobuf"])
+def test_the_collector_reads_predictions_in_either_format(fmt):
+    import time
+
+    from pipeline_fakes import FakeConsumer
+
+    from streamcell.core.events import EventBatch
+    from streamcell.demo.run import PredictionCollector
+    from streamcell.service.codec import encode_predictions
+    from streamcell.service.kafka import Record
+
+    batch = EventBatch.of(["s", "t"], np.zeros((2, 1)), seq=[3, 4], offset=[0, 1])
+    yhat = np.array([[5.0], [5.5]], np.float32)
+    values = encode_predictions(batch, yhat, np.arange(2), "m", "v", prediction_format=fmt)
+    consumer = FakeConsumer([])
+    consumer.queue = [[Record("p", 0, k, key, v, 0, ()) for k, (key, v) in enumerate(values)]]
+    collector = PredictionCollector(lambda: consumer, "p", fmt)
+    collector.start()
+    deadline = time.monotonic() + 10
+    while len(collector.predictions) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    collector.stop()
+    assert collector.error is None
+    assert collector.predictions == {("s", 3): 5.0, ("t", 4): 5.5}

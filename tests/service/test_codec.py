@@ -15,6 +15,8 @@ from streamcell.service.codec import (
     DEAD_LETTER_KEY_MAX,
     FORMAT_JSON,
     FORMAT_PROTOBUF,
+    TRUNCATED,
+    Invalid,
     dead_letter,
     dead_letter_headers,
     decode,
@@ -98,6 +100,15 @@ def test_dead_letter_headers_carry_reason_and_source():
     assert headers["source_partition"] == b"2"
     assert headers["source_offset"] == b"42"
     assert b"not JSON" in headers["error"]
+
+
+def test_a_dead_letter_names_the_format_its_value_was_read_as():
+    bad = decode([rec("a", b"\xff not protobuf")], 3, FORMAT_PROTOBUF).invalid[0]
+    _, _, headers = dead_letter(bad, 4096, FORMAT_PROTOBUF)
+    assert headers == [*dead_letter_headers(bad), ("format", b"protobuf")]
+    big = Invalid(rec("a", b"x" * 9000), "bad_json", "m")
+    _, _, cut = dead_letter(big, 4096, FORMAT_JSON)
+    assert ("format", b"json") in cut and cut[-1] == TRUNCATED  # truncated still last
 
 
 def test_a_dead_letter_that_fits_is_sent_whole():

@@ -604,9 +604,13 @@ TRUNCATED = ("truncated", b"true")  # the last header of a truncated dead letter
 
 
 def dead_letter(
-    bad: Invalid, max_bytes: int
+    bad: Invalid, max_bytes: int, event_format: str | None = None
 ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
     """The key, value and headers to dead-letter ``bad`` with.
+
+    ``event_format``: the format the value was read as (a ``format`` header,
+    so a reader of the topic knows how to parse the value whichever formats
+    the replicas read and write; None: no such header).
 
     Whole when key and value together fit in ``max_bytes``; else cut to fit
     (the key to DEAD_LETTER_KEY_MAX bytes first, then the value to what is
@@ -617,6 +621,8 @@ def dead_letter(
         raise ValueError(f"max_bytes must be at least {DEAD_LETTER_MIN_BYTES}, got {max_bytes}")
     rec = bad.record
     headers = dead_letter_headers(bad)
+    if event_format is not None:
+        headers.append(("format", event_format.encode()))
     key, value = rec.key, rec.value
     if len(key or b"") + len(value or b"") <= max_bytes:
         return key, value, headers

@@ -240,7 +240,7 @@ class Pipeline:
         s = self.settings
         # Bounded: a record over the producer's limit, sent whole, would fail
         # the send and stop the pipeline at the same record on every restart.
-        key, value, headers = codec.dead_letter(bad, s.dead_letter_max_bytes)
+        key, value, headers = codec.dead_letter(bad, s.dead_letter_max_bytes, s.event_format)
         if headers[-1] == codec.TRUNCATED:
             rec = bad.record
             log.warning(
