@@ -75,8 +75,14 @@ def test_the_prediction_format_and_compression_flags_reach_the_settings():
     assert (s.pipeline.prediction_format, s.kafka.producer_compression) == ("protobuf", "lz4")
     cfg = KafkaClientConfig("h:1", compression="lz4")
     assert _producer_conf(cfg)["compression.type"] == "lz4"
-    assert _producer_kwargs(cfg)["compression_type"] == "lz4"
+    gzip = KafkaClientConfig("h:1", compression="gzip")  # the standard library's
+    assert _producer_kwargs(gzip)["compression_type"] == "gzip"
     assert _producer_kwargs(KafkaClientConfig("h:1"))["compression_type"] is None
+    import kafka.codec
+
+    if not kafka.codec.has_lz4():
+        with pytest.raises(ConfigError, match="kafka-python cannot compress with lz4"):
+            _producer_kwargs(cfg)
     with pytest.raises(ConfigError, match="compression must be one of"):
         KafkaClientConfig("h:1", compression="brotli")
     with pytest.raises(ConfigError, match="--prediction-format must be one of"):
