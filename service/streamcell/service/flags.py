@@ -143,7 +143,7 @@ FLAGS: tuple[Flag, ...] = (
         "--producer-compression",
         "kafka.producer_compression",
         "compression.type of the predictions, dead letters and changelog records "
-        "(default %(default)s; kafka-python needs the lz4 package for lz4)",
+        "(default %(default)s; kafka-python needs a Python package for lz4, snappy, zstd)",
         choices=COMPRESSIONS,
         group=KAFKA,
     ),
