@@ -104,11 +104,18 @@ def main() -> None:
                     f"{run['bytes_per_prediction']:5.0f} bytes per record"
                 )
 
-    def median(variant, key):  # (a run too short to sample its CPU says 0: kept off 0 here)
-        return max(statistics.median(run[key] for run in runs[variant]), 1e-9)
+    for stat, pick in (("medians", statistics.median), ("best rounds", max)):
+        report(variants, runs, stat, pick)
+
+
+def report(variants, runs, stat: str, pick) -> None:
+    """Each variant's ``pick`` over its rounds, and its ratios."""
+
+    def median(variant, key):  # or best: pick (a run too short to sample its CPU says 0)
+        return max(pick(run[key] for run in runs[variant]), 1e-9)
 
     today = variants[0]  # point-only, the first format and compression (json, none)
-    print("medians; ratio to point-only in the same format and compression, [to the first row]")
+    print(f"{stat}; ratio to point-only in the same format and compression, [to the first row]")
     for model, fmt, comp in variants:
         base = (MODELS[0], fmt, comp)
         rate, cpu = (
