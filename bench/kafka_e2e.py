@@ -56,6 +56,7 @@ from kafka_bench import bench_raw, make_messages
 from streamcell.core.checkpoint import ModelConfig, save_checkpoint
 from streamcell.core.model import StreamingLSTM
 from streamcell.service.broker import BrokerSettings, EmbeddedBroker, free_port
+from streamcell.service.codec import decode_prediction
 from streamcell.service.kafka import (
     KafkaClientConfig,
     TopicSpec,
@@ -98,6 +99,14 @@ def produce_all(bootstrap: str, topic: str, messages, partitions: int) -> None:
 
 def _fast_client() -> str:
     return "confluent" if "confluent" in installed_clients() else "kafka-python"
+
+
+def prediction_format(args) -> str:
+    """The format serve writes its predictions in: ``--prediction-format`` of ``--serve-args``."""
+    words = args.serve_args.split()
+    return (
+        words[words.index("--prediction-format") + 1] if "--prediction-format" in words else "json"
+    )
 
 
 def read_topic(bootstrap: str, topic: str, partitions: int):
@@ -247,9 +256,8 @@ def bench_serve(bootstrap, registry, client, topic, args, worker=Serve) -> dict:
     predictions = read_topic(bootstrap, serve.output, args.partitions)
     stamps = np.array([r.timestamp_ms for r in predictions], np.float64) / 1000
     first, last = stamps.min(), stamps.max()
-    unique = {
-        (json.loads(r.value)["partition"], json.loads(r.value)["offset"]) for r in predictions
-    }
+    docs = [decode_prediction(r.value, prediction_format(args)) for r in predictions]
+    unique = {(doc["partition"], doc["offset"]) for doc in docs}
     return {
         "predictions": len(predictions),
         "unique_predictions": len(unique),
@@ -257,6 +265,7 @@ def bench_serve(bootstrap, registry, client, topic, args, worker=Serve) -> dict:
         "serve_to_last_prediction": args.events / (last - first),
         "seconds_to_commit": committed_at - first,
         "serve_cpu": (done1 - done0) / max(cpu1 - cpu0, 1e-9),
+        "bytes_per_prediction": sum(len(r.value) for r in predictions) / max(len(predictions), 1),
     }
 
 
@@ -297,7 +306,8 @@ def bench_replicas(bootstrap, registry, client, topic, args, replicas: int) -> d
         predictions += len(records)
         if records:
             firsts.append(min(r.timestamp_ms for r in records) / 1000)
-        owned.append(sorted({json.loads(r.value)["partition"] for r in records}))
+        fmt = prediction_format(args)
+        owned.append(sorted({decode_prediction(r.value, fmt)["partition"] for r in records}))
     seen = [p for parts in owned for p in parts]
     return {
         "replicas": replicas,
@@ -373,7 +383,7 @@ def bench_latency(bootstrap, registry, client, rate: float, args, worker=Serve) 
     }
     lat = []
     for r in read_topic(bootstrap, serve.output, args.partitions):
-        v = json.loads(r.value)
+        v = decode_prediction(r.value, prediction_format(args))
         sent_ms = events.get((v["partition"], v["offset"]))
         if sent_ms is not None and sent_ms >= paced_from_ms:
             lat.append(r.timestamp_ms - sent_ms)

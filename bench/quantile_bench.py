@@ -1,6 +1,7 @@
 """The serve loop's cost with a quantile head against the same model point-only, one run.
 
     PYTHONPATH=core:service:demo:protos .venv/bin/python bench/quantile_bench.py [--batch 1024]
+    # --prediction-format protobuf --heads point-only,"3 levels"
 
 The model and events of the end-to-end benchmark (bench/kafka_e2e.py: 8
 features, hidden 64, 2 layers, JSON events with a seq, keys ``stream-N``), in
@@ -36,7 +37,7 @@ from streamcell.core.model import StreamingLSTM
 from streamcell.core.predictor import Predictor
 from streamcell.service.metrics import Metrics
 from streamcell.service.pipeline import Pipeline
-from streamcell.service.settings import PipelineSettings
+from streamcell.service.settings import FORMATS, PipelineSettings
 
 NINE = tuple(round(0.1 * k, 1) for k in range(1, 10))
 # name -> (levels, whether the levels' biases are spread apart, calibrated)
@@ -88,15 +89,25 @@ def main() -> None:
     p.add_argument("--events", type=int, default=51_200)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--threads", type=int, default=1, help="torch threads (serve's default: 1)")
+    p.add_argument(
+        "--prediction-format", default="json", choices=FORMATS, help="serve's (default json)"
+    )
+    p.add_argument(
+        "--heads",
+        type=lambda v: tuple(v.split(",")),
+        default=tuple(HEADS),
+        help="comma-separated names of HEADS to run (default: all)",
+    )
     args = p.parse_args()
+    heads = {name: HEADS[name] for name in args.heads}
     torch.set_num_threads(args.threads)
     pipelines, works = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (levels, spread, calibrated) in HEADS.items():
+        for name, (levels, spread, calibrated) in heads.items():
             model = make_model(Path(tmp), levels, spread, calibrated)
             predictor = Predictor(model, max_streams=args.streams * 2)
             pipelines[name] = Pipeline(
-                PipelineSettings(input_topic=TOPIC),
+                PipelineSettings(input_topic=TOPIC, prediction_format=args.prediction_format),
                 None,
                 DropProducer(),
                 None,
@@ -109,9 +120,9 @@ def main() -> None:
         """One round: poll k of every head back to back, in a rotating order, so that
         each head meets the same load from the machine's other work. Per poll: wall
         seconds, and this thread's CPU seconds (which waiting for a core leaves out)."""
-        polls = {name: works[name].polls() for name in HEADS}
-        spent: dict[str, list[tuple[float, float]]] = {name: [] for name in HEADS}
-        names = list(HEADS)
+        polls = {name: works[name].polls() for name in heads}
+        spent: dict[str, list[tuple[float, float]]] = {name: [] for name in heads}
+        names = list(heads)
         for k in range(len(polls[names[0]])):
             shift = (k + r) % len(names)
             for name in names[shift:] + names[:shift]:
@@ -125,7 +136,8 @@ def main() -> None:
     us = 1e6 / args.events
     print(
         f"{args.events:,} events in polls of {args.batch}, {args.streams:,} streams, "
-        f"{args.threads} torch thread(s); {args.rounds} rounds, us per event; best poll: "
+        f"{args.threads} torch thread(s), {args.prediction_format} predictions; "
+        f"{args.rounds} rounds, us per event; best poll: "
         "each poll's best round, summed; CPU: the thread's CPU time"
     )
     print(
@@ -133,7 +145,7 @@ def main() -> None:
         f"{'wall median':>11}  vs point-only (same four)"
     )
     base = None
-    for name in HEADS:
+    for name in heads:
         figures = []
         for clock in (1, 0):  # CPU, then wall
             per_round = [[poll[clock] for poll in r[name]] for r in rounds]

@@ -168,12 +168,13 @@ def wait_for_predictions(
     expected: int,
     timeout_s: float = 60,
     serving: list[Serve] | None = None,
+    prediction_format: str = codec.FORMAT_JSON,
 ) -> list[Record]:
     """Read the output until it holds ``expected`` distinct (stream, offset) pairs."""
     deadline = time.monotonic() + timeout_s
     while True:
         records = read_all(cfg, topic, partitions)
-        if len(distinct(records)) >= expected or time.monotonic() > deadline:
+        if len(distinct(records, prediction_format)) >= expected or time.monotonic() > deadline:
             return records
         for serve in serving or []:
             code = serve.proc.poll()
@@ -181,10 +182,12 @@ def wait_for_predictions(
         time.sleep(0.5)
 
 
-def distinct(records: Iterable[Record]) -> dict[tuple[str, int], set[bytes]]:
+def distinct(
+    records: Iterable[Record], prediction_format: str = codec.FORMAT_JSON
+) -> dict[tuple[str, int], set[bytes]]:
     out: dict[tuple[str, int], set[bytes]] = defaultdict(set)
     for rec in records:
-        doc = json.loads(rec.value)
+        doc = codec.decode_prediction(rec.value, prediction_format)
         out[doc["stream"], doc["offset"]].add(rec.value)
     return out
 
@@ -193,10 +196,15 @@ class Offline:
     """The uninterrupted reference: a fresh Predictor over the input topic in order."""
 
     def __init__(
-        self, loaded: LoadedModel, inputs: list[Record], event_format: str = codec.FORMAT_JSON
+        self,
+        loaded: LoadedModel,
+        inputs: list[Record],
+        event_format: str = codec.FORMAT_JSON,
+        prediction_format: str = codec.FORMAT_JSON,
     ) -> None:
         self.predictor = Predictor(loaded)
         self.event_format = event_format
+        self.prediction_format = prediction_format
         self.expected: dict[tuple[str, int], bytes] = {}
         self.invalid: list[codec.Invalid] = []
         self.then(None, inputs)
@@ -217,15 +225,16 @@ class Offline:
         self.batch, self.yhat, self.outcome = decoded.batch, result.yhat, result.outcome
         rows = np.flatnonzero(result.outcome == PREDICTED)
         for _, value in codec.encode_predictions(
-            decoded.batch, result.yhat, rows, result.model, result.version
-        ):
-            doc = json.loads(value)
+            decoded.batch, result.yhat, rows, result.model, result.version,
+            result.quantiles, result.levels, self.prediction_format,
+        ):  # fmt: skip
+            doc = codec.decode_prediction(value, self.prediction_format)
             self.expected[doc["stream"], doc["offset"]] = value
         return self
 
     def check_predictions(self, records: list[Record]) -> None:
         """Every event predicted, each exactly as offline; duplicates byte-identical."""
-        got = distinct(records)
+        got = distinct(records, self.prediction_format)
         missing = sorted(set(self.expected) - set(got))
         extra = sorted(set(got) - set(self.expected))
         assert not missing, f"{len(missing)} events have no prediction, e.g. {missing[:5]}"

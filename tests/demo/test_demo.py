@@ -77,3 +77,29 @@ def test_ets_forecasts_every_held_out_step_one_ahead():
     assert sorted(ets.forecasts) == [("s", k) for k in range(39, 47)]
     errors = [abs(ets.forecasts[("s", k - 1)] - seasonal[k]) for k in range(40, 48)]
     assert max(errors) < 0.1  # a clean season is learnt
+
+
+@pytest.mark.parametrize("fmt", ["json", "protobuf"])
+def test_the_collector_reads_predictions_in_either_format(fmt):
+    import time
+
+    from pipeline_fakes import FakeConsumer
+
+    from streamcell.core.events import EventBatch
+    from streamcell.demo.run import PredictionCollector
+    from streamcell.service.codec import encode_predictions
+    from streamcell.service.kafka import Record
+
+    batch = EventBatch.of(["s", "t"], np.zeros((2, 1)), seq=[3, 4], offset=[0, 1])
+    yhat = np.array([[5.0], [5.5]], np.float32)
+    values = encode_predictions(batch, yhat, np.arange(2), "m", "v", prediction_format=fmt)
+    consumer = FakeConsumer([])
+    consumer.queue = [[Record("p", 0, k, key, v, 0, ()) for k, (key, v) in enumerate(values)]]
+    collector = PredictionCollector(lambda: consumer, "p", fmt)
+    collector.start()
+    deadline = time.monotonic() + 10
+    while len(collector.predictions) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    collector.stop()
+    assert collector.error is None
+    assert collector.predictions == {("s", 3): 5.0, ("t", 4): 5.5}

@@ -15,12 +15,16 @@ from streamcell.service.codec import (
     DEAD_LETTER_KEY_MAX,
     FORMAT_JSON,
     FORMAT_PROTOBUF,
+    TRUNCATED,
+    Invalid,
     dead_letter,
     dead_letter_headers,
     decode,
+    decode_prediction,
     encode_predictions,
 )
 from streamcell.service.kafka import Record
+from streamcell.v1.predictor_pb2 import Prediction, Quantile
 
 
 def rec(key, value, offset=0, partition=0, ts_ms=1_000_000) -> Record:
@@ -96,6 +100,15 @@ def test_dead_letter_headers_carry_reason_and_source():
     assert headers["source_partition"] == b"2"
     assert headers["source_offset"] == b"42"
     assert b"not JSON" in headers["error"]
+
+
+def test_a_dead_letter_names_the_format_its_value_was_read_as():
+    bad = decode([rec("a", b"\xff not protobuf")], 3, FORMAT_PROTOBUF).invalid[0]
+    _, _, headers = dead_letter(bad, 4096, FORMAT_PROTOBUF)
+    assert headers == [*dead_letter_headers(bad), ("format", b"protobuf")]
+    big = Invalid(rec("a", b"x" * 9000), "bad_json", "m")
+    _, _, cut = dead_letter(big, 4096, FORMAT_JSON)
+    assert ("format", b"json") in cut and cut[-1] == TRUNCATED  # truncated still last
 
 
 def test_a_dead_letter_that_fits_is_sent_whole():
@@ -243,6 +256,157 @@ def test_prediction_bytes_are_deterministic():
     assert first == again
     # A single row encodes as in the batch (a replay may come in another batch).
     assert encode_predictions(batch, yhat, np.array([7]), "m", "v") == [first[7]]
+
+
+# ------------------------------------------------ protobuf predictions
+def library_prediction(batch, yhat, row, model, version, quantiles=None, levels=()) -> Prediction:
+    """What the generated class makes of one prediction: the reference the codec must match."""
+    m = Prediction(
+        stream=batch.streams[row],
+        yhat=yhat[row].tolist(),
+        model=model,
+        version=version,
+        partition=int(batch.partition[row]),
+        offset=int(batch.offset[row]),
+    )
+    if batch.seq[row] != NO_SEQ:
+        m.seq = int(batch.seq[row])
+    for j, level in enumerate(levels):
+        values = yhat[row] if level == 0.5 else quantiles[row, j]
+        m.quantiles.append(Quantile(level=level, yhat=values.tolist()))
+    return m
+
+
+def bits(values) -> bytes:
+    return np.array(values, np.float32).tobytes()
+
+
+def assert_protobuf_like_the_library(batch, yhat, rows, model, version, quantiles=None, levels=()):
+    out = encode_predictions(
+        batch, yhat, rows, model, version, quantiles, levels, prediction_format=FORMAT_PROTOBUF
+    )
+    assert [k for k, _ in out] == [batch.streams[r].encode() for r in rows]
+    for (_, value), row in zip(out, rows.tolist(), strict=True):
+        ref = library_prediction(batch, yhat, row, model, version, quantiles, levels)
+        parsed = Prediction.FromString(value)
+        # Every field as the library reads it (floats as bits: NaN compares unequal) ...
+        assert parsed.stream == ref.stream and (parsed.model, parsed.version) == (model, version)
+        assert parsed.HasField("seq") == ref.HasField("seq") and parsed.seq == ref.seq
+        assert (parsed.partition, parsed.offset) == (ref.partition, ref.offset)
+        assert parsed.HasField("partition") and parsed.HasField("offset")
+        assert bits(parsed.yhat) == yhat[row].tobytes()
+        assert [q.level for q in parsed.quantiles] == [q.level for q in ref.quantiles]
+        for got, want in zip(parsed.quantiles, ref.quantiles, strict=True):
+            assert bits(got.yhat) == bits(want.yhat)
+        assert (parsed.events, parsed.outcome) == (0, 0)  # not set on Kafka
+        # ... and the very bytes the library writes.
+        assert value == ref.SerializeToString()
+    return out
+
+
+def test_protobuf_predictions_are_what_the_generated_class_writes():
+    streams = ["a", 'b"\u00e9', "x" * 200, "\u00fc" * 128, "plain"]
+    batch = EventBatch.of(
+        streams,
+        np.zeros((5, 1)),
+        seq=[NO_SEQ, 0, 127, 128, 2**62],
+        partition=[0, 1, 127, 128, 2**31 - 1],
+        offset=[0, 1, 2**35, 10, 2**63 - 1],
+    )
+    yhat = np.array(
+        [[0.1, -2.5], [np.nan, np.inf], [-0.0, 0.0], [1e-45, -np.inf], [3e38, 7.0]], np.float32
+    )
+    assert_protobuf_like_the_library(batch, yhat, np.arange(5), "m", "v1")
+    assert_protobuf_like_the_library(batch, yhat, np.array([4, 0, 2]), "m%b\n", "")
+    assert_protobuf_like_the_library(batch, yhat, np.array([1]), "", "v")
+    levels = (0.1, 0.5, 0.9)
+    quantiles = np.stack([yhat - 1, yhat, yhat + 1], axis=1)
+    assert_protobuf_like_the_library(batch, yhat, np.arange(5), "m", "v", quantiles, levels)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.text(min_size=1, max_size=80),
+            st.one_of(st.just(NO_SEQ), st.integers(0, 2**63 - 1)),
+            st.integers(0, 2**31 - 1),
+            st.integers(0, 2**63 - 1),
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+    st.integers(1, 5),
+    st.sampled_from([(), (0.5,), (0.1, 0.5, 0.9), (0.05, 0.25, 0.5, 0.75, 0.95)]),
+    st.randoms(use_true_random=False),
+)
+def test_protobuf_predictions_match_the_library_for_any_poll(events, targets, levels, rnd):
+    n = len(events)
+    batch = EventBatch.of(
+        [e[0] for e in events],
+        np.zeros((n, 1)),
+        seq=[e[1] for e in events],
+        partition=[e[2] for e in events],
+        offset=[e[3] for e in events],
+    )
+    rng = np.random.default_rng(rnd.getrandbits(32))
+    yhat = rng.normal(size=(n, targets)).astype(np.float32)
+    quantiles = np.sort(rng.normal(size=(n, len(levels), targets)), axis=1).astype(np.float32)
+    rows = rng.permutation(n)[: rng.integers(1, n + 1)]
+    quantiles_or_none = quantiles if levels else None
+    assert_protobuf_like_the_library(batch, yhat, rows, "m", "v", quantiles_or_none, levels)
+
+
+def test_protobuf_predictions_are_deterministic_and_read_back_as_json_records():
+    rng = np.random.default_rng(1)
+    batch = EventBatch.of(
+        [f"s{k}" for k in range(40)],
+        rng.normal(size=(40, 3)),
+        seq=[NO_SEQ if k % 3 else k for k in range(40)],
+        partition=np.arange(40) % 3,
+        offset=np.arange(40),
+    )
+    yhat = rng.normal(size=(40, 2)).astype(np.float32)
+    quantiles = np.stack([yhat - 1, yhat, yhat + 0.5], axis=1)
+    args = (np.array([0.1, 0.5, 0.9]).tolist(),)
+    rows = np.arange(40)
+    first = encode_predictions(batch, yhat, rows, "m", "v", quantiles, *args, FORMAT_PROTOBUF)
+    again = encode_predictions(
+        batch, yhat.copy(), rows, "m", "v", quantiles.copy(), *args, FORMAT_PROTOBUF
+    )
+    assert first == again
+    assert encode_predictions(
+        batch, yhat, np.array([7]), "m", "v", quantiles, *args, FORMAT_PROTOBUF
+    ) == [first[7]]
+    as_json = encode_predictions(batch, yhat, rows, "m", "v", quantiles, *args)
+    for (_, pb), (_, js) in zip(first, as_json, strict=True):
+        from_pb, from_json = decode_prediction(pb, FORMAT_PROTOBUF), decode_prediction(js)
+        assert list(from_pb) == list(from_json)  # the same keys in the same order
+        for doc in (from_pb, from_json):  # numbers compared as the float32 they stand for
+            doc["yhat"] = np.float32(doc["yhat"]).tobytes()
+            for q in doc["quantiles"]:
+                q["yhat"] = np.float32(q["yhat"]).tobytes()
+        assert from_pb == from_json
+
+
+def test_a_point_model_writes_no_quantiles_field_in_protobuf():
+    batch = EventBatch.of(["a"], [[1.0]], offset=[3])
+    yhat = np.array([[1.5]], np.float32)
+    ((_, value),) = encode_predictions(
+        batch, yhat, np.array([0]), "m", "v", None, (), FORMAT_PROTOBUF
+    )
+    names = [f.name for f, _ in Prediction.FromString(value).ListFields()]
+    assert names == ["stream", "yhat", "model", "version", "partition", "offset"]
+    assert "quantiles" not in decode_prediction(value, FORMAT_PROTOBUF)
+
+
+def test_an_unknown_prediction_format_is_refused():
+    batch = EventBatch.of(["a"], [[1.0]], offset=[3])
+    with pytest.raises(ValueError, match="prediction format"):
+        encode_predictions(batch, np.ones((1, 1), np.float32), np.array([0]), "m", "v",
+                           prediction_format="avro")  # fmt: skip
+    with pytest.raises(ValueError, match="prediction format"):
+        decode_prediction(b"{}", "avro")
 
 
 @pytest.mark.parametrize(

@@ -198,6 +198,39 @@ def test_memory_stays_bounded_and_streams_past_it_go_cold(kafka_bootstrap, tmp_p
     offline.check_changelog(records)
 
 
+def test_protobuf_predictions_compressed(kafka_bootstrap, tmp_path: Path):
+    """--prediction-format protobuf over an lz4 producer: every prediction as offline, exactly."""
+    from streamcell.v1.predictor_pb2 import Prediction
+
+    cfg = KafkaClientConfig(kafka_bootstrap, client=CLIENT)
+    topics = Topics("pbout")
+    topics.create(cfg, 1)
+    version = make_model(tmp_path / "reg")
+    extra = ["--prediction-format", "protobuf"]
+    if CLIENT == "confluent":  # kafka-python's lz4 needs a package the venv lacks
+        extra += ["--producer-compression", "lz4"]
+    serve = Serve(
+        tmp_path / "serve.log",
+        serve_args(kafka_bootstrap, CLIENT, tmp_path / "reg", topics, *extra),
+    )
+    good = events(3, 4)
+    try:
+        serve.wait_assigned()
+        produce(cfg, topics.input, [*good[:6], (b"s0", b"{not json"), *good[6:]])
+        out = wait_for_predictions(
+            cfg, topics.output, 1, len(good), serving=[serve], prediction_format="protobuf"
+        )
+        assert serve.terminate() == 0
+    finally:
+        serve.stop()
+    offline = Offline(load(version), read_all(cfg, topics.input, 1), prediction_format="protobuf")
+    offline.check_predictions(out)
+    assert len(offline.expected) == len(good)
+    assert all(Prediction.FromString(r.value).HasField("offset") for r in out)
+    (dead,) = read_all(cfg, topics.dead, 1)
+    assert (dict(dead.headers)["reason"], dict(dead.headers)["format"]) == (b"bad_json", b"json")
+
+
 def test_protobuf_events(kafka_bootstrap, tmp_path: Path):
     from streamcell.v1.event_pb2 import Event
 

@@ -24,7 +24,7 @@ from streamcell.core.checkpoint import load_checkpoint
 from streamcell.core.events import NO_SEQ, EventBatch
 from streamcell.core.predictor import Predictor
 from streamcell.service.client import Client, event
-from streamcell.service.codec import encode_predictions
+from streamcell.service.codec import FORMAT_PROTOBUF, encode_predictions
 from streamcell.service.grpc_api import GrpcSettings, start_grpc_server
 from streamcell.service.grpc_convert import forecast_into
 from streamcell.service.metrics import Metrics
@@ -118,6 +118,46 @@ def test_a_point_model_writes_no_quantiles_field(tmp_path):
         batch, r.yhat, np.arange(1), r.model, r.version, r.quantiles, r.levels
     )
     assert b"quantiles" not in value
+
+
+def test_kafka_protobuf_carries_the_quantiles_ordered_and_replays_byte_identical(tmp_path):
+    p = Predictor(load_checkpoint(make_quantile_model(tmp_path)))
+    batch = EventBatch.of(["a", "b", "a"], _xs(1, 3), seq=[1, NO_SEQ, 2], offset=[5, 6, 7])
+    r = p.predict(batch, now=1.0)
+    out = encode_predictions(
+        batch, r.yhat, np.arange(3), r.model, r.version, r.quantiles, r.levels, FORMAT_PROTOBUF
+    )
+    for row, (key, value) in enumerate(out):
+        m = pb.Prediction.FromString(value)
+        assert (key.decode(), m.stream, m.offset) == (batch.streams[row], m.stream, 5 + row)
+        assert m.HasField("seq") == (row != 1)
+        assert [q.level for q in m.quantiles] == list(np.float32(LEVELS))
+        back = _quantiles(m)
+        assert back.tobytes() == r.quantiles[row].tobytes()
+        assert (np.diff(back, axis=0) >= 0).all()  # ordered by level
+        assert np.array(m.yhat, np.float32).tobytes() == back[1].tobytes()  # yhat is the median
+    again = Predictor(p.loaded)
+    replayed = []
+    for k in range(3):
+        one = batch.take(np.array([k]))
+        rr = again.predict(one, now=1.0)
+        replayed += encode_predictions(
+            one, rr.yhat, np.arange(1), rr.model, rr.version, rr.quantiles, rr.levels,
+            FORMAT_PROTOBUF,
+        )  # fmt: skip
+    assert replayed == out
+
+
+def test_a_point_model_writes_no_quantiles_field_in_protobuf(tmp_path):
+    p = Predictor(load_checkpoint(make_quantile_model(tmp_path, levels=())))
+    batch = EventBatch.of(["a"], _xs(2, 1))
+    r = p.predict(batch, now=1.0)
+    ((_, value),) = encode_predictions(
+        batch, r.yhat, np.arange(1), r.model, r.version, r.quantiles, r.levels, FORMAT_PROTOBUF
+    )
+    m = pb.Prediction.FromString(value)
+    assert "quantiles" not in [f.name for f, _ in m.ListFields()]
+    assert np.array(m.yhat, np.float32).tobytes() == r.yhat[0].tobytes()
 
 
 # --------------------------------------------------------------------- gRPC
@@ -251,6 +291,31 @@ def test_the_pipeline_sends_quantiles_counts_them_and_restores_the_counters(tmp_
     restored = second.predictor.info("a")
     assert (restored.inside, restored.scored) == (reference.inside, reference.scored)
     assert restored.last_quantiles == reference.last_quantiles
+
+
+def test_the_pipeline_writes_protobuf_predictions_when_told(tmp_path):
+    from pipeline_fakes import TOPIC, record
+    from test_pipeline_units import build
+
+    from streamcell.service import settings
+    from streamcell.service.codec import decode_prediction
+
+    loaded = load_checkpoint(make_quantile_model(tmp_path))
+    outs = {}
+    for fmt in ("json", "protobuf"):
+        pipeline, consumer, producer, _ = build(loaded, settings={"prediction_format": fmt})
+        consumer.on_assign([(TOPIC, 0)])
+        pipeline.process([record("a", k, x=(k, 1.0, -k)) for k in range(4)])
+        outs[fmt] = [v for t, _, v, _ in producer.sent if t == settings.OUTPUT_TOPIC]
+    assert len(outs["protobuf"]) == 4
+    for js, pbv in zip(outs["json"], outs["protobuf"], strict=True):
+        m = pb.Prediction.FromString(pbv)
+        doc = json.loads(js)
+        assert (m.stream, m.partition, m.offset) == (doc["stream"], doc["partition"], doc["offset"])
+        assert m.HasField("seq") == ("seq" in doc)
+        want = np.float32([q["yhat"] for q in doc["quantiles"]])
+        assert _quantiles(m).tobytes() == want.tobytes()
+        assert list(decode_prediction(pbv, "protobuf")) == list(doc)
 
 
 def test_the_predict_cli_prints_the_quantiles(quantile_client, tmp_path, capsys):

@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pipeline_support import LAG_RECIPE, Serve, make_model
 
 from streamcell.cli import main
+from streamcell.core.errors import ConfigError
 from streamcell.service import serve_cli
 
 
@@ -57,6 +58,37 @@ def test_settings_carry_the_flags():
     with pytest.raises(AttributeError):
         s.state.max_streams = 1  # frozen
     assert not hasattr(s, "max_streams")  # one name per setting: the section's
+
+
+def test_the_prediction_format_and_compression_flags_reach_the_settings():
+    from streamcell.service import settings
+    from streamcell.service.confluent_client import _producer_conf
+    from streamcell.service.kafka import KafkaClientConfig
+    from streamcell.service.kafka_python_client import _producer_kwargs
+
+    default = serve_cli.settings_from_args(parse(), {})
+    assert default.pipeline.prediction_format == settings.FORMAT_JSON  # today's consumers
+    assert default.kafka.producer_compression == "none"
+    s = serve_cli.settings_from_args(
+        parse("--prediction-format", "protobuf", "--producer-compression", "lz4"), {}
+    )
+    assert (s.pipeline.prediction_format, s.kafka.producer_compression) == ("protobuf", "lz4")
+    cfg = KafkaClientConfig("h:1", compression="lz4")
+    assert _producer_conf(cfg)["compression.type"] == "lz4"
+    gzip = KafkaClientConfig("h:1", compression="gzip")  # the standard library's
+    assert _producer_kwargs(gzip)["compression_type"] == "gzip"
+    assert _producer_kwargs(KafkaClientConfig("h:1"))["compression_type"] is None
+    import kafka.codec
+
+    if not kafka.codec.has_lz4():
+        with pytest.raises(ConfigError, match="kafka-python cannot compress with lz4"):
+            _producer_kwargs(cfg)
+    with pytest.raises(ConfigError, match="compression must be one of"):
+        KafkaClientConfig("h:1", compression="brotli")
+    with pytest.raises(ConfigError, match="--prediction-format must be one of"):
+        settings.PipelineSettings(prediction_format="avro")
+    with pytest.raises(ConfigError, match="--producer-compression must be one of"):
+        settings.KafkaSettings(producer_compression="brotli")
 
 
 def test_every_flag_default_is_its_fields_default():

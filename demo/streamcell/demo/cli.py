@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bootstrap-servers",
         help="use this Kafka cluster, not the embedded broker (topics get a unique suffix)",
     )
-    flags.add_arguments(parser, ("--kafka-client",))  # serve's choices and default
+    # serve's choices and defaults
+    flags.add_arguments(parser, ("--kafka-client", "--prediction-format"))
     parser.add_argument("--grpc-port", type=int, default=0, help="gRPC port (default: a free one)")
     parser.add_argument(
         "--metrics-port", type=int, default=0, help="/metrics port (default: a free one)"
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         layers=args.layers,
         bootstrap_servers=args.bootstrap_servers,
         kafka_client=args.kafka_client,
+        prediction_format=args.prediction_format,
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
         step_seconds=args.step_seconds,

@@ -50,15 +50,22 @@ class DemoSettings:
     keep_running: bool
     train_timeout_s: float = 600.0
     ets: bool = True  # fit ETS beside it (about a minute of CPU on aus_retail)
+    prediction_format: str = settings.FORMAT_JSON  # serve's --prediction-format
 
 
 class PredictionCollector(threading.Thread):
     """Reads the predictions topic into {(stream, seq): yhat} while the demo runs."""
 
-    def __init__(self, open_consumer: Callable[[], Consumer], topic: str) -> None:
+    def __init__(
+        self,
+        open_consumer: Callable[[], Consumer],
+        topic: str,
+        prediction_format: str = settings.FORMAT_JSON,
+    ) -> None:
         super().__init__(name="prediction-collector", daemon=True)
         self._open = open_consumer
         self.topic = topic
+        self.prediction_format = prediction_format
         self.predictions: dict[tuple[str, int], float] = {}
         self.first_at: float | None = None
         self.last_at: float | None = None
@@ -66,6 +73,8 @@ class PredictionCollector(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
+        from streamcell.service.codec import decode_prediction
+
         try:
             consumer = self._open()
             consumer.subscribe([self.topic], lambda tps: None, lambda tps: None)
@@ -74,7 +83,7 @@ class PredictionCollector(threading.Thread):
                     for rec in consumer.poll(5000, 0.2):
                         if rec.value is None:
                             continue  # no prediction is ever a tombstone; nothing to read
-                        value = json.loads(rec.value)
+                        value = decode_prediction(rec.value, self.prediction_format)
                         if "seq" in value:
                             self.predictions[(value["stream"], value["seq"])] = value["yhat"][0]
                         now = time.monotonic()
@@ -191,6 +200,7 @@ def run_demo(s: DemoSettings, say: Callable[[str], None] = print) -> int:
                 "serve",
                 "--bootstrap-servers", bootstrap,
                 "--kafka-client", s.kafka_client,
+                "--prediction-format", s.prediction_format,
                 "--registry", str(out / "registry"),
                 "--model", MODEL,
                 "--group-id", "streamcell-demo" + suffix,
@@ -216,6 +226,7 @@ def run_demo(s: DemoSettings, say: Callable[[str], None] = print) -> int:
         collector = PredictionCollector(
             lambda: open_consumer(kafka, "streamcell-demo-reader-" + uuid.uuid4().hex[:8]),
             topics["output"],
+            s.prediction_format,
         )
         collector.start()
         producer = open_producer(kafka)

@@ -25,47 +25,47 @@ _sym_db = _symbol_database.Default()
 from streamcell.v1 import event_pb2 as streamcell_dot_v1_dot_event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dstreamcell/v1/predictor.proto\x12\rstreamcell.v1\x1a\x19streamcell/v1/event.proto\"2\n\nEventBatch\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.streamcell.v1.Event\"\'\n\x08Quantile\x12\r\n\x05level\x18\x01 \x01(\x02\x12\x0c\n\x04yhat\x18\x02 \x03(\x02\"\xc9\x01\n\nPrediction\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x10\n\x03seq\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04yhat\x18\x03 \x03(\x02\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0e\n\x06\x65vents\x18\x06 \x01(\x03\x12\'\n\x07outcome\x18\x07 \x01(\x0e\x32\x16.streamcell.v1.Outcome\x12*\n\tquantiles\x18\x08 \x03(\x0b\x32\x17.streamcell.v1.QuantileB\x06\n\x04_seq\"A\n\x0fPredictionBatch\x12.\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x19.streamcell.v1.Prediction\"2\n\x0f\x46orecastRequest\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x0f\n\x07horizon\x18\x02 \x01(\x05\"H\n\x0c\x46orecastStep\x12\x0c\n\x04yhat\x18\x01 \x03(\x02\x12*\n\tquantiles\x18\x02 \x03(\x0b\x32\x17.streamcell.v1.Quantile\"f\n\x08\x46orecast\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12*\n\x05steps\x18\x02 \x03(\x0b\x32\x1b.streamcell.v1.ForecastStep\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\"J\n\rStreamRequest\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x15\n\rinclude_gates\x18\x02 \x01(\x08\x12\x12\n\nmissing_ok\x18\x03 \x01(\x08\"I\n\nLayerGates\x12\r\n\x05input\x18\x01 \x03(\x02\x12\x0e\n\x06\x66orget\x18\x02 \x03(\x02\x12\x0c\n\x04\x63\x65ll\x18\x03 \x03(\x02\x12\x0e\n\x06output\x18\x04 \x03(\x02\"\xae\x03\n\x0bStreamState\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x0e\n\x06\x65xists\x18\x02 \x01(\x08\x12\x0e\n\x06\x65vents\x18\x03 \x01(\x03\x12\x10\n\x03seq\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x16\n\tpartition\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x06offset\x18\x06 \x01(\x03H\x02\x88\x01\x01\x12\x11\n\tlast_seen\x18\x07 \x01(\x01\x12\x17\n\x0flast_prediction\x18\x08 \x03(\x02\x12\x17\n\nonline_mae\x18\t \x01(\x01H\x03\x88\x01\x01\x12(\n\x05gates\x18\n \x03(\x0b\x32\x19.streamcell.v1.LayerGates\x12\x0f\n\x07history\x18\x0b \x03(\x02\x12\x12\n\x05scale\x18\x0c \x01(\x02H\x04\x88\x01\x01\x12/\n\x0elast_quantiles\x18\r \x03(\x0b\x32\x17.streamcell.v1.Quantile\x12\x31\n\x08\x63overage\x18\x0e \x03(\x0b\x32\x1f.streamcell.v1.IntervalCoverageB\x06\n\x04_seqB\x0c\n\n_partitionB\t\n\x07_offsetB\r\n\x0b_online_maeB\x08\n\x06_scale\"b\n\x10IntervalCoverage\x12\x10\n\x08interval\x18\x01 \x01(\x02\x12\r\n\x05lower\x18\x02 \x01(\x02\x12\r\n\x05upper\x18\x03 \x01(\x02\x12\x0e\n\x06scored\x18\x04 \x01(\x03\x12\x0e\n\x06inside\x18\x05 \x01(\x03\"\x1b\n\tStreamAck\x12\x0e\n\x06stream\x18\x01 \x01(\t\";\n\x12ListStreamsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"?\n\x13ListStreamsResponse\x12\x0f\n\x07streams\x18\x01 \x03(\t\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x12\n\x10ModelInfoRequest\"\x8f\x02\n\x11ModelInfoResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\ninput_size\x18\x03 \x01(\x05\x12\x13\n\x0bhidden_size\x18\x04 \x01(\x05\x12\x12\n\nnum_layers\x18\x05 \x01(\x05\x12\x13\n\x0boutput_size\x18\x06 \x01(\x05\x12\x10\n\x08\x66\x65\x61tures\x18\x07 \x03(\t\x12\x0f\n\x07targets\x18\x08 \x03(\t\x12\x16\n\x0e\x61utoregressive\x18\t \x01(\x08\x12\x0f\n\x07scaling\x18\n \x01(\t\x12\x0f\n\x07streams\x18\x0b \x01(\x03\x12\x13\n\x0bmax_streams\x18\x0c \x01(\x03\x12\x17\n\x0fquantile_levels\x18\r \x03(\x02*7\n\x07Outcome\x12\x15\n\x11OUTCOME_PREDICTED\x10\x00\x12\x15\n\x11OUTCOME_DUPLICATE\x10\x01\x32\x99\x05\n\tPredictor\x12:\n\x07Predict\x12\x14.streamcell.v1.Event\x1a\x19.streamcell.v1.Prediction\x12I\n\x0cPredictBatch\x12\x19.streamcell.v1.EventBatch\x1a\x1e.streamcell.v1.PredictionBatch\x12\x44\n\rPredictStream\x12\x14.streamcell.v1.Event\x1a\x19.streamcell.v1.Prediction(\x01\x30\x01\x12\x43\n\x08\x46orecast\x12\x1e.streamcell.v1.ForecastRequest\x1a\x17.streamcell.v1.Forecast\x12\x45\n\tGetStream\x12\x1c.streamcell.v1.StreamRequest\x1a\x1a.streamcell.v1.StreamState\x12\x45\n\x0bResetStream\x12\x1c.streamcell.v1.StreamRequest\x1a\x18.streamcell.v1.StreamAck\x12\x46\n\x0c\x44\x65leteStream\x12\x1c.streamcell.v1.StreamRequest\x1a\x18.streamcell.v1.StreamAck\x12T\n\x0bListStreams\x12!.streamcell.v1.ListStreamsRequest\x1a\".streamcell.v1.ListStreamsResponse\x12N\n\tModelInfo\x12\x1f.streamcell.v1.ModelInfoRequest\x1a .streamcell.v1.ModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dstreamcell/v1/predictor.proto\x12\rstreamcell.v1\x1a\x19streamcell/v1/event.proto\"2\n\nEventBatch\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.streamcell.v1.Event\"\'\n\x08Quantile\x12\r\n\x05level\x18\x01 \x01(\x02\x12\x0c\n\x04yhat\x18\x02 \x03(\x02\"\x8f\x02\n\nPrediction\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x10\n\x03seq\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04yhat\x18\x03 \x03(\x02\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0e\n\x06\x65vents\x18\x06 \x01(\x03\x12\'\n\x07outcome\x18\x07 \x01(\x0e\x32\x16.streamcell.v1.Outcome\x12*\n\tquantiles\x18\x08 \x03(\x0b\x32\x17.streamcell.v1.Quantile\x12\x16\n\tpartition\x18\t \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x06offset\x18\n \x01(\x03H\x02\x88\x01\x01\x42\x06\n\x04_seqB\x0c\n\n_partitionB\t\n\x07_offset\"A\n\x0fPredictionBatch\x12.\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x19.streamcell.v1.Prediction\"2\n\x0f\x46orecastRequest\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x0f\n\x07horizon\x18\x02 \x01(\x05\"H\n\x0c\x46orecastStep\x12\x0c\n\x04yhat\x18\x01 \x03(\x02\x12*\n\tquantiles\x18\x02 \x03(\x0b\x32\x17.streamcell.v1.Quantile\"f\n\x08\x46orecast\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12*\n\x05steps\x18\x02 \x03(\x0b\x32\x1b.streamcell.v1.ForecastStep\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\"J\n\rStreamRequest\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x15\n\rinclude_gates\x18\x02 \x01(\x08\x12\x12\n\nmissing_ok\x18\x03 \x01(\x08\"I\n\nLayerGates\x12\r\n\x05input\x18\x01 \x03(\x02\x12\x0e\n\x06\x66orget\x18\x02 \x03(\x02\x12\x0c\n\x04\x63\x65ll\x18\x03 \x03(\x02\x12\x0e\n\x06output\x18\x04 \x03(\x02\"\xae\x03\n\x0bStreamState\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x0e\n\x06\x65xists\x18\x02 \x01(\x08\x12\x0e\n\x06\x65vents\x18\x03 \x01(\x03\x12\x10\n\x03seq\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x16\n\tpartition\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x06offset\x18\x06 \x01(\x03H\x02\x88\x01\x01\x12\x11\n\tlast_seen\x18\x07 \x01(\x01\x12\x17\n\x0flast_prediction\x18\x08 \x03(\x02\x12\x17\n\nonline_mae\x18\t \x01(\x01H\x03\x88\x01\x01\x12(\n\x05gates\x18\n \x03(\x0b\x32\x19.streamcell.v1.LayerGates\x12\x0f\n\x07history\x18\x0b \x03(\x02\x12\x12\n\x05scale\x18\x0c \x01(\x02H\x04\x88\x01\x01\x12/\n\x0elast_quantiles\x18\r \x03(\x0b\x32\x17.streamcell.v1.Quantile\x12\x31\n\x08\x63overage\x18\x0e \x03(\x0b\x32\x1f.streamcell.v1.IntervalCoverageB\x06\n\x04_seqB\x0c\n\n_partitionB\t\n\x07_offsetB\r\n\x0b_online_maeB\x08\n\x06_scale\"b\n\x10IntervalCoverage\x12\x10\n\x08interval\x18\x01 \x01(\x02\x12\r\n\x05lower\x18\x02 \x01(\x02\x12\r\n\x05upper\x18\x03 \x01(\x02\x12\x0e\n\x06scored\x18\x04 \x01(\x03\x12\x0e\n\x06inside\x18\x05 \x01(\x03\"\x1b\n\tStreamAck\x12\x0e\n\x06stream\x18\x01 \x01(\t\";\n\x12ListStreamsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"?\n\x13ListStreamsResponse\x12\x0f\n\x07streams\x18\x01 \x03(\t\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x12\n\x10ModelInfoRequest\"\x8f\x02\n\x11ModelInfoResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\ninput_size\x18\x03 \x01(\x05\x12\x13\n\x0bhidden_size\x18\x04 \x01(\x05\x12\x12\n\nnum_layers\x18\x05 \x01(\x05\x12\x13\n\x0boutput_size\x18\x06 \x01(\x05\x12\x10\n\x08\x66\x65\x61tures\x18\x07 \x03(\t\x12\x0f\n\x07targets\x18\x08 \x03(\t\x12\x16\n\x0e\x61utoregressive\x18\t \x01(\x08\x12\x0f\n\x07scaling\x18\n \x01(\t\x12\x0f\n\x07streams\x18\x0b \x01(\x03\x12\x13\n\x0bmax_streams\x18\x0c \x01(\x03\x12\x17\n\x0fquantile_levels\x18\r \x03(\x02*7\n\x07Outcome\x12\x15\n\x11OUTCOME_PREDICTED\x10\x00\x12\x15\n\x11OUTCOME_DUPLICATE\x10\x01\x32\x99\x05\n\tPredictor\x12:\n\x07Predict\x12\x14.streamcell.v1.Event\x1a\x19.streamcell.v1.Prediction\x12I\n\x0cPredictBatch\x12\x19.streamcell.v1.EventBatch\x1a\x1e.streamcell.v1.PredictionBatch\x12\x44\n\rPredictStream\x12\x14.streamcell.v1.Event\x1a\x19.streamcell.v1.Prediction(\x01\x30\x01\x12\x43\n\x08\x46orecast\x12\x1e.streamcell.v1.ForecastRequest\x1a\x17.streamcell.v1.Forecast\x12\x45\n\tGetStream\x12\x1c.streamcell.v1.StreamRequest\x1a\x1a.streamcell.v1.StreamState\x12\x45\n\x0bResetStream\x12\x1c.streamcell.v1.StreamRequest\x1a\x18.streamcell.v1.StreamAck\x12\x46\n\x0c\x44\x65leteStream\x12\x1c.streamcell.v1.StreamRequest\x1a\x18.streamcell.v1.StreamAck\x12T\n\x0bListStreams\x12!.streamcell.v1.ListStreamsRequest\x1a\".streamcell.v1.ListStreamsResponse\x12N\n\tModelInfo\x12\x1f.streamcell.v1.ModelInfoRequest\x1a .streamcell.v1.ModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'streamcell.v1.predictor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=1802
-  _globals['_OUTCOME']._serialized_end=1857
+  _globals['_OUTCOME']._serialized_start=1872
+  _globals['_OUTCOME']._serialized_end=1927
   _globals['_EVENTBATCH']._serialized_start=75
   _globals['_EVENTBATCH']._serialized_end=125
   _globals['_QUANTILE']._serialized_start=127
   _globals['_QUANTILE']._serialized_end=166
   _globals['_PREDICTION']._serialized_start=169
-  _globals['_PREDICTION']._serialized_end=370
-  _globals['_PREDICTIONBATCH']._serialized_start=372
-  _globals['_PREDICTIONBATCH']._serialized_end=437
-  _globals['_FORECASTREQUEST']._serialized_start=439
-  _globals['_FORECASTREQUEST']._serialized_end=489
-  _globals['_FORECASTSTEP']._serialized_start=491
-  _globals['_FORECASTSTEP']._serialized_end=563
-  _globals['_FORECAST']._serialized_start=565
-  _globals['_FORECAST']._serialized_end=667
-  _globals['_STREAMREQUEST']._serialized_start=669
-  _globals['_STREAMREQUEST']._serialized_end=743
-  _globals['_LAYERGATES']._serialized_start=745
-  _globals['_LAYERGATES']._serialized_end=818
-  _globals['_STREAMSTATE']._serialized_start=821
-  _globals['_STREAMSTATE']._serialized_end=1251
-  _globals['_INTERVALCOVERAGE']._serialized_start=1253
-  _globals['_INTERVALCOVERAGE']._serialized_end=1351
-  _globals['_STREAMACK']._serialized_start=1353
-  _globals['_STREAMACK']._serialized_end=1380
-  _globals['_LISTSTREAMSREQUEST']._serialized_start=1382
-  _globals['_LISTSTREAMSREQUEST']._serialized_end=1441
-  _globals['_LISTSTREAMSRESPONSE']._serialized_start=1443
-  _globals['_LISTSTREAMSRESPONSE']._serialized_end=1506
-  _globals['_MODELINFOREQUEST']._serialized_start=1508
-  _globals['_MODELINFOREQUEST']._serialized_end=1526
-  _globals['_MODELINFORESPONSE']._serialized_start=1529
-  _globals['_MODELINFORESPONSE']._serialized_end=1800
-  _globals['_PREDICTOR']._serialized_start=1860
-  _globals['_PREDICTOR']._serialized_end=2525
+  _globals['_PREDICTION']._serialized_end=440
+  _globals['_PREDICTIONBATCH']._serialized_start=442
+  _globals['_PREDICTIONBATCH']._serialized_end=507
+  _globals['_FORECASTREQUEST']._serialized_start=509
+  _globals['_FORECASTREQUEST']._serialized_end=559
+  _globals['_FORECASTSTEP']._serialized_start=561
+  _globals['_FORECASTSTEP']._serialized_end=633
+  _globals['_FORECAST']._serialized_start=635
+  _globals['_FORECAST']._serialized_end=737
+  _globals['_STREAMREQUEST']._serialized_start=739
+  _globals['_STREAMREQUEST']._serialized_end=813
+  _globals['_LAYERGATES']._serialized_start=815
+  _globals['_LAYERGATES']._serialized_end=888
+  _globals['_STREAMSTATE']._serialized_start=891
+  _globals['_STREAMSTATE']._serialized_end=1321
+  _globals['_INTERVALCOVERAGE']._serialized_start=1323
+  _globals['_INTERVALCOVERAGE']._serialized_end=1421
+  _globals['_STREAMACK']._serialized_start=1423
+  _globals['_STREAMACK']._serialized_end=1450
+  _globals['_LISTSTREAMSREQUEST']._serialized_start=1452
+  _globals['_LISTSTREAMSREQUEST']._serialized_end=1511
+  _globals['_LISTSTREAMSRESPONSE']._serialized_start=1513
+  _globals['_LISTSTREAMSRESPONSE']._serialized_end=1576
+  _globals['_MODELINFOREQUEST']._serialized_start=1578
+  _globals['_MODELINFOREQUEST']._serialized_end=1596
+  _globals['_MODELINFORESPONSE']._serialized_start=1599
+  _globals['_MODELINFORESPONSE']._serialized_end=1870
+  _globals['_PREDICTOR']._serialized_start=1930
+  _globals['_PREDICTOR']._serialized_end=2595
 # @@protoc_insertion_point(module_scope)

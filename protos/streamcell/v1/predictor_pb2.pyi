@@ -30,7 +30,7 @@ class Quantile(_message.Message):
     def __init__(self, level: _Optional[float] = ..., yhat: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("stream", "seq", "yhat", "model", "version", "events", "outcome", "quantiles")
+    __slots__ = ("stream", "seq", "yhat", "model", "version", "events", "outcome", "quantiles", "partition", "offset")
     STREAM_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     YHAT_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,8 @@ class Prediction(_message.Message):
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     QUANTILES_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     stream: str
     seq: int
     yhat: _containers.RepeatedScalarFieldContainer[float]
@@ -47,7 +49,9 @@ class Prediction(_message.Message):
     events: int
     outcome: Outcome
     quantiles: _containers.RepeatedCompositeFieldContainer[Quantile]
-    def __init__(self, stream: _Optional[str] = ..., seq: _Optional[int] = ..., yhat: _Optional[_Iterable[float]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., events: _Optional[int] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., quantiles: _Optional[_Iterable[_Union[Quantile, _Mapping]]] = ...) -> None: ...
+    partition: int
+    offset: int
+    def __init__(self, stream: _Optional[str] = ..., seq: _Optional[int] = ..., yhat: _Optional[_Iterable[float]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., events: _Optional[int] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., quantiles: _Optional[_Iterable[_Union[Quantile, _Mapping]]] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class PredictionBatch(_message.Message):
     __slots__ = ("predictions",)

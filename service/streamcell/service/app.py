@@ -133,6 +133,7 @@ class App:
             session_timeout_ms=k.session_timeout_ms,
             heartbeat_interval_ms=min(1000, k.session_timeout_ms // 3),
             request_timeout_ms=k.request_timeout_ms,
+            compression=k.producer_compression,
         )
         self.metrics.kafka_connected.set(0)
         found = broker_wait.until_reachable(

@@ -352,8 +352,12 @@ def encode_predictions(
     version: str,
     quantiles: np.ndarray | None = None,
     levels: Sequence[float] = (),
+    prediction_format: str = FORMAT_JSON,
 ) -> list[tuple[bytes, bytes]]:
     """(key, value) of the prediction of each of ``rows``; same input, same bytes.
+
+    ``prediction_format`` protobuf: each value is a ``streamcell.v1.Prediction``
+    (:func:`_encode_protobuf`); json, the default, as follows.
 
     Each ``yhat`` value is written as the shortest decimal that reads back as
     the same float32 (orjson's float32 output), a non-finite one as null. The
@@ -364,9 +368,13 @@ def encode_predictions(
     is its 0.5 level, as the Predictor makes it): each record also carries
     ``"quantiles": [{"level": 0.1, "yhat": [...]}, ...]``.
     """
+    if prediction_format not in FORMATS:
+        raise ValueError(f"prediction format must be one of {FORMATS}, got {prediction_format!r}")
     n = len(rows)
     if n == 0:
         return []
+    if prediction_format == FORMAT_PROTOBUF:
+        return _encode_protobuf(batch, yhat, rows, model, version, quantiles, levels)
     # Each record's numbers: its yhat, then (a quantile head) each level's values.
     columns = [_numbers(yhat[rows])]
     value_field = b'"yhat":[%b]'
@@ -417,6 +425,173 @@ def encode_predictions(
     return list(zip(keys, values, strict=True))
 
 
+# Wire types of the protobuf encoding: a varint, a length-delimited field, a 32-bit value.
+_VARINT, _LEN, _I32 = 0, 2, 5
+# The Prediction fields a Kafka record has (protos/streamcell/v1/predictor.proto).
+_F_STREAM, _F_SEQ, _F_YHAT, _F_MODEL, _F_VERSION, _F_QUANTILES = 1, 2, 3, 4, 5, 8
+_F_PARTITION, _F_OFFSET = 9, 10
+_Q_LEVEL, _Q_YHAT = 1, 2  # Quantile's fields
+
+
+def _tag(number: int, wire_type: int) -> bytes:
+    return _varint(number << 3 | wire_type)
+
+
+def _varint(value: int) -> bytes:
+    """One unsigned varint (a negative int64 as its 64-bit two's complement, as protobuf)."""
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field_bytes(number: int, payload: bytes) -> bytes:
+    """A length-delimited field; none at all for an empty one (proto3's default)."""
+    return _tag(number, _LEN) + _varint(len(payload)) + payload if payload else b""
+
+
+def _without_payload(field: bytes, size: int) -> bytes:
+    """A field's bytes before its last ``size`` (where each record's own values go)."""
+    return field[: len(field) - size]
+
+
+_SHIFTS = np.arange(0, 70, 7, dtype=np.uint64)  # the 7-bit groups of a 64-bit varint
+_VARINT_ABOVE = np.uint64(1) << _SHIFTS[1:]  # a value at or above the k-th: k + 2 bytes
+
+
+def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each value as a varint: a [N, width] uint8 matrix (row k's first lengths[k] bytes).
+
+    Negative values are written as their 64-bit two's complement (ten bytes),
+    as protobuf writes a negative int32 or int64.
+    """
+    v = values.astype(np.int64).view(np.uint64)
+    lengths = np.searchsorted(_VARINT_ABOVE, v, side="right") + 1
+    width = int(lengths.max()) if len(v) else 1
+    body = ((v[:, None] >> _SHIFTS[:width]) & np.uint64(0x7F)).astype(np.uint8)
+    if width > 1:  # every byte but a value's last has its bit 7 set
+        body |= (np.arange(width) < (lengths - 1)[:, None]).astype(np.uint8) << 7
+    return body, lengths
+
+
+def _encode_protobuf(
+    batch: EventBatch,
+    yhat: np.ndarray,
+    rows: np.ndarray,
+    model: str,
+    version: str,
+    quantiles: np.ndarray | None,
+    levels: Sequence[float],
+) -> list[tuple[bytes, bytes]]:
+    """The predictions of ``rows`` as ``streamcell.v1.Prediction`` values, a poll at once.
+
+    Written by hand, with numpy, as the protobuf library writes them
+    (fields in number order, packed floats, proto3 defaults left out; the
+    tests compare the bytes with the generated class's): each record is
+    one row of a uint8 matrix, its pieces side by side (stream, seq, then
+    what every record has the same layout of: yhat, model, version,
+    quantiles; then partition and offset), each variable piece padded to
+    the poll's widest; one boolean gather of each row's real bytes keeps
+    them in order. Building a message per record with the library costs
+    several times more (docs/BENCHMARKS.md, bench/prediction_format_bench.py).
+    """
+    n = len(rows)
+    names = batch.streams
+    keys = list(map(str.encode, [names[k] for k in rows.tolist()]))
+    width = 4 * yhat.shape[1]  # bytes of one target vector
+    y = np.ascontiguousarray(yhat[rows], dtype="<f4").view(np.uint8).reshape(n, width)
+    pieces: list[np.ndarray] = []  # [N, w] uint8 (or [1, w]: the same bytes in every row)
+    padded: list[tuple[int, np.ndarray]] = []  # (piece, each row's length) of a padded piece
+
+    def add(piece: np.ndarray, lengths: np.ndarray | None = None) -> None:
+        if lengths is not None:
+            padded.append((len(pieces), lengths))
+        pieces.append(piece)
+
+    def add_const(data: bytes) -> None:
+        if data:
+            pieces.append(np.frombuffer(data, np.uint8)[None, :])
+
+    # 1 stream: tag, length, the UTF-8 bytes (an empty string is left out, as proto3 does)
+    sizes = np.fromiter(map(len, keys), np.int64, n)
+    widest = int(sizes.max())
+    size_bytes, size_lengths = _varints(sizes)
+    tagged = np.concatenate([np.full((n, 1), _tag(_F_STREAM, _LEN)[0], np.uint8), size_bytes], 1)
+    add(tagged, np.where(sizes > 0, size_lengths + 1, 0))
+    if widest:
+        add(np.array(keys, dtype=f"S{widest}").view(np.uint8).reshape(n, widest), sizes)
+    # 2 seq, where the event had one (an optional field: a 0 is written)
+    seqs = batch.seq[rows]
+    has_seq = seqs != NO_SEQ
+    if has_seq.any():
+        seq_bytes, seq_lengths = _varints(np.where(has_seq, seqs, 0))
+        tagged = np.concatenate([np.full((n, 1), _tag(_F_SEQ, _VARINT)[0], np.uint8), seq_bytes], 1)
+        add(tagged, np.where(has_seq, seq_lengths + 1, 0))
+    # 3 yhat, 4 model, 5 version, 8 quantiles: the same layout in every record
+    add_const(_without_payload(_field_bytes(_F_YHAT, bytes(width)), width))
+    add(y)
+    add_const(_field_bytes(_F_MODEL, model.encode()) + _field_bytes(_F_VERSION, version.encode()))
+    if quantiles is not None and levels:
+        levels = list(levels)
+        q = np.ascontiguousarray(quantiles[rows], dtype="<f4")
+        median = levels.index(0.5)
+        for j, level in enumerate(levels):
+            level_field = b""  # proto3 leaves a 0.0 level out
+            if np.float32(level):
+                level_field = _tag(_Q_LEVEL, _I32) + np.float32(level).astype("<f4").tobytes()
+            head = _field_bytes(_F_QUANTILES, level_field + _field_bytes(_Q_YHAT, bytes(width)))
+            add_const(_without_payload(head, width))
+            # The median is yhat, as in the JSON records.
+            add(y if j == median else q[:, j].view(np.uint8).reshape(n, width))
+    # 9 partition, 10 offset: optional, always written for a Kafka record
+    for number, column in ((_F_PARTITION, batch.partition), (_F_OFFSET, batch.offset)):
+        varints, lengths = _varints(column[rows])
+        tagged = np.concatenate([np.full((n, 1), _tag(number, _VARINT)[0], np.uint8), varints], 1)
+        add(tagged, lengths + 1)
+    full = [np.broadcast_to(p, (n, p.shape[1])) if len(p) == 1 else p for p in pieces]
+    matrix = np.concatenate(full, axis=1)
+    mask = np.ones(matrix.shape, bool)
+    at = np.cumsum([0] + [p.shape[1] for p in pieces])
+    record_sizes = np.full(n, matrix.shape[1], np.int64)
+    for k, lengths in padded:
+        mask[:, at[k] : at[k + 1]] = np.arange(at[k + 1] - at[k]) < lengths[:, None]
+        record_sizes -= at[k + 1] - at[k] - lengths
+    blob = matrix[mask].tobytes()
+    ends = np.cumsum(record_sizes).tolist()
+    values = [blob[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+    return list(zip(keys, values, strict=True))
+
+
+def decode_prediction(value: bytes, prediction_format: str = FORMAT_JSON) -> dict[str, Any]:
+    """A prediction record's value as the JSON record's object, whichever the format.
+
+    For the project's own readers (demo, benchmarks, tests): the keys and
+    their order are the JSON record's; from protobuf the numbers are the
+    float32 values themselves (a NaN stays NaN, JSON has null), each level
+    its shortest decimal (0.1, not 0.10000000149).
+    """
+    if prediction_format == FORMAT_JSON:
+        return orjson.loads(value)
+    if prediction_format != FORMAT_PROTOBUF:
+        raise ValueError(f"prediction format must be one of {FORMATS}, got {prediction_format!r}")
+    from streamcell.v1.predictor_pb2 import Prediction
+
+    m = Prediction.FromString(value)
+    doc: dict[str, Any] = {"stream": m.stream, "partition": m.partition, "offset": m.offset}
+    if m.HasField("seq"):
+        doc["seq"] = m.seq
+    doc["yhat"] = list(m.yhat)
+    if m.quantiles:
+        doc["quantiles"] = [
+            {"level": float(str(np.float32(q.level))), "yhat": list(q.yhat)} for q in m.quantiles
+        ]
+    doc["model"], doc["version"] = m.model, m.version
+    return doc
+
+
 def _numbers(values: np.ndarray) -> list[bytes]:
     """Each row of a 2-d array as its float32 numbers, comma separated (one orjson call)."""
     dumped = orjson.dumps(np.asarray(values, dtype=np.float32), option=orjson.OPT_SERIALIZE_NUMPY)
@@ -429,9 +604,13 @@ TRUNCATED = ("truncated", b"true")  # the last header of a truncated dead letter
 
 
 def dead_letter(
-    bad: Invalid, max_bytes: int
+    bad: Invalid, max_bytes: int, event_format: str | None = None
 ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
     """The key, value and headers to dead-letter ``bad`` with.
+
+    ``event_format``: the format the value was read as (a ``format`` header,
+    so a reader of the topic knows how to parse the value whichever formats
+    the replicas read and write; None: no such header).
 
     Whole when key and value together fit in ``max_bytes``; else cut to fit
     (the key to DEAD_LETTER_KEY_MAX bytes first, then the value to what is
@@ -442,6 +621,8 @@ def dead_letter(
         raise ValueError(f"max_bytes must be at least {DEAD_LETTER_MIN_BYTES}, got {max_bytes}")
     rec = bad.record
     headers = dead_letter_headers(bad)
+    if event_format is not None:
+        headers.append(("format", event_format.encode()))
     key, value = rec.key, rec.value
     if len(key or b"") + len(value or b"") <= max_bytes:
         return key, value, headers

@@ -406,6 +406,7 @@ def _producer_conf(cfg: KafkaClientConfig) -> dict[str, Any]:
         "acks": "all" if idempotent(cfg) else cfg.acks,
         "linger.ms": cfg.linger_ms,
         "batch.size": cfg.batch_size,
+        "compression.type": cfg.compression,
         "message.max.bytes": cfg.max_request_bytes,
         "partitioner": "murmur2_random",  # the Java/kafka-python partitioner
         "queue.buffering.max.messages": 1_000_000,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from streamcell.core.errors import ConfigError
-from streamcell.service.kafka import CLIENTS
+from streamcell.service.kafka import CLIENTS, COMPRESSIONS
 from streamcell.service.settings import (
     ENV_BOOTSTRAP,
     FORMATS,
@@ -145,6 +145,21 @@ FLAGS: tuple[Flag, ...] = (
         group=KAFKA,
     ),
     Flag("--event-format", "pipeline.event_format", choices=FORMATS, group=KAFKA),
+    Flag(
+        "--prediction-format",
+        "pipeline.prediction_format",
+        "the predictions topic's values: JSON, or streamcell.v1.Prediction (default %(default)s)",
+        choices=FORMATS,
+        group=KAFKA,
+    ),
+    Flag(
+        "--producer-compression",
+        "kafka.producer_compression",
+        "compression.type of the predictions, dead letters and changelog records "
+        "(default %(default)s; kafka-python needs a Python package for lz4, snappy, zstd)",
+        choices=COMPRESSIONS,
+        group=KAFKA,
+    ),
     Flag(
         "--dead-letter-max-bytes",
         "pipeline.dead_letter_max_bytes",

@@ -53,6 +53,8 @@ CLIENTS: dict[str, str] = {
 }
 DEFAULT_CLIENT = "confluent"  # librdkafka: several times the rate of kafka-python
 ACKS = ("all", "0", "1", "-1")
+# A producer's compression.type (the Kafka names; none: not compressed).
+COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 
 
 def idempotent(cfg: KafkaClientConfig) -> bool:
@@ -132,6 +134,7 @@ class KafkaClientConfig:
     linger_ms: int = 5
     batch_size: int = 256 * 1024
     acks: str = "all"
+    compression: str = "none"  # the producer's compression.type
     # The largest request a producer sends (kafka-python max_request_size,
     # librdkafka message.max.bytes); a record over it is refused by the client.
     max_request_bytes: int = 8 * 1024 * 1024
@@ -145,6 +148,10 @@ class KafkaClientConfig:
             )
         if self.acks not in ACKS:
             raise ConfigError(f"acks must be one of {', '.join(ACKS)}, got {self.acks!r}")
+        if self.compression not in COMPRESSIONS:
+            raise ConfigError(
+                f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}"
+            )
         if self.max_request_bytes < 1024:
             raise ConfigError(f"max_request_bytes must be >= 1024, got {self.max_request_bytes}")
         if self.heartbeat_interval_ms >= self.session_timeout_ms:

@@ -14,12 +14,14 @@ from kafka import (
     KafkaProducer,
 )
 from kafka import TopicPartition as KTopicPartition
+from kafka import codec as kcodec
 from kafka import errors as kerrors
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
+from streamcell.core.errors import ConfigError
 from streamcell.service.kafka import (
     CommitFailed,
     EndTracker,
@@ -285,11 +287,18 @@ def _producer_kwargs(cfg: KafkaClientConfig) -> dict:
         if idempotent(cfg)
         else {"enable_idempotence": False, "max_in_flight_requests_per_connection": 1}
     )
+    if cfg.compression != "none" and not getattr(kcodec, f"has_{cfg.compression}")():
+        # kafka-python asserts on it inside the producer: say what to install instead
+        raise ConfigError(
+            f"kafka-python cannot compress with {cfg.compression}: its Python package "
+            "is not installed (confluent-kafka has every codec built in)"
+        )
     return {
         **_common(cfg),
         "acks": "all" if idempotent(cfg) else int(cfg.acks),
         "linger_ms": cfg.linger_ms,
         "batch_size": cfg.batch_size,
+        "compression_type": None if cfg.compression == "none" else cfg.compression,
         "max_request_size": cfg.max_request_bytes,
         **ordering,
     }

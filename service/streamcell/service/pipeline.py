@@ -217,7 +217,7 @@ class Pipeline:
             rows = np.flatnonzero(result.outcome == PREDICTED)
             messages = codec.encode_predictions(
                 batch, result.yhat, rows, result.model, result.version,
-                result.quantiles, result.levels,
+                result.quantiles, result.levels, s.prediction_format,
             )  # fmt: skip
             if messages:
                 self.producer.send_many(s.output_topic, messages)
@@ -240,7 +240,7 @@ class Pipeline:
         s = self.settings
         # Bounded: a record over the producer's limit, sent whole, would fail
         # the send and stop the pipeline at the same record on every restart.
-        key, value, headers = codec.dead_letter(bad, s.dead_letter_max_bytes)
+        key, value, headers = codec.dead_letter(bad, s.dead_letter_max_bytes, s.event_format)
         if headers[-1] == codec.TRUNCATED:
             rec = bad.record
             log.warning(

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamcell.core.errors import ConfigError
-from streamcell.service.kafka import DEFAULT_CLIENT, KafkaClientConfig
+from streamcell.service.kafka import COMPRESSIONS, DEFAULT_CLIENT, KafkaClientConfig
 
 # ------------------------------------------------ names written once, for every command
 INPUT_TOPIC = "streamcell.events"
@@ -30,7 +30,9 @@ CHANGELOG_TOPIC = "streamcell.state-changelog"
 ENV_BOOTSTRAP = "KAFKA_BOOTSTRAP_SERVERS"
 FORMAT_JSON = "json"
 FORMAT_PROTOBUF = "protobuf"
-FORMATS = (FORMAT_JSON, FORMAT_PROTOBUF)  # how an event is written on the input topic
+# How an event is written on the input topic (--event-format), and a prediction
+# on the predictions topic (--prediction-format).
+FORMATS = (FORMAT_JSON, FORMAT_PROTOBUF)
 GRPC_PORT = 50051
 STATE_DIR_MIN_BYTES = 1 << 20  # the smallest --state-dir-max-bytes
 
@@ -58,8 +60,13 @@ class KafkaSettings:
     # At start-up, how long to wait for brokers that cannot be reached yet
     # (0: fail at once). Generous: replicas often start before their brokers.
     broker_wait_s: float = 600.0
+    # compression.type of the replica's producer (predictions, dead letters,
+    # changelog): one producer sends them all, so one setting.
+    producer_compression: str = "none"
 
     def __post_init__(self) -> None:
+        if self.producer_compression not in COMPRESSIONS:
+            raise ConfigError(f"--producer-compression must be one of {', '.join(COMPRESSIONS)}")
         if not self.broker_wait_s >= 0:  # also refuses nan
             raise ConfigError(
                 f"--broker-wait-s must be >= 0 (0: fail at once), got {self.broker_wait_s}"
@@ -86,6 +93,7 @@ class PipelineSettings:
     dead_letter_topic: str = DEAD_LETTER_TOPIC
     changelog_topic: str = CHANGELOG_TOPIC
     event_format: str = FORMAT_JSON
+    prediction_format: str = FORMAT_JSON
     max_batch: int = 1024
     # How long a poll waits for min_batch events at most. Serve's cost per
     # event roughly doubles in small polls (the step's fixed cost per wave), so
@@ -132,6 +140,8 @@ class PipelineSettings:
             raise ConfigError(f"--idle-commit-ms must be >= 0 (0: off), got {self.idle_commit_ms}")
         if self.event_format not in FORMATS:
             raise ConfigError(f"--event-format must be one of {', '.join(FORMATS)}")
+        if self.prediction_format not in FORMATS:
+            raise ConfigError(f"--prediction-format must be one of {', '.join(FORMATS)}")
         # headroom for the headers and the record batch under the request limit
         most = KafkaClientConfig.max_request_bytes - 64 * 1024
         if not DEAD_LETTER_MIN_BYTES <= self.dead_letter_max_bytes <= most:
