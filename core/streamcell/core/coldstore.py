@@ -37,7 +37,7 @@ or on disk, never both, and the counts (streams, bytes, tags) take it in
 when it is spilled, so the size bound sees what it always saw. The point
 methods (get, contains, take, delete, put) look in memory first; every
 scan of the disk (the TTL, the size bound, a partition let go, clearing,
-paging, compacting, closing) writes what is pending first. Nothing is lost
+paging, compacting) writes what is pending first; closing drops it. Nothing is lost
 that was kept: the store is a cache, wiped at open and rebuilt from the
 changelog, so the spills still in memory when a process dies are what the
 store without its log loses anyway.
@@ -235,9 +235,11 @@ class ColdStore:
         return db
 
     def close(self) -> None:
-        """Close; a store that cannot flush (its directory gone) is left as it is: a cache."""
+        """Close; a store that cannot flush (its directory gone) is left as it is: a cache.
+
+        Pending spills are not written: the next open wipes the directory anyway.
+        """
         try:
-            self.flush()
             self._db.close()
         except Exception as exc:
             log.warning(
