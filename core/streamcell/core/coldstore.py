@@ -37,10 +37,10 @@ or on disk, never both, and the counts (streams, bytes, tags) take it in
 when it is spilled, so the size bound sees what it always saw. The point
 methods (get, contains, take, delete, put) look in memory first; every
 scan of the disk (the TTL, the size bound, a partition let go, clearing,
-paging, compacting) writes what is pending first; closing drops it. Nothing is lost
-that was kept: the store is a cache, wiped at open and rebuilt from the
-changelog, so the spills still in memory when a process dies are what the
-store without its log loses anyway.
+paging, compacting) writes what is pending first; closing drops it.
+Nothing is lost that was kept: the store is a cache, wiped at open and
+rebuilt from the changelog, so the spills still in memory when a process
+dies are what the store without its log loses anyway.
 
 Pure of the service: rocksdict, numpy and the standard library.
 """
