@@ -13,6 +13,7 @@ from streamcell.core.coldstore import (
     FOUND_PREVIOUS,
     LAYOUT_KEY,
     ColdStore,
+    _record_bytes,
     age_keys,
 )
 from streamcell.core.errors import ColdTierError, ConfigError
@@ -264,3 +265,210 @@ def test_the_index_agrees_with_a_model_of_the_store(cold):
         assert cold.get(names) == [model[s][2] if s in model else None for s in names]
     everything = oldest_first(model)
     assert cold.clear().streams == everything and len(cold) == 0 and cold.bytes == 0
+
+
+# ------------------------------------------------------ spills written behind
+SIZE = 16
+
+
+def spill(cold, names, rng, taken=(), tags=None):
+    """One micro-batch's exchange: ``taken`` loaded, ``names`` spilled with random bytes."""
+    block = bytes(rng.integers(0, 256, SIZE * len(names), np.uint8))
+    ages = rng.random(len(names)) * 100
+    tags = [k % 3 for k in range(len(names))] if tags is None else tags
+    values, found, gone = cold.exchange(list(taken), list(names), block, ages, tags, SIZE)
+    pieces = [block[k * SIZE : (k + 1) * SIZE] for k in range(len(names))]
+    return dict(zip(names, pieces, strict=True)), values, found, gone
+
+
+def on_disk(cold, stream: str) -> bool:
+    return cold._db.get(b"v" + stream.encode()) is not None
+
+
+def one_record(cold) -> int:
+    """The bytes one stream's records count for (ids of 3 characters, SIZE bytes)."""
+    probe = ColdStore(cold.path.parent / "probe")
+    try:
+        probe.put(["abc"], [b"x" * SIZE], np.array([0.0]), [0])
+        return probe.bytes
+    finally:
+        probe.close()
+
+
+def counting_io(cold):
+    """Count the keys read from disk and the writes, from now on."""
+    io = {"read": 0, "writes": 0}
+    get, write = cold._get, cold._write
+
+    def counted_get(keys):
+        io["read"] += len(keys)
+        return get(keys)
+
+    def counted_write(batch):
+        io["writes"] += 1
+        return write(batch)
+
+    cold._get, cold._write = counted_get, counted_write
+    return io
+
+
+def test_a_load_of_a_pending_spill_is_its_bytes_without_a_read_or_a_write(tmp_path):
+    cold = ColdStore(tmp_path / "state", pending_bytes=1 << 20)
+    try:
+        rng = np.random.default_rng(0)
+        spilled, _, _, _ = spill(cold, ["s00", "s01", "s02"], rng, tags=[4, -1, 2])
+        assert cold.pending == 3 and len(cold) == 3 and not on_disk(cold, "s00")
+        io = counting_io(cold)
+        _, values, tags, _ = spill(cold, [], rng, taken=["s02", "s00", "zzz"])
+        assert values == [spilled["s02"], spilled["s00"], None] and tags == [2, 4, -1]
+        assert all(type(v) is bytes for v in values[:2])  # as a read from disk gives them
+        assert io == {"read": 1, "writes": 0}  # only "zzz" was looked for on disk
+        assert len(cold) == 1 and cold.pending == 1
+        assert cold.get(["s01", "s00"]) == [spilled["s01"], None]
+        assert cold.contains(["s01", "s02"]).tolist() == [True, False]
+    finally:
+        cold.close()
+
+
+def test_pending_spills_are_written_oldest_first_within_their_bound_in_bytes(tmp_path):
+    cold = ColdStore(tmp_path / "state", pending_bytes=1)
+    one = one_record(cold)
+    cold.close()
+    cold = ColdStore(tmp_path / "state", pending_bytes=3 * one)
+    try:
+        rng = np.random.default_rng(1)
+        every, _, _, _ = spill(cold, ["a00", "a01"], rng)
+        assert cold.pending == 2 and cold._pending_size == 2 * one
+        io = counting_io(cold)
+        later, values, _, _ = spill(cold, ["b00", "b01", "b02"], rng, taken=["a01"])
+        every.update(later)
+        # a01 came back from memory; a00, the oldest spill, made room for the batch's
+        assert values == [every["a01"]] and io == {"read": 0, "writes": 1}
+        assert [k.decode() for k in cold._pending] == ["b00", "b01", "b02"]
+        assert cold._pending_size == 3 * one <= cold.pending_bytes
+        assert on_disk(cold, "a00") and not on_disk(cold, "b00")
+        # a load from disk: its deletion and the next oldest spill in one write
+        _, values, _, _ = spill(cold, ["c00"], rng, taken=["a00"])
+        assert values == [every["a00"]] and io == {"read": 1, "writes": 2}
+        assert [k.decode() for k in cold._pending] == ["b01", "b02", "c00"]
+        assert not on_disk(cold, "a00") and on_disk(cold, "b00") and not on_disk(cold, "b01")
+        assert len(cold) == 4 and cold.bytes == 4 * one
+        assert cold.get(["b00", "b02"]) == [every["b00"], every["b02"]]
+    finally:
+        cold.close()
+
+
+def test_every_scan_of_the_disk_sees_the_pending_spills(tmp_path):
+    cold = ColdStore(tmp_path / "state", pending_bytes=1 << 20)
+    try:
+        rng = np.random.default_rng(2)
+        block = bytes(rng.integers(0, 256, 4 * SIZE, np.uint8))
+        names = ["p00", "p01", "p02", "p03"]
+        cold.exchange([], names, block, np.array([4.0, 1.0, 3.0, 2.0]), [0, 1, 0, 2], SIZE)
+        assert cold.streams_after("", 10) == names and cold.pending == 0
+        cold.exchange([], ["q00"], block[:SIZE], np.array([0.5]), [1], SIZE)
+        assert cold.older_than(1.0).streams == ["q00", "p01"]  # oldest first, both tiers
+        cold.exchange([], ["q01"], block[:SIZE], np.array([9.0]), [2], SIZE)
+        assert sorted(cold.drop_tags({2})) == ["p03", "q01"]
+        cold.exchange([], ["q02"], block[:SIZE], np.array([0.1]), [0], SIZE)
+        assert cold.clear().streams == ["q02", "p02", "p00"]
+        assert len(cold) == 0 and cold.bytes == 0 and cold.pending == 0
+    finally:
+        cold.close()
+
+
+def test_the_size_bound_forgets_the_oldest_pending_or_written(tmp_path):
+    cold = ColdStore(tmp_path / "state", pending_bytes=1)
+    one = one_record(cold)
+    cold.close()
+    cold = ColdStore(tmp_path / "state", max_bytes=3 * one, pending_bytes=10 * one)
+    try:
+        rng = np.random.default_rng(3)
+        block = bytes(rng.integers(0, 256, 2 * SIZE, np.uint8))
+        cold.exchange([], ["w00", "w01"], block, np.array([5.0, 2.0]), [0, 1], SIZE)
+        cold.flush()  # on disk
+        _, _, gone = cold.exchange([], ["m00", "m01"], block, np.array([1.0, 6.0]), [2, 3], SIZE)
+        assert gone.streams == ["m00"] and gone.tags == [2]  # the oldest, still pending
+        assert len(cold) == 3 and cold.bytes == 3 * one and cold.pending == 0
+        assert cold.streams_after("", 9) == ["m01", "w00", "w01"]
+    finally:
+        cold.close()
+
+
+def test_a_put_or_delete_of_a_pending_spill_replaces_or_removes_it(tmp_path):
+    cold = ColdStore(tmp_path / "state", pending_bytes=1 << 20)
+    try:
+        rng = np.random.default_rng(4)
+        spilled, _, _, _ = spill(cold, ["d00", "d01"], rng, tags=[7, 8])
+        before = cold.bytes
+        cold.put(["d00"], [b"n" * SIZE], np.array([1.0]), [9])
+        assert len(cold) == 2 and cold.bytes == before and cold.pending == 1
+        assert cold.get(["d00", "d01"]) == [b"n" * SIZE, spilled["d01"]]
+        assert cold.delete(["d01", "d00", "nope"]) == [8, 9, None]
+        assert len(cold) == 0 and cold.bytes == 0 and cold.pending == 0
+        assert cold.streams_after("", 9) == []
+    finally:
+        cold.close()
+
+
+@pytest.mark.parametrize("pending", [0, 40, 400])
+def test_exchanges_agree_with_a_model_of_the_store(tmp_path, pending):
+    """Exchanges (loads and spills) mixed with puts, deletes, the TTL and partition
+    drops, at random: what the store gives back equals a dict's answers, and its counts
+    equal a store that writes every spill at once."""
+    cold = ColdStore(tmp_path / "state", pending_bytes=pending * SIZE)
+    twin = ColdStore(tmp_path / "twin", pending_bytes=0)
+    rng = np.random.default_rng(6)
+    model: dict[str, tuple[float, int, bytes]] = {}  # stream -> age, tag, value
+    names = [f"s{k:02d}" for k in range(40)]
+    try:
+        for _ in range(300):
+            op = rng.integers(6)
+            some = [names[k] for k in rng.choice(len(names), 6, replace=False)]
+            if op <= 1:  # a micro-batch: the absent ones of ``some`` spilled, the rest loaded
+                out = [s for s in some if s not in model]
+                taken = [s for s in some if s in model] + ["never"]
+                ages, tags = rng.random(len(out)) * 100, rng.integers(-1, 4, len(out))
+                block = bytes(rng.integers(0, 256, SIZE * len(out), np.uint8))
+                want = [model.pop(s) for s in taken[:-1]]
+                for store in (cold, twin):
+                    values, found, gone = store.exchange(taken, out, block, ages, tags, SIZE)
+                    assert values == [w[2] for w in want] + [None]
+                    assert found == [w[1] for w in want] + [-1] and not gone.streams
+                for k, s in enumerate(out):
+                    model[s] = (float(ages[k]), int(tags[k]), block[k * SIZE : (k + 1) * SIZE])
+            elif op == 2:  # a restore's put (a stream there is replaced)
+                ages, tags = rng.random(6) * 100, rng.integers(-1, 4, 6).tolist()
+                values = [bytes(rng.integers(0, 256, SIZE, np.uint8)) for _ in some]
+                for store in (cold, twin):
+                    store.put(some, values, ages, tags)
+                model.update(zip(some, zip(ages.tolist(), tags, values, strict=True), strict=True))
+            elif op == 3:
+                want = [None if s not in model else model.pop(s)[1] for s in some]
+                assert cold.delete(some) == want == twin.delete(some)
+            elif op == 4:  # the TTL
+                cutoff = rng.random() * 30
+                gone = sorted(
+                    (s for s, (age, _, _) in model.items() if age <= cutoff),
+                    key=lambda s: model[s][0],
+                )
+                assert cold.older_than(cutoff).streams == gone == twin.older_than(cutoff).streams
+                for s in gone:
+                    del model[s]
+            else:  # a partition let go
+                tag = int(rng.integers(-1, 4))
+                gone = sorted(s for s, (_, t, _) in model.items() if t == tag)
+                assert sorted(cold.drop_tags({tag})) == gone == sorted(twin.drop_tags({tag}))
+                for s in gone:
+                    del model[s]
+            assert len(cold) == len(model) == len(twin) and cold.bytes == twin.bytes
+            assert cold._pending_size <= cold.pending_bytes
+            assert cold._pending_size == sum(
+                _record_bytes(len(k), len(r) - 12) for k, (r, _) in cold._pending.items()
+            )
+            assert cold.get(names) == [model[s][2] if s in model else None for s in names]
+            assert cold.contains(names).tolist() == [s in model for s in names]
+        assert cold.clear().streams == twin.clear().streams
+    finally:
+        cold.close()
+        twin.close()

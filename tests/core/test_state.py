@@ -390,3 +390,47 @@ def test_records_cannot_take_the_slots_of_streams_already_in_the_store():
     with pytest.raises(ValueError, match="2 streams to replace by 1 records"):
         s.restore([("z", record)], replacing=["a", "b"])
     assert s.stream_ids() == ["a", "b"] and s.snapshot(["a", "b"]) == before
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.lists(st.integers(0, 29), min_size=1, max_size=6, unique=True),
+            st.tuples(st.just("remove"), st.lists(st.integers(0, 29), max_size=3, unique=True)),
+            st.tuples(st.just("oldest"), st.integers(1, 20), st.integers(0, 29)),
+        ),
+        max_size=80,
+    )
+)
+def test_the_oldest_streams_kept_between_calls_are_the_lru_order(ops):
+    """The prefix of the LRU order kept between calls (shorter than the store, so it
+    runs out and is found again) answers as a fresh sort of every slot would."""
+    import streamcell.core.state as state_module
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(state_module, "LRU_PREFIX", 5)
+        _lru_against_a_list(ops)
+
+
+def _lru_against_a_list(ops) -> None:
+    s = store(initial_capacity=4, max_streams=16)
+    order: list[str] = []
+    for op in ops:
+        if isinstance(op, list):
+            names = [f"s{k}" for k in op]
+            held = [x for x in names if x in order]
+            new = [x for x in names if x not in order]
+            order = [x for x in order if x not in held] + held
+            evicted = [x for x in order if x not in names][: max(len(order) + len(new) - 16, 0)]
+            order = [x for x in order if x not in evicted] + new
+            s.slots(names, now=0.0)
+            assert s.take_evicted() == evicted
+        elif op[0] == "remove":
+            gone = [f"s{k}" for k in op[1] if f"s{k}" in order]
+            s.remove(gone)
+            order = [x for x in order if x not in gone]
+        else:
+            _, n, spare = op
+            spared = [f"s{spare}"]
+            assert s.least_recent(n, sparing=spared) == [x for x in order if x not in spared][:n]

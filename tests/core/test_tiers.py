@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from streamcell.core.checkpoint import ModelConfig, load_checkpoint, save_checkpoint
-from streamcell.core.coldstore import ColdStore
+from streamcell.core.coldstore import PENDING_BYTES, ColdStore
 from streamcell.core.errors import StreamNotFound
 from streamcell.core.events import EventBatch
 from streamcell.core.model import StreamingLSTM
@@ -48,9 +48,10 @@ MODELS = pytest.mark.parametrize(
 )
 
 
-@pytest.fixture
-def cold(tmp_path):
-    store = ColdStore(tmp_path / "state")
+# Spills written at once, a few at a time behind, and all held (the default bound).
+@pytest.fixture(params=[0, 4096, PENDING_BYTES], ids=["write-through", "behind", "held"])
+def cold(tmp_path, request):
+    store = ColdStore(tmp_path / "state", pending_bytes=request.param)
     yield store
     store.close()
 

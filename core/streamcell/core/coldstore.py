@@ -28,6 +28,20 @@ Keys, two prefixes in one database (layout 3), and a marker:
 
 A load reads one key per stream (its header says which index key to delete).
 
+Spills are written behind: a micro-batch's spills wait in memory, as the
+records they will be written as, up to ``pending_bytes`` of them, the
+oldest written first once there are more (in the write that deletes the
+batch's loads). A stream that comes back before its spill is written is
+taken from memory: no read, no write, no deletion. A stream is in memory
+or on disk, never both, and the counts (streams, bytes, tags) take it in
+when it is spilled, so the size bound sees what it always saw. The point
+methods (get, contains, take, delete, put) look in memory first; every
+scan of the disk (the TTL, the size bound, a partition let go, clearing,
+paging, compacting) writes what is pending first; closing drops it.
+Nothing is lost that was kept: the store is a cache, wiped at open and
+rebuilt from the changelog, so the spills still in memory when a process
+dies are what the store without its log loses anyway.
+
 Pure of the service: rocksdict, numpy and the standard library.
 """
 
@@ -39,7 +53,7 @@ import logging
 import os
 import shutil
 import struct
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +67,7 @@ log = logging.getLogger(__name__)
 LOCK_NAME = "streamcell.lock"
 DB_NAME = "cold"
 BLOCK_CACHE_BYTES = 32 << 20
+PENDING_BYTES = 16 << 20  # spills held in memory before they are written (write-behind)
 _HEAD = struct.Struct(">8si")  # a value's header: age key, tag
 _TAG = struct.Struct(">i")  # the tag in an index key
 _LENGTH = struct.Struct(">I")  # an index entry's value: the snapshot's length
@@ -90,16 +105,32 @@ class ColdStore:
 
     ``max_bytes`` bounds the live records' bytes (keys, values and the index),
     which the database's files approach after compaction. ``None``: no bound.
+    ``pending_bytes``: the spills' bytes (counted as ``max_bytes`` counts them)
+    kept in memory before they are written; 0 writes each batch's at once.
     Every method takes and returns whole batches; a storage failure raises
     :class:`ColdTierError` (the service rebuilds the tier from the changelog,
     as a restart would, in the running process).
     """
 
-    def __init__(self, path: Path | str, max_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        max_bytes: int | None = None,
+        pending_bytes: int = PENDING_BYTES,
+    ) -> None:
         if max_bytes is not None and max_bytes < 1:
             raise ConfigError(f"the cold tier's size bound must be positive, got {max_bytes}")
+        if pending_bytes < 0:
+            raise ConfigError(
+                f"the cold tier's pending bytes must be 0 or more, got {pending_bytes}"
+            )
         self.path = Path(path)
         self.max_bytes = max_bytes
+        self.pending_bytes = pending_bytes
+        # Spills not written yet, oldest first: stream key -> (its value record, as it
+        # will be written: header, then snapshot; its tag). Counted in count and bytes.
+        self._pending: OrderedDict[bytes, tuple[bytes, int]] = OrderedDict()
+        self._pending_size = 0  # their bytes, as _record_bytes counts them
         self.count = 0  # live streams
         self.bytes = 0  # live records' bytes, what max_bytes bounds
         # Live streams by tag: which index prefixes the TTL and the bound merge.
@@ -204,7 +235,10 @@ class ColdStore:
         return db
 
     def close(self) -> None:
-        """Close; a store that cannot flush (its directory gone) is left as it is: a cache."""
+        """Close; a store that cannot flush (its directory gone) is left as it is: a cache.
+
+        Pending spills are not written: the next open wipes the directory anyway.
+        """
         try:
             self._db.close()
         except Exception as exc:
@@ -216,6 +250,7 @@ class ColdStore:
 
     def compact(self) -> None:
         """Flush and compact everything now, rather than in the background (after a bulk fill)."""
+        self.flush()
         try:
             self._db.flush()
             self._db.compact_range(None, None)
@@ -238,12 +273,26 @@ class ColdStore:
     def __len__(self) -> int:
         return self.count
 
+    @property
+    def pending(self) -> int:
+        """Spilled streams held in memory, not written yet."""
+        return len(self._pending)
+
+    def flush(self) -> None:
+        """Write every pending spill now, in one batch."""
+        if self._pending:
+            batch = self._batch()
+            self._flush(batch, 0)
+            self._write(batch)
+
     def get(self, streams: Sequence[str]) -> list[bytes | None]:
         """The snapshots of ``streams`` (None where absent), one batched read."""
         head = _HEAD.size
-        return [
-            None if v is None else v[head:] for v in self._get([b"v" + s.encode() for s in streams])
-        ]
+        keys = [s.encode() for s in streams]
+        records, rest = self._pending_records(keys, pop=False)
+        for j, stored in zip(rest, self._get([b"v" + keys[j] for j in rest]), strict=True):
+            records[j] = stored
+        return [None if v is None else v[head:] for v in records]
 
     def take(self, streams: Sequence[str]) -> tuple[list[bytes | None], list[int]]:
         """Get and remove: the snapshots (None where absent) and tags (-1 there).
@@ -252,7 +301,7 @@ class ColdStore:
         """
         batch = self._batch()
         values, tags = self._take(batch, streams)
-        if any(v is not None for v in values):
+        if not batch.is_empty():
             self._write(batch)
         return values, tags
 
@@ -272,8 +321,11 @@ class ColdStore:
         """
         batch = self._batch()
         values, found_tags = self._take(batch, taken)
-        self._add(batch, spilled, self._pieces(block, size, len(spilled)), ages, tags)
-        self._write(batch)
+        self._stage(spilled, self._pieces(block, size, len(spilled)), ages, tags)
+        if self._pending_size > self.pending_bytes:  # the oldest spills, with the deletions
+            self._flush(batch, self.pending_bytes)
+        if not batch.is_empty():
+            self._write(batch)
         return values, found_tags, self._enforce_bound()
 
     def put(
@@ -302,7 +354,11 @@ class ColdStore:
         batch = self._batch()
         if not (known_absent or not self.count):
             keys = [s.encode() for s in streams]
-            for key, stored in zip(keys, self._get([b"v" + k for k in keys]), strict=True):
+            _, rest = self._pending_records(keys, pop=True)  # replaced: forgotten here
+            rest_keys = [keys[j] for j in rest]
+            for key, stored in zip(
+                rest_keys, self._get([b"v" + k for k in rest_keys]), strict=True
+            ):
                 if stored is not None:
                     self._delete(batch, key, stored)
         self._add(batch, streams, pieces, ages, tags)
@@ -312,27 +368,33 @@ class ColdStore:
     def delete(self, streams: Sequence[str]) -> list[int | None]:
         """Remove streams; each one's tag, or None where it was not here."""
         keys = [s.encode() for s in streams]
-        found = self._get([b"v" + k for k in keys])
-        out: list[int | None] = [None] * len(keys)
+        records, rest = self._pending_records(keys, pop=True)
+        out: list[int | None] = [None if r is None else _HEAD.unpack_from(r)[1] for r in records]
         batch = self._batch()
-        for j, (key, stored) in enumerate(zip(keys, found, strict=True)):
+        for j, stored in zip(rest, self._get([b"v" + keys[j] for j in rest]), strict=True):
             if stored is not None:
-                out[j] = self._delete(batch, key, stored)
-        self._write(batch)
+                out[j] = self._delete(batch, keys[j], stored)
+        if not batch.is_empty():
+            self._write(batch)
         return out
 
     def contains(self, streams: Sequence[str]) -> np.ndarray:
-        found = self._get([b"v" + s.encode() for s in streams])
-        return np.fromiter((v is not None for v in found), np.bool_, len(found))
+        keys = [s.encode() for s in streams]
+        records, rest = self._pending_records(keys, pop=False)
+        for j, stored in zip(rest, self._get([b"v" + keys[j] for j in rest]), strict=True):
+            records[j] = stored
+        return np.fromiter((v is not None for v in records), np.bool_, len(records))
 
     # ------------------------------------------------------------ ordered scans
     def older_than(self, cutoff: float) -> Forgotten:
         """Remove the streams whose age is at or before ``cutoff`` (the TTL), oldest first."""
         (limit,) = age_keys(np.array([cutoff]))
+        self.flush()
         return self._forget(lambda age, _: age <= limit)
 
     def drop_tags(self, tags: set[int]) -> list[str]:
         """Remove every stream with one of ``tags``: a scan of those tags' own streams."""
+        self.flush()
         gone: list[str] = []
         batch = self._batch()
         for tag in sorted(tags):
@@ -349,10 +411,12 @@ class ColdStore:
 
     def clear(self) -> Forgotten:
         """Remove everything; what was there, oldest first."""
+        self.flush()
         return self._forget(lambda _, __: True, ordered=False)
 
     def streams_after(self, after: str, limit: int) -> list[str]:
         """Up to ``limit`` stream ids greater than ``after``, in order (for paging)."""
+        self.flush()
         out: list[str] = []
         start = b"v" + after.encode()
         for key in self._keys(start):
@@ -367,6 +431,7 @@ class ColdStore:
         """Past the bound: forget the oldest streams until the live bytes are within it."""
         if self.max_bytes is None or self.bytes <= self.max_bytes:
             return Forgotten([], [])
+        self.flush()  # the oldest by age may be among the pending spills
         return self._forget(lambda _, __: True, free=self.bytes - self.max_bytes)
 
     def _forget(
@@ -421,11 +486,9 @@ class ColdStore:
             del tags[tag]
 
     def _take(self, batch, streams: Sequence[str]) -> tuple[list[bytes | None], list[int]]:
-        """Read streams' records and add their deletion to ``batch``: values and tags."""
+        """Take streams' records, from memory if pending, else read from disk with their
+        deletion added to ``batch``: values and tags."""
         keys = [s.encode() for s in streams]
-        found = self._get([b"v" + k for k in keys])
-        values: list[bytes | None] = [None] * len(keys)
-        tags = [-1] * len(keys)
         head, unpack, pack_tag, delete, untag = (
             _HEAD.size,
             _HEAD.unpack_from,
@@ -433,9 +496,15 @@ class ColdStore:
             batch.delete,
             self._untag,
         )
+        records, rest = self._pending_records(keys, pop=True)
+        values: list[bytes | None] = [None] * len(keys)
+        tags = [-1] * len(keys)
+        for j, record in enumerate(records):
+            if record is not None:
+                tags[j], values[j] = unpack(record)[1], record[head:]
         taken = freed = 0
-        for j, stored in enumerate(found):  # _delete's work, for a batch of them
-            if stored is not None:
+        for j, stored in zip(rest, self._get([b"v" + keys[j] for j in rest]), strict=True):
+            if stored is not None:  # _delete's work, for a batch of them
                 key = keys[j]
                 age, tag = unpack(stored)
                 delete(b"v" + key)
@@ -447,6 +516,72 @@ class ColdStore:
         self.count -= taken
         self.bytes -= freed
         return values, tags
+
+    def _pending_records(
+        self, keys: list[bytes], pop: bool
+    ) -> tuple[list[bytes | None], list[int]]:
+        """The pending records of ``keys`` (None where not pending) and the positions of
+        those that are not, to look for on disk. ``pop``: they leave the store (counted)."""
+        records: list[bytes | None] = [None] * len(keys)
+        pending = self._pending
+        if not pending:
+            return records, list(range(len(keys)))
+        rest: list[int] = []
+        look = pending.pop if pop else pending.get
+        head, untag = _HEAD.size, self._untag
+        gone = freed = 0
+        for j, key in enumerate(keys):
+            entry = look(key, None)
+            if entry is None:
+                rest.append(j)
+                continue
+            record, tag = entry
+            records[j] = record
+            if pop:
+                untag(tag)
+                gone += 1
+                freed += _record_bytes(len(key), len(record) - head)
+        self.count -= gone
+        self.bytes -= freed
+        self._pending_size -= freed
+        return records, rest
+
+    def _stage(
+        self,
+        streams: Sequence[str],
+        pieces: Sequence[bytes | memoryview],
+        ages: np.ndarray,
+        tags: Sequence[int] | np.ndarray,
+    ) -> None:
+        """Hold spilled streams' records in memory (none of them is in the store), counted
+        from now on as if written."""
+        if not streams:
+            return
+        ages_k = age_keys(ages)
+        tag_list = np.asarray(tags, dtype=np.int64).tolist()
+        pending, pack_head = self._pending, _HEAD.pack
+        added = 0
+        for stream, value, age, tag in zip(streams, pieces, ages_k, tag_list, strict=True):
+            key = stream.encode()
+            pending[key] = (pack_head(age, tag) + value, tag)
+            added += _record_bytes(len(key), len(value))
+        self._pending_size += added
+        self.bytes += added
+        self.count += len(streams)
+        self._tags.update(tag_list)
+
+    def _flush(self, batch, keep: int) -> None:
+        """Add the oldest pending spills' two records each to ``batch`` until at most
+        ``keep`` bytes of them are left pending (already counted: nothing to count)."""
+        pending, size = self._pending, self._pending_size
+        put, pack_tag, pack_length, head = batch.put, _TAG.pack, _LENGTH.pack, _HEAD.size
+        popitem = pending.popitem
+        while pending and size > keep:
+            key, (record, tag) = popitem(last=False)
+            put(b"v" + key, record)
+            put(b"i" + pack_tag(tag) + record[:8] + key, pack_length(len(record) - head))
+            size -= _record_bytes(len(key), len(record) - head)
+        self._pending_size = size
 
     @staticmethod
     def _pieces(block: bytes | memoryview, size: int, n: int) -> list[memoryview]:

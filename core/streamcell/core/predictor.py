@@ -366,11 +366,12 @@ class Predictor:
                 found = None
                 known = None
                 if self.tiers is not None:  # cold streams loaded, room made: nothing evicted
-                    waves = _waves(names)
-                    if len(waves) > 1:
-                        self.tiers.admit(list(dict.fromkeys(names)))
-                    else:  # the one wave's slots, looked up once
+                    if len(set(names)) == len(names):  # one wave: its slots, looked up once
+                        waves = [np.arange(len(names))]
                         found = self.tiers.admit(names)
+                    else:
+                        waves = _waves(names)
+                        self.tiers.admit(list(dict.fromkeys(names)))
                 else:
                     looked = self.store.lookup(names)
                     if None in looked:

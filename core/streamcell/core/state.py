@@ -68,6 +68,7 @@ _V2_HEADER = struct.Struct("<4sHHHHIII")  # 24 bytes: rows stay 4-byte aligned
 SNAPSHOT_V3_MAGIC = b"SCS3"
 FREE_LAST_SEEN = np.nan  # a free slot's last_seen
 _FREE_USE = np.iinfo(np.int64).max  # a free slot's last use: never the least recent
+LRU_PREFIX = 4096  # the least recently used slots one partition finds, for later calls too
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,8 @@ class StateStore:
         self._evicted_ids: list[str] = []  # evicted since the last take_evicted()
         self._index: dict[str, int] = {}
         self._uses = 0  # uses counted so far: the next use's number
+        # The oldest slots found by the last partition, with their uses then (_oldest).
+        self._lru: tuple[np.ndarray, np.ndarray] | None = None
         self._capacity = 0
         self._allocate(min(max(initial_capacity, 1), max_streams))
         # The header is the record's first field, so a block of records is a
@@ -414,13 +417,36 @@ class StateStore:
 
     def _by_use(self, n: int) -> list[str]:
         """The ``n`` least recently used streams (at most all), oldest first."""
+        return list(map(self._ids.__getitem__, self._oldest(n).tolist()))  # type: ignore[arg-type]
+
+    def _oldest(self, n: int) -> np.ndarray:
+        """The slots of the ``n`` least recently used streams (at most all), oldest first.
+
+        The oldest ``max(n, LRU_PREFIX)`` are found by a partition of every slot,
+        and the first ``LRU_PREFIX`` of them kept with their uses: later, those
+        whose use is unchanged are still the oldest streams, in order, since a
+        slot used (or filled) since has a later use than all of them and every
+        other slot had a later one already. Only when fewer than ``n`` are left
+        is the partition made again (a batch's spills no longer pay one each).
+        """
         n = min(n, len(self._index))
         if n == 0:
-            return []
+            return np.empty(0, dtype=np.int64)
+        if self._lru is not None:
+            slots, uses = self._lru
+            same = self._used[slots] == uses
+            if not same.all():
+                slots, uses = slots[same], uses[same]
+                self._lru = (slots, uses)
+            if len(slots) >= n:
+                return slots[:n]
         used = self._used  # free slots sort last
-        first = np.argpartition(used, n - 1)[:n] if n < len(used) else np.arange(len(used))
+        k = min(max(n, LRU_PREFIX), len(self._index))
+        first = np.argpartition(used, k - 1)[:k] if k < len(used) else np.arange(len(used))
         first = first[np.argsort(used[first])]
-        return list(map(self._ids.__getitem__, first.tolist()))  # type: ignore[arg-type]
+        kept = first[:LRU_PREFIX]  # a prefix of the order is one too
+        self._lru = (kept, used[kept])
+        return first[:n]
 
     def _create(self, stream: str, victims: Iterable[str] = ()) -> int:
         """A slot for a new stream; at capacity, the next of ``victims`` is evicted."""
@@ -446,8 +472,8 @@ class StateStore:
         count in LRU order always hold ``n`` others (if the store holds them).
         """
         spared = set(sparing)
-        front = self._by_use(n + len(spared))
-        return list(islice((s for s in front if s not in spared), n))
+        front = map(self._ids.__getitem__, self._oldest(n + len(spared)).tolist())
+        return list(islice((s for s in front if s not in spared), n))  # type: ignore[misc]
 
     def remove(self, streams: Sequence[str]) -> None:
         """Drop streams the store holds, at once (their slots cleared in a few copies)."""

@@ -102,7 +102,11 @@ class TieredStore:
             counts.hits += len(streams)
             return found
         start = time.perf_counter()
-        where = [k for k, slot in enumerate(found) if slot is None]
+        where: list[int] = []
+        k = -1
+        for _ in range(found.count(None)):  # list.index scans in C, a comprehension does not
+            k = found.index(None, k + 1)
+            where.append(k)
         missing = [streams[k] for k in where]
         if probation:
             self._seen_again(streams)  # the missing: never there
