@@ -83,6 +83,7 @@ class Pipeline:
         )  # fmt: skip
         predictor.track_changes(self.ownership.place)
         self.carry = carry.Carry()
+        self.poller = batching.Poller()
 
     # ------------------------------------------------------------- running
     def start(self) -> None:
@@ -132,7 +133,7 @@ class Pipeline:
         s = self.settings
         room = s.max_batch - len(self.carry)
         if s.min_batch and self.ownership.assigned and not self.recovery.recovering:
-            records = batching.poll(
+            records = self.poller.poll(
                 self.consumer, room, s.min_batch - len(self.carry), s.max_batch_delay_ms / 1000,
                 self.ownership.generations,
             )  # fmt: skip
