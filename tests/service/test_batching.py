@@ -62,31 +62,3 @@ def test_records_of_a_partition_moved_between_slices_are_dropped():
     got = batching.poll(c, 100, 10, 0.015, generations, c.clock)
     assert [(r.partition, r.offset) for r in got] == [(0, 0), (0, 1)]  # and it stopped
     assert len(c.queue) == 1
-
-
-def test_the_first_slice_takes_only_what_the_client_holds():
-    c = SlicedConsumer([[rec(0, 0)], [rec(0, 1), rec(0, 2)]])
-    first: list[int] = []
-    batching.poll(c, 100, 3, 0.015, {0: 1}, c.clock, 0.0, first)
-    assert c.calls[0] == (100, 0.0) and first == [1]
-
-
-def test_behind_once_min_records_wait_then_full_polls_until_one_is_not():
-    poller = batching.Poller()
-    waiting = [rec(0, k) for k in range(4)]
-    c = SlicedConsumer([waiting, [rec(0, 4)] * 8, [rec(0, 5)]])
-    assert len(poller.poll(c, 8, 3, 0.015, {0: 1}, c.clock)) == 4  # 3 were waiting: behind
-    assert poller.behind and c.calls == [(8, 0.0)]
-    assert len(poller.poll(c, 8, 3, 0.015, {0: 1}, c.clock)) == 8  # one wait, came back full
-    assert poller.behind and c.calls[-1] == (8, 0.015)
-    assert len(poller.poll(c, 8, 3, 0.015, {0: 1}, c.clock)) == 1  # not full: caught up
-    assert not poller.behind and c.calls[-1] == (8, 0.015)
-    poller.poll(c, 8, 3, 0.015, {0: 1}, c.clock)  # early polls again, in slices
-    assert c.calls[3] == (8, 0.0) and all(wait <= batching.SLICE_S for _, wait in c.calls[3:])
-
-
-def test_a_poll_that_had_to_wait_for_min_records_stays_early():
-    poller = batching.Poller()
-    c = SlicedConsumer([[rec(0, 0)], [rec(0, 1), rec(0, 2)]])
-    assert len(poller.poll(c, 100, 3, 0.015, {0: 1}, c.clock)) == 3
-    assert not poller.behind

@@ -33,23 +33,17 @@ def poll(
     delay_s: float,
     generations: dict[int, int],
     clock: Callable[[], float] = time.monotonic,
-    first_wait_s: float = SLICE_S,
-    first: list[int] | None = None,
 ) -> list[Record]:
     """Up to ``room`` records, waiting at most ``delay_s`` for ``min_records`` of them.
 
     ``generations``: partition -> the group generation it is held in (the
-    loop's own, which the callbacks update). ``first_wait_s``: the first
-    slice's wait (0: only what the client holds already), whose record count
-    is appended to ``first`` where given.
+    loop's own, which the callbacks update).
     """
     if min_records >= room:  # nothing to stop early for: one wait, as before
         return consumer.poll(room, max(delay_s, 0.001))
     deadline = clock() + delay_s
     before = dict(generations)
-    records = consumer.poll(room, min(first_wait_s, SLICE_S, max(delay_s, 0.001)))
-    if first is not None:
-        first.append(len(records))
+    records = consumer.poll(room, min(SLICE_S, max(delay_s, 0.001)))
     while len(records) < min_records:
         left = deadline - clock()
         if left <= 0:
@@ -60,39 +54,3 @@ def poll(
             return kept + more
         records = records + more
     return records
-
-
-class Poller:
-    """:func:`poll` while the loop keeps up with its input; full polls while it is behind.
-
-    Early polls are for a loop that waits on its input. Once it is behind,
-    they hurt: when the backlog sits in the broker rather than in the
-    client, a fetch brings ``min_records`` at once and the loop goes on
-    taking small polls, whose fixed cost per wave kept it behind (a side by
-    side run fell seconds behind where full polls kept up: docs/BENCHMARKS.md).
-    Behind means that ``min_records`` were waiting in the client when a poll
-    began (its first slice does not wait); from then on each poll is one
-    wait for a full one, as without ``--min-batch``, until one comes back
-    short of full.
-    """
-
-    def __init__(self) -> None:
-        self.behind = False
-
-    def poll(
-        self,
-        consumer: Consumer,
-        room: int,
-        min_records: int,
-        delay_s: float,
-        generations: dict[int, int],
-        clock: Callable[[], float] = time.monotonic,
-    ) -> list[Record]:
-        if self.behind:
-            records = consumer.poll(room, max(delay_s, 0.001))
-            self.behind = len(records) >= room
-            return records
-        first: list[int] = []
-        records = poll(consumer, room, min_records, delay_s, generations, clock, 0.0, first)
-        self.behind = bool(first) and first[0] >= min_records
-        return records

@@ -149,9 +149,7 @@ FLAGS: tuple[Flag, ...] = (
         "--min-batch",
         "pipeline.min_batch",
         "a poll holding this many events returns without waiting out --max-batch-delay-ms "
-        "(in 2 ms slices, while the loop keeps up: once that many wait when a poll begins, "
-        "polls wait for full ones until one is not; default %(default)s: off, a poll not "
-        "full waits it out)",
+        "(in 2 ms slices; default %(default)s: off, a poll not full waits it out)",
         group=KAFKA,
     ),
     Flag(

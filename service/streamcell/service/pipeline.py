@@ -83,7 +83,6 @@ class Pipeline:
         )  # fmt: skip
         predictor.track_changes(self.ownership.place)
         self.carry = carry.Carry()
-        self.poller = batching.Poller()
 
     # ------------------------------------------------------------- running
     def start(self) -> None:
@@ -133,7 +132,7 @@ class Pipeline:
         s = self.settings
         room = s.max_batch - len(self.carry)
         if s.min_batch and self.ownership.assigned and not self.recovery.recovering:
-            records = self.poller.poll(
+            records = batching.poll(
                 self.consumer, room, s.min_batch - len(self.carry), s.max_batch_delay_ms / 1000,
                 self.ownership.generations,
             )  # fmt: skip
