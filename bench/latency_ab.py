@@ -60,7 +60,8 @@ def main() -> None:
                 print(
                     f"round {round_} {time.strftime('%H:%M:%S', time.gmtime())} UTC "
                     f"{name:>16}: p50 {lat['p50_ms']:5.0f}  p99 {lat['p99_ms']:6.0f}  "
-                    f"max {lat['max_ms']:6.0f} ms at {lat['achieved_rate']:,.0f} events/s",
+                    f"max {lat['max_ms']:6.0f} ms at {lat['achieved_rate']:,.0f} events/s; "
+                    f"p99 per second: {' '.join(f'{v:.0f}' for v in lat['p99_by_second_ms'])}",
                     flush=True,
                 )
 
