@@ -156,16 +156,16 @@ class StreamingLSTM(nn.Module):
             if whole:  # one sigmoid over the four gates (g's rows hold 2z: see fused_weights)
                 z.sigmoid_()
                 i, f, o = z[:, :hidden], z[:, hidden : 2 * hidden], z[:, 3 * hidden :]
-                g = z[:, 2 * hidden : 3 * hidden].mul_(2.0).sub_(1.0)
+                g = z[:, 2 * hidden : 3 * hidden].mul_(_TWO).sub_(_ONE)
             else:
                 i = torch.sigmoid(z[:, :hidden])
                 f = torch.sigmoid(z[:, hidden : 2 * hidden])
                 o = torch.sigmoid(z[:, 3 * hidden :])
                 scratch = z[:, 2 * hidden : 3 * hidden]
-                g = torch.sigmoid(scratch).mul_(2.0).sub_(1.0)
+                g = torch.sigmoid(scratch).mul_(_TWO).sub_(_ONE)
             c_t = torch.add(f * c[layer], i * g, out=new_c[layer])
             if whole:
-                tanh_c = torch.mul(c_t, 2.0).sigmoid_().mul_(2.0).sub_(1.0)
+                tanh_c = torch.mul(c_t, _TWO).sigmoid_().mul_(_TWO).sub_(_ONE)
             else:  # the g rows are free now (g itself is a copy)
                 tanh_c = _tanh_rows(c_t, scratch)
             h_t = torch.mul(o, tanh_c, out=new_h[layer])
@@ -189,9 +189,16 @@ def _tanh_rows(x: Tensor, scratch: Tensor) -> Tensor:
     the step batch-invariant (a contiguous ``[B, H]`` tensor would be walked
     as one flat array, putting rows at different vector offsets).
     """
-    torch.mul(x, 2.0, out=scratch)
-    return torch.sigmoid(scratch).mul_(2.0).sub_(1.0)
+    torch.mul(x, _TWO, out=scratch)
+    return torch.sigmoid(scratch).mul_(_TWO).sub_(_ONE)
 
+
+# The step's constants as 0-dim float32 tensors: a Python float is wrapped as a double
+# tensor and cast to the operand's dtype on every call (a third of such a call's cost
+# in a small wave); a 0-dim tensor is the same CPU scalar to the kernels, with the same
+# value, so the results are the same bits. Allowed with tensors on any device.
+_TWO = torch.tensor(2.0)
+_ONE = torch.tensor(1.0)
 
 # A hidden size that is a multiple of this lets elementwise kernels walk the gates, and
 # a [B, hidden] tensor, as one flat array with no scalar tail whatever B is (32 floats:

@@ -351,14 +351,10 @@ class ConfluentReader(TailReader):
         self._c.close()
 
 
-def _produce_kwargs(
-    headers: list[tuple[str, bytes]] | None, partition: int | None
-) -> dict[str, Any]:
-    """produce() takes no ``partition=None``: leave it out to let the partitioner pick."""
-    kwargs: dict[str, Any] = {"headers": headers}
-    if partition is not None:
-        kwargs["partition"] = partition
-    return kwargs
+# produce()'s positional order is (topic, value, key, partition, on_delivery, callback,
+# timestamp, headers): ``callback`` is on_delivery's old alias (None: on_delivery
+# stands) and a timestamp of 0 is librdkafka's "now", as when it is left out.
+NOW = 0
 
 
 def _refused(cfg: KafkaClientConfig, topic: str, exc: KafkaException) -> StreamcellError:
@@ -437,14 +433,11 @@ class ConfluentProducer:
     def _produce(self, topic, key, value, headers, partition) -> None:
         """One record, retried while the local queue is full (caller counted it)."""
         epoch = self._epoch
+        part = PARTITION_UA if partition is None else partition
         while True:
             try:
-                if headers is None:  # positional arguments cost less per call than keywords
-                    part = PARTITION_UA if partition is None else partition
-                    self._p.produce(topic, value, key, part, epoch.delivered)
-                else:
-                    kwargs = _produce_kwargs(headers, partition)
-                    self._p.produce(topic, value, key, on_delivery=epoch.delivered, **kwargs)
+                # Positional arguments cost less per call than keywords (see NOW).
+                self._p.produce(topic, value, key, part, epoch.delivered, None, NOW, headers)
                 return
             except BufferError:  # the local queue is full: let librdkafka drain it
                 self._p.poll(0.05)
@@ -479,10 +472,9 @@ class ConfluentProducer:
         epoch.outstanding += len(records)
         delivered = epoch.delivered
         pending = iter(records)
+        part = PARTITION_UA if partition is None else partition
         try:
-            if headers is None:
-                # The common case (predictions): positional arguments cost less than keywords.
-                part = PARTITION_UA if partition is None else partition
+            if headers is None:  # predictions: the shortest positional call
                 for key, value in pending:
                     try:
                         produce(topic, value, key, part, delivered)
@@ -490,11 +482,11 @@ class ConfluentProducer:
                         self._produce(topic, key, value, headers, partition)
                     except KafkaException as exc:
                         raise _refused(self.cfg, topic, exc) from exc
-            else:
-                kwargs = _produce_kwargs(headers, partition)
+            else:  # changelog records: headers positionally too (keywords cost more a call)
+                wire: Any = headers  # the stubs' list type is invariant in its tuples
                 for key, value in pending:
                     try:
-                        produce(topic, value, key, on_delivery=delivered, **kwargs)
+                        produce(topic, value, key, part, delivered, None, NOW, wire)
                     except BufferError:
                         self._produce(topic, key, value, headers, partition)
                     except KafkaException as exc:
