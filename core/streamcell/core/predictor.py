@@ -163,6 +163,7 @@ class Predictor:
         # The model and the (h, c) slabs live here; events arrive and results
         # leave as numpy in host memory, one transfer each way per wave.
         self.device = torch.device(device)
+        self._on_cpu = self.device.type == "cpu"
         self._store_args = dict(
             max_streams=max_streams,
             initial_capacity=initial_capacity,
@@ -541,7 +542,7 @@ class Predictor:
         """The streams' previous quantiles against the actuals that just arrived."""
         assert store.quantiles is not None and store.inside is not None
         assert result.scores is not None
-        if store.quantiles.device.type == "cpu":  # a numpy view: no torch call per gather
+        if self._on_cpu:  # a numpy view: no torch call per gather
             previous = store.quantiles.numpy().take(slots, axis=0)
         else:
             previous = store.quantiles.index_select(0, store.index(slots)).cpu().numpy()

@@ -157,10 +157,15 @@ def score(
     err = np.empty((n_levels, rows, targets), np.result_type(actual, quantiles))
     np.subtract(actual, quantiles.transpose(1, 0, 2), out=err)
     widest = None
-    if intervals:
+    if len(intervals) == 1:  # the usual levels (0.1, 0.5, 0.9): no copies of the errors
+        iv = intervals[0]
+        widest = np.greater_equal(err[iv.lower], 0.0)
+        widest &= err[iv.upper] <= 0.0
+        inside = widest.sum(axis=1, dtype=np.int64)[:, None]
+    elif intervals:
         lower = err[[iv.lower for iv in intervals]]  # [n_intervals, K, targets]
         upper = err[[iv.upper for iv in intervals]]
-        within = np.greater_equal(lower, 0.0, out=np.empty(lower.shape, bool))
+        within = np.greater_equal(lower, 0.0)
         within &= upper <= 0.0
         inside = within.sum(axis=2, dtype=np.int64).T
         widest = within[0]
