@@ -494,10 +494,11 @@ def _encode_protobuf(
     one row of a uint8 matrix, its pieces side by side (stream, seq, then
     what every record has the same layout of: yhat, model, version,
     quantiles; then partition and offset), each variable piece padded to
-    the poll's widest; the pieces before the middle are packed to its left
-    and those after to its right (:func:`_packed`, a boolean gather of their
-    real bytes), so each record is one slice of the matrix's bytes and the
-    middle is never gathered. Building a message per record with the library costs
+    the poll's widest; the real bytes of the pieces before the middle are
+    packed against it from the left and those after it from the right
+    (:func:`_packed`, a boolean gather of the narrow pieces alone), so each
+    record is one slice of the matrix's bytes and the middle, most of them,
+    is never gathered. Building a message per record with the library costs
     several times more (docs/BENCHMARKS.md, bench/prediction_format_bench.py).
     """
     n = len(rows)
@@ -505,9 +506,9 @@ def _encode_protobuf(
     keys = list(map(str.encode, [names[k] for k in rows.tolist()]))
     width = 4 * yhat.shape[1]  # bytes of one target vector
     y = np.ascontiguousarray(yhat[rows], dtype="<f4").view(np.uint8).reshape(n, width)
-    # Three runs of [N, w] uint8 pieces (or [1, w]: the same bytes in every row), each
-    # with each row's length where it is padded: the pieces of varying length before
-    # (stream, seq) and after (partition, offset) the middle every record has alike.
+    # [N, w] uint8 pieces (the middle's may be [1, w]: the same bytes in every row): those
+    # of varying length, with each row's length, before (stream, seq) and after
+    # (partition, offset) the middle that every record has alike.
     head: list[tuple[np.ndarray, np.ndarray]] = []
     middle: list[np.ndarray] = []
     tail: list[tuple[np.ndarray, np.ndarray]] = []
