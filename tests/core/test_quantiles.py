@@ -242,3 +242,27 @@ def test_a_recipe_model_with_a_quantile_head_serves_and_snapshots(tmp_path):
     again.store.restore([("r", record)])
     assert again.info("r").inside == p.info("r").inside and again.info("r").scored == 5
     assert again.store.snapshot(["r"])[0] == record
+
+
+@pytest.mark.parametrize("levels", [(0.5,), (0.1, 0.5, 0.9), tuple(k / 10 for k in range(1, 10))])
+def test_the_fused_score_equals_the_counts_and_sums_bit_for_bit(levels):
+    """The Predictor's one pass (quantiles.score) against inside_counts and pinball_sums,
+    with actuals on the bounds, between them, outside, and quantiles that tie."""
+    rng = np.random.default_rng(1)
+    intervals = qt.central_intervals(levels)
+    for rows, targets in ((1, 1), (7, 3), (300, 8)):
+        q = np.sort(rng.normal(size=(rows, len(levels), targets)).astype(np.float32), axis=1)
+        q[::3, :, 0] = q[::3, :1, 0]  # every level equal: an interval of width 0
+        actual = rng.normal(size=(rows, targets)).astype(np.float32) * 2
+        pick = rng.integers(0, len(levels), size=(rows, targets))
+        on_bound = rng.random((rows, targets)) < 0.3
+        actual[on_bound] = np.take_along_axis(q, pick[:, None], axis=1)[:, 0][on_bound]
+        got = qt.score(actual, q, intervals, levels)
+        assert np.array_equal(got.inside, qt.inside_counts(actual, q, intervals))
+        assert got.pinball.tobytes() == qt.pinball_sums(actual, q, levels).tobytes()
+        if intervals:
+            widest = intervals[0]
+            expect = (q[:, widest.lower] <= actual) & (actual <= q[:, widest.upper])
+            assert np.array_equal(got.widest, expect)
+        else:
+            assert got.widest is None and got.inside.shape == (rows, 0)

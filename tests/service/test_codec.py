@@ -324,6 +324,25 @@ def test_protobuf_predictions_are_what_the_generated_class_writes():
     assert_protobuf_like_the_library(batch, yhat, np.arange(5), "m", "v", quantiles, levels)
 
 
+@pytest.mark.parametrize(
+    ("streams", "seq", "partition", "offset"),
+    [
+        (["s1", "s2"], [NO_SEQ, NO_SEQ], [0, 1], [5, 6]),  # every piece the same length
+        (["", "ab"], [3, NO_SEQ], [0, 200], [1, 2**40]),  # an empty id; padding everywhere
+        (["", ""], [1, 2], [1, 1], [300, 7]),  # no stream bytes at all
+    ],
+)
+def test_protobuf_predictions_whatever_pieces_vary(streams, seq, partition, offset):
+    """Records whose pieces of varying length vary in some places only, or nowhere."""
+    batch = EventBatch.of(streams, np.zeros((2, 1)), seq=seq, partition=partition, offset=offset)
+    yhat = np.array([[1.5, -2.0], [0.25, 4.0]], np.float32)
+    quantiles = np.stack([yhat - 1, yhat, yhat + 1], axis=1)
+    assert_protobuf_like_the_library(batch, yhat, np.arange(2), "m", "v")
+    assert_protobuf_like_the_library(
+        batch, yhat, np.arange(2), "m", "v", quantiles, (0.1, 0.5, 0.9)
+    )
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(

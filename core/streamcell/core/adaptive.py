@@ -84,6 +84,14 @@ def updated(
     """The streams' ``log w`` ``[K, targets]`` after the actuals ``[K, targets]`` scored the
     quantiles served for them, ``[K, levels, targets]``. Float32 throughout; a new array."""
     inside = (served[:, interval.lower] <= actual) & (actual <= served[:, interval.upper])
+    return moved(log_width, inside, interval, gamma)
+
+
+def moved(
+    log_width: np.ndarray, inside: np.ndarray, interval: Interval, gamma: float
+) -> np.ndarray:
+    """:func:`updated` given whether each actual fell inside ``interval``, ``[K, targets]``
+    bool (the Predictor has it from its scoring, :func:`streamcell.core.quantiles.score`)."""
     miss = np.where(inside, np.float32(0.0), np.float32(1.0))
     step = np.float32(gamma) * (miss - np.float32(1.0 - interval.coverage))
     out = log_width.astype(np.float32) + step

@@ -75,7 +75,7 @@ from streamcell.core.forecast import run as run_forecast
 from streamcell.core.journal import ChangeJournal, Placement
 from streamcell.core.model import Gates
 from streamcell.core.normalization import SCALING_GLOBAL, scale_from_sums
-from streamcell.core.quantiles import Scores, inside_counts, median_index, pinball_sums
+from streamcell.core.quantiles import Scores, median_index, score
 from streamcell.core.recipe import Recipe, advance
 from streamcell.core.state import StateStore, StreamInfo
 from streamcell.core.tiers import TieredStore
@@ -163,6 +163,7 @@ class Predictor:
         # The model and the (h, c) slabs live here; events arrive and results
         # leave as numpy in host memory, one transfer each way per wave.
         self.device = torch.device(device)
+        self._on_cpu = self.device.type == "cpu"
         self._store_args = dict(
             max_streams=max_streams,
             initial_capacity=initial_capacity,
@@ -542,16 +543,19 @@ class Predictor:
         """The streams' previous quantiles against the actuals that just arrived."""
         assert store.quantiles is not None and store.inside is not None
         assert result.scores is not None
-        previous = store.quantiles[store.index(slots)].cpu().numpy()
-        inside = inside_counts(actual, previous, store.intervals)
-        store.inside[slots] += inside
+        if self._on_cpu:  # a numpy view: no torch call per gather
+            previous = store.quantiles.numpy().take(slots, axis=0)
+        else:
+            previous = store.quantiles.index_select(0, store.index(slots)).cpu().numpy()
+        # One pass of errors for the coverage, the pinball sums and the adaptive width.
+        found = score(actual, previous, store.intervals, self._levels)
+        store.inside[slots] += found.inside
         if store.width is not None:
-            store.width[slots] = adaptive.updated(
-                store.width[slots], previous, actual, store.intervals[0], self._gamma
+            assert found.widest is not None
+            store.width[slots] = adaptive.moved(
+                store.width[slots], found.widest, store.intervals[0], self._gamma
             )
-        result.scores.add(
-            actual.size, inside.sum(axis=0), pinball_sums(actual, previous, self._levels)
-        )
+        result.scores.add(actual.size, found.inside.sum(axis=0), found.pinball)
 
     def _event_inputs(
         self, store: StateStore, slots: np.ndarray, x: np.ndarray, counts: np.ndarray

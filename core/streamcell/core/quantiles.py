@@ -131,6 +131,52 @@ def pinball_sums(actual: np.ndarray, quantiles: np.ndarray, levels: Sequence[flo
     return np.asarray(levels, dtype=np.float64) * total - below
 
 
+class Scored(NamedTuple):
+    """What :func:`score` found for rows of actuals against their previous quantiles."""
+
+    inside: np.ndarray  # [K, n_intervals] int64: the targets inside each interval, per row
+    widest: np.ndarray | None  # [K, targets] bool: inside the widest interval (None: none)
+    pinball: np.ndarray  # [levels] float64: the pinball loss summed over rows and targets
+
+
+def score(
+    actual: np.ndarray,
+    quantiles: np.ndarray,
+    intervals: Sequence[Interval],
+    levels: Sequence[float],
+) -> Scored:
+    """:func:`inside_counts` and :func:`pinball_sums` at once, bit for bit, from one
+    pass of errors ``e = actual - q``.
+
+    A value lies inside ``[lo, hi]`` exactly when ``a - lo >= 0`` and ``a - hi <= 0``
+    (a float difference is zero only for equal values and keeps the sign
+    otherwise), so the errors the pinball loss needs give the coverage too; they
+    are written level-major, the layout :func:`pinball_sums` sums, with no copy.
+    """
+    rows, n_levels, targets = quantiles.shape
+    err = np.empty((n_levels, rows, targets), np.result_type(actual, quantiles))
+    np.subtract(actual, quantiles.transpose(1, 0, 2), out=err)
+    widest = None
+    if len(intervals) == 1:  # the usual levels (0.1, 0.5, 0.9): no copies of the errors
+        iv = intervals[0]
+        widest = np.greater_equal(err[iv.lower], 0.0)
+        widest &= err[iv.upper] <= 0.0
+        inside = widest.sum(axis=1, dtype=np.int64)[:, None]
+    elif intervals:
+        lower = err[[iv.lower for iv in intervals]]  # [n_intervals, K, targets]
+        upper = err[[iv.upper for iv in intervals]]
+        within = np.greater_equal(lower, 0.0)
+        within &= upper <= 0.0
+        inside = within.sum(axis=2, dtype=np.int64).T
+        widest = within[0]
+    else:
+        inside = np.zeros((rows, 0), np.int64)
+    flat = err.reshape(n_levels, -1)
+    total = flat.sum(axis=1, dtype=np.float64)
+    below = np.minimum(flat, 0.0, out=flat).sum(axis=1, dtype=np.float64)
+    return Scored(inside, widest, np.asarray(levels, dtype=np.float64) * total - below)
+
+
 @dataclass
 class Scores:
     """What one micro-batch scored: actual values, those inside each interval, pinball sums."""

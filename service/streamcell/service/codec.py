@@ -494,8 +494,11 @@ def _encode_protobuf(
     one row of a uint8 matrix, its pieces side by side (stream, seq, then
     what every record has the same layout of: yhat, model, version,
     quantiles; then partition and offset), each variable piece padded to
-    the poll's widest; one boolean gather of each row's real bytes keeps
-    them in order. Building a message per record with the library costs
+    the poll's widest; the real bytes of the pieces before the middle are
+    packed against it from the left and those after it from the right
+    (:func:`_packed`, a boolean gather of the narrow pieces alone), so each
+    record is one slice of the matrix's bytes and the middle, most of them,
+    is never gathered. Building a message per record with the library costs
     several times more (docs/BENCHMARKS.md, bench/prediction_format_bench.py).
     """
     n = len(rows)
@@ -503,37 +506,36 @@ def _encode_protobuf(
     keys = list(map(str.encode, [names[k] for k in rows.tolist()]))
     width = 4 * yhat.shape[1]  # bytes of one target vector
     y = np.ascontiguousarray(yhat[rows], dtype="<f4").view(np.uint8).reshape(n, width)
-    pieces: list[np.ndarray] = []  # [N, w] uint8 (or [1, w]: the same bytes in every row)
-    padded: list[tuple[int, np.ndarray]] = []  # (piece, each row's length) of a padded piece
+    # [N, w] uint8 pieces (the middle's may be [1, w]: the same bytes in every row): those
+    # of varying length, with each row's length, before (stream, seq) and after
+    # (partition, offset) the middle that every record has alike.
+    head: list[tuple[np.ndarray, np.ndarray]] = []
+    middle: list[np.ndarray] = []
+    tail: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def add(piece: np.ndarray, lengths: np.ndarray | None = None) -> None:
-        if lengths is not None:
-            padded.append((len(pieces), lengths))
-        pieces.append(piece)
-
-    def add_const(data: bytes) -> None:
+    def const(data: bytes) -> None:
         if data:
-            pieces.append(np.frombuffer(data, np.uint8)[None, :])
+            middle.append(np.frombuffer(data, np.uint8)[None, :])
 
     # 1 stream: tag, length, the UTF-8 bytes (an empty string is left out, as proto3 does)
     sizes = np.fromiter(map(len, keys), np.int64, n)
     widest = int(sizes.max())
     size_bytes, size_lengths = _varints(sizes)
     tagged = np.concatenate([np.full((n, 1), _tag(_F_STREAM, _LEN)[0], np.uint8), size_bytes], 1)
-    add(tagged, np.where(sizes > 0, size_lengths + 1, 0))
+    head.append((tagged, np.where(sizes > 0, size_lengths + 1, 0)))
     if widest:
-        add(np.array(keys, dtype=f"S{widest}").view(np.uint8).reshape(n, widest), sizes)
+        head.append((np.array(keys, dtype=f"S{widest}").view(np.uint8).reshape(n, widest), sizes))
     # 2 seq, where the event had one (an optional field: a 0 is written)
     seqs = batch.seq[rows]
     has_seq = seqs != NO_SEQ
     if has_seq.any():
         seq_bytes, seq_lengths = _varints(np.where(has_seq, seqs, 0))
         tagged = np.concatenate([np.full((n, 1), _tag(_F_SEQ, _VARINT)[0], np.uint8), seq_bytes], 1)
-        add(tagged, np.where(has_seq, seq_lengths + 1, 0))
+        head.append((tagged, np.where(has_seq, seq_lengths + 1, 0)))
     # 3 yhat, 4 model, 5 version, 8 quantiles: the same layout in every record
-    add_const(_without_payload(_field_bytes(_F_YHAT, bytes(width)), width))
-    add(y)
-    add_const(_field_bytes(_F_MODEL, model.encode()) + _field_bytes(_F_VERSION, version.encode()))
+    const(_without_payload(_field_bytes(_F_YHAT, bytes(width)), width))
+    middle.append(y)
+    const(_field_bytes(_F_MODEL, model.encode()) + _field_bytes(_F_VERSION, version.encode()))
     if quantiles is not None and levels:
         levels = list(levels)
         q = np.ascontiguousarray(quantiles[rows], dtype="<f4")
@@ -542,27 +544,53 @@ def _encode_protobuf(
             level_field = b""  # proto3 leaves a 0.0 level out
             if np.float32(level):
                 level_field = _tag(_Q_LEVEL, _I32) + np.float32(level).astype("<f4").tobytes()
-            head = _field_bytes(_F_QUANTILES, level_field + _field_bytes(_Q_YHAT, bytes(width)))
-            add_const(_without_payload(head, width))
+            field = _field_bytes(_F_QUANTILES, level_field + _field_bytes(_Q_YHAT, bytes(width)))
+            const(_without_payload(field, width))
             # The median is yhat, as in the JSON records.
-            add(y if j == median else q[:, j].view(np.uint8).reshape(n, width))
+            middle.append(y if j == median else q[:, j].view(np.uint8).reshape(n, width))
     # 9 partition, 10 offset: optional, always written for a Kafka record
     for number, column in ((_F_PARTITION, batch.partition), (_F_OFFSET, batch.offset)):
         varints, lengths = _varints(column[rows])
         tagged = np.concatenate([np.full((n, 1), _tag(number, _VARINT)[0], np.uint8), varints], 1)
-        add(tagged, lengths + 1)
-    full = [np.broadcast_to(p, (n, p.shape[1])) if len(p) == 1 else p for p in pieces]
+        tail.append((tagged, lengths + 1))
+    # Each row: its head's bytes packed to the right, the middle, its tail's packed to the
+    # left; so a record is one slice of the matrix's bytes, and only the narrow head and
+    # tail need a boolean gather (the middle, most of a record's bytes, is copied once).
+    before, before_sizes = _packed(head, n, right=True)
+    after, after_sizes = _packed(tail, n, right=False)
+    full = [before, *(np.broadcast_to(p, (n, p.shape[1])) for p in middle), after]
     matrix = np.concatenate(full, axis=1)
-    mask = np.ones(matrix.shape, bool)
-    at = np.cumsum([0] + [p.shape[1] for p in pieces])
-    record_sizes = np.full(n, matrix.shape[1], np.int64)
-    for k, lengths in padded:
-        mask[:, at[k] : at[k + 1]] = np.arange(at[k + 1] - at[k]) < lengths[:, None]
-        record_sizes -= at[k + 1] - at[k] - lengths
-    blob = matrix[mask].tobytes()
-    ends = np.cumsum(record_sizes).tolist()
-    values = [blob[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+    row = matrix.shape[1]
+    starts = np.arange(n, dtype=np.int64) * row + (before.shape[1] - before_sizes)
+    ends = starts + before_sizes + (row - before.shape[1] - after.shape[1]) + after_sizes
+    blob = matrix.tobytes()
+    values = [blob[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
     return list(zip(keys, values, strict=True))
+
+
+def _packed(
+    pieces: list[tuple[np.ndarray, np.ndarray]], n: int, right: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pieces ``[N, w]`` side by side, each row's first ``length`` bytes of each kept:
+    ``[N, widest]`` with each row's bytes packed to the right (or left), and their counts."""
+    if not pieces:
+        return np.zeros((n, 0), np.uint8), np.zeros(n, np.int64)
+    matrix = np.concatenate([p for p, _ in pieces], axis=1)
+    sizes = np.sum([lengths for _, lengths in pieces], axis=0)
+    # Padding only after the bytes (none, or in the last piece alone): nothing to move.
+    gaps = [k for k, (p, lengths) in enumerate(pieces) if (lengths != p.shape[1]).any()]
+    if not gaps or (not right and gaps == [len(pieces) - 1]):
+        return matrix, sizes
+    mask = np.ones(matrix.shape, bool)
+    at = np.cumsum([0] + [p.shape[1] for p, _ in pieces])
+    for k in gaps:
+        mask[:, at[k] : at[k + 1]] = np.arange(at[k + 1] - at[k]) < pieces[k][1][:, None]
+    widest = int(sizes.max())
+    out = np.zeros((n, widest), np.uint8)
+    columns = np.arange(widest)
+    keep = columns >= (widest - sizes)[:, None] if right else columns < sizes[:, None]
+    out[keep] = matrix[mask]  # row-major on both sides: each row's bytes stay in its row
+    return out, sizes
 
 
 def decode_prediction(value: bytes, prediction_format: str = FORMAT_JSON) -> dict[str, Any]:

@@ -459,6 +459,8 @@ class Metrics:
             registry=r,
         )
         self._tiers: TierCollector | None = None
+        # (model, version, levels) -> record_scores' counter children and pinball labels.
+        self._score_series: dict[tuple, tuple[Any, list[Any], list[tuple[str, str, str]]]] = {}
         self._tiers_source: Callable[[], Any] = lambda: None
         self._bind()
 
@@ -502,11 +504,23 @@ class Metrics:
     def record_scores(
         self, scores: Scores, levels: Sequence[float], model: str, version: str
     ) -> None:
-        self.interval_scored.labels(model, version).inc(scores.scored)
-        for iv, inside in zip(central_intervals(levels), scores.inside.tolist(), strict=True):
-            self.interval_inside.labels(model, version, iv.label).inc(inside)
-        for level, total in zip(levels, scores.pinball.tolist(), strict=True):
-            self.pinball_loss.add((model, version, interval_label(level)), scores.scored, total)
+        key = (model, version, tuple(levels))
+        series = self._score_series.get(key)
+        if series is None:  # once per version: the children and labels, not per batch
+            series = self._score_series[key] = (
+                self.interval_scored.labels(model, version),
+                [
+                    self.interval_inside.labels(model, version, iv.label)
+                    for iv in central_intervals(levels)
+                ],
+                [(model, version, interval_label(level)) for level in levels],
+            )
+        scored, inside_children, pinball_labels = series
+        scored.inc(scores.scored)
+        for child, inside in zip(inside_children, scores.inside.tolist(), strict=True):
+            child.inc(inside)
+        for labels, total in zip(pinball_labels, scores.pinball.tolist(), strict=True):
+            self.pinball_loss.add(labels, scores.scored, total)
 
     @contextmanager
     def restoring(self, partitions: int) -> Iterator[None]:
