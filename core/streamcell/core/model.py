@@ -194,8 +194,8 @@ def _tanh_rows(x: Tensor, scratch: Tensor) -> Tensor:
 
 
 # The step's constants as 0-dim float32 tensors: a Python float is wrapped as a double
-# tensor and cast to the operand's dtype on every call (a third of such a call's cost
-# in a small wave); a 0-dim tensor is the same CPU scalar to the kernels, with the same
+# tensor and cast to the operand's dtype on every call (a cost small waves feel);
+# a 0-dim tensor is the same CPU scalar to the kernels, with the same
 # value, so the results are the same bits. Allowed with tensors on any device.
 _TWO = torch.tensor(2.0)
 _ONE = torch.tensor(1.0)

@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-ets",
         dest="ets",
         action="store_false",
-        help="leave out the ETS baseline beside the scorecard (it costs about a minute of CPU)",
+        help="leave out the ETS baseline beside the scorecard (it competes with training for CPU)",
     )
     parser.add_argument(
         "--keep-running",

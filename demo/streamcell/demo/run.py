@@ -49,7 +49,7 @@ class DemoSettings:
     step_seconds: float  # replay pace of the held-out part, per calendar step
     keep_running: bool
     train_timeout_s: float = 600.0
-    ets: bool = True  # fit ETS beside it (about a minute of CPU on aus_retail)
+    ets: bool = True  # fit ETS beside it (on the training's cores, while it trains)
     prediction_format: str = settings.FORMAT_JSON  # serve's --prediction-format
 
 

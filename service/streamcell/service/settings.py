@@ -104,9 +104,9 @@ class PipelineSettings:
     max_batch_delay_ms: int = 15
     min_batch: int = 0
     # A checkpoint snapshots every stream changed since the last one, however many events
-    # it had: at 1 s, 10^4 busy streams cost 12 MB of changelog a second and the loop's
-    # p99 (docs/BENCHMARKS.md, "Where the tail comes from"). 5 s, as Quix Streams'
-    # default: a failover re-reads (and predicts again) up to that much input.
+    # it had: a short interval makes the changelog's bytes and the loop's p99 tail
+    # (docs/BENCHMARKS.md, "Where the tail comes from"). 5 s, as Quix Streams' default:
+    # a failover re-reads (and predicts again) up to that much input.
     commit_interval_ms: int = 5000
     # Once a poll finds nothing (the input went quiet), checkpoint what was done
     # as soon as this long has passed since the last checkpoint, not at the next
