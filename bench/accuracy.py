@@ -17,6 +17,8 @@ CLI's time budget and candidates: nothing per data set); ``lstm_tuned`` the
 same with a wider candidate set and budget, chosen on validation only.
 
 SARIMA, ETS and River results are cached under bench/accuracy_cache/.
+The LSTM rows run ``--jobs`` at a time (2), each in a process of its own with
+``--threads`` torch threads (the CPUs over the jobs), the costliest first.
 Results go to bench/accuracy_results.json; the table is printed as Markdown.
 """
 
@@ -24,10 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -246,49 +249,110 @@ def summarize(ds: Dataset, forecasts: dict[str, Forecasts]) -> dict[str, Any]:
     return out
 
 
-def run(names: list[str], methods: list[str], jobs: int, save: Any = None) -> dict[str, Any]:
-    """Every method on every data set; ``save(results)`` after each set (a crash keeps them)."""
+def run(
+    names: list[str], methods: list[str], jobs: int, save: Any = None, threads: int = 1
+) -> dict[str, Any]:
+    """Every method on every data set; ``save(results)`` after each row (a crash keeps them).
+
+    With ``jobs`` > 1 the LSTM rows run in that many processes of ``threads``
+    torch threads each, the costliest first (each trains on its own budget's
+    CPU clock, so running beside another changes its time, not its model),
+    and the baselines meanwhile in this process.
+    """
+    loaded = {name: datasets.load(name) for name in names}
+    rows = [(n, m) for n in names for m in methods if _applies(n, m)]
+    slow = sorted(
+        (r for r in rows if r[1] in TRAINED), key=lambda r: _cost(loaded[r[0]], r[1]), reverse=True
+    )
+    done: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def finish(row: tuple[str, str], summary: dict[str, Any]) -> None:
+        done[row] = summary
+        print(f"{row[0]:18s} {row[1]:20s} {_fmt(summary)}", file=sys.stderr, flush=True)
+        if save is not None:
+            save(_in_order(rows, done))
+
+    if jobs > 1 and slow:
+        spawn = multiprocessing.get_context("spawn")  # no forked torch threads
+        with ProcessPoolExecutor(
+            min(jobs, len(slow)), mp_context=spawn, initializer=_set_threads, initargs=(threads,)
+        ) as pool:
+            futures = {pool.submit(row_summary, n, m, 1): (n, m) for n, m in slow}
+            for name, method in rows:
+                if (name, method) not in slow:
+                    finish((name, method), row_summary(name, method, jobs, loaded[name]))
+            for future in as_completed(futures):
+                finish(futures[future], future.result())
+    else:
+        for name, method in rows:
+            finish((name, method), row_summary(name, method, jobs, loaded[name]))
+    return _in_order(rows, done)
+
+
+# The rows that train an LSTM (the rest are baselines, cached or quick).
+TRAINED = (*RECIPE_METHODS, *LSTM_SETTINGS)
+
+
+def _applies(name: str, method: str) -> bool:
+    return method not in LSTM_SETTINGS or name in LSTM_SETTINGS[method]
+
+
+def _cost(ds: Dataset, method: str) -> tuple[float, int]:
+    """What orders the LSTM rows, costliest first: the training budget, then the
+    protocol-B steps to forecast (vic_elec's 365 origins), then the rows."""
+    from streamcell.trainer.cli import DEFAULT_TIME_BUDGET
+
+    budget = TUNED_BUDGET if method == "lstm_tuned" else DEFAULT_TIME_BUDGET
+    starts, h = b_origins(ds) or ({}, 0)
+    return budget, sum(map(len, starts.values())) * (h or 0) + len(ds.part("train"))
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _in_order(rows: list[tuple[str, str]], done: dict[tuple[str, str], Any]) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    for name in names:
-        if save is not None and results:
-            save(results)
-        ds = datasets.load(name)
-        fp = cache.fingerprint(ds)
-        results[name] = {}
-        for method in methods:
-            started = time.perf_counter()
-            info: dict[str, Any] = {}
-            if method in RECIPE_METHODS and (method != "lstm_tuned" or not TUNED_PER_PROTOCOL):
-                from bench import lstm
-
-                trained, info = lstm.train(ds, recipe_settings(method))
-                forecasts, extra = recipe_forecasts(ds, trained)
-                info.update(extra)
-            elif method in RECIPE_METHODS:
-                forecasts, info = per_protocol(ds, recipe_settings(method))
-            elif method in LSTM_SETTINGS:
-                if name not in LSTM_SETTINGS[method]:
-                    continue
-                from bench import lstm
-
-                lags = lags_for(method, name)
-                trained, info = lstm.train(ds, settings_for(method, name), lags=lags)
-                forecasts = lstm.score(ds, trained, f"bench-{name}", lags=lags)
-            else:
-                forecasts = baseline(ds, method, jobs, fp)
-                if ds.name == "vic_elec" and method in ("last_value", "seasonal_naive"):
-                    paths = naive_origins(ds, method)
-                    forecasts = {
-                        s: Forecasts(f.one_step, paths[s][0], f.one_step_q, paths[s][1])
-                        for s, f in forecasts.items()
-                    }
-            summary = summarize(ds, forecasts)
-            summary["seconds"] = round(time.perf_counter() - started, 1)
-            if info:
-                summary["training"] = info
-            results[name][method] = summary
-            print(f"{name:18s} {method:20s} {_fmt(summary)}", file=sys.stderr, flush=True)
+    for name, method in rows:
+        if (name, method) in done:
+            results.setdefault(name, {})[method] = done[(name, method)]
     return results
+
+
+def row_summary(name: str, method: str, jobs: int, ds: Dataset | None = None) -> dict[str, Any]:
+    """One method's scores on one data set, with its training record and seconds."""
+    ds = datasets.load(name) if ds is None else ds
+    started = time.perf_counter()
+    info: dict[str, Any] = {}
+    if method in RECIPE_METHODS and (method != "lstm_tuned" or not TUNED_PER_PROTOCOL):
+        from bench import lstm
+
+        trained, info = lstm.train(ds, recipe_settings(method))
+        forecasts, extra = recipe_forecasts(ds, trained)
+        info.update(extra)
+    elif method in RECIPE_METHODS:
+        forecasts, info = per_protocol(ds, recipe_settings(method))
+    elif method in LSTM_SETTINGS:
+        from bench import lstm
+
+        lags = lags_for(method, name)
+        trained, info = lstm.train(ds, settings_for(method, name), lags=lags)
+        forecasts = lstm.score(ds, trained, f"bench-{name}", lags=lags)
+    else:
+        forecasts = baseline(ds, method, jobs, cache.fingerprint(ds))
+        if ds.name == "vic_elec" and method in ("last_value", "seasonal_naive"):
+            paths = naive_origins(ds, method)
+            forecasts = {
+                s: Forecasts(f.one_step, paths[s][0], f.one_step_q, paths[s][1])
+                for s, f in forecasts.items()
+            }
+    summary = summarize(ds, forecasts)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    if info:
+        summary["training"] = info
+    return summary
 
 
 def recipe_forecasts(ds: Dataset, trained: Any) -> tuple[dict[str, Forecasts], dict[str, Any]]:
@@ -465,8 +529,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default=",".join(datasets.LOADERS))
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
-    parser.add_argument("--jobs", type=int, default=2, help="processes for uncached baselines")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads for the LSTM")
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="processes for the LSTM rows and uncached baselines"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per LSTM process (default: the CPUs over --jobs, at least 1)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--tune", action="store_true", help="LSTM settings grid, validation only")
     parser.add_argument(
@@ -484,9 +555,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         print(markdown(json.loads(args.output.read_text())["results"]))
         return 0
-    import torch
-
-    torch.set_num_threads(args.threads)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    threads = (
+        args.threads if args.threads is not None else max(1, (os.cpu_count() or 1) // args.jobs)
+    )
+    if threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    _set_threads(threads)
     if args.tune:
         tune(names, json.loads(args.grid))
         return 0
@@ -498,12 +574,14 @@ def main(argv: list[str] | None = None) -> int:
             "complete": complete,
             "seconds": round(time.perf_counter() - started, 1),
             "cpus": os.cpu_count(),
+            "jobs": args.jobs,
+            "threads": threads,
             "load_average": os.getloadavg(),
             "command": "python -m bench.accuracy " + " ".join(argv or sys.argv[1:]),
         }
         args.output.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
-    results = run(names, methods, args.jobs, save)
+    results = run(names, methods, args.jobs, save, threads)
     save(results, complete=True)
     print(markdown(results))
     return 0
