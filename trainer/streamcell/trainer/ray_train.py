@@ -35,7 +35,7 @@ import torch
 from streamcell.core.errors import ConfigError, DataError, StreamcellError
 from streamcell.core.model import StreamingLSTM
 from streamcell.trainer import ray_cluster
-from streamcell.trainer.api import TrainResult, finish, finish_chosen, prepare_frame
+from streamcell.trainer.api import TrainResult, finish_chosen, prepare_frame
 from streamcell.trainer.budget import Deadline, budget_clock
 from streamcell.trainer.calibrate import online_counts
 from streamcell.trainer.data import LongFrame
@@ -50,13 +50,8 @@ from streamcell.trainer.loop import (
 )
 from streamcell.trainer.prepare import Prepared
 from streamcell.trainer.select import (
-    FINAL_SHARE,
     Fitter,
     choose,
-    final_model,
-    final_note,
-    refit_seconds,
-    resolve_head,
     train_candidates,
 )
 from streamcell.trainer.settings import GPU_MODES, TrainSettings
@@ -118,9 +113,7 @@ def train(
             f"{len(frame.streams)} (each worker trains on its own streams)"
         )
     started = time.perf_counter()
-    # Bad data fails here, before Ray starts (candidates prepare theirs again inside).
-    given = settings
-    settings, prepared = resolve_head(settings, prepare_frame(frame, settings))
+    prepare_frame(frame, settings)  # bad data fails here, before Ray starts
     with _ray_session(ray_address, num_cpus or workers * threads, log_to_driver) as (joined, ray):
         own_storage = storage_path is None
         storage = storage_path or tempfile.mkdtemp(prefix="streamcell-ray-")
@@ -139,36 +132,17 @@ def train(
                 after_epoch=after_epoch,
                 on_epoch=on_epoch,
             )
-            if settings.candidates:
-                fitter = RayFitter(run)
-                trials = train_candidates(
-                    frame, given, prepare_frame, on_epoch=on_epoch, fitter=fitter
-                )
-                chosen = choose(trials, "origin", on_epoch=on_epoch)
-                return finish_chosen(frame, chosen, fitter.device, started, workers)
-            refitting = settings.final_fit != "off"
-            budget = settings.time_budget * ((1 - FINAL_SHARE) if refitting else 1.0)
-            first = replace(settings, time_budget=budget)
-            state, device, _ = run({"data": ray.put(prepared)}, None, first)
-            final, note = None, "off"
-            if refitting and state.best_epoch > 0:
-                final, note = _final_fit(run, prepared, settings, state, budget)
+            # One selection as in one process (select.py), each fit a Ray Train
+            # run of its own; without candidates, the settings alone.
+            fitter = RayFitter(run)
+            trials = train_candidates(
+                frame, settings, prepare_frame, on_epoch=on_epoch, fitter=fitter
+            )
+            chosen = choose(trials, "origin", on_epoch=on_epoch)
         finally:
             if own_storage:
                 shutil.rmtree(storage, ignore_errors=True)
-    model = new_model(prepared, settings)
-    return finish(
-        frame,
-        prepared,
-        settings,
-        state,
-        model,
-        workers=workers,
-        device=device,
-        seconds=time.perf_counter() - started,
-        final=final,
-        selection={"final_fit": note},
-    )
+    return finish_chosen(frame, chosen, fitter.device, started, workers)
 
 
 class RayFitter(Fitter):
@@ -210,30 +184,6 @@ class RayFitter(Fitter):
         if share:
             self._spent += min(state.budget_seconds, share)
         return state
-
-
-def _final_fit(
-    run: Callable[..., tuple[LoopState, str, dict[str, Any]]],
-    prepared: Prepared,
-    settings: TrainSettings,
-    state: LoopState,
-    spent: float,
-) -> tuple[StreamingLSTM | None, str]:
-    """The refit on every row (a second Ray run) where the budget left allows it, and a note."""
-    need = refit_seconds(state, prepared)
-    left = settings.time_budget - spent if settings.time_budget > 0 else need
-    if need > left:
-        return None, f"skipped: {need:.0f} s needed, {max(left, 0):.0f} s of the budget left"
-    import ray
-
-    whole = prepared.whole()
-    again = replace(settings, epochs=state.best_epoch, time_budget=0.0)
-    refit_state, _, _ = run({"data": ray.put(whole), "validate": False}, None, again)
-    refit = restore_best(new_model(whole, settings), refit_state)
-    validated = restore_best(new_model(prepared, settings), state)
-    return final_model(settings.final_fit, validated, refit), final_note(
-        settings.final_fit, state.best_epoch
-    )
 
 
 @contextmanager
