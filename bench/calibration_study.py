@@ -727,6 +727,16 @@ def steps(name: str) -> dict[str, Any]:
                 _scores(*_step_forecasts(d, part, table, g, pooled_steps))
                 for part in ("val", "test")
             ]
+    # gamma (or none: main) by validation's wQL, a proper score, ties to the smaller gamma
+    by_val = [(rows["B main: val, test"][0][1], 0.0, None)] + [
+        (rows[f"B width per step, gamma {g}: val, test"][0][1], g, g) for g in STEP_GAMMAS
+    ]
+    _, _, pick = min(by_val, key=lambda r: (r[0], r[1]))
+    label = "B main" if pick is None else f"B width per step, gamma {pick}"
+    rows["B per-step gamma chosen by validation wQL (None: no width): gamma, test"] = (
+        pick,
+        rows[f"{label}: val, test"][1],
+    )
     for g in (0.05, 0.1):
         rows[f"B width per step, gamma {g}, centred over streams: val, test"] = [
             _scores(*_step_forecasts(d, part, table, g, False, centred=True))
@@ -754,14 +764,63 @@ def steps(name: str) -> dict[str, Any]:
     return rows
 
 
+# ------------------------------------------------------------------ sides
+def _sided_online(d: dict[str, Any], a: np.ndarray, gamma: float) -> tuple[np.ndarray, ...]:
+    """The blend's one-step test quantiles, factors ``a``, and each stream's two widths, one
+    per side of the median: the levels below it scaled by ``exp(log w_lo)``, those above by
+    ``exp(log w_hi)``, each log moved by gamma (miss on its side - 0.1) after each actual
+    (adaptive conformal inference on each bound of the 80 % interval): the median stays,
+    and the interval may move off it where the served model is biased."""
+    qs, ys = [], []
+    lowest, highest = np.float32(np.log(0.1)), np.float32(np.log(10.0))
+    g, half = np.float32(gamma), np.float32((1 - OUTER) / 2)
+    below_mid = np.arange(len(LEVELS)) < MID
+    for _s, m in d["meta"].items():
+        y, n = m["y"].astype(np.float32), m["n"]
+        if not m["trained"] or len(y) <= n:
+            continue
+        q = np.sort(d["preds"]["blend"][_s]["first"], axis=1)
+        static = _calibrated(q, a.astype(np.float32)[None])
+        med = static[:, MID : MID + 1]
+        dev = static - med
+        out = np.empty_like(static)
+        out[0] = static[0]
+        lw = np.zeros(2, np.float32)
+        for t in range(1, len(y)):
+            prev = out[t - 1]
+            miss = np.array([y[t] < prev[0], y[t] > prev[-1]], np.float32)
+            lw = np.clip(lw + g * (miss - half), lowest, highest)
+            w = np.where(below_mid, np.exp(lw[0]), np.exp(lw[1])).astype(np.float32)
+            out[t] = med[t] + w * dev[t]
+        qs.append(out[n - 1 : len(y) - 1])
+        ys.append(m["y"][n:])
+    return np.concatenate(qs).astype(np.float64), np.concatenate(ys)
+
+
+def sides(name: str) -> dict[str, Any]:
+    """Online: main's width (one per stream) against one per side of the median, by gamma."""
+    from streamcell.trainer.calibrate import ADAPTIVE_GAMMA
+
+    d = _load(OUT / name)
+    a = _fit_online(d, "blend")
+    rows: dict[str, Any] = {
+        "A main (one width, gamma 0.1)": _scores(*_served_online(d, a, ADAPTIVE_GAMMA))
+    }
+    for g in (0.05, 0.1, 0.2):
+        rows[f"A a width per side, gamma {g}"] = _scores(*_sided_online(d, a, g))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["train", "report", "variants", "steps"])
+    parser.add_argument("what", choices=["train", "report", "variants", "steps", "sides"])
     parser.add_argument("names", nargs="+")
     args = parser.parse_args(argv)
     for name in args.names:
         if args.what == "train":
             train(name)
+        elif args.what == "sides":
+            print(json.dumps({"data set": name, **sides(name)}), flush=True)
         elif args.what == "steps":
             print(json.dumps({"data set": name, **steps(name)}), flush=True)
         elif args.what == "variants":
