@@ -755,6 +755,19 @@ def steps(name: str) -> dict[str, Any]:
     rows["B CQR per step, additive in the stream's scale: val, test"] = [
         _scores(*pair) for pair in _additive(d)
     ]
+    zero = [
+        s for s, m in d["meta"].items() if m["trained"] and not np.any(m["y"][m["nv"] : m["n"]])
+    ]
+    if zero:
+        kept = {**d, "meta": {s: m for s, m in d["meta"].items() if s not in zero}}
+        rows["streams all zero over their validation rows"] = len(zero)
+        rows["B main, then width per step 0.1, without those streams: test"] = [
+            _scores(*_step_forecasts(kept, "test", table, g, False))[0] for g in (None, 0.1)
+        ]
+        only = {**d, "meta": {s: d["meta"][s] for s in zero}}
+        rows["B main on those streams alone: test"] = _scores(
+            *_step_forecasts(only, "test", table, None, False)
+        )[0]
     rows["test points by width at origin (gamma 0.1): share, main's coverage"] = _width_groups(
         d, table, 0.1
     )
