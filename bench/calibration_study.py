@@ -315,7 +315,9 @@ def _scores(q: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         np.sum(np.maximum(tau * (y - q[:, j]), (tau - 1) * (y - q[:, j])))
         for j, tau in enumerate(LEVELS)
     )
-    return round(inside, 3), round(float(2 * loss / len(LEVELS) / np.sum(np.abs(y))), 4)
+    scale = float(np.sum(np.abs(y)))
+    wql = 2 * loss / len(LEVELS) / scale if scale > 0 else float("nan")  # all-zero actuals
+    return round(inside, 3), round(float(wql), 4)
 
 
 def report(name: str) -> dict[str, Any]:
