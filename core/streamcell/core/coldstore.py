@@ -222,9 +222,12 @@ class ColdStore:
         self._write_opts = WriteOptions()
         self._write_opts.disable_wal = True
         # A load reads a stream's block once and deletes the stream: caching the block
-        # would only push out others. (Checksums stay on: a bad block is an error.)
+        # would only push out others, and each read would pay for the insert and an
+        # eviction. Set as the database's own: rocksdict's multi-get ignores its
+        # read_opt argument. (Checksums stay on: a bad block is an error.)
         self._read_opts = ReadOptions()
         self._read_opts.fill_cache(False)
+        db.set_read_options(self._read_opts)
         try:
             # On disk at once: the records go without a log, so a killed process would
             # leave the marker only in memory, and the next start would see layout 1.
@@ -636,7 +639,7 @@ class ColdStore:
         if not keys:
             return []
         try:
-            return self._db.get(keys, read_opt=self._read_opts)
+            return self._db.get(keys)  # with the read options set at open
         except Exception as exc:
             raise ColdTierError(f"reading the cold tier in {self.path} failed: {exc}") from exc
 
