@@ -541,18 +541,18 @@ class ColdStore:
         pending = self._pending
         if not pending:
             return [None] * len(keys), list(range(len(keys)))
-        entries = list(map(pending.pop if pop else pending.get, keys, repeat(None)))
+        entries: list[tuple[bytes, int] | None] = list(
+            map(pending.pop if pop else pending.get, keys, repeat(None))
+        )
         rest = [j for j, entry in enumerate(entries) if entry is None]
-        if len(rest) == len(keys):
-            return entries, rest  # none pending: all None
-        records = [None if entry is None else entry[0] for entry in entries]
-        if pop:
-            found = [j for j, entry in enumerate(entries) if entry is not None]
-            self._untag_all([entries[j][1] for j in found])  # type: ignore[index]
+        records: list[bytes | None] = [None if e is None else e[0] for e in entries]
+        if pop and len(rest) < len(keys):
+            found = [(key, e) for key, e in zip(keys, entries, strict=True) if e is not None]
+            self._untag_all([tag for _, (_, tag) in found])
             freed = _records_bytes(
                 len(found),
-                sum(len(keys[j]) for j in found),
-                sum(len(entries[j][0]) - _HEAD.size for j in found),  # type: ignore[index]
+                sum(len(key) for key, _ in found),
+                sum(len(record) for _, (record, _) in found) - len(found) * _HEAD.size,
             )
             self.count -= len(found)
             self.bytes -= freed
