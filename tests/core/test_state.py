@@ -434,3 +434,51 @@ def _lru_against_a_list(ops) -> None:
             _, n, spare = op
             spared = [f"s{spare}"]
             assert s.least_recent(n, sparing=spared) == [x for x in order if x not in spared][:n]
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"keep_gates": True, "buffer_size": 3},
+        {"quantile_levels": (0.1, 0.5, 0.9), "adaptive": True},
+    ],
+)
+def test_host_memory_copies_equal_the_device_path(kw):
+    """In host memory, snapshots and restores copy rows with numpy; the same stores
+    through the torch path (any other device) give the same bytes and state."""
+    rng = np.random.default_rng(9)
+    stores = []
+    for torch_path in (False, True):
+        s = store(max_streams=6, **kw)
+        if torch_path:
+            s._rows = None  # as on a device: index_select and index_copy_
+        slots = s.slots(["a", "b", "c", "d", "e"], 2.0)
+        s.h.copy_(torch.from_numpy(rng.standard_normal(s.h.shape).astype(np.float32)))
+        s.c.copy_(torch.from_numpy(rng.standard_normal(s.c.shape).astype(np.float32)))
+        s.yhat.copy_(torch.from_numpy(rng.standard_normal(s.yhat.shape).astype(np.float32)))
+        if s.quantiles is not None:
+            q = rng.standard_normal(s.quantiles.shape).astype(np.float32)
+            s.quantiles.copy_(torch.from_numpy(q))
+        if s.gates is not None:
+            s.gates.fill_(3.0)
+        s.events[slots] = [5, 6, 7, 8, 9]
+        rng = np.random.default_rng(9)  # the same values in both stores
+        stores.append(s)
+    blocks = [bytes(s.snapshot_block(["d", "a", "e"])) for s in stores]
+    assert blocks[0] == blocks[1]
+    size = stores[0].snapshot_size
+    items = [("x", blocks[0][:size]), ("y", blocks[0][2 * size :])]
+    for s in stores:
+        s.restore(items, replacing=["b"])  # x takes b's slot, y a free one
+    assert stores[0].stream_ids() == stores[1].stream_ids()
+    names = ["a", "c", "d", "e", "x", "y"]
+    assert bytes(stores[0].snapshot_block(names)) == bytes(stores[1].snapshot_block(names))
+    assert stores[0].snapshot(["x", "y"]) == [v for _, v in items]
+    for name in ("h", "c", "yhat", "gates", "quantiles"):
+        ours, theirs = getattr(stores[0], name), getattr(stores[1], name)
+        assert (ours is None) == (theirs is None)
+        if ours is not None:
+            assert torch.equal(ours, theirs)
+    if stores[0].gates is not None:  # a restored stream's gates read zero
+        assert not stores[0].gates[stores[0].slots(["x", "y"], 3.0)].any()

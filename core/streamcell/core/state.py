@@ -676,16 +676,25 @@ class StateStore:
             raise KeyError(f"cannot snapshot unknown streams: {missing[:5]}") from None
         rec = np.empty(len(streams), dtype=self._record)
         rec["header"] = self._header_row
-        idx = self.index(slots)
-        # [L, B, H] slabs into the records' [B, L, H] fields a layer at a time:
-        # each copy moves whole H-float rows (a permuted copy is 7x slower).
-        for name, slab in (("h", self.h), ("c", self.c)):
-            field = torch.from_numpy(rec[name])
-            for layer in range(self.num_layers):
-                field[:, layer].copy_(slab[layer].index_select(0, idx))
-        torch.from_numpy(rec["yhat"]).copy_(self.yhat.index_select(0, idx))
-        if self.quantiles is not None:
-            torch.from_numpy(rec["quantiles"]).copy_(self.quantiles.index_select(0, idx))
+        if self._rows is not None:  # host memory: numpy row gathers, no torch call per copy
+            for name, rows in zip(("h", "c"), self._rows, strict=True):
+                field = rec[name]
+                for layer in range(self.num_layers):
+                    field[:, layer] = rows[slots + layer * self._capacity]
+            rec["yhat"] = self.yhat.numpy()[slots]
+            if self.quantiles is not None:
+                rec["quantiles"] = self.quantiles.numpy()[slots]
+        else:
+            idx = self.index(slots)
+            # [L, B, H] slabs into the records' [B, L, H] fields a layer at a time:
+            # each copy moves whole H-float rows (a permuted copy is 7x slower).
+            for name, slab in (("h", self.h), ("c", self.c)):
+                field_t = torch.from_numpy(rec[name])
+                for layer in range(self.num_layers):
+                    field_t[:, layer].copy_(slab[layer].index_select(0, idx))
+            torch.from_numpy(rec["yhat"]).copy_(self.yhat.index_select(0, idx))
+            if self.quantiles is not None:
+                torch.from_numpy(rec["quantiles"]).copy_(self.quantiles.index_select(0, idx))
         for name in (
             "events",
             "partition",
@@ -731,16 +740,29 @@ class StateStore:
         if len(replacing) > len(streams):
             raise ValueError(f"{len(replacing)} streams to replace by {len(streams)} records")
         slots = self._place(streams, now if now is not None else 0.0, replacing)
-        idx = self.index(slots)
-        dev = self.device
-        self.h.index_copy_(1, idx, torch.from_numpy(rec["h"].transpose(1, 0, 2).copy()).to(dev))
-        self.c.index_copy_(1, idx, torch.from_numpy(rec["c"].transpose(1, 0, 2).copy()).to(dev))
-        self.yhat.index_copy_(0, idx, torch.from_numpy(rec["yhat"].copy()).to(dev))
-        if self.quantiles is not None:
-            q = torch.from_numpy(rec["quantiles"].copy()).to(dev)
-            self.quantiles.index_copy_(0, idx, q)
-        if self.gates is not None:
-            self.gates.index_fill_(0, idx, 0.0)
+        if self._rows is not None:  # host memory: numpy row scatters, no torch call per copy
+            for name, rows in zip(("h", "c"), self._rows, strict=True):
+                field = rec[name]
+                for layer in range(self.num_layers):
+                    rows[slots + layer * self._capacity] = field[:, layer]
+            self.yhat.numpy()[slots] = rec["yhat"]
+            if self.quantiles is not None:
+                self.quantiles.numpy()[slots] = rec["quantiles"]
+            if self.gates is not None:
+                self.gates.numpy()[slots] = 0.0
+        else:
+            idx = self.index(slots)
+            dev = self.device
+            h = torch.from_numpy(rec["h"].transpose(1, 0, 2).copy()).to(dev)
+            self.h.index_copy_(1, idx, h)
+            c = torch.from_numpy(rec["c"].transpose(1, 0, 2).copy()).to(dev)
+            self.c.index_copy_(1, idx, c)
+            self.yhat.index_copy_(0, idx, torch.from_numpy(rec["yhat"].copy()).to(dev))
+            if self.quantiles is not None:
+                q = torch.from_numpy(rec["quantiles"].copy()).to(dev)
+                self.quantiles.index_copy_(0, idx, q)
+            if self.gates is not None:
+                self.gates.index_fill_(0, idx, 0.0)
         for name in (
             "events",
             "partition",
