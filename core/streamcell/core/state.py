@@ -469,9 +469,10 @@ class StateStore:
         """The ``n`` least recently used streams outside ``sparing``, oldest first.
 
         ``sparing`` may hold streams the store lacks: the first ``n`` plus its
-        count in LRU order always hold ``n`` others (if the store holds them).
+        count in LRU order always hold ``n`` others (if the store holds them). A set
+        is used as it is, not copied.
         """
-        spared = set(sparing)
+        spared = sparing if isinstance(sparing, set | frozenset) else set(sparing)
         front = map(self._ids.__getitem__, self._oldest(n + len(spared)).tolist())
         return list(islice((s for s in front if s not in spared), n))  # type: ignore[misc]
 

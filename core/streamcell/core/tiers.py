@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import chain, islice, repeat
+from itertools import islice, repeat
 
 import numpy as np
 
@@ -108,13 +108,14 @@ class TieredStore:
             k = found.index(None, k + 1)
             where.append(k)
         missing = [streams[k] for k in where]
+        batch = set(streams)  # for probation and the victims' choice; _victims adds to it
         if probation:
-            self._seen_again(streams)  # the missing: never there
+            self._seen_again(streams, batch)  # the missing too: stale entries, if any
             probation = self._probation
         ghosts = self._ghosts  # before this batch's spills join them
         back = [ghosts.pop(s, _ABSENT) is not _ABSENT for s in missing]
         room = hot.max_streams - len(hot)
-        victims = self._victims(len(missing) - room, streams)
+        victims = self._victims(len(missing) - room, batch)
         slots = np.fromiter(map(hot.slot_of, victims), np.int64, len(victims))  # type: ignore[arg-type]
         block = hot.snapshot_block(victims)
         spilled_tags = self.journal.spilled(victims, hot.partition[slots].tolist())
@@ -153,15 +154,21 @@ class TieredStore:
         self._timed(start)
         return found
 
-    def _seen_again(self, streams: Sequence[str]) -> None:
-        """Hot streams seen again leave probation.
+    def _seen_again(self, streams: Sequence[str], batch: set[str] | None = None) -> None:
+        """Hot streams seen again leave probation (``batch``: a set of ``streams``).
 
-        Its table is built anew once it holds far fewer streams than it held (a
-        fill's or a restore's newcomers): a dict's table never shrinks, and every
-        one of a batch's lookups would miss the CPU's caches across the big one.
+        When probation holds fewer streams than the batch, its own are looked up in
+        the batch rather than the batch's in it. Its table is built anew once it holds
+        far fewer streams than it held (a fill's or a restore's newcomers): a dict's
+        table never shrinks, and every one of a batch's lookups would miss the CPU's
+        caches across the big one.
         """
         probation = self._probation
-        deque(map(probation.pop, streams, repeat(None)), maxlen=0)
+        if len(probation) < len(streams):
+            batch = set(streams) if batch is None else batch
+            deque(map(probation.pop, [s for s in probation if s in batch]), maxlen=0)
+        else:
+            deque(map(probation.pop, streams, repeat(None)), maxlen=0)
         if (
             self._probation_peak > PROBATION_REBUILD_AT
             and len(probation) * 8 < self._probation_peak
@@ -169,9 +176,9 @@ class TieredStore:
             self._probation = OrderedDict(probation)
             self._probation_peak = len(probation)
 
-    def _victims(self, n: int, streams: Sequence[str]) -> list[str]:
-        """``n`` hot streams outside ``streams`` to spill: those on probation first (oldest
-        first), then the least recently used.
+    def _victims(self, n: int, batch: set[str]) -> list[str]:
+        """``n`` hot streams outside ``batch`` to spill: those on probation first (oldest
+        first), then the least recently used. The victims are added to ``batch``.
 
         A stream seen once (a cold stream's one event, a new stream) leaves before one
         seen again since it came in: a tail of streams each seen once does not push
@@ -186,7 +193,8 @@ class TieredStore:
             if stream in hot:  # not one of the batch's: those left probation above
                 victims.append(stream)
         if len(victims) < n:  # the batch's streams and those picked stay (the missing: no matter)
-            victims += hot.least_recent(n - len(victims), sparing=chain(streams, victims))
+            batch.update(victims)
+            victims += hot.least_recent(n - len(victims), sparing=batch)
         # All remembered: one from probation that comes back was seen twice; one the
         # LRU spilled had left probation, and put on probation again when it came
         # back it would be the next to spill, and to come back once more.
