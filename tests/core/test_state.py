@@ -482,3 +482,37 @@ def test_host_memory_copies_equal_the_device_path(kw):
             assert torch.equal(ours, theirs)
     if stores[0].gates is not None:  # a restored stream's gates read zero
         assert not stores[0].gates[stores[0].slots(["x", "y"], 3.0)].any()
+
+
+def test_the_kept_oldest_checked_from_the_front_answer_as_the_lru_order():
+    """A kept prefix far longer than the calls ask for: its front is checked first,
+    the rest only when the front has too few; and spared streams among the oldest
+    make least_recent look further. Against an LRU list, at random."""
+    import streamcell.core.state as state_module
+
+    rng = np.random.default_rng(12)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(state_module, "LRU_PREFIX", 300)
+        s = store(initial_capacity=400, max_streams=400)
+        order = [f"s{k}" for k in range(400)]
+        s.slots(order, now=0.0)
+        for _ in range(600):
+            op = rng.integers(4)
+            if op == 0:  # used: to the newest end (some of them among the oldest)
+                pool = order[:150] if rng.random() < 0.5 else order  # the window, all of it
+                names = list(dict.fromkeys(rng.choice(pool, int(rng.integers(1, 150)))))
+                s.slots(names, now=0.0)
+                order = [x for x in order if x not in names] + names
+            elif op == 1:  # removed, then new ones in their slots (newest)
+                gone = list(dict.fromkeys(rng.choice(order[:60], int(rng.integers(1, 5)))))
+                s.remove(gone)
+                new = [f"n{rng.integers(1 << 30)}" for _ in gone]
+                s.slots(new, now=0.0)
+                order = [x for x in order if x not in gone] + new
+            else:
+                n = int(rng.integers(1, 8))
+                k = int(rng.integers(0, 3 * n + 40))  # up to all of the front spared
+                spared = set(order[:k]) | {"not-there"}
+                want = [x for x in order if x not in spared][:n]
+                assert s.least_recent(n, sparing=spared) == want
+                assert s._by_use(n) == order[:n]

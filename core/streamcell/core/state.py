@@ -428,12 +428,22 @@ class StateStore:
         slot used (or filled) since has a later use than all of them and every
         other slot had a later one already. Only when fewer than ``n`` are left
         is the partition made again (a batch's spills no longer pay one each).
+        The kept ones are checked from the front, the rest only when the front has
+        too few: the first ``n`` unchanged are the oldest whatever follows them.
         """
         n = min(n, len(self._index))
         if n == 0:
             return np.empty(0, dtype=np.int64)
         if self._lru is not None:
             slots, uses = self._lru
+            w = min(len(slots), 2 * n + 64)
+            same = self._used[slots[:w]] == uses[:w]
+            if not same.all():
+                slots = np.concatenate((slots[:w][same], slots[w:]))
+                uses = np.concatenate((uses[:w][same], uses[w:]))
+                self._lru = (slots, uses)
+            if np.count_nonzero(same) >= n:
+                return slots[:n]
             same = self._used[slots] == uses
             if not same.all():
                 slots, uses = slots[same], uses[same]
@@ -470,11 +480,18 @@ class StateStore:
 
         ``sparing`` may hold streams the store lacks: the first ``n`` plus its
         count in LRU order always hold ``n`` others (if the store holds them). A set
-        is used as it is, not copied.
+        is used as it is, not copied. A few more than ``n`` are looked at first: a
+        batch's streams, spared, are seldom among the oldest.
         """
         spared = sparing if isinstance(sparing, set | frozenset) else set(sparing)
-        front = map(self._ids.__getitem__, self._oldest(n + len(spared)).tolist())
-        return list(islice((s for s in front if s not in spared), n))  # type: ignore[misc]
+        ids, bound = self._ids, n + len(spared)
+        m = min(2 * n + 16, bound)
+        while True:
+            front = map(ids.__getitem__, self._oldest(m).tolist())
+            picked = list(islice((s for s in front if s not in spared), n))
+            if len(picked) >= n or m >= bound:
+                return picked  # type: ignore[return-value]
+            m = bound
 
     def remove(self, streams: Sequence[str]) -> None:
         """Drop streams the store holds, at once (their slots cleared in a few copies)."""
