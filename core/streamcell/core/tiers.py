@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 
 RESTORE_CHUNK = 4096  # records per cold write during a restore
 BOUND_LOG_EVERY_S = 60.0
-_ABSENT = object()
 PROBATION_REBUILD_AT = 4096  # entries held once, below which its table is never rebuilt
 GHOSTS_SHARE = 0.5  # ids spilled from probation remembered, per stream of hot capacity (2Q's)
 
@@ -85,7 +84,7 @@ class TieredStore:
         self._probation: OrderedDict[str, None] = OrderedDict()
         self._probation_peak = 0  # the most it held since its table was last built
         # Ids spilled from probation, the newest GHOSTS_SHARE x capacity of them.
-        self._ghosts: OrderedDict[str, None] = OrderedDict()
+        self._ghosts: OrderedDict[str, bool] = OrderedDict()  # id -> True
 
     # ----------------------------------------------------------------- batches
     def admit(self, streams: Sequence[str]) -> list[int | None]:
@@ -112,11 +111,11 @@ class TieredStore:
         if probation:
             self._seen_again(streams, batch)  # the missing too: stale entries, if any
             probation = self._probation
-        ghosts = self._ghosts  # before this batch's spills join them
-        back = [ghosts.pop(s, _ABSENT) is not _ABSENT for s in missing]
+        # Before this batch's spills join them; a dict's pop in C, for each.
+        back = list(map(self._ghosts.pop, missing, repeat(False)))
         room = hot.max_streams - len(hot)
         victims = self._victims(len(missing) - room, batch)
-        slots = np.fromiter(map(hot.slot_of, victims), np.int64, len(victims))  # type: ignore[arg-type]
+        slots = np.array(hot.lookup(victims), dtype=np.int64)
         block = hot.snapshot_block(victims)
         spilled_tags = self.journal.spilled(victims, hot.partition[slots].tolist())
         # One read and one write for the loads and the spills; the bound is enforced
@@ -139,8 +138,8 @@ class TieredStore:
                 hot.remove([s for s in victims[:swapped] if s in hot])
                 raise
             self.journal.loaded([missing[j] for j in loaded], [tags[j] for j in loaded])
-            for j in loaded:
-                found[where[j]] = hot.slot_of(missing[j])
+            for j, slot in zip(loaded, hot.lookup([missing[j] for j in loaded]), strict=True):
+                found[where[j]] = slot
         self._forgot(forgotten)
         # Seen once (loaded or new): on probation, the first to spill unless seen again;
         # one spilled from probation not long ago is seen again now: not on probation.
@@ -199,7 +198,7 @@ class TieredStore:
         # LRU spilled had left probation, and put on probation again when it came
         # back it would be the next to spill, and to come back once more.
         ghosts = self._ghosts
-        ghosts.update(zip(victims, repeat(None)))
+        ghosts.update(zip(victims, repeat(True)))
         over = len(ghosts) - max(int(hot.max_streams * GHOSTS_SHARE), 1)
         if over > 0:
             deque(map(ghosts.pop, list(islice(ghosts, over))), maxlen=0)
