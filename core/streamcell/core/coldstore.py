@@ -196,8 +196,11 @@ class ColdStore:
             Options,
             Rdict,
             ReadOptions,
+            WriteBatch,
             WriteOptions,
         )
+
+        self._write_batch = WriteBatch  # imported once, not per batch
 
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
@@ -640,9 +643,7 @@ class ColdStore:
         return tag
 
     def _batch(self):
-        from rocksdict import WriteBatch
-
-        return WriteBatch(raw_mode=True)
+        return self._write_batch(raw_mode=True)
 
     def _get(self, keys: list[bytes]) -> list[bytes | None]:
         if not keys:
