@@ -200,6 +200,23 @@ def test_a_dir_deleted_while_in_use_is_detected(tmp_path):
         cold.close()
 
 
+def test_loads_and_reads_leave_the_block_cache_empty(cold):
+    """A record read from the files is not cached (rocksdict's multi-get ignores a
+    read_opt argument; the store's read options are the database's own)."""
+    n, size = 2000, 1000
+    rng = np.random.default_rng(7)
+    block = bytes(rng.integers(0, 256, n * size, np.uint8))
+    names = [f"r{k:04d}" for k in range(n)]
+    cold.put(names, block, np.arange(float(n)), [0] * n, size=size, known_absent=True)
+    cold.compact()  # in the files, none in the memtable
+    usage = cold._db.property_int_value("rocksdb.block-cache-usage")
+    assert cold.get(names[::3]) == [block[k * size : (k + 1) * size] for k in range(0, n, 3)]
+    values, _, _ = cold.exchange(names[1::3], [], b"", np.empty(0), [], size)
+    assert values == [block[k * size : (k + 1) * size] for k in range(1, n, 3)]
+    # no data block of the ~2 MB read was kept (an index or filter block may be)
+    assert cold._db.property_int_value("rocksdb.block-cache-usage") - usage < 64 << 10
+
+
 def test_a_block_of_the_wrong_length_is_refused(cold):
     with pytest.raises(ValueError, match="a block of 10 bytes for 2 values of 8"):
         cold.put(["a", "b"], b"x" * 10, np.array([1.0, 2.0]), [0, 0], size=8)

@@ -434,3 +434,85 @@ def _lru_against_a_list(ops) -> None:
             _, n, spare = op
             spared = [f"s{spare}"]
             assert s.least_recent(n, sparing=spared) == [x for x in order if x not in spared][:n]
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"keep_gates": True, "buffer_size": 3},
+        {"quantile_levels": (0.1, 0.5, 0.9), "adaptive": True},
+    ],
+)
+def test_host_memory_copies_equal_the_device_path(kw):
+    """In host memory, snapshots and restores copy rows with numpy; the same stores
+    through the torch path (any other device) give the same bytes and state."""
+    rng = np.random.default_rng(9)
+    stores = []
+    for torch_path in (False, True):
+        s = store(max_streams=6, **kw)
+        if torch_path:
+            s._rows = None  # as on a device: index_select and index_copy_
+        slots = s.slots(["a", "b", "c", "d", "e"], 2.0)
+        s.h.copy_(torch.from_numpy(rng.standard_normal(s.h.shape).astype(np.float32)))
+        s.c.copy_(torch.from_numpy(rng.standard_normal(s.c.shape).astype(np.float32)))
+        s.yhat.copy_(torch.from_numpy(rng.standard_normal(s.yhat.shape).astype(np.float32)))
+        if s.quantiles is not None:
+            q = rng.standard_normal(s.quantiles.shape).astype(np.float32)
+            s.quantiles.copy_(torch.from_numpy(q))
+        if s.gates is not None:
+            s.gates.fill_(3.0)
+        s.events[slots] = [5, 6, 7, 8, 9]
+        rng = np.random.default_rng(9)  # the same values in both stores
+        stores.append(s)
+    blocks = [bytes(s.snapshot_block(["d", "a", "e"])) for s in stores]
+    assert blocks[0] == blocks[1]
+    size = stores[0].snapshot_size
+    items = [("x", blocks[0][:size]), ("y", blocks[0][2 * size :])]
+    for s in stores:
+        s.restore(items, replacing=["b"])  # x takes b's slot, y a free one
+    assert stores[0].stream_ids() == stores[1].stream_ids()
+    names = ["a", "c", "d", "e", "x", "y"]
+    assert bytes(stores[0].snapshot_block(names)) == bytes(stores[1].snapshot_block(names))
+    assert stores[0].snapshot(["x", "y"]) == [v for _, v in items]
+    for name in ("h", "c", "yhat", "gates", "quantiles"):
+        ours, theirs = getattr(stores[0], name), getattr(stores[1], name)
+        assert (ours is None) == (theirs is None)
+        if ours is not None:
+            assert torch.equal(ours, theirs)
+    if stores[0].gates is not None:  # a restored stream's gates read zero
+        assert not stores[0].gates[stores[0].slots(["x", "y"], 3.0)].any()
+
+
+def test_the_kept_oldest_checked_from_the_front_answer_as_the_lru_order():
+    """A kept prefix far longer than the calls ask for: its front is checked first,
+    the rest only when the front has too few; and spared streams among the oldest
+    make least_recent look further. Against an LRU list, at random."""
+    import streamcell.core.state as state_module
+
+    rng = np.random.default_rng(12)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(state_module, "LRU_PREFIX", 300)
+        s = store(initial_capacity=400, max_streams=400)
+        order = [f"s{k}" for k in range(400)]
+        s.slots(order, now=0.0)
+        for _ in range(600):
+            op = rng.integers(4)
+            if op == 0:  # used: to the newest end (some of them among the oldest)
+                pool = order[:150] if rng.random() < 0.5 else order  # the window, all of it
+                names = list(dict.fromkeys(rng.choice(pool, int(rng.integers(1, 150)))))
+                s.slots(names, now=0.0)
+                order = [x for x in order if x not in names] + names
+            elif op == 1:  # removed, then new ones in their slots (newest)
+                gone = list(dict.fromkeys(rng.choice(order[:60], int(rng.integers(1, 5)))))
+                s.remove(gone)
+                new = [f"n{rng.integers(1 << 30)}" for _ in gone]
+                s.slots(new, now=0.0)
+                order = [x for x in order if x not in gone] + new
+            else:
+                n = int(rng.integers(1, 8))
+                k = int(rng.integers(0, 3 * n + 40))  # up to all of the front spared
+                spared = set(order[:k]) | {"not-there"}
+                want = [x for x in order if x not in spared][:n]
+                assert s.least_recent(n, sparing=spared) == want
+                assert s._by_use(n) == order[:n]

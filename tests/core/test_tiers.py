@@ -297,3 +297,22 @@ def test_probation_keeps_its_order_when_its_table_is_built_anew(tmp_path, cold):
     p.predict(EventBatch.of(["t0", "t1"], np.zeros((2, F), np.float32)))
     # room: the two oldest on probation spill, in order, none of the streams seen twice
     assert cold.streams_after("", 5) == names[n - 3 : n - 1]
+
+
+@pytest.mark.parametrize("held", [3, 40])
+def test_streams_seen_again_leave_probation_in_order_whichever_side_is_looked_up(
+    tmp_path, cold, held
+):
+    """Probation smaller than the batch is looked up in the batch, larger the batch in
+    it: either way the batch's streams leave, and the rest keep their order."""
+    from collections import OrderedDict
+
+    p = Predictor(plain_model(tmp_path), max_streams=64, cold=cold, clock=lambda: 5e9)
+    on = [f"p{k:02d}" for k in range(held)]
+    p.tiers._probation = OrderedDict.fromkeys(on)
+    batch = [*on[::2], *(f"q{k}" for k in range(10))]  # 10 not on probation
+    p.tiers._seen_again(batch)
+    assert list(p.tiers._probation) == on[1::2]
+    p.tiers._probation = OrderedDict.fromkeys(on)
+    p.tiers._seen_again(batch, set(batch))
+    assert list(p.tiers._probation) == on[1::2]

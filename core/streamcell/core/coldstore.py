@@ -56,6 +56,7 @@ import struct
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -195,8 +196,11 @@ class ColdStore:
             Options,
             Rdict,
             ReadOptions,
+            WriteBatch,
             WriteOptions,
         )
+
+        self._write_batch = WriteBatch  # imported once, not per batch
 
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
@@ -222,9 +226,12 @@ class ColdStore:
         self._write_opts = WriteOptions()
         self._write_opts.disable_wal = True
         # A load reads a stream's block once and deletes the stream: caching the block
-        # would only push out others. (Checksums stay on: a bad block is an error.)
+        # would only push out others, and each read would pay for the insert and an
+        # eviction. Set as the database's own: rocksdict's multi-get ignores its
+        # read_opt argument. (Checksums stay on: a bad block is an error.)
         self._read_opts = ReadOptions()
         self._read_opts.fill_cache(False)
+        db.set_read_options(self._read_opts)
         try:
             # On disk at once: the records go without a log, so a killed process would
             # leave the marker only in memory, and the next start would see layout 1.
@@ -485,36 +492,48 @@ class ColdStore:
         else:
             del tags[tag]
 
+    def _untag_all(self, gone: list[int]) -> None:
+        """:meth:`_untag` for each of ``gone`` (the tags of streams taken), counted at once."""
+        tags = self._tags
+        for tag, n in Counter(gone).items():
+            left = tags[tag] - n
+            if left > 0:
+                tags[tag] = left
+            else:
+                del tags[tag]
+
     def _take(self, batch, streams: Sequence[str]) -> tuple[list[bytes | None], list[int]]:
         """Take streams' records, from memory if pending, else read from disk with their
         deletion added to ``batch``: values and tags."""
         keys = [s.encode() for s in streams]
-        head, unpack, pack_tag, delete, untag = (
-            _HEAD.size,
-            _HEAD.unpack_from,
-            _TAG.pack,
-            batch.delete,
-            self._untag,
-        )
+        head, unpack = _HEAD.size, _HEAD.unpack_from
         records, rest = self._pending_records(keys, pop=True)
         values: list[bytes | None] = [None] * len(keys)
         tags = [-1] * len(keys)
-        for j, record in enumerate(records):
-            if record is not None:
-                tags[j], values[j] = unpack(record)[1], record[head:]
-        taken = freed = 0
-        for j, stored in zip(rest, self._get([b"v" + keys[j] for j in rest]), strict=True):
+        if len(rest) < len(keys):
+            for j, record in enumerate(records):
+                if record is not None:
+                    tags[j], values[j] = unpack(record)[1], record[head:]
+        if not rest:
+            return values, tags
+        vkeys = [b"v" + keys[j] for j in rest]
+        delete, pack_tag = batch.delete, _TAG.pack
+        gone: list[int] = []  # the tags of those found
+        key_total = stored_total = 0
+        for j, vkey, stored in zip(rest, vkeys, self._get(vkeys), strict=True):
             if stored is not None:  # _delete's work, for a batch of them
                 key = keys[j]
                 age, tag = unpack(stored)
-                delete(b"v" + key)
+                delete(vkey)
                 delete(b"i" + pack_tag(tag) + age + key)
-                untag(tag)
-                taken += 1
-                freed += _record_bytes(len(key), len(stored) - head)
+                gone.append(tag)
+                key_total += len(key)
+                stored_total += len(stored)
                 tags[j], values[j] = tag, stored[head:]
-        self.count -= taken
-        self.bytes -= freed
+        if gone:
+            self._untag_all(gone)
+            self.count -= len(gone)
+            self.bytes -= _records_bytes(len(gone), key_total, stored_total - len(gone) * head)
         return values, tags
 
     def _pending_records(
@@ -522,28 +541,25 @@ class ColdStore:
     ) -> tuple[list[bytes | None], list[int]]:
         """The pending records of ``keys`` (None where not pending) and the positions of
         those that are not, to look for on disk. ``pop``: they leave the store (counted)."""
-        records: list[bytes | None] = [None] * len(keys)
         pending = self._pending
         if not pending:
-            return records, list(range(len(keys)))
-        rest: list[int] = []
-        look = pending.pop if pop else pending.get
-        head, untag = _HEAD.size, self._untag
-        gone = freed = 0
-        for j, key in enumerate(keys):
-            entry = look(key, None)
-            if entry is None:
-                rest.append(j)
-                continue
-            record, tag = entry
-            records[j] = record
-            if pop:
-                untag(tag)
-                gone += 1
-                freed += _record_bytes(len(key), len(record) - head)
-        self.count -= gone
-        self.bytes -= freed
-        self._pending_size -= freed
+            return [None] * len(keys), list(range(len(keys)))
+        entries: list[tuple[bytes, int] | None] = list(
+            map(pending.pop if pop else pending.get, keys, repeat(None))
+        )
+        rest = [j for j, entry in enumerate(entries) if entry is None]
+        records: list[bytes | None] = [None if e is None else e[0] for e in entries]
+        if pop and len(rest) < len(keys):
+            found = [(key, e) for key, e in zip(keys, entries, strict=True) if e is not None]
+            self._untag_all([tag for _, (_, tag) in found])
+            freed = _records_bytes(
+                len(found),
+                sum(len(key) for key, _ in found),
+                sum(len(record) for _, (record, _) in found) - len(found) * _HEAD.size,
+            )
+            self.count -= len(found)
+            self.bytes -= freed
+            self._pending_size -= freed
         return records, rest
 
     def _stage(
@@ -557,14 +573,12 @@ class ColdStore:
         from now on as if written."""
         if not streams:
             return
-        ages_k = age_keys(ages)
+        keys = [s.encode() for s in streams]
         tag_list = np.asarray(tags, dtype=np.int64).tolist()
         pending, pack_head = self._pending, _HEAD.pack
-        added = 0
-        for stream, value, age, tag in zip(streams, pieces, ages_k, tag_list, strict=True):
-            key = stream.encode()
+        for key, value, age, tag in zip(keys, pieces, age_keys(ages), tag_list, strict=True):
             pending[key] = (pack_head(age, tag) + value, tag)
-            added += _record_bytes(len(key), len(value))
+        added = _records_bytes(len(keys), sum(map(len, keys)), sum(map(len, pieces)))
         self._pending_size += added
         self.bytes += added
         self.count += len(streams)
@@ -576,11 +590,12 @@ class ColdStore:
         pending, size = self._pending, self._pending_size
         put, pack_tag, pack_length, head = batch.put, _TAG.pack, _LENGTH.pack, _HEAD.size
         popitem = pending.popitem
+        fixed = _records_bytes(1, 0, 0) - head  # a record holds the header, counted apart
         while pending and size > keep:
             key, (record, tag) = popitem(last=False)
             put(b"v" + key, record)
             put(b"i" + pack_tag(tag) + record[:8] + key, pack_length(len(record) - head))
-            size -= _record_bytes(len(key), len(record) - head)
+            size -= 2 * len(key) + len(record) + fixed  # _record_bytes
         self._pending_size = size
 
     @staticmethod
@@ -628,15 +643,13 @@ class ColdStore:
         return tag
 
     def _batch(self):
-        from rocksdict import WriteBatch
-
-        return WriteBatch(raw_mode=True)
+        return self._write_batch(raw_mode=True)
 
     def _get(self, keys: list[bytes]) -> list[bytes | None]:
         if not keys:
             return []
         try:
-            return self._db.get(keys, read_opt=self._read_opts)
+            return self._db.get(keys)  # with the read options set at open
         except Exception as exc:
             raise ColdTierError(f"reading the cold tier in {self.path} failed: {exc}") from exc
 
@@ -664,6 +677,12 @@ class ColdStore:
 def _record_bytes(key: int, value: int) -> int:
     """The bytes one stream's two records hold (keys and values)."""
     return (1 + key + _HEAD.size + value) + (_INDEX_HEAD + key + _LENGTH.size)
+
+
+def _records_bytes(n: int, keys: int, values: int) -> int:
+    """:func:`_record_bytes` summed over ``n`` streams, their keys' and values' lengths
+    summed (``keys``, ``values``)."""
+    return 2 * keys + values + n * (1 + _HEAD.size + _INDEX_HEAD + _LENGTH.size)
 
 
 def _layout(db: Path) -> bytes | None:

@@ -428,12 +428,22 @@ class StateStore:
         slot used (or filled) since has a later use than all of them and every
         other slot had a later one already. Only when fewer than ``n`` are left
         is the partition made again (a batch's spills no longer pay one each).
+        The kept ones are checked from the front, the rest only when the front has
+        too few: the first ``n`` unchanged are the oldest whatever follows them.
         """
         n = min(n, len(self._index))
         if n == 0:
             return np.empty(0, dtype=np.int64)
         if self._lru is not None:
             slots, uses = self._lru
+            w = min(len(slots), 2 * n + 64)
+            same = self._used[slots[:w]] == uses[:w]
+            if not same.all():
+                slots = np.concatenate((slots[:w][same], slots[w:]))
+                uses = np.concatenate((uses[:w][same], uses[w:]))
+                self._lru = (slots, uses)
+            if np.count_nonzero(same) >= n:
+                return slots[:n]
             same = self._used[slots] == uses
             if not same.all():
                 slots, uses = slots[same], uses[same]
@@ -469,11 +479,19 @@ class StateStore:
         """The ``n`` least recently used streams outside ``sparing``, oldest first.
 
         ``sparing`` may hold streams the store lacks: the first ``n`` plus its
-        count in LRU order always hold ``n`` others (if the store holds them).
+        count in LRU order always hold ``n`` others (if the store holds them). A set
+        is used as it is, not copied. A few more than ``n`` are looked at first: a
+        batch's streams, spared, are seldom among the oldest.
         """
-        spared = set(sparing)
-        front = map(self._ids.__getitem__, self._oldest(n + len(spared)).tolist())
-        return list(islice((s for s in front if s not in spared), n))  # type: ignore[misc]
+        spared = sparing if isinstance(sparing, set | frozenset) else set(sparing)
+        ids, bound = self._ids, n + len(spared)
+        m = min(2 * n + 16, bound)
+        while True:
+            front = map(ids.__getitem__, self._oldest(m).tolist())
+            picked = list(islice((s for s in front if s not in spared), n))
+            if len(picked) >= n or m >= bound:
+                return picked  # type: ignore[return-value]
+            m = bound
 
     def remove(self, streams: Sequence[str]) -> None:
         """Drop streams the store holds, at once (their slots cleared in a few copies)."""
@@ -676,16 +694,25 @@ class StateStore:
             raise KeyError(f"cannot snapshot unknown streams: {missing[:5]}") from None
         rec = np.empty(len(streams), dtype=self._record)
         rec["header"] = self._header_row
-        idx = self.index(slots)
-        # [L, B, H] slabs into the records' [B, L, H] fields a layer at a time:
-        # each copy moves whole H-float rows (a permuted copy is 7x slower).
-        for name, slab in (("h", self.h), ("c", self.c)):
-            field = torch.from_numpy(rec[name])
-            for layer in range(self.num_layers):
-                field[:, layer].copy_(slab[layer].index_select(0, idx))
-        torch.from_numpy(rec["yhat"]).copy_(self.yhat.index_select(0, idx))
-        if self.quantiles is not None:
-            torch.from_numpy(rec["quantiles"]).copy_(self.quantiles.index_select(0, idx))
+        if self._rows is not None:  # host memory: numpy row gathers, no torch call per copy
+            for name, rows in zip(("h", "c"), self._rows, strict=True):
+                field = rec[name]
+                for layer in range(self.num_layers):
+                    field[:, layer] = rows[slots + layer * self._capacity]
+            rec["yhat"] = self.yhat.numpy()[slots]
+            if self.quantiles is not None:
+                rec["quantiles"] = self.quantiles.numpy()[slots]
+        else:
+            idx = self.index(slots)
+            # [L, B, H] slabs into the records' [B, L, H] fields a layer at a time:
+            # each copy moves whole H-float rows (a permuted copy is 7x slower).
+            for name, slab in (("h", self.h), ("c", self.c)):
+                field_t = torch.from_numpy(rec[name])
+                for layer in range(self.num_layers):
+                    field_t[:, layer].copy_(slab[layer].index_select(0, idx))
+            torch.from_numpy(rec["yhat"]).copy_(self.yhat.index_select(0, idx))
+            if self.quantiles is not None:
+                torch.from_numpy(rec["quantiles"]).copy_(self.quantiles.index_select(0, idx))
         for name in (
             "events",
             "partition",
@@ -731,16 +758,29 @@ class StateStore:
         if len(replacing) > len(streams):
             raise ValueError(f"{len(replacing)} streams to replace by {len(streams)} records")
         slots = self._place(streams, now if now is not None else 0.0, replacing)
-        idx = self.index(slots)
-        dev = self.device
-        self.h.index_copy_(1, idx, torch.from_numpy(rec["h"].transpose(1, 0, 2).copy()).to(dev))
-        self.c.index_copy_(1, idx, torch.from_numpy(rec["c"].transpose(1, 0, 2).copy()).to(dev))
-        self.yhat.index_copy_(0, idx, torch.from_numpy(rec["yhat"].copy()).to(dev))
-        if self.quantiles is not None:
-            q = torch.from_numpy(rec["quantiles"].copy()).to(dev)
-            self.quantiles.index_copy_(0, idx, q)
-        if self.gates is not None:
-            self.gates.index_fill_(0, idx, 0.0)
+        if self._rows is not None:  # host memory: numpy row scatters, no torch call per copy
+            for name, rows in zip(("h", "c"), self._rows, strict=True):
+                field = rec[name]
+                for layer in range(self.num_layers):
+                    rows[slots + layer * self._capacity] = field[:, layer]
+            self.yhat.numpy()[slots] = rec["yhat"]
+            if self.quantiles is not None:
+                self.quantiles.numpy()[slots] = rec["quantiles"]
+            if self.gates is not None:
+                self.gates.numpy()[slots] = 0.0
+        else:
+            idx = self.index(slots)
+            dev = self.device
+            h = torch.from_numpy(rec["h"].transpose(1, 0, 2).copy()).to(dev)
+            self.h.index_copy_(1, idx, h)
+            c = torch.from_numpy(rec["c"].transpose(1, 0, 2).copy()).to(dev)
+            self.c.index_copy_(1, idx, c)
+            self.yhat.index_copy_(0, idx, torch.from_numpy(rec["yhat"].copy()).to(dev))
+            if self.quantiles is not None:
+                q = torch.from_numpy(rec["quantiles"].copy()).to(dev)
+                self.quantiles.index_copy_(0, idx, q)
+            if self.gates is not None:
+                self.gates.index_fill_(0, idx, 0.0)
         for name in (
             "events",
             "partition",

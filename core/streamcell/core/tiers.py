@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import chain, islice, repeat
+from itertools import islice, repeat
 
 import numpy as np
 
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 
 RESTORE_CHUNK = 4096  # records per cold write during a restore
 BOUND_LOG_EVERY_S = 60.0
-_ABSENT = object()
 PROBATION_REBUILD_AT = 4096  # entries held once, below which its table is never rebuilt
 GHOSTS_SHARE = 0.5  # ids spilled from probation remembered, per stream of hot capacity (2Q's)
 
@@ -85,7 +84,7 @@ class TieredStore:
         self._probation: OrderedDict[str, None] = OrderedDict()
         self._probation_peak = 0  # the most it held since its table was last built
         # Ids spilled from probation, the newest GHOSTS_SHARE x capacity of them.
-        self._ghosts: OrderedDict[str, None] = OrderedDict()
+        self._ghosts: OrderedDict[str, bool] = OrderedDict()  # id -> True
 
     # ----------------------------------------------------------------- batches
     def admit(self, streams: Sequence[str]) -> list[int | None]:
@@ -108,14 +107,15 @@ class TieredStore:
             k = found.index(None, k + 1)
             where.append(k)
         missing = [streams[k] for k in where]
+        batch = set(streams)  # for probation and the victims' choice; _victims adds to it
         if probation:
-            self._seen_again(streams)  # the missing: never there
+            self._seen_again(streams, batch)  # the missing too: stale entries, if any
             probation = self._probation
-        ghosts = self._ghosts  # before this batch's spills join them
-        back = [ghosts.pop(s, _ABSENT) is not _ABSENT for s in missing]
+        # Before this batch's spills join them; a dict's pop in C, for each.
+        back = list(map(self._ghosts.pop, missing, repeat(False)))
         room = hot.max_streams - len(hot)
-        victims = self._victims(len(missing) - room, streams)
-        slots = np.fromiter(map(hot.slot_of, victims), np.int64, len(victims))  # type: ignore[arg-type]
+        victims = self._victims(len(missing) - room, batch)
+        slots = np.array(hot.lookup(victims), dtype=np.int64)
         block = hot.snapshot_block(victims)
         spilled_tags = self.journal.spilled(victims, hot.partition[slots].tolist())
         # One read and one write for the loads and the spills; the bound is enforced
@@ -138,8 +138,8 @@ class TieredStore:
                 hot.remove([s for s in victims[:swapped] if s in hot])
                 raise
             self.journal.loaded([missing[j] for j in loaded], [tags[j] for j in loaded])
-            for j in loaded:
-                found[where[j]] = hot.slot_of(missing[j])
+            for j, slot in zip(loaded, hot.lookup([missing[j] for j in loaded]), strict=True):
+                found[where[j]] = slot
         self._forgot(forgotten)
         # Seen once (loaded or new): on probation, the first to spill unless seen again;
         # one spilled from probation not long ago is seen again now: not on probation.
@@ -153,15 +153,21 @@ class TieredStore:
         self._timed(start)
         return found
 
-    def _seen_again(self, streams: Sequence[str]) -> None:
-        """Hot streams seen again leave probation.
+    def _seen_again(self, streams: Sequence[str], batch: set[str] | None = None) -> None:
+        """Hot streams seen again leave probation (``batch``: a set of ``streams``).
 
-        Its table is built anew once it holds far fewer streams than it held (a
-        fill's or a restore's newcomers): a dict's table never shrinks, and every
-        one of a batch's lookups would miss the CPU's caches across the big one.
+        When probation holds fewer streams than the batch, its own are looked up in
+        the batch rather than the batch's in it. Its table is built anew once it holds
+        far fewer streams than it held (a fill's or a restore's newcomers): a dict's
+        table never shrinks, and every one of a batch's lookups would miss the CPU's
+        caches across the big one.
         """
         probation = self._probation
-        deque(map(probation.pop, streams, repeat(None)), maxlen=0)
+        if len(probation) < len(streams):
+            batch = set(streams) if batch is None else batch
+            deque(map(probation.pop, [s for s in probation if s in batch]), maxlen=0)
+        else:
+            deque(map(probation.pop, streams, repeat(None)), maxlen=0)
         if (
             self._probation_peak > PROBATION_REBUILD_AT
             and len(probation) * 8 < self._probation_peak
@@ -169,9 +175,9 @@ class TieredStore:
             self._probation = OrderedDict(probation)
             self._probation_peak = len(probation)
 
-    def _victims(self, n: int, streams: Sequence[str]) -> list[str]:
-        """``n`` hot streams outside ``streams`` to spill: those on probation first (oldest
-        first), then the least recently used.
+    def _victims(self, n: int, batch: set[str]) -> list[str]:
+        """``n`` hot streams outside ``batch`` to spill: those on probation first (oldest
+        first), then the least recently used. The victims are added to ``batch``.
 
         A stream seen once (a cold stream's one event, a new stream) leaves before one
         seen again since it came in: a tail of streams each seen once does not push
@@ -186,12 +192,13 @@ class TieredStore:
             if stream in hot:  # not one of the batch's: those left probation above
                 victims.append(stream)
         if len(victims) < n:  # the batch's streams and those picked stay (the missing: no matter)
-            victims += hot.least_recent(n - len(victims), sparing=chain(streams, victims))
+            batch.update(victims)
+            victims += hot.least_recent(n - len(victims), sparing=batch)
         # All remembered: one from probation that comes back was seen twice; one the
         # LRU spilled had left probation, and put on probation again when it came
         # back it would be the next to spill, and to come back once more.
         ghosts = self._ghosts
-        ghosts.update(zip(victims, repeat(None)))
+        ghosts.update(zip(victims, repeat(True)))
         over = len(ghosts) - max(int(hot.max_streams * GHOSTS_SHARE), 1)
         if over > 0:
             deque(map(ghosts.pop, list(islice(ghosts, over))), maxlen=0)
