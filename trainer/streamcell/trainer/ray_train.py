@@ -56,6 +56,7 @@ from streamcell.trainer.select import (
     final_model,
     final_note,
     refit_seconds,
+    refit_settings,
     resolve_head,
     train_candidates,
 )
@@ -67,7 +68,10 @@ STATE_FILE = "loop.json"
 MODEL_FILE = "model.pt"
 BEST_FILE = "best.pt"
 EMA_FILE = "ema.pt"  # the moving average of the weights (settings.weight_average)
+RAW_BEST_FILE = "raw_best.pt"  # the raw weights' best epoch, where the average won
 OPTIMIZER_FILE = "optimizer.pt"
+# LoopState's weights, each saved in a file of its own beside the JSON of the rest.
+STATE_TENSORS = {"best_state": BEST_FILE, "ema_state": EMA_FILE, "raw_best_state": RAW_BEST_FILE}
 
 
 # Ray Train's controller polls workers every 2 s by default and a report blocks until it
@@ -228,7 +232,7 @@ def _final_fit(
     import ray
 
     whole = prepared.whole()
-    again = replace(settings, epochs=state.best_epoch, time_budget=0.0)
+    again = replace(refit_settings(settings, state), epochs=state.best_epoch, time_budget=0.0)
     refit_state, _, _ = run({"data": ray.put(whole), "validate": False}, None, again)
     refit = restore_best(new_model(whole, settings), refit_state)
     validated = restore_best(new_model(prepared, settings), state)
@@ -508,20 +512,18 @@ class _DistSync:
 def _save_state(
     d: Path, state: LoopState, model: torch.nn.Module, opt: torch.optim.Optimizer
 ) -> None:
-    scalars = {k: v for k, v in asdict(state).items() if k not in ("best_state", "ema_state")}
+    scalars = {k: v for k, v in asdict(state).items() if k not in STATE_TENSORS}
     (d / STATE_FILE).write_text(json.dumps(scalars, default=float))
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, d / MODEL_FILE)
     torch.save(opt.state_dict(), d / OPTIMIZER_FILE)
-    if state.best_state is not None:
-        torch.save(state.best_state, d / BEST_FILE)
-    if state.ema_state is not None:
-        torch.save(state.ema_state, d / EMA_FILE)
+    for name, file in STATE_TENSORS.items():
+        if getattr(state, name) is not None:
+            torch.save(getattr(state, name), d / file)
 
 
 def _load_state(d: Path) -> LoopState:
     state = LoopState(**json.loads((d / STATE_FILE).read_text()))
-    if (d / BEST_FILE).exists():
-        state.best_state = torch.load(d / BEST_FILE, weights_only=True)
-    if (d / EMA_FILE).exists():
-        state.ema_state = torch.load(d / EMA_FILE, weights_only=True)
+    for name, file in STATE_TENSORS.items():
+        if (d / file).exists():
+            setattr(state, name, torch.load(d / file, weights_only=True))
     return state
