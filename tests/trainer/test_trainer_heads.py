@@ -141,8 +141,7 @@ def test_first_step_from_the_candidate_best_online_beside_a_direct_head(
     data = load_long_frame(seasonal(streams=4, length=120, period=12, seed=5))
     # A small, slow direct head and a faster one-step head (scores 1.97 and 1.75).
     candidates = ({"horizon": 6, "hidden": 2, "lr": 1e-4}, {"horizon": 1, "lr": 1e-2})
-    # Raw weights only: one entry per candidate (the average adds one where it wins).
-    base = TrainSettings(hidden=8, layers=1, epochs=3, candidates=candidates, weight_average="off")
+    base = TrainSettings(hidden=8, layers=1, epochs=3, candidates=candidates)
     result = train_local(data, base, threads=1)
     selection = result.config.training["selection"]
     direct, one_step = selection["candidates"]
@@ -175,9 +174,8 @@ def test_the_best_candidates_averaged_where_the_average_validates_better() -> No
     data = load_long_frame(seasonal(streams=4, length=120, period=12, seed=5))
     candidates = ({"horizon": 1}, {"horizon": 1, "seed": 1}, {"horizon": 1, "hidden": 4})
     settings = TrainSettings(
-        hidden=8, layers=1, epochs=2, final_fit="off", average_top=2, candidates=candidates,
-        weight_average="off",  # one entry per candidate
-    )  # fmt: skip
+        hidden=8, layers=1, epochs=2, final_fit="off", average_top=2, candidates=candidates
+    )
     result = train_local(data, settings, threads=1)
     selection = result.config.training["selection"]
     scores = [c["origin_score"] for c in selection["candidates"]]
@@ -197,9 +195,8 @@ def test_one_set_of_candidates_chosen_once_per_protocol() -> None:
     data = load_long_frame(seasonal(streams=4, length=120, period=12, seed=5))
     candidates = ({"horizon": 6, "hidden": 2, "lr": 1e-4}, {"horizon": 1, "lr": 1e-2}, {})
     settings = TrainSettings(
-        hidden=8, layers=1, epochs=3, candidates=candidates, online_first_step=False,
-        weight_average="off",  # one entry per candidate
-    )  # fmt: skip
+        hidden=8, layers=1, epochs=3, candidates=candidates, online_first_step=False
+    )
     results = train_local_per_protocol(data, settings, threads=1)
     online, origin = results["online"].config, results["origin"].config
     tried = origin.training["selection"]["candidates"]
@@ -218,52 +215,11 @@ def test_one_set_of_candidates_chosen_once_per_protocol() -> None:
     )
 
 
-def test_where_the_average_won_the_raw_weights_go_before_the_choice_too() -> None:
+def test_a_final_fit_keeps_the_weights_its_validated_model_kept() -> None:
     from streamcell.trainer.loop import LoopState
-    from streamcell.trainer.select import average_group, refit_settings, weight_variants
+    from streamcell.trainer.select import refit_settings
 
     settings = TrainSettings()
-    state = LoopState(
-        epoch=6, best_epoch=5, best_score=0.9, best_state={"w": torch.ones(1)},
-        best_metrics={"val_mase": 0.9, "epoch": 5, "weights": "ema"},
-        raw_best_epoch=3, raw_best_score=1.0, raw_best_state={"w": torch.zeros(1)},
-    )  # fmt: skip
-    ema, raw = weight_variants(state, settings)
-    assert ema is state
-    assert (raw.best_epoch, raw.best_score, raw.epoch) == (3, 1.0, 6)
-    assert raw.best_metrics["weights"] == "raw" and raw.best_state is state.raw_best_state
-    # A final fit has nothing to choose by: it keeps what its validated model kept.
-    assert refit_settings(settings, ema).weight_average == "ema"
-    assert refit_settings(settings, raw).weight_average == "off"
-    kept_raw = replace(state, best_metrics={"weights": "raw"})
-    assert weight_variants(kept_raw, settings) == [kept_raw]
-    # An average of candidates takes one entry of each training run.
-    tried = [
-        {"run": 0, "horizon": 1, "score": 0.9},
-        {"run": 0, "horizon": 1, "score": 0.91},
-        {"run": 1, "horizon": 1, "score": 0.95},
-    ]
-    assert average_group(tried, ["a"] * 3, 0, "score", 2) == [0, 2]
-    assert average_group(tried, ["a"] * 3, 1, "score", 3) == [1, 2]
-
-
-def test_a_run_whose_average_won_is_chosen_between_at_fixed_origin() -> None:
-    data = load_long_frame(seasonal(streams=4, length=120, period=12, seed=5))
-    candidates = ({}, {"horizon": 1})
-    settings = TrainSettings(
-        hidden=8, layers=1, epochs=6, lr=0.05, final_fit="off", candidates=candidates,
-        ema_decay=0.9, online_first_step=False,
-    )  # fmt: skip
-    selection = train_local(data, settings, threads=1).config.training["selection"]
-    tried = selection["candidates"]
-    runs = [c["run"] for c in tried]
-    assert sorted(set(runs)) == [0, 1]
-    for run in (0, 1):
-        twins = [d for d in tried if d["run"] == run]
-        # Raw weights alone, or the average that won by the monitor and the raw ones.
-        assert [d["weights"] for d in twins] in (["raw"], ["ema", "raw"])
-        if len(twins) == 2:
-            assert twins[0]["score"] < twins[1]["score"]
-    assert "ema" in [c["weights"] for c in tried]  # the case under test arose
-    origin = [c["origin_score"] for c in tried]
-    assert selection["chosen"] == int(np.argmin(origin))
+    for kept, mode in (("ema", "ema"), ("raw", "off"), (None, "off")):
+        state = LoopState(best_metrics={} if kept is None else {"weights": kept})
+        assert refit_settings(settings, state).weight_average == mode

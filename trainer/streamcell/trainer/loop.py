@@ -80,11 +80,6 @@ class LoopState:
     # The moving average of the weights (settings.weight_average) and its updates so far.
     ema_state: dict[str, Tensor] | None = None
     ema_updates: int = 0
-    # With weight_average auto, the best epoch of the raw weights alone as well: where the
-    # average won by the monitor, selection also scores these at fixed origin (select.py).
-    raw_best_epoch: int = 0
-    raw_best_score: float = float("inf")
-    raw_best_state: dict[str, Tensor] | None = None
 
     @property
     def samples_per_second(self) -> float:
@@ -215,9 +210,6 @@ def fit(
                     f"{settings.monitor}_ema": other.get(settings.monitor, float("nan")),
                 }
                 kept = ema.model if wins else model
-                if raw < state.raw_best_score * (1 - settings.min_delta):
-                    state.raw_best_epoch, state.raw_best_score = epoch, raw
-                    state.raw_best_state = _cpu_copy(model)
         if ema is not None:
             metrics["weights"] = "ema" if kept is ema.model else "raw"
             ema.keep()

@@ -68,10 +68,7 @@ STATE_FILE = "loop.json"
 MODEL_FILE = "model.pt"
 BEST_FILE = "best.pt"
 EMA_FILE = "ema.pt"  # the moving average of the weights (settings.weight_average)
-RAW_BEST_FILE = "raw_best.pt"  # the raw weights' best epoch, where the average won
 OPTIMIZER_FILE = "optimizer.pt"
-# LoopState's weights, each saved in a file of its own beside the JSON of the rest.
-STATE_TENSORS = {"best_state": BEST_FILE, "ema_state": EMA_FILE, "raw_best_state": RAW_BEST_FILE}
 
 
 # Ray Train's controller polls workers every 2 s by default and a report blocks until it
@@ -512,18 +509,20 @@ class _DistSync:
 def _save_state(
     d: Path, state: LoopState, model: torch.nn.Module, opt: torch.optim.Optimizer
 ) -> None:
-    scalars = {k: v for k, v in asdict(state).items() if k not in STATE_TENSORS}
+    scalars = {k: v for k, v in asdict(state).items() if k not in ("best_state", "ema_state")}
     (d / STATE_FILE).write_text(json.dumps(scalars, default=float))
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, d / MODEL_FILE)
     torch.save(opt.state_dict(), d / OPTIMIZER_FILE)
-    for name, file in STATE_TENSORS.items():
-        if getattr(state, name) is not None:
-            torch.save(getattr(state, name), d / file)
+    if state.best_state is not None:
+        torch.save(state.best_state, d / BEST_FILE)
+    if state.ema_state is not None:
+        torch.save(state.ema_state, d / EMA_FILE)
 
 
 def _load_state(d: Path) -> LoopState:
     state = LoopState(**json.loads((d / STATE_FILE).read_text()))
-    for name, file in STATE_TENSORS.items():
-        if (d / file).exists():
-            setattr(state, name, torch.load(d / file, weights_only=True))
+    if (d / BEST_FILE).exists():
+        state.best_state = torch.load(d / BEST_FILE, weights_only=True)
+    if (d / EMA_FILE).exists():
+        state.ema_state = torch.load(d / EMA_FILE, weights_only=True)
     return state

@@ -15,12 +15,9 @@ the two together were ahead of the validated model on held-out data on most
 (docs/BENCHMARKS.md, "Accuracy").
 
 Each candidate's epochs are validated with their raw weights and with a
-moving average of them (``settings.weight_average``, streamcell.trainer.loop),
-the better of the two kept by the monitor; where the average won, the raw
-weights' own best epoch goes before the choice too (two entries of one
-``run`` in the record, ``weights`` raw and ema), so a Forecast's choice is
-made at fixed origin between them as between candidates. A final fit keeps
-what its validated model's best epoch kept.
+moving average of them (``settings.weight_average``, streamcell.trainer.loop);
+the record of each says which its best epoch kept (``weights``), and its
+final fit keeps the same.
 
 Two refinements, each taken only on validation's word: with
 ``settings.average_top`` > 1 the best few candidates of the chosen one's head
@@ -189,6 +186,7 @@ def train_candidates(
         key = repr((option.periods, option.lags, option.scale_window, option.age, option.scaling))
         prepared = cache.get(key) or prepare_frame(frame, option)
         cache[key] = prepared
+        keys.append(key)
         option, prepared = resolve_head(option, prepared)
         if not eval_horizon:
             given = [o.horizon for o in options if o.horizon is not None]
@@ -205,57 +203,23 @@ def train_candidates(
 
         t0 = time.monotonic()
         state = fitter.fit(model, prepared, option, deadline=until, validate=True, on_record=report)
-        for variant in weight_variants(state, option):
-            best_model = restore_best(model, variant)
-            loaded = as_loaded(frame, prepared, best_model, option)
-            tried.append(
-                {
-                    "overrides": dict((settings.candidates or ({},))[k]),
-                    "run": k,  # the training run (a run's raw and averaged weights share it)
-                    "horizon": prepared.horizon,
-                    "score": variant.best_score,
-                    "origin_score": origin_mase(loaded, prepared, eval_horizon),
-                    "best_epoch": variant.best_epoch,
-                    "epochs_run": variant.epoch,
-                    # raw or ema: the weights its best epoch kept (settings.weight_average)
-                    "weights": variant.best_metrics.get("weights", "raw"),
-                    "seconds": round(time.monotonic() - t0, 1),
-                }
-            )
-            trained.append((option, prepared, variant, model))
-            keys.append(key)
+        best_model = restore_best(model, state)
+        origin = origin_mase(as_loaded(frame, prepared, best_model, option), prepared, eval_horizon)
+        tried.append(
+            {
+                "overrides": dict((settings.candidates or ({},))[k]),
+                "horizon": prepared.horizon,
+                "score": state.best_score,
+                "origin_score": origin,
+                "best_epoch": state.best_epoch,
+                "epochs_run": state.epoch,
+                # raw or ema: what the best epoch kept (settings.weight_average)
+                "weights": state.best_metrics.get("weights", "raw"),
+                "seconds": round(time.monotonic() - t0, 1),
+            }
+        )
+        trained.append((option, prepared, state, model))
     return Trials(frame, settings, tried, trained, keys, eval_horizon, deadline, fitter=fitter)
-
-
-def weight_variants(state: LoopState, settings: TrainSettings) -> list[LoopState]:
-    """The trained run as validated, and where its best epoch kept the moving average,
-    its raw weights' own best epoch beside it.
-
-    The epoch's choice of weights goes by ``settings.monitor``, one step ahead;
-    a Forecast is scored at fixed origin, where the two may rank otherwise, so
-    both go before the choice between candidates.
-    """
-    if state.best_metrics.get("weights") != "ema" or state.raw_best_state is None:
-        return [state]
-    raw = replace(
-        state,
-        best_epoch=state.raw_best_epoch,
-        best_score=state.raw_best_score,
-        best_state=state.raw_best_state,
-        best_metrics={
-            settings.monitor: state.raw_best_score,
-            "epoch": state.raw_best_epoch,
-            "weights": "raw",
-        },
-    )
-    return [state, raw]
-
-
-def refit_settings(settings: TrainSettings, state: LoopState) -> TrainSettings:
-    """A final fit's settings: it has no validation to choose weights by, so it keeps
-    what the validated model's best epoch kept."""
-    averaged = state.best_metrics.get("weights") == "ema"
-    return replace(settings, weight_average="ema" if averaged else "off")
 
 
 def choose(
@@ -356,8 +320,7 @@ def _combined(
 def average_group(
     tried: list[dict[str, Any]], keys: list[str], pick: int, by: str, top: int
 ) -> list[int]:
-    """``pick`` and the next best candidates by ``by`` of its head and features (``top`` in all),
-    one of each training run (not a run's raw weights beside their own average)."""
+    """``pick`` and the next best candidates by ``by`` of its head and features (``top`` in all)."""
     same = [
         k
         for k in range(len(tried))
@@ -365,12 +328,7 @@ def average_group(
         and tried[k]["horizon"] == tried[pick]["horizon"]
         and math.isfinite(tried[k][by])
     ]
-    group: list[int] = []
-    for k in sorted(same, key=lambda k: (k != pick, tried[k][by])):
-        run = tried[k].get("run", k)
-        if all(tried[j].get("run", j) != run for j in group):
-            group.append(k)
-    return group[:top]
+    return sorted(same, key=lambda k: (k != pick, tried[k][by]))[:top]
 
 
 def first_step_pick(
@@ -412,6 +370,13 @@ def _final(
     return final_model(settings.final_fit, validated, refit), final_note(
         settings.final_fit, state.best_epoch
     )
+
+
+def refit_settings(settings: TrainSettings, state: LoopState) -> TrainSettings:
+    """A final fit's settings: it has no validation to choose weights by, so it keeps
+    what the validated model's best epoch kept (raw or the moving average)."""
+    averaged = state.best_metrics.get("weights") == "ema"
+    return replace(settings, weight_average="ema" if averaged else "off")
 
 
 def refit_seconds(state: LoopState, prepared: Prepared) -> float:
