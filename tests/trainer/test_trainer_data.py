@@ -126,6 +126,11 @@ def test_settings_are_checked() -> None:
         TrainSettings(window=0)
     with pytest.raises(ConfigError, match="scaling"):
         TrainSettings(scaling="per_stream")
+    with pytest.raises(ConfigError, match="weight_average"):
+        TrainSettings(weight_average="swa")
+    for decay in (0.0, 1.0, 1.5, True):
+        with pytest.raises(ConfigError, match="ema_decay"):
+            TrainSettings(ema_decay=decay)
 
 
 def test_more_workers_than_streams_fails_before_ray(frame: pd.DataFrame) -> None:

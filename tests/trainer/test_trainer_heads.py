@@ -213,3 +213,13 @@ def test_one_set_of_candidates_chosen_once_per_protocol() -> None:
     assert results["online"].metrics["val_mase"] == pytest.approx(
         min(c["score"] for c in tried), rel=1e-4
     )
+
+
+def test_a_final_fit_keeps_the_weights_its_validated_model_kept() -> None:
+    from streamcell.trainer.loop import LoopState
+    from streamcell.trainer.select import refit_settings
+
+    settings = TrainSettings()
+    for kept, mode in (("ema", "ema"), ("raw", "off"), (None, "off")):
+        state = LoopState(best_metrics={} if kept is None else {"weights": kept})
+        assert refit_settings(settings, state).weight_average == mode

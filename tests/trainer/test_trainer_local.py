@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from streamcell.core.checkpoint import load_latest
 from streamcell.core.events import EventBatch
@@ -22,7 +24,14 @@ from streamcell.trainer.api import (
     train_local,
 )
 from streamcell.trainer.evaluate import evaluate, predict_streams
-from streamcell.trainer.loop import fit, new_model
+from streamcell.trainer.loop import (
+    EMA_WARMUP,
+    LoopState,
+    WeightAverage,
+    fit,
+    new_model,
+    restore_best,
+)
 from streamcell.trainer.synthetic import interleaved, noisy_sines, square_waves
 
 # One torch thread: small models train many times faster so on a busy 2-core machine.
@@ -164,3 +173,52 @@ def test_an_epoch_passes_over_a_small_data_set_until_it_has_enough_updates(
     state = fit(new_model(prepared, settings), prepared, settings, shard=list(range(streams)))
     one_pass = sum(s.n_train - 1 for s in prepared.streams)
     assert state.history[0]["samples"] == passes * one_pass
+
+
+def test_the_moving_average_of_the_weights_by_hand() -> None:
+    data = load_long_frame(noisy_sines(streams=2, length=40, seed=5))
+    settings = TrainSettings(hidden=4, layers=1, window=8)
+    model = new_model(prepare_frame(data, settings), settings)
+    ema = WeightAverage(model, 0.9, LoopState())
+    p, avg = next(model.parameters()), next(ema.model.parameters())
+    expected = p.detach().clone()
+    for n in range(30):
+        with torch.no_grad():
+            p.add_(1.0)
+        decay = min(0.9, (1 + n) / (EMA_WARMUP + n))
+        expected = decay * expected + (1 - decay) * p.detach()
+        ema.update()
+    torch.testing.assert_close(avg, expected)
+    assert ema.state.ema_updates == 30
+
+
+def test_weight_averaging_keeps_the_better_of_the_two_on_validation() -> None:
+    """The average is validated beside the raw weights, never trained on: the raw
+    weights follow the same path as without it, and each epoch keeps the better."""
+    data = load_long_frame(noisy_sines(streams=4, length=120, seed=2))
+    base = dict(hidden=8, layers=1, epochs=6, window=8, lr=0.05, patience=10, final_fit="off")
+    off = train(data, TrainSettings(**base, weight_average="off"))
+    auto = train(data, TrainSettings(**base, weight_average="auto", ema_decay=0.9))
+    assert all("weights" not in r for r in off.history)
+    for a, o in zip(auto.history, off.history, strict=True):
+        assert a["val_mase_raw"] == pytest.approx(o["val_mase"], rel=1e-6)
+        assert a["val_mase"] == min(a["val_mase_raw"], a["val_mase_ema"])
+        assert a["weights"] == ("ema" if a["val_mase_ema"] < a["val_mase_raw"] else "raw")
+    best = min(auto.history, key=lambda r: r["val_mase"])
+    assert auto.metrics["val_mase"] == pytest.approx(best["val_mase"], rel=1e-4)
+    # Averaging a noisy descent at a high learning rate validates better at some epoch.
+    assert any(r["weights"] == "ema" for r in auto.history)
+
+
+def test_the_kept_average_is_what_the_best_state_holds() -> None:
+    data = load_long_frame(noisy_sines(streams=4, length=120, seed=2))
+    settings = TrainSettings(hidden=8, layers=1, epochs=4, window=8, lr=0.05, patience=10)
+    prepared = prepare_frame(data, settings)
+    model = new_model(prepared, settings)
+    for mode in ("ema", "auto"):
+        state = fit(model, prepared, replace(settings, weight_average=mode), shard=[0, 1, 2, 3])
+        kept = restore_best(model, state)
+        score = evaluate(kept, prepared, [0, 1, 2, 3]).metrics()["val_mase"]
+        assert score == pytest.approx(state.best_score, rel=1e-5)
+        if mode == "ema":
+            assert all(r["weights"] == "ema" and "val_mase_raw" not in r for r in state.history)

@@ -196,3 +196,25 @@ def test_a_refit_is_costed_on_the_budgets_clock_not_the_wall() -> None:
     state = LoopState(epoch=4, best_epoch=3, train_seconds=400.0, fit_budget_seconds=40.0)
     # Per epoch 10 s, on 1.25 times the rows, for the best epoch count (3).
     assert refit_seconds(state, _Rows(800, 1000)) == pytest.approx(37.5)  # type: ignore[arg-type]
+
+
+def test_cli_weight_average_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(8)
+    walks = pd.concat(
+        pd.DataFrame({"stream": f"w{k}", "seq": range(80), "value": np.cumsum(rng.normal(size=80))})
+        for k in range(3)
+    )
+    csv = tmp_path / "walks.csv"
+    walks.to_csv(csv, index=False)
+    common = ["train", "--data", str(csv), "--registry", str(tmp_path / "reg"), "--model", "w"]
+    tiny = ["--no-ray", "--threads", "1", "--epochs", "2", "--hidden", "2", "--no-candidates"]
+    for bad in (["--ema-decay", "1"], ["--ema-decay", "0"], ["--weight-average", "swa"]):
+        with pytest.raises(SystemExit) as info:
+            main([*common, *tiny, *bad])
+        assert info.value.code == 2
+    capsys.readouterr()
+    flags = ["--weight-average", "ema", "--ema-decay", "0.5", "--allow-worse"]
+    assert main([*common, *tiny, *flags]) == 0
+    training = load_latest(tmp_path / "reg", "w").config.training
+    assert training["args"]["weight_average"] == "ema"
+    assert training["args"]["ema_decay"] == 0.5

@@ -161,6 +161,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--patience", type=_positive, default=5, help="early-stopping patience (default 5)"
     )
     model.add_argument(
+        "--weight-average",
+        choices=["auto", "ema", "off"],
+        default="auto",
+        help="auto (default): validate a moving average of the weights beside them each "
+        "epoch and keep the better; ema: the average always; off: the weights as trained",
+    )
+    model.add_argument(
+        "--ema-decay",
+        type=_fraction,
+        default=0.99,
+        help="the moving average's decay per optimiser step, in (0, 1) (default 0.99)",
+    )
+    model.add_argument(
         "--monitor",
         choices=["val_mae", "val_rmse", "val_mase"],
         default="val_mase",
@@ -274,6 +287,8 @@ def run(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         patience=args.patience,
         monitor=args.monitor,
+        weight_average=args.weight_average,
+        ema_decay=args.ema_decay,
         scaling=args.scaling,
         scale_floor=args.scale_floor,
         loss=args.loss,

@@ -77,6 +77,9 @@ class LoopState:
     fit_budget_seconds: float = 0.0
     samples: int = 0  # target points trained on, all workers, all epochs
     resumed_at: list[int] = field(default_factory=list)  # epochs a restarted run went on from
+    # The moving average of the weights (settings.weight_average) and its updates so far.
+    ema_state: dict[str, Tensor] | None = None
+    ema_updates: int = 0
 
     @property
     def samples_per_second(self) -> float:
@@ -103,6 +106,44 @@ def new_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Opti
     return torch.optim.Adam(model.parameters(), lr=settings.lr)
 
 
+# Updates over which the average's decay warms up to settings.ema_decay (as TensorFlow's
+# ExponentialMovingAverage with num_updates does): early weights are soon forgotten.
+EMA_WARMUP = 10
+
+
+class WeightAverage:
+    """An exponential moving average of ``model``'s weights, updated after every step.
+
+    Held in a copy of the model, so it is validated as any model is. Under DDP every
+    worker applies the same updates to the same weights, so the copies agree.
+    """
+
+    def __init__(self, model: StreamingLSTM, decay: float, state: LoopState) -> None:
+        self.model = copy.deepcopy(model)
+        self.model.eval()
+        if state.ema_state is not None:  # a resumed run goes on with its average
+            self.model.load_state_dict(state.ema_state)
+        self.decay = decay
+        self.state = state
+        self._pairs = list(zip(self.model.parameters(), model.parameters(), strict=True))
+
+    @torch.no_grad()
+    def update(self) -> None:
+        n = self.state.ema_updates
+        decay = min(self.decay, (1 + n) / (EMA_WARMUP + n))
+        for avg, p in self._pairs:
+            avg.lerp_(p.detach(), 1.0 - decay)
+        self.state.ema_updates = n + 1
+
+    def keep(self) -> None:
+        """Into the loop state, so a checkpoint of it resumes the same average."""
+        self.state.ema_state = _cpu_copy(self.model)
+
+
+def _cpu_copy(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
 def fit(
     model: StreamingLSTM,
     prepared: Prepared,
@@ -127,6 +168,13 @@ def fit(
     would, at the pace so far); ``settings.time_budget`` sets one from now
     where none is given. ``validate=False`` (the final fit on every
     row) scores nothing and keeps the last epoch.
+
+    ``settings.weight_average``: ``auto`` also validates a moving average of
+    the weights (:class:`WeightAverage`) each epoch and keeps, for the epoch,
+    whichever scores better by ``settings.monitor`` (the record says which:
+    ``weights``); ``ema`` keeps the average always (without validation too:
+    the final fit of a candidate whose average won); ``off`` the raw weights.
+    The average is only ever a copy: training goes on from the raw weights.
     """
     net = net or model
     sync = sync or LocalSync()
@@ -135,19 +183,36 @@ def fit(
     device = model.head.weight.device
     if deadline is None and settings.time_budget > 0:
         deadline = Deadline.after(settings.time_budget)
+    averaging = settings.weight_average
+    ema = WeightAverage(model, settings.ema_decay, state) if averaging != "off" else None
     while state.epoch < settings.epochs and not state.stopped_early:
         epoch = state.epoch + 1
         t0 = time.perf_counter()
         c0 = budget_clock()
         loss_sum, points = _train_epoch(
-            net, optimizer, prepared, settings, shard, epoch, device, sync
-        )
+            net, optimizer, prepared, settings, shard, epoch, device, sync,
+            None if ema is None else ema.update,
+        )  # fmt: skip
         seconds = time.perf_counter() - t0
         state.fit_budget_seconds += budget_clock() - c0
+        kept: StreamingLSTM = ema.model if ema is not None and averaging == "ema" else model
+        metrics: dict[str, Any] = {}
         if validate:
-            metrics = EvalStats(sync.sum(evaluate(model, prepared, shard).values)).metrics()
-        else:
-            metrics = {}
+            metrics = EvalStats(sync.sum(evaluate(kept, prepared, shard).values)).metrics()
+            if ema is not None and averaging == "auto":
+                raw = metrics.get(settings.monitor, float("nan"))
+                averaged = EvalStats(sync.sum(evaluate(ema.model, prepared, shard).values))
+                other = averaged.metrics()
+                wins = other.get(settings.monitor, float("nan")) < raw
+                metrics = {
+                    **(other if wins else metrics),
+                    f"{settings.monitor}_raw": raw,
+                    f"{settings.monitor}_ema": other.get(settings.monitor, float("nan")),
+                }
+                kept = ema.model if wins else model
+        if ema is not None:
+            metrics["weights"] = "ema" if kept is ema.model else "raw"
+            ema.keep()
         state.epoch = epoch
         state.train_seconds += seconds
         state.samples += int(points)
@@ -157,7 +222,7 @@ def fit(
         if better:
             state.best_epoch, state.best_score = epoch, score
             state.best_metrics = {**metrics, "epoch": epoch}
-            state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            state.best_state = _cpu_copy(kept)
             state.bad_epochs = 0
         else:
             state.bad_epochs += 1
@@ -195,10 +260,11 @@ def _train_epoch(
     epoch: int,
     device: torch.device,
     sync: Sync,
+    after_step: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
     """One epoch: passes over the shard, each in its own order, until it has made at
     least ``settings.epoch_steps`` updates; returns (sum of weighted losses, target points),
-    all workers."""
+    all workers. ``after_step`` runs after every optimiser step."""
     net.train()
     rng = np.random.default_rng([settings.seed, epoch])
     window = settings.window
@@ -248,6 +314,8 @@ def _train_epoch(
             nn.utils.clip_grad_norm_(net.parameters(), settings.grad_clip)
             optimizer.step()
             keep_blocks(masks)
+            if after_step is not None:
+                after_step()
             loss_sum += sq.sum().detach().double().cpu()
             points += float(count)
             if settings.carry_state:
@@ -262,6 +330,8 @@ def _train_epoch(
         nn.utils.clip_grad_norm_(net.parameters(), settings.grad_clip)
         optimizer.step()
         keep_blocks(masks)
+        if after_step is not None:
+            after_step()
     both = sync.sum(np.array([float(loss_sum), points]))
     return float(both[0]), float(both[1])
 

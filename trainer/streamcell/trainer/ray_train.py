@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "loop.json"
 MODEL_FILE = "model.pt"
 BEST_FILE = "best.pt"
+EMA_FILE = "ema.pt"  # the moving average of the weights (settings.weight_average)
 OPTIMIZER_FILE = "optimizer.pt"
 
 
@@ -457,16 +458,20 @@ class _DistSync:
 def _save_state(
     d: Path, state: LoopState, model: torch.nn.Module, opt: torch.optim.Optimizer
 ) -> None:
-    scalars = {k: v for k, v in asdict(state).items() if k != "best_state"}
+    scalars = {k: v for k, v in asdict(state).items() if k not in ("best_state", "ema_state")}
     (d / STATE_FILE).write_text(json.dumps(scalars, default=float))
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, d / MODEL_FILE)
     torch.save(opt.state_dict(), d / OPTIMIZER_FILE)
     if state.best_state is not None:
         torch.save(state.best_state, d / BEST_FILE)
+    if state.ema_state is not None:
+        torch.save(state.ema_state, d / EMA_FILE)
 
 
 def _load_state(d: Path) -> LoopState:
     state = LoopState(**json.loads((d / STATE_FILE).read_text()))
     if (d / BEST_FILE).exists():
         state.best_state = torch.load(d / BEST_FILE, weights_only=True)
+    if (d / EMA_FILE).exists():
+        state.ema_state = torch.load(d / EMA_FILE, weights_only=True)
     return state

@@ -14,6 +14,11 @@ on held-out data than the validated model on some sets and better on others;
 the two together were ahead of the validated model on held-out data on most
 (docs/BENCHMARKS.md, "Accuracy").
 
+Each candidate's epochs are validated with their raw weights and with a
+moving average of them (``settings.weight_average``, streamcell.trainer.loop);
+the record of each says which its best epoch kept (``weights``), and its
+final fit keeps the same.
+
 Two refinements, each taken only on validation's word: with
 ``settings.average_top`` > 1 the best few candidates of the chosen one's head
 are averaged as one model where the average scores better at fixed origin;
@@ -208,6 +213,8 @@ def train_candidates(
                 "origin_score": origin,
                 "best_epoch": state.best_epoch,
                 "epochs_run": state.epoch,
+                # raw or ema: what the best epoch kept (settings.weight_average)
+                "weights": state.best_metrics.get("weights", "raw"),
                 "seconds": round(time.monotonic() - t0, 1),
             }
         )
@@ -357,10 +364,19 @@ def _final(
     need = refit_seconds(state, prepared)
     if need > left():
         return None, f"skipped: {need:.0f} s needed, {max(left(), 0):.0f} s of the budget left"
-    refit = _refit(prepared, option, state.best_epoch, device, on_epoch, fitter)
+    refit = _refit(
+        prepared, refit_settings(option, state), state.best_epoch, device, on_epoch, fitter
+    )
     return final_model(settings.final_fit, validated, refit), final_note(
         settings.final_fit, state.best_epoch
     )
+
+
+def refit_settings(settings: TrainSettings, state: LoopState) -> TrainSettings:
+    """A final fit's settings: it has no validation to choose weights by, so it keeps
+    what the validated model's best epoch kept (raw or the moving average)."""
+    averaged = state.best_metrics.get("weights") == "ema"
+    return replace(settings, weight_average="ema" if averaged else "off")
 
 
 def refit_seconds(state: LoopState, prepared: Prepared) -> float:

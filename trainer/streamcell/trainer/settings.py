@@ -21,6 +21,9 @@ LOSSES = ("mae", "mse")
 # off: export the validated model; refit: a refit on every training row instead;
 # blend: both, served as one model that averages them (streamcell.trainer.select).
 FINAL_FITS = ("off", "refit", "blend")
+# auto: validate a moving average of the weights beside them each epoch, keep the better;
+# ema: the average always; off: the weights as trained (streamcell.trainer.loop.fit).
+WEIGHT_AVERAGES = ("auto", "ema", "off")
 # What `streamcell train` tries besides its settings (overrides), chosen on validation:
 # the direct multi-horizon head of the defaults, and the one-step head fed back.
 DEFAULT_CANDIDATES: tuple[dict[str, Any], ...] = ({}, {"horizon": 1})
@@ -54,6 +57,9 @@ class TrainSettings:
     scaling: str = SCALING_WINDOW
     scale_floor: float = 1e-3
     grad_clip: float = 1.0
+    # One of WEIGHT_AVERAGES, and the average's decay per optimiser step.
+    weight_average: str = "auto"
+    ema_decay: float = 0.99
     carry_state: bool = True  # False resets (h, c) at every window (for comparison only)
     min_delta: float = 0.0  # relative improvement of `monitor` that counts as better
     monitor: str = "val_mase"  # picks the best epoch; val_mase weighs streams of any size alike
@@ -114,6 +120,17 @@ class TrainSettings:
             raise ConfigError(f"scale_floor must be positive, got {self.scale_floor!r}")
         if not (isinstance(self.grad_clip, int | float) and self.grad_clip > 0):
             raise ConfigError(f"grad_clip must be positive, got {self.grad_clip!r}")
+        if self.weight_average not in WEIGHT_AVERAGES:
+            raise ConfigError(
+                f"weight_average must be one of {', '.join(WEIGHT_AVERAGES)}, "
+                f"got {self.weight_average!r}"
+            )
+        if not (
+            isinstance(self.ema_decay, int | float)
+            and not isinstance(self.ema_decay, bool)
+            and 0 < self.ema_decay < 1
+        ):
+            raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay!r}")
         if self.monitor not in MONITORS:
             raise ConfigError(f"monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
         if not (isinstance(self.min_delta, int | float) and 0 <= self.min_delta < 1):
