@@ -196,7 +196,9 @@ def test_weight_averaging_keeps_the_better_of_the_two_on_validation() -> None:
     """The average is validated beside the raw weights, never trained on: the raw
     weights follow the same path as without it, and each epoch keeps the better."""
     data = load_long_frame(noisy_sines(streams=4, length=120, seed=2))
-    base = dict(hidden=8, layers=1, epochs=6, window=8, lr=0.05, patience=10, final_fit="off")
+    base = dict(
+        hidden=8, layers=1, epochs=6, window=8, lr=0.05, patience=10, final_fit="off", horizon=1
+    )
     off = train(data, TrainSettings(**base, weight_average="off"))
     auto = train(data, TrainSettings(**base, weight_average="auto", ema_decay=0.9))
     assert all("weights" not in r for r in off.history)
@@ -222,3 +224,13 @@ def test_the_kept_average_is_what_the_best_state_holds() -> None:
         assert score == pytest.approx(state.best_score, rel=1e-5)
         if mode == "ema":
             assert all(r["weights"] == "ema" and "val_mase_raw" not in r for r in state.history)
+
+
+def test_a_direct_head_keeps_its_raw_weights_under_auto() -> None:
+    """auto judges the average one step ahead, which is not what a direct head is for."""
+    data = load_long_frame(noisy_sines(streams=4, length=120, seed=2))
+    base = dict(hidden=8, layers=1, epochs=3, window=8, lr=0.05, final_fit="off", horizon=4)
+    auto = train(data, TrainSettings(**base, weight_average="auto"))
+    off = train(data, TrainSettings(**base, weight_average="off"))
+    assert all("val_mase_ema" not in r and "weights" not in r for r in auto.history)
+    assert [r["val_mase"] for r in auto.history] == [r["val_mase"] for r in off.history]

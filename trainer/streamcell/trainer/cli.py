@@ -164,8 +164,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--weight-average",
         choices=["auto", "ema", "off"],
         default="auto",
-        help="auto (default): validate a moving average of the weights beside them each "
-        "epoch and keep the better; ema: the average always; off: the weights as trained",
+        help="auto (default): a one-step head validates a moving average of the weights "
+        "beside them each epoch and keeps the better (a direct head keeps its own); "
+        "ema: the average always; off: the weights as trained",
     )
     model.add_argument(
         "--ema-decay",

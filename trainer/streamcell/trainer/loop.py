@@ -169,7 +169,8 @@ def fit(
     where none is given. ``validate=False`` (the final fit on every
     row) scores nothing and keeps the last epoch.
 
-    ``settings.weight_average``: ``auto`` also validates a moving average of
+    ``settings.weight_average``: ``auto`` (a one-step head; a direct head
+    keeps its raw weights) also validates a moving average of
     the weights (:class:`WeightAverage`) each epoch and keeps, for the epoch,
     whichever scores better by ``settings.monitor`` (the record says which:
     ``weights``); ``ema`` keeps the average always (without validation too:
@@ -184,6 +185,10 @@ def fit(
     if deadline is None and settings.time_budget > 0:
         deadline = Deadline.after(settings.time_budget)
     averaging = settings.weight_average
+    if averaging == "auto" and prepared.horizon > 1:
+        # auto picks an epoch's weights by the one-step monitor: what a one-step head
+        # serves, not a direct head's later steps (chosen on fixed-origin validation).
+        averaging = "off"
     ema = WeightAverage(model, settings.ema_decay, state) if averaging != "off" else None
     while state.epoch < settings.epochs and not state.stopped_early:
         epoch = state.epoch + 1
