@@ -160,13 +160,7 @@ def test_worse_than_both_baselines_is_named() -> None:
 def test_cli_refuses_a_model_worse_than_the_baselines(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rng = np.random.default_rng(7)
-    walks = pd.concat(
-        pd.DataFrame({"stream": f"w{k}", "seq": range(80), "value": np.cumsum(rng.normal(size=80))})
-        for k in range(3)
-    )
-    csv = tmp_path / "walks.csv"
-    walks.to_csv(csv, index=False)
+    csv = _random_walks_csv(tmp_path, seed=7)
     common = ["train", "--data", str(csv), "--registry", str(tmp_path / "reg"), "--model", "w"]
     tiny = ["--no-ray", "--threads", "1", "--epochs", "1", "--hidden", "2", "--lr", "1e-5"]
     code = main([*common, *tiny, "--no-candidates"])
@@ -199,13 +193,7 @@ def test_a_refit_is_costed_on_the_budgets_clock_not_the_wall() -> None:
 
 
 def test_cli_weight_average_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rng = np.random.default_rng(8)
-    walks = pd.concat(
-        pd.DataFrame({"stream": f"w{k}", "seq": range(80), "value": np.cumsum(rng.normal(size=80))})
-        for k in range(3)
-    )
-    csv = tmp_path / "walks.csv"
-    walks.to_csv(csv, index=False)
+    csv = _random_walks_csv(tmp_path, seed=8)
     common = ["train", "--data", str(csv), "--registry", str(tmp_path / "reg"), "--model", "w"]
     tiny = ["--no-ray", "--threads", "1", "--epochs", "2", "--hidden", "2", "--no-candidates"]
     for bad in (["--ema-decay", "1"], ["--ema-decay", "0"], ["--weight-average", "swa"]):
@@ -218,3 +206,15 @@ def test_cli_weight_average_flags(tmp_path: Path, capsys: pytest.CaptureFixture[
     training = load_latest(tmp_path / "reg", "w").config.training
     assert training["args"]["weight_average"] == "ema"
     assert training["args"]["ema_decay"] == 0.5
+
+
+def _random_walks_csv(tmp_path: Path, seed: int) -> Path:
+    """Three random walks of 80 steps as a training CSV."""
+    rng = np.random.default_rng(seed)
+    walks = pd.concat(
+        pd.DataFrame({"stream": f"w{k}", "seq": range(80), "value": np.cumsum(rng.normal(size=80))})
+        for k in range(3)
+    )
+    csv = tmp_path / "walks.csv"
+    walks.to_csv(csv, index=False)
+    return csv
