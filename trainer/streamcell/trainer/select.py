@@ -14,8 +14,9 @@ on held-out data than the validated model on some sets and better on others;
 the two together were ahead of the validated model on held-out data on most
 (docs/BENCHMARKS.md, "Accuracy").
 
-Each candidate's epochs are validated with their raw weights and with a
-moving average of them (``settings.weight_average``, streamcell.trainer.loop);
+Each candidate's epochs are validated with their raw weights and, for a
+one-step head under ``auto``, with a moving average of them
+(``settings.weight_average``, streamcell.trainer.loop);
 the record of each says which its best epoch kept (``weights``), and its
 final fit keeps the same.
 
