@@ -125,6 +125,7 @@ def score_recipe(
     """
     from streamcell.core.forecast import Normaliser, Origin, run, seed_of
     from streamcell.core.recipe import Recipe
+    from streamcell.core.recipe import levels as flat_levels
     from streamcell.trainer.api import loaded_model
     from streamcell.trainer.prepare import featurize_all
 
@@ -164,6 +165,9 @@ def score_recipe(
             states[b] = (h.clone(), c.clone())
         z_all = np.concatenate(parts)  # [T, head]: row t forecasts from event t on
         first = (z_all[:, :n_levels] * t_std + t_mean) * scale[:, None]  # step 1, every level
+        flat = flat_levels(recipe, xs[stream][:, recipe.target])  # a flat window: its value
+        if flat is not None:
+            first = np.where(np.isnan(flat)[:, None], first, flat[:, None]).astype(first.dtype)
         yhat = np.sort(first, axis=1)[:, mid]  # the median of sorted levels, as served
         one = yhat[n - 1 : len(y) - 1].astype(np.float64)
         one_q = None
