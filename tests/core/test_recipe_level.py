@@ -219,3 +219,15 @@ def test_a_version_is_written_and_read_and_a_missing_one_means_1():
     for bad in (0, 3, True, "2"):
         with pytest.raises(RecipeError, match=r"recipe\.version"):
             Recipe.from_json({**raw, "version": bad}, width=1, scale_floor=1e-3)
+
+
+def test_state_carries_over_between_the_versions(tmp_path):
+    """The versions' features and state are the same: a swap keeps the streams."""
+    configs = [
+        load_checkpoint(
+            make_recipe_model(tmp_path / f"v{v}", {**RECIPE, "version": v}, features=("y",))
+        ).config
+        for v in (1, 2)
+    ]
+    assert configs[0].architecture() == configs[1].architecture()
+    assert configs[0].history != configs[1].history
