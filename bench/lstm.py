@@ -210,6 +210,7 @@ def _served_levels(q: np.ndarray, y: np.ndarray, config: Any, mid: int) -> np.nd
     from streamcell.core.adaptive import scaled, updated
     from streamcell.core.calibration import widen
     from streamcell.core.quantiles import central_intervals
+    from streamcell.core.recipe import holds_level
 
     table = config.calibration_table
     if table is None:
@@ -220,12 +221,13 @@ def _served_levels(q: np.ndarray, y: np.ndarray, config: Any, mid: int) -> np.nd
     if table.adaptive is None:
         return static[:, :, 0].numpy().astype(np.float64)
     outer = central_intervals(config.quantile_levels)[0]
+    held = config.history is not None and holds_level(config.history)
     actual = y.astype(np.float32)[:, None, None]  # [T, 1 row, 1 target]
     log_w = np.zeros((1, 1), np.float32)
     out = np.empty(static.shape, np.float32)
     out[0] = static[0].numpy()
     for t in range(1, len(static)):
-        log_w = updated(log_w, out[t - 1 : t], actual[t], outer, table.adaptive.gamma)
+        log_w = updated(log_w, out[t - 1 : t], actual[t], outer, table.adaptive.gamma, held)
         out[t] = scaled(static[t : t + 1], torch.from_numpy(log_w), mid)[0].numpy()
     return out[:, :, 0].astype(np.float64)
 

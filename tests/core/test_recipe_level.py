@@ -231,3 +231,20 @@ def test_state_carries_over_between_the_versions(tmp_path):
     ]
     assert configs[0].architecture() == configs[1].architecture()
     assert configs[0].history != configs[1].history
+
+
+def test_a_flat_run_leaves_the_adaptive_width_where_it_was(tmp_path):
+    """Zero-width intervals say nothing of the width: a long run of zeros does not
+    shrink it to its floor for the values after it (core.adaptive.moved)."""
+    x = then_flat(0.0, flat=60)
+    start = first_flat_row(x)
+    p, _ = replay(2, tmp_path, x[: start + 1], quantile_levels=LEVELS, calibration=CALIBRATION)
+    assert p.store.width is not None
+    slot = p.store.slot_of("s")
+    before = p.store.width[slot].copy()
+    for k in range(start + 1, len(x)):
+        p.predict(EventBatch.of(["s"], x[k : k + 1], np.array([k])), now=0.0)
+    assert p.store.width[slot].tobytes() == before.tobytes()
+    p1, _ = replay(1, tmp_path, x, quantile_levels=LEVELS, calibration=CALIBRATION)
+    assert p1.store.width is not None
+    assert p1.store.width[p1.store.slot_of("s")][0] != before[0]  # version 1 moved it

@@ -76,7 +76,7 @@ from streamcell.core.journal import ChangeJournal, Placement
 from streamcell.core.model import Gates
 from streamcell.core.normalization import SCALING_GLOBAL, scale_from_sums
 from streamcell.core.quantiles import Scores, median_index, score
-from streamcell.core.recipe import Recipe, advance, level
+from streamcell.core.recipe import Recipe, advance, holds_level, level
 from streamcell.core.state import StateStore, StreamInfo
 from streamcell.core.tiers import TieredStore
 
@@ -194,6 +194,9 @@ class Predictor:
             None if tidx is None else torch.as_tensor(tidx, dtype=torch.int64, device=dev)
         )
         self._recipe: Recipe | None = cfg.history
+        # A recipe that serves flat windows as their value: their zero-width intervals
+        # leave the adaptive width where it was (streamcell.core.adaptive.moved).
+        self._holds = self._recipe is not None and holds_level(self._recipe)
         self._levels = cfg.quantile_levels
         self._median = median_index(self._levels) if self._levels else 0
         cal = cfg.calibration_table
@@ -557,8 +560,10 @@ class Predictor:
         store.inside[slots] += found.inside
         if store.width is not None:
             assert found.widest is not None
+            outer = store.intervals[0]
+            still = adaptive.zero_width(previous, outer) if self._holds else None
             store.width[slots] = adaptive.moved(
-                store.width[slots], found.widest, store.intervals[0], self._gamma
+                store.width[slots], found.widest, outer, self._gamma, still
             )
         result.scores.add(actual.size, found.inside.sum(axis=0), found.pinball)
 
