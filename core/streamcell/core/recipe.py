@@ -249,14 +249,22 @@ def level(recipe: Recipe, ring: np.ndarray, n: np.ndarray) -> np.ndarray | None:
     """
     if not holds_level(recipe) or len(n) == 0:
         return None
-    w = recipe.scale_window
+    w, size = recipe.scale_window, recipe.buffer_size
     rows = np.arange(len(n))
-    back = n[:, None] - 1 - np.arange(w, dtype=np.int64)[None, :]  # newest first
-    window = ring[rows[:, None], back % recipe.buffer_size]
-    flat = (n >= w) & (window == window[:, :1]).all(axis=1)
-    if not flat.any():
+    newest = ring[rows, (n - 1) % size]
+    # Only a stream whose last two values are equal can be flat: the whole window is
+    # read for those alone (serving calls this for every wave).
+    maybe = np.flatnonzero((n >= w) & (newest == ring[rows, (n - 2) % size]))
+    if len(maybe) == 0:
         return None
-    return np.where(flat, window[:, 0], np.float32(np.nan)).astype(np.float32)
+    back = n[maybe, None] - 1 - np.arange(w, dtype=np.int64)[None, :]
+    window = ring[maybe[:, None], back % size]
+    flat = maybe[(window == newest[maybe, None]).all(axis=1)]
+    if len(flat) == 0:
+        return None
+    out = np.full(len(n), np.nan, dtype=np.float32)
+    out[flat] = newest[flat]
+    return out
 
 
 def levels(recipe: Recipe, y: np.ndarray) -> np.ndarray | None:
