@@ -106,21 +106,6 @@ def test_weights_balance_streams_and_mask_zero_windows() -> None:
     assert (s0.weight[:14] == 0).all()  # a window of zeros: the scaled target is meaningless
 
 
-def test_a_flat_window_trains_no_weight() -> None:
-    """Serving sets a flat window's outputs to its value (recipe v2): the loss leaves out
-    the rows whose head output is never served."""
-    frame = seasonal(streams=3, length=80, period=12, seed=4)
-    flat = (frame["stream"] == "s1") & (frame["seq"] >= 20) & (frame["seq"] < 50)
-    frame.loc[flat, "value"] = 42.0
-    prepared = prepare_frame(load_long_frame(frame), TrainSettings())
-    assert prepared.recipe is not None and prepared.recipe.version == 2
-    s1 = prepared.streams[1]
-    assert s1.stream == "s1" and s1.weight is not None
-    first = 20 + prepared.recipe.scale_window - 1  # the first row after a full flat window
-    assert (s1.weight[first:50] == 0).all()
-    assert (s1.weight[:first] > 0).all() and (s1.weight[50:] > 0).all()
-
-
 def test_default_training_exports_a_recipe_model_with_its_skill(tmp_path: Path) -> None:
     data = load_long_frame(seasonal(streams=4, length=100, period=12, seed=5))
     settings = TrainSettings(hidden=8, layers=1, epochs=3, candidates=({}, {"hidden": 4}))

@@ -33,7 +33,7 @@ import numpy as np
 
 from streamcell.core.errors import DataError
 from streamcell.core.normalization import SCALING_GLOBAL, SCALING_WINDOW, stream_scales
-from streamcell.core.recipe import Recipe, advance, levels, new_buffers
+from streamcell.core.recipe import Recipe, advance, new_buffers
 from streamcell.trainer.data import LongFrame, split_point
 from streamcell.trainer.periods import default_horizon
 
@@ -299,9 +299,6 @@ def raw_streams(
         ):
             ts = s[:-1, None].astype(np.float32)
             valid = s[:-1] > floor
-            held = levels(recipe, x[:, recipe.target])
-            if held is not None:  # served as the window's value: the head's output is unused
-                valid &= np.isnan(held[:-1])
             w = _weights(y, ts, n) if weights else None
             w = np.where(valid, np.ones(len(ts), dtype=np.float32) if w is None else w, 0.0)
             out.append(RawStream(name, f, ts, y, n, valid, w.astype(np.float32), x))
