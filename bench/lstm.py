@@ -125,6 +125,7 @@ def score_recipe(
     """
     from streamcell.core.forecast import Normaliser, Origin, run, seed_of
     from streamcell.core.recipe import Recipe
+    from streamcell.core.recipe import levels as flat_levels
     from streamcell.trainer.api import loaded_model
     from streamcell.trainer.prepare import featurize_all
 
@@ -164,6 +165,9 @@ def score_recipe(
             states[b] = (h.clone(), c.clone())
         z_all = np.concatenate(parts)  # [T, head]: row t forecasts from event t on
         first = (z_all[:, :n_levels] * t_std + t_mean) * scale[:, None]  # step 1, every level
+        flat = flat_levels(recipe, xs[stream][:, recipe.target])  # a flat window: its value
+        if flat is not None:
+            first = np.where(np.isnan(flat)[:, None], first, flat[:, None]).astype(first.dtype)
         yhat = np.sort(first, axis=1)[:, mid]  # the median of sorted levels, as served
         one = yhat[n - 1 : len(y) - 1].astype(np.float64)
         one_q = None
@@ -206,6 +210,7 @@ def _served_levels(q: np.ndarray, y: np.ndarray, config: Any, mid: int) -> np.nd
     from streamcell.core.adaptive import scaled, updated
     from streamcell.core.calibration import widen
     from streamcell.core.quantiles import central_intervals
+    from streamcell.core.recipe import holds_level
 
     table = config.calibration_table
     if table is None:
@@ -216,12 +221,13 @@ def _served_levels(q: np.ndarray, y: np.ndarray, config: Any, mid: int) -> np.nd
     if table.adaptive is None:
         return static[:, :, 0].numpy().astype(np.float64)
     outer = central_intervals(config.quantile_levels)[0]
+    held = config.history is not None and holds_level(config.history)
     actual = y.astype(np.float32)[:, None, None]  # [T, 1 row, 1 target]
     log_w = np.zeros((1, 1), np.float32)
     out = np.empty(static.shape, np.float32)
     out[0] = static[0].numpy()
     for t in range(1, len(static)):
-        log_w = updated(log_w, out[t - 1 : t], actual[t], outer, table.adaptive.gamma)
+        log_w = updated(log_w, out[t - 1 : t], actual[t], outer, table.adaptive.gamma, held)
         out[t] = scaled(static[t : t + 1], torch.from_numpy(log_w), mid)[0].numpy()
     return out[:, :, 0].astype(np.float64)
 

@@ -91,6 +91,17 @@ def test_a_random_lag_model_is_reproduced_from_the_readme(tmp_path, seed):
         calibration=calibration,
     )
     x = random_series(rng, int(rng.integers(20, 70)), width)
+    if seed in FLAT_SEEDS:  # version 2, and a stream that ends flat: held at its value
+        recipe["version"] = 2
+        version = make_recipe_model(
+            tmp_path / "v2",
+            recipe,
+            seed=seed,
+            features=features,
+            quantile_levels=levels,
+            calibration=calibration,
+        )
+        x = flat_tail(x, recipe["scale_window"] + 3, 0.0 if seed % 2 else float(x[-1, 0]))
     horizon = 24 if width == 1 else 1
     got, forecast = served(version, x, horizon)
     doc = readme_code(version)
@@ -107,6 +118,16 @@ def test_a_random_lag_model_is_reproduced_from_the_readme(tmp_path, seed):
         np.testing.assert_allclose(quantiles, online, **tol)
 
 
+FLAT_SEEDS = (0, 3, 6, 7)
+
+
+def flat_tail(x: np.ndarray, length: int, value: float) -> np.ndarray:
+    """``x`` with its target's last ``length`` values all ``value``."""
+    x = x.copy()
+    x[-length:, 0] = value
+    return x
+
+
 def random_calibration(rng: np.random.Generator, levels: int) -> dict:
     """Factors about the median: online, and a forecast table shorter than the horizons asked."""
     rows = rng.uniform(0.3, 3.0, size=(3, levels)).round(4)
@@ -114,11 +135,15 @@ def random_calibration(rng: np.random.Generator, levels: int) -> dict:
     return {"online": rows[0].tolist(), "forecast": rows[1:].tolist()}
 
 
-@pytest.mark.parametrize("calibrated", [False, True])
-def test_a_direct_heads_calibrated_quantiles_are_reproduced_from_the_readme(tmp_path, calibrated):
+@pytest.mark.parametrize(("calibrated", "flat"), [(False, False), (True, False), (True, True)])
+def test_a_direct_heads_calibrated_quantiles_are_reproduced_from_the_readme(
+    tmp_path, calibrated, flat
+):
     rng = np.random.default_rng(11)
     levels = (0.1, 0.25, 0.5, 0.75, 0.9)
     recipe = {"target": 0, "lags": [1, 2, 12], "scale_window": 6, "log_scale": True}
+    if flat:  # version 2 and a stream that ends in zeros: its quantiles are all 0
+        recipe["version"] = 2
     version = make_recipe_model(
         tmp_path,
         {**recipe, "periods": [12], "age": True},
@@ -129,6 +154,8 @@ def test_a_direct_heads_calibrated_quantiles_are_reproduced_from_the_readme(tmp_
         calibration=random_calibration(rng, len(levels)) if calibrated else None,
     )
     x = random_series(rng, 50, 1)
+    if flat:
+        x = flat_tail(x, 9, 0.0)
     p = Predictor(load_checkpoint(version))
     quantiles = p.predict(EventBatch.of(["s"] * len(x), x)).quantiles
     forecast = p.forecast_result("s", 4).quantiles
@@ -137,6 +164,8 @@ def test_a_direct_heads_calibrated_quantiles_are_reproduced_from_the_readme(tmp_
     tol = dict(rtol=1e-5, atol=1e-5 * float(np.abs(x[:, 0]).mean()))
     np.testing.assert_allclose(quantiles, online, **tol)
     np.testing.assert_allclose(forecast, steps, **tol)
+    if flat:
+        assert (quantiles[-4:] == 0).all() and (forecast == 0).all() and (steps == 0).all()
 
 
 @pytest.mark.parametrize("scaling", ["global", "stream_mean_abs"])

@@ -63,6 +63,18 @@ def test_calibration_hits_each_level_on_unseen_points(spread: float) -> None:
     assert 0.78 <= inside.mean() <= 0.82
 
 
+def test_points_of_zero_width_are_left_out_of_the_fit() -> None:
+    """A recipe's flat window serves every level as its value: no factor moves it, so
+    its hits (or misses on a bound) must not move the other points' factors."""
+    q, y = head(4000, 0.4, seed=3)
+    alone = Counts.zero(1, len(LEVELS))
+    alone.add(0, q, y, median=2)
+    flat_q = np.zeros((1500, len(LEVELS)))
+    with_flat = Counts.zero(1, len(LEVELS))
+    with_flat.add(0, np.concatenate([q, flat_q]), np.concatenate([y, np.zeros(1500)]), median=2)
+    assert (with_flat.below == alone.below).all() and (with_flat.points == alone.points).all()
+
+
 def test_an_interval_keeps_its_centre_when_the_median_is_biased() -> None:
     # Actuals a whole spread below the head's median: one factor per interval widens
     # both sides alike until the interval holds its share, and does not shift it.

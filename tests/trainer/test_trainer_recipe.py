@@ -218,3 +218,42 @@ def _random_walks_csv(tmp_path: Path, seed: int) -> Path:
     csv = tmp_path / "walks.csv"
     walks.to_csv(csv, index=False)
     return csv
+
+
+def test_validation_holds_a_flat_window_at_its_value_as_serving_does() -> None:
+    """Streams that go flat in validation (zeros, a repeated value): the trainer's
+    validation and calibration see what the Predictor serves (recipe.level)."""
+    from dataclasses import replace
+
+    from streamcell.core.events import EventBatch
+    from streamcell.core.predictor import Predictor
+    from streamcell.trainer.api import TrainResult, loaded_model
+    from streamcell.trainer.evaluate import predict_levels, predict_streams
+
+    frame = seasonal(streams=3, length=90, period=12, seed=7)
+    frame.loc[(frame["stream"] == "s0") & (frame["seq"] >= 50), "value"] = 0.0
+    frame.loc[(frame["stream"] == "s1") & (frame["seq"] >= 60), "value"] = 123.5
+    data = load_long_frame(frame)
+    settings = TrainSettings(hidden=8, layers=1, epochs=2, horizon=1, final_fit="off", seed=2)
+    result = train_local(data, settings, threads=1)
+    assert result.config.history is not None and result.config.history.version == 2
+    prepared = prepare_frame(data, settings)
+    indices = list(range(len(prepared.streams)))
+    points = predict_streams(result.model, prepared, indices, path="step")
+    quantiles = predict_levels(result.model, prepared, indices)
+    # The head's quantiles as validation sees them: before the calibration it fits.
+    raw = TrainResult(result.model, replace(result.config, calibration=None), result.history)
+    predictor = Predictor(loaded_model(raw))
+    window = result.config.history.scale_window
+    for k, s in enumerate(prepared.streams):
+        x = frame[frame["stream"] == s.stream]["value"].to_numpy(np.float32)[:, None]
+        out = predictor.predict(EventBatch.of([s.stream] * len(x), x), now=0.0)
+        assert out.quantiles is not None
+        np.testing.assert_allclose(points[k], out.yhat[:-1], rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(quantiles[k], out.quantiles[:-1], rtol=1e-5, atol=1e-4)
+        if s.stream in ("s0", "s1"):
+            start = {"s0": 50, "s1": 60}[s.stream] + window - 1  # the first flat window
+            c = np.float32(x[-1, 0])
+            assert (points[k][start:] == c).all() and (quantiles[k][start:] == c).all()
+            assert (out.quantiles[start:] == c).all()
+            assert (points[k][: start - 1] != c).all()

@@ -79,23 +79,48 @@ _LOG_HIGHEST = np.float32(math.log(HIGHEST))
 
 
 def updated(
-    log_width: np.ndarray, served: np.ndarray, actual: np.ndarray, interval: Interval, gamma: float
+    log_width: np.ndarray,
+    served: np.ndarray,
+    actual: np.ndarray,
+    interval: Interval,
+    gamma: float,
+    held: bool = False,
 ) -> np.ndarray:
     """The streams' ``log w`` ``[K, targets]`` after the actuals ``[K, targets]`` scored the
-    quantiles served for them, ``[K, levels, targets]``. Float32 throughout; a new array."""
+    quantiles served for them, ``[K, levels, targets]``. Float32 throughout; a new array.
+    ``held``: a recipe that holds flat windows (see :func:`moved`)."""
     inside = (served[:, interval.lower] <= actual) & (actual <= served[:, interval.upper])
-    return moved(log_width, inside, interval, gamma)
+    still = zero_width(served, interval) if held else None
+    return moved(log_width, inside, interval, gamma, still)
+
+
+def zero_width(served: np.ndarray, interval: Interval) -> np.ndarray:
+    """``[K, targets]``: where the interval served had no width (a flat window's value)."""
+    return served[:, interval.lower] == served[:, interval.upper]
 
 
 def moved(
-    log_width: np.ndarray, inside: np.ndarray, interval: Interval, gamma: float
+    log_width: np.ndarray,
+    inside: np.ndarray,
+    interval: Interval,
+    gamma: float,
+    still: np.ndarray | None = None,
 ) -> np.ndarray:
     """:func:`updated` given whether each actual fell inside ``interval``, ``[K, targets]``
-    bool (the Predictor has it from its scoring, :func:`streamcell.core.quantiles.score`)."""
+    bool (the Predictor has it from its scoring, :func:`streamcell.core.quantiles.score`).
+
+    ``still`` ``[K, targets]``: where the interval served had zero width (a recipe's
+    flat window, served as its value: streamcell.core.recipe.level), the width stays
+    as it was: no factor moved that interval, and a long flat run would otherwise
+    shrink the width to its floor for the values after it.
+    """
     miss = np.where(inside, np.float32(0.0), np.float32(1.0))
     step = np.float32(gamma) * (miss - np.float32(1.0 - interval.coverage))
     out = log_width.astype(np.float32) + step
-    return np.clip(out, _LOG_LOWEST, _LOG_HIGHEST).astype(np.float32)
+    out = np.clip(out, _LOG_LOWEST, _LOG_HIGHEST).astype(np.float32)
+    if still is not None and still.any():
+        out = np.where(still, log_width.astype(np.float32), out)
+    return out
 
 
 def scaled(q: torch.Tensor, log_width: torch.Tensor, median: int) -> torch.Tensor:

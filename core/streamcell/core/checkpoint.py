@@ -226,7 +226,8 @@ class ModelConfig:
             self.scaling,
             self.features,
             self.targets,
-            json.dumps(self.recipe, sort_keys=True),
+            # The recipe's version changes how outputs are served, not the state.
+            json.dumps(_without_version(self.recipe), sort_keys=True),
             self.quantile_levels,
             self.horizon,
             self.adaptive is not None,  # a stream's adaptive width is state too
@@ -468,3 +469,9 @@ def load_latest(registry: str | os.PathLike[str], name: str) -> LoadedModel:
     if version is None:
         raise CheckpointError(f"no complete version of model {name!r} in registry {registry}")
     return load_checkpoint(Path(registry) / name / version)
+
+
+def _without_version(recipe: Any) -> Any:
+    if not isinstance(recipe, dict):
+        return recipe
+    return {k: v for k, v in recipe.items() if k != "version"}

@@ -19,12 +19,17 @@ bytes. Every row of a step is computed alone (``StreamingLSTM.step`` is
 row-wise), so paths do not depend on how many run together. A version with a
 ``calibration`` then scales each step's levels about their median by that
 step's row of its forecast table (:mod:`streamcell.core.calibration`).
+
+A recipe of version 2 serves a stream whose recent window is one value c as
+c (:func:`streamcell.core.recipe.level`): at the origin and after each value
+fed back, every output of that row is c, so a stream of zeros forecasts
+zeros with intervals of zero width.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -33,11 +38,20 @@ from torch import Tensor
 from streamcell.core.calibration import widen_steps
 from streamcell.core.checkpoint import MAX_HORIZON, LoadedModel
 from streamcell.core.model import rowwise_linear
-from streamcell.core.recipe import advance
+from streamcell.core.recipe import advance, level
 
 PATHS = 128  # sample paths per forecast beyond the head's own steps
 
-__all__ = ["MAX_HORIZON", "PATHS", "ForecastResult", "Normaliser", "Origin", "run", "seed_of"]
+__all__ = [
+    "MAX_HORIZON",
+    "PATHS",
+    "ForecastResult",
+    "Normaliser",
+    "Origin",
+    "held",
+    "run",
+    "seed_of",
+]
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,24 @@ class Normaliser:
     out_std: Tensor
 
 
+def held(y: Tensor, levels: np.ndarray | None) -> Tensor:
+    """``y`` ``[B, ...]`` with every value of each row that has a level (not NaN) set to it.
+
+    ``levels`` ``[B]`` float32 from :func:`streamcell.core.recipe.level`; None: ``y`` itself.
+    """
+    if levels is None:
+        return y
+    c = torch.from_numpy(levels).to(y.device).reshape(-1, *([1] * (y.dim() - 1)))
+    return torch.where(torch.isnan(c), y, c)
+
+
+def _origin_level(loaded: LoadedModel, o: Origin) -> np.ndarray | None:
+    recipe = loaded.config.history
+    if recipe is None or o.ring is None:
+        return None
+    return level(recipe, o.ring, np.full(len(o.ring), o.count, dtype=np.int64))
+
+
 def seed_of(stream: str, count: int, horizon: int) -> int:
     """The sample paths' seed: the same stream, state and request give the same paths."""
     digest = hashlib.blake2b(f"{stream}\0{count}\0{horizon}".encode(), digest_size=8).digest()
@@ -97,10 +129,13 @@ def run(
     """
     cfg = loaded.config
     method = "direct" if cfg.horizon > 1 else "feedback"
+    at = _origin_level(loaded, origin)
+    if at is not None:  # the last prediction is the level (what the Predictor served)
+        origin = replace(origin, last=held(origin.last, at))
     if cfg.horizon == 1 and not cfg.quantile_levels and future is None:
         return ForecastResult(_point_feedback(loaded, norm, origin, horizon), None, method)
     walk = _Walk(loaded, norm, future)
-    first = walk.head(origin.h, origin.scale)  # [1, H, L, O]
+    first = walk.head(origin.h, origin.scale, at)  # [1, H, L, O]
     yhat = walk.median_path(origin, first, horizon)
     if cfg.quantile_levels and quantiles:
         qs = walk.quantile_paths(origin, first, horizon, np.random.default_rng(seed))
@@ -122,18 +157,21 @@ def _point_feedback(loaded: LoadedModel, norm: Normaliser, o: Origin, horizon: i
         out[k] = prev[0].cpu().numpy()
         if k + 1 == horizon:
             break
+        at = None
         if ring is None or recipe is None:
             xt = prev if scale is None else prev / scale
             u = (xt - norm.in_mean) / norm.in_std
         else:
-            features, fed = advance(recipe, ring, np.array([o.count + k]), out[k : k + 1])
+            seen = np.array([o.count + k])
+            features, fed = advance(recipe, ring, seen, out[k : k + 1])
             u = (torch.from_numpy(features).to(device) - norm.in_mean) / norm.in_std
             scale = torch.from_numpy(fed).to(device)[:, None]
+            at = level(recipe, ring, seen + 1)
         step = model.step(u, h, c)
         h, c = step.h, step.c
         prev = step.y * norm.out_std + norm.out_mean
         if scale is not None:
-            prev = prev * scale
+            prev = held(prev * scale, at)
     return out
 
 
@@ -148,15 +186,16 @@ class _Walk:
         self.level_values = np.asarray(cfg.quantile_levels, dtype=np.float64)
         self.mid = cfg.quantile_levels.index(0.5) if cfg.quantile_levels else 0
 
-    def head(self, h: Tensor, scale: Tensor | None) -> Tensor:
-        """The head's outputs at state ``h`` in data units, ``[B, H, L, O]``."""
+    def head(self, h: Tensor, scale: Tensor | None, at: np.ndarray | None) -> Tensor:
+        """The head's outputs at state ``h`` in data units, ``[B, H, L, O]``; ``at``: the
+        rows' levels (:func:`held`)."""
         model = self.model
-        return self._denorm(rowwise_linear(h[-1], model.head.weight, model.head.bias), scale)
+        return self._denorm(rowwise_linear(h[-1], model.head.weight, model.head.bias), scale, at)
 
-    def _denorm(self, y: Tensor, scale: Tensor | None) -> Tensor:
+    def _denorm(self, y: Tensor, scale: Tensor | None, at: np.ndarray | None) -> Tensor:
         y = y.reshape(len(y), self.steps, self.levels, self.outputs)
         y = y * self.norm.out_std + self.norm.out_mean
-        return y if scale is None else y * scale[:, None, None, :]
+        return y if scale is None else held(y * scale[:, None, None, :], at)
 
     @torch.no_grad()
     def feed(
@@ -171,6 +210,7 @@ class _Walk:
         """Feed ``values`` ``[B, O]`` as the events ``ahead`` steps past the origin:
         new state, scale and head outputs."""
         norm, device = self.norm, state[0].device
+        at = None
         if self.recipe is not None and self.future is not None:
             event = np.repeat(self.future[min(ahead, len(self.future) - 1)][None], len(values), 0)
             event[:, self.recipe.target] = values[:, 0]
@@ -184,8 +224,9 @@ class _Walk:
             features, fed = advance(self.recipe, ring, seen, values.astype(np.float32))
             u = (torch.from_numpy(features).to(device) - norm.in_mean) / norm.in_std
             scale = torch.from_numpy(fed).to(device)[:, None]
+            at = level(self.recipe, ring, seen + 1)
         step = self.model.step(u, *state)
-        return (step.h, step.c), scale, self._denorm(step.y, scale)
+        return (step.h, step.c), scale, self._denorm(step.y, scale, at)
 
     def median_path(self, o: Origin, first: Tensor, horizon: int) -> np.ndarray:
         """The median fed back, in chunks of the head's steps."""

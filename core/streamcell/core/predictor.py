@@ -70,13 +70,13 @@ from streamcell.core.events import (
     non_finite_state,
     refusal,
 )
-from streamcell.core.forecast import ForecastResult, Normaliser, Origin, seed_of
+from streamcell.core.forecast import ForecastResult, Normaliser, Origin, held, seed_of
 from streamcell.core.forecast import run as run_forecast
 from streamcell.core.journal import ChangeJournal, Placement
 from streamcell.core.model import Gates
 from streamcell.core.normalization import SCALING_GLOBAL, scale_from_sums
 from streamcell.core.quantiles import Scores, median_index, score
-from streamcell.core.recipe import Recipe, advance
+from streamcell.core.recipe import Recipe, advance, holds_level, level
 from streamcell.core.state import StateStore, StreamInfo
 from streamcell.core.tiers import TieredStore
 
@@ -135,7 +135,8 @@ class Predictor:
     instead of the event's values: per wave the streams' history rings are
     gathered, advanced by the events with :func:`recipe.advance` (the function
     training calls) and scattered back, and the output is multiplied by the
-    recipe's scale. A Forecast feeds each predicted value back through the
+    recipe's scale (a version 2 recipe's flat window: its value, see
+    :func:`recipe.level`). A Forecast feeds each predicted value back through the
     same function, into a copy of the stream's history.
     """
 
@@ -193,6 +194,9 @@ class Predictor:
             None if tidx is None else torch.as_tensor(tidx, dtype=torch.int64, device=dev)
         )
         self._recipe: Recipe | None = cfg.history
+        # A recipe that serves flat windows as their value: their zero-width intervals
+        # leave the adaptive width where it was (streamcell.core.adaptive.moved).
+        self._holds = self._recipe is not None and holds_level(self._recipe)
         self._levels = cfg.quantile_levels
         self._median = median_index(self._levels) if self._levels else 0
         cal = cfg.calibration_table
@@ -436,18 +440,19 @@ class Predictor:
         counts = store.events[slots] + 1
         # Nothing is written to the store before the finiteness check below:
         # a refused row must leave its stream exactly as it was.
+        at: np.ndarray | None = None  # the streams' levels (recipe.level), None: none
         if self._recipe is None:
             u, out_scale, commit = self._event_inputs(store, slots, x, counts)
         else:
-            u, out_scale, commit = self._history_inputs(store, slots, x)
+            u, out_scale, at, commit = self._history_inputs(store, slots, x)
 
         h, c = store.gather(slots)
         step = self.loaded.model.step(u, h, c, return_gates=store.gates is not None)
-        quantiles = self._quantiles(step.y, out_scale)
+        quantiles = self._quantiles(step.y, out_scale, at)
         if quantiles is None:
             yhat = step.y[:, : self._out_mean.shape[0]] * self._out_std + self._out_mean
             if out_scale is not None:
-                yhat = yhat * out_scale
+                yhat = held(yhat * out_scale, at)
             values = yhat
         else:
             yhat = quantiles[:, self._median]
@@ -522,17 +527,20 @@ class Predictor:
         result.events[rows] = counts
         touched.update(zip(streams, part.tolist(), strict=True))
 
-    def _quantiles(self, y: torch.Tensor, out_scale: torch.Tensor | None) -> torch.Tensor | None:
+    def _quantiles(
+        self, y: torch.Tensor, out_scale: torch.Tensor | None, at: np.ndarray | None = None
+    ) -> torch.Tensor | None:
         """A quantile head's output ``[B, levels, output]`` in target units, sorted; None
         for a point head. The head's first ``levels x output`` values are the next
         step's quantiles, level-major (a wider head holds later steps after them).
+        ``at``: the streams' levels, which every level of their row is set to.
         """
         if not self._levels:
             return None
         levels, out = len(self._levels), self._out_mean.shape[0]
         q = y[:, : levels * out].reshape(-1, levels, out) * self._out_std + self._out_mean
         if out_scale is not None:
-            q = q * out_scale[:, None, :]
+            q = held(q * out_scale[:, None, :], at)
         q = uncrossed(q)
         # The version's calibration (streamcell.core.calibration), fitted on validation.
         return q if self._widen is None else widen(q, self._widen, self._median)
@@ -552,8 +560,10 @@ class Predictor:
         store.inside[slots] += found.inside
         if store.width is not None:
             assert found.widest is not None
+            outer = store.intervals[0]
+            still = adaptive.zero_width(previous, outer) if self._holds else None
             store.width[slots] = adaptive.moved(
-                store.width[slots], found.widest, store.intervals[0], self._gamma
+                store.width[slots], found.widest, outer, self._gamma, still
             )
         result.scores.add(actual.size, found.inside.sum(axis=0), found.pinball)
 
@@ -581,15 +591,19 @@ class Predictor:
 
     def _history_inputs(
         self, store: StateStore, slots: np.ndarray, x: np.ndarray
-    ) -> tuple[torch.Tensor, torch.Tensor, Commit]:
-        """A recipe model: advance the streams' histories by ``x``; inputs, scale, and
-        the write-back of the advanced rings (done once the step is known finite).
+    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None, Commit]:
+        """A recipe model: advance the streams' histories by ``x``; inputs, scale, the
+        streams' levels (:func:`recipe.level`: None where none has one), and the
+        write-back of the advanced rings (done once the step is known finite).
 
         ``store.events`` still counts the events before these (the caller adds them).
         """
         assert store.ring is not None and store.scale is not None
+        assert self._recipe is not None
         ring = store.ring[slots]  # a copy: advanced, then written back
-        u, scale = self._featurize(ring, store.events[slots], x)
+        seen = store.events[slots]
+        u, scale = self._featurize(ring, seen, x)
+        at = level(self._recipe, ring, seen + 1)
 
         def commit(keep: np.ndarray | None) -> None:
             assert store.ring is not None and store.scale is not None
@@ -600,7 +614,7 @@ class Predictor:
                 store.ring[slots[keep]] = ring[keep]
                 store.scale[slots[keep]] = scale[keep]
 
-        return u, torch.from_numpy(scale).to(self.device)[:, None], commit
+        return u, torch.from_numpy(scale).to(self.device)[:, None], at, commit
 
     def _featurize(
         self, ring: np.ndarray, seen: np.ndarray, x: np.ndarray

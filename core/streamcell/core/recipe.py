@@ -30,6 +30,16 @@ age. The model is trained to predict y_{t+1} / s_t; the Predictor multiplies
 its output by s_t. A model without a recipe sees the event's columns as
 before (streamcell.core.normalization).
 
+Version 2 adds one rule to that output (:func:`level`): where the stream's
+last ``window`` values (a full window, n >= window >= 2) are all exactly one
+value c, every output of the model, at every quantile level, is served as c.
+The scale measures the stream's movement over the window; where there is
+none, a scale-free model predicts none: a stream of zeros (a discontinued
+product) is predicted as exactly 0 with an interval of zero width, where the
+floored scale left it a hair above zero, outside every interval. The features
+are the same in both versions; version 1 (configs written before it) serves
+exactly as it did.
+
 Pure: numpy and the standard library only.
 """
 
@@ -42,7 +52,9 @@ from typing import Any
 
 import numpy as np
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: a flat window is served as its value (see level)
+VERSIONS = (1, 2)
+LEGACY_VERSION = 1  # what a config.json recipe without "version" means
 MAX_LAG = 10_000  # bounds the ring buffer a config can ask for
 MAX_PERIOD = 100_000
 _KEYS = {"version", "target", "lags", "scale_window", "log_scale", "periods", "age"}
@@ -64,8 +76,13 @@ class Recipe:
     periods: tuple[int, ...] = ()
     age: bool = False
     scale_floor: float = 1e-3
+    version: int = RECIPE_VERSION
 
     def __post_init__(self) -> None:
+        if self.version not in VERSIONS or isinstance(self.version, bool):
+            raise RecipeError(
+                f"recipe.version {self.version!r} is not supported (this build reads {VERSIONS})"
+            )
         object.__setattr__(self, "lags", tuple(self.lags))
         object.__setattr__(self, "periods", tuple(self.periods))
         _check_int("width", self.width, 1, 1 << 16)
@@ -120,7 +137,7 @@ class Recipe:
     def to_json(self) -> dict[str, Any]:
         """The config.json form (the scale floor is the config's own scale_floor)."""
         return {
-            "version": RECIPE_VERSION,
+            "version": self.version,
             "target": self.target,
             "lags": list(self.lags),
             "scale_window": self.scale_window,
@@ -137,10 +154,10 @@ class Recipe:
         unknown = sorted(set(raw) - _KEYS)
         if unknown:
             raise RecipeError(f"recipe has unknown fields {unknown}; known: {sorted(_KEYS)}")
-        version = raw.get("version", RECIPE_VERSION)
-        if version != RECIPE_VERSION:
+        version = raw.get("version", LEGACY_VERSION)
+        if version not in VERSIONS or isinstance(version, bool):
             raise RecipeError(
-                f"recipe.version {version!r} is not supported (this build reads {RECIPE_VERSION})"
+                f"recipe.version {version!r} is not supported (this build reads {VERSIONS})"
             )
         if "target" not in raw:
             raise RecipeError("recipe.target is missing")
@@ -156,6 +173,7 @@ class Recipe:
             periods=tuple(raw.get("periods", [])),
             age=raw.get("age", False),
             scale_floor=scale_floor,
+            version=version,
         )
 
 
@@ -213,6 +231,55 @@ def _scale(recipe: Recipe, ring: np.ndarray, n: np.ndarray) -> np.ndarray:
     total = np.where(back >= 0, window, 0.0).sum(axis=1)
     count = np.minimum(n, w).astype(np.float64)
     return np.maximum(total / count, recipe.scale_floor).astype(np.float32)
+
+
+def holds_level(recipe: Recipe) -> bool:
+    """Whether the recipe serves a flat window as its value (version 2 with a window)."""
+    return recipe.version >= 2 and recipe.scale_window >= 2
+
+
+def level(recipe: Recipe, ring: np.ndarray, n: np.ndarray) -> np.ndarray | None:
+    """Per stream, the value c its output is served as, NaN where it has none; ``[B]``
+    float32, or None where no stream has one (and always for version 1).
+
+    ``ring`` ``[B, buffer_size]`` holds each stream's values, ``n`` ``[B]`` the
+    events it has seen (after :func:`advance`: ``seen + 1``). A stream has a
+    level where it has seen a full window and its last ``scale_window`` values
+    are all exactly c (c is then the newest).
+    """
+    if not holds_level(recipe) or len(n) == 0:
+        return None
+    w, size = recipe.scale_window, recipe.buffer_size
+    rows = np.arange(len(n))
+    newest = ring[rows, (n - 1) % size]
+    # Only a stream whose last two values are equal can be flat: the whole window is
+    # read for those alone (serving calls this for every wave).
+    maybe = np.flatnonzero((n >= w) & (newest == ring[rows, (n - 2) % size]))
+    if len(maybe) == 0:
+        return None
+    back = n[maybe, None] - 1 - np.arange(w, dtype=np.int64)[None, :]
+    window = ring[maybe[:, None], back % size]
+    flat = maybe[(window == newest[maybe, None]).all(axis=1)]
+    if len(flat) == 0:
+        return None
+    out = np.full(len(n), np.nan, dtype=np.float32)
+    out[flat] = newest[flat]
+    return out
+
+
+def levels(recipe: Recipe, y: np.ndarray) -> np.ndarray | None:
+    """:func:`level` after each value of one whole stream ``y`` ``[T]``: ``[T]`` float32
+    (NaN: none), or None where it has none; the same values, from runs of equal values."""
+    y = np.asarray(y, dtype=np.float32)
+    if not holds_level(recipe) or len(y) == 0:
+        return None
+    t = np.arange(len(y))
+    starts = np.r_[True, y[1:] != y[:-1]]  # where a run of equal values begins
+    run = t - np.maximum.accumulate(np.where(starts, t, 0)) + 1
+    flat = run >= recipe.scale_window
+    if not flat.any():
+        return None
+    return np.where(flat, y, np.float32(np.nan)).astype(np.float32)
 
 
 def featurize(recipe: Recipe, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

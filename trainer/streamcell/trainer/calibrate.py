@@ -78,8 +78,17 @@ class Counts:
         return cls(np.zeros((cells, levels, len(GRID)), np.int64), np.zeros(cells, np.int64))
 
     def add(self, cell: int, q: np.ndarray, y: np.ndarray, median: int) -> None:
-        """Points with sorted quantiles ``q`` ``[N, levels]`` and actuals ``y`` ``[N]``."""
+        """Points with sorted quantiles ``q`` ``[N, levels]`` and actuals ``y`` ``[N]``.
+
+        Points whose levels are all one value (a recipe's flat window,
+        streamcell.core.recipe.level) are left out: no factor moves them, and
+        counted in, the fit would narrow every other stream's interval to make
+        up for their certain hits (or, on the bound, misses).
+        """
         q, y = q.astype(np.float64), y.astype(np.float64)
+        spread = q[:, -1] > q[:, 0]
+        if not spread.all():
+            q, y = q[spread], y[spread]
         m = q[:, median]
         e = y - m
         for level in range(q.shape[1]):

@@ -23,6 +23,7 @@ import torch
 
 from streamcell.core.model import StreamingLSTM
 from streamcell.core.quantiles import median_index
+from streamcell.core.recipe import levels
 from streamcell.trainer.prepare import Prepared, StreamArrays
 
 EVAL_BATCH = 256  # streams per evaluation batch
@@ -92,9 +93,8 @@ def predict_streams(
                 # them (a positive scale and std keep the order); a point head: all.
                 step1 = z[k, : len(s.u), : max(1, len(levels)) * outputs]
                 p = np.sort(step1.reshape(len(step1), -1, outputs), axis=1)[:, median]
-                out.append(
-                    (p * prepared.norm.target_std + prepared.norm.target_mean) * s.target_scale
-                )
+                p = (p * prepared.norm.target_std + prepared.norm.target_mean) * s.target_scale
+                out.append(held_rows(prepared, s, p))
     finally:
         model.train(was_training)
     return out
@@ -120,10 +120,22 @@ def predict_levels(
             for k, s in enumerate(group):
                 step1 = z[k, : len(s.u), : levels * outputs].reshape(len(s.u), levels, outputs)
                 q = step1 * norm.target_std + norm.target_mean
-                out.append(np.sort(q * s.target_scale[:, None, :], axis=1))
+                out.append(held_rows(prepared, s, np.sort(q * s.target_scale[:, None, :], axis=1)))
     finally:
         model.train(was_training)
     return out
+
+
+def held_rows(prepared: Prepared, s: StreamArrays, values: np.ndarray) -> np.ndarray:
+    """``values`` ``[T-1, ...]`` (row t: after event t) with each row whose recipe window
+    is flat set to its level, as the Predictor serves it (streamcell.core.recipe.level)."""
+    if prepared.recipe is None:
+        return values
+    at = levels(prepared.recipe, s.y[:, 0])
+    if at is None:
+        return values
+    at = at[: len(values)].reshape(-1, *([1] * (values.ndim - 1)))
+    return np.where(np.isnan(at), values, at).astype(values.dtype)
 
 
 def _run(model: StreamingLSTM, group: list[StreamArrays], device, path: str) -> np.ndarray:
