@@ -210,25 +210,39 @@ def sarima(y: np.ndarray, n_train: int, m: int, horizon: int | None) -> Forecast
 
 
 def sarima_statsmodels_origin(
-    past: np.ndarray, m: int, params: np.ndarray, horizon: int
+    past: np.ndarray, m: int, params: np.ndarray, horizon: int, low_memory: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """statsmodels' own h-step forecast of y and its variance from the end of ``past``.
 
     The mean from the simple-differenced model, integrated; the variance from
     the same parameters in the state space with the differencing inside.
     One filter over the whole of ``past`` each: see :func:`sarima_origins`
-    for many origins at once.
+    for many origins at once. ``low_memory``: keep no per-step states (the
+    differenced-inside model of 35,000 half-hours would otherwise hold ~10 GB;
+    its filtered covariances, kept, are 3-4 GB).
     """
+    from statsmodels.tsa.statespace import kalman_filter as kf
     from statsmodels.tsa.statespace.sarimax import SARIMAX
 
     spec = _sarima_spec(m)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        w = np.asarray(SARIMAX(past, **spec).filter(params).forecast(horizon), np.float64)
+        plain = SARIMAX(past, **spec).filter(params, low_memory=low_memory)
+        w = np.asarray(plain.forecast(horizon), np.float64)
         # forecast() of a simple-differenced model is in differences: integrate.
         mean = _undifference(past, w, m)
-        inner = {**spec, "simple_differencing": False}
-        ahead = SARIMAX(past, **inner).filter(params).get_forecast(horizon)
+        inner = SARIMAX(past, **{**spec, "simple_differencing": False})
+        if low_memory:
+            # get_forecast's variance needs the last filtered covariance and the
+            # forecasts; statsmodels' own low_memory keeps too little (NaN).
+            inner.ssm.set_conserve_memory(
+                kf.MEMORY_NO_PREDICTED
+                | kf.MEMORY_NO_SMOOTHING
+                | kf.MEMORY_NO_GAIN
+                | kf.MEMORY_NO_LIKELIHOOD
+                | kf.MEMORY_NO_STD_FORECAST
+            )
+        ahead = inner.filter(params).get_forecast(horizon)
     return mean, np.asarray(ahead.var_pred_mean, np.float64)
 
 

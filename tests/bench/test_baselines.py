@@ -40,6 +40,10 @@ def test_sarima_origins_match_statsmodels_from_each_origin() -> None:
         want_mean, want_var = baselines.sarima_statsmodels_origin(y[:o], M, params, H)
         np.testing.assert_allclose(mean[k], want_mean, rtol=1e-6)
         np.testing.assert_allclose(var[k], want_var, rtol=1e-6)
+        # Without per-step storage (how bench.origins_check runs it on vic_elec): the same.
+        lean = baselines.sarima_statsmodels_origin(y[:o], M, params, H, low_memory=True)
+        np.testing.assert_allclose(lean[0], want_mean, rtol=1e-12)
+        np.testing.assert_allclose(lean[1], want_var, rtol=1e-12)
     assert np.all(np.diff(var, axis=1) > 0)  # integrated errors widen with the horizon
 
 
