@@ -17,7 +17,9 @@ two steps ahead; we do not use it.
 SARIMA and ETS (statsmodels) are fitted once on the training part and then run
 forward over the whole series with those parameters frozen: the Kalman filter /
 exponential smoothing recursion's one-step predictions are exactly "predict
-from the past, then see the value", without refitting.
+from the past, then see the value", without refitting. Protocol B from many
+origins (vic_elec's 365 midnights, :func:`many_origins`) reads each origin's
+state off that same single pass instead of filtering once per origin.
 """
 
 from __future__ import annotations
@@ -217,9 +219,9 @@ def sarima_statsmodels_origin(
     The mean from the simple-differenced model, integrated; the variance from
     the same parameters in the state space with the differencing inside.
     One filter over the whole of ``past`` each: see :func:`sarima_origins`
-    for many origins at once. ``low_memory``: keep no per-step states (the
-    differenced-inside model of 35,000 half-hours would otherwise hold ~10 GB;
-    its filtered covariances, kept, are 3-4 GB).
+    for many origins at once. ``low_memory``: keep only what the forecasts
+    need (the differenced-inside model of 35,000 half-hours would otherwise
+    hold over 10 GB; its filtered covariances alone, kept, are 3-4 GB).
     """
     from statsmodels.tsa.statespace import kalman_filter as kf
     from statsmodels.tsa.statespace.sarimax import SARIMAX
@@ -311,6 +313,7 @@ def _integrate_sarima(
     c: np.ndarray,
     dz: float,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """y's means and variances ``[O, h]`` from the differenced model's a, P at each origin."""
     n_origins, k = a.shape
     F = np.empty((horizon, k))  # F[j] = Z T^j
     F[0] = Z[0]
