@@ -16,7 +16,9 @@ averaged over the 365 origins; mean MASE over series.
 CLI's time budget and candidates: nothing per data set); ``lstm_tuned`` the
 same with a wider candidate set and budget, chosen on validation only.
 
-SARIMA, ETS and River results are cached under bench/accuracy_cache/.
+SARIMA, ETS and River results are cached under bench/accuracy_cache/;
+SARIMA's and ETS's vic_elec protocol B (365 origins) comes from one filter
+over the series each (bench.baselines.many_origins), cached apart.
 The LSTM rows run ``--jobs`` at a time (2), each in a process of its own with
 ``--threads`` torch threads (the CPUs over the jobs), the costliest first.
 Results go to bench/accuracy_results.json; the table is printed as Markdown.
