@@ -188,7 +188,8 @@ def _same_choice(result: TrainResult, record: dict[str, Any]) -> bool:
         avg = r.get("average") or {}
         first = r.get("first_step") or {}
         group = tuple(sorted(avg["candidates"])) if avg.get("kept") else (r["chosen"],)
-        return group, first.get("candidate")
+        seeds = avg.get("seeds", 0) if avg.get("kept") else 0
+        return group, seeds, first.get("candidate")
 
     return picked(result.config.training["selection"]) == picked(record)
 
