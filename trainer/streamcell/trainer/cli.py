@@ -158,6 +158,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
     model.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     model.add_argument(
+        "--seeds",
+        type=_positive,
+        default=1,
+        help="the chosen candidate trained this many times in all with other seeds, as the "
+        "budget left allows, and served averaged where that validates better (default 1)",
+    )
+    model.add_argument(
         "--patience", type=_positive, default=5, help="early-stopping patience (default 5)"
     )
     model.add_argument(
@@ -285,6 +292,7 @@ def run(args: argparse.Namespace) -> int:
         epoch_steps=args.epoch_steps,
         lr=args.lr,
         seed=args.seed,
+        seeds=args.seeds,
         val_fraction=args.val_fraction,
         patience=args.patience,
         monitor=args.monitor,
