@@ -95,11 +95,13 @@ VIC_ORIGIN_EVERY = 48  # protocol B on vic_elec: from each midnight of the test 
 def recipe_settings(method: str):
     """The TrainSettings of lstm_default / lstm_tuned (the same for every data set)."""
     from streamcell.trainer.api import TrainSettings
-    from streamcell.trainer.cli import DEFAULT_TIME_BUDGET
+    from streamcell.trainer.cli import DEFAULT_SEEDS, DEFAULT_TIME_BUDGET
     from streamcell.trainer.settings import DEFAULT_CANDIDATES
 
     if method == "lstm_default":
-        return TrainSettings(time_budget=DEFAULT_TIME_BUDGET, candidates=DEFAULT_CANDIDATES)
+        return TrainSettings(
+            time_budget=DEFAULT_TIME_BUDGET, candidates=DEFAULT_CANDIDATES, seeds=DEFAULT_SEEDS
+        )
     return TrainSettings(
         time_budget=TUNED_BUDGET, candidates=TUNED_CANDIDATES, average_top=TUNED_AVERAGE_TOP
     )

@@ -54,7 +54,7 @@ def test_cli_trains_with_two_workers_and_the_service_beats_last_value(
             *("--workers", "2", "--gpu", "auto", "--epochs", "12", "--hidden", "16"),
             *("--layers", "1", "--window", "16", "--lr", "0.01", "--batch-size", "8"),
             *("--scaling", "global"),  # the raw values in: the Predictor below serves them
-            *("--final-fit", "blend"),
+            *("--final-fit", "blend", "--seeds", "1"),  # one run: the blend's width below
         ]
     )
     captured = capsys.readouterr()

@@ -58,7 +58,6 @@ FINAL_SHARE = 0.3
 # Extra seed j of a candidate trains with its seed + j * SEED_STRIDE: apart from
 # the small seeds candidates are given by hand.
 SEED_STRIDE = 1000
-SEEDS_GATE = True
 
 
 class Fitter:
@@ -255,9 +254,14 @@ def train_seeds(
     settings, deadline, fitter = trials.settings, trials.deadline, trials.fitter
     option, prepared, state, _model = trials.trained[pick]
     refit = refit_seconds(state, prepared) if settings.final_fit != "off" else 0.0
+    # The final fit of the candidate whose first step may be served beside pick's.
+    first = first_step_pick(trials.tried, trials.keys, pick) if settings.online_first_step else None
+    other = 0.0
+    if first is not None and settings.final_fit != "off":
+        other = refit_seconds(trials.trained[first][2], trials.trained[first][1])
     runs: list[tuple[int, dict[str, Any]]] = []
     for j in range(1, settings.seeds):
-        keep = refit * (j + 1)  # the final fits of pick, the seeds so far and this one
+        keep = refit * (j + 1) + other  # the final fits of pick, the seeds so far and this one
         until = None
         if deadline is not None:
             left = deadline.left() - keep
@@ -343,9 +347,7 @@ def choose(
             .get(settings.monitor, math.nan),
             "origin_score": origin_mase(avg_loaded, prepared, eval_horizon),
         }
-        avg["kept"] = bool(avg[by] < tried[pick][by]) or (
-            not SEEDS_GATE and len(seeds) and len(group) == len(seeds) + 1
-        )
+        avg["kept"] = bool(avg[by] < tried[pick][by])
         record["average"] = avg
         if not avg["kept"]:
             group = [pick]
