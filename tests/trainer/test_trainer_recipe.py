@@ -216,6 +216,7 @@ def test_cli_trains_a_second_seed_by_default(
     common = ["train", "--data", str(csv), "--registry", str(tmp_path / "reg"), "--model", "w"]
     tiny = ["--no-ray", "--threads", "1", "--epochs", "2", "--hidden", "2", "--no-candidates"]
     assert main([*common, *tiny, "--allow-worse"]) == 0
+    assert "seeds: the chosen candidate trained 2 times" in capsys.readouterr().out
     training = load_latest(tmp_path / "reg", "w").config.training
     assert training["args"]["seeds"] == DEFAULT_SEEDS == 2
     assert [s["seed"] for s in training["selection"]["seeds"]] == [SEED_STRIDE]

@@ -495,6 +495,15 @@ def _summary(path: Path, result, as_json: bool) -> None:
             f"candidates ({selection['monitor']} / fixed-origin MASE): {tried}; chosen by "
             f"{selection['chosen_by']}: {selection['forecast']}"
         )
+    if selection.get("seeds"):
+        avg, runs = selection["average"], len(selection["seeds"]) + 1
+        score = "origin_score" if selection["chosen_by"] == "val_origin_mase" else "score"
+        alone = selection["candidates"][selection["chosen"]][score]
+        print(
+            f"seeds: the chosen candidate trained {runs} times, their average "
+            f"{avg[score]:.4f} against {alone:.4f} alone on validation: "
+            + ("served averaged" if avg["kept"] else "the first run served alone")
+        )
     if selection.get("final_fit", "off") != "off":
         print(f"final fit: {selection['final_fit']}")
     first = selection.get("first_step")
