@@ -20,9 +20,12 @@ one-step head under ``auto``, with a moving average of them
 the record of each says which its best epoch kept (``weights``), and its
 final fit keeps the same.
 
-Two refinements, each taken only on validation's word: with
+Refinements, each taken only on validation's word: with
 ``settings.average_top`` > 1 the best few candidates of the chosen one's head
 are averaged as one model where the average scores better at fixed origin;
+with ``settings.seeds`` > 1 the chosen candidate is trained again from other
+seeds in the budget the candidates left (``train_seeds``) and those runs join
+that average, kept on the same condition;
 and where the chosen model has a direct head but another candidate predicts
 one step ahead better (``settings.online_first_step``), the served model is
 both side by side: that one's first step online, the chosen one's later
