@@ -220,7 +220,9 @@ def test_cli_trains_a_second_seed_by_default(
     training = load_latest(tmp_path / "reg", "w").config.training
     assert training["args"]["seeds"] == DEFAULT_SEEDS == 2
     assert [s["seed"] for s in training["selection"]["seeds"]] == [SEED_STRIDE]
-    assert training["selection"]["average"]["seeds"] == 1
+    assert training["selection"]["seeds_average"]["seeds"] == 1
+    kept = training["selection"]["seeds_average"]["kept"]
+    assert training["selection"]["served"] == {"candidates": [0], "seeds": int(kept)}
     assert main([*common, *tiny, "--allow-worse", "--seeds", "1"]) == 0
     assert "seeds" not in load_latest(tmp_path / "reg", "w").config.training["selection"]
     capsys.readouterr()

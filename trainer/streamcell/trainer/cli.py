@@ -496,13 +496,14 @@ def _summary(path: Path, result, as_json: bool) -> None:
             f"{selection['chosen_by']}: {selection['forecast']}"
         )
     if selection.get("seeds"):
-        avg, runs = selection["average"], len(selection["seeds"]) + 1
+        avg, runs = selection["seeds_average"], len(selection["seeds"]) + 1
         score = "origin_score" if selection["chosen_by"] == "val_origin_mase" else "score"
-        alone = selection["candidates"][selection["chosen"]][score]
+        before = selection.get("average") or {}
+        without = before if before.get("kept") else selection["candidates"][selection["chosen"]]
         print(
-            f"seeds: the chosen candidate trained {runs} times, their average "
-            f"{avg[score]:.4f} against {alone:.4f} alone on validation: "
-            + ("served averaged" if avg["kept"] else "the first run served alone")
+            f"seeds: the chosen candidate trained {runs} times, averaged "
+            f"{avg[score]:.4f} against {without[score]:.4f} without the extra runs on "
+            "validation: " + ("served averaged" if avg["kept"] else "served without them")
         )
     if selection.get("final_fit", "off") != "off":
         print(f"final fit: {selection['final_fit']}")

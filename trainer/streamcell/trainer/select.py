@@ -334,33 +334,50 @@ def choose(
             )
         return trials.finals[k]
 
+    def averaged(members: list[int]) -> tuple[StreamingLSTM, dict[str, Any]]:
+        model = _validated(trained, members)
+        scores = {
+            "candidates": [k for k in members if k < len(tried)],
+            "seeds": sum(k >= len(tried) for k in members),
+            "score": evaluate(model, prepared, list(range(len(prepared))))
+            .metrics()
+            .get(settings.monitor, math.nan),
+            "origin_score": origin_mase(
+                as_loaded(frame, prepared, model, option), prepared, eval_horizon
+            ),
+        }
+        return model, scores
+
     group = average_group(tried, keys, pick, by, settings.average_top)
+    validated = _validated(trained, [pick])
+    best, avg_score = tried[pick][by], math.nan
+    if len(group) > 1:
+        model_avg, avg = averaged(group)
+        avg["kept"] = bool(avg[by] < best)
+        record["average"] = avg
+        if avg["kept"]:
+            validated, best, avg_score = model_avg, avg[by], avg["score"]
+        else:
+            group = [pick]
+    # The seeds join what validation kept, on the same condition: they never undo it.
     seeds = train_seeds(trials, pick, device=device, on_epoch=on_epoch)
     if seeds:
         record["seeds"] = [r for _, r in seeds]
-    group = group + [k for k, _ in seeds]
-    validated = _validated(trained, group)
-    if len(group) > 1:
-        avg_loaded = as_loaded(frame, prepared, validated, option)
-        avg = {
-            "candidates": [k for k in group if k < len(tried)],
-            "seeds": len(seeds),
-            "score": evaluate(validated, prepared, list(range(len(prepared))))
-            .metrics()
-            .get(settings.monitor, math.nan),
-            "origin_score": origin_mase(avg_loaded, prepared, eval_horizon),
-        }
-        avg["kept"] = bool(avg[by] < tried[pick][by])
-        record["average"] = avg
-        if not avg["kept"]:
-            group = [pick]
-            validated = _validated(trained, group)
+        model_avg, avg = averaged(group + [k for k, _ in seeds])
+        avg["kept"] = bool(avg[by] < best)
+        record["seeds_average"] = avg
+        if avg["kept"]:
+            group = group + [k for k, _ in seeds]
+            validated, avg_score = model_avg, avg["score"]
+    record["served"] = {
+        "candidates": sorted(k for k in group if k < len(tried)),
+        "seeds": sum(k >= len(tried) for k in group),
+    }
     finals = [final_of(k) for k in group]
     record["final_fit"] = "; ".join(note for _, note in finals)
     final = _combined(trained, group, [f for f, _ in finals])
     if len(group) > 1:
-        score = record["average"]["score"]
-        state = replace(state, best_state=validated.state_dict(), best_score=score)
+        state = replace(state, best_state=validated.state_dict(), best_score=avg_score)
         model = validated
     first = (
         first_step_pick(tried, keys, pick, state.best_score) if settings.online_first_step else None
