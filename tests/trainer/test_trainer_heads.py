@@ -223,3 +223,55 @@ def test_a_final_fit_keeps_the_weights_its_validated_model_kept() -> None:
     for kept, mode in (("ema", "ema"), ("raw", "off"), (None, "off")):
         state = LoopState(best_metrics={} if kept is None else {"weights": kept})
         assert refit_settings(settings, state).weight_average == mode
+
+
+def test_extra_seeds_of_the_chosen_candidate_averaged_where_that_validates_better() -> None:
+    from streamcell.trainer.select import SEED_STRIDE
+
+    data = load_long_frame(seasonal(streams=4, length=120, period=12, seed=5))
+    settings = TrainSettings(
+        hidden=8, layers=1, epochs=2, final_fit="off", seeds=3, candidates=({"horizon": 1},)
+    )
+    result = train_local(data, settings, threads=1)
+    selection = result.config.training["selection"]
+    assert [s["seed"] for s in selection["seeds"]] == [SEED_STRIDE, 2 * SEED_STRIDE]
+    assert len({s["score"] for s in selection["seeds"]}) == 2  # other seeds, other nets
+    assert "average" not in selection  # average_top 1: no other candidates averaged
+    average = selection["seeds_average"]
+    assert average["seeds"] == 2 and average["candidates"] == [0]
+    assert selection["served"]["seeds"] == (2 if average["kept"] else 0)
+    one = selection["candidates"][0]["origin_score"]
+    assert average["kept"] == (average["origin_score"] < one)
+    assert result.model.hidden_size == (3 * 8 if average["kept"] else 8)
+    assert result.metrics["val_origin_mase"] == pytest.approx(
+        average["origin_score"] if average["kept"] else one, rel=1e-4
+    )
+
+
+def test_no_extra_seed_where_the_budget_left_would_not_hold_it() -> None:
+    from streamcell.trainer.budget import Deadline
+    from streamcell.trainer.select import train_candidates, train_seeds
+
+    data = load_long_frame(seasonal(streams=4, length=120, period=12, seed=5))
+    settings = TrainSettings(hidden=8, layers=1, epochs=2, final_fit="off", seeds=3)
+    trials = train_candidates(data, settings, prepare_frame)
+    assert train_seeds(replace(trials, deadline=Deadline.after(0.0), seeded={}), 0) == []
+    runs = train_seeds(trials, 0)
+    assert [len(trials.trained), len(runs)] == [3, 2]
+    assert train_seeds(trials, 0) is runs  # a second choice reuses them
+
+
+def test_extra_seeds_join_the_kept_average_and_never_undo_it() -> None:
+    data = load_long_frame(seasonal(streams=4, length=120, period=12, seed=5))
+    candidates = ({"horizon": 1}, {"horizon": 1, "seed": 1}, {"horizon": 1, "hidden": 4})
+    settings = TrainSettings(
+        hidden=8, layers=1, epochs=2, final_fit="off", average_top=2, seeds=2, candidates=candidates
+    )
+    selection = train_local(data, settings, threads=1).config.training["selection"]
+    average, seeded = selection["average"], selection["seeds_average"]
+    pick = selection["candidates"][selection["chosen"]]["origin_score"]
+    before = average["origin_score"] if average["kept"] else pick
+    assert seeded["kept"] == (seeded["origin_score"] < before)
+    kept = average["candidates"] if average["kept"] else [selection["chosen"]]
+    assert seeded["candidates"] == kept and seeded["seeds"] == 1
+    assert selection["served"] == {"candidates": sorted(kept), "seeds": int(seeded["kept"])}

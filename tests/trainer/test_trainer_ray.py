@@ -54,7 +54,7 @@ def test_cli_trains_with_two_workers_and_the_service_beats_last_value(
             *("--workers", "2", "--gpu", "auto", "--epochs", "12", "--hidden", "16"),
             *("--layers", "1", "--window", "16", "--lr", "0.01", "--batch-size", "8"),
             *("--scaling", "global"),  # the raw values in: the Predictor below serves them
-            *("--final-fit", "blend"),
+            *("--final-fit", "blend", "--seeds", "1"),  # one run: the blend's width below
         ]
     )
     captured = capsys.readouterr()
@@ -196,3 +196,21 @@ def test_candidates_are_chosen_on_ray_as_in_one_process(ray_cluster: None) -> No
     # A final fit blended with the validated model: two members of 8 units.
     assert result.config.hidden_size == 16
     assert result.metrics["val_origin_mase"] == pytest.approx(min(scores), rel=1e-4)
+
+
+def test_a_chosen_candidates_extra_seed_is_a_ray_run_too(ray_cluster: None) -> None:
+    data = load_long_frame(noisy_sines(streams=4, length=120, period=12, noise=0.1, seed=5))
+    settings = TrainSettings(
+        hidden=8, layers=1, epochs=2, window=8, epoch_steps=1, final_fit="off", seeds=2
+    )
+    records: list[dict] = []
+    result = train_with_ray(data, settings, workers=1, on_epoch=records.append)
+    selection = result.config.training["selection"]
+    assert [s["seed"] for s in selection["seeds"]] == [1000]
+    assert len([r for r in records if r.get("candidate") is None]) >= 1  # the seed's epochs
+    kept = selection["seeds_average"]["kept"]
+    # Where the average won at fixed origin but the first run alone one step ahead,
+    # that run's first step is served beside it (select.first_step_pick).
+    first = 8 if "first_step" in selection else 0
+    assert result.config.hidden_size == (16 if kept else 8) + first
+    assert "first_step" not in selection or kept

@@ -20,6 +20,7 @@ from streamcell.trainer.api import (
     prepare_frame,
     train_local,
 )
+from streamcell.trainer.cli import DEFAULT_SEEDS
 from streamcell.trainer.evaluate import worse_than_baselines
 from streamcell.trainer.loop import LoopState
 from streamcell.trainer.periods import (
@@ -29,7 +30,7 @@ from streamcell.trainer.periods import (
     periods_from_spacing,
 )
 from streamcell.trainer.prepare import featurize_all
-from streamcell.trainer.select import refit_seconds
+from streamcell.trainer.select import SEED_STRIDE, refit_seconds
 
 
 def seasonal(streams: int, length: int, period: int, seed: int) -> pd.DataFrame:
@@ -206,6 +207,25 @@ def test_cli_weight_average_flags(tmp_path: Path, capsys: pytest.CaptureFixture[
     training = load_latest(tmp_path / "reg", "w").config.training
     assert training["args"]["weight_average"] == "ema"
     assert training["args"]["ema_decay"] == 0.5
+
+
+def test_cli_trains_a_second_seed_by_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = _random_walks_csv(tmp_path, seed=9)
+    common = ["train", "--data", str(csv), "--registry", str(tmp_path / "reg"), "--model", "w"]
+    tiny = ["--no-ray", "--threads", "1", "--epochs", "2", "--hidden", "2", "--no-candidates"]
+    assert main([*common, *tiny, "--allow-worse"]) == 0
+    assert "seeds: the chosen candidate trained 2 times" in capsys.readouterr().out
+    training = load_latest(tmp_path / "reg", "w").config.training
+    assert training["args"]["seeds"] == DEFAULT_SEEDS == 2
+    assert [s["seed"] for s in training["selection"]["seeds"]] == [SEED_STRIDE]
+    assert training["selection"]["seeds_average"]["seeds"] == 1
+    kept = training["selection"]["seeds_average"]["kept"]
+    assert training["selection"]["served"] == {"candidates": [0], "seeds": int(kept)}
+    assert main([*common, *tiny, "--allow-worse", "--seeds", "1"]) == 0
+    assert "seeds" not in load_latest(tmp_path / "reg", "w").config.training["selection"]
+    capsys.readouterr()
 
 
 def _random_walks_csv(tmp_path: Path, seed: int) -> Path:

@@ -185,10 +185,9 @@ def _same_choice(result: TrainResult, record: dict[str, Any]) -> bool:
     """Whether a result holds the model ``record`` chose (the same candidate(s), kept alike)."""
 
     def picked(r: dict[str, Any]) -> tuple[Any, ...]:
-        avg = r.get("average") or {}
+        served = r["served"]
         first = r.get("first_step") or {}
-        group = tuple(sorted(avg["candidates"])) if avg.get("kept") else (r["chosen"],)
-        return group, first.get("candidate")
+        return r["chosen"], tuple(served["candidates"]), served["seeds"], first.get("candidate")
 
     return picked(result.config.training["selection"]) == picked(record)
 

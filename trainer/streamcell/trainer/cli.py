@@ -20,6 +20,9 @@ from streamcell.service.kafka import CLIENTS, DEFAULT_CLIENT
 
 HELP = "train the LSTM (locally or with Ray Train) and export a version to a registry"
 DEFAULT_TIME_BUDGET = 120.0
+# The chosen candidate's runs in all (other seeds), as the budget left allows, averaged
+# where that validates better (streamcell.trainer.select.train_seeds).
+DEFAULT_SEEDS = 2
 
 
 def _names(text: str) -> list[str]:
@@ -158,6 +161,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
     model.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     model.add_argument(
+        "--seeds",
+        type=_positive,
+        default=DEFAULT_SEEDS,
+        help="the chosen candidate trained this many times in all with other seeds, as the "
+        "budget left allows, and served averaged where that validates better (default "
+        f"{DEFAULT_SEEDS})",
+    )
+    model.add_argument(
         "--patience", type=_positive, default=5, help="early-stopping patience (default 5)"
     )
     model.add_argument(
@@ -285,6 +296,7 @@ def run(args: argparse.Namespace) -> int:
         epoch_steps=args.epoch_steps,
         lr=args.lr,
         seed=args.seed,
+        seeds=args.seeds,
         val_fraction=args.val_fraction,
         patience=args.patience,
         monitor=args.monitor,
@@ -482,6 +494,16 @@ def _summary(path: Path, result, as_json: bool) -> None:
         print(
             f"candidates ({selection['monitor']} / fixed-origin MASE): {tried}; chosen by "
             f"{selection['chosen_by']}: {selection['forecast']}"
+        )
+    if selection.get("seeds"):
+        avg, runs = selection["seeds_average"], len(selection["seeds"]) + 1
+        score = "origin_score" if selection["chosen_by"] == "val_origin_mase" else "score"
+        before = selection.get("average") or {}
+        without = before if before.get("kept") else selection["candidates"][selection["chosen"]]
+        print(
+            f"seeds: the chosen candidate trained {runs} times, averaged "
+            f"{avg[score]:.4f} against {without[score]:.4f} without the extra runs on "
+            "validation: " + ("served averaged" if avg["kept"] else "served without them")
         )
     if selection.get("final_fit", "off") != "off":
         print(f"final fit: {selection['final_fit']}")

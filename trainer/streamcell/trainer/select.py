@@ -20,9 +20,12 @@ one-step head under ``auto``, with a moving average of them
 the record of each says which its best epoch kept (``weights``), and its
 final fit keeps the same.
 
-Two refinements, each taken only on validation's word: with
+Refinements, each taken only on validation's word: with
 ``settings.average_top`` > 1 the best few candidates of the chosen one's head
 are averaged as one model where the average scores better at fixed origin;
+with ``settings.seeds`` > 1 the chosen candidate is trained again from other
+seeds in the budget the candidates left (``train_seeds``) and those runs join
+that average, kept on the same condition;
 and where the chosen model has a direct head but another candidate predicts
 one step ahead better (``settings.online_first_step``), the served model is
 both side by side: that one's first step online, the chosen one's later
@@ -55,6 +58,9 @@ from streamcell.trainer.settings import TrainSettings
 Trained = tuple[TrainSettings, Prepared, LoopState, StreamingLSTM]
 # Share of the budget kept for the final fit (it sees 1 / (1 - val_fraction) more rows).
 FINAL_SHARE = 0.3
+# Extra seed j of a candidate trains with its seed + j * SEED_STRIDE: apart from
+# the small seeds candidates are given by hand.
+SEED_STRIDE = 1000
 
 
 class Fitter:
@@ -158,6 +164,10 @@ class Trials:
     # Each candidate's final fit once made (a second choice reuses it).
     finals: dict[int, tuple[StreamingLSTM | None, str]] = field(default_factory=dict)
     fitter: Fitter = field(default_factory=Fitter)
+    costs: list[float] = field(default_factory=list)  # each candidate's budget seconds
+    # A candidate's extra seeds once trained (settings.seeds): their indices in
+    # ``trained`` (after the candidates) and their records.
+    seeded: dict[int, list[tuple[int, dict[str, Any]]]] = field(default_factory=dict)
 
 
 def train_candidates(
@@ -183,7 +193,9 @@ def train_candidates(
     cache: dict[str, Prepared] = {}
     keys: list[str] = []  # each candidate's features (candidates of one key share them)
     eval_horizon = 0
+    costs: list[float] = []
     for k, option in enumerate(options):
+        c0 = fitter.clock()
         key = repr((option.periods, option.lags, option.scale_window, option.age, option.scaling))
         prepared = cache.get(key) or prepare_frame(frame, option)
         cache[key] = prepared
@@ -220,7 +232,67 @@ def train_candidates(
             }
         )
         trained.append((option, prepared, state, model))
-    return Trials(frame, settings, tried, trained, keys, eval_horizon, deadline, fitter=fitter)
+        costs.append(fitter.clock() - c0)
+    return Trials(
+        frame, settings, tried, trained, keys, eval_horizon, deadline, fitter=fitter, costs=costs
+    )
+
+
+def train_seeds(
+    trials: Trials,
+    pick: int,
+    *,
+    device: str | torch.device = "cpu",
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> list[tuple[int, dict[str, Any]]]:
+    """Up to ``settings.seeds - 1`` more runs of candidate ``pick`` with other seeds.
+
+    Each starts only where the budget left holds its pace (the candidate's own
+    cost) and the final fits of every run so far and its own
+    (``refit_seconds``), so the seeds never cost the final fit; a second
+    choice of the same candidate reuses them.
+    """
+    if trials.settings.seeds == 1 or pick in trials.seeded:
+        return trials.seeded.get(pick, [])
+    settings, deadline, fitter = trials.settings, trials.deadline, trials.fitter
+    option, prepared, state, _model = trials.trained[pick]
+    refit = refit_seconds(state, prepared) if settings.final_fit != "off" else 0.0
+    # The final fit of the candidate whose first step may be served beside pick's.
+    first = first_step_pick(trials.tried, trials.keys, pick) if settings.online_first_step else None
+    other = 0.0
+    if first is not None and settings.final_fit != "off":
+        other = refit_seconds(trials.trained[first][2], trials.trained[first][1])
+    runs: list[tuple[int, dict[str, Any]]] = []
+    for j in range(1, settings.seeds):
+        keep = refit * (j + 1) + other  # the final fits of pick, the seeds so far and this one
+        until = None
+        if deadline is not None:
+            left = deadline.left() - keep
+            if left < trials.costs[pick]:
+                break
+            until = Deadline.after(left, fitter.clock)
+        seeded = replace(option, seed=option.seed + j * SEED_STRIDE)
+        model = new_model(prepared, seeded).to(device)
+        t0 = time.monotonic()
+        run = fitter.fit(model, prepared, seeded, deadline=until, validate=True, on_record=on_epoch)
+        if run.best_epoch == 0:
+            break
+        trials.trained.append((seeded, prepared, run, model))
+        runs.append(
+            (
+                len(trials.trained) - 1,
+                {
+                    "seed": seeded.seed,
+                    "score": run.best_score,
+                    "best_epoch": run.best_epoch,
+                    "epochs_run": run.epoch,
+                    "weights": run.best_metrics.get("weights", "raw"),
+                    "seconds": round(time.monotonic() - t0, 1),
+                },
+            )
+        )
+    trials.seeded[pick] = runs
+    return runs
 
 
 def choose(
@@ -262,28 +334,50 @@ def choose(
             )
         return trials.finals[k]
 
-    group = average_group(tried, keys, pick, by, settings.average_top)
-    validated = _validated(trained, group)
-    if len(group) > 1:
-        avg_loaded = as_loaded(frame, prepared, validated, option)
-        avg = {
-            "candidates": group,
-            "score": evaluate(validated, prepared, list(range(len(prepared))))
+    def averaged(members: list[int]) -> tuple[StreamingLSTM, dict[str, Any]]:
+        model = _validated(trained, members)
+        scores = {
+            "candidates": [k for k in members if k < len(tried)],
+            "seeds": sum(k >= len(tried) for k in members),
+            "score": evaluate(model, prepared, list(range(len(prepared))))
             .metrics()
             .get(settings.monitor, math.nan),
-            "origin_score": origin_mase(avg_loaded, prepared, eval_horizon),
+            "origin_score": origin_mase(
+                as_loaded(frame, prepared, model, option), prepared, eval_horizon
+            ),
         }
-        avg["kept"] = bool(avg[by] < tried[pick][by])
+        return model, scores
+
+    group = average_group(tried, keys, pick, by, settings.average_top)
+    validated = _validated(trained, [pick])
+    best, avg_score = tried[pick][by], math.nan
+    if len(group) > 1:
+        model_avg, avg = averaged(group)
+        avg["kept"] = bool(avg[by] < best)
         record["average"] = avg
-        if not avg["kept"]:
+        if avg["kept"]:
+            validated, best, avg_score = model_avg, avg[by], avg["score"]
+        else:
             group = [pick]
-            validated = _validated(trained, group)
+    # The seeds join what validation kept, on the same condition: they never undo it.
+    seeds = train_seeds(trials, pick, device=device, on_epoch=on_epoch)
+    if seeds:
+        record["seeds"] = [r for _, r in seeds]
+        model_avg, avg = averaged(group + [k for k, _ in seeds])
+        avg["kept"] = bool(avg[by] < best)
+        record["seeds_average"] = avg
+        if avg["kept"]:
+            group = group + [k for k, _ in seeds]
+            validated, avg_score = model_avg, avg["score"]
+    record["served"] = {
+        "candidates": sorted(k for k in group if k < len(tried)),
+        "seeds": sum(k >= len(tried) for k in group),
+    }
     finals = [final_of(k) for k in group]
     record["final_fit"] = "; ".join(note for _, note in finals)
     final = _combined(trained, group, [f for f, _ in finals])
     if len(group) > 1:
-        score = record["average"]["score"]
-        state = replace(state, best_state=validated.state_dict(), best_score=score)
+        state = replace(state, best_state=validated.state_dict(), best_score=avg_score)
         model = validated
     first = (
         first_step_pick(tried, keys, pick, state.best_score) if settings.online_first_step else None

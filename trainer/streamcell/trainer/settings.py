@@ -85,6 +85,9 @@ class TrainSettings:
     # Up to this many candidates of the chosen one's head and features, the best at
     # fixed origin, averaged as one model where the average validates better there.
     average_top: int = 1
+    # The chosen candidate trained this many times in all (other seeds), where the
+    # budget left allows, and the runs averaged where that validates better.
+    seeds: int = 1
     # The head: steps predicted at once (None: streamcell.trainer.periods.default_horizon;
     # 1: the next step, fed back to forecast further) and quantile levels (empty: a point).
     horizon: int | None = None
@@ -106,6 +109,7 @@ class TrainSettings:
             "epoch_steps",
             "patience",
             "average_top",
+            "seeds",
         ):
             positive_int(name)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
