@@ -49,21 +49,27 @@ def cache_key(ds_fingerprint: str, method: str) -> str:
     )
 
 
-def load(ds: Dataset, method: str, key: str) -> dict[str, Forecasts] | None:
+def _arrays(ds: Dataset, method: str, key: str) -> dict[str, np.ndarray] | None:
+    """The cache file's arrays, None where there is none or it was made for another key."""
     file = CACHE_DIR / f"{ds.name}__{method}.npz"
     if not file.exists():
         return None
     with np.load(file, allow_pickle=False) as data:
         if str(data["key"]) != key:
             return None
-        streams = [str(s) for s in data["streams"]]
-        lengths = data["lengths"]
-        one = np.split(data["one_step"], np.cumsum(lengths)[:-1])
-        origin = data["origin"] if "origin" in data.files else None
-        one_q = None
-        if "one_step_q" in data.files:
-            one_q = np.split(data["one_step_q"], np.cumsum(lengths)[:-1])
-        origin_q = data["origin_q"] if "origin_q" in data.files else None
+        return {name: data[name] for name in data.files}
+
+
+def load(ds: Dataset, method: str, key: str) -> dict[str, Forecasts] | None:
+    data = _arrays(ds, method, key)
+    if data is None:
+        return None
+    streams = [str(s) for s in data["streams"]]
+    counts = np.cumsum(data["lengths"])[:-1]
+    one = np.split(data["one_step"], counts)
+    origin = data.get("origin")
+    one_q = np.split(data["one_step_q"], counts) if "one_step_q" in data else None
+    origin_q = data.get("origin_q")
     return {
         s: Forecasts(
             o,
@@ -103,16 +109,13 @@ Origins = dict[str, tuple[np.ndarray | None, np.ndarray | None]]
 
 def load_origins(ds: Dataset, method: str, key: str) -> Origins | None:
     """Per stream the forecasts from every protocol-B origin ``[O * h]`` and their quantiles."""
-    file = CACHE_DIR / f"{ds.name}__{method}.npz"
-    if not file.exists():
+    data = _arrays(ds, method, key)
+    if data is None:
         return None
-    with np.load(file, allow_pickle=False) as data:
-        if str(data["key"]) != key:
-            return None
-        streams = [str(s) for s in data["streams"]]
-        counts = np.cumsum(data["lengths"])[:-1]
-        paths = np.split(data["origin"], counts)
-        bands = np.split(data["origin_q"], counts)
+    streams = [str(s) for s in data["streams"]]
+    counts = np.cumsum(data["lengths"])[:-1]
+    paths = np.split(data["origin"], counts)
+    bands = np.split(data["origin_q"], counts)
     return dict(zip(streams, zip(paths, bands, strict=True), strict=True))
 
 
