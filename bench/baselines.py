@@ -166,6 +166,10 @@ def _conserve_flags() -> int:
 
 
 def _sarima_spec(m: int) -> dict:
+    """The airline model; without a season (m = 1) its analogue on (1 - B)^2 y, ARIMA(0,2,2)
+    (Holt's linear trend), so every formula here on w = (1-B)(1-B^m) y holds for m = 1 too."""
+    if m == 1:
+        return dict(order=(0, 2, 2), simple_differencing=True)
     return dict(order=(0, 1, 1), seasonal_order=(0, 1, 1, m), simple_differencing=True)
 
 
@@ -363,6 +367,8 @@ ETS_PATHS = 1000
 
 
 def _ets_spec(y: np.ndarray, m: int) -> dict:
+    if m == 1:  # no season: damped additive trend alone
+        return dict(error="add", trend="add", damped_trend=True, initialization_method="estimated")
     return dict(
         error="add",
         trend="add",

