@@ -30,6 +30,7 @@ series with a gap, or whose training part has a seasonal-naive error of zero
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -168,5 +169,5 @@ LOADERS: dict[str, Callable[[], Dataset]] = {
     "heldout_pbs": pbs,
     "heldout_tourism_fpp3": tourism_fpp3,
     "heldout_prison": prison,
-    **{f"heldout_m3_{kind}": (lambda kind=kind: m3(kind)) for kind in M3_KINDS},
+    **{f"heldout_m3_{kind}": partial(m3, kind) for kind in M3_KINDS},
 }
