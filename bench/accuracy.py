@@ -95,7 +95,6 @@ TUNED_AVERAGE_TOP = 3
 TUNED_SEEDS = 2
 # lstm_tuned chooses once per protocol (A: online validation, B: fixed origin).
 TUNED_PER_PROTOCOL = True
-VIC_ORIGIN_EVERY = 48  # protocol B on vic_elec: from each midnight of the test year
 
 
 def recipe_settings(method: str):
@@ -117,11 +116,16 @@ def recipe_settings(method: str):
 
 
 def b_origins(ds: Dataset) -> tuple[dict[str, list[int]], int] | None:
-    """Protocol B: per stream the rows its forecasts start at, and the horizon."""
-    if ds.name == "vic_elec":
-        (stream, y, n), *_ = list(ds.series())
-        starts = list(range(n, len(y) - VIC_ORIGIN_EVERY + 1, VIC_ORIGIN_EVERY))
-        return {stream: starts}, VIC_ORIGIN_EVERY
+    """Protocol B: per stream the rows its forecasts start at, and the horizon.
+
+    A data set with ``origin_every`` (vic_elec's 48, a day) is forecast that many
+    steps ahead from every that many steps of each stream's test part; the rest
+    from the end of the training part, ``horizon`` ahead.
+    """
+    every = ds.origin_every
+    if every is not None:
+        spans = {s: list(range(n, len(y) - every + 1, every)) for s, y, n in ds.series()}
+        return {s: starts for s, starts in spans.items() if starts}, every
     if ds.horizon is None:
         return None
     return {s: [n] for s, y, n in ds.series() if n + ds.horizon <= len(y)}, ds.horizon
@@ -130,7 +134,7 @@ def b_origins(ds: Dataset) -> tuple[dict[str, list[int]], int] | None:
 def naive_origins(
     ds: Dataset, method: str
 ) -> dict[str, tuple[np.ndarray | None, np.ndarray | None]]:
-    """Last value / seasonal naive from every protocol-B origin (vic_elec's many).
+    """Last value / seasonal naive from every protocol-B origin (``origin_every``'s many).
 
     Seasonal naive also gets its empirical intervals (its errors over the training part).
     """
@@ -158,7 +162,7 @@ def naive_origins(
 
 
 def model_origins(ds: Dataset, method: str, fp: str) -> cache.Origins:
-    """SARIMA / ETS from every protocol-B origin (vic_elec's many), cached.
+    """SARIMA / ETS from every protocol-B origin (``origin_every``'s many), cached.
 
     One fit on the training part and one filter over the whole series
     (bench.baselines.many_origins), not one filter per origin.
@@ -378,9 +382,10 @@ def row_summary(name: str, method: str, jobs: int, ds: Dataset | None = None) ->
         fp = cache.fingerprint(ds)
         forecasts = baseline(ds, method, jobs, fp)
         paths: cache.Origins | None = None
-        if ds.name == "vic_elec" and method in ("last_value", "seasonal_naive"):
+        many = ds.origin_every is not None
+        if many and method in ("last_value", "seasonal_naive"):
             paths = naive_origins(ds, method)
-        elif ds.name == "vic_elec" and method in MANY_ORIGINS:
+        elif many and method in MANY_ORIGINS:
             paths = model_origins(ds, method, fp)
         if paths is not None:
             forecasts = {
@@ -402,8 +407,9 @@ def recipe_forecasts(ds: Dataset, trained: Any) -> tuple[dict[str, Forecasts], d
     forecasts = lstm.score(ds, trained, f"bench-{ds.name}", every_row=True)
     # The offline path (serving's functions): A's quantiles everywhere, and
     # vic_elec's B from every midnight with the temperature known.
+    many = ds.origin_every is not None
     starts, h = b_origins(ds) or ({}, None)
-    if ds.name != "vic_elec":
+    if not many:
         starts = {}
     offline = lstm.score_recipe(ds, trained, starts, h)
     info["offline_a_max_diff"] = max(
@@ -413,9 +419,9 @@ def recipe_forecasts(ds: Dataset, trained: Any) -> tuple[dict[str, Forecasts], d
     forecasts = {
         s: Forecasts(
             f.one_step,
-            offline[s].origin if ds.name == "vic_elec" else f.origin,
+            offline[s].origin if many else f.origin,
             offline[s].one_step_q,
-            offline[s].origin_q if ds.name == "vic_elec" else f.origin_q,
+            offline[s].origin_q if many else f.origin_q,
         )
         for s, f in forecasts.items()
     }
