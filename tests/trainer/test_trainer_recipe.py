@@ -24,9 +24,15 @@ from streamcell.trainer.cli import DEFAULT_SEEDS
 from streamcell.trainer.evaluate import worse_than_baselines
 from streamcell.trainer.loop import LoopState
 from streamcell.trainer.periods import (
+    CHANGE_SPANS,
+    acf_mean,
+    acf_sums,
     build_recipe,
+    calendar_spacing,
     default_lags,
+    mean_acf,
     periods_from_acf,
+    periods_from_mean_acf,
     periods_from_spacing,
 )
 from streamcell.trainer.prepare import featurize_all
@@ -73,6 +79,34 @@ def test_periods_from_timestamps_and_from_the_series() -> None:
     assert default_lags((12,), longest=30) == (*short, 11, 12, 13, 23, 24, 25)
 
 
+def test_a_noisy_short_step_shows_its_day_in_the_change_over_a_few_steps() -> None:
+    # Calls counted every 5 minutes in working hours (the nights not in the data, so
+    # each day opens on a jump): a day of 169 steps under Poisson noise. The change
+    # from one step to the next is mostly noise (its autocorrelation at the day far
+    # under the threshold); the change over a few steps shows the day.
+    rng = np.random.default_rng(0)
+    phase = np.arange(169 * 40) % 169
+    y = rng.poisson(60.0 + 200.0 * np.sin(0.2 + 0.8 * np.pi * phase / 169)).astype(float)
+    acf = mean_acf([y], 800)
+    assert acf.shape == (len(CHANGE_SPANS), 802) and periods_from_mean_acf(acf[0]) == ()
+    assert periods_from_acf([y]) == (169,)
+    # The Ray Data path's sums over parts of the streams give the same.
+    parts = [acf_sums(part, 800) for part in (y, y[::-1])]
+    total, count = (sum(p[k] for p in parts) for k in (0, 1))
+    np.testing.assert_allclose(acf_mean(total, count), acf)
+    # A random walk has no season at any span.
+    assert periods_from_acf([np.cumsum(rng.normal(size=5000))]) == ()
+
+
+def test_the_longer_season_is_a_week_not_a_fortnight_that_peaks_by_chance() -> None:
+    acf = np.zeros(400)
+    for lag, value in ((24, 0.62), (48, 0.5), (168, 0.72), (336, 0.73)):
+        acf[lag] = value
+    assert periods_from_mean_acf(acf) == (24, 168)
+    acf[168] = 0.55  # the week no stronger than the day: the fortnight is the season
+    assert periods_from_mean_acf(acf) == (24, 336)
+
+
 def test_recipe_from_monthly_timestamps_and_given_periods() -> None:
     series = [np.arange(60.0)] * 3
     found = build_recipe(
@@ -92,6 +126,20 @@ def test_datetime_order_column_gives_the_spacing() -> None:
     frame["month"] = pd.Timestamp("2000-01-01") + pd.to_timedelta(frame["seq"] * 30, unit="D")
     data = load_long_frame(frame.drop(columns="seq"), order_column="month")
     assert data.spacing == pytest.approx(30 * 86_400.0)
+
+
+def test_times_the_rows_do_not_fill_give_no_calendar_periods() -> None:
+    # Every 5 minutes, 7:00 to 21:00 on working days: 169 rows a day, not 288.
+    days = pd.bdate_range("2003-03-03", periods=30)
+    times = [d + pd.Timedelta(hours=7, minutes=5 * k) for d in days for k in range(169)]
+    frame = pd.DataFrame({"stream": "calls", "time": times, "value": np.arange(len(times))})
+    assert load_long_frame(frame, order_column="time").spacing is None
+    # A few hours missing (a sensor down): still hourly.
+    hours = pd.date_range("2015-01-01", periods=500, freq="h").delete(range(100, 130))
+    frame = pd.DataFrame({"stream": "s", "time": hours, "value": np.arange(len(hours))})
+    assert load_long_frame(frame, order_column="time").spacing == 3600.0
+    assert calendar_spacing({3600.0: 10, 7200.0: 1}) == 3600.0
+    assert calendar_spacing({300.0: 168, 36_000.0: 1}) is None
 
 
 def test_weights_balance_streams_and_mask_zero_windows() -> None:

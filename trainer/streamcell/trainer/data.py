@@ -42,7 +42,7 @@ class LongFrame:
     order_column: str
     fingerprint: str  # sha256 of stream ids, column names and values
     source: str
-    spacing: float | None = None  # median seconds between rows where the order is a time
+    spacing: float | None = None  # median seconds between rows where the order is a time filled
     left_out: int = 0  # streams too short to train on (drop_short), not in this frame
 
     @property
@@ -247,14 +247,17 @@ def load_long_frame(
 
 
 def _spacing(work: pd.DataFrame) -> float | None:
-    """Median time between consecutive rows of a stream, in seconds."""
+    """Median time between consecutive rows of a stream, in seconds, where the rows
+    fill their time (:func:`streamcell.trainer.periods.calendar_spacing`)."""
     import pandas as pd
+
+    from streamcell.trainer.periods import calendar_spacing
 
     times = pd.to_datetime(work["o"])
     gaps = times.groupby(work["s"].to_numpy()).diff().dropna()
     if gaps.empty:
         return None
-    return float(gaps.dt.total_seconds().median())
+    return calendar_spacing(gaps.dt.total_seconds().value_counts().to_dict())
 
 
 MIN_ROWS = 3  # two training rows (one step to learn) and one to validate

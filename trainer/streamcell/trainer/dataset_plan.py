@@ -30,6 +30,7 @@ import numpy as np
 
 from streamcell.trainer.periods import (
     ACF_MAX_LAG,
+    CHANGE_SPANS,
     acf_mean,
     acf_sums,
     acf_top,
@@ -201,7 +202,7 @@ def _acf_pass(data: StreamDataset, target: int, top: int, batch: dict[str, np.nd
     from streamcell.trainer.data import split_point
 
     _, xs, _ = data.decode(batch)
-    out = _Acf(np.zeros(top + 2), np.zeros(top + 2))
+    out = _Acf(np.zeros((len(CHANGE_SPANS), top + 2)), np.zeros((len(CHANGE_SPANS), top + 2)))
     for x in xs:
         t, c = acf_sums(x[: split_point(len(x), data.val_fraction), target], top)
         out.total += t

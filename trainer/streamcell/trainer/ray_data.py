@@ -33,6 +33,7 @@ import numpy as np
 
 from streamcell.core.errors import DataError
 from streamcell.trainer.data import MIN_ROWS, DataInfo, parquet_files, split_point
+from streamcell.trainer.periods import calendar_spacing
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -150,7 +151,7 @@ def read_streams(
         summary.rows,
         summary.streams,
         summary.streams - summary.kept,
-        median_of_counts(summary.gaps) if summary.gaps else None,
+        calendar_spacing(summary.gaps) if summary.gaps else None,
     )
     return StreamDataset(kept, info, dict(summary.train_lengths), val_fraction)
 
