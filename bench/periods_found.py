@@ -16,14 +16,14 @@ import numpy as np
 
 from streamcell.trainer import datasets, heldout_datasets
 from streamcell.trainer.data import split_point
-from streamcell.trainer.periods import ACF_MAX_LAG, mean_acf, periods_from_mean_acf
+from streamcell.trainer.periods import periods_from_acf
 
 
 def found(name: str, val_fraction: float = 0.2) -> tuple[int, tuple[int, ...]]:
     ds = datasets.load(name)
     train = [y[:n][: split_point(n, val_fraction)] for _, y, n in ds.series() if n > 0]
     median = int(np.median([len(t) for t in train]))
-    periods = periods_from_mean_acf(mean_acf(train, ACF_MAX_LAG))
+    periods = periods_from_acf(train)
     return median, tuple(p for p in periods if 2 * p <= median)
 
 

@@ -34,6 +34,7 @@ from streamcell.trainer.periods import (
     periods_from_acf,
     periods_from_mean_acf,
     periods_from_spacing,
+    periods_from_sums,
 )
 from streamcell.trainer.prepare import featurize_all
 from streamcell.trainer.select import SEED_STRIDE, refit_seconds
@@ -94,8 +95,22 @@ def test_a_noisy_short_step_shows_its_day_in_the_change_over_a_few_steps() -> No
     parts = [acf_sums(part, 800) for part in (y, y[::-1])]
     total, count = (sum(p[k] for p in parts) for k in (0, 1))
     np.testing.assert_allclose(acf_mean(total, count), acf)
+    assert periods_from_sums(total, count) == (169,)
     # A random walk has no season at any span.
     assert periods_from_acf([np.cumsum(rng.normal(size=5000))]) == ()
+
+
+def test_one_short_series_without_a_season_gets_none_by_chance() -> None:
+    # The change over 8 steps of one random walk of 300 or 1,000 steps passes 0.2 at
+    # some lag in a third (a sixth) of such walks; its standard error says that is noise.
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        for n in (300, 1000):
+            walk = np.cumsum(rng.normal(size=n))
+            ar = np.zeros(n)
+            for t, e in enumerate(rng.normal(size=n - 1), start=1):
+                ar[t] = 0.9 * ar[t - 1] + e
+            assert periods_from_acf([walk]) == () and periods_from_acf([ar]) == ()
 
 
 def test_the_longer_season_is_a_week_not_a_fortnight_that_peaks_by_chance() -> None:

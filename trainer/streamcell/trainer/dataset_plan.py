@@ -31,11 +31,10 @@ import numpy as np
 from streamcell.trainer.periods import (
     ACF_MAX_LAG,
     CHANGE_SPANS,
-    acf_mean,
     acf_sums,
     acf_top,
     default_horizon,
-    periods_from_mean_acf,
+    periods_from_sums,
     recipe_from,
 )
 from streamcell.trainer.prepare import (
@@ -181,7 +180,7 @@ def _acf_periods(data: StreamDataset, target: int) -> tuple[int, ...]:
     if top is None:
         return ()
     sums = fold(data.dataset, partial(_acf_pass, data, target, top), _Acf())
-    return periods_from_mean_acf(acf_mean(sums.total, sums.count))
+    return periods_from_sums(sums.total, sums.count)
 
 
 def _expand(counts: dict[int, int]) -> np.ndarray:
@@ -202,7 +201,7 @@ def _acf_pass(data: StreamDataset, target: int, top: int, batch: dict[str, np.nd
     from streamcell.trainer.data import split_point
 
     _, xs, _ = data.decode(batch)
-    out = _Acf(np.zeros((len(CHANGE_SPANS), top + 2)), np.zeros((len(CHANGE_SPANS), top + 2)))
+    out = _Acf(np.zeros((len(CHANGE_SPANS), top + 3)), np.zeros((len(CHANGE_SPANS), top + 3)))
     for x in xs:
         t, c = acf_sums(x[: split_point(len(x), data.val_fraction), target], top)
         out.total += t

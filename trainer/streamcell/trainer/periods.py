@@ -91,10 +91,18 @@ def periods_from_spacing(seconds: float) -> tuple[int, ...] | None:
 
 def periods_from_acf(series: Sequence[np.ndarray], max_lag: int = ACF_MAX_LAG) -> tuple[int, ...]:
     """Seasons seen in the mean autocorrelation of the differenced series."""
-    return periods_from_mean_acf(mean_acf(series, max_lag))
+    top = acf_top([len(y) for y in series], max_lag)
+    if top is None:
+        return ()
+    return periods_from_sums(*_sums(series, top))
 
 
-def periods_from_mean_acf(acf: np.ndarray) -> tuple[int, ...]:
+def periods_from_sums(total: np.ndarray, count: np.ndarray) -> tuple[int, ...]:
+    """Seasons from :func:`acf_sums` summed over every stream (in memory or by Ray Data)."""
+    return periods_from_mean_acf(acf_mean(total, count), acf_noise(total, count))
+
+
+def periods_from_mean_acf(acf: np.ndarray, noise: np.ndarray | None = None) -> tuple[int, ...]:
     """Seasons in a mean autocorrelation (lags 0..L): ``[spans, L + 1]``, one row per
     change span (:data:`CHANGE_SPANS`), or the one-step row alone.
 
@@ -104,13 +112,15 @@ def periods_from_mean_acf(acf: np.ndarray) -> tuple[int, ...]:
     longer one as the shortest peak stronger than the day that is a multiple of
     it and divides the strongest (a week, where a fortnight peaks a little
     higher). Where it has none, the first longer span with a peak above the
-    threshold gives one season (:func:`_first_season`).
+    threshold gives one season (:func:`_first_season`), and above ``noise`` (each
+    span's standard error, :func:`acf_noise`) :data:`NOISE_Z` times.
     """
     rows = np.atleast_2d(acf)
     if len(rows[0]) and _seasons(rows[0], 2):
         return _seasons(rows[0], 2)
-    for span, row in zip(CHANGE_SPANS[1:], rows[1:], strict=False):
-        found = _first_season(row, span)
+    for k, (span, row) in enumerate(zip(CHANGE_SPANS[1:], rows[1:], strict=False), start=1):
+        floor = ACF_THRESHOLD if noise is None else max(ACF_THRESHOLD, NOISE_Z * noise[k])
+        found = _first_season(row, span, floor)
         if found:
             return (found,)
     return ()
@@ -122,16 +132,22 @@ def periods_from_mean_acf(acf: np.ndarray) -> tuple[int, ...]:
 # pitch, not an octave), a peak being the highest within a span on either side (not
 # noise on a broad peak's flank).
 NEAR_BEST = 0.8
+# The change over several steps is a moving sum, so its autocorrelation is noisy: on
+# one random walk of 1,000 steps, the change over 8 steps has a standard error of
+# about 0.07 at each lag, and across hundreds of lags some pass 0.2 by chance. A
+# longer span's peak counts only this many standard errors (Bartlett's, from the
+# span's own short lags and the streams' lengths) above zero.
+NOISE_Z = 4.0
 
 
-def _first_season(acf: np.ndarray, span: int) -> int | None:
+def _first_season(acf: np.ndarray, span: int, floor: float = ACF_THRESHOLD) -> int | None:
     peaks = [
         lag
         for lag in _peaks(acf, 2 * span + 1, threshold=-1.0)
         if acf[lag] >= acf[max(0, lag - span) : lag + span + 1].max()
     ]
     best = max((acf[lag] for lag in peaks), default=0.0)
-    if best <= ACF_THRESHOLD:
+    if best <= floor:
         return None
     return min(lag for lag in peaks if acf[lag] >= NEAR_BEST * best)
 
@@ -167,13 +183,17 @@ def mean_acf(series: Sequence[np.ndarray], max_lag: int) -> np.ndarray:
     top = acf_top([len(y) for y in series], max_lag)
     if top is None:
         return np.zeros((len(CHANGE_SPANS), 0))
-    total = np.zeros((len(CHANGE_SPANS), top + 2))
-    count = np.zeros((len(CHANGE_SPANS), top + 2))
+    return acf_mean(*_sums(series, top))
+
+
+def _sums(series: Sequence[np.ndarray], top: int) -> tuple[np.ndarray, np.ndarray]:
+    total = np.zeros((len(CHANGE_SPANS), top + 3))
+    count = np.zeros((len(CHANGE_SPANS), top + 3))
     for y in series:
         t, c = acf_sums(y, top)
         total += t
         count += c
-    return acf_mean(total, count)
+    return total, count
 
 
 def acf_top(lengths: Sequence[int] | np.ndarray, max_lag: int) -> int | None:
@@ -186,13 +206,14 @@ def acf_top(lengths: Sequence[int] | np.ndarray, max_lag: int) -> int | None:
 
 def acf_sums(y: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
     """One series' share of the mean autocorrelation: (values, counts) at lags 0..top+1
-    of its changes over each span of :data:`CHANGE_SPANS`, ``[spans, top + 2]``.
+    of its changes over each span of :data:`CHANGE_SPANS`, ``[spans, top + 3]``, the
+    last column 1 / (changes) and 1 (for :func:`acf_noise`).
 
     Summed over any split of the series and divided (:func:`acf_mean`), these
     give :func:`mean_acf` of them all: how the Ray Data path finds periods.
     """
-    total = np.zeros((len(CHANGE_SPANS), top + 2))
-    count = np.zeros((len(CHANGE_SPANS), top + 2))
+    total = np.zeros((len(CHANGE_SPANS), top + 3))
+    count = np.zeros((len(CHANGE_SPANS), top + 3))
     y = np.asarray(y, dtype=np.float64)
     for row, span in enumerate(CHANGE_SPANS):
         d = y[span:] - y[:-span]
@@ -208,11 +229,31 @@ def acf_sums(y: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
         usable = min(top + 2, len(d) // 2)
         total[row, :usable] += full[:usable]
         count[row, :usable] += 1
+        total[row, -1] += 1.0 / len(d)
+        count[row, -1] += 1
     return total, count
 
 
 def acf_mean(total: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """The mean autocorrelation ``[spans, top + 2]`` from summed :func:`acf_sums`."""
+    total, count = total[:, :-1], count[:, :-1]
     return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+
+
+def acf_noise(total: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Each span's standard error of the mean autocorrelation at lags past its own
+    (Bartlett: sqrt((1 + 2 sum r_k^2) / n) a stream, k up to twice the span, over
+    the streams' mean): ``[spans]``, inf where no stream was long enough."""
+    acf = acf_mean(total, count)
+    inverse, streams = total[:, -1], count[:, -1]
+    noise = np.full(len(CHANGE_SPANS), np.inf)
+    for row, span in enumerate(CHANGE_SPANS):
+        if streams[row] <= 0:
+            continue
+        short = acf[row, 1 : 2 * span + 1]
+        spread = 1.0 + 2.0 * float((short * short).sum())
+        noise[row] = math.sqrt(spread * inverse[row]) / streams[row]
+    return noise
 
 
 def default_lags(periods: Sequence[int], longest: int) -> tuple[int, ...]:
