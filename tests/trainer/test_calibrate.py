@@ -12,6 +12,7 @@ import torch
 
 from streamcell.core.calibration import widen
 from streamcell.core.checkpoint import ModelConfig
+from streamcell.trainer import calibrate
 from streamcell.trainer.api import TrainSettings, load_long_frame, prepare_frame, train_local
 from streamcell.trainer.calibrate import (
     ADAPTIVE_GAMMA,
@@ -20,9 +21,11 @@ from streamcell.trainer.calibrate import (
     Counts,
     factors,
     from_counts,
+    longer_steps,
     pooled,
     spread_origins,
 )
+from streamcell.trainer.model_config import as_loaded
 
 LEVELS = (0.1, 0.25, 0.5, 0.75, 0.9)
 Z = np.array([-1.2816, -0.6745, 0.0, 0.6745, 1.2816])  # standard normal quantiles
@@ -140,7 +143,7 @@ def test_training_stores_the_calibration_and_records_coverage_before_and_after()
     assert table is not None and len(table.online) == 3 and table.online[1] == 1.0
     assert table.online[0] == table.online[2]  # one factor for the interval's two levels
     assert table.adaptive is not None and table.adaptive.gamma == ADAPTIVE_GAMMA
-    assert len(table.forecast) == result.metrics["origin_horizon"]
+    assert len(table.forecast) == result.metrics["origin_horizon"]  # 30 rows / 2 < 2 x 24
     record = result.metrics["calibration"]
     online = record["online"]
     assert online["points"] > MIN_POINTS
@@ -180,3 +183,29 @@ def test_the_record_from_counts_alone_matches_the_points() -> None:
     online = record["online"]
     assert abs(online["coverage_before"]["0.8"] - inside.mean()) < 0.002
     assert abs(online["coverage_after"]["0.8"] - 0.8) < 0.005
+
+
+def test_the_forecast_table_goes_on_past_the_horizon_with_its_first_rows_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No season: the head's horizon and fixed-origin validation are 8 steps, but a
+    Forecast may ask for 50; its later steps get rows fitted at those steps."""
+    rng = np.random.default_rng(9)
+    frame = pd.DataFrame(
+        {"stream": "w", "seq": np.arange(600), "value": 100 + np.cumsum(rng.normal(size=600))}
+    )
+    data = load_long_frame(frame)
+    settings = TrainSettings(hidden=8, layers=1, epochs=2, quantile_levels=(0.1, 0.5, 0.9))
+    result = train_local(data, settings, threads=1)
+    horizon = result.metrics["origin_horizon"]
+    record = result.metrics["calibration"]["forecast"]
+    prepared = prepare_frame(data, settings)
+    assert horizon == 8 and longer_steps(prepared, horizon) == 60  # 120 validation rows / 2
+    assert len(result.config.calibration_table.forecast) == 60
+    assert record["steps"] == 8 and record["longer"]["steps"] == 60
+    assert record["longer"]["points"] > MIN_POINTS
+    # The first rows are the table as fitted without the longer part.
+    monkeypatch.setattr(calibrate, "LONGER_STEPS", 0)
+    loaded = as_loaded(data, prepared, result.model, settings)
+    short, _ = calibrate._forecast(loaded, prepared, horizon)
+    assert short == [list(r) for r in result.config.calibration_table.forecast[:8]]

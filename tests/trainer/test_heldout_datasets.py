@@ -80,3 +80,60 @@ def test_m3_has_its_official_splits_aligned_at_the_split(
         )
         == 1
     )
+
+
+# name: (series kept, period, test values per series, protocol-B horizon, left out, cut)
+WEEKLY_DAILY_YEARLY = {
+    "heldout_ansett": (30, 52, 26, 26, {"gap": 0, "too short": 0, "zero scale": 0}, 13),
+    "heldout_us_gasoline": (1, 52, 52, 52, {"gap": 0, "too short": 0, "zero scale": 0}, 0),
+    "heldout_gafa_stock": (4, 1, 60, 20, {"gap": 0, "too short": 0, "zero scale": 0}, 0),
+    "heldout_global_economy": (238, 1, 6, 6, {"gap": 0, "too short": 18, "zero scale": 0}, 10),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WEEKLY_DAILY_YEARLY))
+def test_weekly_daily_and_yearly_panels(name: str) -> None:
+    streams, period, test, horizon, left_out, cut = WEEKLY_DAILY_YEARLY[name]
+    ds = datasets.load(name)
+    assert len(ds.streams) == streams and ds.period == period and ds.horizon == horizon
+    assert heldout_datasets.LEFT_OUT[name] == left_out and heldout_datasets.CUT[name] == cut
+    for _, y, n in ds.series():
+        assert len(y) - n == test and n > period
+        assert np.isfinite(y).all() and np.abs(y[period:n] - y[: n - period]).mean() > 0
+    assert len(ds.part("test")) == streams * test
+    assert (np.diff(ds.step) >= 0).all()
+
+
+def test_ansett_keeps_the_strike_in_training() -> None:
+    ds = datasets.load("heldout_ansett")
+    struck = [(y[:n] == 0).sum() >= 5 for _, y, n in ds.series()]
+    # Two of SYD-PER's runs start after the strike (a missing week before it).
+    assert sum(struck) == 28 and all((y[n:] > 0).all() for _, y, n in ds.series())
+
+
+def test_global_economy_runs_are_at_least_twenty_years() -> None:
+    ds = datasets.load("heldout_global_economy")
+    assert min(len(y) for _, y, _ in ds.series()) >= 20
+
+
+def test_panel_test_horizon_and_cut_at_a_gap() -> None:
+    t = np.arange(30)
+    frame = pd.DataFrame(
+        {
+            # "gap": a missing step at 5, its longest run the 24 after it; "early": its
+            # longest run too short; "short": no gap but under min_run.
+            "stream": ["ok"] * 30 + ["gap"] * 29 + ["early"] * 29 + ["short"] * 15,
+            "_t": np.r_[t, np.delete(t, 5), np.delete(t, 12), t[:15]],
+            "value": np.r_[np.arange(30.0), np.arange(29.0), np.arange(29.0), np.arange(15.0)],
+        }
+    )
+    ds = heldout_datasets._panel("toy", frame, 1, test=6, horizon=3, min_run=20)
+    assert sorted(ds.streams) == ["gap", "ok"]
+    assert ds.n_train == {"ok": 24, "gap": 18} and ds.horizon == 3
+    assert heldout_datasets.CUT["toy"] == 1
+    assert heldout_datasets.LEFT_OUT["toy"] == {"gap": 1, "too short": 1, "zero scale": 0}
+    gap = ds.frame[ds.frame["stream"] == "gap"]
+    assert gap["value"].iloc[0] == 5.0 and (gap["seq"].to_numpy() == np.arange(24)).all()
+    # The default: two seasons tested, protocol B over them, gaps left out.
+    default = heldout_datasets._panel("toy", frame, 4)
+    assert default.horizon == 8 and default.n_train["ok"] == 22 and "gap" not in default.streams

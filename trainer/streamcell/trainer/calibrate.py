@@ -14,7 +14,11 @@ off them by linear interpolation, never from one stream's values.
   a Forecast's own code: direct head or sample paths) from origins at least
   the horizon apart, at varied phases of the season (:func:`spread_origins`).
   A step with fewer than :data:`MIN_CELL` points pools the steps around it
-  until it has them (one long stream has a few dozen origins).
+  until it has them (one long stream has a few dozen origins). Where the
+  validation split allows twice the horizon or more, the table goes on that
+  far (:func:`longer_steps`), those rows from longer Forecasts at origins of
+  their own, so that a Forecast far past the head's horizon gets widths
+  fitted at its steps, not the last short step's.
 
 A table with fewer than :data:`MIN_POINTS` points keeps the factors at 1.
 A Ray Dataset run fits the online table alone, from counts its workers sum
@@ -60,6 +64,7 @@ GRID[np.argmin(np.abs(GRID - 1.0))] = 1.0
 MIN_CELL = 200  # points a forecast step's factors are fitted on, neighbouring steps pooled
 MIN_POINTS = 30  # fewer in a whole table: its factors stay 1
 ORIGINS = 1024  # fixed origins over all streams (at least origin.MAX_ORIGINS per stream)
+LONGER_STEPS = 96  # the forecast table's steps at most (see longer_steps)
 # The adaptive width's step on its log: ten misses in a row (at 0.8 each) double the
 # width, and thirty-five hits in a row halve it.
 ADAPTIVE_GAMMA = 0.1
@@ -278,6 +283,76 @@ def _forecast(
     median = median_index(levels)
     if not can_forecast(loaded, prepared) or horizon < 1:
         return [], {"points": 0, "why": "the model cannot forecast"}
+    steps, origins = _step_points(loaded, prepared, horizon)
+    counts = Counts.zero(horizon, len(levels))
+    for k, (q, y) in enumerate(steps):
+        counts.add(k, q, y, median)
+    if int(counts.points.sum()) < MIN_POINTS:
+        return [[1.0] * len(levels)], {"points": int(counts.points.sum()), "origins": origins}
+    below, points = pooled(counts)
+    table = [factors(below[k], int(points[k]), levels) for k in range(horizon)]
+    record = {
+        "points": sum(len(y) for _, y in steps),
+        "origins": origins,
+        "steps": horizon,
+        "points_per_step_min": int(counts.points.min()),
+        **_coverages(steps, table, levels, median),
+    }
+    longer = longer_steps(prepared, horizon)
+    if longer > horizon:
+        more, extended = _longer(loaded, prepared, horizon, longer)
+        table += more
+        record["longer"] = extended
+    return table, record
+
+
+def longer_steps(prepared: Prepared, horizon: int) -> int:
+    """Steps the forecast table is fitted to: as many as the validation split has two
+    origins for in a typical stream (at most :data:`LONGER_STEPS`) where that is at
+    least twice ``horizon``, else ``horizon``.
+
+    A Forecast longer than its table scales its later steps by the last row,
+    fitted on shorter ones: close enough a few steps on, not at many times the
+    horizon (widths there grow with what the sample paths feed back). The
+    longer Forecasts cost the calibration about as much again.
+    """
+    rows = [len(s.y) - s.n_train for s in prepared.streams if len(s.y) > s.n_train]
+    longer = min(LONGER_STEPS, int(np.median(rows)) // 2) if rows else 0
+    return longer if longer >= 2 * horizon else horizon
+
+
+def _longer(
+    loaded: LoadedModel, prepared: Prepared, horizon: int, longer: int
+) -> tuple[list[list[float]], dict[str, Any]]:
+    """The table's rows for steps ``horizon + 1 .. longer``, from Forecasts of ``longer``
+    steps at origins of their own (the first rows stay as fitted, on more origins)."""
+    levels = loaded.config.quantile_levels
+    median = median_index(levels)
+    steps, origins = _step_points(loaded, prepared, longer)
+    steps = steps[horizon:]
+    counts = Counts.zero(len(steps), len(levels))
+    for k, (q, y) in enumerate(steps):
+        counts.add(k, q, y, median)
+    if int(counts.points.sum()) < MIN_POINTS:
+        return [], {"points": int(counts.points.sum()), "origins": origins}
+    below, points = pooled(counts)
+    table = [factors(below[k], int(points[k]), levels) for k in range(len(steps))]
+    record = {
+        "points": sum(len(y) for _, y in steps),
+        "origins": origins,
+        "steps": longer,
+        "points_per_step_min": int(counts.points.min()),
+        **_coverages(steps, table, levels, median),
+    }
+    return table, record
+
+
+def _step_points(
+    loaded: LoadedModel, prepared: Prepared, horizon: int
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+    """Per Forecast step, the validation Forecasts' quantiles ``[N, levels]`` and actuals
+    ``[N]`` from origins over every stream (:func:`spread_origins`), and the origins."""
+    levels = loaded.config.quantile_levels
     limit = max(1, ORIGINS // max(len(prepared), 1))
     per_step: list[tuple[list[np.ndarray], list[np.ndarray]]] = [([], []) for _ in range(horizon)]
     origins = 0
@@ -291,31 +366,28 @@ def _forecast(
             for k in range(len(result.quantiles)):
                 per_step[k][0].append(result.quantiles[k].T)  # [O, L]
                 per_step[k][1].append(s.y[b + k])
-    counts = Counts.zero(horizon, len(levels))
     steps = [
         (np.concatenate(q), np.concatenate(y)) if y else (np.zeros((0, len(levels))), np.zeros(0))
         for q, y in per_step
     ]
-    for k, (q, y) in enumerate(steps):
-        counts.add(k, q, y, median)
-    if int(counts.points.sum()) < MIN_POINTS:
-        return [[1.0] * len(levels)], {"points": int(counts.points.sum()), "origins": origins}
-    below, points = pooled(counts)
-    table = [factors(below[k], int(points[k]), levels) for k in range(horizon)]
+    return steps, origins
+
+
+def _coverages(
+    steps: list[tuple[np.ndarray, np.ndarray]],
+    table: list[list[float]],
+    levels: tuple[float, ...],
+    median: int,
+) -> dict[str, Any]:
     q_all = np.concatenate([q for q, _ in steps])
     y_all = np.concatenate([y for _, y in steps])
     a_all = np.concatenate(
         [np.repeat(np.array([table[k]], np.float32), len(y), 0) for k, (_, y) in enumerate(steps)]
     )
-    record = {
-        "points": len(y_all),
-        "origins": origins,
-        "steps": horizon,
-        "points_per_step_min": int(counts.points.min()),
+    return {
         "coverage_before": coverage(q_all, y_all, levels),
         "coverage_after": coverage(_widened(q_all, a_all, median), y_all, levels),
     }
-    return table, record
 
 
 def spread_origins(s: StreamArrays, horizon: int, limit: int, season: int) -> list[int]:

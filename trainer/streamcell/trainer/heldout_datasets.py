@@ -28,17 +28,32 @@ and are used only to check the defaults, never to choose them:
   working days (March-October 2003): one series, its rows taken as
   consecutive steps as the data has them (nights, weekends and holidays are
   not in it, so a day is 169 steps and a week 845); test part: its last 20
-  days, period one day.
+  days, period one day;
+- ``heldout_ansett``: 30 weekly series of Ansett airline passengers per
+  airport pair and class (1987-1992), the 1989 pilots' strike (weeks of
+  zeros) inside each training part; test = the last 26 weeks;
+- ``heldout_us_gasoline``: one weekly series (US gasoline product supplied,
+  1991-2017); test = the last 52 weeks;
+- ``heldout_gafa_stock``: daily closing prices of four stocks (2014-2018),
+  trading days as consecutive steps, no season (period 1: a near random
+  walk); test = the last 60 trading days, protocol B the first 20 of them;
+- ``heldout_global_economy``: yearly GDP of each country or World Bank
+  aggregate (1960-2017), each cut to its longest run of years without a gap
+  (at least 20), period 1; test = the last 6 years.
 
-The two last are tested from many origins (protocol B from each day's first
-step of the test part, h = one day, as vic_elec), so ``Dataset.origin_every``
-is a day for them.
+pedestrian and bank_calls are tested from many origins (protocol B from each
+day's first step of the test part, h = one day, as vic_elec), so
+``Dataset.origin_every`` is a day for them.
 
-In each FPP3 panel, the test part is every series' last two seasons (24 months, 8
-quarters), protocol B forecasts them from the end of the training part, and
-series with a gap, or whose training part has a seasonal-naive error of zero
-(MASE undefined), are left out (counted in :data:`LEFT_OUT` once loaded;
-for the pedestrian counts, the hours cut).
+In the first five FPP3 panels the test part is every series' last two seasons
+(24 months, 8 quarters); in pedestrian, bank_calls, ansett, us_gasoline,
+gafa_stock and global_economy it is as given above. Protocol B forecasts the
+other sets from the end of the training part (as many steps as the test part
+has, gafa_stock's 20 of 60). Series whose training part has a seasonal-naive
+error of zero (MASE undefined) are left out, and so are series with a gap,
+except in ansett and global_economy, where they are cut to their longest run
+without one (:data:`CUT`); what is left out is counted in :data:`LEFT_OUT`
+once loaded (for the pedestrian counts, the hours cut).
 """
 
 from __future__ import annotations
@@ -57,6 +72,7 @@ if TYPE_CHECKING:
 SEASONS_TESTED = 2
 LEFT_OUT: dict[str, dict[str, int]] = {}  # data set -> reason -> series (or rows) left out
 WEEKS_TESTED = 4  # the hourly and 5-minute sets: their last 4 weeks
+CUT: dict[str, int] = {}  # data set -> series cut to their longest run without a gap
 
 
 def _monthly(column: pd.Series) -> np.ndarray:
@@ -73,23 +89,57 @@ def _quarterly(column: pd.Series) -> np.ndarray:
     return np.asarray(quarter.year * 4 + quarter.quarter - 1, dtype=np.int64)
 
 
-def _panel(name: str, frame: pd.DataFrame, period: int) -> Dataset:
-    """``frame`` (stream, _t, value) as a Dataset whose test part is each series' last
-    two seasons; series with gaps or a zero MASE scale left out."""
+def _weekly(column: pd.Series) -> np.ndarray:
+    """ISO weeks ("1989 W28") as consecutive integers (weeks since a Monday)."""
     import pandas as pd
 
-    test = SEASONS_TESTED * period
+    monday = pd.to_datetime(column.str.replace(" W", "-W") + "-1", format="%G-W%V-%u")
+    return np.asarray((monday - pd.Timestamp("1970-01-05")).dt.days // 7, dtype=np.int64)
+
+
+def _longest_run(t: np.ndarray) -> slice:
+    """The longest stretch of consecutive steps in ``t`` (the latest of equals)."""
+    breaks = np.flatnonzero(np.diff(t) != 1) + 1
+    starts, ends = np.r_[0, breaks], np.r_[breaks, len(t)]
+    best = int(np.argmax((ends - starts)[::-1]))
+    best = len(starts) - 1 - best
+    return slice(int(starts[best]), int(ends[best]))
+
+
+def _panel(
+    name: str,
+    frame: pd.DataFrame,
+    period: int,
+    test: int | None = None,
+    horizon: int | None = None,
+    min_run: int | None = None,
+) -> Dataset:
+    """``frame`` (stream, _t, value) as a Dataset whose test part is each series' last
+    ``test`` values (default: two seasons), protocol B ``horizon`` steps (default: the
+    test part) from the end of the training part; series with a zero MASE scale left out.
+
+    A series with a gap is left out, or with ``min_run`` cut to its longest run
+    without one where that has at least ``min_run`` values (counted in :data:`CUT`);
+    with ``min_run``, a series shorter than it is left out as too short.
+    """
+    import pandas as pd
+
+    test = SEASONS_TESTED * period if test is None else test
     frame = frame.dropna(subset=["value"]).sort_values(["stream", "_t"], kind="stable")
     kept, n_train = [], {}
     left = {"gap": 0, "too short": 0, "zero scale": 0}
+    cut = 0
     for stream, group in frame.groupby("stream", sort=False):
         t = group["_t"].to_numpy()
-        y = group["value"].to_numpy(np.float64)
         if (np.diff(t) != 1).any():
-            left["gap"] += 1
-            continue
+            run = _longest_run(t)
+            if min_run is None or run.stop - run.start < min_run:
+                left["gap"] += 1
+                continue
+            group, t, cut = group.iloc[run], t[run], cut + 1
+        y = group["value"].to_numpy(np.float64)
         n = len(y) - test
-        if n <= period:
+        if n <= period or len(y) < (min_run or 0):
             left["too short"] += 1
             continue
         if not np.abs(y[period:n] - y[: n - period]).mean() > 0:
@@ -98,9 +148,12 @@ def _panel(name: str, frame: pd.DataFrame, period: int) -> Dataset:
         n_train[str(stream)] = n
         kept.append(group.assign(seq=np.arange(len(y), dtype=np.int64)))
     LEFT_OUT[name] = left
+    CUT[name] = cut
     panel = pd.concat(kept)[["stream", "seq", "value", "_t"]]
     panel, step = _interleave(panel)
-    return Dataset(name, panel, n_train, period, test, ("value",), step)
+    return Dataset(
+        name, panel, n_train, period, test if horizon is None else horizon, ("value",), step
+    )
 
 
 def _fpp3(table: str) -> pd.DataFrame:
@@ -245,6 +298,60 @@ def bank_calls() -> Dataset:
     )
 
 
+def ansett() -> Dataset:
+    """Weekly passengers per airport pair and class, 1987-1992, with the 1989 pilots'
+    strike (weeks of zeros) inside the training part; a missing week cuts a series."""
+    import pandas as pd
+
+    df = _fpp3("ansett")
+    frame = pd.DataFrame(
+        {
+            "stream": df["Airports"].astype(str) + " / " + df["Class"].astype(str),
+            "_t": _weekly(df["Week"]),
+            "value": df["Passengers"].astype(np.float64),
+        }
+    )
+    return _panel("heldout_ansett", frame, 52, test=26, min_run=26 + 2 * 52)
+
+
+def us_gasoline() -> Dataset:
+    """US finished motor gasoline product supplied, weekly, 1991-2017 (one series)."""
+    import pandas as pd
+
+    df = _fpp3("us_gasoline")
+    frame = pd.DataFrame(
+        {"stream": "us_gasoline", "_t": _weekly(df["Week"]), "value": df["Barrels"]}
+    )
+    return _panel("heldout_us_gasoline", frame, 52, test=52)
+
+
+GAFA_TEST, GAFA_HORIZON = 60, 20
+
+
+def gafa_stock() -> Dataset:
+    """Daily closing prices of four stocks, 2014-2018, trading days taken as
+    consecutive steps (no season: a random walk is the thing to beat); the test
+    part is the last 60 trading days, protocol B the first 20 of them."""
+    import pandas as pd
+
+    df = _fpp3("gafa_stock")
+    day = pd.factorize(df["Date"], sort=True)[0]
+    frame = pd.DataFrame({"stream": df["Symbol"].astype(str), "_t": day, "value": df["Close"]})
+    return _panel("heldout_gafa_stock", frame, 1, test=GAFA_TEST, horizon=GAFA_HORIZON)
+
+
+def global_economy() -> Dataset:
+    """Yearly GDP (current US$) of each country and World Bank aggregate, 1960-2017,
+    each cut to its longest run of years without a gap (at least 20)."""
+    import pandas as pd
+
+    df = _fpp3("global_economy")
+    frame = pd.DataFrame(
+        {"stream": df["Country"].astype(str), "_t": df["Year"].astype(np.int64), "value": df["GDP"]}
+    )
+    return _panel("heldout_global_economy", frame, 1, test=6, min_run=20)
+
+
 LOADERS: dict[str, Callable[[], Dataset]] = {
     "heldout_us_employment": us_employment,
     "heldout_aus_livestock": aus_livestock,
@@ -254,4 +361,8 @@ LOADERS: dict[str, Callable[[], Dataset]] = {
     **{f"heldout_m3_{kind}": partial(m3, kind) for kind in M3_KINDS},
     "heldout_pedestrian": pedestrian,
     "heldout_bank_calls": bank_calls,
+    "heldout_ansett": ansett,
+    "heldout_us_gasoline": us_gasoline,
+    "heldout_gafa_stock": gafa_stock,
+    "heldout_global_economy": global_economy,
 }
