@@ -112,15 +112,20 @@ def periods_from_mean_acf(acf: np.ndarray, noise: np.ndarray | None = None) -> t
     longer one as the shortest peak stronger than the day that is a multiple of
     it and divides the strongest (a week, where a fortnight peaks a little
     higher). Where it has none, the first longer span with a peak above the
-    threshold gives one season (:func:`_first_season`), and above ``noise`` (each
-    span's standard error, :func:`acf_noise`) :data:`NOISE_Z` times.
+    threshold gives one season (:func:`_first_season`). With ``noise`` (each
+    span's standard error, :func:`acf_noise`), a peak must also pass it
+    :data:`NOISE_Z` times.
     """
     rows = np.atleast_2d(acf)
-    if len(rows[0]) and _seasons(rows[0], 2):
-        return _seasons(rows[0], 2)
+
+    def floor(k: int) -> float:
+        return ACF_THRESHOLD if noise is None else max(ACF_THRESHOLD, NOISE_Z * float(noise[k]))
+
+    seasons = _seasons(rows[0], 2, floor(0)) if len(rows[0]) else ()
+    if seasons:
+        return seasons
     for k, (span, row) in enumerate(zip(CHANGE_SPANS[1:], rows[1:], strict=False), start=1):
-        floor = ACF_THRESHOLD if noise is None else max(ACF_THRESHOLD, NOISE_Z * noise[k])
-        found = _first_season(row, span, floor)
+        found = _first_season(row, span, floor(k))
         if found:
             return (found,)
     return ()
@@ -132,11 +137,12 @@ def periods_from_mean_acf(acf: np.ndarray, noise: np.ndarray | None = None) -> t
 # pitch, not an octave), a peak being the highest within a span on either side (not
 # noise on a broad peak's flank).
 NEAR_BEST = 0.8
-# The change over several steps is a moving sum, so its autocorrelation is noisy: on
-# one random walk of 1,000 steps, the change over 8 steps has a standard error of
-# about 0.07 at each lag, and across hundreds of lags some pass 0.2 by chance. A
-# longer span's peak counts only this many standard errors (Bartlett's, from the
-# span's own short lags and the streams' lengths) above zero.
+# One short series' autocorrelation is noisy: at 100 values its standard error is
+# about 0.1 at each lag, and the change over 8 steps (a moving sum) of a random walk
+# of 1,000 has about 0.07; across tens or hundreds of lags some pass 0.2 by chance.
+# A peak counts only this many standard errors (Bartlett's, from the span's own
+# short lags and the streams' lengths) above zero; over many streams that is far
+# under 0.2.
 NOISE_Z = 4.0
 
 
@@ -160,10 +166,10 @@ def _peaks(acf: np.ndarray, shortest: int, threshold: float = ACF_THRESHOLD) -> 
     ]
 
 
-def _seasons(acf: np.ndarray, shortest: int) -> tuple[int, ...]:
+def _seasons(acf: np.ndarray, shortest: int, floor: float = ACF_THRESHOLD) -> tuple[int, ...]:
     if len(acf) < 4:
         return ()
-    peaks = _peaks(acf, shortest)
+    peaks = _peaks(acf, shortest, floor)
     if not peaks:
         return ()
     best = max(peaks, key=lambda lag: acf[lag])
