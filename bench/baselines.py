@@ -453,6 +453,8 @@ def ets_origins(
     """
     from statsmodels.tsa.exponential_smoothing.ets import ETSModel
 
+    if m < 2:
+        raise ValueError(f"ets_origins runs a seasonal ETS; period {m} has no season")
     spec = _ets_spec(y, m)
     if fitted is None:
         fitted = _fit_ets(y[:n_train], spec)

@@ -189,10 +189,14 @@ def test_the_forecast_table_goes_on_past_the_horizon_with_its_first_rows_kept(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """No season: the head's horizon and fixed-origin validation are 8 steps, but a
-    Forecast may ask for 50; its later steps get rows fitted at those steps."""
+    Forecast may ask for 30; its later steps get rows fitted at those steps."""
     rng = np.random.default_rng(9)
     frame = pd.DataFrame(
-        {"stream": "w", "seq": np.arange(600), "value": 100 + np.cumsum(rng.normal(size=600))}
+        {
+            "stream": np.repeat([f"w{k}" for k in range(16)], 300),
+            "seq": np.tile(np.arange(300), 16),
+            "value": (100 + np.cumsum(rng.normal(size=(16, 300)), axis=1)).ravel(),
+        }
     )
     data = load_long_frame(frame)
     settings = TrainSettings(hidden=8, layers=1, epochs=2, quantile_levels=(0.1, 0.5, 0.9))
@@ -200,12 +204,28 @@ def test_the_forecast_table_goes_on_past_the_horizon_with_its_first_rows_kept(
     horizon = result.metrics["origin_horizon"]
     record = result.metrics["calibration"]["forecast"]
     prepared = prepare_frame(data, settings)
-    assert horizon == 8 and longer_steps(prepared, horizon) == 60  # 120 validation rows / 2
-    assert len(result.config.calibration_table.forecast) == 60
-    assert record["steps"] == 8 and record["longer"]["steps"] == 60
+    assert horizon == 8 and longer_steps(prepared, horizon) == 30  # 60 validation rows / 2
+    assert len(result.config.calibration_table.forecast) == 30
+    assert record["steps"] == 8 and record["longer"]["steps"] == 30
+    assert record["longer"]["origins"] >= calibrate.MIN_LONGER_ORIGINS
     assert record["longer"]["points"] > MIN_POINTS
     # The first rows are the table as fitted without the longer part.
     monkeypatch.setattr(calibrate, "LONGER_STEPS", 0)
     loaded = as_loaded(data, prepared, result.model, settings)
     short, _ = calibrate._forecast(loaded, prepared, horizon)
     assert short == [list(r) for r in result.config.calibration_table.forecast[:8]]
+
+
+def test_a_longer_table_from_too_few_origins_is_not_kept() -> None:
+    """One stream with room for two 60-step Forecasts: two paths' chance would set every
+    later step's width, so the table keeps the validated 8 steps."""
+    rng = np.random.default_rng(9)
+    frame = pd.DataFrame(
+        {"stream": "w", "seq": np.arange(600), "value": 100 + np.cumsum(rng.normal(size=600))}
+    )
+    data = load_long_frame(frame)
+    settings = TrainSettings(hidden=8, layers=1, epochs=2, quantile_levels=(0.1, 0.5, 0.9))
+    result = train_local(data, settings, threads=1)
+    record = result.metrics["calibration"]["forecast"]
+    assert len(result.config.calibration_table.forecast) == record["steps"] == 8
+    assert record["longer"]["origins"] < calibrate.MIN_LONGER_ORIGINS and "why" in record["longer"]

@@ -26,6 +26,7 @@ from streamcell.trainer.loop import LoopState
 from streamcell.trainer.periods import (
     CHANGE_SPANS,
     acf_mean,
+    acf_noise,
     acf_sums,
     build_recipe,
     calendar_spacing,
@@ -91,11 +92,18 @@ def test_a_noisy_short_step_shows_its_day_in_the_change_over_a_few_steps() -> No
     acf = mean_acf([y], 800)
     assert acf.shape == (len(CHANGE_SPANS), 802) and periods_from_mean_acf(acf[0]) == ()
     assert periods_from_acf([y]) == (169,)
-    # The Ray Data path's sums over parts of the streams give the same.
-    parts = [acf_sums(part, 800) for part in (y, y[::-1])]
+    # The Ray Data path sums each stream's share, batch by batch: the same mean and noise.
+    other = rng.poisson(90.0, size=len(y) // 2).astype(float)
+    parts = [acf_sums(stream, 800) for stream in (y, other)]
     total, count = (sum(p[k] for p in parts) for k in (0, 1))
-    np.testing.assert_allclose(acf_mean(total, count), acf)
+    np.testing.assert_allclose(acf_mean(total, count), mean_acf([y, other], 800))
     assert periods_from_sums(total, count) == (169,)
+    # Bartlett's standard error of the mean over the two, by hand, for the 4-step row.
+    row = CHANGE_SPANS.index(4)
+    r = acf_mean(total, count)[row]
+    lengths = [len(y) - 4, len(other) - 4]
+    want = np.sqrt((1 + 2 * (r[1:9] ** 2).sum()) * sum(1 / n for n in lengths)) / 2
+    assert acf_noise(total, count)[row] == pytest.approx(want)
     # A random walk has no season at any span.
     assert periods_from_acf([np.cumsum(rng.normal(size=5000))]) == ()
 

@@ -65,6 +65,12 @@ MIN_CELL = 200  # points a forecast step's factors are fitted on, neighbouring s
 MIN_POINTS = 30  # fewer in a whole table: its factors stay 1
 ORIGINS = 1024  # fixed origins over all streams (at least origin.MAX_ORIGINS per stream)
 LONGER_STEPS = 96  # the forecast table's steps at most (see longer_steps)
+# The longer Forecasts feed back sample paths at every step past a direct head's
+# horizon, so they run from this many origins at most over all streams (a few
+# hundred fill its cells of MIN_CELL points), and their rows are kept only from
+# enough origins that two paths' chance do not set every later step's width.
+LONGER_ORIGINS = 256
+MIN_LONGER_ORIGINS = 30
 # The adaptive width's step on its log: ten misses in a row (at 0.8 each) double the
 # width, and thirty-five hits in a row halve it.
 ADAPTIVE_GAMMA = 0.1
@@ -314,7 +320,8 @@ def longer_steps(prepared: Prepared, horizon: int) -> int:
     A Forecast longer than its table scales its later steps by the last row,
     fitted on shorter ones: close enough a few steps on, not at many times the
     horizon (widths there grow with what the sample paths feed back). The
-    longer Forecasts cost the calibration about as much again.
+    longer Forecasts feed back sample paths past a direct head's horizon, so
+    they run from :data:`LONGER_ORIGINS` origins at most over all streams.
     """
     rows = [len(s.y) - s.n_train for s in prepared.streams if len(s.y) > s.n_train]
     longer = min(LONGER_STEPS, int(np.median(rows)) // 2) if rows else 0
@@ -328,7 +335,9 @@ def _longer(
     steps at origins of their own (the first rows stay as fitted, on more origins)."""
     levels = loaded.config.quantile_levels
     median = median_index(levels)
-    steps, origins = _step_points(loaded, prepared, longer)
+    steps, origins = _step_points(loaded, prepared, longer, total=LONGER_ORIGINS)
+    if origins < MIN_LONGER_ORIGINS:
+        return [], {"origins": origins, "why": f"fewer than {MIN_LONGER_ORIGINS} origins"}
     steps = steps[horizon:]
     counts = Counts.zero(len(steps), len(levels))
     for k, (q, y) in enumerate(steps):
@@ -348,16 +357,22 @@ def _longer(
 
 
 def _step_points(
-    loaded: LoadedModel, prepared: Prepared, horizon: int
+    loaded: LoadedModel, prepared: Prepared, horizon: int, total: int | None = None
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
     """Per Forecast step, the validation Forecasts' quantiles ``[N, levels]`` and actuals
-    ``[N]`` from origins over every stream (:func:`spread_origins`), and the origins."""
+    ``[N]`` from origins over every stream (:func:`spread_origins`), and the origins;
+    with ``total``, from about that many origins at most, over every k-th stream."""
     levels = loaded.config.quantile_levels
-    limit = max(1, ORIGINS // max(len(prepared), 1))
+    streams = list(prepared.streams)
+    if total is None:
+        limit = max(ORIGINS // max(len(streams), 1), MAX_ORIGINS)
+    else:
+        streams = streams[:: -(-len(streams) // total)] if len(streams) > total else streams
+        limit = max(1, total // max(len(streams), 1))
     per_step: list[tuple[list[np.ndarray], list[np.ndarray]]] = [([], []) for _ in range(horizon)]
     origins = 0
-    for s in prepared.streams:
-        starts = spread_origins(s, horizon, max(limit, MAX_ORIGINS), prepared.season)
+    for s in streams:
+        starts = spread_origins(s, horizon, limit, prepared.season)
         if not starts or s.x is None:
             continue
         for b, result in stream_forecasts(loaded, prepared, s, starts, horizon, quantiles=True):
