@@ -28,9 +28,10 @@ from streamcell.trainer.api import (
 )
 from streamcell.trainer.data import parquet_files, read_table
 from streamcell.trainer.dataset_plan import BINS, Moments, high_bits, median_from_bits
+from streamcell.trainer.periods import median_of_counts
 from streamcell.trainer.prepare import StreamArrays
 from streamcell.trainer.ray_cluster import local_node_ip
-from streamcell.trainer.ray_data import median_of_counts, read_streams
+from streamcell.trainer.ray_data import read_streams
 from streamcell.trainer.stream_store import StreamStore
 from streamcell.trainer.synthetic import noisy_sines
 

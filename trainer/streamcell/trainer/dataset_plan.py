@@ -34,6 +34,7 @@ from streamcell.trainer.periods import (
     acf_sums,
     acf_top,
     default_horizon,
+    median_of_counts,
     periods_from_sums,
     recipe_from,
 )
@@ -50,7 +51,7 @@ from streamcell.trainer.prepare import (
     raw_streams,
     target_column_of,
 )
-from streamcell.trainer.ray_data import StreamDataset, fold, median_of_counts
+from streamcell.trainer.ray_data import StreamDataset, fold
 from streamcell.trainer.settings import TrainSettings
 
 BINS = 1 << 16

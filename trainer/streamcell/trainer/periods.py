@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,20 +66,29 @@ def calendar_spacing(gaps: dict[float, int]) -> float | None:
     """The median time between a stream's consecutive rows (``gaps``: seconds -> how
     many, over every stream), or None where the rows fill less than :data:`MIN_FILL`
     of the steps of that length their time spans."""
-    values = sorted(g for g in gaps if gaps[g] > 0)
-    if not values:
+    gaps = {g: n for g, n in gaps.items() if n > 0}
+    if not gaps:
         return None
-    counts = np.array([gaps[g] for g in values], dtype=np.float64)
-    seen = np.cumsum(counts)
-    total = seen[-1]
-    middle = [
-        values[int(np.searchsorted(seen, r, side="right"))] for r in ((total - 1) // 2, total // 2)
-    ]
-    median = float(sum(middle)) / 2
+    median = median_of_counts(gaps)
     if median <= 0:
         return None
-    steps = float(np.dot(values, counts)) / median
-    return median if total >= MIN_FILL * steps else None
+    steps = sum(g * n for g, n in gaps.items()) / median
+    return median if sum(gaps.values()) >= MIN_FILL * steps else None
+
+
+def median_of_counts(counts: dict[Any, int]) -> float:
+    """np.median of the values ``counts`` holds (value -> how many), without them all."""
+    values = sorted(counts)
+    total = sum(counts.values())
+    picks = [(total - 1) // 2, total // 2]
+    out: list[float] = []
+    seen = 0
+    for v in values:
+        seen += counts[v]
+        while picks and picks[0] < seen:
+            out.append(float(v))
+            picks.pop(0)
+    return (out[0] + out[1]) / 2
 
 
 def periods_from_spacing(seconds: float) -> tuple[int, ...] | None:

@@ -226,21 +226,6 @@ def fold(ds: Any, summarise: Callable[[dict[str, np.ndarray]], T], start: T) -> 
     return total
 
 
-def median_of_counts(counts: dict[Any, int]) -> float:
-    """np.median of the values ``counts`` holds (value -> how many), without them all."""
-    values = sorted(counts)
-    total = sum(counts.values())
-    picks = [(total - 1) // 2, total // 2]
-    out: list[float] = []
-    seen = 0
-    for v in values:
-        seen += counts[v]
-        while picks and picks[0] < seen:
-            out.append(float(v))
-            picks.pop(0)
-    return (out[0] + out[1]) / 2
-
-
 def quiet() -> None:
     """Ray Data's progress lines off (the trainer prints its own), and a sort-based
     shuffle, which starts in seconds where the hash shuffle's actors take many."""
