@@ -33,9 +33,12 @@ def served(tmp_path: Path, x: np.ndarray, **head) -> Predictor:
 
 
 @torch.no_grad()
-def by_hand(loaded: LoadedModel, x: np.ndarray, horizon: int) -> np.ndarray:
+def by_hand(
+    loaded: LoadedModel, x: np.ndarray, horizon: int, first_only: bool = False
+) -> np.ndarray:
     """Replay the stream from zero, then read the head's steps and feed its medians back
-    (the median of each step's levels sorted, as the Predictor serves them)."""
+    (the median of each step's levels sorted, as the Predictor serves them); with
+    ``first_only`` the head's first step alone, one step at a time."""
     cfg, net = loaded.config, loaded.model
     recipe = cfg.history
     assert recipe is not None
@@ -53,6 +56,7 @@ def by_hand(loaded: LoadedModel, x: np.ndarray, horizon: int) -> np.ndarray:
     while True:
         y = rowwise_linear(h[-1], net.head.weight, net.head.bias)
         y = y.reshape(cfg.horizon, cfg.n_levels).sort(dim=1).values[:, mid]  # sorted, as served
+        y = y[:1] if first_only else y
         chunk = ((y * cfg.target_std[0] + cfg.target_mean[0]) * torch.from_numpy(scale)).numpy()
         path.extend(chunk)
         if len(path) >= horizon:
@@ -73,6 +77,49 @@ def test_direct_head_forecast_is_the_heads_outputs_fed_back_in_chunks(
     for horizon in (3, 5, 13, 1):
         got = predictor.forecast("s", horizon)
         np.testing.assert_array_equal(got[:, 0], by_hand(predictor.loaded, x, horizon))
+
+
+def blended(tmp_path: Path, x: np.ndarray, levels: tuple[float, ...]) -> Predictor:
+    """A direct head of 5 steps whose config.json asks for the blend."""
+    path = make_recipe_model(tmp_path, RECIPE, features=("y",), horizon=5, quantile_levels=levels)
+    raw = json.loads((path / CONFIG_FILE).read_text())
+    raw["forecast_blend"] = True
+    (path / CONFIG_FILE).write_text(json.dumps(raw))
+    predictor = Predictor(load_checkpoint(path))
+    for k in range(len(x)):
+        predictor.predict(EventBatch.of(["s"], x[k : k + 1], np.array([k])), now=0.0)
+    return predictor
+
+
+@pytest.mark.parametrize("levels", [(), LEVELS])
+def test_a_blended_forecast_is_the_mean_of_the_chunks_and_step_one_fed_back(
+    tmp_path: Path, levels: tuple[float, ...]
+) -> None:
+    x = seasonal_series()
+    predictor = blended(tmp_path, x, levels)
+    assert predictor.loaded.config.forecast_blend
+    for horizon in (1, 3, 5, 13):
+        chunks = by_hand(predictor.loaded, x, horizon)
+        fed = by_hand(predictor.loaded, x, horizon, first_only=True)
+        got = predictor.forecast_result("s", horizon)
+        np.testing.assert_array_equal(got.yhat[:, 0], (0.5 * (chunks + fed)).astype(np.float32))
+        assert got.method == ("blend" if horizon > 1 else "direct")
+        assert got.yhat[0, 0] == chunks[0]  # step 1 is the head's own in both paths
+    # Beyond step 1 the two paths of 13 steps differ, so the blend is neither of them.
+    assert not np.array_equal(chunks, fed)
+
+
+def test_a_blended_forecasts_quantiles_move_with_its_median(tmp_path: Path) -> None:
+    x = seasonal_series()
+    plain = served(tmp_path / "plain", x, horizon=5, quantile_levels=LEVELS).forecast_result(
+        "s", 13
+    )
+    mixed = blended(tmp_path / "blend", x, LEVELS).forecast_result("s", 13)
+    assert plain.quantiles is not None and mixed.quantiles is not None
+    shift = mixed.yhat - plain.yhat  # [13, 1]
+    assert np.abs(shift[1:]).max() > 0
+    np.testing.assert_allclose(mixed.quantiles, plain.quantiles + shift[:, None, :], atol=1e-4)
+    assert (np.diff(mixed.quantiles, axis=1) >= 0).all()
 
 
 def test_a_one_step_quantile_head_feeds_its_median_back(tmp_path: Path) -> None:
@@ -129,6 +176,7 @@ def test_a_point_checkpoint_writes_no_head_fields(tmp_path: Path) -> None:
     path = make_recipe_model(tmp_path, RECIPE, features=("y",))
     raw = json.loads((path / CONFIG_FILE).read_text())
     assert "quantile_levels" not in raw and "horizon" not in raw
+    assert "forecast_blend" not in raw
     cfg = load_checkpoint(path).config
     assert (cfg.quantile_levels, cfg.horizon, cfg.head_width) == ((), 1, 1)
     x = seasonal_series(10)
@@ -150,6 +198,8 @@ def test_a_point_checkpoint_writes_no_head_fields(tmp_path: Path) -> None:
         ("quantile_levels", [0.5, 0.5]),
         ("quantile_levels", ["0.5"]),
         ("quantile_levels", 0.5),
+        ("forecast_blend", "yes"),
+        ("forecast_blend", True),  # on a one-step head: nothing to blend
     ],
 )
 def test_a_bad_head_field_is_refused_by_name(tmp_path: Path, field: str, value: object) -> None:

@@ -9,6 +9,7 @@ zero from a stream at level 1000 is a difference of large float32 numbers).
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -166,6 +167,33 @@ def test_a_direct_heads_calibrated_quantiles_are_reproduced_from_the_readme(
     np.testing.assert_allclose(forecast, steps, **tol)
     if flat:
         assert (quantiles[-4:] == 0).all() and (forecast == 0).all() and (steps == 0).all()
+
+
+def test_a_blended_forecast_is_reproduced_from_the_readme(tmp_path):
+    rng = np.random.default_rng(12)
+    levels = (0.1, 0.5, 0.9)
+    recipe = {"target": 0, "lags": [1, 2, 12], "scale_window": 6, "log_scale": True}
+    version = make_recipe_model(
+        tmp_path, {**recipe, "periods": [12]}, seed=5, features=("y",), horizon=4,
+        quantile_levels=levels,
+    )  # fmt: skip
+    raw = json.loads((version / "config.json").read_text())
+    raw["forecast_blend"] = True
+    (version / "config.json").write_text(json.dumps(raw))
+    x = random_series(rng, 50, 1)
+    p = Predictor(load_checkpoint(version))
+    p.predict(EventBatch.of(["s"] * len(x), x))
+    result = p.forecast_result("s", 4)
+    doc = readme_code(version)
+    _, steps = doc["served_quantiles"](x, doc["cfg"], doc["lstm"], doc["head"])
+    direct = steps[:, levels.index(0.5)]
+    fed = doc["predictions"](x, doc["cfg"], doc["lstm"], doc["head"], 4)[len(x) - 1 :]
+    want = 0.5 * (direct + fed)
+    tol = dict(rtol=1e-5, atol=1e-5 * float(np.abs(x[:, 0]).mean()))
+    assert result.method == "blend"
+    np.testing.assert_allclose(result.yhat, want, **tol)
+    np.testing.assert_allclose(result.quantiles, steps + (want - direct)[:, None], **tol)
+    assert np.abs(want - direct)[1:].max() > 1e-3 * float(np.abs(x[:, 0]).mean())
 
 
 @pytest.mark.parametrize("scaling", ["global", "stream_mean_abs"])

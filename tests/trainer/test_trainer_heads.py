@@ -79,7 +79,13 @@ def test_candidates_chosen_by_fixed_origin_validation_and_exported(tmp_path: Pat
     assert selection["chosen"] == int(np.argmin(scores))
     assert result.config.horizon == (24, 1)[selection["chosen"]]
     m = result.metrics
-    assert m["val_origin_mase"] == pytest.approx(min(scores), rel=1e-4)
+    blend = selection.get("forecast_blend")  # a direct head's choice (scored again)
+    if blend is not None:
+        assert blend["without"] == pytest.approx(min(scores), rel=1e-4)
+        assert result.config.forecast_blend == blend["kept"]
+        assert m["val_origin_mase"] == pytest.approx(min(blend["origin_score"], blend["without"]))
+    else:
+        assert m["val_origin_mase"] == pytest.approx(min(scores), rel=1e-4)
     assert np.isfinite(m["last_value_origin_mase"]) and np.isfinite(m["seasonal_naive_origin_mase"])
     assert result.config.quantile_levels == settings.quantile_levels
 
@@ -154,6 +160,39 @@ def test_first_step_from_the_candidate_best_online_beside_a_direct_head(
     assert "first_step" not in alone.config.training["selection"]
     assert alone.model.hidden_size == 2 * 2
     assert alone.metrics["val_mase"] == pytest.approx(direct["score"], rel=1e-4)
+
+
+@pytest.mark.parametrize("blend_wins", [True, False])
+def test_a_direct_heads_forecast_blend_is_kept_where_it_validates_better(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, blend_wins: bool
+) -> None:
+    from streamcell.trainer import select
+
+    def scored(loaded, _p, _h) -> float:
+        return 1.0 - 0.1 * (loaded.config.forecast_blend == blend_wins)
+
+    monkeypatch.setattr(select, "origin_mase", scored)
+    data = load_long_frame(seasonal(streams=3, length=100, period=12, seed=5))
+    result = train_local(data, TrainSettings(hidden=4, layers=1, epochs=1, horizon=6), threads=1)
+    record = result.config.training["selection"]["forecast_blend"]
+    assert record["kept"] is blend_wins and result.config.forecast_blend is blend_wins
+    assert ("first step fed back" in result.metrics["forecast"]) is blend_wins
+    # The exported checkpoint says so (and a plain one writes no field), and its
+    # Forecasts are what the field asks for.
+    from streamcell.trainer.api import loaded_model
+
+    raw = json.loads(result.config.to_json())
+    assert raw.get("forecast_blend", False) is blend_wins
+    from streamcell.core.predictor import Predictor
+
+    assert Predictor(loaded_model(result)).loaded.config.forecast_blend is blend_wins
+
+
+def test_a_fed_back_head_has_no_blend_to_choose() -> None:
+    data = load_long_frame(seasonal(streams=3, length=100, period=12, seed=5))
+    result = train_local(data, TrainSettings(hidden=4, layers=1, epochs=1, horizon=1), threads=1)
+    assert "forecast_blend" not in result.config.training["selection"]
+    assert not result.config.forecast_blend
 
 
 def test_no_first_step_pick_for_a_fed_back_head_or_a_better_direct_one() -> None:

@@ -73,6 +73,9 @@ class ModelConfig:
     # Factors fitted on validation that widen or narrow the quantiles about the
     # median (streamcell.core.calibration's config.json form); None: served raw.
     calibration: dict[str, Any] | None = None
+    # A direct head's Forecast: its point path the mean of the head's chunks and its
+    # first step fed back (streamcell.core.forecast); False: the chunks alone.
+    forecast_blend: bool = False
 
     def __post_init__(self) -> None:
         for name in ("features", "targets", "input_mean", "input_std", "target_mean", "target_std"):
@@ -140,6 +143,13 @@ class ModelConfig:
         problem = check_head(self.horizon)
         if problem:
             fail(problem)
+        if not isinstance(self.forecast_blend, bool):
+            fail(f"forecast_blend must be true or false, got {self.forecast_blend!r}")
+        if self.forecast_blend and self.horizon == 1:
+            fail(
+                "forecast_blend needs a direct head (horizon above 1): a one-step head "
+                "is fed back already"
+            )
         if self.calibration is not None:
             try:
                 table = Calibration.from_json(self.calibration, self.quantile_levels)
@@ -246,6 +256,8 @@ class ModelConfig:
             del data["horizon"]
         if data["calibration"] is None:
             del data["calibration"]
+        if not data["forecast_blend"]:
+            del data["forecast_blend"]
         return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod

@@ -5,7 +5,13 @@ predicts the next value, which is fed back through the recipe as the next
 event's value, step after step; a direct head predicts ``horizon`` steps
 from one LSTM step, and beyond them its predictions are fed back in chunks
 of ``horizon`` steps, after which the head predicts the next chunk. Either
-way every horizon up to :data:`MAX_HORIZON` is served.
+way every horizon up to :data:`MAX_HORIZON` is served. A version with
+``forecast_blend`` (chosen on validation by the trainer) serves the mean of
+two such paths from a direct head: its chunks, and its first step alone fed
+back one step at a time (the direct and the recursive forecast, combined:
+their errors differ, and the mean is the one of the two validation trusts
+more where neither is always better); its quantiles are moved with the
+median by that mean's difference from the chunks' path.
 
 Quantiles (a model with ``quantile_levels``): the steps the head predicts at
 once from the stream's state (the first step, or the first ``horizon``) are
@@ -60,7 +66,7 @@ class ForecastResult:
 
     yhat: np.ndarray
     quantiles: np.ndarray | None
-    method: str  # "feedback" (one-step head) or "direct" (multi-horizon head)
+    method: str  # "feedback" (one-step head), "direct" (multi-horizon head) or "blend"
 
 
 @dataclass(frozen=True)
@@ -137,11 +143,17 @@ def run(
     walk = _Walk(loaded, norm, future)
     first = walk.head(origin.h, origin.scale, at)  # [1, H, L, O]
     yhat = walk.median_path(origin, first, horizon)
+    shift = None
+    if cfg.forecast_blend and horizon > 1:
+        blended = 0.5 * (yhat + walk.first_step_path(origin, first, horizon))
+        shift, yhat, method = blended - yhat, blended, "blend"
     if cfg.quantile_levels and quantiles:
         qs = walk.quantile_paths(origin, first, horizon, np.random.default_rng(seed))
         table = cfg.calibration_table
         if table is not None:  # the version's per-step factors (streamcell.core.calibration)
             qs = widen_steps(qs, table.step_factors(horizon), walk.mid)
+        if shift is not None:  # every level moves with the median
+            qs = qs + shift[:, None, :]
         return ForecastResult(yhat, qs, method)
     return ForecastResult(yhat, None, method)
 
@@ -246,6 +258,18 @@ class _Walk:
                 ahead = done - take + k
                 seen = np.array([o.count + ahead], dtype=np.int64)
                 state, scale, y = self.feed(chunk[k : k + 1], state, ring, seen, scale, ahead)
+
+    def first_step_path(self, o: Origin, first: Tensor, horizon: int) -> np.ndarray:
+        """The head's first step alone fed back, one step at a time: ``[horizon, O]``."""
+        out = np.empty((horizon, self.outputs), dtype=np.float32)
+        ring = None if o.ring is None else o.ring.copy()
+        state, scale, y = (o.h, o.c), o.scale, first
+        for k in range(horizon):
+            out[k] = y[0, 0].sort(dim=0).values[self.mid].cpu().numpy()  # step 1's median
+            if k + 1 < horizon:
+                seen = np.array([o.count + k], dtype=np.int64)
+                state, scale, y = self.feed(out[k : k + 1], state, ring, seen, scale, k)
+        return out
 
     def quantile_paths(
         self, o: Origin, first: Tensor, horizon: int, rng: np.random.Generator

@@ -306,12 +306,13 @@ def finish(
         season=prepared.season,
         final_fit=final is not None,
     )
-    metrics.update(horizon=prepared.horizon, forecast=forecast_kind(prepared.horizon))
+    blend = bool((selection or {}).get("forecast_blend", {}).get("kept", False))
+    metrics.update(horizon=prepared.horizon, forecast=forecast_kind(prepared.horizon, blend))
     if isinstance(frame, LongFrame):  # a Ray Dataset's driver holds no streams to forecast
         eval_horizon = max(prepared.default_horizon, prepared.horizon)
         metrics.update(
             val_origin_mase=origin_mase(
-                as_loaded(frame, prepared, best, settings), prepared, eval_horizon
+                as_loaded(frame, prepared, best, settings, blend), prepared, eval_horizon
             ),
             **baseline_origin_mase(prepared, eval_horizon),
             origin_horizon=eval_horizon,
@@ -323,7 +324,7 @@ def finish(
     # A Ray Dataset run's counts come from its workers' validated model.
     served = best if final is None or calibration_counts is not None else final
     calibration, metrics["calibration"] = quantile_calibration(
-        frame, prepared, served, settings, calibration_counts
+        frame, prepared, served, settings, calibration_counts, blend
     )
     if final is not None:
         best = final
@@ -363,6 +364,7 @@ def finish(
         metrics=metrics,
         training=training,
         calibration=calibration,
+        forecast_blend=blend,
     )
     return TrainResult(best, config, list(state.history))
 
@@ -373,6 +375,7 @@ def quantile_calibration(
     best: StreamingLSTM,
     settings: TrainSettings,
     counts: tuple[np.ndarray, int] | None = None,
+    forecast_blend: bool = False,
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """The chosen model's ``calibration`` (None: none) and its record (see calibrate.py).
 
@@ -388,7 +391,7 @@ def quantile_calibration(
             "validation data to fit on, so the quantiles are served as the head gives them"
         }
     horizon = max(prepared.default_horizon, prepared.horizon)
-    return calibrate(as_loaded(frame, prepared, best, settings), prepared, horizon)
+    return calibrate(as_loaded(frame, prepared, best, settings, forecast_blend), prepared, horizon)
 
 
 @contextmanager

@@ -21,6 +21,7 @@ def model_config(
     metrics: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
     calibration: dict[str, Any] | None = None,
+    forecast_blend: bool = False,
 ) -> ModelConfig:
     norm = prepared.norm
     return ModelConfig(
@@ -42,12 +43,17 @@ def model_config(
         quantile_levels=prepared.quantile_levels,
         horizon=prepared.horizon,
         calibration=calibration,
+        forecast_blend=forecast_blend,
     )
 
 
 def as_loaded(
-    frame: LongFrame, prepared: Prepared, model: StreamingLSTM, settings: TrainSettings
+    frame: LongFrame,
+    prepared: Prepared,
+    model: StreamingLSTM,
+    settings: TrainSettings,
+    forecast_blend: bool = False,
 ) -> LoadedModel:
     """A model still in training as a LoadedModel (what validation forecasts with)."""
-    config = model_config(frame, prepared, model, settings)
+    config = model_config(frame, prepared, model, settings, forecast_blend=forecast_blend)
     return LoadedModel("validation", "unsaved", Path("."), config, model)

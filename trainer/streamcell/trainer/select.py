@@ -391,7 +391,39 @@ def choose(
         if final is not None or f_final is not None:
             final = splice_first_step(f_final or f_validated, final or validated, width)
         record["first_step"] = {"candidate": first, "final_fit": note}
+    if prepared.horizon > 1 and math.isfinite(tried[pick]["origin_score"]):
+        record["forecast_blend"] = blend_choice(
+            frame, prepared, model, option, eval_horizon, tried[pick]["origin_score"]
+        )
+        if record["forecast_blend"]["kept"]:
+            record["forecast"] = forecast_kind(prepared.horizon, blend=True)
     return Chosen(option, prepared, state, model, final, record)
+
+
+def blend_choice(
+    frame: LongFrame,
+    prepared: Prepared,
+    model: StreamingLSTM,
+    option: TrainSettings,
+    eval_horizon: int,
+    chosen_score: float,
+) -> dict[str, Any]:
+    """Whether the served direct head's Forecasts blend in its first step fed back
+    (``ModelConfig.forecast_blend``): kept where that scores better at fixed origin.
+
+    Both are scored on the validated model as it is served (the averages and the
+    first-step splice made), ``chosen_score`` being the chosen run's own figure.
+    """
+    scores = {
+        blend: origin_mase(as_loaded(frame, prepared, model, option, blend), prepared, eval_horizon)
+        for blend in (False, True)
+    }
+    return {
+        "origin_score": scores[True],
+        "without": scores[False],
+        "chosen_run": chosen_score,
+        "kept": bool(scores[True] < scores[False]),
+    }
 
 
 def _validated(trained: list[Trained], group: list[int]) -> StreamingLSTM:
@@ -500,11 +532,14 @@ def final_note(mode: str, epochs: int) -> str:
     return f"{note}, averaged with the validated model" if mode == "blend" else note
 
 
-def forecast_kind(horizon: int) -> str:
+def forecast_kind(horizon: int, blend: bool = False) -> str:
     """How a Forecast of this head runs, in words."""
     if horizon == 1:
         return "feedback (one-step head, predictions fed back)"
-    return f"direct ({horizon} steps per LSTM step, fed back in chunks beyond)"
+    direct = f"direct ({horizon} steps per LSTM step, fed back in chunks beyond)"
+    if blend:
+        return f"{direct}, averaged with its first step fed back"
+    return direct
 
 
 def _refit(
