@@ -188,6 +188,17 @@ def test_a_direct_heads_forecast_blend_is_kept_where_it_validates_better(
     assert Predictor(loaded_model(result)).loaded.config.forecast_blend is blend_wins
 
 
+def test_the_blend_is_scored_on_the_best_epoch_served() -> None:
+    data = load_long_frame(seasonal(streams=3, length=100, period=12, seed=5))
+    settings = TrainSettings(hidden=4, layers=1, epochs=8, horizon=6, patience=1, seeds=1, lr=0.05)
+    result = train_local(data, settings, threads=1)
+    selection = result.config.training["selection"]
+    record = selection["forecast_blend"]
+    # One candidate, no average, splice or seed: what is scored is the chosen run itself.
+    assert "first_step" not in selection
+    assert record["without"] == pytest.approx(record["chosen_run"], rel=1e-6)
+
+
 def test_a_fed_back_head_has_no_blend_to_choose() -> None:
     data = load_long_frame(seasonal(streams=3, length=100, period=12, seed=5))
     result = train_local(data, TrainSettings(hidden=4, layers=1, epochs=1, horizon=1), threads=1)

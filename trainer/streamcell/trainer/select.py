@@ -392,8 +392,10 @@ def choose(
             final = splice_first_step(f_final or f_validated, final or validated, width)
         record["first_step"] = {"candidate": first, "final_fit": note}
     if prepared.horizon > 1 and math.isfinite(tried[pick]["origin_score"]):
+        # The validated model as served: ``model`` alone is still the last epoch's.
+        served = model if first is not None else validated
         record["forecast_blend"] = blend_choice(
-            frame, prepared, model, option, eval_horizon, tried[pick]["origin_score"]
+            frame, prepared, served, option, eval_horizon, tried[pick]["origin_score"]
         )
         if record["forecast_blend"]["kept"]:
             record["forecast"] = forecast_kind(prepared.horizon, blend=True)
