@@ -211,7 +211,8 @@ def test_the_forecast_table_goes_on_past_the_horizon_with_its_first_rows_kept(
     assert record["longer"]["points"] > MIN_POINTS
     # The first rows are the table as fitted without the longer part.
     monkeypatch.setattr(calibrate, "LONGER_STEPS", 0)
-    loaded = as_loaded(data, prepared, result.model, settings)
+    blend = result.config.forecast_blend  # the table is fitted on the Forecasts served
+    loaded = as_loaded(data, prepared, result.model, settings, blend)
     short, _ = calibrate._forecast(loaded, prepared, horizon)
     assert short == [list(r) for r in result.config.calibration_table.forecast[:8]]
 
