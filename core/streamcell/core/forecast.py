@@ -8,10 +8,9 @@ of ``horizon`` steps, after which the head predicts the next chunk. Either
 way every horizon up to :data:`MAX_HORIZON` is served. A version with
 ``forecast_blend`` (chosen on validation by the trainer) serves the mean of
 two such paths from a direct head: its chunks, and its first step alone fed
-back one step at a time (the direct and the recursive forecast, combined:
-their errors differ, and the mean is the one of the two validation trusts
-more where neither is always better); its quantiles are moved with the
-median by that mean's difference from the chunks' path.
+back one step at a time (the direct and the recursive forecast combined:
+their errors differ, and neither is better on every data set); its
+quantiles move with the median by that mean's difference from the chunks'.
 
 Quantiles (a model with ``quantile_levels``): the steps the head predicts at
 once from the stream's state (the first step, or the first ``horizon``) are
