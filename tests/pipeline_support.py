@@ -37,6 +37,7 @@ from streamcell.service.kafka import (
     Record,
     TopicSpec,
     open_admin,
+    open_consumer,
     open_producer,
     open_reader,
 )
@@ -179,6 +180,33 @@ def wait_for_predictions(
         for serve in serving or []:
             code = serve.proc.poll()
             assert code is None, f"serve exited {code} with {len(records)} predictions out"
+        time.sleep(0.5)
+
+
+def committed_total(cfg: KafkaClientConfig, topics: Topics, partitions: int) -> int:
+    """How many input events the group has committed, over all partitions."""
+    consumer = open_consumer(cfg, topics.group)
+    try:
+        got = consumer.committed([(topics.input, p) for p in range(partitions)])
+    finally:
+        consumer.close()
+    return sum(o or 0 for o in got.values())
+
+
+def wait_committed(
+    cfg: KafkaClientConfig, topics: Topics, partitions: int, total: int, *serving: Serve
+) -> None:
+    """Until the group committed ``total`` events.
+
+    All predictions being out is not enough before a check of the changelog: a
+    replica killed after its predictions were acknowledged, before its changelog
+    and offsets followed, leaves those events to the next one to read again.
+    """
+    deadline = time.monotonic() + 120
+    while committed_total(cfg, topics, partitions) < total:
+        for serve in serving:
+            assert serve.proc.poll() is None, f"serve exited:\n{serve.text()[-3000:]}"
+        assert time.monotonic() < deadline, f"the group never committed {total} events"
         time.sleep(0.5)
 
 

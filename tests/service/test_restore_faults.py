@@ -29,34 +29,16 @@ from pipeline_support import (
     produce,
     read_all,
     serve_args,
+    wait_committed,
 )
 
 from streamcell.service.changelog import generation_of as changelog_generation
-from streamcell.service.kafka import KafkaClientConfig, installed_clients, open_consumer
+from streamcell.service.kafka import KafkaClientConfig, installed_clients
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 STREAMS, PARTITIONS = 100_000, 2
 LATER = 500  # streams that get two more events after the restores
-
-
-def committed_total(cfg: KafkaClientConfig, topics: Topics) -> int:
-    consumer = open_consumer(cfg, topics.group)
-    try:
-        got = consumer.committed([(topics.input, p) for p in range(PARTITIONS)])
-    finally:
-        consumer.close()
-    return sum(o or 0 for o in got.values())
-
-
-def wait_committed(cfg: KafkaClientConfig, topics: Topics, total: int, *serving: Serve) -> None:
-    """Until the group committed ``total`` events (their predictions are out by then)."""
-    deadline = time.monotonic() + 120
-    while committed_total(cfg, topics) < total:
-        for serve in serving:
-            assert serve.proc.poll() is None, f"serve exited:\n{serve.text()[-3000:]}"
-        assert time.monotonic() < deadline, f"the group never committed {total} events"
-        time.sleep(0.5)
 
 
 def restoring_partitions(port: int) -> float:
@@ -104,7 +86,7 @@ def test_sigkill_and_rebalance_mid_restore_of_1e5_streams_end_exact(kafka_bootst
         )
         # 1. Build the state of 10^5 streams; its checkpoints fill the changelog.
         give_model(first)
-        wait_committed(cfg, topics, STREAMS, first)
+        wait_committed(cfg, topics, PARTITIONS, STREAMS, first)
         assert first.terminate() == 0
 
         # 2. SIGKILL while the next replica is reading that changelog.
@@ -132,7 +114,7 @@ def test_sigkill_and_rebalance_mid_restore_of_1e5_streams_end_exact(kafka_bootst
         # 4. More events for some streams, on both replicas.
         produce(cfg, topics.input, events(LATER, 2, seed=2, first_seq=1))
         total = STREAMS + 2 * LATER
-        wait_committed(cfg, topics, total, restoring, late)
+        wait_committed(cfg, topics, PARTITIONS, total, restoring, late)
         assert restoring.terminate() == 0 and late.terminate() == 0
         out = read_all(cfg, topics.output, PARTITIONS)
     finally:
