@@ -25,6 +25,7 @@ from pipeline_support import (
     make_model,
     read_all,
     serve_args,
+    wait_committed,
     wait_for_predictions,
 )
 
@@ -73,6 +74,7 @@ def test_a_replica_frozen_until_evicted_writes_nothing_that_wins(
         out = wait_for_predictions(
             cfg, topics.output, PARTITIONS, STREAMS * STEPS, serving=[zombie, other]
         )
+        wait_committed(cfg, topics, PARTITIONS, STREAMS * STEPS, zombie, other)
         assert other.terminate() == 0
         assert zombie.terminate() == 0
     finally:
