@@ -118,15 +118,17 @@ def score_recipe(
 
     ``origins``: per stream, the rows after which a ``horizon``-step forecast
     starts (protocol B; forecasts of all of a stream's origins concatenated),
-    made by ``streamcell.core.forecast.run``, the code of ``Predictor.forecast``.
+    made by ``streamcell.core.forecast.run_many`` (the code of
+    ``Predictor.forecast``, the origins of every stream stepped together).
     Covariates (vic_elec's temperature) are taken as known in the horizon.
     Quantiles (a model with levels): protocol A's from the head's first step,
     B's as a Forecast makes them (seeded as the Predictor seeds them).
     """
-    from streamcell.core.forecast import Normaliser, Origin, run, seed_of
+    from streamcell.core.forecast import Normaliser, Origin, run_many, seed_of
     from streamcell.core.recipe import Recipe
     from streamcell.core.recipe import levels as flat_levels
     from streamcell.trainer.api import loaded_model
+    from streamcell.trainer.origin import BATCH_ORIGINS
     from streamcell.trainer.prepare import featurize_all
 
     config, model = result.config, result.model.eval()
@@ -151,7 +153,8 @@ def score_recipe(
         for s, g in frame.groupby("stream", sort=False)
     }
     computed = featurize_all(recipe, [xs[s] for s, _, _ in series])
-    out: dict[str, Forecasts] = {}
+    online: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    jobs: list[tuple[str, Origin, np.ndarray, int]] = []  # the fixed origins, in order
     for (stream, y, n), (feats, scale) in zip(series, computed, strict=True):
         u = torch.from_numpy((feats - in_mean) / in_std).unsqueeze(0)
         cuts = sorted(set(origins.get(stream, [])))
@@ -173,10 +176,8 @@ def score_recipe(
         one_q = None
         if levels:  # sorted, then calibrated as the Predictor serves them
             one_q = _served_levels(np.sort(first, axis=1), y, config, mid)[n - 1 : len(y) - 1]
-        origin = origin_q = None
-        if horizon is not None and cuts:
+        if horizon is not None:
             x = xs[stream]
-            paths, bands = [], []
             for o in cuts:
                 hh, cc = states[o]
                 ring = np.zeros((1, recipe.buffer_size), np.float32)
@@ -193,12 +194,28 @@ def score_recipe(
                 future = x[o : o + horizon]
                 if len(future) < horizon:  # past the data's end: the last event repeated
                     future = np.concatenate([future, np.repeat(x[-1:], horizon - len(future), 0)])
-                made = run(loaded, norm, start, horizon, seed_of(stream, o, horizon), future=future)
-                paths.append(made.yhat[:, 0].astype(np.float64))
-                if made.quantiles is not None:
-                    bands.append(made.quantiles[:, :, 0].astype(np.float64))
-            origin = np.concatenate(paths)
-            origin_q = np.concatenate(bands) if bands else None
+                jobs.append((stream, start, future, seed_of(stream, o, horizon)))
+        online[stream] = (one, one_q)
+    made = []
+    if horizon is not None:
+        for first in range(0, len(jobs), BATCH_ORIGINS):  # origins of every stream together
+            chunk = jobs[first : first + BATCH_ORIGINS]
+            starts, futures, seeds = (
+                [j[1] for j in chunk],
+                [j[2] for j in chunk],
+                [j[3] for j in chunk],
+            )
+            made += run_many(loaded, norm, starts, horizon, seeds, futures=futures)
+    paths: dict[str, list[np.ndarray]] = {}
+    bands: dict[str, list[np.ndarray]] = {}
+    for (stream, *_), result in zip(jobs, made, strict=True):
+        paths.setdefault(stream, []).append(result.yhat[:, 0].astype(np.float64))
+        if result.quantiles is not None:
+            bands.setdefault(stream, []).append(result.quantiles[:, :, 0].astype(np.float64))
+    out: dict[str, Forecasts] = {}
+    for stream, (one, one_q) in online.items():
+        origin = np.concatenate(paths[stream]) if stream in paths else None
+        origin_q = np.concatenate(bands[stream]) if stream in bands else None
         out[stream] = Forecasts(one, origin, one_q, origin_q)
     return out
 

@@ -13,6 +13,7 @@ from recipe_support import make_recipe_model, seasonal_series
 from streamcell.core.checkpoint import CONFIG_FILE, LoadedModel, load_checkpoint
 from streamcell.core.errors import CheckpointError
 from streamcell.core.events import EventBatch
+from streamcell.core.forecast import Normaliser, Origin, run, run_many, seed_of
 from streamcell.core.model import rowwise_linear
 from streamcell.core.predictor import Predictor
 from streamcell.core.recipe import advance
@@ -218,3 +219,50 @@ def test_weights_of_another_head_width_are_refused(tmp_path: Path) -> None:
     (path / CONFIG_FILE).write_text(json.dumps(raw))
     with pytest.raises(CheckpointError, match=r"head\.weight"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    ("horizon", "levels", "blend"),
+    [(1, LEVELS, False), (5, (), False), (5, LEVELS, False), (5, LEVELS, True)],
+)
+def test_origins_stepped_together_forecast_as_each_alone(
+    tmp_path: Path, horizon: int, levels: tuple[float, ...], blend: bool
+) -> None:
+    path = make_recipe_model(
+        tmp_path, RECIPE, features=("y",), horizon=horizon, quantile_levels=levels
+    )
+    if blend:
+        raw = json.loads((path / CONFIG_FILE).read_text())
+        raw["forecast_blend"] = True
+        (path / CONFIG_FILE).write_text(json.dumps(raw))
+    loaded = load_checkpoint(path)
+    cfg, recipe = loaded.config, loaded.config.history
+    assert recipe is not None
+    norm = Normaliser(
+        torch.tensor(cfg.input_mean),
+        torch.tensor(cfg.input_std),
+        torch.tensor(cfg.target_mean),
+        torch.tensor(cfg.target_std),
+    )
+    gen = torch.Generator().manual_seed(3)
+    rng = np.random.default_rng(3)
+    origins, futures = [], []
+    for k in range(7):  # each its own state, age and history; futures of their own lengths
+        h, c = (torch.randn(2, 1, 16, generator=gen) for _ in range(2))
+        ring = rng.normal(10, 2, (1, recipe.buffer_size)).astype(np.float32)
+        scale = torch.rand(1, 1, generator=gen) + 0.5
+        origins.append(Origin(h, c, scale * 10, int(rng.integers(1, 60)), ring, scale))
+        futures.append(rng.normal(10, 2, (13 - k % 3, 1)).astype(np.float32))
+    seeds = [seed_of(f"s{k}", o.count, 13) for k, o in enumerate(origins)]
+    together = run_many(loaded, norm, origins, 13, seeds, futures=futures)
+    for o, seed, future, got in zip(origins, seeds, futures, together, strict=True):
+        alone = run(loaded, norm, o, 13, seed, future=future)
+        assert got.method == alone.method
+        np.testing.assert_array_equal(got.yhat, alone.yhat)
+        if levels:
+            assert got.quantiles is not None and alone.quantiles is not None
+            np.testing.assert_array_equal(got.quantiles, alone.quantiles)
+        else:
+            assert got.quantiles is None and alone.quantiles is None
+    # The origins differ, so a batch that mixed them up would fail above.
+    assert not np.array_equal(together[0].yhat, together[1].yhat)

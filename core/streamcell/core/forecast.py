@@ -34,6 +34,7 @@ zeros with intervals of zero width.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -55,6 +56,7 @@ __all__ = [
     "Origin",
     "held",
     "run",
+    "run_many",
     "seed_of",
 ]
 
@@ -81,6 +83,51 @@ class Origin:
 
 
 @dataclass(frozen=True)
+class _Batch:
+    """Origins stacked along the batch dimension: row k is origin k's."""
+
+    h: Tensor  # [layers, B, hidden]
+    c: Tensor
+    last: Tensor  # [B, targets]
+    count: np.ndarray  # [B] int64
+    ring: np.ndarray | None  # [B, buffer]
+    scale: Tensor | None  # [B, 1 or targets]
+    future: np.ndarray | None  # [B, steps, width]: each origin's, its last row repeated
+
+    @classmethod
+    def of(cls, origins: Sequence[Origin], futures: Sequence[np.ndarray] | None) -> _Batch:
+        future = None
+        if futures is not None:
+            steps = max(len(f) for f in futures)
+            future = np.stack(
+                [
+                    np.concatenate([f, np.repeat(f[-1:], steps - len(f), 0)])
+                    for f in (np.asarray(f, dtype=np.float32) for f in futures)
+                ]
+            )
+        first = origins[0]
+        return cls(
+            torch.cat([o.h for o in origins], dim=1),
+            torch.cat([o.c for o in origins], dim=1),
+            torch.cat([o.last for o in origins]),
+            np.array([o.count for o in origins], dtype=np.int64),
+            None if first.ring is None else np.concatenate([_ring(o) for o in origins]),
+            None if first.scale is None else torch.cat([_scale(o) for o in origins]),
+            future,
+        )
+
+
+def _ring(o: Origin) -> np.ndarray:
+    assert o.ring is not None, "origins of one batch hold a ring each or none"
+    return o.ring
+
+
+def _scale(o: Origin) -> Tensor:
+    assert o.scale is not None, "origins of one batch hold a scale each or none"
+    return o.scale
+
+
+@dataclass(frozen=True)
 class Normaliser:
     """The version's normalisation constants, as the Predictor holds them."""
 
@@ -101,11 +148,11 @@ def held(y: Tensor, levels: np.ndarray | None) -> Tensor:
     return torch.where(torch.isnan(c), y, c)
 
 
-def _origin_level(loaded: LoadedModel, o: Origin) -> np.ndarray | None:
+def _origin_level(loaded: LoadedModel, o: Origin | _Batch) -> np.ndarray | None:
     recipe = loaded.config.history
     if recipe is None or o.ring is None:
         return None
-    return level(recipe, o.ring, np.full(len(o.ring), o.count, dtype=np.int64))
+    return level(recipe, o.ring, np.broadcast_to(np.asarray(o.count, np.int64), len(o.ring)))
 
 
 def seed_of(stream: str, count: int, horizon: int) -> int:
@@ -127,34 +174,71 @@ def run(
 ) -> ForecastResult:
     """The forecast of ``horizon`` steps from ``origin`` (see the module doc).
 
-    ``future`` ``[horizon, width]``: the events to come, whose target column is
-    replaced by what is fed back; for a recipe model with covariates taken as
-    known (the trainer's validation, the benchmark). ``quantiles=False``: the
-    point path alone.
+    ``future`` ``[steps, width]``: the events to come, whose target column is
+    replaced by what is fed back (its last row stands for any later step);
+    for a recipe model with covariates taken as known (the trainer's
+    validation, the benchmark). ``quantiles=False``: the point path alone.
     """
+    futures = None if future is None else [future]
+    return run_many(loaded, norm, [origin], horizon, [seed], futures=futures, quantiles=quantiles)[
+        0
+    ]
+
+
+@torch.no_grad()
+def run_many(
+    loaded: LoadedModel,
+    norm: Normaliser,
+    origins: Sequence[Origin],
+    horizon: int,
+    seeds: Sequence[int],
+    *,
+    futures: Sequence[np.ndarray] | None = None,
+    quantiles: bool = True,
+) -> list[ForecastResult]:
+    """:func:`run` from each of ``origins`` (with its seed and its future), stepped
+    together: the same results to the bit, since every row is computed alone and each
+    origin's paths draw from a generator of its own, for one model step per step
+    instead of one per origin and step (validation runs hundreds of origins)."""
     cfg = loaded.config
+    if cfg.horizon == 1 and not cfg.quantile_levels and futures is None:
+        return [_point_forecast(loaded, norm, o, horizon) for o in origins]
     method = "direct" if cfg.horizon > 1 else "feedback"
-    at = _origin_level(loaded, origin)
+    batch = _Batch.of(origins, futures)
+    at = _origin_level(loaded, batch)
     if at is not None:  # the last prediction is the level (what the Predictor served)
-        origin = replace(origin, last=held(origin.last, at))
-    if cfg.horizon == 1 and not cfg.quantile_levels and future is None:
-        return ForecastResult(_point_feedback(loaded, norm, origin, horizon), None, method)
-    walk = _Walk(loaded, norm, future)
-    first = walk.head(origin.h, origin.scale, at)  # [1, H, L, O]
-    yhat = walk.median_path(origin, first, horizon)
+        batch = replace(batch, last=held(batch.last, at))
+    walk = _Walk(loaded, norm, batch.future)
+    first = walk.head(batch.h, batch.scale, at)  # [B, H, L, O]
+    yhat = walk.median_path(batch, first, horizon)  # [B, horizon, O]
     shift = None
     if cfg.forecast_blend and horizon > 1:
-        blended = 0.5 * (yhat + walk.first_step_path(origin, first, horizon))
+        blended = 0.5 * (yhat + walk.first_step_path(batch, first, horizon))
         shift, yhat, method = blended - yhat, blended, "blend"
-    if cfg.quantile_levels and quantiles:
-        qs = walk.quantile_paths(origin, first, horizon, np.random.default_rng(seed))
-        table = cfg.calibration_table
-        if table is not None:  # the version's per-step factors (streamcell.core.calibration)
-            qs = widen_steps(qs, table.step_factors(horizon), walk.mid)
+    if not (cfg.quantile_levels and quantiles):
+        return [ForecastResult(y, None, method) for y in yhat]
+    rngs = [np.random.default_rng(seed) for seed in seeds]
+    qs = walk.quantile_paths(batch, first, horizon, rngs)  # [B, horizon, L, O]
+    table = cfg.calibration_table
+    factors = None if table is None else table.step_factors(horizon)
+    results = []
+    for k, y in enumerate(yhat):
+        q = qs[k]
+        if factors is not None:  # the version's per-step factors (streamcell.core.calibration)
+            q = widen_steps(q, factors, walk.mid)
         if shift is not None:  # every level moves with the median
-            qs = qs + shift[:, None, :]
-        return ForecastResult(yhat, qs, method)
-    return ForecastResult(yhat, None, method)
+            q = q + shift[k][:, None, :]
+        results.append(ForecastResult(y, q, method))
+    return results
+
+
+def _point_forecast(
+    loaded: LoadedModel, norm: Normaliser, o: Origin, horizon: int
+) -> ForecastResult:
+    at = _origin_level(loaded, o)
+    if at is not None:  # the last prediction is the level (what the Predictor served)
+        o = replace(o, last=held(o.last, at))
+    return ForecastResult(_point_feedback(loaded, norm, o, horizon), None, "feedback")
 
 
 @torch.no_grad()
@@ -187,11 +271,12 @@ def _point_feedback(loaded: LoadedModel, norm: Normaliser, o: Origin, horizon: i
 
 
 class _Walk:
-    """Steps rows of one origin's state (one row, or the sample paths) through the model."""
+    """Steps the rows of a batch of origins (one row each, or their sample paths) through
+    the model."""
 
     def __init__(self, loaded: LoadedModel, norm: Normaliser, future: np.ndarray | None) -> None:
         cfg = loaded.config
-        self.future = None if future is None else np.asarray(future, dtype=np.float32)
+        self.future = future  # [B, steps, width]
         self.model, self.recipe, self.norm = loaded.model, cfg.history, norm
         self.steps, self.levels, self.outputs = cfg.horizon, cfg.n_levels, cfg.output_size
         self.level_values = np.asarray(cfg.quantile_levels, dtype=np.float64)
@@ -217,13 +302,15 @@ class _Walk:
         seen: np.ndarray,
         scale: Tensor | None,
         ahead: int,
+        rows_per_origin: int = 1,
     ) -> tuple[tuple[Tensor, Tensor], Tensor | None, Tensor]:
-        """Feed ``values`` ``[B, O]`` as the events ``ahead`` steps past the origin:
-        new state, scale and head outputs."""
+        """Feed ``values`` ``[B * rows_per_origin, O]`` as the events ``ahead`` steps past
+        their origins: new state, scale and head outputs."""
         norm, device = self.norm, state[0].device
         at = None
         if self.recipe is not None and self.future is not None:
-            event = np.repeat(self.future[min(ahead, len(self.future) - 1)][None], len(values), 0)
+            row = self.future[:, min(ahead, self.future.shape[1] - 1)]  # [B, width]
+            event = np.repeat(row, rows_per_origin, 0)
             event[:, self.recipe.target] = values[:, 0]
             values = event
         if ring is None or self.recipe is None:
@@ -239,73 +326,80 @@ class _Walk:
         step = self.model.step(u, *state)
         return (step.h, step.c), scale, self._denorm(step.y, scale, at)
 
-    def median_path(self, o: Origin, first: Tensor, horizon: int) -> np.ndarray:
-        """The median fed back, in chunks of the head's steps."""
-        out = np.empty((horizon, self.outputs), dtype=np.float32)
+    def median_path(self, o: _Batch, first: Tensor, horizon: int) -> np.ndarray:
+        """The median fed back, in chunks of the head's steps: ``[B, horizon, O]``."""
+        out = np.empty((len(o.count), horizon, self.outputs), dtype=np.float32)
         ring = None if o.ring is None else o.ring.copy()
         state, scale, y = (o.h, o.c), o.scale, first
         done = 0
         while True:
             # The levels sorted first, as the Predictor serves them: its median.
-            chunk = y[0].sort(dim=1).values[:, self.mid].cpu().numpy()  # [H, O]
+            chunk = y.sort(dim=2).values[:, :, self.mid].cpu().numpy()  # [B, H, O]
             take = min(self.steps, horizon - done)
-            out[done : done + take] = chunk[:take]
+            out[:, done : done + take] = chunk[:, :take]
             done += take
             if done == horizon:
                 return out
             for k in range(self.steps):
                 ahead = done - take + k
-                seen = np.array([o.count + ahead], dtype=np.int64)
-                state, scale, y = self.feed(chunk[k : k + 1], state, ring, seen, scale, ahead)
+                seen = o.count + ahead
+                state, scale, y = self.feed(chunk[:, k], state, ring, seen, scale, ahead)
 
-    def first_step_path(self, o: Origin, first: Tensor, horizon: int) -> np.ndarray:
-        """The head's first step alone fed back, one step at a time: ``[horizon, O]``."""
-        out = np.empty((horizon, self.outputs), dtype=np.float32)
+    def first_step_path(self, o: _Batch, first: Tensor, horizon: int) -> np.ndarray:
+        """The head's first step alone fed back, one step at a time: ``[B, horizon, O]``."""
+        out = np.empty((len(o.count), horizon, self.outputs), dtype=np.float32)
         ring = None if o.ring is None else o.ring.copy()
         state, scale, y = (o.h, o.c), o.scale, first
         for k in range(horizon):
-            out[k] = y[0, 0].sort(dim=0).values[self.mid].cpu().numpy()  # step 1's median
+            out[:, k] = y[:, 0].sort(dim=1).values[:, self.mid].cpu().numpy()  # step 1's median
             if k + 1 < horizon:
-                seen = np.array([o.count + k], dtype=np.int64)
-                state, scale, y = self.feed(out[k : k + 1], state, ring, seen, scale, k)
+                seen = o.count + k
+                state, scale, y = self.feed(out[:, k], state, ring, seen, scale, k)
         return out
 
     def quantile_paths(
-        self, o: Origin, first: Tensor, horizon: int, rng: np.random.Generator
+        self, o: _Batch, first: Tensor, horizon: int, rngs: Sequence[np.random.Generator]
     ) -> np.ndarray:
-        """``[horizon, L, O]``: the head's quantiles first, then those of the sample paths."""
-        out = np.empty((horizon, self.levels, self.outputs), dtype=np.float32)
+        """``[B, horizon, L, O]``: the head's quantiles first, then those of the sample
+        paths (:data:`PATHS` per origin, drawn from the origin's own generator)."""
+        origins = len(o.count)
+        out = np.empty((origins, horizon, self.levels, self.outputs), dtype=np.float32)
         direct = min(self.steps, horizon)
-        out[:direct] = np.sort(first[0, :direct].cpu().numpy(), axis=1)
+        out[:, :direct] = np.sort(first[:, :direct].cpu().numpy(), axis=2)
         if horizon == direct:
             return out
         n = PATHS
-        state = (o.h.repeat(1, n, 1), o.c.repeat(1, n, 1))
+        state = (o.h.repeat_interleave(n, dim=1), o.c.repeat_interleave(n, dim=1))
         ring = None if o.ring is None else np.repeat(o.ring, n, axis=0)
-        scale = None if o.scale is None else o.scale.repeat(n, 1)
-        y = first.expand(n, -1, -1, -1).contiguous()
+        scale = None if o.scale is None else o.scale.repeat_interleave(n, dim=0)
+        y = first.repeat_interleave(n, dim=0)
+        counts = np.repeat(o.count, n)
         done = 0
         while True:
-            draws = self._draw(y.cpu().numpy(), rng)  # [N, H, O]
+            draws = self._draw(y.cpu().numpy(), rngs)  # [B * N, H, O]
             take = min(self.steps, horizon - done)
             if done >= direct:
-                qs = np.quantile(draws[:, :take], self.level_values, axis=0)  # [L, take, O]
-                out[done : done + take] = np.sort(qs.transpose(1, 0, 2), axis=1)
+                paths = draws[:, :take].reshape(origins, n, take, self.outputs)
+                qs = np.quantile(paths, self.level_values, axis=1)  # [L, B, take, O]
+                out[:, done : done + take] = np.sort(qs.transpose(1, 2, 0, 3), axis=2)
             done += take
             if done == horizon:
                 return out
             for k in range(self.steps):
                 ahead = done - take + k
-                seen = np.full(n, o.count + ahead, dtype=np.int64)
-                state, scale, y = self.feed(draws[:, k], state, ring, seen, scale, ahead)
+                state, scale, y = self.feed(
+                    draws[:, k], state, ring, counts + ahead, scale, ahead, rows_per_origin=n
+                )
 
-    def _draw(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """One value per row, step and target from the quantile function, ``[N, H, O]``."""
+    def _draw(self, y: np.ndarray, rngs: Sequence[np.random.Generator]) -> np.ndarray:
+        """One value per row, step and target from the quantile function, ``[N, H, O]``;
+        the rows are the origins' paths in turn, each origin's levels from its generator."""
         q = np.sort(y.astype(np.float64), axis=2)  # [N, H, L, O]
         n, steps, levels, outputs = q.shape
         if levels == 1:
             return q[:, :, 0].astype(np.float32)
-        u = rng.random((n, steps, outputs))
+        per = n // len(rngs)
+        u = np.concatenate([rng.random((per, steps, outputs)) for rng in rngs])
         hi = np.clip(np.searchsorted(self.level_values, u), 1, levels - 1)
         lo = hi - 1
         q_lo = np.take_along_axis(q, lo[:, :, None, :], axis=2)[:, :, 0]

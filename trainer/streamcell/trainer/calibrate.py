@@ -10,7 +10,7 @@ off them by linear interpolation, never from one stream's values.
 - ``online``: the one-step quantiles after each validation event, as the
   Predictor serves them (every stream's validation rows pooled).
 - ``forecast``: per Forecast step k, the quantiles of the fixed-origin
-  validation Forecasts (:func:`streamcell.trainer.origin.stream_forecasts`,
+  validation Forecasts (:func:`streamcell.trainer.origin.many_forecasts`,
   a Forecast's own code: direct head or sample paths) from origins at least
   the horizon apart, at varied phases of the season (:func:`spread_origins`).
   A step with fewer than :data:`MIN_CELL` points pools the steps around it
@@ -55,7 +55,7 @@ from streamcell.core.checkpoint import LoadedModel
 from streamcell.core.model import StreamingLSTM
 from streamcell.core.quantiles import MEDIAN, central_intervals, median_index
 from streamcell.trainer.evaluate import predict_levels
-from streamcell.trainer.origin import MAX_ORIGINS, can_forecast, stream_forecasts
+from streamcell.trainer.origin import MAX_ORIGINS, can_forecast, many_forecasts
 from streamcell.trainer.prepare import Prepared, StreamArrays
 
 # Factors counted: 0, then 1% apart from 0.02 to 50 (1 itself among them).
@@ -371,11 +371,14 @@ def _step_points(
         limit = max(1, total // max(len(streams), 1))
     per_step: list[tuple[list[np.ndarray], list[np.ndarray]]] = [([], []) for _ in range(horizon)]
     origins = 0
+    plan = []
     for s in streams:
         starts = spread_origins(s, horizon, limit, prepared.season)
-        if not starts or s.x is None:
-            continue
-        for b, result in stream_forecasts(loaded, prepared, s, starts, horizon, quantiles=True):
+        if starts and s.x is not None:
+            plan.append((s, starts))
+    forecasts = many_forecasts(loaded, prepared, plan, horizon, quantiles=True)
+    for (s, _), made in zip(plan, forecasts, strict=True):
+        for b, result in made:
             assert result.quantiles is not None
             origins += 1
             for k in range(len(result.quantiles)):
