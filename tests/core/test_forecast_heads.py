@@ -13,7 +13,14 @@ from recipe_support import make_recipe_model, seasonal_series
 from streamcell.core.checkpoint import CONFIG_FILE, LoadedModel, load_checkpoint
 from streamcell.core.errors import CheckpointError
 from streamcell.core.events import EventBatch
-from streamcell.core.forecast import Normaliser, Origin, run, run_many, seed_of
+from streamcell.core.forecast import (
+    Normaliser,
+    Origin,
+    run,
+    run_many,
+    seed_of,
+    shifted_quantiles,
+)
 from streamcell.core.model import rowwise_linear
 from streamcell.core.predictor import Predictor
 from streamcell.core.recipe import advance
@@ -121,6 +128,32 @@ def test_a_blended_forecasts_quantiles_move_with_its_median(tmp_path: Path) -> N
     assert np.abs(shift[1:]).max() > 0
     np.testing.assert_allclose(mixed.quantiles, plain.quantiles + shift[:, None, :], atol=1e-4)
     assert (np.diff(mixed.quantiles, axis=1) >= 0).all()
+    # Within the head's 5 steps the median is the head's own: served as yhat to the bit.
+    mid = LEVELS.index(0.5)
+    np.testing.assert_array_equal(mixed.quantiles[:5, mid], mixed.yhat[:5])
+
+
+def test_the_blends_shift_keeps_the_median_exact_and_the_levels_ordered() -> None:
+    mid = 1
+    direct = np.array([[0.1], [0.3], [5.0]], np.float32)
+    yhat = np.array([[0.7], [0.2], [6.0]], np.float32)
+    qs = np.array(
+        [
+            [[0.0], [0.1], [0.2]],  # the head's own step: its median is direct's
+            [[0.3], [0.3], [0.3]],  # zero width: shifted, still zero width
+            [[4.0], [4.5], [7.0]],  # a sample path's median, not direct's
+        ],
+        np.float32,
+    )
+    got = shifted_quantiles(qs, direct, yhat, mid)
+    assert got[0, mid, 0] == yhat[0, 0] and got[1, mid, 0] == yhat[1, 0]
+    np.testing.assert_allclose(got[2, :, 0], [5.0, 5.5, 8.0], rtol=1e-6)  # moved by +1
+    np.testing.assert_allclose(got[0, :, 0], [0.6, 0.7, 0.8], rtol=1e-6)
+    assert (np.diff(got, axis=1) >= 0).all()
+    # A rounding that would put a level past the median is clipped to it.
+    tight = np.array([[[0.1], [0.1], [0.1 + 1e-9]]], np.float32)
+    moved = shifted_quantiles(tight, direct[:1], np.array([[1e7 / 3]], np.float32), mid)
+    assert (np.diff(moved, axis=1) >= 0).all() and moved[0, mid, 0] == np.float32(1e7 / 3)
 
 
 def test_a_one_step_quantile_head_feeds_its_median_back(tmp_path: Path) -> None:

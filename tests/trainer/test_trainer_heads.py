@@ -172,20 +172,26 @@ def test_a_direct_heads_forecast_blend_is_kept_where_it_validates_better(
         return 1.0 - 0.1 * (loaded.config.forecast_blend == blend_wins)
 
     monkeypatch.setattr(select, "origin_mase", scored)
-    data = load_long_frame(seasonal(streams=3, length=100, period=12, seed=5))
+    frame = seasonal(streams=3, length=100, period=12, seed=5)
+    data = load_long_frame(frame)
     result = train_local(data, TrainSettings(hidden=4, layers=1, epochs=1, horizon=6), threads=1)
     record = result.config.training["selection"]["forecast_blend"]
     assert record["kept"] is blend_wins and result.config.forecast_blend is blend_wins
     assert ("first step fed back" in result.metrics["forecast"]) is blend_wins
     # The exported checkpoint says so (and a plain one writes no field), and its
     # Forecasts are what the field asks for.
+    from streamcell.core.events import EventBatch
+    from streamcell.core.predictor import Predictor
     from streamcell.trainer.api import loaded_model
 
     raw = json.loads(result.config.to_json())
     assert raw.get("forecast_blend", False) is blend_wins
-    from streamcell.core.predictor import Predictor
-
-    assert Predictor(loaded_model(result)).loaded.config.forecast_blend is blend_wins
+    predictor = Predictor(loaded_model(result))
+    values = frame.loc[frame["stream"] == "s0", "value"].to_numpy(np.float32)
+    for k, v in enumerate(values[:40]):
+        predictor.predict(EventBatch.of(["s0"], np.array([[v]]), np.array([k])), now=0.0)
+    made = predictor.forecast_result("s0", 12)
+    assert made.method == ("blend" if blend_wins else "direct")
 
 
 def test_the_blend_is_scored_on_the_best_epoch_served() -> None:
@@ -197,6 +203,10 @@ def test_the_blend_is_scored_on_the_best_epoch_served() -> None:
     # One candidate, no average, splice or seed: what is scored is the chosen run itself.
     assert "first_step" not in selection
     assert record["without"] == pytest.approx(record["chosen_run"], rel=1e-6)
+    # Early stopped past its best epoch, so the last epoch's weights are not the best's:
+    # a blend scored on the last would not match the chosen run's score above.
+    candidate = selection["candidates"][0]
+    assert candidate["best_epoch"] < candidate["epochs_run"]
 
 
 def test_a_fed_back_head_has_no_blend_to_choose() -> None:

@@ -58,6 +58,7 @@ __all__ = [
     "run",
     "run_many",
     "seed_of",
+    "shifted_quantiles",
 ]
 
 
@@ -211,10 +212,10 @@ def run_many(
     walk = _Walk(loaded, norm, batch.future)
     first = walk.head(batch.h, batch.scale, at)  # [B, H, L, O]
     yhat = walk.median_path(batch, first, horizon)  # [B, horizon, O]
-    shift = None
+    direct = None
     if cfg.forecast_blend and horizon > 1:
         blended = 0.5 * (yhat + walk.first_step_path(batch, first, horizon))
-        shift, yhat, method = blended - yhat, blended, "blend"
+        direct, yhat, method = yhat, blended, "blend"
     if not (cfg.quantile_levels and quantiles):
         return [ForecastResult(y, None, method) for y in yhat]
     rngs = [np.random.default_rng(seed) for seed in seeds]
@@ -226,10 +227,27 @@ def run_many(
         q = qs[k]
         if factors is not None:  # the version's per-step factors (streamcell.core.calibration)
             q = widen_steps(q, factors, walk.mid)
-        if shift is not None:  # every level moves with the median
-            q = q + shift[k][:, None, :]
+        if direct is not None:  # every level moves with the median
+            q = shifted_quantiles(q, direct[k], y, walk.mid)
         results.append(ForecastResult(y, q, method))
     return results
+
+
+def shifted_quantiles(qs: np.ndarray, direct: np.ndarray, yhat: np.ndarray, mid: int) -> np.ndarray:
+    """A blend's quantiles ``[steps, L, O]``: those of the direct path ``direct``
+    ``[steps, O]`` moved by ``yhat - direct``.
+
+    Where the median level was the direct path's value (the head's own steps) it
+    becomes ``yhat`` itself, so the served median is the point prediction to the
+    bit (the sum ``direct + (yhat - direct)`` may miss it by a rounding); the other
+    levels are kept on their side of it.
+    """
+    out = qs + (yhat - direct)[:, None, :]
+    out[:, mid] = np.where(qs[:, mid] == direct, yhat, out[:, mid])
+    median = out[:, mid : mid + 1]
+    out[:, :mid] = np.minimum(out[:, :mid], median)
+    out[:, mid + 1 :] = np.maximum(out[:, mid + 1 :], median)
+    return out
 
 
 def _point_forecast(
