@@ -128,7 +128,6 @@ def score_recipe(
     from streamcell.core.recipe import Recipe
     from streamcell.core.recipe import levels as flat_levels
     from streamcell.trainer.api import loaded_model
-    from streamcell.trainer.origin import BATCH_ORIGINS
     from streamcell.trainer.prepare import featurize_all
 
     config, model = result.config, result.model.eval()
@@ -197,15 +196,9 @@ def score_recipe(
                 jobs.append((stream, start, future, seed_of(stream, o, horizon)))
         online[stream] = (one, one_q)
     made = []
-    if horizon is not None:
-        for first in range(0, len(jobs), BATCH_ORIGINS):  # origins of every stream together
-            chunk = jobs[first : first + BATCH_ORIGINS]
-            starts, futures, seeds = (
-                [j[1] for j in chunk],
-                [j[2] for j in chunk],
-                [j[3] for j in chunk],
-            )
-            made += run_many(loaded, norm, starts, horizon, seeds, futures=futures)
+    if horizon is not None:  # origins of every stream stepped together
+        starts, futures, seeds = [j[1] for j in jobs], [j[2] for j in jobs], [j[3] for j in jobs]
+        made = run_many(loaded, norm, starts, horizon, seeds, futures=futures)
     paths: dict[str, list[np.ndarray]] = {}
     bands: dict[str, list[np.ndarray]] = {}
     for (stream, *_), result in zip(jobs, made, strict=True):

@@ -47,8 +47,12 @@ from streamcell.core.model import rowwise_linear
 from streamcell.core.recipe import advance, level
 
 PATHS = 128  # sample paths per forecast beyond the head's own steps
+# Origins stepped together at most: the rows BLAS pads a smaller product to
+# (streamcell.core.model.MIN_GEMM_ROWS), so the median paths waste none.
+BATCH_ORIGINS = 64
 
 __all__ = [
+    "BATCH_ORIGINS",
     "MAX_HORIZON",
     "PATHS",
     "ForecastResult",
@@ -204,6 +208,15 @@ def run_many(
     cfg = loaded.config
     if cfg.horizon == 1 and not cfg.quantile_levels and futures is None:
         return [_point_forecast(loaded, norm, o, horizon) for o in origins]
+    if len(origins) > BATCH_ORIGINS:
+        out: list[ForecastResult] = []
+        for a in range(0, len(origins), BATCH_ORIGINS):
+            part = slice(a, a + BATCH_ORIGINS)
+            fut = None if futures is None else futures[part]
+            out += run_many(
+                loaded, norm, origins[part], horizon, seeds[part], futures=fut, quantiles=quantiles
+            )
+        return out
     method = "direct" if cfg.horizon > 1 else "feedback"
     batch = _Batch.of(origins, futures)
     at = _origin_level(loaded, batch)

@@ -30,9 +30,6 @@ from streamcell.core.quantiles import median_index
 from streamcell.trainer.prepare import Prepared, StreamArrays
 
 MAX_ORIGINS = 16
-# Origins stepped together: the rows BLAS pads a smaller product to
-# (streamcell.core.model.MIN_GEMM_ROWS), so the median paths waste none.
-BATCH_ORIGINS = 64
 
 
 def origins_of(s: StreamArrays, horizon: int, limit: int = MAX_ORIGINS) -> list[int]:
@@ -118,9 +115,9 @@ def many_forecasts(
     """Per stream of the plan, each of its origins and the Forecast made there
     (``horizon`` steps or fewer where the stream ends).
 
-    The origins of every stream are stepped together, :data:`BATCH_ORIGINS` at
-    a time (:func:`streamcell.core.forecast.run_many`): the same Forecasts as
-    one at a time, in fewer and wider model steps. With ``quantiles`` the
+    The origins of every stream are stepped together
+    (:func:`streamcell.core.forecast.run_many`): the same Forecasts as one at
+    a time, in fewer and wider model steps. With ``quantiles`` the
     Forecast's quantiles too, seeded as the Predictor seeds them (the stream,
     the events seen, the steps).
     """
@@ -137,19 +134,17 @@ def many_forecasts(
         by_steps.setdefault(job.steps, []).append(job)
     made: dict[tuple[int, int], ForecastResult] = {}
     for steps, group in by_steps.items():
-        for first in range(0, len(group), BATCH_ORIGINS):
-            chunk = group[first : first + BATCH_ORIGINS]
-            results = run_many(
-                loaded,
-                norm,
-                [job.origin for job in chunk],
-                steps,
-                [job.seed for job in chunk],
-                # Covariates taken as known: a recipe model's future events.
-                futures=None if prepared.recipe is None else [job.future for job in chunk],
-                quantiles=quantiles,
-            )
-            made.update(((job.stream, job.at), r) for job, r in zip(chunk, results, strict=True))
+        results = run_many(
+            loaded,
+            norm,
+            [job.origin for job in group],
+            steps,
+            [job.seed for job in group],
+            # Covariates taken as known: a recipe model's future events.
+            futures=None if prepared.recipe is None else [job.future for job in group],
+            quantiles=quantiles,
+        )
+        made.update(((job.stream, job.at), r) for job, r in zip(group, results, strict=True))
     out: list[list[tuple[int, ForecastResult]]] = [[] for _ in plan]
     for job in jobs:
         out[job.stream].append((job.at, made[job.stream, job.at]))
